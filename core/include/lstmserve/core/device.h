@@ -1,0 +1,41 @@
+// Element types and devices that parameter sets and LSTM calls can use.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace lstmserve::core {
+
+// Element type of parameters and activations. float32 works everywhere; float16 and
+// bfloat16 only on CUDA (the CPU kernels are float32).
+enum class DType { kFloat32, kFloat16, kBFloat16 };
+
+// Parses "float32" | "float16" | "bfloat16" (also "fp32", "fp16", "bf16").
+absl::StatusOr<DType> ParseDType(absl::string_view name);
+absl::string_view DTypeName(DType dtype);
+c10::ScalarType ToScalarType(DType dtype);
+absl::StatusOr<DType> FromScalarType(c10::ScalarType type);
+int64_t DTypeSize(DType dtype);
+
+// True when this LibTorch build can reach at least one CUDA device.
+bool CudaAvailable();
+
+// Resolves a device request: "cpu", "cuda", "cuda:N" or "auto" (CUDA device 0 when there is
+// one, else CPU). A CUDA request on a build or machine without CUDA is FAILED_PRECONDITION,
+// a malformed name INVALID_ARGUMENT, an index past the last GPU OUT_OF_RANGE.
+absl::StatusOr<c10::Device> ResolveDevice(absl::string_view spec);
+
+// The canonical name of a device ("cpu", "cuda:0").
+std::string DeviceName(const c10::Device& device);
+
+// OK when `dtype` can be computed on `device` (reduced precision needs CUDA).
+absl::Status CheckDTypeOnDevice(DType dtype, const c10::Device& device);
+
+}  // namespace lstmserve::core

@@ -1,0 +1,87 @@
+// The stacked LSTM of common_ops.stack_lstm, for inference.
+//
+// Layer l reads x (l == 0) or layer l-1's new h, computes
+//   ifog = [x, h_prev] @ w_l (+ b_l),  i, f, o = sigmoid(.), g = tanh(.)
+//   c = i * g + f * c_prev,            h = o * tanh(c)
+// with gate blocks in the order i, f, o, g (not torch.nn.LSTM's i, f, g, o).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include "absl/status/statusor.h"
+#include "lstmserve/core/parameter_set.h"
+
+namespace lstmserve::core {
+
+// Per-layer states, each [B, H]. An empty vector means zeros for every layer; otherwise it
+// holds one tensor per layer.
+struct LstmState {
+  std::vector<at::Tensor> c;
+  std::vector<at::Tensor> h;
+};
+
+struct SequenceResult {
+  at::Tensor outputs;  // [T, B, H]: top-layer h at every step; undefined if not asked for
+  LstmState final_state;
+};
+
+// Which implementation computes a call. kAuto picks; the others exist for tests and
+// benchmarks, which check that every path gives the reference's numbers.
+enum class LstmPath {
+  kAuto,
+  kSmallBatch,  // float32 CPU: own vectorised kernels, no LibTorch op per step (B <= 8)
+  kBlas,        // float32 CPU: one GEMM per layer for all inputs, one GEMM per step
+  kGeneric,     // any device and dtype: LibTorch ops
+};
+
+// Immutable after Create; Step and Run are const and safe to call from many threads.
+class StackedLstm {
+ public:
+  // `weights[l]` is [in_l + H, 4H] with in_0 = input size and in_l = H for l > 0;
+  // `biases` is empty or holds one [4H] per layer. All tensors share dtype and device.
+  static absl::StatusOr<StackedLstm> Create(std::vector<at::Tensor> weights,
+                                            std::vector<at::Tensor> biases = {});
+  // From a set with the template's names (w_0.., and b_0.. when present).
+  static absl::StatusOr<StackedLstm> FromParameterSet(const ParameterSet& set);
+
+  // One step: x [B, I] -> new per-layer c and h (each [B, H]).
+  absl::StatusOr<LstmState> Step(const at::Tensor& x, const LstmState& prev,
+                                 LstmPath path = LstmPath::kAuto) const;
+
+  // A sequence: inputs [T, B, I] -> top-layer outputs [T, B, H] (when `want_outputs`) and
+  // the final states. Equal to T calls of Step carrying the state.
+  absl::StatusOr<SequenceResult> Run(const at::Tensor& inputs, const LstmState& initial,
+                                     bool want_outputs = true,
+                                     LstmPath path = LstmPath::kAuto) const;
+
+  int64_t num_layers() const { return static_cast<int64_t>(weights_.size()); }
+  int64_t input_size() const { return input_size_; }
+  int64_t hidden_size() const { return hidden_size_; }
+  bool has_bias() const { return !biases_.empty(); }
+  c10::Device device() const { return weights_.front().device(); }
+  c10::ScalarType scalar_type() const { return weights_.front().scalar_type(); }
+
+  // FLOPs of one step at batch size `batch` (2 * B * (in_l + H) * 4H summed over layers).
+  double StepFlops(int64_t batch) const;
+
+ private:
+  StackedLstm() = default;
+
+  absl::Status ValidateState(const LstmState& state, int64_t batch, absl::string_view what) const;
+  LstmPath ChoosePath(int64_t batch, LstmPath requested) const;
+  SequenceResult RunFloatCpu(const at::Tensor& inputs, const LstmState& initial,
+                             bool want_outputs, bool small_batch) const;
+  SequenceResult RunGeneric(const at::Tensor& inputs, const LstmState& initial,
+                            bool want_outputs) const;
+
+  std::vector<at::Tensor> weights_;  // [in_l + H, 4H], contiguous
+  std::vector<at::Tensor> biases_;   // [4H] or empty
+  int64_t input_size_ = 0;
+  int64_t hidden_size_ = 0;
+};
+
+}  // namespace lstmserve::core

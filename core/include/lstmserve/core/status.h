@@ -1,0 +1,54 @@
+// Status helpers shared by the core: early-return macros and the one place where
+// LibTorch exceptions become absl::Status values.
+#pragma once
+
+#include <exception>
+#include <new>
+#include <type_traits>
+#include <utility>
+
+#include <c10/util/Exception.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+
+#define LSTMSERVE_STATUS_CONCAT_INNER_(a, b) a##b
+#define LSTMSERVE_STATUS_CONCAT_(a, b) LSTMSERVE_STATUS_CONCAT_INNER_(a, b)
+
+// Returns from the enclosing function if `expr` (an absl::Status) is not OK.
+#define LSTMSERVE_RETURN_IF_ERROR(expr)                 \
+  do {                                                  \
+    ::absl::Status lstmserve_status_ = (expr);          \
+    if (!lstmserve_status_.ok()) return lstmserve_status_; \
+  } while (0)
+
+// `lhs = value of expr` (an absl::StatusOr<T>), or returns its error status.
+#define LSTMSERVE_ASSIGN_OR_RETURN(lhs, expr) \
+  LSTMSERVE_ASSIGN_OR_RETURN_IMPL_(LSTMSERVE_STATUS_CONCAT_(lstmserve_statusor_, __LINE__), lhs, expr)
+#define LSTMSERVE_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \
+  auto tmp = (expr);                                     \
+  if (!tmp.ok()) return std::move(tmp).status();         \
+  lhs = std::move(tmp).value()
+
+namespace lstmserve::core {
+
+// Runs `fn` (returning absl::Status or absl::StatusOr<T>) and turns any exception it throws
+// into a status: c10::Error (LibTorch) and other std::exception become INTERNAL with
+// `context` in the message, std::bad_alloc becomes RESOURCE_EXHAUSTED. This is the core's
+// edge: no LibTorch exception escapes a public core function.
+template <typename Fn>
+auto GuardTorch(absl::string_view context, Fn&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat(context, ": out of memory"));
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat(context, ": ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(context, ": ", e.what()));
+  }
+}
+
+}  // namespace lstmserve::core

@@ -1,0 +1,132 @@
+#include "lstm_kernels.h"
+
+#include <algorithm>
+#include <cstring>
+
+// Each exported kernel is compiled twice, for x86-64-v3 (AVX2 + FMA) and for the baseline;
+// the loader picks the best clone for the machine (GCC function multi-versioning).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LSTMSERVE_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define LSTMSERVE_MULTIVERSION
+#endif
+
+namespace lstmserve::core::kernels {
+namespace {
+
+inline float BitsToFloat(int32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+inline int32_t FloatToBits(float f) {
+  int32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  return bits;
+}
+
+// exp(x) for x clamped to [-87, 88]: Cody-Waite reduction by ln 2, then Cephes' degree-6
+// polynomial (relative error ~1e-7). Branch-free so that loops calling it vectorise.
+inline float Exp(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  // Round x / ln2 to the nearest integer with the 1.5 * 2^23 trick (no rounding instruction).
+  const float kShift = 12582912.0f;
+  const float shifted = x * 1.44269504088896341f + kShift;
+  const float n = shifted - kShift;
+  const int32_t ni = FloatToBits(shifted) - FloatToBits(kShift);
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  return y * BitsToFloat((ni + 127) << 23);
+}
+
+inline float Sigmoid(float x) { return 1.0f / (1.0f + Exp(-x)); }
+inline float Tanh(float x) { return 2.0f / (1.0f + Exp(-2.0f * x)) - 1.0f; }
+
+template <int kRows>
+inline void GemmBlock(const float* a, int64_t lda, const float* w, int64_t k, int64_t n,
+                      float* out) {
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const float* wr = w + kk * n;
+    float av[kRows];
+    for (int r = 0; r < kRows; ++r) av[r] = a[r * lda + kk];
+    for (int r = 0; r < kRows; ++r) {
+      float* o = out + r * n;
+      const float s = av[r];
+      for (int64_t j = 0; j < n; ++j) o[j] += s * wr[j];
+    }
+  }
+}
+
+}  // namespace
+
+LSTMSERVE_MULTIVERSION
+void SmallGemm(const float* a, int64_t lda, const float* w, int64_t k, int64_t n, float* out,
+               int64_t rows, bool accumulate) {
+  if (!accumulate) std::fill(out, out + rows * n, 0.0f);
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) GemmBlock<4>(a + r * lda, lda, w, k, n, out + r * n);
+  switch (rows - r) {
+    case 3: GemmBlock<3>(a + r * lda, lda, w, k, n, out + r * n); break;
+    case 2: GemmBlock<2>(a + r * lda, lda, w, k, n, out + r * n); break;
+    case 1: GemmBlock<1>(a + r * lda, lda, w, k, n, out + r * n); break;
+    default: break;
+  }
+}
+
+LSTMSERVE_MULTIVERSION
+void LstmGates(const float* gates, const float* bias, const float* c_prev, float* c_out,
+               float* h_out, int64_t rows, int64_t h) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* gi = gates + r * 4 * h;
+    const float* gf = gi + h;
+    const float* go = gi + 2 * h;
+    const float* gg = gi + 3 * h;
+    const float* cp = c_prev ? c_prev + r * h : nullptr;
+    float* co = c_out + r * h;
+    float* ho = h_out + r * h;
+    if (bias != nullptr && cp != nullptr) {
+      for (int64_t j = 0; j < h; ++j) {
+        const float c = Sigmoid(gi[j] + bias[j]) * Tanh(gg[j] + bias[3 * h + j]) +
+                        Sigmoid(gf[j] + bias[h + j]) * cp[j];
+        co[j] = c;
+        ho[j] = Sigmoid(go[j] + bias[2 * h + j]) * Tanh(c);
+      }
+    } else if (bias != nullptr) {
+      for (int64_t j = 0; j < h; ++j) {
+        const float c = Sigmoid(gi[j] + bias[j]) * Tanh(gg[j] + bias[3 * h + j]);
+        co[j] = c;
+        ho[j] = Sigmoid(go[j] + bias[2 * h + j]) * Tanh(c);
+      }
+    } else if (cp != nullptr) {
+      for (int64_t j = 0; j < h; ++j) {
+        const float c = Sigmoid(gi[j]) * Tanh(gg[j]) + Sigmoid(gf[j]) * cp[j];
+        co[j] = c;
+        ho[j] = Sigmoid(go[j]) * Tanh(c);
+      }
+    } else {
+      for (int64_t j = 0; j < h; ++j) {
+        const float c = Sigmoid(gi[j]) * Tanh(gg[j]);
+        co[j] = c;
+        ho[j] = Sigmoid(go[j]) * Tanh(c);
+      }
+    }
+  }
+}
+
+LSTMSERVE_MULTIVERSION
+void SigmoidArray(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = Sigmoid(x[i]);
+}
+
+LSTMSERVE_MULTIVERSION
+void TanhArray(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = Tanh(x[i]);
+}
+
+}  // namespace lstmserve::core::kernels
