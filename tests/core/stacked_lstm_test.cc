@@ -134,6 +134,31 @@ TEST(LstmKernelTest, SigmoidAndTanhWithin3e7OfLibTorch) {
   EXPECT_FLOAT_EQ(out[3], 1.f);
 }
 
+TEST(LstmKernelTest, GatesMatchLibTorchIncludingSaturatedInputs) {
+  auto gen = Gen(12);
+  const int64_t rows = 5, h = 37;
+  at::Tensor gates = at::empty({rows, 4 * h}).normal_(0, 3, gen);
+  // Saturate some units: huge, tiny and exactly-at-the-clamp pre-activations.
+  gates.index_put_({0}, 1e30f);
+  gates.index_put_({1}, -1e30f);
+  gates.index_put_({2}, 88.0f);
+  const at::Tensor bias = at::empty({4 * h}).normal_(0, 1, gen);
+  const at::Tensor c_prev = at::empty({rows, h}).normal_(0, 5, gen);
+  for (bool zero : {false, true}) {
+    at::Tensor c = zero ? at::empty({rows, h}) : c_prev.clone();
+    at::Tensor h_out = at::empty({rows, h});
+    kernels::LstmGates(gates.data_ptr<float>(), bias.data_ptr<float>(), c.data_ptr<float>(), zero,
+                       h_out.data_ptr<float>(), rows, h);
+    const auto ifog = (gates + bias).chunk(4, 1);
+    const at::Tensor c_ref = at::sigmoid(ifog[0]) * at::tanh(ifog[3]) +
+                             (zero ? at::zeros_like(c_prev) : at::sigmoid(ifog[1]) * c_prev);
+    const at::Tensor h_ref = at::sigmoid(ifog[2]) * at::tanh(c_ref);
+    EXPECT_LE(MaxAbsDiff(c, c_ref), 2e-6) << "zero state " << zero;
+    EXPECT_LE(MaxAbsDiff(h_out, h_ref), 1e-6) << "zero state " << zero;
+    EXPECT_FALSE(at::isnan(h_out).any().item<bool>());
+  }
+}
+
 TEST(LstmKernelTest, SmallGemmMatchesMatmulForEveryRowRemainder) {
   auto gen = Gen(8);
   for (int64_t rows : {1, 2, 3, 4, 5, 7, 8, 13}) {
