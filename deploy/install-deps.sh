@@ -21,7 +21,11 @@ build_pkgs=(
   libabsl-dev prometheus-cpp-dev libopenblas0-openmp
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 python3-torch python3-numpy python3-grpcio python3-protobuf
+  nlohmann-json3-dev libssl-dev
 )
+# Tools from npm (build profile only), installed under $LSTMSERVE_TOOLS.
+tools_dir="${LSTMSERVE_TOOLS:-/opt/lstmserve-tools}"
+buf_version="1.75.0"
 
 case "$profile" in
   build) pkgs=("${build_pkgs[@]}") ;;
@@ -30,19 +34,29 @@ case "$profile" in
 esac
 
 missing=()
+# npm (for buf) may come with a NodeSource nodejs; take Debian's only when there is none.
+if [[ "$profile" == build ]] && ! command -v npm >/dev/null; then pkgs+=(nodejs npm); fi
 for p in "${pkgs[@]}"; do
   status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true)
   [[ "$status" == ii* ]] || missing+=("$p")
 done
 
-if ((${#missing[@]} == 0)); then
-  echo "install-deps: all ${#pkgs[@]} packages present ($profile)"
-  exit 0
-fi
-
-echo "install-deps: installing ${missing[*]}"
 sudo_cmd=()
 if [[ $(id -u) -ne 0 ]]; then sudo_cmd=(sudo); fi
-export DEBIAN_FRONTEND=noninteractive
-"${sudo_cmd[@]}" apt-get update -qq
-"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#pkgs[@]} packages present ($profile)"
+else
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo_cmd[@]}" apt-get update -qq
+  "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [[ "$profile" == build ]]; then
+  if [[ "$("$tools_dir/node_modules/.bin/buf" --version 2>/dev/null)" != "$buf_version" ]]; then
+    echo "install-deps: installing buf $buf_version into $tools_dir"
+    "${sudo_cmd[@]}" mkdir -p "$tools_dir"
+    "${sudo_cmd[@]}" npm install --prefix "$tools_dir" --no-audit --no-fund --loglevel=error \
+      "@bufbuild/buf@$buf_version"
+  fi
+fi
