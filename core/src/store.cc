@@ -1,0 +1,377 @@
+#include "lstmserve/core/store.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+#include <openssl/evp.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "lstmserve/core/status.h"
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors data is little-endian");
+
+namespace lstmserve::core {
+namespace {
+
+namespace fs = std::filesystem;
+using Json = nlohmann::ordered_json;
+
+constexpr absl::string_view kSuffix = ".safetensors";
+constexpr uint64_t kMaxHeaderBytes = 100 << 20;
+constexpr auto kStaleTempAge = std::chrono::minutes(1);
+
+absl::string_view SafetensorsDtype(DType d) {
+  switch (d) {
+    case DType::kFloat32: return "F32";
+    case DType::kFloat16: return "F16";
+    case DType::kBFloat16: return "BF16";
+  }
+  return "F32";
+}
+
+absl::StatusOr<DType> FromSafetensorsDtype(absl::string_view s) {
+  if (s == "F32") return DType::kFloat32;
+  if (s == "F16") return DType::kFloat16;
+  if (s == "BF16") return DType::kBFloat16;
+  return absl::DataLossError(absl::StrCat("unsupported safetensors dtype '", s, "' (F32, F16, BF16)"));
+}
+
+absl::Status ErrnoStatus(absl::string_view what, const std::string& path, int err) {
+  const std::string message = absl::StrCat(what, " ", path, ": ", std::strerror(err));
+  if (err == ENOSPC || err == EDQUOT) return absl::ResourceExhaustedError(message);
+  if (err == ENOENT) return absl::NotFoundError(message);
+  if (err == EEXIST) return absl::AlreadyExistsError(message);
+  return absl::InternalError(message);
+}
+
+absl::Status WriteAll(int fd, const std::string& path, const char* data, size_t size) {
+  while (size > 0) {
+    const ssize_t n = ::write(fd, data, size);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus("write", path, errno);
+    }
+    data += n;
+    size -= static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SyncDir(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus("open", dir, errno);
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  return rc == 0 ? absl::OkStatus() : ErrnoStatus("fsync", dir, err);
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return ErrnoStatus("open", path, errno);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) return absl::DataLossError(absl::StrCat("read ", path, " failed"));
+  return bytes;
+}
+
+}  // namespace
+
+absl::Status ValidateSetId(absl::string_view id) {
+  auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parameter_set_id '", id.substr(0, 80), "' ", why,
+        "; ids are 1 to 63 characters of [a-z0-9._-], starting with [a-z0-9]"));
+  };
+  if (id.empty()) return bad("is empty");
+  if (id.size() > 63) return bad("is too long");
+  const char first = id.front();
+  if (!((first >= 'a' && first <= 'z') || (first >= '0' && first <= '9'))) {
+    return bad("does not start with a lowercase letter or digit");
+  }
+  for (char ch : id) {
+    if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == '-')) {
+      return bad("has a character outside [a-z0-9._-]");
+    }
+  }
+  if (absl::EndsWith(id, ".tmp") || absl::EndsWith(id, ".corrupt")) return bad("ends in a reserved suffix");
+  return absl::OkStatus();
+}
+
+std::string ComputeChecksum(const ParameterSet& set) {
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+  const char zero = 0;
+  for (const auto& t : set.tensors) {
+    const at::Tensor cpu = t.value.contiguous().cpu();
+    const std::string dtype(DTypeName(FromScalarType(cpu.scalar_type()).value_or(DType::kFloat32)));
+    const std::string shape = absl::StrJoin(cpu.sizes(), ",");
+    EVP_DigestUpdate(ctx, t.name.data(), t.name.size());
+    EVP_DigestUpdate(ctx, &zero, 1);
+    EVP_DigestUpdate(ctx, dtype.data(), dtype.size());
+    EVP_DigestUpdate(ctx, &zero, 1);
+    EVP_DigestUpdate(ctx, shape.data(), shape.size());
+    EVP_DigestUpdate(ctx, &zero, 1);
+    EVP_DigestUpdate(ctx, cpu.data_ptr(), cpu.nbytes());
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_DigestFinal_ex(ctx, digest, &length);
+  EVP_MD_CTX_free(ctx);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out = "sha256:";
+  for (unsigned int i = 0; i < length; ++i) {
+    out.push_back(kHex[digest[i] >> 4]);
+    out.push_back(kHex[digest[i] & 15]);
+  }
+  return out;
+}
+
+absl::StatusOr<std::string> EncodeSafetensors(const StoredSet& stored) {
+  return GuardTorch("encode safetensors", [&]() -> absl::StatusOr<std::string> {
+    Json header = Json::object();
+    header["__metadata__"] = {{"format", "pt"},
+                              {"lstmserve.id", stored.id},
+                              {"lstmserve.origin", stored.origin},
+                              {"lstmserve.create_time", std::to_string(stored.create_time_micros)},
+                              {"lstmserve.checksum", stored.checksum},
+                              {"lstmserve.spec", stored.spec}};
+    std::vector<at::Tensor> cpu;
+    int64_t offset = 0;
+    for (const auto& t : stored.set.tensors) {
+      cpu.push_back(t.value.contiguous().cpu());
+      LSTMSERVE_ASSIGN_OR_RETURN(DType dtype, FromScalarType(cpu.back().scalar_type()));
+      const int64_t bytes = static_cast<int64_t>(cpu.back().nbytes());
+      header[t.name] = {{"dtype", SafetensorsDtype(dtype)},
+                        {"shape", cpu.back().sizes().vec()},
+                        {"data_offsets", {offset, offset + bytes}}};
+      offset += bytes;
+    }
+    std::string json = header.dump();
+    json.append((8 - json.size() % 8) % 8, ' ');  // data starts 8-byte aligned
+    std::string out;
+    out.reserve(8 + json.size() + static_cast<size_t>(offset));
+    const uint64_t n = json.size();
+    out.append(reinterpret_cast<const char*>(&n), 8);
+    out += json;
+    for (const auto& t : cpu) out.append(static_cast<const char*>(t.data_ptr()), t.nbytes());
+    return out;
+  });
+}
+
+absl::StatusOr<StoredSet> DecodeSafetensors(absl::string_view bytes) {
+  if (bytes.size() < 8) return absl::DataLossError("safetensors: shorter than its 8-byte header length");
+  uint64_t header_size = 0;
+  std::memcpy(&header_size, bytes.data(), 8);
+  if (header_size > kMaxHeaderBytes || header_size > bytes.size() - 8) {
+    return absl::DataLossError(absl::StrCat("safetensors: header length ", header_size,
+                                            " does not fit the file of ", bytes.size(), " bytes"));
+  }
+  Json header;
+  try {
+    header = Json::parse(bytes.substr(8, header_size));
+  } catch (const std::exception& e) {
+    return absl::DataLossError(absl::StrCat("safetensors: header is not JSON: ", e.what()));
+  }
+  if (!header.is_object()) return absl::DataLossError("safetensors: header is not a JSON object");
+  const absl::string_view data = bytes.substr(8 + header_size);
+
+  StoredSet stored;
+  struct Entry {
+    std::string name;
+    DType dtype;
+    std::vector<int64_t> shape;
+    uint64_t begin, end;
+  };
+  std::vector<Entry> entries;
+  try {
+    for (auto it = header.begin(); it != header.end(); ++it) {
+      if (it.key() == "__metadata__") {
+        const Json& m = it.value();
+        if (!m.is_object()) return absl::DataLossError("safetensors: __metadata__ is not an object");
+        auto text = [&](const char* key) { return m.contains(key) && m[key].is_string() ? m[key].get<std::string>() : std::string(); };
+        stored.id = text("lstmserve.id");
+        stored.origin = text("lstmserve.origin");
+        stored.checksum = text("lstmserve.checksum");
+        stored.spec = text("lstmserve.spec");
+        (void)absl::SimpleAtoi(text("lstmserve.create_time"), &stored.create_time_micros);
+        continue;
+      }
+      const Json& t = it.value();
+      if (!t.is_object() || !t.contains("dtype") || !t.contains("shape") || !t.contains("data_offsets")) {
+        return absl::DataLossError(absl::StrCat("safetensors: tensor '", it.key(), "' lacks dtype, shape or data_offsets"));
+      }
+      LSTMSERVE_RETURN_IF_ERROR(ValidateTensorName(it.key()));
+      LSTMSERVE_ASSIGN_OR_RETURN(DType dtype, FromSafetensorsDtype(t["dtype"].get<std::string>()));
+      Entry e{it.key(), dtype, t["shape"].get<std::vector<int64_t>>(), 0, 0};
+      const auto offsets = t["data_offsets"].get<std::vector<uint64_t>>();
+      if (offsets.size() != 2) return absl::DataLossError("safetensors: data_offsets needs 2 numbers");
+      e.begin = offsets[0];
+      e.end = offsets[1];
+      entries.push_back(std::move(e));
+    }
+  } catch (const std::exception& e) {
+    return absl::DataLossError(absl::StrCat("safetensors: malformed header: ", e.what()));
+  }
+  if (entries.empty()) return absl::DataLossError("safetensors: no tensors");
+  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.begin < b.begin; });
+  uint64_t expected_begin = 0;
+  return GuardTorch("decode safetensors", [&]() -> absl::StatusOr<StoredSet> {
+    for (const Entry& e : entries) {
+      if (e.shape.empty() || e.shape.size() > 8) {
+        return absl::DataLossError(absl::StrCat("safetensors: tensor '", e.name, "' has rank ", e.shape.size()));
+      }
+      int64_t bytes = DTypeSize(e.dtype);
+      for (int64_t s : e.shape) {
+        if (s < 1 || __builtin_mul_overflow(bytes, s, &bytes)) {
+          return absl::DataLossError(absl::StrCat("safetensors: tensor '", e.name, "' has a bad shape"));
+        }
+      }
+      if (e.begin != expected_begin || e.end < e.begin || e.end - e.begin != static_cast<uint64_t>(bytes) ||
+          e.end > data.size()) {
+        return absl::DataLossError(absl::StrCat("safetensors: tensor '", e.name, "' has data_offsets [", e.begin,
+                                                ", ", e.end, ") that do not tile the ", data.size(),
+                                                "-byte data"));
+      }
+      at::Tensor value = at::empty(e.shape, at::TensorOptions().dtype(ToScalarType(e.dtype)));
+      std::memcpy(value.data_ptr(), data.data() + e.begin, static_cast<size_t>(bytes));
+      if (!stored.set.tensors.empty() && stored.set.dtype != e.dtype) {
+        return absl::DataLossError("safetensors: tensors of different dtypes in one set");
+      }
+      stored.set.dtype = e.dtype;
+      stored.set.byte_size += bytes;
+      stored.set.tensors.push_back({e.name, std::move(value)});
+      expected_begin = e.end;
+    }
+    if (expected_begin != data.size()) {
+      return absl::DataLossError(absl::StrCat("safetensors: ", data.size() - expected_begin,
+                                              " trailing bytes after the last tensor"));
+    }
+    if (!stored.checksum.empty()) {
+      const std::string actual = ComputeChecksum(stored.set);
+      if (actual != stored.checksum) {
+        return absl::DataLossError(absl::StrCat("checksum mismatch: file says ", stored.checksum,
+                                                ", data hashes to ", actual));
+      }
+    }
+    return std::move(stored);
+  });
+}
+
+absl::StatusOr<std::unique_ptr<ParameterStore>> ParameterStore::Open(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create store folder ", dir, ": ", ec.message()));
+  if (::access(dir.c_str(), W_OK) != 0) return ErrnoStatus("store folder is not writable:", dir, errno);
+  // Temporary files older than a minute were left by a crash (newer ones may belong to
+  // another server sharing the folder).
+  const auto now = fs::file_time_type::clock::now();
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (absl::StartsWith(name, ".") && absl::EndsWith(name, ".tmp") &&
+        now - entry.last_write_time(ec) > kStaleTempAge) {
+      fs::remove(entry.path(), ec);
+    }
+  }
+  return std::unique_ptr<ParameterStore>(new ParameterStore(dir));
+}
+
+std::string ParameterStore::PathOf(absl::string_view id) const {
+  return absl::StrCat(dir_, "/", id, kSuffix);
+}
+
+bool ParameterStore::Contains(absl::string_view id) const {
+  struct stat st;
+  return ValidateSetId(id).ok() && ::stat(PathOf(id).c_str(), &st) == 0;
+}
+
+absl::Status ParameterStore::Save(const StoredSet& stored) {
+  LSTMSERVE_RETURN_IF_ERROR(ValidateSetId(stored.id));
+  LSTMSERVE_ASSIGN_OR_RETURN(std::string bytes, EncodeSafetensors(stored));
+  static std::atomic<uint64_t> counter{0};
+  const std::string path = PathOf(stored.id);
+  const std::string tmp = absl::StrCat(dir_, "/.", stored.id, ".", ::getpid(), ".", counter++, ".tmp");
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoStatus("create", tmp, errno);
+  absl::Status status = WriteAll(fd, tmp, bytes.data(), bytes.size());
+  if (status.ok() && ::fsync(fd) != 0) status = ErrnoStatus("fsync", tmp, errno);
+  if (::close(fd) != 0 && status.ok()) status = ErrnoStatus("close", tmp, errno);
+  // link() publishes the complete file under its name and fails if the name exists, so two
+  // servers sharing the folder cannot overwrite each other's set.
+  if (status.ok() && ::link(tmp.c_str(), path.c_str()) != 0) {
+    status = errno == EEXIST ? absl::AlreadyExistsError(absl::StrCat("parameter set '", stored.id, "' already exists"))
+                             : ErrnoStatus("link", path, errno);
+  }
+  ::unlink(tmp.c_str());
+  if (!status.ok()) return status;
+  return SyncDir(dir_);
+}
+
+absl::Status ParameterStore::Remove(absl::string_view id) {
+  LSTMSERVE_RETURN_IF_ERROR(ValidateSetId(id));
+  const std::string path = PathOf(id);
+  if (::unlink(path.c_str()) != 0) {
+    if (errno == ENOENT) return absl::NotFoundError(absl::StrCat("parameter set '", id, "' not found"));
+    return ErrnoStatus("unlink", path, errno);
+  }
+  return SyncDir(dir_);
+}
+
+absl::StatusOr<StoredSet> ParameterStore::Load(absl::string_view id) const {
+  LSTMSERVE_RETURN_IF_ERROR(ValidateSetId(id));
+  auto bytes = ReadFile(PathOf(id));
+  if (!bytes.ok()) {
+    if (absl::IsNotFound(bytes.status())) return absl::NotFoundError(absl::StrCat("parameter set '", id, "' not found"));
+    return bytes.status();
+  }
+  LSTMSERVE_ASSIGN_OR_RETURN(StoredSet stored, DecodeSafetensors(*bytes));
+  if (stored.id != id) {
+    return absl::DataLossError(absl::StrCat("file ", PathOf(id), " holds set '", stored.id, "'"));
+  }
+  return stored;
+}
+
+ParameterStore::LoadReport ParameterStore::LoadAll() {
+  LoadReport report;
+  std::vector<std::string> ids;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir_, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!absl::EndsWith(name, kSuffix) || absl::StartsWith(name, ".")) continue;
+    ids.push_back(name.substr(0, name.size() - kSuffix.size()));
+  }
+  if (ec) report.problems.push_back(absl::StrCat("cannot list ", dir_, ": ", ec.message()));
+  std::sort(ids.begin(), ids.end());
+  for (const std::string& id : ids) {
+    absl::StatusOr<StoredSet> stored = ValidateSetId(id).ok()
+                                           ? Load(id)
+                                           : absl::StatusOr<StoredSet>(absl::DataLossError("file name is not a valid set id"));
+    if (stored.ok()) {
+      report.sets.push_back(*std::move(stored));
+      continue;
+    }
+    const std::string path = PathOf(id);
+    const std::string aside = path + ".corrupt";
+    fs::rename(path, aside, ec);
+    report.problems.push_back(absl::StrCat(path, ": ", stored.status().message(), "; moved aside to ",
+                                           ec ? "(rename failed: " + ec.message() + ")" : aside));
+  }
+  return report;
+}
+
+}  // namespace lstmserve::core
