@@ -32,7 +32,7 @@ absl::Status ValidateTemplate(const LstmTemplate& t, const CreateLimits& limits)
   LSTMSERVE_RETURN_IF_ERROR(positive(t.input_size, "input_size"));
   LSTMSERVE_RETURN_IF_ERROR(positive(t.hidden_size, "hidden_size"));
   if (t.num_layers > limits.max_layers) {
-    return absl::InvalidArgumentError(absl::StrCat("lstm template: num_layers ", t.num_layers,
+    return absl::ResourceExhaustedError(absl::StrCat("lstm template: num_layers ", t.num_layers,
                                                    " exceeds the limit of ", limits.max_layers));
   }
   // 4 * H and in + H must not overflow before the per-tensor checks multiply them.
@@ -100,7 +100,7 @@ absl::StatusOr<std::vector<TensorSpec>> ValidateSpec(const ParameterSetSpec& spe
   if (spec.lstm) LSTMSERVE_RETURN_IF_ERROR(ValidateTemplate(*spec.lstm, limits));
   std::vector<TensorSpec> tensors = spec.lstm ? ExpandLstmTemplate(*spec.lstm) : spec.tensors;
   if (static_cast<int64_t>(tensors.size()) > limits.max_tensors) {
-    return absl::InvalidArgumentError(absl::StrCat("the set has ", tensors.size(),
+    return absl::ResourceExhaustedError(absl::StrCat("the set has ", tensors.size(),
                                                    " tensors; the limit is ", limits.max_tensors));
   }
   std::unordered_set<std::string> names;
@@ -134,7 +134,7 @@ absl::StatusOr<std::vector<TensorSpec>> ValidateSpec(const ParameterSetSpec& spe
     }
     if (__builtin_add_overflow(total_bytes, bytes, &total_bytes) ||
         total_bytes > limits.max_set_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat(
+      return absl::ResourceExhaustedError(absl::StrCat(
           "the set would exceed the limit of ", limits.max_set_bytes, " bytes (at tensor '",
           t.name, "' of ", bytes, " bytes)"));
     }

@@ -21,12 +21,20 @@ ParameterSetSpec LstmSpec(int64_t layers, int64_t input, int64_t hidden, uint64_
   return spec;
 }
 
-void ExpectInvalid(const ParameterSetSpec& spec, const std::string& part,
-                   const CreateLimits& limits = {}) {
+void ExpectError(absl::StatusCode code, const ParameterSetSpec& spec, const std::string& part,
+                 const CreateLimits& limits = {}) {
   auto set = CreateParameterSet(spec, limits);
-  EXPECT_EQ(set.status().code(), absl::StatusCode::kInvalidArgument) << part;
+  EXPECT_EQ(set.status().code(), code) << part;
   EXPECT_NE(set.status().message().find(part), std::string::npos)
       << "expected '" << part << "' in: " << set.status();
+}
+
+void ExpectInvalid(const ParameterSetSpec& spec, const std::string& part, const CreateLimits& limits = {}) {
+  ExpectError(absl::StatusCode::kInvalidArgument, spec, part, limits);
+}
+
+void ExpectOverLimit(const ParameterSetSpec& spec, const std::string& part, const CreateLimits& limits) {
+  ExpectError(absl::StatusCode::kResourceExhausted, spec, part, limits);
 }
 
 TEST(ParameterSetTest, TemplateLayoutAndByteSize) {
@@ -140,13 +148,13 @@ TEST(ParameterSetValidationTest, LimitsOnBytesTensorsAndLayers) {
   spec.tensors = {{"a", {10, 10}, Initializer::Zeros()}};
   EXPECT_TRUE(CreateParameterSet(spec, limits).ok()) << "exactly at the limit is allowed";
   spec.tensors.push_back({"b", {1}, Initializer::Zeros()});
-  ExpectInvalid(spec, "exceed the limit of 400 bytes", limits);
+  ExpectOverLimit(spec, "exceed the limit of 400 bytes", limits);
   limits = {};
   limits.max_tensors = 2;
-  ExpectInvalid(LstmSpec(3, 2, 2), "limit is 2", limits);
+  ExpectOverLimit(LstmSpec(3, 2, 2), "limit is 2", limits);
   limits = {};
   limits.max_layers = 4;
-  ExpectInvalid(LstmSpec(5, 2, 2), "exceeds the limit of 4", limits);
+  ExpectOverLimit(LstmSpec(5, 2, 2), "exceeds the limit of 4", limits);
 }
 
 TEST(ParameterSetValidationTest, InitializerErrorsNameTheTensor) {

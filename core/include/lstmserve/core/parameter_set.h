@@ -85,8 +85,9 @@ std::vector<TensorSpec> ExpandLstmTemplate(const LstmTemplate& lstm);
 // Checks a tensor name: non-empty, at most 128 bytes, [A-Za-z0-9_.:/-], no "..".
 absl::Status ValidateTensorName(absl::string_view name);
 
-// Validates the whole spec against `limits`: sizes (>= 1, no overflow), names (valid,
-// unique), ranks, initializers, dtype, total bytes. Returns the expanded tensor list.
+// Validates the whole spec: sizes (>= 1, no overflow), names (valid, unique), ranks and
+// initializers give INVALID_ARGUMENT; exceeding `limits` (bytes, tensors, layers) gives
+// RESOURCE_EXHAUSTED. Returns the expanded tensor list.
 absl::StatusOr<std::vector<TensorSpec>> ValidateSpec(const ParameterSetSpec& spec,
                                                      const CreateLimits& limits);
 

@@ -1,0 +1,41 @@
+// The one place where wire messages and core values meet: tensors, specs, statuses.
+#pragma once
+
+#include <string>
+
+#include <ATen/core/Tensor.h>
+#include <grpcpp/support/status.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "lstmserve/core/device.h"
+#include "lstmserve/core/parameter_set.h"
+#include "lstmserve/v1/parameter_service.pb.h"
+#include "lstmserve/v1/tensor.pb.h"
+
+namespace lstmserve::server {
+
+// The one mapping from absl::Status to grpc::Status (the codes are the same numbers).
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+absl::StatusOr<core::DType> DTypeFromProto(v1::DataType dtype, absl::string_view field);
+v1::DataType DTypeToProto(core::DType dtype);
+
+// Decodes a wire tensor. INVALID_ARGUMENT (naming `field`) when the dtype is unset or is
+// not `expected`, a size is < 1, the element count exceeds `max_elements`, the data length
+// disagrees with shape and dtype, or a value is NaN or infinite (inputs must be finite).
+absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor, absl::string_view field,
+                                           core::DType expected, int64_t max_elements,
+                                           const c10::Device& device);
+
+// Encodes a tensor (any device) as row-major little-endian bytes.
+void TensorToProto(const at::Tensor& tensor, v1::Tensor* out);
+
+// Checks a wire shape: rank 1..8, sizes >= 1, product <= max_elements. Returns the count.
+absl::StatusOr<int64_t> CheckShape(const google::protobuf::RepeatedField<int64_t>& shape,
+                                   absl::string_view field, int64_t max_elements);
+
+// The wire spec as the core's spec. INVALID_ARGUMENT for enum values out of range.
+absl::StatusOr<core::ParameterSetSpec> SpecFromProto(const v1::ParameterSetSpec& spec);
+
+}  // namespace lstmserve::server

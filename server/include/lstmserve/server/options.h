@@ -1,0 +1,43 @@
+// Options of the lstmserve server, filled from flags in main and validated once.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+
+namespace lstmserve::server {
+
+struct ServerOptions {
+  // HOST:PORT to serve gRPC on; port 0 picks a free port.
+  std::string listen = "0.0.0.0:50051";
+  // Folder of the parameter store (created if missing).
+  std::string store_dir = "./lstmserve-data";
+  // "auto", "cpu", "cuda" or "cuda:N": where sets live and inference runs.
+  std::string device = "auto";
+  // LibTorch intra-op threads; 0 = every available core.
+  int intra_op_threads = 0;
+  // Largest gRPC message in either direction.
+  int64_t max_message_bytes = int64_t{64} << 20;
+  // Largest tensor in a request, in elements.
+  int64_t max_tensor_elements = int64_t{1} << 26;
+  // Largest parameter set, in bytes.
+  int64_t max_set_bytes = int64_t{1} << 30;
+  // All parameter sets held in memory together, in bytes.
+  int64_t max_total_set_bytes = int64_t{4} << 30;
+  // Most tensors in one set.
+  int64_t max_tensors_per_set = 4096;
+  // On SIGTERM/SIGINT: how long calls in flight may take to finish.
+  absl::Duration drain_timeout = absl::Seconds(10);
+  // Whether to serve gRPC server reflection.
+  bool reflection = true;
+
+  // INVALID_ARGUMENT naming the first bad option.
+  absl::Status Validate() const;
+};
+
+// Splits "HOST:PORT" ("[::1]:50051" too). INVALID_ARGUMENT if malformed.
+absl::Status ParseHostPort(const std::string& address, std::string* host, int* port);
+
+}  // namespace lstmserve::server

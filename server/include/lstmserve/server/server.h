@@ -1,0 +1,41 @@
+// The lstmserve server: the gRPC services over a set registry, health and reflection.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "lstmserve/server/options.h"
+#include "lstmserve/server/services.h"
+#include "lstmserve/server/set_registry.h"
+
+namespace lstmserve::server {
+
+class Server {
+ public:
+  // Resolves the device, opens and loads the store, and starts listening. Logs one line per
+  // step. FAILED_PRECONDITION for a device that is not there; INTERNAL if it cannot bind.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options);
+  ~Server();
+
+  // "HOST:PORT" with the port actually bound.
+  const std::string& address() const { return address_; }
+
+  // Health goes NOT_SERVING and new calls get UNAVAILABLE; calls in flight have up to
+  // drain_timeout to finish, then are cancelled. Returns when the server has stopped.
+  void Drain();
+
+ private:
+  Server() = default;
+  ServerOptions options_;
+  std::string address_;
+  std::unique_ptr<SetRegistry> registry_;
+  std::unique_ptr<ServiceContext> context_;
+  std::unique_ptr<ParameterServiceImpl> parameter_service_;
+  std::unique_ptr<InferenceServiceImpl> inference_service_;
+  std::unique_ptr<grpc::Server> server_;
+};
+
+}  // namespace lstmserve::server

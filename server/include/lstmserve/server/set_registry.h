@@ -1,0 +1,69 @@
+// The sets a server holds: in memory on the serving device, persisted in the store.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <c10/core/Device.h>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "lstmserve/core/stacked_lstm.h"
+#include "lstmserve/core/store.h"
+
+namespace lstmserve::server {
+
+// One set as served. Immutable once made; shared by the calls that use it, so a delete
+// never pulls tensors from under a call in flight.
+struct SetEntry {
+  core::StoredSet stored;                 // tensors on the serving device
+  std::optional<core::StackedLstm> lstm;  // present when the tensors form a stacked LSTM
+};
+
+// Thread-safe.
+class SetRegistry {
+ public:
+  SetRegistry(std::unique_ptr<core::ParameterStore> store, c10::Device device,
+              int64_t max_total_bytes);
+
+  // Loads every set in the store (a set that does not fit the memory budget is skipped).
+  // Returns one line per file skipped.
+  std::vector<std::string> LoadAll();
+
+  // NOT_FOUND for an unknown id (after looking in the store, which another server sharing
+  // the folder may have written); INVALID_ARGUMENT for a malformed id.
+  absl::StatusOr<std::shared_ptr<const SetEntry>> Get(const std::string& id);
+
+  // Persists and adds a set (tensors on any device; moved to the serving device).
+  // ALREADY_EXISTS if the id is taken, RESOURCE_EXHAUSTED past the memory budget or on a
+  // full disk.
+  absl::StatusOr<std::shared_ptr<const SetEntry>> Add(core::StoredSet stored);
+
+  // Removes a set from the store and from memory. NOT_FOUND if unknown.
+  absl::Status Delete(const std::string& id);
+
+  // Up to `limit` sets with ids after `after`, in id order; `more` says whether any follow.
+  std::vector<std::shared_ptr<const SetEntry>> List(const std::string& after, int limit, bool* more);
+
+  int64_t total_bytes() const;
+  int64_t count() const;
+  const c10::Device& device() const { return device_; }
+
+ private:
+  absl::StatusOr<std::shared_ptr<const SetEntry>> MakeEntry(core::StoredSet stored) const;
+
+  const std::unique_ptr<core::ParameterStore> store_;
+  const c10::Device device_;
+  const int64_t max_total_bytes_;
+  absl::Mutex store_mu_;  // serialises writes to the store folder
+  mutable absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<const SetEntry>> sets_ ABSL_GUARDED_BY(mu_);
+  int64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace lstmserve::server

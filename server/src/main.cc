@@ -1,0 +1,75 @@
+// lstmserve: the gRPC server. See --help.
+#include <csignal>
+#include <cstdio>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "lstmserve/core/command_line.h"
+#include "lstmserve/server/log.h"
+#include "lstmserve/server/server.h"
+
+namespace {
+const lstmserve::server::ServerOptions kDefaults;
+}
+
+ABSL_FLAG(std::string, listen, kDefaults.listen, "HOST:PORT to serve gRPC on; port 0 picks a free port");
+ABSL_FLAG(std::string, store_dir, kDefaults.store_dir, "folder of the parameter store (created if missing)");
+ABSL_FLAG(std::string, device, kDefaults.device, "auto | cpu | cuda | cuda:N");
+ABSL_FLAG(int, threads, kDefaults.intra_op_threads, "intra-op threads for inference; 0 = all available cores");
+ABSL_FLAG(int64_t, max_message_bytes, kDefaults.max_message_bytes, "largest gRPC message, in bytes");
+ABSL_FLAG(int64_t, max_tensor_elements, kDefaults.max_tensor_elements, "largest tensor in a request, in elements");
+ABSL_FLAG(int64_t, max_set_bytes, kDefaults.max_set_bytes, "largest parameter set, in bytes");
+ABSL_FLAG(int64_t, max_total_set_bytes, kDefaults.max_total_set_bytes,
+          "all parameter sets held in memory together, in bytes");
+ABSL_FLAG(int64_t, max_tensors_per_set, kDefaults.max_tensors_per_set, "most tensors in one parameter set");
+ABSL_FLAG(absl::Duration, drain_timeout, kDefaults.drain_timeout,
+          "on SIGTERM/SIGINT, how long calls in flight may take to finish (e.g. 10s)");
+ABSL_FLAG(bool, reflection, kDefaults.reflection, "serve gRPC server reflection");
+
+int main(int argc, char** argv) {
+  lstmserve::core::ParseCommandLineOrExit(
+      argc, argv,
+      "lstmserve: creates seeded, PyTorch-exact parameter sets and runs stacked-LSTM inference over gRPC.\n"
+      "Usage: lstmserve [--listen=0.0.0.0:50051] [--store_dir=./lstmserve-data] [--device=auto] ...\n"
+      "Prints 'listening on HOST:PORT' once it serves; SIGTERM or SIGINT drains and exits 0.",
+      {"server/src/main.cc"}, 0);
+  lstmserve::server::ServerOptions options;
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.store_dir = absl::GetFlag(FLAGS_store_dir);
+  options.device = absl::GetFlag(FLAGS_device);
+  options.intra_op_threads = absl::GetFlag(FLAGS_threads);
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.max_tensor_elements = absl::GetFlag(FLAGS_max_tensor_elements);
+  options.max_set_bytes = absl::GetFlag(FLAGS_max_set_bytes);
+  options.max_total_set_bytes = absl::GetFlag(FLAGS_max_total_set_bytes);
+  options.max_tensors_per_set = absl::GetFlag(FLAGS_max_tensors_per_set);
+  options.drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
+  options.reflection = absl::GetFlag(FLAGS_reflection);
+  if (absl::Status valid = options.Validate(); !valid.ok()) {
+    lstmserve::core::UsageErrorExit(valid.message());
+  }
+
+  // SIGTERM and SIGINT are taken by sigwait below, in this thread only: block them before
+  // any other thread starts so that every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto server = lstmserve::server::Server::Start(options);
+  if (!server.ok()) {
+    lstmserve::server::LogError(absl::StrCat("cannot start: ", server.status().ToString()));
+    return 1;
+  }
+  std::printf("listening on %s\n", (*server)->address().c_str());
+  std::fflush(stdout);
+  lstmserve::server::LogInfo(absl::StrCat("listening on ", (*server)->address()));
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  lstmserve::server::LogInfo(absl::StrCat("received signal ", signal_number));
+  (*server)->Drain();
+  return 0;
+}

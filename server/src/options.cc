@@ -1,0 +1,43 @@
+#include "lstmserve/server/options.h"
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace lstmserve::server {
+
+absl::Status ParseHostPort(const std::string& address, std::string* host, int* port) {
+  const auto colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("'", address, "' is not HOST:PORT"));
+  }
+  int p = -1;
+  if (!absl::SimpleAtoi(address.substr(colon + 1), &p) || p < 0 || p > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("'", address, "' has no port in 0..65535"));
+  }
+  *host = address.substr(0, colon);
+  *port = p;
+  return absl::OkStatus();
+}
+
+absl::Status ServerOptions::Validate() const {
+  std::string host;
+  int port = 0;
+  if (auto s = ParseHostPort(listen, &host, &port); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--listen: ", s.message()));
+  }
+  if (store_dir.empty()) return absl::InvalidArgumentError("--store_dir must not be empty");
+  if (intra_op_threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
+  if (max_message_bytes < 1024 || max_message_bytes > (int64_t{2} << 30) - 1) {
+    return absl::InvalidArgumentError("--max_message_bytes must be in [1024, 2^31 - 1]");
+  }
+  if (max_tensor_elements < 1) return absl::InvalidArgumentError("--max_tensor_elements must be >= 1");
+  if (max_set_bytes < 1) return absl::InvalidArgumentError("--max_set_bytes must be >= 1");
+  if (max_total_set_bytes < max_set_bytes) {
+    return absl::InvalidArgumentError("--max_total_set_bytes must be >= --max_set_bytes");
+  }
+  if (max_tensors_per_set < 1) return absl::InvalidArgumentError("--max_tensors_per_set must be >= 1");
+  if (drain_timeout < absl::ZeroDuration()) return absl::InvalidArgumentError("--drain_timeout must be >= 0");
+  return absl::OkStatus();
+}
+
+}  // namespace lstmserve::server

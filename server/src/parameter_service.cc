@@ -1,0 +1,370 @@
+#include <cstring>
+#include <random>
+#include <set>
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "lstmserve/core/status.h"
+#include "lstmserve/server/conversions.h"
+#include "lstmserve/server/log.h"
+#include "lstmserve/server/services.h"
+#include "rpc_util.h"
+
+namespace lstmserve::server {
+namespace {
+
+constexpr int kDefaultPageSize = 100;
+constexpr int kMaxPageSize = 1000;
+constexpr int64_t kDefaultChunkBytes = int64_t{1} << 20;
+constexpr int64_t kMaxChunkBytes = int64_t{4} << 20;
+constexpr absl::string_view kPageTokenPrefix = "after:";
+
+std::string NewSetId() {
+  thread_local std::mt19937_64 rng(std::random_device{}());
+  return absl::StrCat("ps-", absl::Hex(rng() & 0xffffffffffffULL, absl::kZeroPad12));
+}
+
+absl::StatusOr<std::string> IdOrNew(const std::string& requested) {
+  if (requested.empty()) return NewSetId();
+  LSTMSERVE_RETURN_IF_ERROR(core::ValidateSetId(requested));
+  return requested;
+}
+
+// Export: metadata first, then each tensor's bytes in chunks, one write in flight at a time.
+class ExportReactor final : public grpc::ServerWriteReactor<v1::ExportParameterSetResponse> {
+ public:
+  ExportReactor(std::shared_ptr<const SetEntry> entry, int64_t chunk_bytes, RpcLog log)
+      : entry_(std::move(entry)), chunk_bytes_(chunk_bytes), log_(std::move(log)) {
+    EntryToProto(*entry_, response_.mutable_parameter_set());
+    StartWrite(&response_);
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(log_.Done(absl::CancelledError("the client stopped reading the export")));
+      return;
+    }
+    NextWrite();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void NextWrite() {
+    const auto& tensors = entry_->stored.set.tensors;
+    while (index_ < tensors.size()) {
+      if (!current_.defined()) current_ = tensors[index_].value.contiguous().cpu();
+      const int64_t total = static_cast<int64_t>(current_.nbytes());
+      if (offset_ < total) {
+        const int64_t n = std::min(chunk_bytes_, total - offset_);
+        response_.Clear();
+        auto* chunk = response_.mutable_chunk();
+        chunk->set_tensor_index(static_cast<int32_t>(index_));
+        chunk->set_offset(offset_);
+        chunk->set_data(static_cast<const char*>(current_.data_ptr()) + offset_, n);
+        offset_ += n;
+        StartWrite(&response_);
+        return;
+      }
+      ++index_;
+      offset_ = 0;
+      current_ = at::Tensor();
+    }
+    Finish(log_.Done(absl::OkStatus()));
+  }
+
+  std::shared_ptr<const SetEntry> entry_;  // the set as it was when the export began
+  const int64_t chunk_bytes_;
+  RpcLog log_;
+  v1::ExportParameterSetResponse response_;
+  size_t index_ = 0;
+  int64_t offset_ = 0;
+  at::Tensor current_;
+};
+
+// Import: a header, then chunks in tensor and offset order; validated and stored at the end.
+class ImportReactor final : public grpc::ServerReadReactor<v1::ImportParameterSetRequest> {
+ public:
+  ImportReactor(ServiceContext* ctx, v1::ImportParameterSetResponse* response, RpcLog log)
+      : ctx_(ctx), response_(response), log_(std::move(log)) {
+    StartRead(&request_);
+  }
+  void OnReadDone(bool ok) override {
+    absl::Status status = ok ? Handle() : Complete();
+    if (!ok || !status.ok()) {
+      Finish(log_.Done(status));
+      return;
+    }
+    StartRead(&request_);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Handle() {
+    if (!header_seen_) {
+      if (!request_.has_header()) {
+        return absl::InvalidArgumentError("the first ImportParameterSetRequest must carry the header");
+      }
+      header_seen_ = true;
+      return ReadHeader(request_.header());
+    }
+    if (!request_.has_chunk()) return absl::InvalidArgumentError("after the header, every message must be a chunk");
+    const auto& chunk = request_.chunk();
+    if (chunk.tensor_index() < 0 || chunk.tensor_index() >= static_cast<int>(buffers_.size())) {
+      return absl::InvalidArgumentError(absl::StrCat("chunk.tensor_index ", chunk.tensor_index(), " is not in [0, ",
+                                                     buffers_.size(), ")"));
+    }
+    const size_t i = static_cast<size_t>(chunk.tensor_index());
+    if (i < next_tensor_ || (i == next_tensor_ && chunk.offset() != received_[i])) {
+      return absl::InvalidArgumentError(absl::StrCat("chunk for tensor ", i, " at offset ", chunk.offset(),
+                                                     " is out of order; expected tensor ", next_tensor_, " offset ",
+                                                     received_[std::min(next_tensor_, received_.size() - 1)]));
+    }
+    while (next_tensor_ < i) {
+      if (received_[next_tensor_] != static_cast<int64_t>(buffers_[next_tensor_].nbytes())) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor ", next_tensor_, " ended after ", received_[next_tensor_],
+                                                       " of ", buffers_[next_tensor_].nbytes(), " bytes"));
+      }
+      ++next_tensor_;
+    }
+    const int64_t total = static_cast<int64_t>(buffers_[i].nbytes());
+    if (chunk.offset() != received_[i] || received_[i] + static_cast<int64_t>(chunk.data().size()) > total) {
+      return absl::InvalidArgumentError(absl::StrCat("chunk for tensor ", i, " at offset ", chunk.offset(), " with ",
+                                                     chunk.data().size(), " bytes overruns its ", total, " bytes"));
+    }
+    std::memcpy(static_cast<char*>(buffers_[i].data_ptr()) + received_[i], chunk.data().data(), chunk.data().size());
+    received_[i] += static_cast<int64_t>(chunk.data().size());
+    return absl::OkStatus();
+  }
+
+  absl::Status ReadHeader(const v1::ImportHeader& header) {
+    LSTMSERVE_ASSIGN_OR_RETURN(id_, IdOrNew(header.parameter_set_id()));
+    if (header.tensors().empty()) return absl::InvalidArgumentError("header.tensors is empty");
+    if (header.tensors_size() > ctx_->options.max_tensors_per_set) {
+      return absl::InvalidArgumentError(absl::StrCat("header.tensors has ", header.tensors_size(),
+                                                     " tensors; the limit is ", ctx_->options.max_tensors_per_set));
+    }
+    checksum_ = header.checksum();
+    std::set<std::string> names;
+    int64_t total = 0;
+    for (int i = 0; i < header.tensors_size(); ++i) {
+      const auto& info = header.tensors(i);
+      const std::string field = absl::StrCat("header.tensors[", i, "]");
+      if (auto s = core::ValidateTensorName(info.name()); !s.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ".name: ", s.message()));
+      }
+      if (!names.insert(info.name()).second) {
+        return absl::InvalidArgumentError(absl::StrCat(field, ".name '", info.name(), "' is used twice"));
+      }
+      LSTMSERVE_ASSIGN_OR_RETURN(core::DType dtype, DTypeFromProto(info.dtype(), field));
+      if (i > 0 && dtype != dtype_) return absl::InvalidArgumentError(absl::StrCat(field, ".dtype differs from tensor 0's"));
+      dtype_ = dtype;
+      LSTMSERVE_RETURN_IF_ERROR(core::CheckDTypeOnDevice(dtype, ctx_->registry->device()));
+      LSTMSERVE_ASSIGN_OR_RETURN(int64_t count, CheckShape(info.shape(), field, ctx_->options.max_set_bytes));
+      total += count * core::DTypeSize(dtype);
+      if (total > ctx_->options.max_set_bytes) {
+        return absl::ResourceExhaustedError(absl::StrCat("the set exceeds --max_set_bytes=", ctx_->options.max_set_bytes));
+      }
+    }
+    return core::GuardTorch("import", [&]() -> absl::Status {
+      for (const auto& info : header.tensors()) {
+        buffers_.push_back(at::empty(std::vector<int64_t>(info.shape().begin(), info.shape().end()),
+                                     at::TensorOptions().dtype(core::ToScalarType(dtype_))));
+        names_.push_back(info.name());
+      }
+      received_.assign(buffers_.size(), 0);
+      return absl::OkStatus();
+    });
+  }
+
+  absl::Status Complete() {
+    if (!header_seen_) return absl::InvalidArgumentError("the import stream ended before its header");
+    for (size_t i = 0; i < buffers_.size(); ++i) {
+      if (received_[i] != static_cast<int64_t>(buffers_[i].nbytes())) {
+        return absl::InvalidArgumentError(absl::StrCat("the import stream ended with tensor '", names_[i], "' at ",
+                                                       received_[i], " of ", buffers_[i].nbytes(),
+                                                       " bytes; nothing was stored"));
+      }
+    }
+    core::StoredSet stored;
+    stored.id = id_;
+    stored.origin = "imported";
+    stored.create_time_micros = absl::ToUnixMicros(absl::Now());
+    stored.set.dtype = dtype_;
+    LSTMSERVE_RETURN_IF_ERROR(core::GuardTorch("import", [&]() -> absl::Status {
+      for (size_t i = 0; i < buffers_.size(); ++i) {
+        if (!at::isfinite(buffers_[i]).all().item<bool>()) {
+          return absl::InvalidArgumentError(absl::StrCat("tensor '", names_[i], "' contains NaN or infinity"));
+        }
+        stored.set.byte_size += static_cast<int64_t>(buffers_[i].nbytes());
+        stored.set.tensors.push_back({names_[i], buffers_[i]});
+      }
+      return absl::OkStatus();
+    }));
+    stored.checksum = core::ComputeChecksum(stored.set);
+    if (!checksum_.empty() && checksum_ != stored.checksum) {
+      return absl::InvalidArgumentError(absl::StrCat("header.checksum is ", checksum_, " but the data hashes to ",
+                                                     stored.checksum, "; nothing was stored"));
+    }
+    LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->registry->Add(std::move(stored)));
+    EntryToProto(*entry, response_->mutable_parameter_set());
+    return absl::OkStatus();
+  }
+
+  ServiceContext* ctx_;
+  v1::ImportParameterSetResponse* response_;
+  RpcLog log_;
+  v1::ImportParameterSetRequest request_;
+  bool header_seen_ = false;
+  std::string id_;
+  std::string checksum_;
+  core::DType dtype_ = core::DType::kFloat32;
+  std::vector<std::string> names_;
+  std::vector<at::Tensor> buffers_;
+  std::vector<int64_t> received_;
+  size_t next_tensor_ = 0;
+};
+
+}  // namespace
+
+void EntryToProto(const SetEntry& entry, v1::ParameterSet* out) {
+  const core::StoredSet& s = entry.stored;
+  out->set_id(s.id);
+  out->set_origin(s.origin == "imported" ? v1::SET_ORIGIN_IMPORTED : v1::SET_ORIGIN_CREATED);
+  std::string spec;
+  if (!s.spec.empty() && absl::Base64Unescape(s.spec, &spec)) out->mutable_spec()->ParseFromString(spec);
+  for (const auto& t : s.set.tensors) {
+    auto* info = out->add_tensors();
+    info->set_name(t.name);
+    info->mutable_shape()->Assign(t.value.sizes().begin(), t.value.sizes().end());
+    info->set_dtype(DTypeToProto(s.set.dtype));
+  }
+  out->set_byte_size(s.set.byte_size);
+  out->set_checksum(s.checksum);
+  out->mutable_create_time()->set_seconds(s.create_time_micros / 1000000);
+  out->mutable_create_time()->set_nanos(static_cast<int32_t>(s.create_time_micros % 1000000) * 1000);
+  if (entry.lstm) {
+    auto* l = out->mutable_lstm();
+    l->set_num_layers(entry.lstm->num_layers());
+    l->set_input_size(entry.lstm->input_size());
+    l->set_hidden_size(entry.lstm->hidden_size());
+    l->set_bias(entry.lstm->has_bias());
+  }
+  if (!s.set.tensors.empty()) out->set_device(core::DeviceName(s.set.tensors.front().value.device()));
+}
+
+grpc::ServerUnaryReactor* ParameterServiceImpl::CreateParameterSet(grpc::CallbackServerContext* context,
+                                                                   const v1::CreateParameterSetRequest* request,
+                                                                   v1::CreateParameterSetResponse* response) {
+  RpcLog log(context, "CreateParameterSet", request->parameter_set_id());
+  return FinishUnary(context, log, [&]() -> absl::Status {
+    LSTMSERVE_RETURN_IF_ERROR(RefuseWhileDraining(*ctx_));
+    if (!request->has_spec()) return absl::InvalidArgumentError("spec is not set");
+    LSTMSERVE_ASSIGN_OR_RETURN(std::string id, IdOrNew(request->parameter_set_id()));
+    LSTMSERVE_ASSIGN_OR_RETURN(core::ParameterSetSpec spec, SpecFromProto(request->spec()));
+    LSTMSERVE_RETURN_IF_ERROR(core::CheckDTypeOnDevice(spec.dtype, ctx_->registry->device()));
+    auto created = core::CreateParameterSet(spec, ctx_->create_limits);
+    LSTMSERVE_RETURN_IF_ERROR(created.status());
+    core::StoredSet stored;
+    stored.id = id;
+    stored.origin = "created";
+    stored.create_time_micros = absl::ToUnixMicros(absl::Now());
+    stored.spec = absl::Base64Escape(request->spec().SerializeAsString());
+    stored.set = *std::move(created);
+    stored.checksum = core::ComputeChecksum(stored.set);
+    LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->registry->Add(std::move(stored)));
+    EntryToProto(*entry, response->mutable_parameter_set());
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* ParameterServiceImpl::GetParameterSet(grpc::CallbackServerContext* context,
+                                                                const v1::GetParameterSetRequest* request,
+                                                                v1::GetParameterSetResponse* response) {
+  RpcLog log(context, "GetParameterSet", request->parameter_set_id());
+  return FinishUnary(context, log, [&]() -> absl::Status {
+    LSTMSERVE_RETURN_IF_ERROR(RefuseWhileDraining(*ctx_));
+    LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->registry->Get(request->parameter_set_id()));
+    EntryToProto(*entry, response->mutable_parameter_set());
+    if (request->include_tensors()) {
+      if (entry->stored.set.byte_size > ctx_->options.max_message_bytes - 65536) {
+        return absl::ResourceExhaustedError(absl::StrCat("the set's ", entry->stored.set.byte_size,
+                                                         " bytes exceed the message limit of ",
+                                                         ctx_->options.max_message_bytes,
+                                                         "; use ExportParameterSet"));
+      }
+      for (const auto& t : entry->stored.set.tensors) {
+        auto* named = response->add_tensors();
+        named->set_name(t.name);
+        TensorToProto(t.value, named->mutable_tensor());
+      }
+    }
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* ParameterServiceImpl::ListParameterSets(grpc::CallbackServerContext* context,
+                                                                  const v1::ListParameterSetsRequest* request,
+                                                                  v1::ListParameterSetsResponse* response) {
+  RpcLog log(context, "ListParameterSets", "");
+  return FinishUnary(context, log, [&]() -> absl::Status {
+    LSTMSERVE_RETURN_IF_ERROR(RefuseWhileDraining(*ctx_));
+    if (request->page_size() < 0 || request->page_size() > kMaxPageSize) {
+      return absl::InvalidArgumentError(absl::StrCat("page_size is ", request->page_size(), "; expected 0 to ",
+                                                     kMaxPageSize, " (0 means ", kDefaultPageSize, ")"));
+    }
+    std::string after;
+    if (!request->page_token().empty()) {
+      absl::string_view token = request->page_token();
+      if (!absl::ConsumePrefix(&token, kPageTokenPrefix) || !core::ValidateSetId(token).ok()) {
+        return absl::InvalidArgumentError("page_token is not a next_page_token this server returned");
+      }
+      after = std::string(token);
+    }
+    bool more = false;
+    const int limit = request->page_size() == 0 ? kDefaultPageSize : request->page_size();
+    for (const auto& entry : ctx_->registry->List(after, limit, &more)) {
+      EntryToProto(*entry, response->add_parameter_sets());
+    }
+    if (more) response->set_next_page_token(absl::StrCat(kPageTokenPrefix, response->parameter_sets().rbegin()->id()));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* ParameterServiceImpl::DeleteParameterSet(grpc::CallbackServerContext* context,
+                                                                   const v1::DeleteParameterSetRequest* request,
+                                                                   v1::DeleteParameterSetResponse* /*response*/) {
+  RpcLog log(context, "DeleteParameterSet", request->parameter_set_id());
+  return FinishUnary(context, log, [&]() -> absl::Status {
+    LSTMSERVE_RETURN_IF_ERROR(RefuseWhileDraining(*ctx_));
+    return ctx_->registry->Delete(request->parameter_set_id());
+  });
+}
+
+grpc::ServerWriteReactor<v1::ExportParameterSetResponse>* ParameterServiceImpl::ExportParameterSet(
+    grpc::CallbackServerContext* context, const v1::ExportParameterSetRequest* request) {
+  RpcLog log(context, "ExportParameterSet", request->parameter_set_id());
+  absl::Status status = RefuseWhileDraining(*ctx_);
+  if (status.ok() && (request->chunk_bytes() < 0 || request->chunk_bytes() > kMaxChunkBytes)) {
+    status = absl::InvalidArgumentError(absl::StrCat("chunk_bytes is ", request->chunk_bytes(), "; expected 0 to ",
+                                                     kMaxChunkBytes, " (0 means ", kDefaultChunkBytes, ")"));
+  }
+  absl::StatusOr<std::shared_ptr<const SetEntry>> entry =
+      status.ok() ? ctx_->registry->Get(request->parameter_set_id()) : status;
+  if (!entry.ok()) return FailedWriter<v1::ExportParameterSetResponse>(log.Done(entry.status()));
+  return new ExportReactor(*std::move(entry), request->chunk_bytes() == 0 ? kDefaultChunkBytes : request->chunk_bytes(),
+                           std::move(log));
+}
+
+grpc::ServerReadReactor<v1::ImportParameterSetRequest>* ParameterServiceImpl::ImportParameterSet(
+    grpc::CallbackServerContext* context, v1::ImportParameterSetResponse* response) {
+  RpcLog log(context, "ImportParameterSet", "");
+  if (absl::Status s = RefuseWhileDraining(*ctx_); !s.ok()) {
+    return FailedReader<v1::ImportParameterSetRequest>(log.Done(s));
+  }
+  return new ImportReactor(ctx_, response, std::move(log));
+}
+
+}  // namespace lstmserve::server

@@ -1,0 +1,75 @@
+// Helpers shared by the service adapters: per-call error logs, finishing reactors.
+#pragma once
+
+#include <string>
+#include <utility>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "lstmserve/server/conversions.h"
+#include "lstmserve/server/log.h"
+#include "lstmserve/server/services.h"
+
+namespace lstmserve::server {
+
+// The request context of one call, for its error log line.
+class RpcLog {
+ public:
+  RpcLog(grpc::CallbackServerContext* context, absl::string_view method, absl::string_view set_id)
+      : method_(method), peer_(context->peer()), set_id_(set_id) {}
+
+  // Logs a failure (nothing for OK) and converts the status for the wire.
+  grpc::Status Done(const absl::Status& status) const {
+    if (!status.ok()) {
+      LogError(absl::StrCat("rpc=", method_, " peer=", peer_, set_id_.empty() ? "" : " set=", set_id_,
+                            " code=", absl::StatusCodeToString(status.code()), " message=\"", status.message(), "\""));
+    }
+    return ToGrpcStatus(status);
+  }
+  void set_set_id(absl::string_view id) { set_id_ = std::string(id); }
+
+ private:
+  std::string method_;
+  std::string peer_;
+  std::string set_id_;
+};
+
+inline absl::Status RefuseWhileDraining(const ServiceContext& ctx) {
+  if (ctx.draining.load()) return absl::UnavailableError("the server is draining; retry on another replica");
+  return absl::OkStatus();
+}
+
+// Runs `body` and finishes the unary call with its status.
+template <typename Body>
+grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context, const RpcLog& log, Body&& body) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Status status = body();
+  if (status.ok() && context->IsCancelled()) status = absl::CancelledError("the call was cancelled");
+  reactor->Finish(log.Done(status));
+  return reactor;
+}
+
+// Streams that fail before they start.
+template <typename Response>
+grpc::ServerWriteReactor<Response>* FailedWriter(grpc::Status status) {
+  class Failed final : public grpc::ServerWriteReactor<Response> {
+   public:
+    explicit Failed(grpc::Status s) { this->Finish(std::move(s)); }
+    void OnDone() override { delete this; }
+  };
+  return new Failed(std::move(status));
+}
+
+template <typename Request>
+grpc::ServerReadReactor<Request>* FailedReader(grpc::Status status) {
+  class Failed final : public grpc::ServerReadReactor<Request> {
+   public:
+    explicit Failed(grpc::Status s) { this->Finish(std::move(s)); }
+    void OnDone() override { delete this; }
+  };
+  return new Failed(std::move(status));
+}
+
+}  // namespace lstmserve::server

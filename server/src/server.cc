@@ -1,0 +1,79 @@
+#include "lstmserve/server/server.h"
+
+#include <chrono>
+#include <thread>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "lstmserve/core/device.h"
+#include "lstmserve/core/status.h"
+#include "lstmserve/core/threads.h"
+#include "lstmserve/server/log.h"
+
+namespace lstmserve::server {
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
+  LSTMSERVE_RETURN_IF_ERROR(options.Validate());
+  std::unique_ptr<Server> server(new Server());
+  server->options_ = options;
+  LSTMSERVE_ASSIGN_OR_RETURN(c10::Device device, core::ResolveDevice(options.device));
+  const int threads = core::SetIntraOpThreads(options.intra_op_threads);
+  LogInfo(absl::StrCat("lstmserve starting: device=", core::DeviceName(device), " threads=", threads,
+                       " store_dir=", options.store_dir));
+
+  const absl::Time load_start = absl::Now();
+  LSTMSERVE_ASSIGN_OR_RETURN(auto store, core::ParameterStore::Open(options.store_dir));
+  server->registry_ = std::make_unique<SetRegistry>(std::move(store), device, options.max_total_set_bytes);
+  for (const auto& problem : server->registry_->LoadAll()) LogError(absl::StrCat("store: skipped ", problem));
+  LogInfo(absl::StrCat("store loaded: ", server->registry_->count(), " sets, ", server->registry_->total_bytes(),
+                       " bytes in ", absl::FormatDuration(absl::Now() - load_start)));
+
+  server->context_ = std::make_unique<ServiceContext>();
+  server->context_->registry = server->registry_.get();
+  server->context_->options = options;
+  server->context_->create_limits.max_set_bytes = options.max_set_bytes;
+  server->context_->create_limits.max_tensors = options.max_tensors_per_set;
+  server->parameter_service_ = std::make_unique<ParameterServiceImpl>(server->context_.get());
+  server->inference_service_ = std::make_unique<InferenceServiceImpl>(server->context_.get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  if (options.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.RegisterService(server->parameter_service_.get());
+  builder.RegisterService(server->inference_service_.get());
+  server->server_ = builder.BuildAndStart();
+  if (!server->server_ || port == 0) {
+    return absl::InternalError(absl::StrCat("cannot listen on ", options.listen, " (in use, or not a local address?)"));
+  }
+  std::string host;
+  int unused = 0;
+  (void)ParseHostPort(options.listen, &host, &unused);
+  server->address_ = absl::StrCat(host, ":", port);
+  server->server_->GetHealthCheckService()->SetServingStatus(true);
+  return server;
+}
+
+Server::~Server() {
+  if (server_) server_->Shutdown(std::chrono::system_clock::now());
+}
+
+void Server::Drain() {
+  LogInfo(absl::StrCat("draining: health NOT_SERVING, refusing new calls, up to ",
+                       absl::FormatDuration(options_.drain_timeout), " for calls in flight"));
+  server_->GetHealthCheckService()->SetServingStatus(false);
+  context_->draining.store(true);
+  const auto deadline = std::chrono::system_clock::now() + absl::ToChronoMilliseconds(options_.drain_timeout);
+  server_->Shutdown(deadline);
+  server_->Wait();
+  server_.reset();
+  LogInfo("stopped");
+}
+
+}  // namespace lstmserve::server

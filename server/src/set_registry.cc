@@ -1,0 +1,133 @@
+#include "lstmserve/server/set_registry.h"
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/str_cat.h"
+#include "lstmserve/core/status.h"
+
+namespace lstmserve::server {
+
+SetRegistry::SetRegistry(std::unique_ptr<core::ParameterStore> store, c10::Device device,
+                         int64_t max_total_bytes)
+    : store_(std::move(store)), device_(device), max_total_bytes_(max_total_bytes) {}
+
+absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::MakeEntry(core::StoredSet stored) const {
+  return core::GuardTorch("load parameter set", [&]() -> absl::StatusOr<std::shared_ptr<const SetEntry>> {
+    for (auto& t : stored.set.tensors) {
+      if (t.value.device() != device_) t.value = t.value.to(device_).contiguous();
+    }
+    auto entry = std::make_shared<SetEntry>();
+    auto lstm = core::StackedLstm::FromParameterSet(stored.set);
+    if (lstm.ok()) entry->lstm = *std::move(lstm);
+    entry->stored = std::move(stored);
+    return std::shared_ptr<const SetEntry>(std::move(entry));
+  });
+}
+
+std::vector<std::string> SetRegistry::LoadAll() {
+  absl::MutexLock store_lock(&store_mu_);
+  core::ParameterStore::LoadReport report = store_->LoadAll();
+  absl::MutexLock lock(&mu_);
+  for (auto& stored : report.sets) {
+    const std::string id = stored.id;
+    const int64_t size = stored.set.byte_size;
+    if (bytes_ + size > max_total_bytes_) {
+      report.problems.push_back(absl::StrCat(store_->PathOf(id), ": not loaded, ", size,
+                                             " bytes would exceed --max_total_set_bytes"));
+      continue;
+    }
+    auto entry = MakeEntry(std::move(stored));
+    if (!entry.ok()) {
+      report.problems.push_back(absl::StrCat(store_->PathOf(id), ": ", entry.status().message()));
+      continue;
+    }
+    sets_[id] = *std::move(entry);
+    bytes_ += size;
+  }
+  return report.problems;
+}
+
+absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::Get(const std::string& id) {
+  LSTMSERVE_RETURN_IF_ERROR(core::ValidateSetId(id));
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = sets_.find(id);
+    if (it != sets_.end()) return it->second;
+  }
+  // Not in memory: another server sharing the store folder may have created it.
+  absl::MutexLock store_lock(&store_mu_);
+  auto stored = store_->Load(id);
+  if (!stored.ok()) {
+    if (absl::IsNotFound(stored.status())) {
+      return absl::NotFoundError(absl::StrCat("parameter set '", id, "' not found"));
+    }
+    return stored.status();
+  }
+  const int64_t size = stored->set.byte_size;
+  LSTMSERVE_ASSIGN_OR_RETURN(auto entry, MakeEntry(*std::move(stored)));
+  absl::MutexLock lock(&mu_);
+  auto [it, inserted] = sets_.emplace(id, entry);
+  if (inserted) bytes_ += size;
+  return it->second;
+}
+
+absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::Add(core::StoredSet stored) {
+  LSTMSERVE_RETURN_IF_ERROR(core::ValidateSetId(stored.id));
+  const std::string id = stored.id;
+  const int64_t size = stored.set.byte_size;
+  absl::MutexLock store_lock(&store_mu_);
+  {
+    absl::MutexLock lock(&mu_);
+    if (sets_.count(id) > 0 || store_->Contains(id)) {
+      return absl::AlreadyExistsError(absl::StrCat("parameter set '", id, "' already exists"));
+    }
+    if (bytes_ + size > max_total_bytes_) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the server holds ", bytes_, " bytes of sets; ", size, " more would exceed --max_total_set_bytes=",
+          max_total_bytes_, "; delete sets or raise the limit"));
+    }
+  }
+  LSTMSERVE_RETURN_IF_ERROR(store_->Save(stored));
+  auto entry = MakeEntry(std::move(stored));
+  if (!entry.ok()) {
+    (void)store_->Remove(id);
+    return entry.status();
+  }
+  absl::MutexLock lock(&mu_);
+  sets_[id] = *entry;
+  bytes_ += size;
+  return *entry;
+}
+
+absl::Status SetRegistry::Delete(const std::string& id) {
+  LSTMSERVE_RETURN_IF_ERROR(core::ValidateSetId(id));
+  absl::MutexLock store_lock(&store_mu_);
+  const absl::Status removed = store_->Remove(id);
+  absl::MutexLock lock(&mu_);
+  auto it = sets_.find(id);
+  if (it == sets_.end()) return removed;  // NOT_FOUND when neither had it
+  bytes_ -= it->second->stored.set.byte_size;
+  sets_.erase(it);
+  return removed.ok() || absl::IsNotFound(removed) ? absl::OkStatus() : removed;
+}
+
+std::vector<std::shared_ptr<const SetEntry>> SetRegistry::List(const std::string& after, int limit, bool* more) {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::shared_ptr<const SetEntry>> out;
+  auto it = after.empty() ? sets_.begin() : sets_.upper_bound(after);
+  for (; it != sets_.end() && static_cast<int>(out.size()) < limit; ++it) out.push_back(it->second);
+  *more = it != sets_.end();
+  return out;
+}
+
+int64_t SetRegistry::total_bytes() const {
+  absl::MutexLock lock(&mu_);
+  return bytes_;
+}
+
+int64_t SetRegistry::count() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(sets_.size());
+}
+
+}  // namespace lstmserve::server
