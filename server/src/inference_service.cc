@@ -2,11 +2,14 @@
 
 #include "absl/strings/str_cat.h"
 #include "lstmserve/core/status.h"
-#include "lstmserve/server/conversions.h"
+#include "lstmserve/wire/conversions.h"
 #include "lstmserve/server/services.h"
 #include "rpc_util.h"
 
 namespace lstmserve::server {
+
+using wire::TensorFromProto;
+using wire::TensorToProto;
 namespace {
 
 // The set's LSTM, or FAILED_PRECONDITION when it is not LSTM-shaped.

@@ -9,12 +9,18 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "lstmserve/core/status.h"
-#include "lstmserve/server/conversions.h"
+#include "lstmserve/wire/conversions.h"
 #include "lstmserve/server/log.h"
 #include "lstmserve/server/services.h"
 #include "rpc_util.h"
 
 namespace lstmserve::server {
+
+using wire::CheckShape;
+using wire::DTypeFromProto;
+using wire::DTypeToProto;
+using wire::SpecFromProto;
+using wire::TensorToProto;
 namespace {
 
 constexpr int kDefaultPageSize = 100;

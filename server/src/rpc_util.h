@@ -8,7 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "lstmserve/server/conversions.h"
+#include "lstmserve/wire/conversions.h"
 #include "lstmserve/server/log.h"
 #include "lstmserve/server/services.h"
 
@@ -26,7 +26,7 @@ class RpcLog {
       LogError(absl::StrCat("rpc=", method_, " peer=", peer_, set_id_.empty() ? "" : " set=", set_id_,
                             " code=", absl::StatusCodeToString(status.code()), " message=\"", status.message(), "\""));
     }
-    return ToGrpcStatus(status);
+    return wire::ToGrpcStatus(status);
   }
   void set_set_id(absl::string_view id) { set_id_ = std::string(id); }
 

@@ -1,4 +1,4 @@
-#include "lstmserve/server/conversions.h"
+#include "lstmserve/wire/conversions.h"
 
 #include <cmath>
 #include <cstring>
@@ -9,7 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "lstmserve/core/status.h"
 
-namespace lstmserve::server {
+namespace lstmserve::wire {
 namespace {
 
 namespace v1 = ::lstmserve::v1;
@@ -88,6 +88,11 @@ absl::StatusOr<core::Initializer> InitializerFromProto(const v1::Initializer& in
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+absl::Status FromGrpcStatus(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
 
 absl::StatusOr<core::DType> DTypeFromProto(v1::DataType dtype, absl::string_view field) {
@@ -218,4 +223,4 @@ absl::StatusOr<core::ParameterSetSpec> SpecFromProto(const v1::ParameterSetSpec&
   return out;
 }
 
-}  // namespace lstmserve::server
+}  // namespace lstmserve::wire

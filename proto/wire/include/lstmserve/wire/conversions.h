@@ -1,4 +1,5 @@
 // The one place where wire messages and core values meet: tensors, specs, statuses.
+// Shared by the server and the clients.
 #pragma once
 
 #include <string>
@@ -13,10 +14,11 @@
 #include "lstmserve/v1/parameter_service.pb.h"
 #include "lstmserve/v1/tensor.pb.h"
 
-namespace lstmserve::server {
+namespace lstmserve::wire {
 
-// The one mapping from absl::Status to grpc::Status (the codes are the same numbers).
+// The one mapping between absl::Status and grpc::Status (the codes are the same numbers).
 grpc::Status ToGrpcStatus(const absl::Status& status);
+absl::Status FromGrpcStatus(const grpc::Status& status);
 
 absl::StatusOr<core::DType> DTypeFromProto(v1::DataType dtype, absl::string_view field);
 v1::DataType DTypeToProto(core::DType dtype);
@@ -38,4 +40,4 @@ absl::StatusOr<int64_t> CheckShape(const google::protobuf::RepeatedField<int64_t
 // The wire spec as the core's spec. INVALID_ARGUMENT for enum values out of range.
 absl::StatusOr<core::ParameterSetSpec> SpecFromProto(const v1::ParameterSetSpec& spec);
 
-}  // namespace lstmserve::server
+}  // namespace lstmserve::wire

@@ -1,0 +1,83 @@
+// lstmserve's C++ client: a typed API over the gRPC services, at::Tensor in and out.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "lstmserve/core/parameter_set.h"
+#include "lstmserve/core/stacked_lstm.h"
+#include "lstmserve/v1/inference_service.grpc.pb.h"
+#include "lstmserve/v1/parameter_service.grpc.pb.h"
+
+namespace lstmserve::client {
+
+struct ClientOptions {
+  std::string target = "localhost:50051";   // gRPC target, e.g. "dns:///lstmserve:50051"
+  absl::Duration timeout = absl::Seconds(60);  // deadline of each call
+  int64_t max_message_bytes = int64_t{64} << 20;
+};
+
+// A stateful inference session (InferenceService.Session). Not thread-safe.
+class Session {
+ public:
+  ~Session();
+  // One step: x [B, I] -> the top layer's new h [B, H] (and, with return_state, `state`).
+  absl::StatusOr<at::Tensor> Step(const at::Tensor& x, core::LstmState* state = nullptr);
+  // Closes the stream and returns its final status.
+  absl::Status Close();
+
+ private:
+  friend class Client;
+  Session() = default;
+  std::unique_ptr<grpc::ClientContext> context_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionResponse>> stream_;
+  bool closed_ = false;
+};
+
+// Thread-safe; one channel shared by every call.
+class Client {
+ public:
+  static std::unique_ptr<Client> Connect(const ClientOptions& options);
+
+  absl::StatusOr<v1::ParameterSet> Create(const v1::ParameterSetSpec& spec, const std::string& id = "");
+  absl::StatusOr<v1::ParameterSet> Get(const std::string& id);
+  // Every set, following pages of `page_size`.
+  absl::StatusOr<std::vector<v1::ParameterSet>> List(int page_size = 100);
+  absl::Status Delete(const std::string& id);
+  // The set's tensors (CPU), streamed in chunks; `metadata` gets the set's metadata.
+  absl::StatusOr<core::ParameterSet> Export(const std::string& id, v1::ParameterSet* metadata = nullptr);
+  // Uploads tensors as a set; `checksum` (optional) is verified by the server.
+  absl::StatusOr<v1::ParameterSet> Import(const std::vector<core::NamedTensor>& tensors, const std::string& id = "",
+                                          const std::string& checksum = "", int64_t chunk_bytes = int64_t{1} << 20);
+
+  absl::StatusOr<core::LstmState> Step(const std::string& id, const at::Tensor& x, const core::LstmState& state = {});
+  absl::StatusOr<core::SequenceResult> Run(const std::string& id, const at::Tensor& inputs,
+                                           const core::LstmState& state = {}, bool final_state_only = false);
+  absl::StatusOr<std::unique_ptr<Session>> OpenSession(const std::string& id, int64_t batch_size,
+                                                       const core::LstmState& state = {}, bool return_state = false);
+
+  // grpc.health.v1 status of the server: "SERVING", "NOT_SERVING", ...
+  absl::StatusOr<std::string> Health();
+
+ private:
+  explicit Client(const ClientOptions& options);
+  std::unique_ptr<grpc::ClientContext> NewContext() const;
+
+  ClientOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::ParameterService::Stub> parameters_;
+  std::unique_ptr<v1::InferenceService::Stub> inference_;
+};
+
+// Tensors of a file: .safetensors, or .pt (a dict of tensors from torch.save / Export).
+absl::StatusOr<std::vector<core::NamedTensor>> ReadTensorFile(const std::string& path);
+// Writes tensors as .safetensors or .pt (which torch.load reads), by the path's suffix.
+absl::Status WriteTensorFile(const std::string& path, const std::vector<core::NamedTensor>& tensors);
+
+}  // namespace lstmserve::client

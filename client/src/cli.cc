@@ -1,0 +1,280 @@
+// lstmserve-cli: a command-line client for lstmserve. See --help.
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "lstmserve/client/client.h"
+#include "lstmserve/core/command_line.h"
+#include "lstmserve/core/status.h"
+
+ABSL_FLAG(std::string, target, "localhost:50051", "server address (gRPC target)");
+ABSL_FLAG(bool, json, false, "print JSON instead of readable text");
+ABSL_FLAG(absl::Duration, timeout, absl::Seconds(60), "deadline of each call");
+ABSL_FLAG(std::string, id, "", "parameter set id (create/import: empty lets the server choose)");
+ABSL_FLAG(std::string, spec, "", "create: a ParameterSetSpec as JSON (overrides the template flags)");
+ABSL_FLAG(int64_t, layers, 2, "create: LSTM template layers");
+ABSL_FLAG(int64_t, input_size, 64, "create: LSTM template input size");
+ABSL_FLAG(int64_t, hidden_size, 64, "create: LSTM template hidden size");
+ABSL_FLAG(bool, bias, false, "create: give each layer a bias");
+ABSL_FLAG(uint64_t, seed, 0, "create: seed of the set");
+ABSL_FLAG(std::string, fan_convention, "torch", "create: torch | matmul");
+ABSL_FLAG(std::string, weight_init, "", "create: weight Initializer as JSON, e.g. '{\"xavierUniform\":{}}'");
+ABSL_FLAG(std::string, out, "", "export/step/run: write tensors to this .safetensors or .pt file");
+ABSL_FLAG(std::string, in, "", "import: read tensors from this .safetensors or .pt file");
+ABSL_FLAG(std::string, input, "", "step/run: read the input (tensor 'x' or 'inputs', else the first) from a file");
+ABSL_FLAG(int64_t, batch, 1, "step/run: batch size of random N(0,1) inputs when --input is not given");
+ABSL_FLAG(int64_t, steps, 10, "run: steps of random inputs when --input is not given");
+ABSL_FLAG(uint64_t, input_seed, 1, "step/run: seed of the random inputs");
+ABSL_FLAG(bool, final_state_only, false, "run: return only the final states");
+
+namespace {
+
+namespace core = lstmserve::core;
+namespace v1 = lstmserve::v1;
+using lstmserve::client::Client;
+
+constexpr char kUsage[] =
+    "lstmserve-cli: talks to an lstmserve server.\n"
+    "Usage: lstmserve-cli [--target=HOST:PORT] [--json] COMMAND [flags]\n"
+    "Commands:\n"
+    "  health                          the server's grpc.health.v1 status\n"
+    "  create [--id] [--layers --input_size --hidden_size --bias --seed --fan_convention --weight_init | --spec JSON]\n"
+    "  get --id ID                     a set's metadata\n"
+    "  list                            every set\n"
+    "  delete --id ID\n"
+    "  export --id ID --out FILE       the set's tensors to .safetensors or .pt\n"
+    "  import --in FILE [--id ID]      upload tensors (a trained set) from .safetensors or .pt\n"
+    "  step --id ID [--input FILE | --batch B --input_seed S] [--out FILE]\n"
+    "  run --id ID [--input FILE | --batch B --steps T --input_seed S] [--final_state_only] [--out FILE]\n"
+    "Exit status: 0 success, 1 the server refused or failed, 2 bad usage.";
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "lstmserve-cli: %s: %s\n", absl::StatusCodeToString(status.code()).c_str(),
+               std::string(status.message()).c_str());
+  return 1;
+}
+
+std::string Json(const google::protobuf::Message& message) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions options;
+  options.always_print_primitive_fields = true;
+  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
+  return out;
+}
+
+std::string TensorJson(const at::Tensor& t) {
+  const at::Tensor f = t.to(at::kFloat).contiguous();
+  std::ostringstream out;
+  out.precision(9);
+  out << "{\"shape\":[" << absl::StrJoin(f.sizes(), ",") << "],\"values\":[";
+  const float* p = f.data_ptr<float>();
+  for (int64_t i = 0; i < f.numel(); ++i) out << (i ? "," : "") << p[i];
+  out << "]}";
+  return out.str();
+}
+
+std::string Summary(const at::Tensor& t) {
+  const at::Tensor f = t.to(at::kFloat).flatten();
+  std::ostringstream out;
+  out.precision(6);
+  out << "[" << absl::StrJoin(t.sizes(), ", ") << "] mean " << f.mean().item<double>() << " std "
+      << (f.numel() > 1 ? f.std().item<double>() : 0.0) << "  first:";
+  for (int64_t i = 0; i < std::min<int64_t>(f.numel(), 6); ++i) out << " " << f[i].item<float>();
+  return out.str();
+}
+
+void PrintSet(const v1::ParameterSet& set) {
+  if (absl::GetFlag(FLAGS_json)) {
+    std::printf("%s\n", Json(set).c_str());
+    return;
+  }
+  std::printf("id:        %s\norigin:    %s\nchecksum:  %s\nbytes:     %lld\ndevice:    %s\ncreated:   %s\n",
+              set.id().c_str(), v1::SetOrigin_Name(set.origin()).c_str(), set.checksum().c_str(),
+              static_cast<long long>(set.byte_size()), set.device().c_str(),
+              absl::FormatTime(absl::FromUnixSeconds(set.create_time().seconds()), absl::UTCTimeZone()).c_str());
+  if (set.has_lstm()) {
+    std::printf("lstm:      layers=%lld input_size=%lld hidden_size=%lld bias=%s\n",
+                static_cast<long long>(set.lstm().num_layers()), static_cast<long long>(set.lstm().input_size()),
+                static_cast<long long>(set.lstm().hidden_size()), set.lstm().bias() ? "true" : "false");
+  }
+  std::printf("tensors:\n");
+  for (const auto& t : set.tensors()) {
+    std::printf("  %-12s [%s] %s\n", t.name().c_str(), absl::StrJoin(t.shape(), ", ").c_str(),
+                v1::DataType_Name(t.dtype()).c_str());
+  }
+}
+
+void PrintState(const core::LstmState& state, const at::Tensor& outputs) {
+  if (absl::GetFlag(FLAGS_json)) {
+    std::vector<std::string> c, h;
+    for (const auto& t : state.c) c.push_back(TensorJson(t));
+    for (const auto& t : state.h) h.push_back(TensorJson(t));
+    std::printf("{%s\"c\":[%s],\"h\":[%s]}\n", outputs.defined() ? ("\"outputs\":" + TensorJson(outputs) + ",").c_str() : "",
+                absl::StrJoin(c, ",").c_str(), absl::StrJoin(h, ",").c_str());
+    return;
+  }
+  if (outputs.defined()) std::printf("outputs  %s\n", Summary(outputs).c_str());
+  for (size_t l = 0; l < state.c.size(); ++l) {
+    std::printf("layer %zu  c %s\n         h %s\n", l, Summary(state.c[l]).c_str(), Summary(state.h[l]).c_str());
+  }
+}
+
+absl::StatusOr<at::Tensor> InputTensor(Client& client, const std::string& id, bool sequence) {
+  if (!absl::GetFlag(FLAGS_input).empty()) {
+    LSTMSERVE_ASSIGN_OR_RETURN(auto tensors, lstmserve::client::ReadTensorFile(absl::GetFlag(FLAGS_input)));
+    if (tensors.empty()) return absl::InvalidArgumentError("the input file holds no tensor");
+    for (const auto& t : tensors) {
+      if (t.name == (sequence ? "inputs" : "x")) return t.value;
+    }
+    return tensors.front().value;
+  }
+  LSTMSERVE_ASSIGN_OR_RETURN(v1::ParameterSet set, client.Get(id));
+  if (!set.has_lstm()) return absl::FailedPreconditionError(absl::StrCat("set '", id, "' is not a stacked LSTM"));
+  at::Generator gen = at::detail::createCPUGenerator(absl::GetFlag(FLAGS_input_seed));
+  std::vector<int64_t> shape = {absl::GetFlag(FLAGS_batch), set.lstm().input_size()};
+  if (sequence) shape.insert(shape.begin(), absl::GetFlag(FLAGS_steps));
+  return at::empty(shape).normal_(0, 1, gen);
+}
+
+absl::Status WriteState(const core::LstmState& state, const at::Tensor& outputs) {
+  if (absl::GetFlag(FLAGS_out).empty()) return absl::OkStatus();
+  std::vector<core::NamedTensor> tensors;
+  if (outputs.defined()) tensors.push_back({"outputs", outputs});
+  for (size_t l = 0; l < state.c.size(); ++l) tensors.push_back({absl::StrCat("c_", l), state.c[l]});
+  for (size_t l = 0; l < state.h.size(); ++l) tensors.push_back({absl::StrCat("h_", l), state.h[l]});
+  return lstmserve::client::WriteTensorFile(absl::GetFlag(FLAGS_out), tensors);
+}
+
+std::string RequireId() {
+  const std::string id = absl::GetFlag(FLAGS_id);
+  if (id.empty()) core::UsageErrorExit("this command needs --id");
+  return id;
+}
+
+int Main(const std::string& command) {
+  lstmserve::client::ClientOptions options;
+  options.target = absl::GetFlag(FLAGS_target);
+  options.timeout = absl::GetFlag(FLAGS_timeout);
+  auto client = Client::Connect(options);
+
+  if (command == "health") {
+    auto health = client->Health();
+    if (!health.ok()) return Fail(health.status());
+    std::printf(absl::GetFlag(FLAGS_json) ? "{\"status\":\"%s\"}\n" : "%s\n", health->c_str());
+    return *health == "SERVING" ? 0 : 1;
+  }
+  if (command == "create") {
+    v1::ParameterSetSpec spec;
+    if (!absl::GetFlag(FLAGS_spec).empty()) {
+      auto parsed = google::protobuf::util::JsonStringToMessage(absl::GetFlag(FLAGS_spec), &spec);
+      if (!parsed.ok()) core::UsageErrorExit(absl::StrCat("--spec is not a ParameterSetSpec: ", parsed.ToString()));
+    } else {
+      auto* lstm = spec.mutable_lstm();
+      lstm->set_num_layers(absl::GetFlag(FLAGS_layers));
+      lstm->set_input_size(absl::GetFlag(FLAGS_input_size));
+      lstm->set_hidden_size(absl::GetFlag(FLAGS_hidden_size));
+      lstm->set_bias(absl::GetFlag(FLAGS_bias));
+      spec.set_seed(absl::GetFlag(FLAGS_seed));
+      const std::string convention = absl::GetFlag(FLAGS_fan_convention);
+      if (convention != "torch" && convention != "matmul") core::UsageErrorExit("--fan_convention is torch or matmul");
+      spec.set_fan_convention(convention == "torch" ? v1::FAN_CONVENTION_TORCH : v1::FAN_CONVENTION_MATMUL);
+      if (!absl::GetFlag(FLAGS_weight_init).empty()) {
+        auto parsed = google::protobuf::util::JsonStringToMessage(absl::GetFlag(FLAGS_weight_init),
+                                                                  lstm->mutable_weight_initializer());
+        if (!parsed.ok()) core::UsageErrorExit(absl::StrCat("--weight_init is not an Initializer: ", parsed.ToString()));
+      }
+    }
+    auto set = client->Create(spec, absl::GetFlag(FLAGS_id));
+    if (!set.ok()) return Fail(set.status());
+    PrintSet(*set);
+    return 0;
+  }
+  if (command == "get") {
+    auto set = client->Get(RequireId());
+    if (!set.ok()) return Fail(set.status());
+    PrintSet(*set);
+    return 0;
+  }
+  if (command == "list") {
+    auto sets = client->List();
+    if (!sets.ok()) return Fail(sets.status());
+    if (absl::GetFlag(FLAGS_json)) {
+      std::vector<std::string> items;
+      for (const auto& s : *sets) items.push_back(Json(s));
+      std::printf("[%s]\n", absl::StrJoin(items, ",").c_str());
+      return 0;
+    }
+    std::printf("%-32s %-8s %-12s %-22s %s\n", "ID", "TENSORS", "BYTES", "LSTM (L/I/H)", "CHECKSUM");
+    for (const auto& s : *sets) {
+      const std::string lstm = s.has_lstm() ? absl::StrCat(s.lstm().num_layers(), "/", s.lstm().input_size(), "/",
+                                                           s.lstm().hidden_size(), s.lstm().bias() ? " +bias" : "")
+                                            : "-";
+      std::printf("%-32s %-8d %-12lld %-22s %s\n", s.id().c_str(), s.tensors_size(),
+                  static_cast<long long>(s.byte_size()), lstm.c_str(), s.checksum().substr(0, 23).c_str());
+    }
+    return 0;
+  }
+  if (command == "delete") {
+    const std::string id = RequireId();
+    if (auto s = client->Delete(id); !s.ok()) return Fail(s);
+    std::printf(absl::GetFlag(FLAGS_json) ? "{\"deleted\":\"%s\"}\n" : "deleted %s\n", id.c_str());
+    return 0;
+  }
+  if (command == "export") {
+    if (absl::GetFlag(FLAGS_out).empty()) core::UsageErrorExit("export needs --out FILE (.safetensors or .pt)");
+    v1::ParameterSet meta;
+    auto set = client->Export(RequireId(), &meta);
+    if (!set.ok()) return Fail(set.status());
+    if (auto s = lstmserve::client::WriteTensorFile(absl::GetFlag(FLAGS_out), set->tensors); !s.ok()) return Fail(s);
+    if (!absl::GetFlag(FLAGS_json)) std::printf("wrote %zu tensors to %s\n", set->tensors.size(), absl::GetFlag(FLAGS_out).c_str());
+    else std::printf("%s\n", Json(meta).c_str());
+    return 0;
+  }
+  if (command == "import") {
+    if (absl::GetFlag(FLAGS_in).empty()) core::UsageErrorExit("import needs --in FILE (.safetensors or .pt)");
+    auto tensors = lstmserve::client::ReadTensorFile(absl::GetFlag(FLAGS_in));
+    if (!tensors.ok()) return Fail(tensors.status());
+    auto set = client->Import(*tensors, absl::GetFlag(FLAGS_id));
+    if (!set.ok()) return Fail(set.status());
+    PrintSet(*set);
+    return 0;
+  }
+  if (command == "step" || command == "run") {
+    const std::string id = RequireId();
+    const bool run = command == "run";
+    auto input = InputTensor(*client, id, run);
+    if (!input.ok()) return Fail(input.status());
+    core::LstmState state;
+    at::Tensor outputs;
+    if (run) {
+      auto result = client->Run(id, *input, {}, absl::GetFlag(FLAGS_final_state_only));
+      if (!result.ok()) return Fail(result.status());
+      state = std::move(result->final_state);
+      outputs = result->outputs;
+    } else {
+      auto result = client->Step(id, *input);
+      if (!result.ok()) return Fail(result.status());
+      state = *std::move(result);
+    }
+    if (auto s = WriteState(state, outputs); !s.ok()) return Fail(s);
+    PrintState(state, outputs);
+    return 0;
+  }
+  core::UsageErrorExit(absl::StrCat("unknown command '", command, "' (see --help)"));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  auto parsed = lstmserve::core::ParseCommandLineOrExit(argc, argv, kUsage, {"client/src/cli.cc"}, 1);
+  if (parsed.positional.empty()) lstmserve::core::UsageErrorExit("no command given (see --help)");
+  return Main(parsed.positional[0]);
+}
