@@ -219,6 +219,10 @@ absl::StatusOr<SequenceResult> StackedLstm::Run(const at::Tensor& inputs, const 
     return absl::FailedPreconditionError("the small-batch and BLAS paths need float32 on the CPU");
   }
   return GuardTorch("stacked LSTM", [&]() -> absl::StatusOr<SequenceResult> {
+    // OpenMP's thread count is per thread: on a thread's first call, BLAS would run with
+    // OpenMP's default until ATen's first parallel_for applies the configured count, and the
+    // bits would change between the first call and the next. Apply it up front.
+    at::internal::lazy_init_num_threads();
     c10::InferenceMode inference;
     if (chosen == LstmPath::kGeneric) return RunGeneric(inputs, initial, want_outputs);
     return RunFloatCpu(inputs, initial, want_outputs, chosen == LstmPath::kSmallBatch);

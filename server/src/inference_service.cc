@@ -60,17 +60,18 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
       Finish(log_.Done(absl::OkStatus()));
       return;
     }
-    absl::Status status = entry_ ? Step() : Start();
-    if (!status.ok()) {
-      Finish(log_.Done(status));
-      return;
-    }
-    if (wrote_) {
-      wrote_ = false;
-      StartWrite(&response_);
-    } else {
-      StartRead(&request_);
-    }
+    // The step runs on the compute pool; the next read or write starts from there.
+    ctx_->compute->Submit([this] {
+      absl::Status status = entry_ ? Step() : Start();
+      if (!status.ok()) {
+        Finish(log_.Done(status));
+      } else if (wrote_) {
+        wrote_ = false;
+        StartWrite(&response_);
+      } else {
+        StartRead(&request_);
+      }
+    });
   }
   void OnWriteDone(bool ok) override {
     if (!ok) {
@@ -146,8 +147,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
 grpc::ServerUnaryReactor* InferenceServiceImpl::Step(grpc::CallbackServerContext* context,
                                                      const v1::StepRequest* request, v1::StepResponse* response) {
   RpcLog log(context, "Step", request->parameter_set_id());
-  return FinishUnary(context, log, [&]() -> absl::Status {
-    LSTMSERVE_RETURN_IF_ERROR(RefuseWhileDraining(*ctx_));
+  return FinishUnaryOnPool(context, ctx_->compute, std::move(log), [this, request, response]() -> absl::Status {
     LSTMSERVE_ASSIGN_OR_RETURN(auto entry, LstmSet(ctx_, request->parameter_set_id()));
     if (!request->has_x()) return absl::InvalidArgumentError("x is not set");
     LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor x, Input(ctx_, *entry, request->x(), "x"));
@@ -163,8 +163,7 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Step(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* InferenceServiceImpl::Run(grpc::CallbackServerContext* context,
                                                     const v1::RunRequest* request, v1::RunResponse* response) {
   RpcLog log(context, "Run", request->parameter_set_id());
-  return FinishUnary(context, log, [&]() -> absl::Status {
-    LSTMSERVE_RETURN_IF_ERROR(RefuseWhileDraining(*ctx_));
+  return FinishUnaryOnPool(context, ctx_->compute, std::move(log), [this, request, response]() -> absl::Status {
     LSTMSERVE_ASSIGN_OR_RETURN(auto entry, LstmSet(ctx_, request->parameter_set_id()));
     if (!request->has_inputs()) return absl::InvalidArgumentError("inputs is not set");
     LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor inputs, Input(ctx_, *entry, request->inputs(), "inputs"));
@@ -182,14 +181,6 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Run(grpc::CallbackServerContext*
 grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* InferenceServiceImpl::Session(
     grpc::CallbackServerContext* context) {
   RpcLog log(context, "Session", "");
-  if (absl::Status s = RefuseWhileDraining(*ctx_); !s.ok()) {
-    class Failed final : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse> {
-     public:
-      explicit Failed(grpc::Status st) { Finish(std::move(st)); }
-      void OnDone() override { delete this; }
-    };
-    return new Failed(log.Done(s));
-  }
   return new SessionReactor(ctx_, std::move(log));
 }
 

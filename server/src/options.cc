@@ -27,6 +27,9 @@ absl::Status ServerOptions::Validate() const {
   }
   if (store_dir.empty()) return absl::InvalidArgumentError("--store_dir must not be empty");
   if (intra_op_threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
+  if (num_batch_threads < 1 || num_batch_threads > 256) {
+    return absl::InvalidArgumentError("--num_batch_threads must be in [1, 256]");
+  }
   if (max_message_bytes < 1024 || max_message_bytes > (int64_t{2} << 30) - 1) {
     return absl::InvalidArgumentError("--max_message_bytes must be in [1024, 2^31 - 1]");
   }

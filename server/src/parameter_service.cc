@@ -265,8 +265,7 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::CreateParameterSet(grpc::Callbac
                                                                    const v1::CreateParameterSetRequest* request,
                                                                    v1::CreateParameterSetResponse* response) {
   RpcLog log(context, "CreateParameterSet", request->parameter_set_id());
-  return FinishUnary(context, log, [&]() -> absl::Status {
-    LSTMSERVE_RETURN_IF_ERROR(RefuseWhileDraining(*ctx_));
+  return FinishUnaryOnPool(context, ctx_->compute, std::move(log), [this, request, response]() -> absl::Status {
     if (!request->has_spec()) return absl::InvalidArgumentError("spec is not set");
     LSTMSERVE_ASSIGN_OR_RETURN(std::string id, IdOrNew(request->parameter_set_id()));
     LSTMSERVE_ASSIGN_OR_RETURN(core::ParameterSetSpec spec, SpecFromProto(request->spec()));
@@ -291,7 +290,6 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::GetParameterSet(grpc::CallbackSe
                                                                 v1::GetParameterSetResponse* response) {
   RpcLog log(context, "GetParameterSet", request->parameter_set_id());
   return FinishUnary(context, log, [&]() -> absl::Status {
-    LSTMSERVE_RETURN_IF_ERROR(RefuseWhileDraining(*ctx_));
     LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->registry->Get(request->parameter_set_id()));
     EntryToProto(*entry, response->mutable_parameter_set());
     if (request->include_tensors()) {
@@ -316,7 +314,6 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::ListParameterSets(grpc::Callback
                                                                   v1::ListParameterSetsResponse* response) {
   RpcLog log(context, "ListParameterSets", "");
   return FinishUnary(context, log, [&]() -> absl::Status {
-    LSTMSERVE_RETURN_IF_ERROR(RefuseWhileDraining(*ctx_));
     if (request->page_size() < 0 || request->page_size() > kMaxPageSize) {
       return absl::InvalidArgumentError(absl::StrCat("page_size is ", request->page_size(), "; expected 0 to ",
                                                      kMaxPageSize, " (0 means ", kDefaultPageSize, ")"));
@@ -344,7 +341,6 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::DeleteParameterSet(grpc::Callbac
                                                                    v1::DeleteParameterSetResponse* /*response*/) {
   RpcLog log(context, "DeleteParameterSet", request->parameter_set_id());
   return FinishUnary(context, log, [&]() -> absl::Status {
-    LSTMSERVE_RETURN_IF_ERROR(RefuseWhileDraining(*ctx_));
     return ctx_->registry->Delete(request->parameter_set_id());
   });
 }
@@ -352,8 +348,8 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::DeleteParameterSet(grpc::Callbac
 grpc::ServerWriteReactor<v1::ExportParameterSetResponse>* ParameterServiceImpl::ExportParameterSet(
     grpc::CallbackServerContext* context, const v1::ExportParameterSetRequest* request) {
   RpcLog log(context, "ExportParameterSet", request->parameter_set_id());
-  absl::Status status = RefuseWhileDraining(*ctx_);
-  if (status.ok() && (request->chunk_bytes() < 0 || request->chunk_bytes() > kMaxChunkBytes)) {
+  absl::Status status;
+  if (request->chunk_bytes() < 0 || request->chunk_bytes() > kMaxChunkBytes) {
     status = absl::InvalidArgumentError(absl::StrCat("chunk_bytes is ", request->chunk_bytes(), "; expected 0 to ",
                                                      kMaxChunkBytes, " (0 means ", kDefaultChunkBytes, ")"));
   }
@@ -367,9 +363,6 @@ grpc::ServerWriteReactor<v1::ExportParameterSetResponse>* ParameterServiceImpl::
 grpc::ServerReadReactor<v1::ImportParameterSetRequest>* ParameterServiceImpl::ImportParameterSet(
     grpc::CallbackServerContext* context, v1::ImportParameterSetResponse* response) {
   RpcLog log(context, "ImportParameterSet", "");
-  if (absl::Status s = RefuseWhileDraining(*ctx_); !s.ok()) {
-    return FailedReader<v1::ImportParameterSetRequest>(log.Done(s));
-  }
   return new ImportReactor(ctx_, response, std::move(log));
 }
 

@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "lstmserve/server/compute_pool.h"
 #include "lstmserve/wire/conversions.h"
 #include "lstmserve/server/log.h"
 #include "lstmserve/server/services.h"
@@ -36,11 +37,6 @@ class RpcLog {
   std::string set_id_;
 };
 
-inline absl::Status RefuseWhileDraining(const ServiceContext& ctx) {
-  if (ctx.draining.load()) return absl::UnavailableError("the server is draining; retry on another replica");
-  return absl::OkStatus();
-}
-
 // Runs `body` and finishes the unary call with its status.
 template <typename Body>
 grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context, const RpcLog& log, Body&& body) {
@@ -51,20 +47,24 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context, cons
   return reactor;
 }
 
+// Runs `body` on the compute pool and finishes the unary call from there; the gRPC thread
+// returns at once. `body` must capture by value what it needs beyond request and response,
+// which live until the call is finished.
+template <typename Body>
+grpc::ServerUnaryReactor* FinishUnaryOnPool(grpc::CallbackServerContext* context, ComputePool* pool, RpcLog log,
+                                            Body body) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  pool->Submit([context, reactor, log = std::move(log), body = std::move(body)]() mutable {
+    absl::Status status = context->IsCancelled() ? absl::CancelledError("the call was cancelled") : body();
+    reactor->Finish(log.Done(status));
+  });
+  return reactor;
+}
+
 // Streams that fail before they start.
 template <typename Response>
 grpc::ServerWriteReactor<Response>* FailedWriter(grpc::Status status) {
   class Failed final : public grpc::ServerWriteReactor<Response> {
-   public:
-    explicit Failed(grpc::Status s) { this->Finish(std::move(s)); }
-    void OnDone() override { delete this; }
-  };
-  return new Failed(std::move(status));
-}
-
-template <typename Request>
-grpc::ServerReadReactor<Request>* FailedReader(grpc::Status status) {
-  class Failed final : public grpc::ServerReadReactor<Request> {
    public:
     explicit Failed(grpc::Status s) { this->Finish(std::move(s)); }
     void OnDone() override { delete this; }

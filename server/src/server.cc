@@ -31,8 +31,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   LogInfo(absl::StrCat("store loaded: ", server->registry_->count(), " sets, ", server->registry_->total_bytes(),
                        " bytes in ", absl::FormatDuration(absl::Now() - load_start)));
 
+  server->compute_ = std::make_unique<ComputePool>(options.num_batch_threads);
   server->context_ = std::make_unique<ServiceContext>();
   server->context_->registry = server->registry_.get();
+  server->context_->compute = server->compute_.get();
   server->context_->options = options;
   server->context_->create_limits.max_set_bytes = options.max_set_bytes;
   server->context_->create_limits.max_tensors = options.max_tensors_per_set;
@@ -68,7 +70,8 @@ void Server::Drain() {
   LogInfo(absl::StrCat("draining: health NOT_SERVING, refusing new calls, up to ",
                        absl::FormatDuration(options_.drain_timeout), " for calls in flight"));
   server_->GetHealthCheckService()->SetServingStatus(false);
-  context_->draining.store(true);
+  // Shutdown refuses new RPCs at once and lets every call already received finish until
+  // the deadline, after which the rest are cancelled.
   const auto deadline = std::chrono::system_clock::now() + absl::ToChronoMilliseconds(options_.drain_timeout);
   server_->Shutdown(deadline);
   server_->Wait();

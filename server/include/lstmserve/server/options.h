@@ -18,6 +18,9 @@ struct ServerOptions {
   std::string device = "auto";
   // LibTorch intra-op threads; 0 = every available core.
   int intra_op_threads = 0;
+  // Threads that run inference and set creation (off gRPC's threads). With the default
+  // intra-op threads, 1 keeps compute threads x intra-op threads <= cores.
+  int num_batch_threads = 1;
   // Largest gRPC message in either direction.
   int64_t max_message_bytes = int64_t{64} << 20;
   // Largest tensor in a request, in elements.

@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
+#include "lstmserve/server/compute_pool.h"
 #include "lstmserve/server/options.h"
 #include "lstmserve/server/services.h"
 #include "lstmserve/server/set_registry.h"
@@ -23,16 +24,19 @@ class Server {
   // "HOST:PORT" with the port actually bound.
   const std::string& address() const { return address_; }
 
-  // Health goes NOT_SERVING and new calls get UNAVAILABLE; calls in flight have up to
-  // drain_timeout to finish, then are cancelled. Returns when the server has stopped.
+  // Health goes NOT_SERVING and new calls get UNAVAILABLE; calls already received have up
+  // to drain_timeout to finish, then are cancelled. Returns when the server has stopped.
   void Drain();
 
  private:
   Server() = default;
   ServerOptions options_;
   std::string address_;
+  // Destroyed in reverse: the server first (it waits for every call to finish), then the
+  // pool (it runs what is queued), then what the pool's tasks use.
   std::unique_ptr<SetRegistry> registry_;
   std::unique_ptr<ServiceContext> context_;
+  std::unique_ptr<ComputePool> compute_;
   std::unique_ptr<ParameterServiceImpl> parameter_service_;
   std::unique_ptr<InferenceServiceImpl> inference_service_;
   std::unique_ptr<grpc::Server> server_;

@@ -1,9 +1,8 @@
 // gRPC adapters (callback API) over the set registry and the core.
 #pragma once
 
-#include <atomic>
-
 #include "lstmserve/core/parameter_set.h"
+#include "lstmserve/server/compute_pool.h"
 #include "lstmserve/server/options.h"
 #include "lstmserve/server/set_registry.h"
 #include "lstmserve/v1/inference_service.grpc.pb.h"
@@ -14,9 +13,9 @@ namespace lstmserve::server {
 // What the services share. Outlives the services.
 struct ServiceContext {
   SetRegistry* registry = nullptr;
+  ComputePool* compute = nullptr;  // runs Create, Step, Run and Session steps
   ServerOptions options;
   core::CreateLimits create_limits;
-  std::atomic<bool> draining{false};  // new calls get UNAVAILABLE once set
 };
 
 class ParameterServiceImpl final : public v1::ParameterService::CallbackService {

@@ -1,0 +1,43 @@
+// Runs the real lstmserve binary for a test: 127.0.0.1, an ephemeral port, a given store.
+#pragma once
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace lstmserve::testing {
+
+class ServerProcess {
+ public:
+  // Starts lstmserve and waits (up to 60 s) for its "listening on HOST:PORT" line.
+  static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(const std::string& store_dir,
+                                                              const std::vector<std::string>& flags = {});
+  ~ServerProcess();  // SIGKILL if still running
+
+  const std::string& address() const { return address_; }
+  pid_t pid() const { return pid_; }
+  // Sends `signal` and waits (up to `timeout_s`); returns the exit status, or -1 if it had
+  // to be killed or died of a signal.
+  int Stop(int signal, int timeout_s = 30);
+
+ private:
+  pid_t pid_ = -1;
+  std::string address_;
+};
+
+// A fresh temporary folder, removed at destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+}  // namespace lstmserve::testing

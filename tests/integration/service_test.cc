@@ -1,0 +1,429 @@
+// The real lstmserve binary over loopback, driven through the C++ client and raw stubs:
+// sets equal the reference's bits, inference equals stack_lstm, sets survive restarts, a
+// drain loses no call in flight, and every RPC answers bad input with the right code.
+#include <signal.h>
+
+#include <cstdlib>
+#include <functional>
+#include <future>
+#include <thread>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "lstmserve/client/client.h"
+#include "lstmserve/wire/conversions.h"
+#include "reference_data.h"
+#include "server_process.h"
+
+namespace lstmserve {
+namespace {
+
+using testing::Field;
+using testing::ServerProcess;
+using testing::TempDir;
+
+double MaxAbsDiff(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes()) return 1e30;
+  return (a - b).abs().max().item<double>();
+}
+
+std::vector<at::Tensor> Tensors(const c10::IValue& list) {
+  std::vector<at::Tensor> out;
+  for (const auto& v : testing::Items(list)) out.push_back(v.toTensor());
+  return out;
+}
+
+v1::ParameterSetSpec LstmSpec(int64_t layers, int64_t input, int64_t hidden, uint64_t seed) {
+  v1::ParameterSetSpec spec;
+  spec.mutable_lstm()->set_num_layers(layers);
+  spec.mutable_lstm()->set_input_size(input);
+  spec.mutable_lstm()->set_hidden_size(hidden);
+  spec.set_seed(seed);
+  return spec;
+}
+
+std::unique_ptr<client::Client> Connect(const ServerProcess& server) {
+  client::ClientOptions options;
+  options.target = server.address();
+  return client::Client::Connect(options);
+}
+
+at::Tensor Randn(std::vector<int64_t> shape, uint64_t seed) {
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  return at::empty(shape).normal_(0, 1, gen);
+}
+
+// One server for the suite (restarts and drains start their own).
+class ServiceTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    store_ = new TempDir();
+    auto server = ServerProcess::Start(store_->path(), {"--max_set_bytes=100000000"});
+    if (server.ok()) server_ = server->release();
+    else start_error_ = new std::string(server.status().ToString());
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    delete store_;
+    server_ = nullptr;
+  }
+  void SetUp() override {
+    ASSERT_NE(server_, nullptr) << *start_error_;
+    client_ = Connect(*server_);
+  }
+  static TempDir* store_;
+  static ServerProcess* server_;
+  static std::string* start_error_;
+  std::unique_ptr<client::Client> client_;
+};
+TempDir* ServiceTest::store_ = nullptr;
+ServerProcess* ServiceTest::server_ = nullptr;
+std::string* ServiceTest::start_error_ = nullptr;
+
+TEST_F(ServiceTest, HealthIsServing) {
+  auto health = client_->Health();
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_EQ(*health, "SERVING");
+}
+
+TEST_F(ServiceTest, CreatedSetsAreBitIdenticalToTheReference) {
+  struct Case { int64_t layers, input, hidden; uint64_t seed; };
+  for (const Case& c : {Case{1, 3, 2, 0}, Case{2, 64, 64, 42}, Case{3, 10, 20, 123456789}}) {
+    const std::string id = absl::StrCat("ref-", c.layers, "-", c.input, "-", c.hidden, "-", c.seed);
+    auto created = client_->Create(LstmSpec(c.layers, c.input, c.hidden, c.seed), id);
+    ASSERT_TRUE(created.ok()) << created.status();
+    EXPECT_EQ(created->id(), id);
+    EXPECT_EQ(created->lstm().num_layers(), c.layers);
+    v1::ParameterSet meta;
+    auto exported = client_->Export(id, &meta);  // the client verifies the checksum
+    ASSERT_TRUE(exported.ok()) << exported.status();
+    EXPECT_EQ(meta.checksum(), created->checksum());
+    TempDir dir;
+    const std::string file = dir.path() + "/set.safetensors";
+    ASSERT_TRUE(client::WriteTensorFile(file, exported->tensors).ok());
+    const std::string cmd = absl::StrCat(LSTMSERVE_PYTHON, " ", LSTMSERVE_READ_SAFETENSORS, " ", file,
+                                         " --reference-dir '", LSTMSERVE_REFERENCE_DIR, "' --seed ", c.seed,
+                                         " --lstm ", c.layers, ",", c.input, ",", c.hidden);
+    EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  }
+}
+
+TEST_F(ServiceTest, SameSpecAndSeedGiveTheSameChecksum) {
+  auto a = client_->Create(LstmSpec(2, 8, 8, 5), "same-a");
+  auto b = client_->Create(LstmSpec(2, 8, 8, 5), "same-b");
+  auto c = client_->Create(LstmSpec(2, 8, 8, 6), "same-c");
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  EXPECT_EQ(a->checksum(), b->checksum());
+  EXPECT_NE(a->checksum(), c->checksum());
+}
+
+TEST_F(ServiceTest, StepAndRunMatchStackLstmWithin1e5) {
+  auto reference = testing::LoadReference();
+  ASSERT_TRUE(reference.ok()) << reference.status();
+  int index = 0;
+  for (const auto& item : testing::Items(Field(*reference, "lstm_runs"))) {
+    const std::string id = absl::StrCat("run-", index++);
+    std::vector<core::NamedTensor> tensors;
+    const auto weights = Tensors(Field(item, "weights"));
+    const auto biases = Tensors(Field(item, "biases"));
+    for (size_t l = 0; l < weights.size(); ++l) tensors.push_back({core::LstmWeightName(l), weights[l]});
+    for (size_t l = 0; l < biases.size(); ++l) tensors.push_back({core::LstmBiasName(l), biases[l]});
+    auto imported = client_->Import(tensors, id);
+    ASSERT_TRUE(imported.ok()) << imported.status();
+    ASSERT_TRUE(imported->has_lstm());
+    core::LstmState initial;
+    if (!Field(item, "zero_state").toBool()) {
+      initial.c = Tensors(Field(item, "c0"));
+      initial.h = Tensors(Field(item, "h0"));
+    }
+    const at::Tensor x = Field(item, "x").toTensor();
+    auto step = client_->Step(id, x[0], initial);
+    ASSERT_TRUE(step.ok()) << step.status();
+    const auto step_h = Tensors(Field(item, "step_h"));
+    const auto step_c = Tensors(Field(item, "step_c"));
+    for (size_t l = 0; l < step_h.size(); ++l) {
+      EXPECT_LE(MaxAbsDiff(step->h[l], step_h[l]), 1e-5) << id << " step h[" << l << "]";
+      EXPECT_LE(MaxAbsDiff(step->c[l], step_c[l]), 1e-5) << id << " step c[" << l << "]";
+    }
+    auto run = client_->Run(id, x, initial);
+    ASSERT_TRUE(run.ok()) << run.status();
+    EXPECT_LE(MaxAbsDiff(run->outputs, Field(item, "seq_out").toTensor()), 1e-5) << id;
+    const auto seq_c = Tensors(Field(item, "seq_c"));
+    EXPECT_LE(MaxAbsDiff(run->final_state.c.back(), seq_c.back()), 1e-5) << id;
+    auto final_only = client_->Run(id, x, initial, /*final_state_only=*/true);
+    ASSERT_TRUE(final_only.ok());
+    EXPECT_FALSE(final_only->outputs.defined());
+    // Not bit-equal on the BLAS path: the top layer's h lands in a scratch buffer instead of
+    // the outputs, and OpenBLAS's results depend on operand alignment in the last bits.
+    EXPECT_LE(MaxAbsDiff(final_only->final_state.h.back(), run->final_state.h.back()), 1e-6);
+  }
+}
+
+TEST_F(ServiceTest, SessionKeepsStateLikeChainedSteps) {
+  ASSERT_TRUE(client_->Create(LstmSpec(2, 6, 5, 9), "session-set").ok());
+  auto session = client_->OpenSession("session-set", 3, {}, /*return_state=*/true);
+  ASSERT_TRUE(session.ok()) << session.status();
+  core::LstmState chained;
+  for (int t = 0; t < 5; ++t) {
+    const at::Tensor x = Randn({3, 6}, 100 + t);
+    core::LstmState state;
+    auto out = (*session)->Step(x, &state);
+    ASSERT_TRUE(out.ok()) << out.status();
+    auto step = client_->Step("session-set", x, chained);
+    ASSERT_TRUE(step.ok());
+    chained = *step;
+    EXPECT_TRUE(at::equal(*out, chained.h.back())) << "step " << t;
+    EXPECT_TRUE(at::equal(state.c[0], chained.c[0])) << "step " << t;
+  }
+  EXPECT_TRUE((*session)->Close().ok());
+}
+
+TEST_F(ServiceTest, ListPagesThroughEverySetInIdOrder) {
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(client_->Create(LstmSpec(1, 2, 2, i), absl::StrCat("page-", i)).ok());
+  auto all = client_->List(/*page_size=*/2);
+  ASSERT_TRUE(all.ok()) << all.status();
+  std::vector<std::string> ids;
+  for (const auto& s : *all) ids.push_back(s.id());
+  EXPECT_TRUE(std::is_sorted(ids.begin(), ids.end()));
+  for (int i = 0; i < 5; ++i) EXPECT_NE(std::find(ids.begin(), ids.end(), absl::StrCat("page-", i)), ids.end());
+}
+
+TEST_F(ServiceTest, ExportImportRoundTripAndDelete) {
+  ASSERT_TRUE(client_->Create(LstmSpec(2, 4, 3, 1), "round").ok());
+  v1::ParameterSet meta;
+  auto exported = client_->Export("round", &meta);
+  ASSERT_TRUE(exported.ok());
+  auto imported = client_->Import(exported->tensors, "round-copy", meta.checksum(), /*chunk_bytes=*/7);
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  EXPECT_EQ(imported->checksum(), meta.checksum());
+  EXPECT_EQ(imported->origin(), v1::SET_ORIGIN_IMPORTED);
+  auto wrong = client_->Import(exported->tensors, "round-wrong", "sha256:00");
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kInvalidArgument) << wrong.status();
+  EXPECT_EQ(client_->Get("round-wrong").status().code(), absl::StatusCode::kNotFound) << "a refused import stored something";
+  ASSERT_TRUE(client_->Delete("round-copy").ok());
+  EXPECT_EQ(client_->Get("round-copy").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(client_->Delete("round-copy").code(), absl::StatusCode::kNotFound);
+}
+
+// Every RPC, malformed: the code and a message naming the problem.
+TEST_F(ServiceTest, BadInputGetsTheRightCodeAndAUsefulMessage) {
+  auto channel = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+  auto params = v1::ParameterService::NewStub(channel);
+  auto infer = v1::InferenceService::NewStub(channel);
+  ASSERT_TRUE(client_->Create(LstmSpec(2, 4, 3, 1), "bad-input-set").ok());
+  v1::ParameterSetSpec list_spec;
+  auto* t = list_spec.mutable_tensor_list()->add_tensors();
+  t->set_name("linear");
+  t->add_shape(3);
+  t->add_shape(2);
+  ASSERT_TRUE(client_->Create(list_spec, "not-an-lstm").ok());
+
+  auto create = [&](std::function<void(v1::CreateParameterSetRequest&)> edit) {
+    v1::CreateParameterSetRequest r;
+    *r.mutable_spec() = LstmSpec(1, 2, 2, 1);
+    edit(r);
+    v1::CreateParameterSetResponse resp;
+    grpc::ClientContext ctx;
+    return params->CreateParameterSet(&ctx, r, &resp);
+  };
+  auto step = [&](std::function<void(v1::StepRequest&)> edit) {
+    v1::StepRequest r;
+    r.set_parameter_set_id("bad-input-set");
+    wire::TensorToProto(at::zeros({2, 4}), r.mutable_x());
+    edit(r);
+    v1::StepResponse resp;
+    grpc::ClientContext ctx;
+    return infer->Step(&ctx, r, &resp);
+  };
+  auto run = [&](std::function<void(v1::RunRequest&)> edit) {
+    v1::RunRequest r;
+    r.set_parameter_set_id("bad-input-set");
+    wire::TensorToProto(at::zeros({3, 2, 4}), r.mutable_inputs());
+    edit(r);
+    v1::RunResponse resp;
+    grpc::ClientContext ctx;
+    return infer->Run(&ctx, r, &resp);
+  };
+  const float nan = std::nanf("");
+  struct Case {
+    std::string what;
+    std::function<grpc::Status()> call;
+    grpc::StatusCode code;
+    std::string message_part;
+  };
+  std::vector<Case> cases = {
+      {"create without spec", [&] { return create([](auto& r) { r.clear_spec(); }); }, grpc::INVALID_ARGUMENT, "spec is not set"},
+      {"create without layout", [&] { return create([](auto& r) { r.mutable_spec()->clear_lstm(); }); }, grpc::INVALID_ARGUMENT, "no layout"},
+      {"create 0 layers", [&] { return create([](auto& r) { r.mutable_spec()->mutable_lstm()->set_num_layers(0); }); }, grpc::INVALID_ARGUMENT, "num_layers must be >= 1"},
+      {"create negative hidden", [&] { return create([](auto& r) { r.mutable_spec()->mutable_lstm()->set_hidden_size(-4); }); }, grpc::INVALID_ARGUMENT, "hidden_size must be >= 1"},
+      {"create overflowing sizes", [&] { return create([](auto& r) { r.mutable_spec()->mutable_lstm()->set_hidden_size(int64_t{1} << 62); }); }, grpc::INVALID_ARGUMENT, "overflow"},
+      {"create over the set limit", [&] { return create([](auto& r) { r.mutable_spec()->mutable_lstm()->set_hidden_size(4096); }); }, grpc::RESOURCE_EXHAUSTED, "limit"},
+      {"create id ../x", [&] { return create([](auto& r) { r.set_parameter_set_id("../x"); }); }, grpc::INVALID_ARGUMENT, "parameter_set_id"},
+      {"create duplicate id", [&] { return create([](auto& r) { r.set_parameter_set_id("bad-input-set"); }); }, grpc::ALREADY_EXISTS, "already exists"},
+      {"create bfloat16 on CPU", [&] { return create([](auto& r) { r.mutable_spec()->set_dtype(v1::DATA_TYPE_BFLOAT16); }); }, grpc::INVALID_ARGUMENT, "CUDA only"},
+      {"create unknown fan convention", [&] { return create([](auto& r) { r.mutable_spec()->set_fan_convention(static_cast<v1::FanConvention>(9)); }); }, grpc::INVALID_ARGUMENT, "fan_convention"},
+      {"create trunc_normal a > b", [&] { return create([](auto& r) {
+         auto* tn = r.mutable_spec()->mutable_lstm()->mutable_weight_initializer()->mutable_trunc_normal();
+         tn->set_a(1); tn->set_b(-1); }); }, grpc::INVALID_ARGUMENT, "a must be < b"},
+      {"create normal std < 0", [&] { return create([](auto& r) {
+         r.mutable_spec()->mutable_lstm()->mutable_weight_initializer()->mutable_normal()->set_std(-1); }); }, grpc::INVALID_ARGUMENT, "std must be >= 0"},
+      {"create orthogonal bias", [&] { return create([](auto& r) {
+         r.mutable_spec()->mutable_lstm()->set_bias(true);
+         r.mutable_spec()->mutable_lstm()->mutable_bias_initializer()->mutable_orthogonal(); }); }, grpc::INVALID_ARGUMENT, "orthogonal needs"},
+      {"create duplicate tensor names", [&] { return create([](auto& r) {
+         r.mutable_spec()->clear_lstm();
+         for (int i = 0; i < 2; ++i) { auto* x = r.mutable_spec()->mutable_tensor_list()->add_tensors(); x->set_name("a"); x->add_shape(2); x->mutable_initializer()->mutable_zeros(); } }); },
+       grpc::INVALID_ARGUMENT, "used twice"},
+      {"create empty tensor list", [&] { return create([](auto& r) { r.mutable_spec()->mutable_tensor_list(); }); }, grpc::INVALID_ARGUMENT, "tensor_list.tensors is empty"},
+      {"get unknown", [&] { v1::GetParameterSetRequest r; r.set_parameter_set_id("nope"); v1::GetParameterSetResponse o; grpc::ClientContext c; return params->GetParameterSet(&c, r, &o); }, grpc::NOT_FOUND, "not found"},
+      {"get empty id", [&] { v1::GetParameterSetRequest r; v1::GetParameterSetResponse o; grpc::ClientContext c; return params->GetParameterSet(&c, r, &o); }, grpc::INVALID_ARGUMENT, "is empty"},
+      {"list negative page", [&] { v1::ListParameterSetsRequest r; r.set_page_size(-1); v1::ListParameterSetsResponse o; grpc::ClientContext c; return params->ListParameterSets(&c, r, &o); }, grpc::INVALID_ARGUMENT, "page_size"},
+      {"list bad token", [&] { v1::ListParameterSetsRequest r; r.set_page_token("garbage"); v1::ListParameterSetsResponse o; grpc::ClientContext c; return params->ListParameterSets(&c, r, &o); }, grpc::INVALID_ARGUMENT, "page_token"},
+      {"delete unknown", [&] { v1::DeleteParameterSetRequest r; r.set_parameter_set_id("nope"); v1::DeleteParameterSetResponse o; grpc::ClientContext c; return params->DeleteParameterSet(&c, r, &o); }, grpc::NOT_FOUND, "not found"},
+      {"step unknown set", [&] { return step([](auto& r) { r.set_parameter_set_id("nope"); }); }, grpc::NOT_FOUND, "not found"},
+      {"step on a non-LSTM set", [&] { return step([](auto& r) { r.set_parameter_set_id("not-an-lstm"); }); }, grpc::FAILED_PRECONDITION, "not a stacked LSTM"},
+      {"step without x", [&] { return step([](auto& r) { r.clear_x(); }); }, grpc::INVALID_ARGUMENT, "x is not set"},
+      {"step dtype unset", [&] { return step([](auto& r) { r.mutable_x()->set_dtype(v1::DATA_TYPE_UNSPECIFIED); }); }, grpc::INVALID_ARGUMENT, "x.dtype is not set"},
+      {"step dtype differs", [&] { return step([](auto& r) { r.mutable_x()->set_dtype(v1::DATA_TYPE_FLOAT16); }); }, grpc::INVALID_ARGUMENT, "the parameter set is float32"},
+      {"step data length", [&] { return step([](auto& r) { r.mutable_x()->mutable_data()->pop_back(); }); }, grpc::INVALID_ARGUMENT, "x.data has 31 bytes"},
+      {"step negative size", [&] { return step([](auto& r) { r.mutable_x()->set_shape(0, -2); }); }, grpc::INVALID_ARGUMENT, "sizes must be >= 1"},
+      {"step empty batch", [&] { return step([](auto& r) { r.mutable_x()->set_shape(0, 0); r.mutable_x()->clear_data(); }); }, grpc::INVALID_ARGUMENT, "sizes must be >= 1"},
+      {"step overflowing shape", [&] { return step([](auto& r) { r.mutable_x()->set_shape(0, int64_t{1} << 40); r.mutable_x()->set_shape(1, int64_t{1} << 40); }); }, grpc::INVALID_ARGUMENT, "exceeds the limit"},
+      {"step wrong input size", [&] { return step([](auto& r) { wire::TensorToProto(at::zeros({2, 5}), r.mutable_x()); }); }, grpc::INVALID_ARGUMENT, "[steps >= 1, batch >= 1, 4]"},
+      {"step NaN input", [&] { return step([&](auto& r) { auto x = at::zeros({2, 4}); x[0][1] = nan; wire::TensorToProto(x, r.mutable_x()); }); }, grpc::INVALID_ARGUMENT, "NaN or infinity"},
+      {"step wrong number of layers", [&] { return step([](auto& r) { wire::TensorToProto(at::zeros({2, 3}), r.add_c()); }); }, grpc::INVALID_ARGUMENT, "c has 1 tensors; the set has 2 layers"},
+      {"step state of wrong batch", [&] { return step([](auto& r) { for (int l = 0; l < 2; ++l) wire::TensorToProto(at::zeros({5, 3}), r.add_h()); }); }, grpc::INVALID_ARGUMENT, "h[0] must be [2, 3]"},
+      {"run 2-D inputs", [&] { return run([](auto& r) { wire::TensorToProto(at::zeros({2, 4}), r.mutable_inputs()); }); }, grpc::INVALID_ARGUMENT, "3-D"},
+      {"run without inputs", [&] { return run([](auto& r) { r.clear_inputs(); }); }, grpc::INVALID_ARGUMENT, "inputs is not set"},
+      {"run infinite input", [&] { return run([](auto& r) { auto x = at::zeros({3, 2, 4}); x[2][1][3] = INFINITY; wire::TensorToProto(x, r.mutable_inputs()); }); }, grpc::INVALID_ARGUMENT, "NaN or infinity"},
+      {"run rank 9", [&] { return run([](auto& r) { r.mutable_inputs()->clear_shape(); for (int i = 0; i < 9; ++i) r.mutable_inputs()->add_shape(1); }); }, grpc::INVALID_ARGUMENT, "rank 9"},
+  };
+  for (const Case& c : cases) {
+    const grpc::Status status = c.call();
+    EXPECT_EQ(status.error_code(), c.code) << c.what << ": " << status.error_message();
+    EXPECT_NE(status.error_message().find(c.message_part), std::string::npos)
+        << c.what << ": expected '" << c.message_part << "' in '" << status.error_message() << "'";
+  }
+  {  // export: unknown set, and a chunk size out of range
+    v1::ExportParameterSetRequest r;
+    r.set_parameter_set_id("nope");
+    grpc::ClientContext ctx;
+    auto reader = params->ExportParameterSet(&ctx, r);
+    v1::ExportParameterSetResponse m;
+    while (reader->Read(&m)) {}
+    EXPECT_EQ(reader->Finish().error_code(), grpc::NOT_FOUND);
+    r.set_parameter_set_id("bad-input-set");
+    r.set_chunk_bytes(int64_t{1} << 40);
+    grpc::ClientContext ctx2;
+    auto reader2 = params->ExportParameterSet(&ctx2, r);
+    while (reader2->Read(&m)) {}
+    EXPECT_EQ(reader2->Finish().error_code(), grpc::INVALID_ARGUMENT);
+  }
+  auto import = [&](std::vector<v1::ImportParameterSetRequest> messages) {
+    grpc::ClientContext ctx;
+    v1::ImportParameterSetResponse resp;
+    auto writer = params->ImportParameterSet(&ctx, &resp);
+    for (const auto& m : messages) if (!writer->Write(m)) break;
+    writer->WritesDone();
+    return writer->Finish();
+  };
+  v1::ImportParameterSetRequest header;
+  header.mutable_header()->set_parameter_set_id("broken-import");
+  auto* info = header.mutable_header()->add_tensors();
+  info->set_name("w");
+  info->add_shape(4);
+  info->set_dtype(v1::DATA_TYPE_FLOAT32);
+  v1::ImportParameterSetRequest half;
+  half.mutable_chunk()->set_tensor_index(0);
+  half.mutable_chunk()->set_data(std::string(8, '\0'));
+  v1::ImportParameterSetRequest overrun = half;
+  overrun.mutable_chunk()->set_data(std::string(20, '\0'));
+  EXPECT_EQ(import({half}).error_code(), grpc::INVALID_ARGUMENT) << "chunk before header";
+  EXPECT_EQ(import({header, half}).error_code(), grpc::INVALID_ARGUMENT) << "stream ended halfway";
+  EXPECT_EQ(import({header, overrun}).error_code(), grpc::INVALID_ARGUMENT) << "chunk overruns";
+  EXPECT_EQ(client_->Get("broken-import").status().code(), absl::StatusCode::kNotFound) << "a broken import stored something";
+  {  // session: a first message that is not start, then a step of the wrong batch
+    grpc::ClientContext ctx;
+    auto stream = infer->Session(&ctx);
+    v1::SessionRequest x;
+    wire::TensorToProto(at::zeros({2, 4}), x.mutable_x());
+    stream->Write(x);
+    stream->WritesDone();
+    EXPECT_EQ(stream->Finish().error_code(), grpc::INVALID_ARGUMENT);
+    grpc::ClientContext ctx2;
+    auto stream2 = infer->Session(&ctx2);
+    v1::SessionRequest start;
+    start.mutable_start()->set_parameter_set_id("bad-input-set");
+    start.mutable_start()->set_batch_size(3);
+    stream2->Write(start);
+    stream2->Write(x);
+    v1::SessionResponse out;
+    EXPECT_FALSE(stream2->Read(&out));
+    EXPECT_EQ(stream2->Finish().error_code(), grpc::INVALID_ARGUMENT);
+  }
+  EXPECT_EQ(*client_->Health(), "SERVING") << "the server must stay healthy after bad input";
+}
+
+TEST(ServiceLifecycleTest, SetsSurviveARestart) {
+  TempDir store;
+  core::SequenceResult before;
+  std::string checksum;
+  const at::Tensor x = Randn({7, 2, 5}, 3);
+  {
+    auto server = ServerProcess::Start(store.path());
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto client = Connect(**server);
+    auto created = client->Create(LstmSpec(2, 5, 4, 77), "durable");
+    ASSERT_TRUE(created.ok()) << created.status();
+    checksum = created->checksum();
+    before = *client->Run("durable", x);
+    client.reset();  // an idle connection would hold the graceful shutdown for ~5 s
+    EXPECT_EQ((*server)->Stop(SIGTERM), 0) << "SIGTERM must exit 0";
+  }
+  auto server = ServerProcess::Start(store.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = Connect(**server);
+  auto got = client->Get("durable");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->checksum(), checksum);
+  EXPECT_EQ(got->spec().seed(), 77u) << "the spec is kept with the set";
+  auto after = client->Run("durable", x);
+  ASSERT_TRUE(after.ok());
+  EXPECT_TRUE(at::equal(after->outputs, before.outputs));
+  client.reset();
+  EXPECT_EQ((*server)->Stop(SIGINT), 0) << "SIGINT must exit 0";
+}
+
+TEST(ServiceLifecycleTest, DrainLetsEveryCallInFlightFinish) {
+  TempDir store;
+  auto server = ServerProcess::Start(store.path(), {"--drain_timeout=60s"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = Connect(**server);
+  ASSERT_TRUE(client->Create(LstmSpec(2, 256, 256, 1), "heavy").ok());
+  const at::Tensor inputs = Randn({100, 64, 256}, 5);
+  auto reference = client->Run("heavy", inputs, {}, true);
+  ASSERT_TRUE(reference.ok());
+  std::vector<std::future<absl::StatusOr<core::SequenceResult>>> calls;
+  for (int i = 0; i < 4; ++i) {
+    calls.push_back(std::async(std::launch::async, [&] { return client->Run("heavy", inputs, {}, true); }));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));  // the calls have reached the server
+  const pid_t pid = (*server)->pid();
+  kill(pid, SIGTERM);
+  for (auto& call : calls) {
+    auto result = call.get();
+    ASSERT_TRUE(result.ok()) << "a call in flight was lost: " << result.status();
+    // Bit-equal to the first call on the server's compute thread (which once ran its first
+    // GEMM with OpenMP's default thread count and differed by 1e-7).
+    EXPECT_TRUE(at::equal(result->final_state.h.back(), reference->final_state.h.back()))
+        << MaxAbsDiff(result->final_state.h.back(), reference->final_state.h.back());
+  }
+  EXPECT_EQ((*server)->Stop(SIGTERM), 0);
+  EXPECT_EQ(client->Health().status().code(), absl::StatusCode::kUnavailable) << "new calls are refused";
+}
+
+}  // namespace
+}  // namespace lstmserve
