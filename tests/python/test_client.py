@@ -1,0 +1,119 @@
+#!/usr/bin/python3
+"""The Python client against the real lstmserve binary on 127.0.0.1:0, checked against the
+reference code (common_ops.py). Run by ctest; needs PYTHONPATH with the generated stubs and
+the client package, LSTMSERVE_SERVER_BINARY and LSTMSERVE_REFERENCE_DIR."""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import grpc
+import numpy as np
+import torch
+
+from lstmserve_client import Client
+
+sys.path.insert(0, os.environ["LSTMSERVE_REFERENCE_DIR"])
+import common_ops  # noqa: E402
+
+
+def reference_weights(seed, layers, inp, hid):
+    torch.manual_seed(seed)
+    return [common_ops.create_weight(f"w_{l}", [(inp if l == 0 else hid) + hid, 4 * hid]).detach()
+            for l in range(layers)]
+
+
+class ServerTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.store = tempfile.mkdtemp(prefix="lstmserve-py-")
+        cls.server = subprocess.Popen([os.environ["LSTMSERVE_SERVER_BINARY"], "--listen=127.0.0.1:0",
+                                       f"--store_dir={cls.store}", "--threads=1"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = cls.server.stdout.readline()
+        assert line.startswith("listening on "), line
+        cls.target = line.split()[-1]
+        cls.client = Client(cls.target)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.server.terminate()
+        assert cls.server.wait(timeout=30) == 0
+        shutil.rmtree(cls.store)
+
+    def test_health(self):
+        self.assertEqual(self.client.health(), "SERVING")
+
+    def test_created_sets_equal_create_weight_bit_for_bit(self):
+        for seed, layers, inp, hid in [(0, 1, 3, 2), (42, 2, 64, 64), (2**32 + 9, 3, 11, 7)]:
+            meta = self.client.create_lstm(layers, inp, hid, seed=seed, id=f"py-{layers}-{inp}-{hid}-{seed}")
+            self.assertEqual(meta.lstm.num_layers, layers)
+            served = self.client.export(meta.id)
+            for l, w in enumerate(reference_weights(seed, layers, inp, hid)):
+                self.assertTrue(torch.equal(served[f"w_{l}"], w), f"seed {seed} w_{l}")
+
+    def test_step_and_run_match_stack_lstm(self):
+        w = reference_weights(5, 2, 6, 8)
+        self.client.import_tensors({f"w_{l}": t for l, t in enumerate(w)}, id="py-run")
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(50, 4, 6, generator=g)
+        c0 = [torch.randn(4, 8, generator=g) for _ in range(2)]
+        h0 = [torch.randn(4, 8, generator=g).tanh() for _ in range(2)]
+        c, h = self.client.step("py-run", x[0].numpy(), c0, h0)  # numpy in, torch out
+        ref_c, ref_h = common_ops.stack_lstm(x[0], c0, h0, w)
+        for l in range(2):
+            self.assertLessEqual((c[l] - ref_c[l]).abs().max().item(), 1e-5)
+            self.assertLessEqual((h[l] - ref_h[l]).abs().max().item(), 1e-5)
+        outputs, _, h_last = self.client.run("py-run", x, c0, h0)
+        cc, hh, expected = c0, h0, []
+        with torch.no_grad():
+            for t in range(50):
+                cc, hh = common_ops.stack_lstm(x[t], cc, hh, w)
+                expected.append(hh[-1])
+        self.assertLessEqual((outputs - torch.stack(expected)).abs().max().item(), 1e-5)
+        self.assertTrue(torch.equal(outputs[-1], h_last[-1]))
+
+    def test_session_equals_chained_steps(self):
+        self.client.create_lstm(2, 5, 4, seed=1, id="py-session")
+        session = self.client.session("py-session", batch_size=2)
+        c = h = None
+        for t in range(4):
+            x = torch.randn(2, 5)
+            out = session.step(x)
+            c, h = self.client.step("py-session", x, c, h)
+            self.assertTrue(torch.equal(out, h[-1]))
+        session.close()
+
+    def test_errors_carry_codes(self):
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.client.get("does-not-exist")
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.NOT_FOUND)
+        self.client.create_lstm(1, 2, 2, id="py-dup")
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.client.create_lstm(1, 2, 2, id="py-dup")
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.ALREADY_EXISTS)
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.client.step("py-dup", np.full((1, 2), np.nan, dtype=np.float32))
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("NaN", caught.exception.details())
+
+    def test_list_and_delete(self):
+        self.client.create_lstm(1, 2, 2, id="py-listed")
+        self.assertIn("py-listed", [s.id for s in self.client.list(page_size=1)])
+        self.client.delete("py-listed")
+        self.assertNotIn("py-listed", [s.id for s in self.client.list()])
+
+    def test_example_recreates_the_reference(self):
+        example = os.path.join(os.path.dirname(__file__), "..", "..", "client", "python", "examples",
+                               "recreate_reference.py")
+        result = subprocess.run([sys.executable, example, "--target", self.target, "--reference-dir",
+                                 os.environ["LSTMSERVE_REFERENCE_DIR"]], capture_output=True, text=True)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("bit-identical to torch.manual_seed(42) + create_weight: True", result.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
