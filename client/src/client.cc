@@ -275,7 +275,7 @@ absl::StatusOr<std::vector<core::NamedTensor>> ReadTensorFile(const std::string&
   if (!absl::EndsWith(path, ".pt")) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": expected a .safetensors or .pt file"));
   }
-  return core::GuardTorch(path, [&]() -> absl::StatusOr<std::vector<core::NamedTensor>> {
+  auto read = core::GuardTorch(path, [&]() -> absl::StatusOr<std::vector<core::NamedTensor>> {
     const c10::IValue value = torch::jit::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
     if (!value.isGenericDict()) return absl::InvalidArgumentError(absl::StrCat(path, ": not a dict of tensors"));
     std::vector<core::NamedTensor> out;
@@ -287,6 +287,13 @@ absl::StatusOr<std::vector<core::NamedTensor>> ReadTensorFile(const std::string&
     }
     return out;
   });
+  if (!read.ok() && absl::IsInternal(read.status())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": not readable as a dict of tensors (", read.status().message(),
+        "). LibTorch 1.13's unpickler reads torch.save'd dicts of 2 or more tensors only; "
+        "for a single tensor, save it as .safetensors"));
+  }
+  return read;
 }
 
 absl::Status WriteTensorFile(const std::string& path, const std::vector<core::NamedTensor>& tensors) {

@@ -55,7 +55,10 @@ grpc::ServerUnaryReactor* FinishUnaryOnPool(grpc::CallbackServerContext* context
                                             Body body) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   pool->Submit([context, reactor, log = std::move(log), body = std::move(body)]() mutable {
-    absl::Status status = context->IsCancelled() ? absl::CancelledError("the call was cancelled") : body();
+    absl::Status status =
+        context->IsCancelled()
+            ? absl::CancelledError("the call was cancelled or its deadline passed before it was computed")
+            : body();
     reactor->Finish(log.Done(status));
   });
   return reactor;

@@ -7,7 +7,10 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -22,10 +25,13 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::s
   std::vector<std::string> args = {LSTMSERVE_SERVER_BINARY, "--listen=127.0.0.1:0", "--store_dir=" + store_dir,
                                    "--threads=1"};
   args.insert(args.end(), flags.begin(), flags.end());
+  std::filesystem::create_directories(store_dir);
+  const std::string log_path = store_dir + "/server.log";
   const pid_t pid = fork();
   if (pid < 0) return absl::InternalError("fork failed");
   if (pid == 0) {
     dup2(out[1], STDOUT_FILENO);
+    if (FILE* log = std::fopen(log_path.c_str(), "w")) dup2(fileno(log), STDERR_FILENO);
     close(out[0]);
     close(out[1]);
     std::vector<char*> argv;
@@ -37,6 +43,7 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::s
   close(out[1]);
   auto server = std::unique_ptr<ServerProcess>(new ServerProcess());
   server->pid_ = pid;
+  server->log_path_ = log_path;
   std::string buffer;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (std::chrono::steady_clock::now() < deadline) {
@@ -57,6 +64,11 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::s
   }
   close(out[0]);
   return absl::DeadlineExceededError(absl::StrCat("lstmserve did not print 'listening on'; it printed: ", buffer));
+}
+
+std::string ServerProcess::Log() const {
+  std::ifstream in(log_path_);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
 int ServerProcess::Stop(int signal, int timeout_s) {

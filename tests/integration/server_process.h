@@ -19,6 +19,8 @@ class ServerProcess {
   ~ServerProcess();  // SIGKILL if still running
 
   const std::string& address() const { return address_; }
+  // The server's log (its stderr), kept in the store folder.
+  std::string Log() const;
   pid_t pid() const { return pid_; }
   // Sends `signal` and waits (up to `timeout_s`); returns the exit status, or -1 if it had
   // to be killed or died of a signal.
@@ -27,6 +29,7 @@ class ServerProcess {
  private:
   pid_t pid_ = -1;
   std::string address_;
+  std::string log_path_;
 };
 
 // A fresh temporary folder, removed at destruction.

@@ -425,5 +425,29 @@ TEST(ServiceLifecycleTest, DrainLetsEveryCallInFlightFinish) {
   EXPECT_EQ(client->Health().status().code(), absl::StatusCode::kUnavailable) << "new calls are refused";
 }
 
+TEST(ServiceLifecycleTest, ACallWhoseDeadlinePassesWhileQueuedGetsDeadlineExceeded) {
+  TempDir store;
+  auto server = ServerProcess::Start(store.path());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = Connect(**server);
+  ASSERT_TRUE(client->Create(LstmSpec(2, 256, 256, 1), "slow").ok());
+  auto heavy = std::async(std::launch::async, [&] { return client->Run("slow", Randn({100, 64, 256}, 5), {}, true); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the heavy call holds the compute thread
+  auto stub = v1::InferenceService::NewStub(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
+  v1::StepRequest request;
+  request.set_parameter_set_id("slow");
+  wire::TensorToProto(at::zeros({1, 256}), request.mutable_x());
+  v1::StepResponse response;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(20));
+  EXPECT_EQ(stub->Step(&context, request, &response).error_code(), grpc::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(heavy.get().ok());
+  EXPECT_TRUE(client->Step("slow", at::zeros({1, 256})).ok()) << "the server keeps serving";
+  // The server dropped the expired call before computing it (and said so).
+  EXPECT_NE((*server)->Log().find("rpc=Step"), std::string::npos) << (*server)->Log();
+  EXPECT_NE((*server)->Log().find("was cancelled or its deadline passed before it was computed"), std::string::npos)
+      << (*server)->Log();
+}
+
 }  // namespace
 }  // namespace lstmserve

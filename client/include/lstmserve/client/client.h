@@ -76,6 +76,8 @@ class Client {
 };
 
 // Tensors of a file: .safetensors, or .pt (a dict of tensors from torch.save / Export).
+// LibTorch 1.13's unpickler reads torch.save'd dicts of 2 or more tensors only (a
+// one-entry dict uses the SETITEM opcode it lacks): INVALID_ARGUMENT saying so.
 absl::StatusOr<std::vector<core::NamedTensor>> ReadTensorFile(const std::string& path);
 // Writes tensors as .safetensors or .pt (which torch.load reads), by the path's suffix.
 absl::Status WriteTensorFile(const std::string& path, const std::vector<core::NamedTensor>& tensors);

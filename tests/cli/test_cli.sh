@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# lstmserve-cli against the real server on 127.0.0.1:0: every command, readable and --json
+# output, exit codes, and a .pt export that torch.load reads bit-equal to create_weight.
+# Usage: test_cli.sh SERVER_BINARY CLI_BINARY PYTHON REFERENCE_DIR
+set -u
+server_bin=$1 cli=$2 python=$3 reference_dir=$4
+work=$(mktemp -d /tmp/lstmserve-cli-XXXXXX)
+"$server_bin" --listen=127.0.0.1:0 --store_dir="$work/store" --threads=1 >"$work/out" 2>"$work/err" &
+server_pid=$!
+trap 'kill $server_pid 2>/dev/null; wait $server_pid 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 100); do grep -q "listening on" "$work/out" && break; sleep 0.1; done
+target=$(sed -n 's/^listening on //p' "$work/out")
+passed=0 failed=0
+check() {  # check NAME EXPECTED_STATUS COMMAND... ; output in $out
+  local name=$1 want=$2; shift 2
+  out=$("$@" 2>&1); local got=$?
+  if [[ $got == "$want" ]]; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL $name: exit $got, want $want: $out"; fi
+}
+contains() {  # contains NAME TEXT: the last output contains TEXT
+  if [[ "$out" == *"$2"* ]]; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL $1: no '$2' in: $out"; fi
+}
+c=("$cli" --target="$target")
+check health 0 "${c[@]}" health;                                   contains health SERVING
+check create 0 "${c[@]}" create --id=cli-set --layers=2 --input_size=16 --hidden_size=8 --seed=42
+contains create "lstm:      layers=2 input_size=16 hidden_size=8"
+check create-json 0 "${c[@]}" --json create --id=cli-json --spec='{"lstm":{"numLayers":1,"inputSize":3,"hiddenSize":2},"seed":"7"}'
+contains create-json '"checksum":"sha256:'
+check get 0 "${c[@]}" get --id=cli-set;                            contains get "w_1          [16, 32]"
+check list 0 "${c[@]}" list;                                       contains list "cli-json"
+check run 0 "${c[@]}" run --id=cli-set --batch=3 --steps=4 --out="$work/run.safetensors"
+contains run "outputs  [4, 3, 8]"
+check step-json 0 "${c[@]}" --json step --id=cli-set --batch=2;    contains step-json '"h":[{"shape":[2,8]'
+check export 0 "${c[@]}" export --id=cli-set --out="$work/set.pt"
+check torch-load 0 "$python" -c "
+import sys, torch; sys.path.insert(0, '$reference_dir'); import common_ops
+d = torch.load('$work/set.pt'); torch.manual_seed(42)
+w = [common_ops.create_weight('w', [(16 if l == 0 else 8) + 8, 32]) for l in range(2)]
+assert list(d) == ['w_0', 'w_1'] and all(torch.equal(d[f'w_{l}'], w[l].detach()) for l in range(2))"
+check import 0 "${c[@]}" import --in="$work/set.pt" --id=cli-copy;  contains import "SET_ORIGIN_IMPORTED"
+check make-inputs 0 "$python" -c "
+import torch; g = torch.Generator().manual_seed(1)
+torch.save({'inputs': torch.randn(4, 3, 16, generator=g), 'x': torch.randn(3, 16, generator=g)}, '$work/in.pt')
+torch.save({'inputs': torch.randn(4, 3, 16, generator=g)}, '$work/one.pt')"
+check run-file 0 "${c[@]}" run --id=cli-copy --input="$work/in.pt" --final_state_only
+contains run-file "layer 1  c [3, 8]"
+check step-file 0 "${c[@]}" step --id=cli-copy --input="$work/in.pt"
+check one-tensor-pt 1 "${c[@]}" run --id=cli-copy --input="$work/one.pt"
+contains one-tensor-pt "save it as .safetensors"
+check delete 0 "${c[@]}" delete --id=cli-copy
+check get-deleted 1 "${c[@]}" get --id=cli-copy;                    contains get-deleted "NOT_FOUND"
+check duplicate 1 "${c[@]}" create --id=cli-set;                    contains duplicate "ALREADY_EXISTS"
+check bad-id 1 "${c[@]}" get --id=../etc;                           contains bad-id "INVALID_ARGUMENT"
+check unknown-command 2 "${c[@]}" frobnicate;                       contains unknown-command "unknown command"
+check unknown-flag 2 "${c[@]}" --frob health;                       contains unknown-flag "unknown flag --frob"
+check missing-id 2 "${c[@]}" get;                                   contains missing-id "needs --id"
+check help 0 "$cli" --help;                                         contains help "Commands:"
+check server-help 0 "$server_bin" --help;                           contains server-help "--store_dir"
+check server-bad-flag 2 "$server_bin" --listen=nonsense;            contains server-bad-flag "is not HOST:PORT"
+kill -TERM $server_pid; wait $server_pid; status=$?
+if [[ $status == 0 ]]; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL server exit $status after SIGTERM"; fi
+check unreachable 1 "$cli" --target="$target" --timeout=2s health;  contains unreachable "UNAVAILABLE"
+echo "$passed passed, $failed failed"
+[[ $failed == 0 ]]
