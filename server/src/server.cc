@@ -1,10 +1,13 @@
 #include "lstmserve/server/server.h"
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/impl/server_builder_option.h>
+#include <grpcpp/impl/server_builder_plugin.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -14,6 +17,24 @@
 #include "lstmserve/server/log.h"
 
 namespace lstmserve::server {
+namespace {
+
+// Linking grpc++_reflection registers its plugin from a static initializer, whatever the
+// flag says; this option takes it out again for --noreflection.
+class WithoutReflection final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->erase(std::remove_if(plugins->begin(), plugins->end(),
+                                  [](const auto& p) { return p->name() == kReflectionPluginName; }),
+                   plugins->end());
+  }
+
+ private:
+  static constexpr const char* kReflectionPluginName = "proto_server_reflection";
+};
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
   LSTMSERVE_RETURN_IF_ERROR(options.Validate());
@@ -42,8 +63,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   server->inference_service_ = std::make_unique<InferenceServiceImpl>(server->context_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
-  if (options.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  if (options.reflection) {
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  } else {
+    builder.SetOption(std::make_unique<WithoutReflection>());
+  }
   int port = 0;
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));

@@ -42,6 +42,7 @@ class ServerTest(unittest.TestCase):
         cls.client.close()
         cls.server.terminate()
         assert cls.server.wait(timeout=30) == 0
+        cls.server.stdout.close()
         shutil.rmtree(cls.store)
 
     def test_health(self):
@@ -106,6 +107,15 @@ class ServerTest(unittest.TestCase):
         self.client.delete("py-listed")
         self.assertNotIn("py-listed", [s.id for s in self.client.list()])
 
+    def test_server_reflection_lists_the_services(self):
+        # ServerReflectionRequest{list_services: ""}: field 7, length-delimited, empty.
+        with grpc.insecure_channel(self.target) as channel:
+            call = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                                         request_serializer=lambda raw: raw, response_deserializer=lambda raw: raw)
+            reply = next(call(iter([b"\x3a\x00"]), timeout=10))
+        for service in (b"lstmserve.v1.ParameterService", b"lstmserve.v1.InferenceService", b"grpc.health.v1.Health"):
+            self.assertIn(service, reply)
+
     def test_example_recreates_the_reference(self):
         example = os.path.join(os.path.dirname(__file__), "..", "..", "client", "python", "examples",
                                "recreate_reference.py")
@@ -113,6 +123,27 @@ class ServerTest(unittest.TestCase):
                                  os.environ["LSTMSERVE_REFERENCE_DIR"]], capture_output=True, text=True)
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         self.assertIn("bit-identical to torch.manual_seed(42) + create_weight: True", result.stdout)
+
+
+class NoReflectionTest(unittest.TestCase):
+    def test_reflection_can_be_turned_off(self):
+        with tempfile.TemporaryDirectory(prefix="lstmserve-py-") as store:
+            server = subprocess.Popen([os.environ["LSTMSERVE_SERVER_BINARY"], "--listen=127.0.0.1:0",
+                                       f"--store_dir={store}", "--noreflection"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            target = server.stdout.readline().split()[-1]
+            try:
+                with grpc.insecure_channel(target) as channel:
+                    call = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                                                 request_serializer=lambda raw: raw,
+                                                 response_deserializer=lambda raw: raw)
+                    with self.assertRaises(grpc.RpcError) as caught:
+                        next(call(iter([b"\x3a\x00"]), timeout=10))
+                    self.assertEqual(caught.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
+            finally:
+                server.terminate()
+                self.assertEqual(server.wait(timeout=30), 0)
+                server.stdout.close()
 
 
 if __name__ == "__main__":
