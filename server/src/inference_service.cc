@@ -44,6 +44,16 @@ absl::StatusOr<std::vector<at::Tensor>> States(ServiceContext* ctx, const SetEnt
   return out;
 }
 
+// The per-layer c and h of a request (StepRequest, RunRequest, SessionStart).
+template <typename Request>
+absl::StatusOr<core::LstmState> RequestState(ServiceContext* ctx, const SetEntry& entry, const Request& request,
+                                             absl::string_view prefix) {
+  core::LstmState state;
+  LSTMSERVE_ASSIGN_OR_RETURN(state.c, States(ctx, entry, request.c(), absl::StrCat(prefix, "c")));
+  LSTMSERVE_ASSIGN_OR_RETURN(state.h, States(ctx, entry, request.h(), absl::StrCat(prefix, "h")));
+  return state;
+}
+
 template <typename Response>
 void StatesToProto(const core::LstmState& state, Response* response) {
   for (const auto& c : state.c) TensorToProto(c, response->add_c());
@@ -94,14 +104,12 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
     }
     batch_ = start.batch_size();
     return_state_ = start.return_state();
-    auto c = States(ctx_, *entry_, start.c(), "start.c");
-    auto h = c.ok() ? States(ctx_, *entry_, start.h(), "start.h") : c.status();
-    if (!h.ok()) {
+    auto state = RequestState(ctx_, *entry_, start, "start.");
+    if (!state.ok()) {
       entry_.reset();
-      return h.status();
+      return state.status();
     }
-    state_.c = *std::move(c);
-    state_.h = *std::move(h);
+    state_ = *std::move(state);
     const int64_t hidden = entry_->lstm->hidden_size();
     for (const auto* part : {&state_.c, &state_.h}) {
       for (const auto& t : *part) {
@@ -151,9 +159,7 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Step(grpc::CallbackServerContext
     LSTMSERVE_ASSIGN_OR_RETURN(auto entry, LstmSet(ctx_, request->parameter_set_id()));
     if (!request->has_x()) return absl::InvalidArgumentError("x is not set");
     LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor x, Input(ctx_, *entry, request->x(), "x"));
-    core::LstmState state;
-    LSTMSERVE_ASSIGN_OR_RETURN(state.c, States(ctx_, *entry, request->c(), "c"));
-    LSTMSERVE_ASSIGN_OR_RETURN(state.h, States(ctx_, *entry, request->h(), "h"));
+    LSTMSERVE_ASSIGN_OR_RETURN(core::LstmState state, RequestState(ctx_, *entry, *request, ""));
     LSTMSERVE_ASSIGN_OR_RETURN(core::LstmState next, entry->lstm->Step(x, state));
     StatesToProto(next, response);
     return absl::OkStatus();
@@ -167,9 +173,7 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Run(grpc::CallbackServerContext*
     LSTMSERVE_ASSIGN_OR_RETURN(auto entry, LstmSet(ctx_, request->parameter_set_id()));
     if (!request->has_inputs()) return absl::InvalidArgumentError("inputs is not set");
     LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor inputs, Input(ctx_, *entry, request->inputs(), "inputs"));
-    core::LstmState state;
-    LSTMSERVE_ASSIGN_OR_RETURN(state.c, States(ctx_, *entry, request->c(), "c"));
-    LSTMSERVE_ASSIGN_OR_RETURN(state.h, States(ctx_, *entry, request->h(), "h"));
+    LSTMSERVE_ASSIGN_OR_RETURN(core::LstmState state, RequestState(ctx_, *entry, *request, ""));
     LSTMSERVE_ASSIGN_OR_RETURN(core::SequenceResult result,
                                entry->lstm->Run(inputs, state, !request->final_state_only()));
     if (result.outputs.defined()) TensorToProto(result.outputs, response->mutable_outputs());
