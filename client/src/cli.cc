@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "bench.h"
 #include "lstmserve/client/client.h"
 #include "lstmserve/core/command_line.h"
 #include "lstmserve/core/status.h"
@@ -34,6 +35,12 @@ ABSL_FLAG(int64_t, batch, 1, "step/run: batch size of random N(0,1) inputs when 
 ABSL_FLAG(int64_t, steps, 10, "run: steps of random inputs when --input is not given");
 ABSL_FLAG(uint64_t, input_seed, 1, "step/run: seed of the random inputs");
 ABSL_FLAG(bool, final_state_only, false, "run: return only the final states");
+ABSL_FLAG(std::string, rpc, "step", "bench: step | run | session");
+ABSL_FLAG(int, concurrency, 1, "bench: callers, each with one call in flight");
+ABSL_FLAG(absl::Duration, duration, absl::Seconds(10), "bench: measured time, after the warm-up");
+ABSL_FLAG(int64_t, requests, 0, "bench: stop after this many measured requests (0: by --duration)");
+ABSL_FLAG(absl::Duration, warmup, absl::Seconds(1), "bench: unmeasured time first");
+ABSL_FLAG(double, rate, 0, "bench: total requests per second, open loop (0: closed loop)");
 
 namespace {
 
@@ -54,6 +61,10 @@ constexpr char kUsage[] =
     "  import --in FILE [--id ID]      upload tensors (a trained set) from .safetensors or .pt\n"
     "  step --id ID [--input FILE | --batch B --input_seed S] [--out FILE]\n"
     "  run --id ID [--input FILE | --batch B --steps T --input_seed S] [--final_state_only] [--out FILE]\n"
+    "  bench --id ID [--rpc step|run|session] [--concurrency N] [--duration 10s | --requests N] [--warmup 1s]\n"
+    "        [--rate R] [--batch B] [--steps T]   load generator; creates the set from the template flags\n"
+    "        (--layers --input_size --hidden_size) if it does not exist; reports requests/s, latency\n"
+    "        p50/p90/p99/max and errors by code\n"
     "Exit status: 0 success, 1 the server refused or failed, 2 bad usage.";
 
 int Fail(const absl::Status& status) {
@@ -266,6 +277,27 @@ int Main(const std::string& command) {
     }
     if (auto s = WriteState(state, outputs); !s.ok()) return Fail(s);
     PrintState(state, outputs);
+    return 0;
+  }
+  if (command == "bench") {
+    lstmserve::client::BenchOptions bench;
+    bench.target = options.target;
+    bench.rpc = absl::GetFlag(FLAGS_rpc);
+    bench.set_id = RequireId();
+    bench.layers = absl::GetFlag(FLAGS_layers);
+    bench.input_size = absl::GetFlag(FLAGS_input_size);
+    bench.hidden_size = absl::GetFlag(FLAGS_hidden_size);
+    bench.batch = absl::GetFlag(FLAGS_batch);
+    bench.steps = absl::GetFlag(FLAGS_steps);
+    bench.concurrency = absl::GetFlag(FLAGS_concurrency);
+    bench.duration = absl::GetFlag(FLAGS_duration);
+    bench.requests = absl::GetFlag(FLAGS_requests);
+    bench.warmup = absl::GetFlag(FLAGS_warmup);
+    bench.rate = absl::GetFlag(FLAGS_rate);
+    bench.timeout = options.timeout;
+    auto report = lstmserve::client::RunBench(bench);
+    if (!report.ok()) return Fail(report.status());
+    std::printf("%s\n", (absl::GetFlag(FLAGS_json) ? report->ToJson(bench) : report->ToText(bench)).c_str());
     return 0;
   }
   core::UsageErrorExit(absl::StrCat("unknown command '", command, "' (see --help)"));

@@ -50,15 +50,16 @@ inline float Exp(float x) {
 inline float Sigmoid(float x) { return 1.0f / (1.0f + Exp(-x)); }
 inline float Tanh(float x) { return 2.0f / (1.0f + Exp(-2.0f * x)) - 1.0f; }
 
+// out[r, 0:n] += a[r, :] @ w[:, 0:n] for kRows rows; w and out have row strides ldw, ldo.
 template <int kRows>
-inline void GemmBlock(const float* a, int64_t lda, const float* w, int64_t k, int64_t n,
-                      float* out) {
+inline void GemmBlock(const float* a, int64_t lda, const float* w, int64_t ldw, int64_t k, int64_t n,
+                      float* out, int64_t ldo) {
   for (int64_t kk = 0; kk < k; ++kk) {
-    const float* wr = w + kk * n;
+    const float* wr = w + kk * ldw;
     float av[kRows];
     for (int r = 0; r < kRows; ++r) av[r] = a[r * lda + kk];
     for (int r = 0; r < kRows; ++r) {
-      float* o = out + r * n;
+      float* o = out + r * ldo;
       const float s = av[r];
       for (int64_t j = 0; j < n; ++j) o[j] += s * wr[j];
     }
@@ -68,16 +69,26 @@ inline void GemmBlock(const float* a, int64_t lda, const float* w, int64_t k, in
 }  // namespace
 
 LSTMSERVE_MULTIVERSION
-void SmallGemm(const float* a, int64_t lda, const float* w, int64_t k, int64_t n, float* out,
-               int64_t rows, bool accumulate) {
-  if (!accumulate) std::fill(out, out + rows * n, 0.0f);
-  int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) GemmBlock<4>(a + r * lda, lda, w, k, n, out + r * n);
-  switch (rows - r) {
-    case 3: GemmBlock<3>(a + r * lda, lda, w, k, n, out + r * n); break;
-    case 2: GemmBlock<2>(a + r * lda, lda, w, k, n, out + r * n); break;
-    case 1: GemmBlock<1>(a + r * lda, lda, w, k, n, out + r * n); break;
-    default: break;
+void SmallGemm(const float* a, int64_t lda, const float* w, int64_t ldw, int64_t k, int64_t n, float* out,
+               int64_t ldo, int64_t rows, bool accumulate) {
+  if (!accumulate) {
+    for (int64_t r = 0; r < rows; ++r) std::fill(out + r * ldo, out + r * ldo + n, 0.0f);
+  }
+  // When a block's output rows do not fit in L1, column tiles keep them there (4 x 512
+  // floats) while w streams by. Otherwise w is read row by row in one sequential stream,
+  // which the prefetcher serves best from memory (tiling B=1 at 4H=4096: 5.4 vs 2.3 ms).
+  constexpr int64_t kL1Floats = 8192;
+  const int64_t tile = std::min<int64_t>(rows, 4) * n <= kL1Floats ? n : 512;
+  for (int64_t j0 = 0; j0 < n; j0 += tile) {
+    const int64_t nb = std::min(tile, n - j0);
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) GemmBlock<4>(a + r * lda, lda, w + j0, ldw, k, nb, out + r * ldo + j0, ldo);
+    switch (rows - r) {
+      case 3: GemmBlock<3>(a + r * lda, lda, w + j0, ldw, k, nb, out + r * ldo + j0, ldo); break;
+      case 2: GemmBlock<2>(a + r * lda, lda, w + j0, ldw, k, nb, out + r * ldo + j0, ldo); break;
+      case 1: GemmBlock<1>(a + r * lda, lda, w + j0, ldw, k, nb, out + r * ldo + j0, ldo); break;
+      default: break;
+    }
   }
 }
 

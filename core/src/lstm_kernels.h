@@ -6,12 +6,13 @@
 
 namespace lstmserve::core::kernels {
 
-// out[r, :] = (accumulate ? out[r, :] : 0) + a[r, :] @ w for r < rows.
-// a is [rows, k] with row stride lda; w is [k, n] contiguous; out is [rows, n] contiguous.
-// Meant for few rows (a batch of 1 to 8, or T * B rows when both are small): it streams w
-// once per block of 4 rows.
-void SmallGemm(const float* a, int64_t lda, const float* w, int64_t k, int64_t n, float* out,
-               int64_t rows, bool accumulate);
+// out[r, 0:n] = (accumulate ? out[r, 0:n] : 0) + a[r, :] @ w[:, 0:n] for r < rows.
+// a is [rows, k] with row stride lda; w is [k, >= n] with row stride ldw; out has row
+// stride ldo. Meant for few rows (a batch of 1 to 8): it streams w once per block of 4
+// rows, in column tiles that keep the block's outputs in L1. Callers split columns across
+// threads.
+void SmallGemm(const float* a, int64_t lda, const float* w, int64_t ldw, int64_t k, int64_t n, float* out,
+               int64_t ldo, int64_t rows, bool accumulate);
 
 // The LSTM cell's elementwise part for `rows` rows of hidden size h:
 //   gates [rows, 4h] holds the pre-activations in blocks i, f, o, g; bias [4h] (zeros when

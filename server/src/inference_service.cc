@@ -1,4 +1,8 @@
+#include <chrono>
+
 #include <ATen/ATen.h>
+
+#include "absl/time/clock.h"
 
 #include "absl/strings/str_cat.h"
 #include "lstmserve/core/status.h"
@@ -60,28 +64,64 @@ void StatesToProto(const core::LstmState& state, Response* response) {
   for (const auto& h : state.h) TensorToProto(h, response->add_h());
 }
 
+// A batch job for a validated request; the caller sets `done`.
+absl::StatusOr<BatchJob> MakeJob(grpc::CallbackServerContext* context, std::shared_ptr<const SetEntry> entry,
+                                 at::Tensor inputs, core::LstmState state, bool want_outputs) {
+  LSTMSERVE_RETURN_IF_ERROR(entry->lstm->CheckRunInputs(inputs, state));
+  BatchJob job;
+  job.set = std::move(entry);
+  job.inputs = std::move(inputs);
+  job.state = std::move(state);
+  job.want_outputs = want_outputs;
+  job.deadline = context->deadline() == std::chrono::system_clock::time_point::max()
+                     ? absl::InfiniteFuture()
+                     : absl::FromChrono(context->deadline());
+  job.cancelled = [context] { return context->IsCancelled(); };
+  return job;
+}
+
 // A Session stream: start, then one step per x; strictly one read or write in flight.
 class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse> {
  public:
-  SessionReactor(ServiceContext* ctx, RpcLog log) : ctx_(ctx), log_(std::move(log)) { StartRead(&request_); }
+  SessionReactor(grpc::CallbackServerContext* context, ServiceContext* ctx, RpcLog log)
+      : context_(context), ctx_(ctx), log_(std::move(log)) {
+    StartRead(&request_);
+  }
 
   void OnReadDone(bool ok) override {
     if (!ok) {  // the client closed its side: the session ends normally
       Finish(log_.Done(absl::OkStatus()));
       return;
     }
-    // The step runs on the compute pool; the next read or write starts from there.
-    ctx_->compute->Submit([this] {
-      absl::Status status = entry_ ? Step() : Start();
+    if (!entry_) {
+      absl::Status status = Start();
       if (!status.ok()) {
         Finish(log_.Done(status));
-      } else if (wrote_) {
-        wrote_ = false;
-        StartWrite(&response_);
       } else {
         StartRead(&request_);
       }
-    });
+      return;
+    }
+    // The step goes through the batcher, merged with other sessions' steps on the same set;
+    // the write starts from the batch thread.
+    absl::StatusOr<BatchJob> job = StepJob();
+    if (!job.ok()) {
+      Finish(log_.Done(job.status()));
+      return;
+    }
+    job->done = [this](absl::StatusOr<core::SequenceResult> result) {
+      if (!result.ok()) {
+        Finish(log_.Done(result.status()));
+        return;
+      }
+      state_ = std::move(result->final_state);
+      response_.Clear();
+      response_.set_step(step_++);
+      TensorToProto(state_.h.back(), response_.mutable_output());
+      if (return_state_) StatesToProto(state_, &response_);
+      StartWrite(&response_);
+    };
+    ctx_->batcher->Submit(*std::move(job));
   }
   void OnWriteDone(bool ok) override {
     if (!ok) {
@@ -122,22 +162,17 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
     return absl::OkStatus();
   }
 
-  absl::Status Step() {
+  absl::StatusOr<BatchJob> StepJob() {
     if (!request_.has_x()) return absl::InvalidArgumentError("after start, every SessionRequest must carry x");
     LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor x, Input(ctx_, *entry_, request_.x(), "x"));
     if (x.dim() != 2 || x.size(0) != batch_) {
       return absl::InvalidArgumentError(absl::StrCat("x must be [", batch_, ", ", entry_->lstm->input_size(),
                                                      "] (the session's batch size)"));
     }
-    LSTMSERVE_ASSIGN_OR_RETURN(state_, entry_->lstm->Step(x, state_));
-    response_.Clear();
-    response_.set_step(step_++);
-    TensorToProto(state_.h.back(), response_.mutable_output());
-    if (return_state_) StatesToProto(state_, &response_);
-    wrote_ = true;
-    return absl::OkStatus();
+    return MakeJob(context_, entry_, x.unsqueeze(0), state_, /*want_outputs=*/false);
   }
 
+  grpc::CallbackServerContext* context_;
   ServiceContext* ctx_;
   RpcLog log_;
   v1::SessionRequest request_;
@@ -147,7 +182,6 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
   int64_t batch_ = 0;
   int64_t step_ = 0;
   bool return_state_ = false;
-  bool wrote_ = false;
 };
 
 }  // namespace
@@ -155,37 +189,57 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
 grpc::ServerUnaryReactor* InferenceServiceImpl::Step(grpc::CallbackServerContext* context,
                                                      const v1::StepRequest* request, v1::StepResponse* response) {
   RpcLog log(context, "Step", request->parameter_set_id());
-  return FinishUnaryOnPool(context, ctx_->compute, std::move(log), [this, request, response]() -> absl::Status {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<BatchJob> job = [&]() -> absl::StatusOr<BatchJob> {
     LSTMSERVE_ASSIGN_OR_RETURN(auto entry, LstmSet(ctx_, request->parameter_set_id()));
     if (!request->has_x()) return absl::InvalidArgumentError("x is not set");
     LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor x, Input(ctx_, *entry, request->x(), "x"));
+    if (x.dim() != 2) return absl::InvalidArgumentError(absl::StrCat("x must be 2-D [batch, ", entry->lstm->input_size(), "]"));
     LSTMSERVE_ASSIGN_OR_RETURN(core::LstmState state, RequestState(ctx_, *entry, *request, ""));
-    LSTMSERVE_ASSIGN_OR_RETURN(core::LstmState next, entry->lstm->Step(x, state));
-    StatesToProto(next, response);
-    return absl::OkStatus();
-  });
+    return MakeJob(context, std::move(entry), x.unsqueeze(0), std::move(state), /*want_outputs=*/false);
+  }();
+  if (!job.ok()) {
+    reactor->Finish(log.Done(job.status()));
+    return reactor;
+  }
+  job->done = [reactor, response, log](absl::StatusOr<core::SequenceResult> result) {
+    if (result.ok()) StatesToProto(result->final_state, response);
+    reactor->Finish(log.Done(result.status()));
+  };
+  ctx_->batcher->Submit(*std::move(job));
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* InferenceServiceImpl::Run(grpc::CallbackServerContext* context,
                                                     const v1::RunRequest* request, v1::RunResponse* response) {
   RpcLog log(context, "Run", request->parameter_set_id());
-  return FinishUnaryOnPool(context, ctx_->compute, std::move(log), [this, request, response]() -> absl::Status {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<BatchJob> job = [&]() -> absl::StatusOr<BatchJob> {
     LSTMSERVE_ASSIGN_OR_RETURN(auto entry, LstmSet(ctx_, request->parameter_set_id()));
     if (!request->has_inputs()) return absl::InvalidArgumentError("inputs is not set");
     LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor inputs, Input(ctx_, *entry, request->inputs(), "inputs"));
     LSTMSERVE_ASSIGN_OR_RETURN(core::LstmState state, RequestState(ctx_, *entry, *request, ""));
-    LSTMSERVE_ASSIGN_OR_RETURN(core::SequenceResult result,
-                               entry->lstm->Run(inputs, state, !request->final_state_only()));
-    if (result.outputs.defined()) TensorToProto(result.outputs, response->mutable_outputs());
-    StatesToProto(result.final_state, response);
-    return absl::OkStatus();
-  });
+    return MakeJob(context, std::move(entry), std::move(inputs), std::move(state), !request->final_state_only());
+  }();
+  if (!job.ok()) {
+    reactor->Finish(log.Done(job.status()));
+    return reactor;
+  }
+  job->done = [reactor, response, log](absl::StatusOr<core::SequenceResult> result) {
+    if (result.ok()) {
+      if (result->outputs.defined()) TensorToProto(result->outputs, response->mutable_outputs());
+      StatesToProto(result->final_state, response);
+    }
+    reactor->Finish(log.Done(result.status()));
+  };
+  ctx_->batcher->Submit(*std::move(job));
+  return reactor;
 }
 
 grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* InferenceServiceImpl::Session(
     grpc::CallbackServerContext* context) {
   RpcLog log(context, "Session", "");
-  return new SessionReactor(ctx_, std::move(log));
+  return new SessionReactor(context, ctx_, std::move(log));
 }
 
 }  // namespace lstmserve::server

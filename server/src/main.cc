@@ -17,8 +17,15 @@ ABSL_FLAG(std::string, listen, kDefaults.listen, "HOST:PORT to serve gRPC on; po
 ABSL_FLAG(std::string, store_dir, kDefaults.store_dir, "folder of the parameter store (created if missing)");
 ABSL_FLAG(std::string, device, kDefaults.device, "auto | cpu | cuda | cuda:N");
 ABSL_FLAG(int, threads, kDefaults.intra_op_threads, "intra-op threads for inference; 0 = all available cores");
+ABSL_FLAG(bool, enable_batching, kDefaults.enable_batching,
+          "merge concurrent Step/Run/Session requests on the same set into one core call");
 ABSL_FLAG(int, num_batch_threads, kDefaults.num_batch_threads,
-          "threads that run inference and set creation, off gRPC's threads");
+          "threads that compute batches (batch threads x --threads should not exceed the cores)");
+ABSL_FLAG(int64_t, max_batch_size, kDefaults.max_batch_size, "most rows (sum of B) in one batch");
+ABSL_FLAG(int64_t, batch_timeout_micros, kDefaults.batch_timeout_micros,
+          "under load, most a batch waits for more requests (it stops after 200us without one); 0 never waits");
+ABSL_FLAG(int64_t, max_queued_requests, kDefaults.max_queued_requests,
+          "queued inference requests beyond which new ones get RESOURCE_EXHAUSTED at once");
 ABSL_FLAG(int64_t, max_message_bytes, kDefaults.max_message_bytes, "largest gRPC message, in bytes");
 ABSL_FLAG(int64_t, max_tensor_elements, kDefaults.max_tensor_elements, "largest tensor in a request, in elements");
 ABSL_FLAG(int64_t, max_set_bytes, kDefaults.max_set_bytes, "largest parameter set, in bytes");
@@ -41,7 +48,11 @@ int main(int argc, char** argv) {
   options.store_dir = absl::GetFlag(FLAGS_store_dir);
   options.device = absl::GetFlag(FLAGS_device);
   options.intra_op_threads = absl::GetFlag(FLAGS_threads);
+  options.enable_batching = absl::GetFlag(FLAGS_enable_batching);
   options.num_batch_threads = absl::GetFlag(FLAGS_num_batch_threads);
+  options.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
+  options.batch_timeout_micros = absl::GetFlag(FLAGS_batch_timeout_micros);
+  options.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.max_tensor_elements = absl::GetFlag(FLAGS_max_tensor_elements);
   options.max_set_bytes = absl::GetFlag(FLAGS_max_set_bytes);

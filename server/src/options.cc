@@ -30,6 +30,11 @@ absl::Status ServerOptions::Validate() const {
   if (num_batch_threads < 1 || num_batch_threads > 256) {
     return absl::InvalidArgumentError("--num_batch_threads must be in [1, 256]");
   }
+  if (max_batch_size < 1) return absl::InvalidArgumentError("--max_batch_size must be >= 1");
+  if (batch_timeout_micros < 0 || batch_timeout_micros > 10'000'000) {
+    return absl::InvalidArgumentError("--batch_timeout_micros must be in [0, 10000000]");
+  }
+  if (max_queued_requests < 1) return absl::InvalidArgumentError("--max_queued_requests must be >= 1");
   if (max_message_bytes < 1024 || max_message_bytes > (int64_t{2} << 30) - 1) {
     return absl::InvalidArgumentError("--max_message_bytes must be in [1024, 2^31 - 1]");
   }

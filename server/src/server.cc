@@ -52,10 +52,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   LogInfo(absl::StrCat("store loaded: ", server->registry_->count(), " sets, ", server->registry_->total_bytes(),
                        " bytes in ", absl::FormatDuration(absl::Now() - load_start)));
 
-  server->compute_ = std::make_unique<ComputePool>(options.num_batch_threads);
+  server->compute_ = std::make_unique<ComputePool>(1);
+  BatchOptions batching;
+  batching.enabled = options.enable_batching;
+  batching.num_batch_threads = options.num_batch_threads;
+  batching.max_batch_size = options.max_batch_size;
+  batching.batch_timeout = absl::Microseconds(options.batch_timeout_micros);
+  batching.max_queued_requests = options.max_queued_requests;
+  server->batcher_ = std::make_unique<Batcher>(batching);
   server->context_ = std::make_unique<ServiceContext>();
   server->context_->registry = server->registry_.get();
   server->context_->compute = server->compute_.get();
+  server->context_->batcher = server->batcher_.get();
   server->context_->options = options;
   server->context_->create_limits.max_set_bytes = options.max_set_bytes;
   server->context_->create_limits.max_tensors = options.max_tensors_per_set;
@@ -101,7 +109,10 @@ void Server::Drain() {
   server_->Shutdown(deadline);
   server_->Wait();
   server_.reset();
-  LogInfo("stopped");
+  const BatchStats stats = batcher_->stats();
+  LogInfo(absl::StrCat("stopped; inference: ", stats.requests, " requests in ", stats.batches,
+                       " batches (largest ", stats.max_rows, " rows), ", stats.rejected, " rejected (queue full), ",
+                       stats.expired, " expired in the queue"));
 }
 
 }  // namespace lstmserve::server

@@ -53,6 +53,13 @@ check bad-id 1 "${c[@]}" get --id=../etc;                           contains bad
 check unknown-command 2 "${c[@]}" frobnicate;                       contains unknown-command "unknown command"
 check unknown-flag 2 "${c[@]}" --frob health;                       contains unknown-flag "unknown flag --frob"
 check missing-id 2 "${c[@]}" get;                                   contains missing-id "needs --id"
+check bench 0 "${c[@]}" --json bench --id=cli-set --rpc=step --concurrency=4 --duration=1s --warmup=0s
+contains bench '"errors":{}'
+contains bench '"rpc":"step"'
+check bench-session 0 "${c[@]}" bench --id=cli-set --rpc=session --concurrency=2 --requests=50 --warmup=0s --duration=5s
+contains bench-session "errors: none"
+check bench-run-creates 0 "${c[@]}" bench --id=cli-bench-new --layers=1 --input_size=4 --hidden_size=4 --rpc=run --steps=3 --requests=20 --warmup=0s
+contains bench-run-creates "run on cli-bench-new (L=1 I=4 H=4, B=1, T=3)"
 check help 0 "$cli" --help;                                         contains help "Commands:"
 check server-help 0 "$server_bin" --help;                           contains server-help "--store_dir"
 check server-bad-flag 2 "$server_bin" --listen=nonsense;            contains server-bad-flag "is not HOST:PORT"

@@ -159,15 +159,28 @@ TEST(LstmKernelTest, GatesMatchLibTorchIncludingSaturatedInputs) {
   }
 }
 
+TEST(LstmKernelTest, SmallGemmOnAColumnSliceWithStridesAndManyTiles) {
+  auto gen = Gen(13);
+  const at::Tensor a = at::empty({5, 40}).normal_(0, 1, gen);
+  const at::Tensor w = at::empty({40, 1300}).normal_(0, 1, gen);  // 3 column tiles, the last partial
+  at::Tensor out = at::zeros({5, 1300});
+  // Columns [100, 1250) only, as a thread's share would be.
+  kernels::SmallGemm(a.data_ptr<float>(), 40, w.data_ptr<float>() + 100, 1300, 40, 1150,
+                     out.data_ptr<float>() + 100, 1300, 5, false);
+  EXPECT_LE(MaxAbsDiff(out.narrow(1, 100, 1150), at::mm(a, w).narrow(1, 100, 1150)), 1e-4);
+  EXPECT_TRUE(at::all(out.narrow(1, 0, 100) == 0).item<bool>()) << "wrote outside its columns";
+  EXPECT_TRUE(at::all(out.narrow(1, 1250, 50) == 0).item<bool>()) << "wrote outside its columns";
+}
+
 TEST(LstmKernelTest, SmallGemmMatchesMatmulForEveryRowRemainder) {
   auto gen = Gen(8);
   for (int64_t rows : {1, 2, 3, 4, 5, 7, 8, 13}) {
     const at::Tensor a = at::empty({rows, 37}).normal_(0, 1, gen);
     const at::Tensor w = at::empty({37, 20}).normal_(0, 1, gen);
     at::Tensor out = at::full({rows, 20}, 1.0f);
-    kernels::SmallGemm(a.data_ptr<float>(), 37, w.data_ptr<float>(), 37, 20, out.data_ptr<float>(), rows, true);
+    kernels::SmallGemm(a.data_ptr<float>(), 37, w.data_ptr<float>(), 20, 37, 20, out.data_ptr<float>(), 20, rows, true);
     EXPECT_LE(MaxAbsDiff(out, at::mm(a, w) + 1), 1e-4) << rows << " rows";
-    kernels::SmallGemm(a.data_ptr<float>(), 37, w.data_ptr<float>(), 37, 20, out.data_ptr<float>(), rows, false);
+    kernels::SmallGemm(a.data_ptr<float>(), 37, w.data_ptr<float>(), 20, 37, 20, out.data_ptr<float>(), 20, rows, false);
     EXPECT_LE(MaxAbsDiff(out, at::mm(a, w)), 1e-4) << rows << " rows";
   }
 }

@@ -33,7 +33,7 @@ struct SequenceResult {
 // benchmarks, which check that every path gives the reference's numbers.
 enum class LstmPath {
   kAuto,
-  kSmallBatch,  // float32 CPU: own vectorised kernels, no LibTorch op per step (B <= 8)
+  kSmallBatch,  // float32 CPU: own vectorised kernels, no LibTorch op per step (B <= 4)
   kBlas,        // float32 CPU: one GEMM per layer for all inputs, one GEMM per step
   kGeneric,     // any device and dtype: LibTorch ops
 };
@@ -57,6 +57,10 @@ class StackedLstm {
   absl::StatusOr<SequenceResult> Run(const at::Tensor& inputs, const LstmState& initial,
                                      bool want_outputs = true,
                                      LstmPath path = LstmPath::kAuto) const;
+
+  // The checks Run makes before computing (shapes, dtype, device, states): OK means Run
+  // cannot fail on these inputs for a reason of theirs.
+  absl::Status CheckRunInputs(const at::Tensor& inputs, const LstmState& initial) const;
 
   int64_t num_layers() const { return static_cast<int64_t>(weights_.size()); }
   int64_t input_size() const { return input_size_; }

@@ -18,9 +18,13 @@ struct ServerOptions {
   std::string device = "auto";
   // LibTorch intra-op threads; 0 = every available core.
   int intra_op_threads = 0;
-  // Threads that run inference and set creation (off gRPC's threads). With the default
-  // intra-op threads, 1 keeps compute threads x intra-op threads <= cores.
+  // Dynamic batching (see batcher.h). With the default intra-op threads (all cores), one
+  // batch thread keeps batch threads x intra-op threads <= cores.
+  bool enable_batching = true;
   int num_batch_threads = 1;
+  int64_t max_batch_size = 256;        // rows (sum of B) per core call
+  int64_t batch_timeout_micros = 2000;  // under load, most a batch waits to fill
+  int64_t max_queued_requests = 4096;  // beyond: RESOURCE_EXHAUSTED at once
   // Largest gRPC message in either direction.
   int64_t max_message_bytes = int64_t{64} << 20;
   // Largest tensor in a request, in elements.

@@ -23,6 +23,7 @@ class Server {
 
   // "HOST:PORT" with the port actually bound.
   const std::string& address() const { return address_; }
+  const Batcher& batcher() const { return *batcher_; }
 
   // Health goes NOT_SERVING and new calls get UNAVAILABLE; calls already received have up
   // to drain_timeout to finish, then are cancelled. Returns when the server has stopped.
@@ -37,6 +38,7 @@ class Server {
   std::unique_ptr<SetRegistry> registry_;
   std::unique_ptr<ServiceContext> context_;
   std::unique_ptr<ComputePool> compute_;
+  std::unique_ptr<Batcher> batcher_;
   std::unique_ptr<ParameterServiceImpl> parameter_service_;
   std::unique_ptr<InferenceServiceImpl> inference_service_;
   std::unique_ptr<grpc::Server> server_;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "lstmserve/core/parameter_set.h"
+#include "lstmserve/server/batcher.h"
 #include "lstmserve/server/compute_pool.h"
 #include "lstmserve/server/options.h"
 #include "lstmserve/server/set_registry.h"
@@ -13,7 +14,8 @@ namespace lstmserve::server {
 // What the services share. Outlives the services.
 struct ServiceContext {
   SetRegistry* registry = nullptr;
-  ComputePool* compute = nullptr;  // runs Create, Step, Run and Session steps
+  ComputePool* compute = nullptr;  // runs Create (set initialization)
+  Batcher* batcher = nullptr;      // runs Step, Run and Session steps
   ServerOptions options;
   core::CreateLimits create_limits;
 };

@@ -1,0 +1,95 @@
+// The dynamic batcher: concurrent Step, Run and Session-step requests on the same set are
+// merged along the batch dimension into one core call and split back.
+//
+// Requests merge when they use the same set, the same number of steps T (a Step is T=1),
+// and the same output mode; a batch holds at most max_batch_size rows (the sum of the
+// requests' B). A worker takes the oldest request and adds every compatible queued one.
+// Under load (its previous batch held more than one row) it keeps collecting while
+// requests keep arriving, stopping after 200 us without an arrival, when the batch is
+// full, or at batch_timeout: the callers it just answered are about to send again. A lone
+// caller never waits. Past max_queued_requests, Submit answers RESOURCE_EXHAUSTED at once. A request
+// whose deadline passes or whose call is cancelled while it waits is answered and dropped,
+// never computed.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "lstmserve/core/stacked_lstm.h"
+#include "lstmserve/server/set_registry.h"
+
+namespace lstmserve::server {
+
+struct BatchOptions {
+  bool enabled = true;                                      // false: one request per core call
+  int64_t max_batch_size = 256;                             // rows (sum of B) per core call
+  absl::Duration batch_timeout = absl::Milliseconds(2);     // most a batch waits to fill, under load
+  int num_batch_threads = 1;                                // workers; x intra-op threads <= cores
+  int64_t max_queued_requests = 4096;                       // beyond: RESOURCE_EXHAUSTED
+};
+
+// One request. `inputs` is [T, B, I]; `state` is empty or full (validated beforehand with
+// StackedLstm::CheckRunInputs, so a batch cannot fail because of one of its requests).
+struct BatchJob {
+  std::shared_ptr<const SetEntry> set;
+  at::Tensor inputs;
+  core::LstmState state;
+  bool want_outputs = true;
+  absl::Time deadline = absl::InfiniteFuture();
+  std::function<bool()> cancelled;  // optional
+  // Called exactly once, on a worker thread (or in Submit's caller on rejection).
+  std::function<void(absl::StatusOr<core::SequenceResult>)> done;
+};
+
+// Statistics since start, for tests and metrics.
+struct BatchStats {
+  int64_t batches = 0;
+  int64_t requests = 0;      // computed
+  int64_t rows = 0;          // sum of batch rows computed
+  int64_t max_rows = 0;      // largest batch
+  int64_t rejected = 0;      // queue full
+  int64_t expired = 0;       // deadline passed or cancelled while queued
+};
+
+// Thread-safe.
+class Batcher {
+ public:
+  explicit Batcher(const BatchOptions& options);
+  ~Batcher();  // runs what is queued, then joins
+  Batcher(const Batcher&) = delete;
+  Batcher& operator=(const Batcher&) = delete;
+
+  // Queues a job, or answers it RESOURCE_EXHAUSTED when the queue is full.
+  void Submit(BatchJob job);
+
+  BatchStats stats() const;
+  int64_t queue_depth() const;
+
+ private:
+  void Work();
+  // Takes the oldest job and the compatible ones after it, collecting more as described
+  // above (mu_ held; released while waiting).
+  std::vector<BatchJob> TakeBatch(int64_t previous_rows) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves compatible queued jobs into `batch` while it has room; returns its rows.
+  int64_t Fill(std::vector<BatchJob>& batch, int64_t rows) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Run(std::vector<BatchJob> batch);
+
+  const BatchOptions options_;
+  mutable absl::Mutex mu_;
+  std::deque<BatchJob> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  BatchStats stats_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace lstmserve::server

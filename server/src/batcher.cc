@@ -1,0 +1,191 @@
+#include "lstmserve/server/batcher.h"
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "lstmserve/core/status.h"
+
+namespace lstmserve::server {
+namespace {
+
+bool Compatible(const BatchJob& a, const BatchJob& b) {
+  return a.set == b.set && a.inputs.size(0) == b.inputs.size(0) && a.want_outputs == b.want_outputs;
+}
+
+int64_t Rows(const BatchJob& job) { return job.inputs.size(1); }
+
+// The batch's states: each job's own, or zeros for jobs that sent none.
+core::LstmState MergeStates(const std::vector<BatchJob>& batch) {
+  core::LstmState merged;
+  bool any = false;
+  for (const auto& job : batch) any = any || !job.state.c.empty() || !job.state.h.empty();
+  if (!any) return merged;
+  const auto& lstm = *batch.front().set->lstm;
+  for (int64_t l = 0; l < lstm.num_layers(); ++l) {
+    std::vector<at::Tensor> c, h;
+    for (const auto& job : batch) {
+      const auto zeros = [&] { return at::zeros({Rows(job), lstm.hidden_size()}, job.inputs.options()); };
+      c.push_back(job.state.c.empty() ? zeros() : job.state.c[l]);
+      h.push_back(job.state.h.empty() ? zeros() : job.state.h[l]);
+    }
+    merged.c.push_back(at::cat(c, 0));
+    merged.h.push_back(at::cat(h, 0));
+  }
+  return merged;
+}
+
+}  // namespace
+
+Batcher::Batcher(const BatchOptions& options) : options_(options) {
+  for (int i = 0; i < options_.num_batch_threads; ++i) workers_.emplace_back([this] { Work(); });
+}
+
+Batcher::~Batcher() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  for (auto& w : workers_) w.join();
+}
+
+void Batcher::Submit(BatchJob job) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (static_cast<int64_t>(queue_.size()) < options_.max_queued_requests) {
+      queue_.push_back(std::move(job));
+      return;
+    }
+    ++stats_.rejected;
+  }
+  job.done(absl::ResourceExhaustedError(absl::StrCat(
+      "the inference queue is full (", options_.max_queued_requests,
+      " requests, --max_queued_requests); retry later or on another replica")));
+}
+
+BatchStats Batcher::stats() const {
+  absl::MutexLock lock(&mu_);
+  return stats_;
+}
+
+int64_t Batcher::queue_depth() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(queue_.size());
+}
+
+int64_t Batcher::Fill(std::vector<BatchJob>& batch, int64_t rows) {
+  for (auto it = queue_.begin(); it != queue_.end() && rows < options_.max_batch_size;) {
+    if (Compatible(batch.front(), *it) && rows + Rows(*it) <= options_.max_batch_size) {
+      rows += Rows(*it);
+      batch.push_back(std::move(*it));
+      it = queue_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return rows;
+}
+
+std::vector<BatchJob> Batcher::TakeBatch(int64_t previous_rows) {
+  std::vector<BatchJob> batch;
+  batch.push_back(std::move(queue_.front()));
+  queue_.pop_front();
+  if (!options_.enabled) return batch;
+  int64_t rows = Fill(batch, Rows(batch.front()));
+  // Under load (the previous batch held more than one row) keep collecting while requests
+  // keep arriving: the callers just answered are about to send again. Stop after a quiet
+  // gap, when the batch is full, or at batch_timeout. A lone caller never waits.
+  if (options_.batch_timeout <= absl::ZeroDuration() || previous_rows <= 1) return batch;
+  constexpr absl::Duration kQuietGap = absl::Microseconds(200);
+  const absl::Time fill_until = absl::Now() + options_.batch_timeout;
+  while (rows < options_.max_batch_size && !stopping_) {
+    struct Seen {
+      Batcher* self;
+      size_t size;
+    } seen{this, queue_.size()};
+    const bool arrived = mu_.AwaitWithDeadline(absl::Condition(
+                                                   +[](Seen* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->self->mu_) {
+                                                     return s->self->queue_.size() != s->size || s->self->stopping_;
+                                                   },
+                                                   &seen),
+                                               std::min(fill_until, absl::Now() + kQuietGap));
+    if (!arrived) break;  // quiet: no one else is coming soon
+    rows = Fill(batch, rows);
+    if (absl::Now() >= fill_until) break;
+  }
+  return batch;
+}
+
+void Batcher::Work() {
+  int64_t previous_rows = 1;
+  while (true) {
+    std::vector<BatchJob> batch;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](Batcher* b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(b->mu_) { return b->stopping_ || !b->queue_.empty(); }, this));
+      if (queue_.empty()) return;  // stopping, and nothing left
+      batch = TakeBatch(previous_rows);
+    }
+    previous_rows = 0;
+    for (const auto& job : batch) previous_rows += Rows(job);
+    Run(std::move(batch));
+  }
+}
+
+void Batcher::Run(std::vector<BatchJob> batch) {
+  // Drop what expired or was cancelled while it waited.
+  const absl::Time now = absl::Now();
+  std::vector<BatchJob> live;
+  int64_t expired = 0;
+  for (auto& job : batch) {
+    if (job.deadline <= now) {
+      ++expired;
+      job.done(absl::DeadlineExceededError("the deadline passed while the request waited for a batch; not computed"));
+    } else if (job.cancelled && job.cancelled()) {
+      ++expired;
+      job.done(absl::CancelledError("the call was cancelled while it waited for a batch; not computed"));
+    } else {
+      live.push_back(std::move(job));
+    }
+  }
+  int64_t rows = 0;
+  for (const auto& j : live) rows += Rows(j);
+  {
+    absl::MutexLock lock(&mu_);
+    stats_.expired += expired;
+    if (!live.empty()) {
+      ++stats_.batches;
+      stats_.requests += static_cast<int64_t>(live.size());
+      stats_.rows += rows;
+      stats_.max_rows = std::max(stats_.max_rows, rows);
+    }
+  }
+  if (live.empty()) return;
+  const core::StackedLstm& lstm = *live.front().set->lstm;
+  if (live.size() == 1) {
+    live.front().done(lstm.Run(live.front().inputs, live.front().state, live.front().want_outputs));
+    return;
+  }
+  auto result = core::GuardTorch("batch", [&]() -> absl::StatusOr<core::SequenceResult> {
+    std::vector<at::Tensor> inputs;
+    for (const auto& job : live) inputs.push_back(job.inputs);
+    return lstm.Run(at::cat(inputs, 1), MergeStates(live), live.front().want_outputs);
+  });
+  int64_t offset = 0;
+  for (auto& job : live) {
+    if (!result.ok()) {
+      job.done(result.status());
+      continue;
+    }
+    const int64_t b = Rows(job);
+    core::SequenceResult mine;
+    if (result->outputs.defined()) mine.outputs = result->outputs.narrow(1, offset, b);
+    for (const auto& c : result->final_state.c) mine.final_state.c.push_back(c.narrow(0, offset, b));
+    for (const auto& h : result->final_state.h) mine.final_state.h.push_back(h.narrow(0, offset, b));
+    offset += b;
+    job.done(std::move(mine));
+  }
+}
+
+}  // namespace lstmserve::server
