@@ -86,7 +86,7 @@ int64_t Batcher::Fill(std::vector<BatchJob>& batch, int64_t rows) {
   return rows;
 }
 
-std::vector<BatchJob> Batcher::TakeBatch(int64_t previous_rows) {
+std::vector<BatchJob> Batcher::TakeBatch(int64_t previous_rows, absl::Duration previous_compute) {
   std::vector<BatchJob> batch;
   batch.push_back(std::move(queue_.front()));
   queue_.pop_front();
@@ -94,10 +94,13 @@ std::vector<BatchJob> Batcher::TakeBatch(int64_t previous_rows) {
   int64_t rows = Fill(batch, Rows(batch.front()));
   // Under load (the previous batch held more than one row) keep collecting while requests
   // keep arriving: the callers just answered are about to send again. Stop after a quiet
-  // gap, when the batch is full, or at batch_timeout. A lone caller never waits.
-  if (options_.batch_timeout <= absl::ZeroDuration() || previous_rows <= 1) return batch;
+  // gap, when the batch is full, or after a quarter of the previous batch's compute time
+  // (at most batch_timeout), so waiting costs at most ~25% of throughput: an L batch (12 ms)
+  // may wait 2 ms and fill up, an S batch (30 us) barely waits. A lone caller never waits.
+  const absl::Duration budget = std::min(options_.batch_timeout, previous_compute / 4);
+  if (budget <= absl::ZeroDuration() || previous_rows <= 1) return batch;
   constexpr absl::Duration kQuietGap = absl::Microseconds(200);
-  const absl::Time fill_until = absl::Now() + options_.batch_timeout;
+  const absl::Time fill_until = absl::Now() + budget;
   while (rows < options_.max_batch_size && !stopping_) {
     struct Seen {
       Batcher* self;
@@ -118,6 +121,7 @@ std::vector<BatchJob> Batcher::TakeBatch(int64_t previous_rows) {
 
 void Batcher::Work() {
   int64_t previous_rows = 1;
+  absl::Duration previous_compute = absl::ZeroDuration();
   while (true) {
     std::vector<BatchJob> batch;
     {
@@ -125,11 +129,13 @@ void Batcher::Work() {
       mu_.Await(absl::Condition(
           +[](Batcher* b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(b->mu_) { return b->stopping_ || !b->queue_.empty(); }, this));
       if (queue_.empty()) return;  // stopping, and nothing left
-      batch = TakeBatch(previous_rows);
+      batch = TakeBatch(previous_rows, previous_compute);
     }
     previous_rows = 0;
     for (const auto& job : batch) previous_rows += Rows(job);
+    const absl::Time began = absl::Now();
     Run(std::move(batch));
+    previous_compute = absl::Now() - began;
   }
 }
 

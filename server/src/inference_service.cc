@@ -89,10 +89,11 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {  // the client closed its side: the session ends normally
+    if (!ok) {  // the client closed its side, or the session was cancelled (idle, or draining)
       Finish(log_.Done(absl::OkStatus()));
       return;
     }
+    if (tracked_) ctx_->sessions->Touch(context_);
     if (!entry_) {
       absl::Status status = Start();
       if (!status.ok()) {
@@ -130,7 +131,10 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
     }
     StartRead(&request_);
   }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    if (tracked_) ctx_->sessions->Remove(context_);  // before the context goes away
+    delete this;
+  }
 
  private:
   absl::Status Start() {
@@ -144,6 +148,11 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
     }
     batch_ = start.batch_size();
     return_state_ = start.return_state();
+    if (absl::Status admitted = ctx_->sessions->Add(context_); !admitted.ok()) {
+      entry_.reset();
+      return admitted;
+    }
+    tracked_ = true;
     auto state = RequestState(ctx_, *entry_, start, "start.");
     if (!state.ok()) {
       entry_.reset();
@@ -182,6 +191,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
   int64_t batch_ = 0;
   int64_t step_ = 0;
   bool return_state_ = false;
+  bool tracked_ = false;  // counted by the session tracker
 };
 
 }  // namespace

@@ -35,6 +35,10 @@ absl::Status ServerOptions::Validate() const {
     return absl::InvalidArgumentError("--batch_timeout_micros must be in [0, 10000000]");
   }
   if (max_queued_requests < 1) return absl::InvalidArgumentError("--max_queued_requests must be >= 1");
+  if (max_sessions < 0) return absl::InvalidArgumentError("--max_sessions must be >= 0");
+  if (session_idle_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--session_idle_timeout must be > 0");
+  }
   if (max_message_bytes < 1024 || max_message_bytes > (int64_t{2} << 30) - 1) {
     return absl::InvalidArgumentError("--max_message_bytes must be in [1024, 2^31 - 1]");
   }

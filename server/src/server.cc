@@ -60,10 +60,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   batching.batch_timeout = absl::Microseconds(options.batch_timeout_micros);
   batching.max_queued_requests = options.max_queued_requests;
   server->batcher_ = std::make_unique<Batcher>(batching);
+  server->sessions_ = std::make_unique<SessionTracker>(options.max_sessions, options.session_idle_timeout);
   server->context_ = std::make_unique<ServiceContext>();
   server->context_->registry = server->registry_.get();
   server->context_->compute = server->compute_.get();
   server->context_->batcher = server->batcher_.get();
+  server->context_->sessions = server->sessions_.get();
   server->context_->options = options;
   server->context_->create_limits.max_set_bytes = options.max_set_bytes;
   server->context_->create_limits.max_tensors = options.max_tensors_per_set;
@@ -112,7 +114,8 @@ void Server::Drain() {
   const BatchStats stats = batcher_->stats();
   LogInfo(absl::StrCat("stopped; inference: ", stats.requests, " requests in ", stats.batches,
                        " batches (largest ", stats.max_rows, " rows), ", stats.rejected, " rejected (queue full), ",
-                       stats.expired, " expired in the queue"));
+                       stats.expired, " expired in the queue; ",
+                       sessions_->idle_cancelled(), " idle sessions cancelled"));
 }
 
 }  // namespace lstmserve::server

@@ -452,6 +452,35 @@ TEST(ServiceLifecycleTest, ACallWhoseDeadlinePassesWhileQueuedGetsDeadlineExceed
       << (*server)->Log();
 }
 
+TEST(SessionLimitsTest, AtMostMaxSessionsAndIdleOnesAreCancelled) {
+  TempDir store;
+  auto server = ServerProcess::Start(store.path(), {"--max_sessions=2", "--session_idle_timeout=1s"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = Connect(**server);
+  ASSERT_TRUE(client->Create(LstmSpec(1, 3, 2, 1), "sess").ok());
+  const at::Tensor x = at::ones({1, 3});
+  auto a = client->OpenSession("sess", 1);
+  auto b = client->OpenSession("sess", 1);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE((*a)->Step(x).ok());
+  ASSERT_TRUE((*b)->Step(x).ok());
+  auto c = client->OpenSession("sess", 1);
+  ASSERT_TRUE(c.ok());
+  auto refused = (*c)->Step(x);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_TRUE((*b)->Close().ok());
+  auto d = client->OpenSession("sess", 1);
+  ASSERT_TRUE(d.ok());
+  EXPECT_TRUE((*d)->Step(x).ok()) << "a closed session frees its place";
+  // Keep `d` busy for 2.5 s while `a` says nothing: only `a` is cancelled.
+  for (int i = 0; i < 10; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    ASSERT_TRUE((*d)->Step(x).ok()) << "an active session must not be cancelled";
+  }
+  auto idle = (*a)->Step(x);
+  EXPECT_EQ(idle.status().code(), absl::StatusCode::kCancelled) << idle.status();
+}
+
 // Concurrent requests on one set are merged, and each answer is within 1e-6 of the same
 // request computed alone (batch sizes cross the small-batch/BLAS boundary).
 TEST(BatchingTest, MergedRequestsMatchTheSameRequestsAlone) {

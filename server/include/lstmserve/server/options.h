@@ -25,6 +25,9 @@ struct ServerOptions {
   int64_t max_batch_size = 256;        // rows (sum of B) per core call
   int64_t batch_timeout_micros = 2000;  // under load, most a batch waits to fill
   int64_t max_queued_requests = 4096;  // beyond: RESOURCE_EXHAUSTED at once
+  // Session streams: at most this many open; one with no message this long is cancelled.
+  int64_t max_sessions = 1024;
+  absl::Duration session_idle_timeout = absl::Minutes(5);
   // Largest gRPC message in either direction.
   int64_t max_message_bytes = int64_t{64} << 20;
   // Largest tensor in a request, in elements.

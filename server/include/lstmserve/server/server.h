@@ -39,6 +39,7 @@ class Server {
   std::unique_ptr<ServiceContext> context_;
   std::unique_ptr<ComputePool> compute_;
   std::unique_ptr<Batcher> batcher_;
+  std::unique_ptr<SessionTracker> sessions_;
   std::unique_ptr<ParameterServiceImpl> parameter_service_;
   std::unique_ptr<InferenceServiceImpl> inference_service_;
   std::unique_ptr<grpc::Server> server_;

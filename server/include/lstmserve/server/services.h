@@ -4,6 +4,7 @@
 #include "lstmserve/core/parameter_set.h"
 #include "lstmserve/server/batcher.h"
 #include "lstmserve/server/compute_pool.h"
+#include "lstmserve/server/session_tracker.h"
 #include "lstmserve/server/options.h"
 #include "lstmserve/server/set_registry.h"
 #include "lstmserve/v1/inference_service.grpc.pb.h"
@@ -16,6 +17,7 @@ struct ServiceContext {
   SetRegistry* registry = nullptr;
   ComputePool* compute = nullptr;  // runs Create (set initialization)
   Batcher* batcher = nullptr;      // runs Step, Run and Session steps
+  SessionTracker* sessions = nullptr;
   ServerOptions options;
   core::CreateLimits create_limits;
 };
