@@ -26,7 +26,8 @@ ABSL_FLAG(int, num_batch_threads, kDefaults.num_batch_threads,
           "threads that compute batches (batch threads x --threads should not exceed the cores)");
 ABSL_FLAG(int64_t, max_batch_size, kDefaults.max_batch_size, "most rows (sum of B) in one batch");
 ABSL_FLAG(int64_t, batch_timeout_micros, kDefaults.batch_timeout_micros,
-          "under load, most a batch waits for more requests (it stops after 200us without one); 0 never waits");
+          "under load, most a batch waits for more requests (also at most half the previous batch's compute "
+          "time, and it stops when they stop coming); 0 never waits");
 ABSL_FLAG(int64_t, max_queued_requests, kDefaults.max_queued_requests,
           "queued inference requests beyond which new ones get RESOURCE_EXHAUSTED at once");
 ABSL_FLAG(int64_t, max_sessions, kDefaults.max_sessions, "most Session streams open at once");

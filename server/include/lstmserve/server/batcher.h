@@ -6,9 +6,9 @@
 // requests' B). A worker takes the oldest request and adds every compatible queued one.
 // Under load (its previous batch held more than one row) it keeps collecting while
 // requests keep arriving, stopping after 200 us without an arrival, when the batch is
-// full, or after a quarter of its previous batch's compute time (at most batch_timeout):
-// the callers it just answered are about to send again, and waiting never costs more than
-// ~25% of throughput. A lone caller never waits. Past max_queued_requests, Submit answers RESOURCE_EXHAUSTED at once. A request
+// full, or after half its previous batch's compute time (at most batch_timeout): the
+// callers it just answered are about to send again, and the wait stays small next to the
+// work it batches. A lone caller never waits. Past max_queued_requests, Submit answers RESOURCE_EXHAUSTED at once. A request
 // whose deadline passes or whose call is cancelled while it waits is answered and dropped,
 // never computed.
 #pragma once
@@ -34,7 +34,7 @@ namespace lstmserve::server {
 struct BatchOptions {
   bool enabled = true;                                      // false: one request per core call
   int64_t max_batch_size = 256;                             // rows (sum of B) per core call
-  absl::Duration batch_timeout = absl::Milliseconds(2);     // most a batch waits to fill, under load
+  absl::Duration batch_timeout = absl::Milliseconds(10);    // most a batch waits to fill, under load
   int num_batch_threads = 1;                                // workers; x intra-op threads <= cores
   int64_t max_queued_requests = 4096;                       // beyond: RESOURCE_EXHAUSTED
 };
