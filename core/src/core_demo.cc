@@ -9,9 +9,8 @@
 #include <cmath>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "lstmserve/core/command_line.h"
 #include "lstmserve/core/parameter_set.h"
 #include "lstmserve/core/stacked_lstm.h"
 #include "lstmserve/core/threads.h"
@@ -28,12 +27,13 @@ ABSL_FLAG(int, threads, 0, "intra-op threads; 0 = all available cores");
 namespace core = lstmserve::core;
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  core::ParseCommandLineOrExit(
+      argc, argv,
       "Creates a seeded stacked-LSTM parameter set (bit-exact with PyTorch's "
       "torch.manual_seed + common_ops.create_weight) and runs one sequence through it.\n"
       "Usage: lstmserve-core-demo [--layers=2] [--input_size=64] [--hidden_size=64] "
-      "[--batch=1] [--steps=32] [--seed=42]");
-  absl::ParseCommandLine(argc, argv);
+      "[--batch=1] [--steps=32] [--seed=42]",
+      {"core/src/core_demo.cc"}, 0);
   const int threads = core::SetIntraOpThreads(absl::GetFlag(FLAGS_threads));
 
   core::ParameterSetSpec spec;
@@ -43,10 +43,7 @@ int main(int argc, char** argv) {
   spec.lstm->hidden_size = absl::GetFlag(FLAGS_hidden_size);
   spec.seed = absl::GetFlag(FLAGS_seed);
   auto convention = core::ParseFanConvention(absl::GetFlag(FLAGS_fan_convention));
-  if (!convention.ok()) {
-    std::fprintf(stderr, "lstmserve-core-demo: %s\n", std::string(convention.status().message()).c_str());
-    return 2;
-  }
+  if (!convention.ok()) core::UsageErrorExit(convention.status().message());
   spec.fan_convention = *convention;
 
   auto set = core::CreateParameterSet(spec, core::CreateLimits{});

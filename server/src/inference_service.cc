@@ -80,6 +80,24 @@ absl::StatusOr<BatchJob> MakeJob(grpc::CallbackServerContext* context, std::shar
   return job;
 }
 
+// Queues a validated job whose answer `fill` writes into the response, or finishes the
+// call at once when building the job failed.
+template <typename Fill>
+grpc::ServerUnaryReactor* SubmitUnary(ServiceContext* ctx, grpc::CallbackServerContext* context, RpcLog log,
+                                      absl::StatusOr<BatchJob> job, Fill fill) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (!job.ok()) {
+    reactor->Finish(log.Done(job.status()));
+    return reactor;
+  }
+  job->done = [reactor, log = std::move(log), fill = std::move(fill)](absl::StatusOr<core::SequenceResult> result) {
+    if (result.ok()) fill(*result);
+    reactor->Finish(log.Done(result.status()));
+  };
+  ctx->batcher->Submit(*std::move(job));
+  return reactor;
+}
+
 // A Session stream: start, then one step per x; strictly one read or write in flight.
 class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse> {
  public:
@@ -199,7 +217,6 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
 grpc::ServerUnaryReactor* InferenceServiceImpl::Step(grpc::CallbackServerContext* context,
                                                      const v1::StepRequest* request, v1::StepResponse* response) {
   RpcLog log(context, "Step", request->parameter_set_id());
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<BatchJob> job = [&]() -> absl::StatusOr<BatchJob> {
     LSTMSERVE_ASSIGN_OR_RETURN(auto entry, LstmSet(ctx_, request->parameter_set_id()));
     if (!request->has_x()) return absl::InvalidArgumentError("x is not set");
@@ -208,22 +225,13 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Step(grpc::CallbackServerContext
     LSTMSERVE_ASSIGN_OR_RETURN(core::LstmState state, RequestState(ctx_, *entry, *request, ""));
     return MakeJob(context, std::move(entry), x.unsqueeze(0), std::move(state), /*want_outputs=*/false);
   }();
-  if (!job.ok()) {
-    reactor->Finish(log.Done(job.status()));
-    return reactor;
-  }
-  job->done = [reactor, response, log](absl::StatusOr<core::SequenceResult> result) {
-    if (result.ok()) StatesToProto(result->final_state, response);
-    reactor->Finish(log.Done(result.status()));
-  };
-  ctx_->batcher->Submit(*std::move(job));
-  return reactor;
+  return SubmitUnary(ctx_, context, std::move(log), std::move(job),
+                     [response](const core::SequenceResult& result) { StatesToProto(result.final_state, response); });
 }
 
 grpc::ServerUnaryReactor* InferenceServiceImpl::Run(grpc::CallbackServerContext* context,
                                                     const v1::RunRequest* request, v1::RunResponse* response) {
   RpcLog log(context, "Run", request->parameter_set_id());
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<BatchJob> job = [&]() -> absl::StatusOr<BatchJob> {
     LSTMSERVE_ASSIGN_OR_RETURN(auto entry, LstmSet(ctx_, request->parameter_set_id()));
     if (!request->has_inputs()) return absl::InvalidArgumentError("inputs is not set");
@@ -231,19 +239,10 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Run(grpc::CallbackServerContext*
     LSTMSERVE_ASSIGN_OR_RETURN(core::LstmState state, RequestState(ctx_, *entry, *request, ""));
     return MakeJob(context, std::move(entry), std::move(inputs), std::move(state), !request->final_state_only());
   }();
-  if (!job.ok()) {
-    reactor->Finish(log.Done(job.status()));
-    return reactor;
-  }
-  job->done = [reactor, response, log](absl::StatusOr<core::SequenceResult> result) {
-    if (result.ok()) {
-      if (result->outputs.defined()) TensorToProto(result->outputs, response->mutable_outputs());
-      StatesToProto(result->final_state, response);
-    }
-    reactor->Finish(log.Done(result.status()));
-  };
-  ctx_->batcher->Submit(*std::move(job));
-  return reactor;
+  return SubmitUnary(ctx_, context, std::move(log), std::move(job), [response](const core::SequenceResult& result) {
+    if (result.outputs.defined()) TensorToProto(result.outputs, response->mutable_outputs());
+    StatesToProto(result.final_state, response);
+  });
 }
 
 grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* InferenceServiceImpl::Session(
