@@ -65,6 +65,16 @@ double Percentile(const std::vector<double>& sorted, double q) {
   return sorted[i];
 }
 
+void RunClosedLoopAsync(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& options,
+                        const v1::StepRequest& step, const v1::RunRequest& run, absl::Time measure_from,
+                        absl::Time stop_at, std::atomic<int64_t>& measured,
+                        std::vector<std::vector<Sample>>& samples);
+void RunThreads(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& options,
+                const v1::StepRequest& step, const v1::RunRequest& run, const v1::SessionRequest& session_step,
+                absl::Time start, absl::Time measure_from, absl::Time stop_at, std::atomic<int64_t>& measured,
+                std::vector<std::vector<Sample>>& samples);
+BenchReport Summarise(const std::vector<std::vector<Sample>>& samples, absl::Time measure_from, absl::Time end);
+
 }  // namespace
 
 absl::StatusOr<BenchReport> RunBench(const BenchOptions& requested) {
@@ -96,6 +106,71 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& requested) {
   const absl::Time stop_at = measure_from + options.duration;
   std::atomic<int64_t> measured{0};
   std::vector<std::vector<Sample>> samples(options.concurrency);
+  if (options.rpc != "session" && options.rate == 0) {
+    RunClosedLoopAsync(channel, options, step, run, measure_from, stop_at, measured, samples);
+  } else {
+    RunThreads(channel, options, step, run, session_step, start, measure_from, stop_at, measured, samples);
+  }
+  const absl::Time end = std::min(absl::Now(), stop_at);
+  return Summarise(samples, measure_from, end);
+}
+
+namespace {
+
+// Closed loop without a thread per caller (like ghz): `concurrency` calls in flight on
+// gRPC's callback API, each completion issuing the next, so the generator's own CPU use
+// stays small on a machine it shares with the server.
+void RunClosedLoopAsync(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& options,
+                        const v1::StepRequest& step, const v1::RunRequest& run, absl::Time measure_from,
+                        absl::Time stop_at, std::atomic<int64_t>& measured,
+                        std::vector<std::vector<Sample>>& samples) {
+  auto stub = v1::InferenceService::NewStub(channel);
+  struct Caller {
+    std::unique_ptr<grpc::ClientContext> context;
+    v1::StepResponse step_response;
+    v1::RunResponse run_response;
+    absl::Time sent;
+  };
+  std::vector<Caller> callers(options.concurrency);
+  absl::Mutex mu;
+  int running = options.concurrency;
+  std::function<void(int)> issue = [&](int i) {
+    Caller& c = callers[i];
+    c.context = std::make_unique<grpc::ClientContext>();
+    c.context->set_deadline(absl::ToChronoTime(absl::Now() + options.timeout));
+    c.sent = absl::Now();
+    auto done = [&, i](grpc::Status status) {
+      Caller& me = callers[i];
+      const absl::Time now = absl::Now();
+      if (me.sent >= measure_from) {  // each caller's completions are sequential: no lock
+        samples[i].push_back({absl::ToDoubleMilliseconds(now - me.sent), status.error_code()});
+        measured.fetch_add(1);
+      }
+      const bool more = now < stop_at && (options.requests == 0 || now < measure_from ||
+                                          measured.load() < options.requests);
+      if (more) {
+        issue(i);
+      } else {
+        absl::MutexLock lock(&mu);
+        --running;
+      }
+    };
+    if (options.rpc == "step") {
+      stub->async()->Step(c.context.get(), &step, &c.step_response, std::move(done));
+    } else {
+      stub->async()->Run(c.context.get(), &run, &c.run_response, std::move(done));
+    }
+  };
+  for (int i = 0; i < options.concurrency; ++i) issue(i);
+  absl::MutexLock lock(&mu);
+  mu.Await(absl::Condition(+[](int* n) { return *n == 0; }, &running));
+}
+
+// One thread per caller: sessions (a stream each) and the open loop at a fixed rate.
+void RunThreads(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& options,
+                const v1::StepRequest& step, const v1::RunRequest& run, const v1::SessionRequest& session_step,
+                absl::Time start, absl::Time measure_from, absl::Time stop_at, std::atomic<int64_t>& measured,
+                std::vector<std::vector<Sample>>& samples) {
   std::vector<std::thread> callers;
   for (int i = 0; i < options.concurrency; ++i) {
     callers.emplace_back([&, i] {
@@ -154,8 +229,9 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& requested) {
     });
   }
   for (auto& t : callers) t.join();
-  const absl::Time end = std::min(absl::Now(), stop_at);
+}
 
+BenchReport Summarise(const std::vector<std::vector<Sample>>& samples, absl::Time measure_from, absl::Time end) {
   BenchReport report;
   std::vector<double> latencies;
   for (const auto& per_caller : samples) {
@@ -180,6 +256,8 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& requested) {
   report.mean_ms = latencies.empty() ? 0 : sum / static_cast<double>(latencies.size());
   return report;
 }
+
+}  // namespace
 
 std::string BenchReport::ToJson(const BenchOptions& o) const {
   std::vector<std::string> errs;

@@ -136,13 +136,11 @@ void Batcher::Work() {
     }
     previous_rows = 0;
     for (const auto& job : batch) previous_rows += Rows(job);
-    const absl::Time began = absl::Now();
-    Run(std::move(batch));
-    previous_compute = absl::Now() - began;
+    previous_compute = Run(std::move(batch));
   }
 }
 
-void Batcher::Run(std::vector<BatchJob> batch) {
+absl::Duration Batcher::Run(std::vector<BatchJob> batch) {
   // Drop what expired or was cancelled while it waited.
   const absl::Time now = absl::Now();
   std::vector<BatchJob> live;
@@ -170,17 +168,21 @@ void Batcher::Run(std::vector<BatchJob> batch) {
       stats_.max_rows = std::max(stats_.max_rows, rows);
     }
   }
-  if (live.empty()) return;
+  if (live.empty()) return absl::ZeroDuration();
   const core::StackedLstm& lstm = *live.front().set->lstm;
+  const absl::Time began = absl::Now();
   if (live.size() == 1) {
-    live.front().done(lstm.Run(live.front().inputs, live.front().state, live.front().want_outputs));
-    return;
+    auto result = lstm.Run(live.front().inputs, live.front().state, live.front().want_outputs);
+    const absl::Duration compute = absl::Now() - began;
+    live.front().done(std::move(result));
+    return compute;
   }
   auto result = core::GuardTorch("batch", [&]() -> absl::StatusOr<core::SequenceResult> {
     std::vector<at::Tensor> inputs;
     for (const auto& job : live) inputs.push_back(job.inputs);
     return lstm.Run(at::cat(inputs, 1), MergeStates(live), live.front().want_outputs);
   });
+  const absl::Duration compute = absl::Now() - began;
   int64_t offset = 0;
   for (auto& job : live) {
     if (!result.ok()) {
@@ -195,6 +197,7 @@ void Batcher::Run(std::vector<BatchJob> batch) {
     offset += b;
     job.done(std::move(mine));
   }
+  return compute;
 }
 
 }  // namespace lstmserve::server

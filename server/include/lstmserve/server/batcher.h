@@ -84,7 +84,9 @@ class Batcher {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Moves compatible queued jobs into `batch` while it has room; returns its rows.
   int64_t Fill(std::vector<BatchJob>& batch, int64_t rows) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Run(std::vector<BatchJob> batch);
+  // Computes a batch and answers its jobs; returns the time of the core call alone (what
+  // the next batch may spend waiting to fill is bounded by half of it).
+  absl::Duration Run(std::vector<BatchJob> batch);
 
   const BatchOptions options_;
   mutable absl::Mutex mu_;
