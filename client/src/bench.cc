@@ -73,6 +73,9 @@ void RunThreads(const std::shared_ptr<grpc::Channel>& channel, const BenchOption
                 const v1::StepRequest& step, const v1::RunRequest& run, const v1::SessionRequest& session_step,
                 absl::Time start, absl::Time measure_from, absl::Time stop_at, std::atomic<int64_t>& measured,
                 std::vector<std::vector<Sample>>& samples);
+void RunSessionsAsync(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& options,
+                      const v1::SessionRequest& step, absl::Time measure_from, absl::Time stop_at,
+                      std::atomic<int64_t>& measured, std::vector<std::vector<Sample>>& samples);
 BenchReport Summarise(const std::vector<std::vector<Sample>>& samples, absl::Time measure_from, absl::Time end);
 
 }  // namespace
@@ -106,7 +109,9 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& requested) {
   const absl::Time stop_at = measure_from + options.duration;
   std::atomic<int64_t> measured{0};
   std::vector<std::vector<Sample>> samples(options.concurrency);
-  if (options.rpc != "session" && options.rate == 0) {
+  if (options.rate == 0 && options.rpc == "session") {
+    RunSessionsAsync(channel, options, session_step, measure_from, stop_at, measured, samples);
+  } else if (options.rate == 0) {
     RunClosedLoopAsync(channel, options, step, run, measure_from, stop_at, measured, samples);
   } else {
     RunThreads(channel, options, step, run, session_step, start, measure_from, stop_at, measured, samples);
@@ -166,7 +171,85 @@ void RunClosedLoopAsync(const std::shared_ptr<grpc::Channel>& channel, const Ben
   mu.Await(absl::Condition(+[](int* n) { return *n == 0; }, &running));
 }
 
-// One thread per caller: sessions (a stream each) and the open loop at a fixed rate.
+// Closed-loop sessions on the callback API: one stream per caller, one step in flight each.
+class SessionCaller final : public grpc::ClientBidiReactor<v1::SessionRequest, v1::SessionResponse> {
+ public:
+  SessionCaller(v1::InferenceService::Stub* stub, const BenchOptions& options, const v1::SessionRequest& step,
+                absl::Time measure_from, absl::Time stop_at, std::atomic<int64_t>& measured,
+                std::vector<Sample>& samples, std::function<void()> finished)
+      : options_(options), step_(step), measure_from_(measure_from), stop_at_(stop_at), measured_(measured),
+        samples_(samples), finished_(std::move(finished)) {
+    start_.mutable_start()->set_parameter_set_id(options.set_id);
+    start_.mutable_start()->set_batch_size(options.batch);
+    stub->async()->Session(&context_, this);
+    StartWrite(&start_);
+    StartCall();
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) return;  // OnDone follows
+    if (!started_) {
+      started_ = true;
+      Send();
+    } else {
+      StartRead(&response_);
+    }
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) return;
+    const absl::Time now = absl::Now();
+    if (sent_ >= measure_from_) {
+      samples_.push_back({absl::ToDoubleMilliseconds(now - sent_), grpc::OK});
+      measured_.fetch_add(1);
+    }
+    if (now < stop_at_ && (options_.requests == 0 || now < measure_from_ || measured_.load() < options_.requests)) {
+      Send();
+    } else {
+      StartWritesDone();
+    }
+  }
+  void OnDone(const grpc::Status& status) override {
+    if (!status.ok()) samples_.push_back({0, status.error_code()});
+    auto finished = std::move(finished_);
+    delete this;
+    finished();
+  }
+
+ private:
+  void Send() {
+    sent_ = absl::Now();
+    StartWrite(&step_);
+  }
+
+  const BenchOptions& options_;
+  const v1::SessionRequest& step_;
+  const absl::Time measure_from_, stop_at_;
+  std::atomic<int64_t>& measured_;
+  std::vector<Sample>& samples_;
+  std::function<void()> finished_;
+  grpc::ClientContext context_;
+  v1::SessionRequest start_;
+  v1::SessionResponse response_;
+  absl::Time sent_;
+  bool started_ = false;
+};
+
+void RunSessionsAsync(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& options,
+                      const v1::SessionRequest& step, absl::Time measure_from, absl::Time stop_at,
+                      std::atomic<int64_t>& measured, std::vector<std::vector<Sample>>& samples) {
+  auto stub = v1::InferenceService::NewStub(channel);
+  absl::Mutex mu;
+  int running = options.concurrency;
+  for (int i = 0; i < options.concurrency; ++i) {
+    new SessionCaller(stub.get(), options, step, measure_from, stop_at, measured, samples[i], [&] {
+      absl::MutexLock lock(&mu);
+      --running;
+    });
+  }
+  absl::MutexLock lock(&mu);
+  mu.Await(absl::Condition(+[](int* n) { return *n == 0; }, &running));
+}
+
+// One thread per caller: the open loop at a fixed rate.
 void RunThreads(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& options,
                 const v1::StepRequest& step, const v1::RunRequest& run, const v1::SessionRequest& session_step,
                 absl::Time start, absl::Time measure_from, absl::Time stop_at, std::atomic<int64_t>& measured,

@@ -108,14 +108,14 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
 
   void OnReadDone(bool ok) override {
     if (!ok) {  // the client closed its side, or the session was cancelled (idle, or draining)
-      Finish(log_.Done(absl::OkStatus()));
+      End(absl::OkStatus());
       return;
     }
     if (tracked_) ctx_->sessions->Touch(context_);
     if (!entry_) {
       absl::Status status = Start();
       if (!status.ok()) {
-        Finish(log_.Done(status));
+        End(status);
       } else {
         StartRead(&request_);
       }
@@ -125,12 +125,12 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
     // the write starts from the batch thread.
     absl::StatusOr<BatchJob> job = StepJob();
     if (!job.ok()) {
-      Finish(log_.Done(job.status()));
+      End(job.status());
       return;
     }
     job->done = [this](absl::StatusOr<core::SequenceResult> result) {
       if (!result.ok()) {
-        Finish(log_.Done(result.status()));
+        End(result.status());
         return;
       }
       state_ = std::move(result->final_state);
@@ -144,7 +144,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
   }
   void OnWriteDone(bool ok) override {
     if (!ok) {
-      Finish(log_.Done(absl::CancelledError("the client stopped reading the session")));
+      End(absl::CancelledError("the client stopped reading the session"));
       return;
     }
     StartRead(&request_);
@@ -155,6 +155,16 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
   }
 
  private:
+  // Leaves the tracker before finishing, so that a client that sees the stream end can
+  // open a new session at once.
+  void End(const absl::Status& status) {
+    if (tracked_) {
+      ctx_->sessions->Remove(context_);
+      tracked_ = false;
+    }
+    Finish(log_.Done(status));
+  }
+
   absl::Status Start() {
     if (!request_.has_start()) return absl::InvalidArgumentError("the first SessionRequest must be start");
     const auto& start = request_.start();
