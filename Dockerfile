@@ -1,7 +1,6 @@
 # Multi-stage image. Build stage: Debian 12 with the project's own dependency script and CMake.
-# Runtime stage: only shared libraries (OpenBLAS included), a numeric non-root user.
-# Until the server lands (next issue) the image runs the core demo; issue 6 builds and runs
-# it for real with buildah and adds the store volume and ports.
+# Runtime stage: shared libraries only (OpenBLAS included), a numeric non-root user, the store
+# as a volume. Not yet built or run here: issue 6 builds it with buildah and drives it for real.
 FROM debian:bookworm AS build
 WORKDIR /src
 COPY deploy/install-deps.sh deploy/install-deps.sh
@@ -14,6 +13,9 @@ RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release \
 FROM debian:bookworm-slim
 COPY deploy/install-deps.sh /tmp/install-deps.sh
 RUN /tmp/install-deps.sh runtime && rm -rf /var/lib/apt/lists/* /tmp/install-deps.sh
-COPY --from=build /build/core/lstmserve-core-demo /usr/local/bin/lstmserve-core-demo
+COPY --from=build /build/server/lstmserve /build/client/lstmserve-cli /usr/local/bin/
+RUN mkdir -p /data && chown 65532:65532 /data
+VOLUME /data
+EXPOSE 50051
 USER 65532:65532
-ENTRYPOINT ["/usr/local/bin/lstmserve-core-demo"]
+ENTRYPOINT ["/usr/local/bin/lstmserve", "--listen=0.0.0.0:50051", "--store_dir=/data"]

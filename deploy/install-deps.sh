@@ -13,7 +13,7 @@ profile="${1:-build}"
 runtime_pkgs=(
   libtorch1.13 libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623
   libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0
-  libopenblas0-openmp ca-certificates
+  libopenblas0-openmp libssl3 ca-certificates
 )
 build_pkgs=(
   build-essential cmake ninja-build pkg-config git
