@@ -68,11 +68,6 @@ BatchStats Batcher::stats() const {
   return stats_;
 }
 
-int64_t Batcher::queue_depth() const {
-  absl::MutexLock lock(&mu_);
-  return static_cast<int64_t>(queue_.size());
-}
-
 int64_t Batcher::Fill(std::vector<BatchJob>& batch, int64_t rows) {
   for (auto it = queue_.begin(); it != queue_.end() && rows < options_.max_batch_size;) {
     if (Compatible(batch.front(), *it) && rows + Rows(*it) <= options_.max_batch_size) {

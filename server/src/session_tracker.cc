@@ -37,11 +37,6 @@ void SessionTracker::Remove(grpc::CallbackServerContext* context) {
   last_seen_.erase(context);
 }
 
-int64_t SessionTracker::active() const {
-  absl::MutexLock lock(&mu_);
-  return static_cast<int64_t>(last_seen_.size());
-}
-
 int64_t SessionTracker::idle_cancelled() const {
   absl::MutexLock lock(&mu_);
   return idle_cancelled_;

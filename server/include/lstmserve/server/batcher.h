@@ -74,7 +74,6 @@ class Batcher {
   void Submit(BatchJob job);
 
   BatchStats stats() const;
-  int64_t queue_depth() const;
 
  private:
   void Work();

@@ -26,7 +26,6 @@ class SessionTracker {
   absl::Status Add(grpc::CallbackServerContext* context);
   void Touch(grpc::CallbackServerContext* context);   // a message arrived
   void Remove(grpc::CallbackServerContext* context);  // the stream is done
-  int64_t active() const;
   int64_t idle_cancelled() const;
 
  private:
