@@ -113,7 +113,8 @@ void Server::Drain() {
   server_.reset();
   const BatchStats stats = batcher_->stats();
   LogInfo(absl::StrCat("stopped; inference: ", stats.requests, " requests in ", stats.batches,
-                       " batches (largest ", stats.max_rows, " rows), ", stats.rejected, " rejected (queue full), ",
+                       " batches (", stats.batches > 0 ? stats.rows / stats.batches : 0, " rows on average, largest ",
+                       stats.max_rows, "), ", stats.rejected, " rejected (queue full), ",
                        stats.expired, " expired in the queue; ",
                        sessions_->idle_cancelled(), " idle sessions cancelled"));
 }
