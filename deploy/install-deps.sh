@@ -12,7 +12,7 @@ profile="${1:-build}"
 
 runtime_pkgs=(
   libtorch1.13 libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623
-  libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0
+  libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1
   libopenblas0-openmp libssl3 ca-certificates
 )
 build_pkgs=(
@@ -21,7 +21,8 @@ build_pkgs=(
   libabsl-dev prometheus-cpp-dev libopenblas0-openmp
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 python3-torch python3-numpy python3-grpcio python3-protobuf
-  nlohmann-json3-dev libssl-dev
+  nlohmann-json3-dev libssl-dev libcivetweb-dev
+  prometheus python3-yaml
 )
 # Tools from npm (build profile only), installed under $LSTMSERVE_TOOLS.
 tools_dir="${LSTMSERVE_TOOLS:-/opt/lstmserve-tools}"

@@ -1,6 +1,10 @@
 #include "lstmserve/core/device.h"
 
 #include <ATen/Context.h>
+#include <torch/version.h>
+#ifdef LSTMSERVE_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -98,6 +102,23 @@ absl::Status CheckDTypeOnDevice(DType dtype, const c10::Device& device) {
         DeviceName(device)));
   }
   return absl::OkStatus();
+}
+
+std::string LibTorchVersion() { return TORCH_VERSION; }
+
+std::optional<DeviceMemory> DeviceMemoryStats(const c10::Device& device) {
+#ifdef LSTMSERVE_WITH_CUDA
+  if (device.is_cuda() && CudaAvailable()) {
+    // Index 0 of each stat array is the aggregate over pools, in every LibTorch since 1.x.
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    DeviceMemory memory;
+    memory.allocated_bytes = stats.allocated_bytes[0].current;
+    memory.reserved_bytes = stats.reserved_bytes[0].current;
+    return memory;
+  }
+#endif
+  (void)device;
+  return std::nullopt;
 }
 
 }  // namespace lstmserve::core

@@ -37,7 +37,7 @@ core::LstmState MergeStates(const std::vector<BatchJob>& batch) {
 
 }  // namespace
 
-Batcher::Batcher(const BatchOptions& options) : options_(options) {
+Batcher::Batcher(const BatchOptions& options, Metrics* metrics) : options_(options), metrics_(metrics) {
   for (int i = 0; i < options_.num_batch_threads; ++i) workers_.emplace_back([this] { Work(); });
 }
 
@@ -53,6 +53,7 @@ void Batcher::Submit(BatchJob job) {
   {
     absl::MutexLock lock(&mu_);
     if (static_cast<int64_t>(queue_.size()) < options_.max_queued_requests) {
+      job.enqueued = absl::Now();
       queue_.push_back(std::move(job));
       return;
     }
@@ -65,7 +66,9 @@ void Batcher::Submit(BatchJob job) {
 
 BatchStats Batcher::stats() const {
   absl::MutexLock lock(&mu_);
-  return stats_;
+  BatchStats stats = stats_;
+  stats.queued = static_cast<int64_t>(queue_.size());
+  return stats;
 }
 
 int64_t Batcher::Fill(std::vector<BatchJob>& batch, int64_t rows) {
@@ -140,12 +143,14 @@ absl::Duration Batcher::Run(std::vector<BatchJob> batch) {
   const absl::Time now = absl::Now();
   std::vector<BatchJob> live;
   int64_t expired = 0;
+  int64_t cancelled = 0;
   for (auto& job : batch) {
+    if (metrics_ != nullptr) metrics_->ObserveQueueWait(now - job.enqueued);
     if (job.deadline <= now) {
       ++expired;
       job.done(absl::DeadlineExceededError("the deadline passed while the request waited for a batch; not computed"));
     } else if (job.cancelled && job.cancelled()) {
-      ++expired;
+      ++cancelled;
       job.done(absl::CancelledError("the call was cancelled while it waited for a batch; not computed"));
     } else {
       live.push_back(std::move(job));
@@ -156,6 +161,7 @@ absl::Duration Batcher::Run(std::vector<BatchJob> batch) {
   {
     absl::MutexLock lock(&mu_);
     stats_.expired += expired;
+    stats_.cancelled += cancelled;
     if (!live.empty()) {
       ++stats_.batches;
       stats_.requests += static_cast<int64_t>(live.size());
@@ -169,6 +175,7 @@ absl::Duration Batcher::Run(std::vector<BatchJob> batch) {
   if (live.size() == 1) {
     auto result = lstm.Run(live.front().inputs, live.front().state, live.front().want_outputs);
     const absl::Duration compute = absl::Now() - began;
+    if (metrics_ != nullptr) metrics_->ObserveBatch(rows, compute);
     live.front().done(std::move(result));
     return compute;
   }
@@ -178,6 +185,7 @@ absl::Duration Batcher::Run(std::vector<BatchJob> batch) {
     return lstm.Run(at::cat(inputs, 1), MergeStates(live), live.front().want_outputs);
   });
   const absl::Duration compute = absl::Now() - began;
+  if (metrics_ != nullptr) metrics_->ObserveBatch(rows, compute);
   int64_t offset = 0;
   for (auto& job : live) {
     if (!result.ok()) {

@@ -134,6 +134,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
         return;
       }
       state_ = std::move(result->final_state);
+      ctx_->sessions->StepDone();
       response_.Clear();
       response_.set_step(step_++);
       TensorToProto(state_.h.back(), response_.mutable_output());

@@ -25,6 +25,11 @@ absl::Status ServerOptions::Validate() const {
   if (auto s = ParseHostPort(listen, &host, &port); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--listen: ", s.message()));
   }
+  if (!metrics_listen.empty()) {
+    if (auto s = ParseHostPort(metrics_listen, &host, &port); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--metrics_listen: ", s.message(), " (or empty for none)"));
+    }
+  }
   if (store_dir.empty()) return absl::InvalidArgumentError("--store_dir must not be empty");
   if (intra_op_threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
   if (num_batch_threads < 1 || num_batch_threads > 256) {

@@ -45,12 +45,21 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   LogInfo(absl::StrCat("lstmserve starting: device=", core::DeviceName(device), " threads=", threads,
                        " store_dir=", options.store_dir));
 
+  BuildInfo build;
+  build.version = LSTMSERVE_VERSION;
+  build.libtorch_version = core::LibTorchVersion();
+  build.device = core::DeviceName(device);
+  server->metrics_ = std::make_unique<Metrics>(build);
+
   const absl::Time load_start = absl::Now();
   LSTMSERVE_ASSIGN_OR_RETURN(auto store, core::ParameterStore::Open(options.store_dir));
-  server->registry_ = std::make_unique<SetRegistry>(std::move(store), device, options.max_total_set_bytes);
+  server->registry_ = std::make_unique<SetRegistry>(std::move(store), device, options.max_total_set_bytes,
+                                                    server->metrics_.get());
   for (const auto& problem : server->registry_->LoadAll()) LogError(absl::StrCat("store: skipped ", problem));
+  const absl::Duration load_time = absl::Now() - load_start;
+  server->metrics_->SetStoreLoadTime(load_time);
   LogInfo(absl::StrCat("store loaded: ", server->registry_->count(), " sets, ", server->registry_->total_bytes(),
-                       " bytes in ", absl::FormatDuration(absl::Now() - load_start)));
+                       " bytes in ", absl::FormatDuration(load_time)));
 
   server->compute_ = std::make_unique<ComputePool>(1);
   BatchOptions batching;
@@ -59,7 +68,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   batching.max_batch_size = options.max_batch_size;
   batching.batch_timeout = absl::Microseconds(options.batch_timeout_micros);
   batching.max_queued_requests = options.max_queued_requests;
-  server->batcher_ = std::make_unique<Batcher>(batching);
+  server->batcher_ = std::make_unique<Batcher>(batching, server->metrics_.get());
   server->sessions_ = std::make_unique<SessionTracker>(options.max_sessions, options.session_idle_timeout);
   server->context_ = std::make_unique<ServiceContext>();
   server->context_->registry = server->registry_.get();
@@ -72,8 +81,36 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   server->parameter_service_ = std::make_unique<ParameterServiceImpl>(server->context_.get());
   server->inference_service_ = std::make_unique<InferenceServiceImpl>(server->context_.get());
 
+  server->metrics_->SetSnapshotSource([s = server.get()] {
+    MetricsSnapshot snapshot;
+    const BatchStats batch = s->batcher_->stats();
+    snapshot.queue_depth = batch.queued;
+    snapshot.queue_capacity = s->options_.max_queued_requests;
+    snapshot.rejected_queue_full = batch.rejected;
+    snapshot.expired_deadline = batch.expired;
+    snapshot.expired_cancelled = batch.cancelled;
+    const SessionTracker::Stats sessions = s->sessions_->stats();
+    snapshot.sessions_active = sessions.active;
+    snapshot.session_steps = sessions.steps;
+    snapshot.sessions_rejected = sessions.rejected;
+    snapshot.sessions_idle_cancelled = sessions.idle_cancelled;
+    snapshot.parameter_sets = s->registry_->count();
+    snapshot.parameter_set_bytes = s->registry_->total_bytes();
+    if (auto memory = core::DeviceMemoryStats(s->registry_->device())) {
+      snapshot.device_memory_allocated_bytes = memory->allocated_bytes;
+      snapshot.device_memory_reserved_bytes = memory->reserved_bytes;
+    }
+    return snapshot;
+  });
+  if (!options.metrics_listen.empty()) {
+    LSTMSERVE_ASSIGN_OR_RETURN(server->metrics_address_, server->metrics_->Serve(options.metrics_listen));
+  }
+
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(server->metrics_->MakeInterceptorFactory());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   if (options.reflection) {
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   } else {
@@ -98,6 +135,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
 }
 
 Server::~Server() {
+  if (metrics_) metrics_->StopServing();
   if (server_) server_->Shutdown(std::chrono::system_clock::now());
 }
 
@@ -115,8 +153,9 @@ void Server::Drain() {
   LogInfo(absl::StrCat("stopped; inference: ", stats.requests, " requests in ", stats.batches,
                        " batches (", stats.batches > 0 ? stats.rows / stats.batches : 0, " rows on average, largest ",
                        stats.max_rows, "), ", stats.rejected, " rejected (queue full), ",
-                       stats.expired, " expired in the queue; ",
-                       sessions_->idle_cancelled(), " idle sessions cancelled"));
+                       stats.expired, " expired and ", stats.cancelled, " cancelled in the queue; ",
+                       sessions_->stats().steps, " session steps, ", sessions_->stats().idle_cancelled,
+                       " idle sessions cancelled"));
 }
 
 }  // namespace lstmserve::server

@@ -19,6 +19,7 @@ SessionTracker::~SessionTracker() {
 absl::Status SessionTracker::Add(grpc::CallbackServerContext* context) {
   absl::MutexLock lock(&mu_);
   if (static_cast<int64_t>(last_seen_.size()) >= max_sessions_) {
+    ++rejected_;
     return absl::ResourceExhaustedError(absl::StrCat(max_sessions_, " sessions are open (--max_sessions); close one "
                                                      "or retry on another replica"));
   }
@@ -37,9 +38,14 @@ void SessionTracker::Remove(grpc::CallbackServerContext* context) {
   last_seen_.erase(context);
 }
 
-int64_t SessionTracker::idle_cancelled() const {
+SessionTracker::Stats SessionTracker::stats() const {
   absl::MutexLock lock(&mu_);
-  return idle_cancelled_;
+  Stats stats;
+  stats.active = static_cast<int64_t>(last_seen_.size());
+  stats.steps = steps_.load(std::memory_order_relaxed);
+  stats.rejected = rejected_;
+  stats.idle_cancelled = idle_cancelled_;
+  return stats;
 }
 
 void SessionTracker::Reap() {

@@ -8,8 +8,8 @@
 namespace lstmserve::server {
 
 SetRegistry::SetRegistry(std::unique_ptr<core::ParameterStore> store, c10::Device device,
-                         int64_t max_total_bytes)
-    : store_(std::move(store)), device_(device), max_total_bytes_(max_total_bytes) {}
+                         int64_t max_total_bytes, Metrics* metrics)
+    : store_(std::move(store)), device_(device), max_total_bytes_(max_total_bytes), metrics_(metrics) {}
 
 absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::MakeEntry(core::StoredSet stored) const {
   return core::GuardTorch("load parameter set", [&]() -> absl::StatusOr<std::shared_ptr<const SetEntry>> {
@@ -27,6 +27,8 @@ absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::MakeEntry(core::Sto
 std::vector<std::string> SetRegistry::LoadAll() {
   absl::MutexLock store_lock(&store_mu_);
   core::ParameterStore::LoadReport report = store_->LoadAll();
+  for (size_t i = 0; i < report.sets.size(); ++i) Count(StoreOperation::kLoad, true);
+  for (size_t i = 0; i < report.problems.size(); ++i) Count(StoreOperation::kLoad, false);
   absl::MutexLock lock(&mu_);
   for (auto& stored : report.sets) {
     const std::string id = stored.id;
@@ -57,6 +59,7 @@ absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::Get(const std::stri
   // Not in memory: another server sharing the store folder may have created it.
   absl::MutexLock store_lock(&store_mu_);
   auto stored = store_->Load(id);
+  if (!absl::IsNotFound(stored.status())) Count(StoreOperation::kRead, stored.ok());
   if (!stored.ok()) {
     if (absl::IsNotFound(stored.status())) {
       return absl::NotFoundError(absl::StrCat("parameter set '", id, "' not found"));
@@ -87,7 +90,9 @@ absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::Add(core::StoredSet
           max_total_bytes_, "; delete sets or raise the limit"));
     }
   }
-  LSTMSERVE_RETURN_IF_ERROR(store_->Save(stored));
+  const absl::Status saved = store_->Save(stored);
+  Count(StoreOperation::kWrite, saved.ok());
+  LSTMSERVE_RETURN_IF_ERROR(saved);
   auto entry = MakeEntry(std::move(stored));
   if (!entry.ok()) {
     (void)store_->Remove(id);
@@ -103,6 +108,7 @@ absl::Status SetRegistry::Delete(const std::string& id) {
   LSTMSERVE_RETURN_IF_ERROR(core::ValidateSetId(id));
   absl::MutexLock store_lock(&store_mu_);
   const absl::Status removed = store_->Remove(id);
+  if (!absl::IsNotFound(removed)) Count(StoreOperation::kDelete, removed.ok());
   absl::MutexLock lock(&mu_);
   auto it = sets_.find(id);
   if (it == sets_.end()) return removed;  // NOT_FOUND when neither had it

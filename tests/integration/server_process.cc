@@ -22,8 +22,8 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::s
                                                                     const std::vector<std::string>& flags) {
   int out[2];
   if (pipe(out) != 0) return absl::InternalError("pipe failed");
-  std::vector<std::string> args = {LSTMSERVE_SERVER_BINARY, "--listen=127.0.0.1:0", "--store_dir=" + store_dir,
-                                   "--threads=1"};
+  std::vector<std::string> args = {LSTMSERVE_SERVER_BINARY, "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
+                                   "--store_dir=" + store_dir, "--threads=1"};
   args.insert(args.end(), flags.begin(), flags.end());
   std::filesystem::create_directories(store_dir);
   const std::string log_path = store_dir + "/server.log";
@@ -57,6 +57,12 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::s
       const auto end = at == std::string::npos ? std::string::npos : buffer.find('\n', at);
       if (end != std::string::npos) {
         server->address_ = buffer.substr(at + 13, end - at - 13);
+        // The server prints both lines in one write.
+        const auto metrics = buffer.find("metrics on ", end);
+        const auto metrics_end = metrics == std::string::npos ? std::string::npos : buffer.find('\n', metrics);
+        if (metrics_end != std::string::npos) {
+          server->metrics_address_ = buffer.substr(metrics + 11, metrics_end - metrics - 11);
+        }
         close(out[0]);
         return server;
       }

@@ -19,6 +19,8 @@ class ServerProcess {
   ~ServerProcess();  // SIGKILL if still running
 
   const std::string& address() const { return address_; }
+  // "HOST:PORT" of /metrics (empty if the flags turned it off).
+  const std::string& metrics_address() const { return metrics_address_; }
   // The server's log (its stderr), kept in the store folder.
   std::string Log() const;
   pid_t pid() const { return pid_; }
@@ -29,6 +31,7 @@ class ServerProcess {
  private:
   pid_t pid_ = -1;
   std::string address_;
+  std::string metrics_address_;
   std::string log_path_;
 };
 

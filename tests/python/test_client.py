@@ -3,10 +3,8 @@
 reference code (common_ops.py). Run by ctest; needs PYTHONPATH with the generated stubs and
 the client package, LSTMSERVE_SERVER_BINARY and LSTMSERVE_REFERENCE_DIR."""
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import unittest
 
 import grpc
@@ -14,6 +12,7 @@ import numpy as np
 import torch
 
 from lstmserve_client import Client
+from lstmserve_testing import ServerProcess
 
 sys.path.insert(0, os.environ["LSTMSERVE_REFERENCE_DIR"])
 import common_ops  # noqa: E402
@@ -28,22 +27,14 @@ def reference_weights(seed, layers, inp, hid):
 class ServerTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.store = tempfile.mkdtemp(prefix="lstmserve-py-")
-        cls.server = subprocess.Popen([os.environ["LSTMSERVE_SERVER_BINARY"], "--listen=127.0.0.1:0",
-                                       f"--store_dir={cls.store}", "--threads=1"],
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        line = cls.server.stdout.readline()
-        assert line.startswith("listening on "), line
-        cls.target = line.split()[-1]
+        cls.server = ServerProcess()
+        cls.target = cls.server.target
         cls.client = Client(cls.target)
 
     @classmethod
     def tearDownClass(cls):
         cls.client.close()
-        cls.server.terminate()
-        assert cls.server.wait(timeout=30) == 0
-        cls.server.stdout.close()
-        shutil.rmtree(cls.store)
+        assert cls.server.stop() == 0
 
     def test_health(self):
         self.assertEqual(self.client.health(), "SERVING")
@@ -127,23 +118,17 @@ class ServerTest(unittest.TestCase):
 
 class NoReflectionTest(unittest.TestCase):
     def test_reflection_can_be_turned_off(self):
-        with tempfile.TemporaryDirectory(prefix="lstmserve-py-") as store:
-            server = subprocess.Popen([os.environ["LSTMSERVE_SERVER_BINARY"], "--listen=127.0.0.1:0",
-                                       f"--store_dir={store}", "--noreflection"],
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            target = server.stdout.readline().split()[-1]
-            try:
-                with grpc.insecure_channel(target) as channel:
-                    call = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-                                                 request_serializer=lambda raw: raw,
-                                                 response_deserializer=lambda raw: raw)
-                    with self.assertRaises(grpc.RpcError) as caught:
-                        next(call(iter([b"\x3a\x00"]), timeout=10))
-                    self.assertEqual(caught.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
-            finally:
-                server.terminate()
-                self.assertEqual(server.wait(timeout=30), 0)
-                server.stdout.close()
+        server = ServerProcess("--noreflection")
+        try:
+            with grpc.insecure_channel(server.target) as channel:
+                call = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                                             request_serializer=lambda raw: raw,
+                                             response_deserializer=lambda raw: raw)
+                with self.assertRaises(grpc.RpcError) as caught:
+                    next(call(iter([b"\x3a\x00"]), timeout=10))
+                self.assertEqual(caught.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
+        finally:
+            self.assertEqual(server.stop(), 0)
 
 
 if __name__ == "__main__":

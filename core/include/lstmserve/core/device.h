@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include <c10/core/Device.h>
@@ -37,5 +38,16 @@ std::string DeviceName(const c10::Device& device);
 
 // OK when `dtype` can be computed on `device` (reduced precision needs CUDA).
 absl::Status CheckDTypeOnDevice(DType dtype, const c10::Device& device);
+
+// The LibTorch this was built against ("1.13.0").
+std::string LibTorchVersion();
+
+// Memory of LibTorch's CUDA caching allocator on a device, in bytes.
+struct DeviceMemory {
+  int64_t allocated_bytes = 0;  // in tensors now
+  int64_t reserved_bytes = 0;   // held from the driver, allocated or cached
+};
+// Empty for the CPU and for builds without CUDA.
+std::optional<DeviceMemory> DeviceMemoryStats(const c10::Device& device);
 
 }  // namespace lstmserve::core

@@ -27,6 +27,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "lstmserve/core/stacked_lstm.h"
+#include "lstmserve/server/metrics.h"
 #include "lstmserve/server/set_registry.h"
 
 namespace lstmserve::server {
@@ -50,6 +51,7 @@ struct BatchJob {
   std::function<bool()> cancelled;  // optional
   // Called exactly once, on a worker thread (or in Submit's caller on rejection).
   std::function<void(absl::StatusOr<core::SequenceResult>)> done;
+  absl::Time enqueued;  // set by Submit
 };
 
 // Statistics since start, for tests and metrics.
@@ -59,13 +61,16 @@ struct BatchStats {
   int64_t rows = 0;          // sum of batch rows computed
   int64_t max_rows = 0;      // largest batch
   int64_t rejected = 0;      // queue full
-  int64_t expired = 0;       // deadline passed or cancelled while queued
+  int64_t expired = 0;       // deadline passed while queued
+  int64_t cancelled = 0;     // cancelled while queued
+  int64_t queued = 0;        // waiting now
 };
 
 // Thread-safe.
 class Batcher {
  public:
-  explicit Batcher(const BatchOptions& options);
+  // `metrics` (optional) is told of every batch and queue wait; it must outlive the batcher.
+  explicit Batcher(const BatchOptions& options, Metrics* metrics = nullptr);
   ~Batcher();  // runs what is queued, then joins
   Batcher(const Batcher&) = delete;
   Batcher& operator=(const Batcher&) = delete;
@@ -88,6 +93,7 @@ class Batcher {
   absl::Duration Run(std::vector<BatchJob> batch);
 
   const BatchOptions options_;
+  Metrics* const metrics_;
   mutable absl::Mutex mu_;
   std::deque<BatchJob> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -12,6 +12,9 @@ namespace lstmserve::server {
 struct ServerOptions {
   // HOST:PORT to serve gRPC on; port 0 picks a free port.
   std::string listen = "0.0.0.0:50051";
+  // HOST:PORT to serve Prometheus metrics on (HTTP, /metrics); port 0 picks a free port;
+  // empty: no metrics endpoint.
+  std::string metrics_listen = "0.0.0.0:9464";
   // Folder of the parameter store (created if missing).
   std::string store_dir = "./lstmserve-data";
   // "auto", "cpu", "cuda" or "cuda:N": where sets live and inference runs.

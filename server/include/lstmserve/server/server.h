@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "lstmserve/server/compute_pool.h"
+#include "lstmserve/server/metrics.h"
 #include "lstmserve/server/options.h"
 #include "lstmserve/server/services.h"
 #include "lstmserve/server/set_registry.h"
@@ -23,6 +24,8 @@ class Server {
 
   // "HOST:PORT" with the port actually bound.
   const std::string& address() const { return address_; }
+  // "HOST:PORT" of /metrics, or empty when metrics_listen is empty.
+  const std::string& metrics_address() const { return metrics_address_; }
   const Batcher& batcher() const { return *batcher_; }
 
   // Health goes NOT_SERVING and new calls get UNAVAILABLE; calls already received have up
@@ -33,8 +36,11 @@ class Server {
   Server() = default;
   ServerOptions options_;
   std::string address_;
+  std::string metrics_address_;
   // Destroyed in reverse: the server first (it waits for every call to finish), then the
-  // pool (it runs what is queued), then what the pool's tasks use.
+  // pool (it runs what is queued), then what the pool's tasks use; the metrics last (the
+  // destructor stops their HTTP endpoint first, as its scrapes read the others).
+  std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<SetRegistry> registry_;
   std::unique_ptr<ServiceContext> context_;
   std::unique_ptr<ComputePool> compute_;

@@ -1,6 +1,7 @@
 // Open Session streams: a cap on their number, and cancellation of idle ones.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <thread>
@@ -26,7 +27,16 @@ class SessionTracker {
   absl::Status Add(grpc::CallbackServerContext* context);
   void Touch(grpc::CallbackServerContext* context);   // a message arrived
   void Remove(grpc::CallbackServerContext* context);  // the stream is done
-  int64_t idle_cancelled() const;
+  void StepDone() { steps_.fetch_add(1, std::memory_order_relaxed); }  // a step was answered
+
+  // Totals since start and the number open now, for metrics and logs.
+  struct Stats {
+    int64_t active = 0;
+    int64_t steps = 0;
+    int64_t rejected = 0;        // Add refused past max_sessions
+    int64_t idle_cancelled = 0;  // cancelled by the reaper
+  };
+  Stats stats() const;
 
  private:
   void Reap();
@@ -36,6 +46,8 @@ class SessionTracker {
   mutable absl::Mutex mu_;
   std::map<grpc::CallbackServerContext*, absl::Time> last_seen_ ABSL_GUARDED_BY(mu_);
   int64_t idle_cancelled_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t rejected_ ABSL_GUARDED_BY(mu_) = 0;
+  std::atomic<int64_t> steps_{0};
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread reaper_;
 };

@@ -15,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "lstmserve/core/stacked_lstm.h"
 #include "lstmserve/core/store.h"
+#include "lstmserve/server/metrics.h"
 
 namespace lstmserve::server {
 
@@ -28,8 +29,9 @@ struct SetEntry {
 // Thread-safe.
 class SetRegistry {
  public:
+  // `metrics` (optional) counts store operations; it must outlive the registry.
   SetRegistry(std::unique_ptr<core::ParameterStore> store, c10::Device device,
-              int64_t max_total_bytes);
+              int64_t max_total_bytes, Metrics* metrics = nullptr);
 
   // Loads every set in the store (a set that does not fit the memory budget is skipped).
   // Returns one line per file skipped.
@@ -56,10 +58,14 @@ class SetRegistry {
 
  private:
   absl::StatusOr<std::shared_ptr<const SetEntry>> MakeEntry(core::StoredSet stored) const;
+  void Count(StoreOperation operation, bool ok) const {
+    if (metrics_ != nullptr) metrics_->ObserveStore(operation, ok);
+  }
 
   const std::unique_ptr<core::ParameterStore> store_;
   const c10::Device device_;
   const int64_t max_total_bytes_;
+  Metrics* const metrics_;
   absl::Mutex store_mu_;  // serialises writes to the store folder
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<const SetEntry>> sets_ ABSL_GUARDED_BY(mu_);

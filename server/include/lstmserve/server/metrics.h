@@ -1,0 +1,90 @@
+// Prometheus metrics of the server (prometheus-cpp), served over HTTP at /metrics.
+//
+// Every family and every labelled child is made when the server starts, so hot paths only
+// increment what exists and the label sets stay bounded: no label takes a value per
+// parameter set or per client. Three kinds of source feed it:
+//   - a gRPC interceptor counts every call by service, method and status code and times it;
+//   - the batcher and the set registry report events (batch sizes, waits, store writes);
+//   - at scrape time, a snapshot reads gauges and counters the components already keep
+//     (queue depth, sessions, sets held, rejections) and the process's own figures
+//     (/proc/self: CPU seconds, resident memory, open fds, threads).
+// The list of names is in README ("Metrics").
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <grpcpp/support/server_interceptor.h>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace lstmserve::server {
+
+// What the server reports of itself at each scrape. Counters are totals since start.
+struct MetricsSnapshot {
+  int64_t queue_depth = 0;          // inference requests waiting for a batch
+  int64_t queue_capacity = 0;       // --max_queued_requests
+  int64_t rejected_queue_full = 0;  // Submit found the queue full
+  int64_t expired_deadline = 0;     // deadline passed in the queue; not computed
+  int64_t expired_cancelled = 0;    // cancelled in the queue; not computed
+  int64_t sessions_active = 0;
+  int64_t session_steps = 0;
+  int64_t sessions_rejected = 0;       // past --max_sessions
+  int64_t sessions_idle_cancelled = 0;  // past --session_idle_timeout
+  int64_t parameter_sets = 0;
+  int64_t parameter_set_bytes = 0;
+  // Only on CUDA: the caching allocator's current figures.
+  std::optional<int64_t> device_memory_allocated_bytes;
+  std::optional<int64_t> device_memory_reserved_bytes;
+};
+
+// Labels of lstmserve_build_info.
+struct BuildInfo {
+  std::string version;
+  std::string libtorch_version;
+  std::string device;
+};
+
+enum class StoreOperation { kLoad, kRead, kWrite, kDelete };
+
+// Thread-safe.
+class Metrics {
+ public:
+  explicit Metrics(const BuildInfo& build);
+  ~Metrics();
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
+
+  // Serves /metrics on "HOST:PORT" (port 0 picks a free one); returns the bound address.
+  // INVALID_ARGUMENT for a malformed address, UNAVAILABLE when it cannot bind.
+  absl::StatusOr<std::string> Serve(const std::string& listen);
+  // Stops serving (before the sources of the snapshot go away). Idempotent.
+  void StopServing();
+
+  // Called at each scrape, on the HTTP thread; must be thread-safe.
+  void SetSnapshotSource(std::function<MetricsSnapshot()> source);
+
+  // Counts and times every gRPC call; pass to ServerBuilder's interceptor creators.
+  std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> MakeInterceptorFactory();
+
+  // Batcher events: one per computed batch, one per request taken from the queue.
+  void ObserveBatch(int64_t rows, absl::Duration compute);
+  void ObserveQueueWait(absl::Duration wait);
+  // Set registry events.
+  void ObserveStore(StoreOperation operation, bool ok);
+  void SetStoreLoadTime(absl::Duration load);
+
+  // The exposition text, as /metrics serves it (for tests and logs).
+  std::string Render() const;
+
+  struct Impl;  // in metrics.cc; shared with the interceptors, which may outlive this
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace lstmserve::server

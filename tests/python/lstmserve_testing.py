@@ -1,0 +1,52 @@
+"""Runs the real lstmserve binary for Python tests: 127.0.0.1, ephemeral ports, a temporary
+store. LSTMSERVE_SERVER_BINARY names the binary."""
+import os
+import shutil
+import subprocess
+import tempfile
+
+
+class ServerProcess:
+    """lstmserve on 127.0.0.1:0 with metrics on 127.0.0.1:0; `target` and `metrics` are the
+    HOST:PORT it printed. Use as a context manager, or call stop()."""
+
+    def __init__(self, *flags, store=None):
+        self._own_store = store is None
+        self.store = store or tempfile.mkdtemp(prefix="lstmserve-py-")
+        self.log_path = os.path.join(self.store, "server.log")
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [os.environ["LSTMSERVE_SERVER_BINARY"], "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
+             f"--store_dir={self.store}", "--threads=1", *flags],
+            stdout=subprocess.PIPE, stderr=self._log, text=True)
+        line = self.process.stdout.readline()
+        if not line.startswith("listening on "):
+            self.stop()
+            raise RuntimeError(f"lstmserve did not start: {line!r}; log: {self.log()}")
+        self.target = line.split()[-1]
+        self.metrics = None
+        if "--metrics_listen=" not in flags:
+            line = self.process.stdout.readline()
+            assert line.startswith("metrics on "), line
+            self.metrics = line.split()[-1]
+
+    def log(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stop(self):
+        """SIGTERM (drain); returns the exit status."""
+        if self.process.poll() is None:
+            self.process.terminate()
+        status = self.process.wait(timeout=30)
+        self.process.stdout.close()
+        self._log.close()
+        if self._own_store:
+            shutil.rmtree(self.store, ignore_errors=True)
+        return status
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
