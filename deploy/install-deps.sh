@@ -3,9 +3,11 @@
 # Used by README, .ci/run and the Dockerfile. Idempotent: when everything is present it
 # only runs `dpkg-query` and exits in well under a second.
 #
-# Usage: deploy/install-deps.sh [build|runtime]
-#   build   (default) compilers, -dev packages, test and benchmark tools
+# Usage: deploy/install-deps.sh [build|compile|runtime|image]
+#   build   (default) compile, plus the test and benchmark tools (Python, Prometheus, buf)
+#   compile what building the server and CLI alone needs (the image's build stage)
 #   runtime only the shared libraries the server needs to run (for slim images)
+#   image   the tools deploy/image-test.sh uses: buildah, podman, debootstrap
 set -euo pipefail
 
 profile="${1:-build}"
@@ -15,23 +17,29 @@ runtime_pkgs=(
   libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1
   libopenblas0-openmp libssl3 ca-certificates
 )
-build_pkgs=(
-  build-essential cmake ninja-build pkg-config git
+compile_pkgs=(
+  build-essential cmake ninja-build pkg-config
   libtorch-dev libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
-  libabsl-dev prometheus-cpp-dev libopenblas0-openmp
-  libgtest-dev libgmock-dev googletest libbenchmark-dev
-  python3 python3-torch python3-numpy python3-grpcio python3-protobuf
-  nlohmann-json3-dev libssl-dev libcivetweb-dev
-  prometheus python3-yaml
+  libabsl-dev prometheus-cpp-dev libcivetweb-dev libopenblas0-openmp
+  nlohmann-json3-dev libssl-dev
 )
+build_pkgs=(
+  "${compile_pkgs[@]}" git
+  libgtest-dev libgmock-dev googletest libbenchmark-dev
+  python3 python3-torch python3-numpy python3-grpcio python3-protobuf python3-yaml
+  prometheus
+)
+image_pkgs=(buildah podman debootstrap curl)
 # Tools from npm (build profile only), installed under $LSTMSERVE_TOOLS.
 tools_dir="${LSTMSERVE_TOOLS:-/opt/lstmserve-tools}"
 buf_version="1.75.0"
 
 case "$profile" in
   build) pkgs=("${build_pkgs[@]}") ;;
+  compile) pkgs=("${compile_pkgs[@]}") ;;
   runtime) pkgs=("${runtime_pkgs[@]}") ;;
-  *) echo "usage: $0 [build|runtime]" >&2; exit 2 ;;
+  image) pkgs=("${image_pkgs[@]}") ;;
+  *) echo "usage: $0 [build|compile|runtime|image]" >&2; exit 2 ;;
 esac
 
 missing=()

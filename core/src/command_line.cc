@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 
 #include "absl/flags/commandlineflag.h"
 #include "absl/flags/reflection.h"
 #include "absl/strings/match.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 
@@ -33,6 +35,32 @@ void PrintHelp(absl::string_view usage, const std::vector<std::string>& own_flag
   }
 }
 
+// argv with each --flagfile=PATH replaced by the arguments in PATH: one per line; blank
+// lines and lines starting with '#' are skipped; nested flag files are read too.
+void ExpandFlagFiles(const std::vector<std::string>& in, std::vector<std::string>* out, int depth) {
+  for (size_t i = 0; i < in.size(); ++i) {
+    absl::string_view arg = in[i];
+    std::string path;
+    if (absl::ConsumePrefix(&arg, "--flagfile=") || absl::ConsumePrefix(&arg, "-flagfile=")) {
+      path = std::string(arg);
+    } else if ((arg == "--flagfile" || arg == "-flagfile") && i + 1 < in.size()) {
+      path = in[++i];
+    } else {
+      out->push_back(in[i]);
+      continue;
+    }
+    if (depth > 8) UsageErrorExit("--flagfile nested more than 8 deep");
+    std::ifstream file(path);
+    if (!file) UsageErrorExit(absl::StrCat("cannot read --flagfile ", path));
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(file, line);) {
+      absl::string_view l = absl::StripAsciiWhitespace(line);
+      if (!l.empty() && l.front() != '#') lines.emplace_back(l);
+    }
+    ExpandFlagFiles(lines, out, depth + 1);
+  }
+}
+
 }  // namespace
 
 void UsageErrorExit(absl::string_view message) {
@@ -48,10 +76,12 @@ ParsedCommandLine ParseCommandLineOrExit(int argc, char** argv, absl::string_vie
     const auto slash = program_name.rfind('/');
     if (slash != std::string::npos) program_name = program_name.substr(slash + 1);
   }
+  std::vector<std::string> args;
+  ExpandFlagFiles(std::vector<std::string>(argv + std::min(argc, 1), argv + argc), &args, 0);
   ParsedCommandLine parsed;
   bool flags_done = false;
-  for (int i = 1; i < argc; ++i) {
-    absl::string_view arg = argv[i];
+  for (size_t i = 0; i < args.size(); ++i) {
+    absl::string_view arg = args[i];
     if (flags_done || !absl::StartsWith(arg, "-") || arg == "-") {
       parsed.positional.emplace_back(arg);
       continue;
@@ -85,8 +115,8 @@ ParsedCommandLine ParseCommandLineOrExit(int argc, char** argv, absl::string_vie
     if (!has_value) {
       if (flag->IsOfType<bool>()) {
         value = bool_value;
-      } else if (i + 1 < argc) {
-        value = argv[++i];
+      } else if (i + 1 < args.size()) {
+        value = args[++i];
       } else {
         UsageErrorExit(absl::StrCat("flag --", name, " needs a value"));
       }

@@ -63,6 +63,9 @@ contains bench-run-creates "run on cli-bench-new (L=1 I=4 H=4, B=1, T=3)"
 check help 0 "$cli" --help;                                         contains help "Commands:"
 check server-help 0 "$server_bin" --help;                           contains server-help "--store_dir"
 check server-bad-flag 2 "$server_bin" --listen=nonsense;            contains server-bad-flag "is not HOST:PORT"
+printf '# flags, as a Kubernetes ConfigMap holds them\n--threads=1\n\n--metrics_listen=bad\n' >"$work/flags"
+check server-flagfile 2 "$server_bin" --flagfile="$work/flags";     contains server-flagfile "--metrics_listen: 'bad' is not HOST:PORT"
+check server-no-flagfile 2 "$server_bin" --flagfile="$work/none";   contains server-no-flagfile "cannot read --flagfile"
 kill -TERM $server_pid; wait $server_pid; status=$?
 if [[ $status == 0 ]]; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL server exit $status after SIGTERM"; fi
 check unreachable 1 "$cli" --target="$target" --timeout=2s health;  contains unreachable "UNAVAILABLE"
