@@ -295,6 +295,34 @@ std::string ParameterStore::PathOf(absl::string_view id) const {
   return absl::StrCat(dir_, "/", id, kSuffix);
 }
 
+absl::StatusOr<FileVersion> ParameterStore::Version(absl::string_view id) const {
+  LSTMSERVE_RETURN_IF_ERROR(ValidateSetId(id));
+  const std::string path = PathOf(id);
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return absl::NotFoundError(absl::StrCat("parameter set '", id, "' not found"));
+    return ErrnoStatus("stat", path, errno);
+  }
+  FileVersion version;
+  version.inode = static_cast<uint64_t>(st.st_ino);
+  version.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+  version.size = static_cast<int64_t>(st.st_size);
+  return version;
+}
+
+std::vector<std::string> ParameterStore::ListIds(std::string* problem) const {
+  std::vector<std::string> ids;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir_, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!absl::EndsWith(name, kSuffix) || absl::StartsWith(name, ".")) continue;
+    ids.push_back(name.substr(0, name.size() - kSuffix.size()));
+  }
+  if (ec && problem != nullptr) *problem = absl::StrCat("cannot list ", dir_, ": ", ec.message());
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
 bool ParameterStore::Contains(absl::string_view id) const {
   struct stat st;
   return ValidateSetId(id).ok() && ::stat(PathOf(id).c_str(), &st) == 0;
@@ -334,6 +362,9 @@ absl::Status ParameterStore::Remove(absl::string_view id) {
 
 absl::StatusOr<StoredSet> ParameterStore::Load(absl::string_view id) const {
   LSTMSERVE_RETURN_IF_ERROR(ValidateSetId(id));
+  // The version before the read: if the file is replaced meanwhile, the next Version()
+  // differs from it and the caller reads again.
+  auto version = Version(id);
   auto bytes = ReadFile(PathOf(id));
   if (!bytes.ok()) {
     if (absl::IsNotFound(bytes.status())) return absl::NotFoundError(absl::StrCat("parameter set '", id, "' not found"));
@@ -343,20 +374,16 @@ absl::StatusOr<StoredSet> ParameterStore::Load(absl::string_view id) const {
   if (stored.id != id) {
     return absl::DataLossError(absl::StrCat("file ", PathOf(id), " holds set '", stored.id, "'"));
   }
+  if (version.ok()) stored.version = *version;
   return stored;
 }
 
 ParameterStore::LoadReport ParameterStore::LoadAll() {
   LoadReport report;
-  std::vector<std::string> ids;
+  std::string problem;
+  const std::vector<std::string> ids = ListIds(&problem);
+  if (!problem.empty()) report.problems.push_back(problem);
   std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir_, ec)) {
-    const std::string name = entry.path().filename().string();
-    if (!absl::EndsWith(name, kSuffix) || absl::StartsWith(name, ".")) continue;
-    ids.push_back(name.substr(0, name.size() - kSuffix.size()));
-  }
-  if (ec) report.problems.push_back(absl::StrCat("cannot list ", dir_, ": ", ec.message()));
-  std::sort(ids.begin(), ids.end());
   for (const std::string& id : ids) {
     absl::StatusOr<StoredSet> stored = ValidateSetId(id).ok()
                                            ? Load(id)

@@ -2,8 +2,11 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "lstmserve/core/status.h"
+#include "lstmserve/server/log.h"
 
 namespace lstmserve::server {
 
@@ -51,13 +54,29 @@ std::vector<std::string> SetRegistry::LoadAll() {
 
 absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::Get(const std::string& id) {
   LSTMSERVE_RETURN_IF_ERROR(core::ValidateSetId(id));
+  std::shared_ptr<const SetEntry> held;
   {
     absl::MutexLock lock(&mu_);
     auto it = sets_.find(id);
-    if (it != sets_.end()) return it->second;
+    if (it != sets_.end()) held = it->second;
+  }
+  if (held) {
+    // Another server sharing the folder may have deleted the set, or deleted it and made
+    // a new one under the same id: one stat tells.
+    auto version = store_->Version(id);
+    if (version.ok() && *version == held->stored.version) return held;
+    Forget(id, held);
+    if (absl::IsNotFound(version.status())) {
+      return absl::NotFoundError(absl::StrCat("parameter set '", id, "' not found"));
+    }
   }
   // Not in memory: another server sharing the store folder may have created it.
   absl::MutexLock store_lock(&store_mu_);
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = sets_.find(id);  // loaded by another call meanwhile
+    if (it != sets_.end()) return it->second;
+  }
   auto stored = store_->Load(id);
   if (!absl::IsNotFound(stored.status())) Count(StoreOperation::kRead, stored.ok());
   if (!stored.ok()) {
@@ -67,11 +86,29 @@ absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::Get(const std::stri
     return stored.status();
   }
   const int64_t size = stored->set.byte_size;
+  {
+    absl::MutexLock lock(&mu_);
+    if (bytes_ + size > max_total_bytes_) return OverBudget(size);
+  }
   LSTMSERVE_ASSIGN_OR_RETURN(auto entry, MakeEntry(*std::move(stored)));
   absl::MutexLock lock(&mu_);
   auto [it, inserted] = sets_.emplace(id, entry);
   if (inserted) bytes_ += size;
   return it->second;
+}
+
+void SetRegistry::Forget(const std::string& id, const std::shared_ptr<const SetEntry>& entry) {
+  absl::MutexLock lock(&mu_);
+  auto it = sets_.find(id);
+  if (it == sets_.end() || it->second != entry) return;
+  bytes_ -= entry->stored.set.byte_size;
+  sets_.erase(it);
+}
+
+absl::Status SetRegistry::OverBudget(int64_t size) const {
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the server holds ", bytes_, " bytes of sets; ", size, " more would exceed --max_total_set_bytes=",
+      max_total_bytes_, "; delete sets or raise the limit"));
 }
 
 absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::Add(core::StoredSet stored) {
@@ -84,15 +121,14 @@ absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::Add(core::StoredSet
     if (sets_.count(id) > 0 || store_->Contains(id)) {
       return absl::AlreadyExistsError(absl::StrCat("parameter set '", id, "' already exists"));
     }
-    if (bytes_ + size > max_total_bytes_) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "the server holds ", bytes_, " bytes of sets; ", size, " more would exceed --max_total_set_bytes=",
-          max_total_bytes_, "; delete sets or raise the limit"));
-    }
+    if (bytes_ + size > max_total_bytes_) return OverBudget(size);
   }
   const absl::Status saved = store_->Save(stored);
   Count(StoreOperation::kWrite, saved.ok());
   LSTMSERVE_RETURN_IF_ERROR(saved);
+  // The file just written; a failed stat (another server deleted it already) leaves a
+  // version that matches no file, so the next Get looks again.
+  if (auto version = store_->Version(id); version.ok()) stored.version = *version;
   auto entry = MakeEntry(std::move(stored));
   if (!entry.ok()) {
     (void)store_->Remove(id);
@@ -118,11 +154,19 @@ absl::Status SetRegistry::Delete(const std::string& id) {
 }
 
 std::vector<std::shared_ptr<const SetEntry>> SetRegistry::List(const std::string& after, int limit, bool* more) {
-  absl::MutexLock lock(&mu_);
+  // The folder is the truth: it holds the sets of every server that shares it.
+  const std::vector<std::string> ids = store_->ListIds();
   std::vector<std::shared_ptr<const SetEntry>> out;
-  auto it = after.empty() ? sets_.begin() : sets_.upper_bound(after);
-  for (; it != sets_.end() && static_cast<int>(out.size()) < limit; ++it) out.push_back(it->second);
-  *more = it != sets_.end();
+  auto it = after.empty() ? ids.begin() : std::upper_bound(ids.begin(), ids.end(), after);
+  for (; it != ids.end() && static_cast<int>(out.size()) < limit; ++it) {
+    auto entry = Get(*it);
+    if (entry.ok()) {
+      out.push_back(*std::move(entry));
+    } else if (!absl::IsNotFound(entry.status())) {  // deleted meanwhile: skip quietly
+      LogError(absl::StrCat("list: skipped set '", *it, "': ", entry.status().ToString()));
+    }
+  }
+  *more = it != ids.end();
   return out;
 }
 

@@ -452,6 +452,59 @@ TEST(ServiceLifecycleTest, ACallWhoseDeadlinePassesWhileQueuedGetsDeadlineExceed
       << (*server)->Log();
 }
 
+// Scaling out: two servers on one store folder, as two pods on one ReadWriteMany volume.
+TEST(ScaleOutTest, TwoServersSharingAStoreServeEachOthersSetsAndSeeDeletes) {
+  TempDir store;
+  auto a = ServerProcess::Start(store.path());
+  auto b = ServerProcess::Start(store.path());
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto ca = Connect(**a);
+  auto cb = Connect(**b);
+  const at::Tensor x = Randn({2, 8}, 3);
+
+  // Created through A: B gets it, lists it, and computes what A computes.
+  auto made = ca->Create(LstmSpec(2, 8, 16, 11), "shared");
+  ASSERT_TRUE(made.ok()) << made.status();
+  auto seen = cb->Get("shared");
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  EXPECT_EQ(seen->checksum(), made->checksum());
+  auto listed = cb->List();
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ(listed->front().id(), "shared");
+  auto step_a = ca->Step("shared", x);
+  auto step_b = cb->Step("shared", x);
+  ASSERT_TRUE(step_a.ok() && step_b.ok());
+  EXPECT_TRUE(at::equal(step_a->h.back(), step_b->h.back()));
+
+  // Both try to create the same id at once: exactly one wins.
+  auto race_a = std::async(std::launch::async, [&] { return ca->Create(LstmSpec(1, 4, 4, 1), "race"); });
+  auto race_b = std::async(std::launch::async, [&] { return cb->Create(LstmSpec(1, 4, 4, 2), "race"); });
+  const auto ra = race_a.get();
+  const auto rb = race_b.get();
+  EXPECT_NE(ra.ok(), rb.ok());
+  EXPECT_TRUE(absl::IsAlreadyExists(ra.ok() ? rb.status() : ra.status()));
+
+  // Deleted through A: B, which holds it in memory, stops serving it at once.
+  ASSERT_TRUE(ca->Delete("shared").ok());
+  EXPECT_TRUE(absl::IsNotFound(cb->Get("shared").status()));
+  EXPECT_TRUE(absl::IsNotFound(cb->Step("shared", x).status()));
+  auto after = cb->List();
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->size(), 1u);  // "race" only
+
+  // Made again through B under the same id with another seed: A serves the new one.
+  auto again = cb->Create(LstmSpec(2, 8, 16, 12), "shared");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_NE(again->checksum(), made->checksum());
+  auto fresh = ca->Get("shared");
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  EXPECT_EQ(fresh->checksum(), again->checksum());
+  auto fresh_step = ca->Step("shared", x);
+  ASSERT_TRUE(fresh_step.ok());
+  EXPECT_FALSE(at::equal(fresh_step->h.back(), step_a->h.back()));
+}
+
 TEST(SessionLimitsTest, AtMostMaxSessionsAndIdleOnesAreCancelled) {
   TempDir store;
   auto server = ServerProcess::Start(store.path(), {"--max_sessions=2", "--session_idle_timeout=1s"});

@@ -33,6 +33,18 @@ absl::Status ValidateSetId(absl::string_view id);
 // sets give equal checksums on every machine.
 std::string ComputeChecksum(const ParameterSet& set);
 
+// Which file a set was read from: a set deleted and created again under the same id by
+// another server sharing the folder is a new file (a new inode, time or size).
+struct FileVersion {
+  uint64_t inode = 0;
+  int64_t mtime_ns = 0;
+  int64_t size = 0;
+  bool operator==(const FileVersion& o) const {
+    return inode == o.inode && mtime_ns == o.mtime_ns && size == o.size;
+  }
+  bool operator!=(const FileVersion& o) const { return !(*this == o); }
+};
+
 // A set with what the store keeps beside its tensors.
 struct StoredSet {
   std::string id;
@@ -41,6 +53,7 @@ struct StoredSet {
   std::string checksum;
   std::string spec;  // opaque to the store (the server keeps the request's spec here)
   ParameterSet set;
+  FileVersion version;  // filled by Load and LoadAll (the file as it was before reading)
 };
 
 // Encodes a set (tensors copied to the CPU if needed) as safetensors bytes.
@@ -66,6 +79,10 @@ class ParameterStore {
   absl::StatusOr<StoredSet> Load(absl::string_view id) const;
   // True when the id has a file.
   bool Contains(absl::string_view id) const;
+  // The id's file now (one stat); NOT_FOUND if there is none. Thread-safe.
+  absl::StatusOr<FileVersion> Version(absl::string_view id) const;
+  // The ids of every set file, sorted (what LoadAll would read). Thread-safe.
+  std::vector<std::string> ListIds(std::string* problem = nullptr) const;
 
   struct LoadReport {
     std::vector<StoredSet> sets;       // every valid set, in id order

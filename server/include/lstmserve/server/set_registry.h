@@ -38,7 +38,10 @@ class SetRegistry {
   std::vector<std::string> LoadAll();
 
   // NOT_FOUND for an unknown id (after looking in the store, which another server sharing
-  // the folder may have written); INVALID_ARGUMENT for a malformed id.
+  // the folder may have written); INVALID_ARGUMENT for a malformed id; RESOURCE_EXHAUSTED
+  // when a set found in the store does not fit the memory budget. A set held in memory is
+  // checked against its file (one stat): deleted or replaced by another server, it is
+  // dropped or read again.
   absl::StatusOr<std::shared_ptr<const SetEntry>> Get(const std::string& id);
 
   // Persists and adds a set (tensors on any device; moved to the serving device).
@@ -49,7 +52,9 @@ class SetRegistry {
   // Removes a set from the store and from memory. NOT_FOUND if unknown.
   absl::Status Delete(const std::string& id);
 
-  // Up to `limit` sets with ids after `after`, in id order; `more` says whether any follow.
+  // Up to `limit` sets with ids after `after`, in id order, as the store folder holds them
+  // (so sets made by other servers sharing it too; they are loaded); `more` says whether
+  // any follow.
   std::vector<std::shared_ptr<const SetEntry>> List(const std::string& after, int limit, bool* more);
 
   int64_t total_bytes() const;
@@ -58,6 +63,8 @@ class SetRegistry {
 
  private:
   absl::StatusOr<std::shared_ptr<const SetEntry>> MakeEntry(core::StoredSet stored) const;
+  void Forget(const std::string& id, const std::shared_ptr<const SetEntry>& entry);
+  absl::Status OverBudget(int64_t size) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Count(StoreOperation operation, bool ok) const {
     if (metrics_ != nullptr) metrics_->ObserveStore(operation, ok);
   }
