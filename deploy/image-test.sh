@@ -77,7 +77,7 @@ run() { buildah run --isolation chroot --network host "$container" -- "$@"; }
 user=$(buildah inspect --format '{{.OCIv1.Config.User}}' "$image")
 [[ "$user" == "65532:65532" ]] || { say "FAIL: image user is '$user'"; exit 1; }
 [[ "$(run id -u)" == 65532 ]] || { say "FAIL: does not run as uid 65532"; exit 1; }
-if run sh -c 'command -v gcc || command -v cc || command -v c++ || command -v cmake'; then
+if run sh -c 'command -v gcc || command -v cc || command -v c++ || command -v cmake' 2>/dev/null; then
   say "FAIL: a compiler is in the runtime image"; exit 1
 fi
 dev=$(run sh -c "dpkg-query -W -f='\${Package}\n' | grep -- '-dev\$' || true")
@@ -111,7 +111,12 @@ grep -q 'lstmserve_parameter_sets 1' "$work/metrics.txt" || { say "FAIL: /metric
 grep -q '^lstmserve_build_info{device="cpu"' "$work/metrics.txt" || { say "FAIL: build info"; exit 1; }
 # The set is in the image's /data (the volume), written by uid 65532.
 run sh -c 'ls -ln /data' | grep -q " 65532 65532 .*image-test" || { run ls -ln /data; say "FAIL: store"; exit 1; }
-kill -TERM "$server_pid"
+# SIGTERM to the server itself (buildah run does not forward it): the process that
+# listens on the gRPC port.
+port="${target##*:}"
+pid=$(ss -ltnpH "sport = :$port" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1)
+[[ -n "$pid" ]] || { say "FAIL: no process listens on $target"; exit 1; }
+kill -TERM "$pid"
 wait "$server_pid" || true
 server_pid=""
 grep -q "stopped" "$work/server.err" || { cat "$work/server.err"; say "FAIL: no clean drain"; exit 1; }

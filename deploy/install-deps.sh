@@ -29,7 +29,7 @@ build_pkgs=(
   python3 python3-torch python3-numpy python3-grpcio python3-protobuf python3-yaml
   prometheus
 )
-image_pkgs=(buildah podman debootstrap curl)
+image_pkgs=(buildah podman debootstrap curl iproute2)
 # Tools from npm (build profile only), installed under $LSTMSERVE_TOOLS.
 tools_dir="${LSTMSERVE_TOOLS:-/opt/lstmserve-tools}"
 buf_version="1.75.0"

@@ -78,6 +78,7 @@ Client::Client(const ClientOptions& options) : options_(options) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  if (!options.lb_policy.empty()) args.SetLoadBalancingPolicyName(options.lb_policy);
   channel_ = grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args);
   parameters_ = v1::ParameterService::NewStub(channel_);
   inference_ = v1::InferenceService::NewStub(channel_);

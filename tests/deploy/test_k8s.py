@@ -153,6 +153,23 @@ class OverlayTest(unittest.TestCase):
         self.assertEqual(rule["resources"]["overrides"]["pod"]["resource"], "pod")
 
 
+class ComposeTest(unittest.TestCase):
+    def test_the_local_stack_mounts_what_exists(self):
+        with open(os.path.join(DEPLOY, "compose.yaml")) as f:
+            compose = yaml.safe_load(f)
+        services = compose["services"]
+        self.assertEqual(set(services), {"lstmserve", "prometheus", "grafana"})
+        self.assertIn("9464:9464", services["lstmserve"]["ports"])
+        for name in ["prometheus", "grafana"]:
+            for volume in services[name]["volumes"]:
+                source = volume.split(":")[0]
+                self.assertTrue(os.path.exists(os.path.join(DEPLOY, source)), volume)
+        config = services["prometheus"]["command"][0].split("=")[1].replace("/etc/prometheus/", "prometheus/")
+        with open(os.path.join(DEPLOY, config)) as f:
+            targets = yaml.safe_load(f)["scrape_configs"][0]["static_configs"][0]["targets"]
+        self.assertEqual(targets, ["lstmserve:9464"])
+
+
 if __name__ == "__main__":
     if shutil.which("kubectl") is None:
         print("kubectl is not installed: skipped (the overlays need `kubectl kustomize`)")

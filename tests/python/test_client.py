@@ -116,6 +116,31 @@ class ServerTest(unittest.TestCase):
         self.assertIn("bit-identical to torch.manual_seed(42) + create_weight: True", result.stdout)
 
 
+class ScaleOutTest(unittest.TestCase):
+    def test_round_robin_spreads_calls_over_replicas_sharing_a_store(self):
+        import re
+        import tempfile
+        import urllib.request
+        with tempfile.TemporaryDirectory(prefix="lstmserve-shared-") as store:
+            with ServerProcess(store=store) as a, ServerProcess(store=store) as b:
+                # One target that resolves to both, as DNS does for a headless Service.
+                client = Client(f"ipv4:{a.target},{b.target}")
+                client.create_lstm(1, 8, 8, seed=3, id="spread")
+                x = torch.randn(1, 8)
+                first = client.step("spread", x)[1][0]
+                for _ in range(19):
+                    self.assertTrue(torch.equal(client.step("spread", x)[1][0], first))
+                client.close()
+                steps = []
+                for server in (a, b):
+                    with urllib.request.urlopen(f"http://{server.metrics}/metrics", timeout=10) as r:
+                        text = r.read().decode()
+                    m = re.search(r'lstmserve_requests_total\{code="OK",method="Step",[^}]*\} (\d+)', text)
+                    steps.append(int(m.group(1)))
+                self.assertEqual(sum(steps), 20)
+                self.assertGreater(min(steps), 0, f"Steps per replica: {steps}")
+
+
 class NoReflectionTest(unittest.TestCase):
     def test_reflection_can_be_turned_off(self):
         server = ServerProcess("--noreflection")

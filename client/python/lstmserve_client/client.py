@@ -80,9 +80,13 @@ class Session:
 class Client:
     """Thread-safe; one channel for every call."""
 
-    def __init__(self, target="localhost:50051", timeout=60.0, max_message_bytes=64 << 20):
+    def __init__(self, target="localhost:50051", timeout=60.0, max_message_bytes=64 << 20,
+                 lb_policy="round_robin"):
+        # round_robin spreads calls over every address the target resolves to, e.g.
+        # "dns:///lstmserve-headless.NAMESPACE.svc.cluster.local:50051".
         options = [("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.max_send_message_length", max_message_bytes)]
+                   ("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.lb_policy_name", lb_policy)]
         self._channel = grpc.insecure_channel(target, options=options)
         self._timeout = timeout
         self._parameters = parameter_grpc.ParameterServiceStub(self._channel)

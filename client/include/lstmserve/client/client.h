@@ -21,6 +21,9 @@ struct ClientOptions {
   std::string target = "localhost:50051";   // gRPC target, e.g. "dns:///lstmserve:50051"
   absl::Duration timeout = absl::Seconds(60);  // deadline of each call
   int64_t max_message_bytes = int64_t{64} << 20;
+  // Spreads calls over every address the target resolves to (a headless Service's pods);
+  // with one address it is the same as "pick_first".
+  std::string lb_policy = "round_robin";
 };
 
 // A stateful inference session (InferenceService.Session). Not thread-safe.
