@@ -27,7 +27,7 @@ build_pkgs=(
   "${compile_pkgs[@]}" git
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 python3-torch python3-numpy python3-grpcio python3-protobuf python3-yaml
-  prometheus
+  prometheus openssl
 )
 image_pkgs=(buildah podman debootstrap curl iproute2)
 # Tools from npm (build profile only), installed under $LSTMSERVE_TOOLS.

@@ -39,6 +39,7 @@ absl::Status EnsureSet(const std::shared_ptr<grpc::Channel>& channel, BenchOptio
   v1::GetParameterSetResponse got;
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + options.timeout));
+  PrepareContext(options.connection, &ctx);
   const grpc::Status status = stub->GetParameterSet(&ctx, get, &got);
   if (status.ok() && got.parameter_set().has_lstm()) {
     options.input_size = got.parameter_set().lstm().input_size();
@@ -56,6 +57,7 @@ absl::Status EnsureSet(const std::shared_ptr<grpc::Channel>& channel, BenchOptio
   v1::CreateParameterSetResponse created;
   grpc::ClientContext ctx2;
   ctx2.set_deadline(absl::ToChronoTime(absl::Now() + options.timeout));
+  PrepareContext(options.connection, &ctx2);
   return wire::FromGrpcStatus(stub->CreateParameterSet(&ctx2, create, &created));
 }
 
@@ -88,10 +90,7 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& requested) {
   if (options.concurrency < 1 || options.batch < 1 || options.steps < 1 || options.rate < 0) {
     return absl::InvalidArgumentError("--concurrency, --batch and --steps must be >= 1, --rate >= 0");
   }
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(256 << 20);
-  args.SetMaxSendMessageSize(256 << 20);
-  auto channel = grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args);
+  auto channel = MakeChannel(options.connection, int64_t{256} << 20);
   LSTMSERVE_RETURN_IF_ERROR(EnsureSet(channel, options));
 
   // Requests are built once: the generator measures the server, not its own serialisation.
@@ -143,6 +142,7 @@ void RunClosedLoopAsync(const std::shared_ptr<grpc::Channel>& channel, const Ben
     Caller& c = callers[i];
     c.context = std::make_unique<grpc::ClientContext>();
     c.context->set_deadline(absl::ToChronoTime(absl::Now() + options.timeout));
+    PrepareContext(options.connection, c.context.get());
     c.sent = absl::Now();
     auto done = [&, i](grpc::Status status) {
       Caller& me = callers[i];
@@ -181,6 +181,7 @@ class SessionCaller final : public grpc::ClientBidiReactor<v1::SessionRequest, v
         samples_(samples), finished_(std::move(finished)) {
     start_.mutable_start()->set_parameter_set_id(options.set_id);
     start_.mutable_start()->set_batch_size(options.batch);
+    PrepareContext(options.connection, &context_);
     stub->async()->Session(&context_, this);
     StartWrite(&start_);
     StartCall();
@@ -262,6 +263,7 @@ void RunThreads(const std::shared_ptr<grpc::Channel>& channel, const BenchOption
       std::unique_ptr<grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionResponse>> stream;
       if (options.rpc == "session") {
         session_ctx = std::make_unique<grpc::ClientContext>();
+        PrepareContext(options.connection, session_ctx.get());
         stream = inference->Session(session_ctx.get());
         v1::SessionRequest open;
         open.mutable_start()->set_parameter_set_id(options.set_id);
@@ -289,6 +291,7 @@ void RunThreads(const std::shared_ptr<grpc::Channel>& channel, const BenchOption
         } else {
           grpc::ClientContext ctx;
           ctx.set_deadline(absl::ToChronoTime(absl::Now() + options.timeout));
+          PrepareContext(options.connection, &ctx);
           if (options.rpc == "step") {
             v1::StepResponse response;
             status = inference->Step(&ctx, step, &response);
@@ -350,7 +353,7 @@ std::string BenchReport::ToJson(const BenchOptions& o) const {
       "\"batch\":%d,\"steps\":%d,\"concurrency\":%d,\"rate\":%g,\"seconds\":%.3f,\"ok\":%d,"
       "\"requests_per_second\":%.2f,\"latency_ms\":{\"mean\":%.4f,\"p50\":%.4f,\"p90\":%.4f,\"p99\":%.4f,"
       "\"max\":%.4f},\"errors\":{%s}}",
-      o.target, o.rpc, o.set_id, o.layers, o.input_size, o.hidden_size, o.batch, o.rpc == "run" ? o.steps : 1,
+      o.connection.target, o.rpc, o.set_id, o.layers, o.input_size, o.hidden_size, o.batch, o.rpc == "run" ? o.steps : 1,
       o.concurrency, o.rate, seconds, ok, requests_per_second, mean_ms, p50_ms, p90_ms, p99_ms, max_ms,
       absl::StrJoin(errs, ","));
 }

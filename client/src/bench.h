@@ -7,11 +7,12 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "lstmserve/client/client.h"
 
 namespace lstmserve::client {
 
 struct BenchOptions {
-  std::string target;
+  ClientOptions connection;       // target, TLS, token
   std::string rpc = "step";       // step | run | session
   std::string set_id;             // created from the template below when it does not exist
   int64_t layers = 2, input_size = 64, hidden_size = 64;

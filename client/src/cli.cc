@@ -19,6 +19,11 @@
 ABSL_FLAG(std::string, target, "localhost:50051", "server address (gRPC target)");
 ABSL_FLAG(bool, json, false, "print JSON instead of readable text");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(60), "deadline of each call");
+ABSL_FLAG(std::string, tls_ca_file, "", "TLS: trust server certificates signed by this CA (PEM); turns TLS on");
+ABSL_FLAG(std::string, tls_cert_file, "", "mutual TLS: this client's certificate (PEM), with --tls_key_file");
+ABSL_FLAG(std::string, tls_key_file, "", "mutual TLS: this client's private key (PEM)");
+ABSL_FLAG(std::string, tls_server_name, "", "TLS: the name to check the server's certificate against");
+ABSL_FLAG(std::string, token_file, "", "a file whose first line is the bearer token to send");
 ABSL_FLAG(std::string, id, "", "parameter set id (create/import: empty lets the server choose)");
 ABSL_FLAG(std::string, spec, "", "create: a ParameterSetSpec as JSON (overrides the template flags)");
 ABSL_FLAG(int64_t, layers, 2, "create: LSTM template layers");
@@ -174,6 +179,13 @@ int Main(const std::string& command) {
   lstmserve::client::ClientOptions options;
   options.target = absl::GetFlag(FLAGS_target);
   options.timeout = absl::GetFlag(FLAGS_timeout);
+  options.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
+  if (absl::Status loaded = lstmserve::client::LoadClientSecurity(
+          absl::GetFlag(FLAGS_tls_ca_file), absl::GetFlag(FLAGS_tls_cert_file), absl::GetFlag(FLAGS_tls_key_file),
+          absl::GetFlag(FLAGS_token_file), &options);
+      !loaded.ok()) {
+    core::UsageErrorExit(loaded.message());
+  }
   auto client = Client::Connect(options);
 
   if (command == "health") {
@@ -281,7 +293,7 @@ int Main(const std::string& command) {
   }
   if (command == "bench") {
     lstmserve::client::BenchOptions bench;
-    bench.target = options.target;
+    bench.connection = options;
     bench.rpc = absl::GetFlag(FLAGS_rpc);
     bench.set_id = RequireId();
     bench.layers = absl::GetFlag(FLAGS_layers);

@@ -8,6 +8,7 @@
 #include <torch/csrc/jit/serialization/pickle.h>
 
 #include "absl/strings/match.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "lstmserve/core/status.h"
@@ -74,12 +75,65 @@ std::unique_ptr<Client> Client::Connect(const ClientOptions& options) {
   return std::unique_ptr<Client>(new Client(options));
 }
 
-Client::Client(const ClientOptions& options) : options_(options) {
+namespace {
+
+absl::StatusOr<std::string> ReadText(const std::string& path, const char* flag) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read ", flag, " ", path));
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+}  // namespace
+
+absl::Status LoadClientSecurity(const std::string& ca_file, const std::string& cert_file,
+                                const std::string& key_file, const std::string& token_file,
+                                ClientOptions* options) {
+  if (cert_file.empty() != key_file.empty()) {
+    return absl::InvalidArgumentError("--tls_cert_file and --tls_key_file go together");
+  }
+  if (!ca_file.empty()) {
+    options->tls = true;
+    LSTMSERVE_ASSIGN_OR_RETURN(options->tls_root_certs, ReadText(ca_file, "--tls_ca_file"));
+  }
+  if (!cert_file.empty()) {
+    options->tls = true;
+    LSTMSERVE_ASSIGN_OR_RETURN(options->tls_cert_chain, ReadText(cert_file, "--tls_cert_file"));
+    LSTMSERVE_ASSIGN_OR_RETURN(options->tls_private_key, ReadText(key_file, "--tls_key_file"));
+  }
+  if (!token_file.empty()) {
+    LSTMSERVE_ASSIGN_OR_RETURN(std::string text, ReadText(token_file, "--token_file"));
+    options->bearer_token = std::string(absl::StripAsciiWhitespace(text.substr(0, text.find('\n'))));
+    if (options->bearer_token.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("--token_file ", token_file, " is empty"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel(const ClientOptions& options, int64_t max_message_bytes) {
   grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
-  args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  const int64_t limit = max_message_bytes > 0 ? max_message_bytes : options.max_message_bytes;
+  args.SetMaxReceiveMessageSize(static_cast<int>(limit));
+  args.SetMaxSendMessageSize(static_cast<int>(limit));
   if (!options.lb_policy.empty()) args.SetLoadBalancingPolicyName(options.lb_policy);
-  channel_ = grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (options.tls) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.tls_root_certs;
+    ssl.pem_cert_chain = options.tls_cert_chain;
+    ssl.pem_private_key = options.tls_private_key;
+    credentials = grpc::SslCredentials(ssl);
+    if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
+  }
+  return grpc::CreateCustomChannel(options.target, credentials, args);
+}
+
+void PrepareContext(const ClientOptions& options, grpc::ClientContext* context) {
+  if (!options.bearer_token.empty()) context->AddMetadata("authorization", "Bearer " + options.bearer_token);
+}
+
+Client::Client(const ClientOptions& options) : options_(options) {
+  channel_ = MakeChannel(options);
   parameters_ = v1::ParameterService::NewStub(channel_);
   inference_ = v1::InferenceService::NewStub(channel_);
 }
@@ -87,6 +141,7 @@ Client::Client(const ClientOptions& options) : options_(options) {
 std::unique_ptr<grpc::ClientContext> Client::NewContext() const {
   auto context = std::make_unique<grpc::ClientContext>();
   context->set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
+  PrepareContext(options_, context.get());
   return context;
 }
 
@@ -244,6 +299,7 @@ absl::StatusOr<std::unique_ptr<Session>> Client::OpenSession(const std::string& 
                                                              const core::LstmState& state, bool return_state) {
   std::unique_ptr<Session> session(new Session());
   session->context_ = std::make_unique<grpc::ClientContext>();  // sessions have no deadline
+  PrepareContext(options_, session->context_.get());
   session->stream_ = inference_->Session(session->context_.get());
   v1::SessionRequest start;
   start.mutable_start()->set_parameter_set_id(id);

@@ -229,6 +229,7 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Step(grpc::CallbackServerContext
                                                      const v1::StepRequest* request, v1::StepResponse* response) {
   RpcLog log(context, "Step", request->parameter_set_id());
   absl::StatusOr<BatchJob> job = [&]() -> absl::StatusOr<BatchJob> {
+    LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
     LSTMSERVE_ASSIGN_OR_RETURN(auto entry, LstmSet(ctx_, request->parameter_set_id()));
     if (!request->has_x()) return absl::InvalidArgumentError("x is not set");
     LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor x, Input(ctx_, *entry, request->x(), "x"));
@@ -244,6 +245,7 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Run(grpc::CallbackServerContext*
                                                     const v1::RunRequest* request, v1::RunResponse* response) {
   RpcLog log(context, "Run", request->parameter_set_id());
   absl::StatusOr<BatchJob> job = [&]() -> absl::StatusOr<BatchJob> {
+    LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
     LSTMSERVE_ASSIGN_OR_RETURN(auto entry, LstmSet(ctx_, request->parameter_set_id()));
     if (!request->has_inputs()) return absl::InvalidArgumentError("inputs is not set");
     LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor inputs, Input(ctx_, *entry, request->inputs(), "inputs"));
@@ -259,6 +261,9 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Run(grpc::CallbackServerContext*
 grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* InferenceServiceImpl::Session(
     grpc::CallbackServerContext* context) {
   RpcLog log(context, "Session", "");
+  if (absl::Status denied = Authorize(ctx_, context); !denied.ok()) {
+    return FailedBidi<v1::SessionRequest, v1::SessionResponse>(log.Done(denied));
+  }
   return new SessionReactor(context, ctx_, std::move(log));
 }
 

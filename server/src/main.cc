@@ -44,6 +44,13 @@ ABSL_FLAG(int64_t, max_tensors_per_set, kDefaults.max_tensors_per_set, "most ten
 ABSL_FLAG(absl::Duration, drain_timeout, kDefaults.drain_timeout,
           "on SIGTERM/SIGINT, how long calls in flight may take to finish (e.g. 10s)");
 ABSL_FLAG(bool, reflection, kDefaults.reflection, "serve gRPC server reflection");
+ABSL_FLAG(std::string, tls_cert_file, "", "TLS: the server's certificate chain (PEM); with --tls_key_file");
+ABSL_FLAG(std::string, tls_key_file, "", "TLS: the server's private key (PEM)");
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "mutual TLS: clients must present a certificate signed by this CA (PEM)");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "bearer tokens, one per line (16+ characters): every call except health must send "
+          "'authorization: Bearer TOKEN'");
 
 int main(int argc, char** argv) {
   // By default libgomp's threads spin for a long time after each parallel region and, on a
@@ -85,6 +92,10 @@ int main(int argc, char** argv) {
   options.max_tensors_per_set = absl::GetFlag(FLAGS_max_tensors_per_set);
   options.drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
   options.reflection = absl::GetFlag(FLAGS_reflection);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
   if (absl::Status valid = options.Validate(); !valid.ok()) {
     lstmserve::core::UsageErrorExit(valid.message());
   }

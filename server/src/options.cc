@@ -53,6 +53,12 @@ absl::Status ServerOptions::Validate() const {
     return absl::InvalidArgumentError("--max_total_set_bytes must be >= --max_set_bytes");
   }
   if (max_tensors_per_set < 1) return absl::InvalidArgumentError("--max_tensors_per_set must be >= 1");
+  if (tls_cert_file.empty() != tls_key_file.empty()) {
+    return absl::InvalidArgumentError("--tls_cert_file and --tls_key_file go together");
+  }
+  if (!tls_client_ca_file.empty() && tls_cert_file.empty()) {
+    return absl::InvalidArgumentError("--tls_client_ca_file (mutual TLS) needs --tls_cert_file and --tls_key_file");
+  }
   if (drain_timeout < absl::ZeroDuration()) return absl::InvalidArgumentError("--drain_timeout must be >= 0");
   return absl::OkStatus();
 }

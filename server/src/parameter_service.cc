@@ -265,6 +265,9 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::CreateParameterSet(grpc::Callbac
                                                                    const v1::CreateParameterSetRequest* request,
                                                                    v1::CreateParameterSetResponse* response) {
   RpcLog log(context, "CreateParameterSet", request->parameter_set_id());
+  if (absl::Status denied = Authorize(ctx_, context); !denied.ok()) {
+    return FinishUnary(context, log, [&] { return denied; });
+  }
   return FinishUnaryOnPool(context, ctx_->compute, std::move(log), [this, request, response]() -> absl::Status {
     if (!request->has_spec()) return absl::InvalidArgumentError("spec is not set");
     LSTMSERVE_ASSIGN_OR_RETURN(std::string id, IdOrNew(request->parameter_set_id()));
@@ -290,6 +293,7 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::GetParameterSet(grpc::CallbackSe
                                                                 v1::GetParameterSetResponse* response) {
   RpcLog log(context, "GetParameterSet", request->parameter_set_id());
   return FinishUnary(context, log, [&]() -> absl::Status {
+    LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
     LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->registry->Get(request->parameter_set_id()));
     EntryToProto(*entry, response->mutable_parameter_set());
     if (request->include_tensors()) {
@@ -314,6 +318,7 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::ListParameterSets(grpc::Callback
                                                                   v1::ListParameterSetsResponse* response) {
   RpcLog log(context, "ListParameterSets", "");
   return FinishUnary(context, log, [&]() -> absl::Status {
+    LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
     if (request->page_size() < 0 || request->page_size() > kMaxPageSize) {
       return absl::InvalidArgumentError(absl::StrCat("page_size is ", request->page_size(), "; expected 0 to ",
                                                      kMaxPageSize, " (0 means ", kDefaultPageSize, ")"));
@@ -341,6 +346,7 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::DeleteParameterSet(grpc::Callbac
                                                                    v1::DeleteParameterSetResponse* /*response*/) {
   RpcLog log(context, "DeleteParameterSet", request->parameter_set_id());
   return FinishUnary(context, log, [&]() -> absl::Status {
+    LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
     return ctx_->registry->Delete(request->parameter_set_id());
   });
 }
@@ -348,8 +354,8 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::DeleteParameterSet(grpc::Callbac
 grpc::ServerWriteReactor<v1::ExportParameterSetResponse>* ParameterServiceImpl::ExportParameterSet(
     grpc::CallbackServerContext* context, const v1::ExportParameterSetRequest* request) {
   RpcLog log(context, "ExportParameterSet", request->parameter_set_id());
-  absl::Status status;
-  if (request->chunk_bytes() < 0 || request->chunk_bytes() > kMaxChunkBytes) {
+  absl::Status status = Authorize(ctx_, context);
+  if (status.ok() && (request->chunk_bytes() < 0 || request->chunk_bytes() > kMaxChunkBytes)) {
     status = absl::InvalidArgumentError(absl::StrCat("chunk_bytes is ", request->chunk_bytes(), "; expected 0 to ",
                                                      kMaxChunkBytes, " (0 means ", kDefaultChunkBytes, ")"));
   }
@@ -363,6 +369,9 @@ grpc::ServerWriteReactor<v1::ExportParameterSetResponse>* ParameterServiceImpl::
 grpc::ServerReadReactor<v1::ImportParameterSetRequest>* ParameterServiceImpl::ImportParameterSet(
     grpc::CallbackServerContext* context, v1::ImportParameterSetResponse* response) {
   RpcLog log(context, "ImportParameterSet", "");
+  if (absl::Status denied = Authorize(ctx_, context); !denied.ok()) {
+    return FailedReader<v1::ImportParameterSetRequest>(log.Done(denied));
+  }
   return new ImportReactor(ctx_, response, std::move(log));
 }
 

@@ -74,5 +74,28 @@ grpc::ServerWriteReactor<Response>* FailedWriter(grpc::Status status) {
   };
   return new Failed(std::move(status));
 }
+template <typename Request>
+grpc::ServerReadReactor<Request>* FailedReader(grpc::Status status) {
+  class Failed final : public grpc::ServerReadReactor<Request> {
+   public:
+    explicit Failed(grpc::Status s) { this->Finish(std::move(s)); }
+    void OnDone() override { delete this; }
+  };
+  return new Failed(std::move(status));
+}
+template <typename Request, typename Response>
+grpc::ServerBidiReactor<Request, Response>* FailedBidi(grpc::Status status) {
+  class Failed final : public grpc::ServerBidiReactor<Request, Response> {
+   public:
+    explicit Failed(grpc::Status s) { this->Finish(std::move(s)); }
+    void OnDone() override { delete this; }
+  };
+  return new Failed(std::move(status));
+}
+
+// UNAUTHENTICATED unless the call carries a valid bearer token, when the server has tokens.
+inline absl::Status Authorize(const ServiceContext* ctx, const grpc::CallbackServerContext* context) {
+  return ctx->auth == nullptr ? absl::OkStatus() : ctx->auth->Check(*context);
+}
 
 }  // namespace lstmserve::server

@@ -43,7 +43,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   LSTMSERVE_ASSIGN_OR_RETURN(c10::Device device, core::ResolveDevice(options.device));
   const int threads = core::SetIntraOpThreads(options.intra_op_threads);
   LogInfo(absl::StrCat("lstmserve starting: device=", core::DeviceName(device), " threads=", threads,
-                       " store_dir=", options.store_dir));
+                       " store_dir=", options.store_dir, " transport=",
+                       options.tls_cert_file.empty() ? "plaintext"
+                       : options.tls_client_ca_file.empty() ? "tls" : "mutual-tls",
+                       " auth=", options.auth_tokens_file.empty() ? "none" : "bearer-token"));
 
   BuildInfo build;
   build.version = LSTMSERVE_VERSION;
@@ -75,6 +78,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   server->context_->compute = server->compute_.get();
   server->context_->batcher = server->batcher_.get();
   server->context_->sessions = server->sessions_.get();
+  if (!options.auth_tokens_file.empty()) {
+    LSTMSERVE_ASSIGN_OR_RETURN(server->auth_, TokenAuthenticator::FromFile(options.auth_tokens_file));
+    server->context_->auth = server->auth_.get();
+  }
+  TlsFiles tls;
+  tls.cert_file = options.tls_cert_file;
+  tls.key_file = options.tls_key_file;
+  tls.client_ca_file = options.tls_client_ca_file;
+  LSTMSERVE_ASSIGN_OR_RETURN(auto credentials, MakeServerCredentials(tls));
   server->context_->options = options;
   server->context_->create_limits.max_set_bytes = options.max_set_bytes;
   server->context_->create_limits.max_tensors = options.max_tensors_per_set;
@@ -117,7 +129,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     builder.SetOption(std::make_unique<WithoutReflection>());
   }
   int port = 0;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(options.listen, credentials, &port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   builder.RegisterService(server->parameter_service_.get());

@@ -50,7 +50,7 @@ def _states(request, c, h):
 class Session:
     """A server-side stateful session (InferenceService.Session): one x in, top-layer h out."""
 
-    def __init__(self, stub, set_id, batch_size, c=None, h=None, return_state=False):
+    def __init__(self, stub, set_id, batch_size, c=None, h=None, return_state=False, metadata=None):
         start = inference_pb2.SessionRequest()
         start.start.parameter_set_id = set_id
         start.start.batch_size = batch_size
@@ -58,7 +58,7 @@ class Session:
         _states(start.start, c, h)
         self._queue = queue.Queue()  # requests; None ends the stream
         self._queue.put(start)
-        self._responses = stub.Session(iter(self._queue.get, None))
+        self._responses = stub.Session(iter(self._queue.get, None), metadata=metadata)
 
     def step(self, x):
         """Returns the top layer's new h, or (h, c_list, h_list) with return_state."""
@@ -81,13 +81,24 @@ class Client:
     """Thread-safe; one channel for every call."""
 
     def __init__(self, target="localhost:50051", timeout=60.0, max_message_bytes=64 << 20,
-                 lb_policy="round_robin"):
+                 lb_policy="round_robin", tls=False, root_certificates=None, private_key=None,
+                 certificate_chain=None, server_name=None, token=None):
+        """`tls` (or any PEM bytes given) uses TLS: `root_certificates` to trust (default: the
+        system's), `private_key` and `certificate_chain` for mutual TLS, `server_name` to check
+        the certificate against. `token` is sent as "authorization: Bearer <token>"."""
         # round_robin spreads calls over every address the target resolves to, e.g.
         # "dns:///lstmserve-headless.NAMESPACE.svc.cluster.local:50051".
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.lb_policy_name", lb_policy)]
-        self._channel = grpc.insecure_channel(target, options=options)
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        if tls or root_certificates or private_key or certificate_chain:
+            credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        self._metadata = [("authorization", f"Bearer {token}")] if token else None
         self._timeout = timeout
         self._parameters = parameter_grpc.ParameterServiceStub(self._channel)
         self._inference = inference_grpc.InferenceServiceStub(self._channel)
@@ -100,13 +111,13 @@ class Client:
 
     def health(self):
         """grpc.health.v1 status: "SERVING", "NOT_SERVING", ..."""
-        raw = self._health(b"", timeout=self._timeout)  # HealthCheckRequest{} is empty
+        raw = self._health(b"", timeout=self._timeout, metadata=self._metadata)  # HealthCheckRequest{} is empty
         return _HEALTH.get(raw[1] if len(raw) >= 2 and raw[0] == 0x08 else 0, "UNKNOWN")
 
     def create(self, spec, id=""):
         """Creates a set from a lstmserve.v1.ParameterSetSpec; returns its ParameterSet."""
         request = parameter_pb2.CreateParameterSetRequest(parameter_set_id=id, spec=spec)
-        return self._parameters.CreateParameterSet(request, timeout=self._timeout).parameter_set
+        return self._parameters.CreateParameterSet(request, timeout=self._timeout, metadata=self._metadata).parameter_set
 
     def create_lstm(self, num_layers, input_size, hidden_size, seed=0, bias=False, fan_convention="torch",
                     id="", weight_initializer=None):
@@ -124,13 +135,13 @@ class Client:
 
     def get(self, id):
         return self._parameters.GetParameterSet(parameter_pb2.GetParameterSetRequest(parameter_set_id=id),
-                                                timeout=self._timeout).parameter_set
+                                                timeout=self._timeout, metadata=self._metadata).parameter_set
 
     def list(self, page_size=100):
         out, token = [], ""
         while True:
             response = self._parameters.ListParameterSets(
-                parameter_pb2.ListParameterSetsRequest(page_size=page_size, page_token=token), timeout=self._timeout)
+                parameter_pb2.ListParameterSetsRequest(page_size=page_size, page_token=token), timeout=self._timeout, metadata=self._metadata)
             out.extend(response.parameter_sets)
             token = response.next_page_token
             if not token:
@@ -138,13 +149,13 @@ class Client:
 
     def delete(self, id):
         self._parameters.DeleteParameterSet(parameter_pb2.DeleteParameterSetRequest(parameter_set_id=id),
-                                            timeout=self._timeout)
+                                            timeout=self._timeout, metadata=self._metadata)
 
     def export(self, id):
         """The set's tensors, in draw order, as {name: torch.Tensor}."""
         meta, buffers = None, []
         for message in self._parameters.ExportParameterSet(
-                parameter_pb2.ExportParameterSetRequest(parameter_set_id=id), timeout=self._timeout):
+                parameter_pb2.ExportParameterSetRequest(parameter_set_id=id), timeout=self._timeout, metadata=self._metadata):
             if message.HasField("parameter_set"):
                 meta = message.parameter_set
                 buffers = [bytearray() for _ in meta.tensors]
@@ -175,14 +186,14 @@ class Client:
                     chunk.chunk.offset = offset
                     chunk.chunk.data = wire.data[offset:offset + chunk_bytes]
                     yield chunk
-        return self._parameters.ImportParameterSet(messages(), timeout=self._timeout).parameter_set
+        return self._parameters.ImportParameterSet(messages(), timeout=self._timeout, metadata=self._metadata).parameter_set
 
     def step(self, id, x, c=None, h=None):
         """One step: returns (c_list, h_list), one [B, H] tensor per layer."""
         request = inference_pb2.StepRequest(parameter_set_id=id)
         to_wire(x, request.x)
         _states(request, c, h)
-        response = self._inference.Step(request, timeout=self._timeout)
+        response = self._inference.Step(request, timeout=self._timeout, metadata=self._metadata)
         return [from_wire(t) for t in response.c], [from_wire(t) for t in response.h]
 
     def run(self, id, inputs, c=None, h=None, final_state_only=False):
@@ -190,9 +201,9 @@ class Client:
         request = inference_pb2.RunRequest(parameter_set_id=id, final_state_only=final_state_only)
         to_wire(inputs, request.inputs)
         _states(request, c, h)
-        response = self._inference.Run(request, timeout=self._timeout)
+        response = self._inference.Run(request, timeout=self._timeout, metadata=self._metadata)
         outputs = from_wire(response.outputs) if response.HasField("outputs") else None
         return outputs, [from_wire(t) for t in response.c], [from_wire(t) for t in response.h]
 
     def session(self, id, batch_size, c=None, h=None, return_state=False):
-        return Session(self._inference, id, batch_size, c, h, return_state)
+        return Session(self._inference, id, batch_size, c, h, return_state, metadata=self._metadata)

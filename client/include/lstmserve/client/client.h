@@ -24,7 +24,26 @@ struct ClientOptions {
   // Spreads calls over every address the target resolves to (a headless Service's pods);
   // with one address it is the same as "pick_first".
   std::string lb_policy = "round_robin";
+  // TLS (PEM text; LoadClientSecurity reads it from files). Off unless `tls` is set.
+  bool tls = false;
+  std::string tls_root_certs;   // CAs to trust; empty: the system's roots
+  std::string tls_cert_chain;   // client certificate, for mutual TLS
+  std::string tls_private_key;  // its key
+  std::string tls_server_name;  // name to check the server's certificate against, if not the target's host
+  // Sent as "authorization: Bearer <token>" with every call (empty: none).
+  std::string bearer_token;
 };
+
+// Fills the TLS and token fields from files (the CLI's flags): `ca_file` turns TLS on;
+// `cert_file` and `key_file` (both or neither) add a client certificate; `token_file`
+// holds the token on its first line. INVALID_ARGUMENT naming an unreadable file.
+absl::Status LoadClientSecurity(const std::string& ca_file, const std::string& cert_file,
+                                const std::string& key_file, const std::string& token_file,
+                                ClientOptions* options);
+// A channel with the options' target, message limits, balancing and credentials.
+std::shared_ptr<grpc::Channel> MakeChannel(const ClientOptions& options, int64_t max_message_bytes = 0);
+// Adds what every call carries (the bearer token) to a context.
+void PrepareContext(const ClientOptions& options, grpc::ClientContext* context);
 
 // A stateful inference session (InferenceService.Session). Not thread-safe.
 class Session {

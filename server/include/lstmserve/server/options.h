@@ -45,6 +45,13 @@ struct ServerOptions {
   absl::Duration drain_timeout = absl::Seconds(10);
   // Whether to serve gRPC server reflection.
   bool reflection = true;
+  // TLS: the server's certificate chain and key (PEM); both or neither. With a client CA,
+  // mutual TLS: every client must present a certificate that CA signed.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_client_ca_file;
+  // Bearer tokens, one per line: every call but health must carry one.
+  std::string auth_tokens_file;
 
   // INVALID_ARGUMENT naming the first bad option.
   absl::Status Validate() const;

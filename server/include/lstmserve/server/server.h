@@ -42,6 +42,7 @@ class Server {
   // destructor stops their HTTP endpoint first, as its scrapes read the others).
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<SetRegistry> registry_;
+  std::unique_ptr<TokenAuthenticator> auth_;
   std::unique_ptr<ServiceContext> context_;
   std::unique_ptr<ComputePool> compute_;
   std::unique_ptr<Batcher> batcher_;

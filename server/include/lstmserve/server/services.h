@@ -6,6 +6,7 @@
 #include "lstmserve/server/compute_pool.h"
 #include "lstmserve/server/session_tracker.h"
 #include "lstmserve/server/options.h"
+#include "lstmserve/server/security.h"
 #include "lstmserve/server/set_registry.h"
 #include "lstmserve/v1/inference_service.grpc.pb.h"
 #include "lstmserve/v1/parameter_service.grpc.pb.h"
@@ -18,6 +19,7 @@ struct ServiceContext {
   ComputePool* compute = nullptr;  // runs Create (set initialization)
   Batcher* batcher = nullptr;      // runs Step, Run and Session steps
   SessionTracker* sessions = nullptr;
+  const TokenAuthenticator* auth = nullptr;  // null: no token needed
   ServerOptions options;
   core::CreateLimits create_limits;
 };

@@ -1,0 +1,43 @@
+// Transport security and authentication of the server: TLS or mutual TLS credentials from
+// PEM files, and bearer tokens read from a file.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace lstmserve::server {
+
+struct TlsFiles {
+  std::string cert_file;       // the server's certificate chain (PEM); empty: no TLS
+  std::string key_file;        // its private key (PEM)
+  std::string client_ca_file;  // when set: mutual TLS, clients must present a certificate it signed
+};
+
+// Insecure credentials when `files.cert_file` is empty; else TLS, or mutual TLS with a
+// client CA. INVALID_ARGUMENT naming a file that cannot be read or is not PEM.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const TlsFiles& files);
+
+// Bearer tokens: a call must carry the metadata "authorization: Bearer <token>" with one of
+// the tokens. Tokens are kept as SHA-256 digests and compared in constant time (every
+// digest, every byte), so neither the time taken nor memory reveals them. Thread-safe.
+class TokenAuthenticator {
+ public:
+  // Reads one token per line (blank lines and lines starting with '#' skipped; at least
+  // 16 characters each). INVALID_ARGUMENT for an unreadable file, no token, a short one.
+  static absl::StatusOr<std::unique_ptr<TokenAuthenticator>> FromFile(const std::string& path);
+
+  // OK, or UNAUTHENTICATED saying what is wrong (never echoing the token).
+  absl::Status Check(const grpc::ServerContextBase& context) const;
+  size_t size() const { return digests_.size(); }
+
+ private:
+  std::vector<std::string> digests_;  // 32 bytes each
+};
+
+}  // namespace lstmserve::server

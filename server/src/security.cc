@@ -1,0 +1,97 @@
+#include "lstmserve/server/security.h"
+
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
+#include <fstream>
+#include <iterator>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+
+namespace lstmserve::server {
+namespace {
+
+absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read ", what, " ", path));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!absl::StrContains(text, "-----BEGIN ")) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " ", path, " is not PEM (no -----BEGIN line)"));
+  }
+  return text;
+}
+
+std::string Sha256(absl::string_view text) {
+  std::string digest(SHA256_DIGEST_LENGTH, '\0');
+  SHA256(reinterpret_cast<const unsigned char*>(text.data()), text.size(),
+         reinterpret_cast<unsigned char*>(digest.data()));
+  return digest;
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const TlsFiles& files) {
+  if (files.cert_file.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions options;
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  auto cert = ReadPem(files.cert_file, "--tls_cert_file");
+  if (!cert.ok()) return cert.status();
+  auto key = ReadPem(files.key_file, "--tls_key_file");
+  if (!key.ok()) return key.status();
+  pair.cert_chain = *std::move(cert);
+  pair.private_key = *std::move(key);
+  options.pem_key_cert_pairs.push_back(std::move(pair));
+  if (!files.client_ca_file.empty()) {
+    auto ca = ReadPem(files.client_ca_file, "--tls_client_ca_file");
+    if (!ca.ok()) return ca.status();
+    options.pem_root_certs = *std::move(ca);
+    options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(options);
+}
+
+absl::StatusOr<std::unique_ptr<TokenAuthenticator>> TokenAuthenticator::FromFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read --auth_tokens_file ", path));
+  auto auth = std::unique_ptr<TokenAuthenticator>(new TokenAuthenticator());
+  int line_number = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++line_number;
+    absl::string_view token = absl::StripAsciiWhitespace(line);
+    if (token.empty() || token.front() == '#') continue;
+    if (token.size() < 16) {
+      return absl::InvalidArgumentError(absl::StrCat("--auth_tokens_file ", path, " line ", line_number,
+                                                     ": tokens must have at least 16 characters"));
+    }
+    auth->digests_.push_back(Sha256(token));
+  }
+  if (auth->digests_.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("--auth_tokens_file ", path, " holds no token"));
+  }
+  return auth;
+}
+
+absl::Status TokenAuthenticator::Check(const grpc::ServerContextBase& context) const {
+  const auto& metadata = context.client_metadata();
+  const auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    return absl::UnauthenticatedError("this server needs a bearer token: send metadata 'authorization: Bearer TOKEN'");
+  }
+  absl::string_view value(it->second.data(), it->second.size());
+  if (!absl::ConsumePrefix(&value, "Bearer ")) {
+    return absl::UnauthenticatedError("the authorization metadata must be 'Bearer TOKEN'");
+  }
+  const std::string digest = Sha256(absl::StripAsciiWhitespace(value));
+  int matches = 0;
+  for (const auto& known : digests_) {  // no early exit
+    matches |= CRYPTO_memcmp(known.data(), digest.data(), digest.size()) == 0 ? 1 : 0;
+  }
+  if (matches == 0) return absl::UnauthenticatedError("the bearer token is not valid");
+  return absl::OkStatus();
+}
+
+}  // namespace lstmserve::server
