@@ -4,7 +4,8 @@
 # only runs `dpkg-query` and exits in well under a second.
 #
 # Usage: deploy/install-deps.sh [build|compile|runtime|image]
-#   build   (default) compile, plus the test and benchmark tools (Python, Prometheus, buf)
+#   build   (default) compile, plus the test and benchmark tools (Python, Prometheus, clang
+#           for the fuzzers, buf)
 #   compile what building the server and CLI alone needs (the image's build stage)
 #   runtime only the shared libraries the server needs to run (for slim images)
 #   image   the tools deploy/image-test.sh uses: buildah, podman, debootstrap
@@ -28,6 +29,7 @@ build_pkgs=(
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 python3-torch python3-numpy python3-grpcio python3-protobuf python3-yaml
   prometheus openssl
+  clang libclang-rt-14-dev
 )
 image_pkgs=(buildah podman debootstrap curl iproute2)
 # Tools from npm (build profile only), installed under $LSTMSERVE_TOOLS.

@@ -1,7 +1,21 @@
 #!/usr/bin/env bash
-# The README's test command: installs what is missing, builds, runs every test (ctest).
+# The README's test command: installs what is missing, builds, and runs
+#   1. every test (ctest) on the Release build;
+#   2. every test again under AddressSanitizer and UndefinedBehaviorSanitizer (the `asan`
+#      CMake preset, build-asan/);
+#   3. each libFuzzer harness for about a minute (tests/fuzz/run.sh, build-fuzz/).
+# Usage: deploy/test.sh [--quick]     (--quick: step 1 only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+quick=false
+[[ "${1:-}" == "--quick" ]] && quick=true
 deploy/install-deps.sh
 deploy/build.sh build
 ctest --test-dir build --output-on-failure --parallel "$(nproc)"
+$quick && exit 0
+echo "test: the suite under ASan + UBSan"
+cmake --preset asan >/dev/null
+cmake --build --preset asan
+ctest --preset asan --parallel "$(nproc)"
+echo "test: fuzzers, 60 s each"
+tests/fuzz/run.sh 60

@@ -1,5 +1,9 @@
 #include "server_process.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -70,6 +74,43 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::s
   }
   close(out[0]);
   return absl::DeadlineExceededError(absl::StrCat("lstmserve did not print 'listening on'; it printed: ", buffer));
+}
+
+absl::StatusOr<std::string> ServerProcess::ScrapeMetrics() const {
+  std::string host;
+  const auto colon = metrics_address_.rfind(':');
+  if (colon == std::string::npos) return absl::FailedPreconditionError("no metrics address");
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(std::stoi(metrics_address_.substr(colon + 1))));
+  if (inet_pton(AF_INET, metrics_address_.substr(0, colon).c_str(), &addr.sin_addr) != 1) {
+    return absl::InvalidArgumentError("metrics address is not IPv4");
+  }
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    if (fd >= 0) close(fd);
+    return absl::UnavailableError("cannot connect to the metrics endpoint");
+  }
+  const std::string request = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
+  (void)!write(fd, request.data(), request.size());
+  std::string response;
+  char chunk[4096];
+  for (ssize_t n; (n = read(fd, chunk, sizeof(chunk))) > 0;) response.append(chunk, static_cast<size_t>(n));
+  close(fd);
+  const auto body = response.find("\r\n\r\n");
+  if (body == std::string::npos) return absl::DataLossError("no HTTP body");
+  return response.substr(body + 4);
+}
+
+double ServerProcess::MetricValue(const std::string& scrape, const std::string& series) {
+  size_t at = 0;
+  while ((at = scrape.find(series, at)) != std::string::npos) {
+    const bool line_start = at == 0 || scrape[at - 1] == '\n';
+    const size_t after = at + series.size();
+    if (line_start && after < scrape.size() && scrape[after] == ' ') return std::stod(scrape.substr(after + 1));
+    at = after;
+  }
+  return -1;
 }
 
 std::string ServerProcess::Log() const {

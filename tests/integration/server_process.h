@@ -21,6 +21,11 @@ class ServerProcess {
   const std::string& address() const { return address_; }
   // "HOST:PORT" of /metrics (empty if the flags turned it off).
   const std::string& metrics_address() const { return metrics_address_; }
+  // GET /metrics (HTTP/1.0 over a plain socket): the exposition text.
+  absl::StatusOr<std::string> ScrapeMetrics() const;
+  // The value of one series in a scrape, e.g. "lstmserve_batch_queue_wait_seconds_count";
+  // -1 when absent.
+  static double MetricValue(const std::string& scrape, const std::string& series);
   // The server's log (its stderr), kept in the store folder.
   std::string Log() const;
   pid_t pid() const { return pid_; }

@@ -4,6 +4,8 @@
 #include <signal.h>
 
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <future>
 #include <thread>
@@ -12,6 +14,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "lstmserve/client/client.h"
 #include "lstmserve/wire/conversions.h"
@@ -300,13 +303,48 @@ TEST_F(ServiceTest, BadInputGetsTheRightCodeAndAUsefulMessage) {
       {"run without inputs", [&] { return run([](auto& r) { r.clear_inputs(); }); }, grpc::INVALID_ARGUMENT, "inputs is not set"},
       {"run infinite input", [&] { return run([](auto& r) { auto x = at::zeros({3, 2, 4}); x[2][1][3] = INFINITY; wire::TensorToProto(x, r.mutable_inputs()); }); }, grpc::INVALID_ARGUMENT, "NaN or infinity"},
       {"run rank 9", [&] { return run([](auto& r) { r.mutable_inputs()->clear_shape(); for (int i = 0; i < 9; ++i) r.mutable_inputs()->add_shape(1); }); }, grpc::INVALID_ARGUMENT, "rank 9"},
+      {"run huge T", [&] { return run([](auto& r) { r.mutable_inputs()->set_shape(0, int64_t{1} << 50); }); }, grpc::INVALID_ARGUMENT, "exceeds the limit"},
+      {"run negative T", [&] { return run([](auto& r) { r.mutable_inputs()->set_shape(0, -3); }); }, grpc::INVALID_ARGUMENT, "sizes must be >= 1"},
+      {"run wrong dtype", [&] { return run([](auto& r) { r.mutable_inputs()->set_dtype(v1::DATA_TYPE_BFLOAT16); }); }, grpc::INVALID_ARGUMENT, "the parameter set is float32"},
+      {"run dtype out of range", [&] { return run([](auto& r) { r.mutable_inputs()->set_dtype(static_cast<v1::DataType>(77)); }); }, grpc::INVALID_ARGUMENT, "dtype"},
+      {"run unknown set", [&] { return run([](auto& r) { r.set_parameter_set_id("gone"); }); }, grpc::NOT_FOUND, "not found"},
+      {"run id ../x", [&] { return run([](auto& r) { r.set_parameter_set_id("../x"); }); }, grpc::INVALID_ARGUMENT, "parameter_set_id"},
+      {"step 3-D x", [&] { return step([](auto& r) { wire::TensorToProto(at::zeros({1, 2, 4}), r.mutable_x()); }); }, grpc::INVALID_ARGUMENT, "x must be 2-D"},
+      {"step 3 h for 2 layers", [&] { return step([](auto& r) { for (int l = 0; l < 3; ++l) wire::TensorToProto(at::zeros({2, 3}), r.add_h()); }); }, grpc::INVALID_ARGUMENT, "h has 3 tensors; the set has 2 layers"},
+      {"step state of wrong dtype", [&] { return step([](auto& r) { for (int l = 0; l < 2; ++l) { wire::TensorToProto(at::zeros({2, 3}), r.add_c()); wire::TensorToProto(at::zeros({2, 3}).to(at::kHalf), r.add_h()); } }); }, grpc::INVALID_ARGUMENT, "h[0]"},
+      {"step oversized message", [&] { return step([](auto& r) { wire::TensorToProto(at::zeros({2, 9'000'000}), r.mutable_x()); }); }, grpc::RESOURCE_EXHAUSTED, "larger than max"},
+      {"create id too long", [&] { return create([](auto& r) { r.set_parameter_set_id(std::string(64, 'a')); }); }, grpc::INVALID_ARGUMENT, "too long"},
+      {"create id with a slash", [&] { return create([](auto& r) { r.set_parameter_set_id("a/b"); }); }, grpc::INVALID_ARGUMENT, "parameter_set_id"},
+      {"create dtype out of range", [&] { return create([](auto& r) { r.mutable_spec()->set_dtype(static_cast<v1::DataType>(42)); }); }, grpc::INVALID_ARGUMENT, "dtype"},
+      {"create tensor of rank 0", [&] { return create([](auto& r) { r.mutable_spec()->clear_lstm(); r.mutable_spec()->mutable_tensor_list()->add_tensors()->set_name("scalar"); }); }, grpc::INVALID_ARGUMENT, "shape"},
+      {"create tensor name ../w", [&] { return create([](auto& r) { r.mutable_spec()->clear_lstm(); auto* x = r.mutable_spec()->mutable_tensor_list()->add_tensors(); x->set_name("../w"); x->add_shape(2); }); }, grpc::INVALID_ARGUMENT, "name"},
+      {"get id ../x", [&] { v1::GetParameterSetRequest r; r.set_parameter_set_id("../x"); v1::GetParameterSetResponse o; grpc::ClientContext c; return params->GetParameterSet(&c, r, &o); }, grpc::INVALID_ARGUMENT, "parameter_set_id"},
+      {"delete id ../../etc", [&] { v1::DeleteParameterSetRequest r; r.set_parameter_set_id("../../etc"); v1::DeleteParameterSetResponse o; grpc::ClientContext c; return params->DeleteParameterSet(&c, r, &o); }, grpc::INVALID_ARGUMENT, "parameter_set_id"},
+      {"list page too large", [&] { v1::ListParameterSetsRequest r; r.set_page_size(1 << 30); v1::ListParameterSetsResponse o; grpc::ClientContext c; return params->ListParameterSets(&c, r, &o); }, grpc::INVALID_ARGUMENT, "page_size"},
   };
-  for (const Case& c : cases) {
-    const grpc::Status status = c.call();
-    EXPECT_EQ(status.error_code(), c.code) << c.what << ": " << status.error_message();
-    EXPECT_NE(status.error_message().find(c.message_part), std::string::npos)
-        << c.what << ": expected '" << c.message_part << "' in '" << status.error_message() << "'";
-  }
+  const auto run_cases = [&] {
+    for (const Case& c : cases) {
+      const grpc::Status status = c.call();
+      EXPECT_EQ(status.error_code(), c.code) << c.what << ": " << status.error_message();
+      EXPECT_NE(status.error_message().find(c.message_part), std::string::npos)
+          << c.what << ": expected '" << c.message_part << "' in '" << status.error_message() << "'";
+    }
+  };
+  run_cases();
+  EXPECT_GE(cases.size(), 55u);
+  // The same bad input again and again: the server's memory stays where it was.
+  const auto rss = [&] {
+    std::ifstream status(absl::StrCat("/proc/", server_->pid(), "/status"));
+    for (std::string line; std::getline(status, line);) {
+      if (absl::StartsWith(line, "VmRSS:")) return std::stol(line.substr(6)) * 1024;
+    }
+    return 0L;
+  };
+  run_cases();  // warm-up: gRPC's and the allocator's pools
+  const long before = rss();
+  for (int round = 0; round < 20; ++round) run_cases();
+  const long after = rss();
+  EXPECT_LT(after, before + before / 20) << "resident memory " << before << " -> " << after << " bytes over 20 rounds";
   {  // export: unknown set, and a chunk size out of range
     v1::ExportParameterSetRequest r;
     r.set_parameter_set_id("nope");
@@ -345,6 +383,71 @@ TEST_F(ServiceTest, BadInputGetsTheRightCodeAndAUsefulMessage) {
   EXPECT_EQ(import({header, half}).error_code(), grpc::INVALID_ARGUMENT) << "stream ended halfway";
   EXPECT_EQ(import({header, overrun}).error_code(), grpc::INVALID_ARGUMENT) << "chunk overruns";
   EXPECT_EQ(client_->Get("broken-import").status().code(), absl::StatusCode::kNotFound) << "a broken import stored something";
+  {  // a client that goes away in the middle of an import: nothing is stored
+    grpc::ClientContext ctx;
+    v1::ImportParameterSetResponse resp;
+    auto writer = params->ImportParameterSet(&ctx, &resp);
+    writer->Write(header);
+    writer->Write(half);
+    ctx.TryCancel();
+    EXPECT_EQ(writer->Finish().error_code(), grpc::CANCELLED);
+  }
+  v1::ImportParameterSetRequest bad_id = header;
+  bad_id.mutable_header()->set_parameter_set_id("../escape");
+  v1::ImportParameterSetRequest full = half;
+  full.mutable_chunk()->set_data(std::string(16, '\0'));
+  EXPECT_EQ(import({bad_id, full}).error_code(), grpc::INVALID_ARGUMENT) << "import id ../escape";
+  v1::ImportParameterSetRequest bad_sum = header;
+  bad_sum.mutable_header()->set_checksum("sha256:0000");
+  const grpc::Status sum_status = import({bad_sum, full});
+  EXPECT_EQ(sum_status.error_code(), grpc::INVALID_ARGUMENT) << "import checksum mismatch";
+  EXPECT_NE(sum_status.error_message().find("nothing was stored"), std::string::npos) << sum_status.error_message();
+  v1::ImportParameterSetRequest twice = header;
+  *twice.mutable_header()->add_tensors() = twice.header().tensors(0);
+  EXPECT_EQ(import({twice}).error_code(), grpc::INVALID_ARGUMENT) << "import duplicate tensor names";
+  v1::ImportParameterSetRequest no_dtype = header;
+  no_dtype.mutable_header()->mutable_tensors(0)->set_dtype(v1::DATA_TYPE_UNSPECIFIED);
+  EXPECT_EQ(import({no_dtype}).error_code(), grpc::INVALID_ARGUMENT) << "import tensor without dtype";
+  EXPECT_EQ(client_->Get("broken-import").status().code(), absl::StatusCode::kNotFound) << "a broken import stored something";
+  EXPECT_FALSE(std::filesystem::exists(store_->path() + "/../escape.safetensors"));
+  {  // an export of a set deleted while it streams: the export completes with the whole set
+    ASSERT_TRUE(client_->Create(LstmSpec(2, 64, 64, 9), "doomed").ok());
+    auto expected = client_->Export("doomed");
+    ASSERT_TRUE(expected.ok());
+    v1::ExportParameterSetRequest r;
+    r.set_parameter_set_id("doomed");
+    r.set_chunk_bytes(4096);
+    grpc::ClientContext ctx;
+    auto reader = params->ExportParameterSet(&ctx, r);
+    v1::ExportParameterSetResponse m;
+    ASSERT_TRUE(reader->Read(&m));
+    ASSERT_TRUE(client_->Delete("doomed").ok());
+    int64_t bytes = 0;
+    while (reader->Read(&m)) bytes += static_cast<int64_t>(m.chunk().data().size());
+    EXPECT_TRUE(reader->Finish().ok());
+    EXPECT_GT(bytes, 0);
+    EXPECT_TRUE(absl::IsNotFound(client_->Get("doomed").status()));
+  }
+  {  // sessions beyond their limits
+    for (int64_t batch : {int64_t{0}, int64_t{-1}, int64_t{1} << 40}) {
+      grpc::ClientContext ctx;
+      auto stream = infer->Session(&ctx);
+      v1::SessionRequest start;
+      start.mutable_start()->set_parameter_set_id("bad-input-set");
+      start.mutable_start()->set_batch_size(batch);
+      stream->Write(start);
+      stream->WritesDone();
+      EXPECT_EQ(stream->Finish().error_code(), grpc::INVALID_ARGUMENT) << "session batch " << batch;
+    }
+    grpc::ClientContext ctx;
+    auto stream = infer->Session(&ctx);
+    v1::SessionRequest start;
+    start.mutable_start()->set_parameter_set_id("no-such-set");
+    start.mutable_start()->set_batch_size(1);
+    stream->Write(start);
+    stream->WritesDone();
+    EXPECT_EQ(stream->Finish().error_code(), grpc::NOT_FOUND);
+  }
   {  // session: a first message that is not start, then a step of the wrong batch
     grpc::ClientContext ctx;
     auto stream = infer->Session(&ctx);
@@ -433,8 +536,15 @@ TEST(ServiceLifecycleTest, ACallWhoseDeadlinePassesWhileQueuedGetsDeadlineExceed
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = Connect(**server);
   ASSERT_TRUE(client->Create(LstmSpec(2, 256, 256, 1), "slow").ok());
-  auto heavy = std::async(std::launch::async, [&] { return client->Run("slow", Randn({100, 64, 256}, 5), {}, true); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the heavy call holds the compute thread
+  auto heavy = std::async(std::launch::async, [&] { return client->Run("slow", Randn({200, 64, 256}, 5), {}, true); });
+  // Wait until the heavy call holds the compute thread: the batcher has taken it from the
+  // queue (its queue wait is observed when its batch starts).
+  for (int i = 0; i < 2000; ++i) {
+    auto scrape = (*server)->ScrapeMetrics();
+    ASSERT_TRUE(scrape.ok()) << scrape.status();
+    if (ServerProcess::MetricValue(*scrape, "lstmserve_batch_queue_wait_seconds_count") >= 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   auto stub = v1::InferenceService::NewStub(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
   v1::StepRequest request;
   request.set_parameter_set_id("slow");
