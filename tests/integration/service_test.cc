@@ -615,6 +615,48 @@ TEST(ScaleOutTest, TwoServersSharingAStoreServeEachOthersSetsAndSeeDeletes) {
   EXPECT_FALSE(at::equal(fresh_step->h.back(), step_a->h.back()));
 }
 
+TEST(OverloadTest, PastTheQueueLimitRequestsAreRefusedAtOnceAndTheMemoryBudgetHolds) {
+  TempDir store;
+  auto server = ServerProcess::Start(store.path(), {"--max_queued_requests=1", "--max_total_set_bytes=6000000",
+                                                    "--max_set_bytes=5000000"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = Connect(**server);
+  ASSERT_TRUE(client->Create(LstmSpec(2, 256, 256, 1), "busy").ok());  // 4 MiB (budget: 6 MB)
+  // One call computing, one waiting: the queue (1) is full.
+  auto computing = std::async(std::launch::async, [&] { return client->Run("busy", Randn({400, 64, 256}, 5), {}, true); });
+  for (int i = 0; i < 5000; ++i) {
+    auto scrape = (*server)->ScrapeMetrics();
+    ASSERT_TRUE(scrape.ok()) << scrape.status();
+    if (ServerProcess::MetricValue(*scrape, "lstmserve_batch_queue_wait_seconds_count") >= 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  auto waiting = std::async(std::launch::async, [&] { return client->Run("busy", Randn({2, 1, 256}, 6)); });
+  for (int i = 0; i < 5000; ++i) {
+    auto scrape = (*server)->ScrapeMetrics();
+    ASSERT_TRUE(scrape.ok());
+    if (ServerProcess::MetricValue(*scrape, "lstmserve_batch_queue_depth") >= 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  auto refused = client->Step("busy", at::zeros({1, 256}));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "--max_queued_requests")) << refused.status();
+  // Refused while the first call still computes: at once, not after waiting its turn.
+  EXPECT_EQ(computing.wait_for(std::chrono::seconds(0)), std::future_status::timeout)
+      << "the refusal came only after the computing call finished";
+  EXPECT_TRUE(computing.get().ok());
+  EXPECT_TRUE(waiting.get().ok());
+  auto scrape = (*server)->ScrapeMetrics();
+  ASSERT_TRUE(scrape.ok());
+  EXPECT_EQ(ServerProcess::MetricValue(*scrape, "lstmserve_batch_rejections_total{reason=\"queue_full\"}"), 1);
+
+  // The memory budget for sets: a second 4 MiB set does not fit until the first goes.
+  auto second = client->Create(LstmSpec(2, 256, 256, 2), "second");
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted) << second.status();
+  EXPECT_TRUE(absl::StrContains(second.status().message(), "--max_total_set_bytes")) << second.status();
+  ASSERT_TRUE(client->Delete("busy").ok());
+  EXPECT_TRUE(client->Create(LstmSpec(2, 256, 256, 2), "second").ok());
+}
+
 TEST(SessionLimitsTest, AtMostMaxSessionsAndIdleOnesAreCancelled) {
   TempDir store;
   auto server = ServerProcess::Start(store.path(), {"--max_sessions=2", "--session_idle_timeout=1s"});
