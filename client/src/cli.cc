@@ -5,12 +5,17 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <fstream>
+#include <map>
 #include <google/protobuf/util/json_util.h>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "analyze.h"
 #include "bench.h"
 #include "lstmserve/client/client.h"
 #include "lstmserve/core/command_line.h"
@@ -32,7 +37,20 @@ ABSL_FLAG(int64_t, hidden_size, 64, "create: LSTM template hidden size");
 ABSL_FLAG(bool, bias, false, "create: give each layer a bias");
 ABSL_FLAG(uint64_t, seed, 0, "create: seed of the set");
 ABSL_FLAG(std::string, fan_convention, "torch", "create: torch | matmul");
-ABSL_FLAG(std::string, weight_init, "", "create: weight Initializer as JSON, e.g. '{\"xavierUniform\":{}}'");
+ABSL_FLAG(std::string, weight_init, "",
+          "create/analyze: the weights' initializer: a short name (kaiming_normal, xavier_uniform:GAIN, "
+          "normal:STD, uniform:A:B, orthogonal, ...) or an Initializer as JSON, e.g. '{\"xavierUniform\":{}}'");
+ABSL_FLAG(int64_t, chain_layers, 0, "create/analyze: a chain of this many [--width, --width] weights instead of an LSTM");
+ABSL_FLAG(int64_t, width, 256, "create/analyze: the chain's width");
+ABSL_FLAG(std::string, activation, "relu", "analyze: the chain's activation: relu, leaky_relu, tanh, sigmoid, linear");
+ABSL_FLAG(uint64_t, probe_seed, 0, "analyze: seed of the N(0, 1) probe inputs");
+ABSL_FLAG(int64_t, samples, 0, "analyze: rows of the probe batch (0: the server's 256)");
+ABSL_FLAG(int64_t, analyze_steps, 0, "analyze: LSTM steps (0: the server's 20)");
+ABSL_FLAG(std::string, compare, "",
+          "analyze: comma-separated initializers to compare on the same architecture, e.g. "
+          "kaiming_normal,xavier_uniform,normal:1");
+ABSL_FLAG(std::string, plot, "", "analyze: write the per-layer variance, log scale, to this SVG file");
+ABSL_FLAG(bool, plot_gradients, true, "analyze: for chains, also plot the gradient variance (dashed)");
 ABSL_FLAG(std::string, out, "", "export/step/run: write tensors to this .safetensors or .pt file");
 ABSL_FLAG(std::string, in, "", "import: read tensors from this .safetensors or .pt file");
 ABSL_FLAG(std::string, input, "", "step/run: read the input (tensor 'x' or 'inputs', else the first) from a file");
@@ -66,6 +84,9 @@ constexpr char kUsage[] =
     "  import --in FILE [--id ID]      upload tensors (a trained set) from .safetensors or .pt\n"
     "  step --id ID [--input FILE | --batch B --input_seed S] [--out FILE]\n"
     "  run --id ID [--input FILE | --batch B --steps T --input_seed S] [--final_state_only] [--out FILE]\n"
+    "  analyze [--id ID | --spec JSON | template or --chain_layers N --width W] [--activation relu]\n"
+    "          [--compare init,init,...] [--plot FILE.svg] [--samples N --analyze_steps T --probe_seed S]\n"
+    "                                  per-layer variance diagnostics of a set or spec (no set is stored)\n"
     "  bench --id ID [--rpc step|run|session] [--concurrency N] [--duration 10s | --requests N] [--warmup 1s]\n"
     "        [--rate R] [--batch B] [--steps T]   load generator; creates the set from the template flags\n"
     "        (--layers --input_size --hidden_size) if it does not exist; reports requests/s, latency\n"
@@ -175,6 +196,124 @@ std::string RequireId() {
   return id;
 }
 
+// The spec of create and analyze: --spec JSON; or a chain of --chain_layers [--width,
+// --width] weights; or the LSTM template flags. --weight_init (JSON or a short name) sets
+// the weights' initializer.
+v1::ParameterSetSpec SpecFromFlags() {
+  v1::ParameterSetSpec spec;
+  if (!absl::GetFlag(FLAGS_spec).empty()) {
+    auto parsed = google::protobuf::util::JsonStringToMessage(absl::GetFlag(FLAGS_spec), &spec);
+    if (!parsed.ok()) core::UsageErrorExit(absl::StrCat("--spec is not a ParameterSetSpec: ", parsed.ToString()));
+    return spec;
+  }
+  v1::Initializer init;
+  const bool has_init = !absl::GetFlag(FLAGS_weight_init).empty();
+  if (has_init) {
+    auto parsed = lstmserve::client::ParseInitializer(absl::GetFlag(FLAGS_weight_init));
+    if (!parsed.ok()) core::UsageErrorExit(absl::StrCat("--weight_init: ", parsed.status().message()));
+    init = *parsed;
+  }
+  spec.set_seed(absl::GetFlag(FLAGS_seed));
+  const std::string convention = absl::GetFlag(FLAGS_fan_convention);
+  if (convention != "torch" && convention != "matmul") core::UsageErrorExit("--fan_convention is torch or matmul");
+  spec.set_fan_convention(convention == "torch" ? v1::FAN_CONVENTION_TORCH : v1::FAN_CONVENTION_MATMUL);
+  if (absl::GetFlag(FLAGS_chain_layers) > 0) {
+    for (int64_t l = 0; l < absl::GetFlag(FLAGS_chain_layers); ++l) {
+      auto* t = spec.mutable_tensor_list()->add_tensors();
+      t->set_name(absl::StrFormat("layer_%02d", l));
+      t->add_shape(absl::GetFlag(FLAGS_width));
+      t->add_shape(absl::GetFlag(FLAGS_width));
+      *t->mutable_initializer() = has_init ? init : lstmserve::client::ParseInitializer("kaiming_uniform").value();
+    }
+    return spec;
+  }
+  auto* lstm = spec.mutable_lstm();
+  lstm->set_num_layers(absl::GetFlag(FLAGS_layers));
+  lstm->set_input_size(absl::GetFlag(FLAGS_input_size));
+  lstm->set_hidden_size(absl::GetFlag(FLAGS_hidden_size));
+  lstm->set_bias(absl::GetFlag(FLAGS_bias));
+  if (has_init) *lstm->mutable_weight_initializer() = init;
+  return spec;
+}
+
+// The spec with every weight's initializer replaced (for --compare).
+v1::ParameterSetSpec WithWeightInit(v1::ParameterSetSpec spec, const v1::Initializer& init) {
+  if (spec.has_lstm()) *spec.mutable_lstm()->mutable_weight_initializer() = init;
+  if (spec.has_tensor_list()) {
+    for (auto& t : *spec.mutable_tensor_list()->mutable_tensors()) *t.mutable_initializer() = init;
+  }
+  return spec;
+}
+
+int Analyze(Client& client) {
+  v1::AnalyzeParameterSetRequest request;
+  request.set_probe_seed(absl::GetFlag(FLAGS_probe_seed));
+  request.set_samples(absl::GetFlag(FLAGS_samples));
+  request.set_steps(absl::GetFlag(FLAGS_analyze_steps));
+  const std::map<std::string, v1::ChainActivation> activations = {
+      {"relu", v1::CHAIN_ACTIVATION_RELU}, {"leaky_relu", v1::CHAIN_ACTIVATION_LEAKY_RELU},
+      {"tanh", v1::CHAIN_ACTIVATION_TANH}, {"sigmoid", v1::CHAIN_ACTIVATION_SIGMOID},
+      {"linear", v1::CHAIN_ACTIVATION_LINEAR}};
+  const auto activation = activations.find(absl::GetFlag(FLAGS_activation));
+  if (activation == activations.end()) core::UsageErrorExit("--activation is relu, leaky_relu, tanh, sigmoid or linear");
+  request.set_activation(activation->second);
+  // What to analyse: a stored set, or one spec per compared initializer.
+  std::vector<std::pair<std::string, v1::AnalyzeParameterSetRequest>> runs;
+  const std::string compare = absl::GetFlag(FLAGS_compare);
+  if (!absl::GetFlag(FLAGS_id).empty()) {
+    if (!compare.empty()) core::UsageErrorExit("--compare needs a spec (template flags or --spec), not --id");
+    request.set_parameter_set_id(absl::GetFlag(FLAGS_id));
+    runs.emplace_back(absl::GetFlag(FLAGS_id), request);
+  } else {
+    const v1::ParameterSetSpec spec = SpecFromFlags();
+    if (compare.empty()) {
+      *request.mutable_spec() = spec;
+      runs.emplace_back(absl::GetFlag(FLAGS_weight_init).empty() ? "spec" : absl::GetFlag(FLAGS_weight_init), request);
+    }
+    for (const std::string& name : std::vector<std::string>(absl::StrSplit(compare, ',', absl::SkipEmpty()))) {
+      auto init = lstmserve::client::ParseInitializer(name);
+      if (!init.ok()) core::UsageErrorExit(absl::StrCat("--compare: ", init.status().message()));
+      *request.mutable_spec() = WithWeightInit(spec, *init);
+      runs.emplace_back(name, request);
+    }
+  }
+  std::vector<lstmserve::client::PlotSeries> forward, backward;
+  bool lstm = false;
+  for (const auto& [name, r] : runs) {
+    auto result = client.Analyze(r);
+    if (!result.ok()) return Fail(result.status());
+    if (absl::GetFlag(FLAGS_json)) {
+      std::string json;
+      (void)google::protobuf::util::MessageToJsonString(*result, &json);
+      std::printf("{\"name\":\"%s\",\"analysis\":%s}\n", name.c_str(), json.c_str());
+    } else {
+      std::printf("%s\n", lstmserve::client::AnalysisTable(name, *result).c_str());
+    }
+    lstmserve::client::PlotSeries f{name, {}, false}, b{absl::StrCat(name, " (gradient)"), {}, true};
+    lstm = result->lstm_layers_size() > 0;
+    for (const auto& l : result->lstm_layers()) f.values.push_back(l.h_variance());
+    for (const auto& l : result->chain_layers()) {
+      f.values.push_back(l.forward_variance());
+      b.values.push_back(l.gradient_variance());
+    }
+    forward.push_back(f);
+    if (!b.values.empty()) backward.push_back(b);
+  }
+  const std::string plot = absl::GetFlag(FLAGS_plot);
+  if (!plot.empty()) {
+    std::vector<lstmserve::client::PlotSeries> all = forward;
+    if (absl::GetFlag(FLAGS_plot_gradients)) all.insert(all.end(), backward.begin(), backward.end());
+    const std::string svg = lstmserve::client::VariancePlotSvg(
+        lstm ? "Hidden-state variance per LSTM layer" : "Pre-activation variance per layer",
+        lstm ? "var(h)" : "variance", all);
+    std::ofstream out(plot);
+    out << svg;
+    if (!out) return Fail(absl::InternalError(absl::StrCat("cannot write ", plot)));
+    if (!absl::GetFlag(FLAGS_json)) std::printf("wrote %s\n", plot.c_str());
+  }
+  return 0;
+}
+
 int Main(const std::string& command) {
   lstmserve::client::ClientOptions options;
   options.target = absl::GetFlag(FLAGS_target);
@@ -194,27 +333,9 @@ int Main(const std::string& command) {
     std::printf(absl::GetFlag(FLAGS_json) ? "{\"status\":\"%s\"}\n" : "%s\n", health->c_str());
     return *health == "SERVING" ? 0 : 1;
   }
+  if (command == "analyze") return Analyze(*client);
   if (command == "create") {
-    v1::ParameterSetSpec spec;
-    if (!absl::GetFlag(FLAGS_spec).empty()) {
-      auto parsed = google::protobuf::util::JsonStringToMessage(absl::GetFlag(FLAGS_spec), &spec);
-      if (!parsed.ok()) core::UsageErrorExit(absl::StrCat("--spec is not a ParameterSetSpec: ", parsed.ToString()));
-    } else {
-      auto* lstm = spec.mutable_lstm();
-      lstm->set_num_layers(absl::GetFlag(FLAGS_layers));
-      lstm->set_input_size(absl::GetFlag(FLAGS_input_size));
-      lstm->set_hidden_size(absl::GetFlag(FLAGS_hidden_size));
-      lstm->set_bias(absl::GetFlag(FLAGS_bias));
-      spec.set_seed(absl::GetFlag(FLAGS_seed));
-      const std::string convention = absl::GetFlag(FLAGS_fan_convention);
-      if (convention != "torch" && convention != "matmul") core::UsageErrorExit("--fan_convention is torch or matmul");
-      spec.set_fan_convention(convention == "torch" ? v1::FAN_CONVENTION_TORCH : v1::FAN_CONVENTION_MATMUL);
-      if (!absl::GetFlag(FLAGS_weight_init).empty()) {
-        auto parsed = google::protobuf::util::JsonStringToMessage(absl::GetFlag(FLAGS_weight_init),
-                                                                  lstm->mutable_weight_initializer());
-        if (!parsed.ok()) core::UsageErrorExit(absl::StrCat("--weight_init is not an Initializer: ", parsed.ToString()));
-      }
-    }
+    const v1::ParameterSetSpec spec = SpecFromFlags();
     auto set = client->Create(spec, absl::GetFlag(FLAGS_id));
     if (!set.ok()) return Fail(set.status());
     PrintSet(*set);

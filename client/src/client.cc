@@ -145,6 +145,12 @@ std::unique_ptr<grpc::ClientContext> Client::NewContext() const {
   return context;
 }
 
+absl::StatusOr<v1::AnalyzeParameterSetResponse> Client::Analyze(const v1::AnalyzeParameterSetRequest& request) {
+  v1::AnalyzeParameterSetResponse response;
+  LSTMSERVE_RETURN_IF_ERROR(wire::FromGrpcStatus(parameters_->AnalyzeParameterSet(NewContext().get(), request, &response)));
+  return response;
+}
+
 absl::StatusOr<v1::ParameterSet> Client::Create(const v1::ParameterSetSpec& spec, const std::string& id) {
   v1::CreateParameterSetRequest request;
   request.set_parameter_set_id(id);

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <set>
@@ -8,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "lstmserve/core/diagnostics.h"
 #include "lstmserve/core/status.h"
 #include "lstmserve/wire/conversions.h"
 #include "lstmserve/server/log.h"
@@ -373,6 +375,125 @@ grpc::ServerReadReactor<v1::ImportParameterSetRequest>* ParameterServiceImpl::Im
     return FailedReader<v1::ImportParameterSetRequest>(log.Done(denied));
   }
   return new ImportReactor(ctx_, response, std::move(log));
+}
+
+namespace {
+
+absl::StatusOr<core::Activation> ActivationFromProto(v1::ChainActivation a) {
+  switch (a) {
+    case v1::CHAIN_ACTIVATION_UNSPECIFIED:
+    case v1::CHAIN_ACTIVATION_RELU: return core::Activation::kRelu;
+    case v1::CHAIN_ACTIVATION_LEAKY_RELU: return core::Activation::kLeakyRelu;
+    case v1::CHAIN_ACTIVATION_TANH: return core::Activation::kTanh;
+    case v1::CHAIN_ACTIVATION_SIGMOID: return core::Activation::kSigmoid;
+    case v1::CHAIN_ACTIVATION_LINEAR: return core::Activation::kLinear;
+    default: return absl::InvalidArgumentError(absl::StrCat("activation ", static_cast<int>(a), " is not a ChainActivation"));
+  }
+}
+
+core::ProbeOptions ProbeFromProto(const v1::AnalyzeParameterSetRequest& request) {
+  core::ProbeOptions probe;
+  probe.seed = request.probe_seed();
+  if (request.samples() != 0) probe.samples = request.samples();
+  if (request.steps() != 0) probe.steps = request.steps();
+  return probe;
+}
+
+// The analysis of a set's tensors (a stacked LSTM, or a chain of weights).
+absl::Status Analyze(const core::ParameterSet& set, core::FanConvention convention,
+                     const v1::AnalyzeParameterSetRequest& request, v1::AnalyzeParameterSetResponse* response) {
+  const core::ProbeOptions probe = ProbeFromProto(request);
+  auto lstm = core::StackedLstm::FromParameterSet(set);
+  if (lstm.ok() && request.tensors().empty()) {
+    LSTMSERVE_ASSIGN_OR_RETURN(auto layers, core::AnalyzeLstm(*lstm, probe));
+    for (size_t l = 0; l < layers.size(); ++l) {
+      auto* out = response->add_lstm_layers();
+      const auto& s = layers[l];
+      out->set_layer(static_cast<int64_t>(l));
+      out->set_input_gate_variance(s.gate_variance[0]);
+      out->set_forget_gate_variance(s.gate_variance[1]);
+      out->set_output_gate_variance(s.gate_variance[2]);
+      out->set_cell_gate_variance(s.gate_variance[3]);
+      out->set_preactivation_variance(s.preactivation_variance);
+      out->set_c_variance(s.c_variance);
+      out->set_h_variance(s.h_variance);
+      out->set_sigmoid_saturated_fraction(s.sigmoid_saturated);
+      out->set_tanh_saturated_fraction(s.tanh_saturated);
+    }
+    return absl::OkStatus();
+  }
+  core::ChainOptions chain;
+  LSTMSERVE_ASSIGN_OR_RETURN(chain.activation, ActivationFromProto(request.activation()));
+  if (request.negative_slope() != 0) chain.negative_slope = request.negative_slope();
+  switch (request.layout()) {
+    case v1::WEIGHT_LAYOUT_UNSPECIFIED: chain.layout = core::WeightLayout::kAuto; break;
+    case v1::WEIGHT_LAYOUT_OUT_IN: chain.layout = core::WeightLayout::kOutIn; break;
+    case v1::WEIGHT_LAYOUT_IN_OUT: chain.layout = core::WeightLayout::kInOut; break;
+    default: return absl::InvalidArgumentError("layout is not a WeightLayout");
+  }
+  chain.preferred = convention == core::FanConvention::kMatmul ? core::WeightLayout::kInOut : core::WeightLayout::kOutIn;
+  std::vector<core::NamedTensor> weights;
+  if (request.tensors().empty()) {
+    weights = set.tensors;
+  } else {
+    for (const auto& name : request.tensors()) {
+      auto it = std::find_if(set.tensors.begin(), set.tensors.end(), [&](const auto& t) { return t.name == name; });
+      if (it == set.tensors.end()) return absl::InvalidArgumentError(absl::StrCat("tensors: the set has no '", name, "'"));
+      weights.push_back(*it);
+    }
+  }
+  LSTMSERVE_ASSIGN_OR_RETURN(auto layers, core::AnalyzeChain(weights, chain, probe));
+  for (const auto& s : layers) {
+    auto* out = response->add_chain_layers();
+    out->set_tensor(s.name);
+    out->set_fan_in(s.fan_in);
+    out->set_fan_out(s.fan_out);
+    out->set_forward_variance(s.forward_variance);
+    out->set_activation_variance(s.activation_variance);
+    out->set_gradient_variance(s.gradient_variance);
+    out->set_dead_fraction(s.dead_fraction);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* ParameterServiceImpl::AnalyzeParameterSet(grpc::CallbackServerContext* context,
+                                                                    const v1::AnalyzeParameterSetRequest* request,
+                                                                    v1::AnalyzeParameterSetResponse* response) {
+  RpcLog log(context, "AnalyzeParameterSet", request->parameter_set_id());
+  if (absl::Status denied = Authorize(ctx_, context); !denied.ok()) {
+    return FinishUnary(context, log, [&] { return denied; });
+  }
+  // Minutes of compute at most (bounded by the probe's work limit): on the compute pool.
+  return FinishUnaryOnPool(context, ctx_->compute, std::move(log), [this, request, response]() -> absl::Status {
+    if (request->has_spec()) {
+      LSTMSERVE_ASSIGN_OR_RETURN(core::ParameterSetSpec spec, SpecFromProto(request->spec()));
+      // The cost bound before any tensor is made.
+      LSTMSERVE_ASSIGN_OR_RETURN(auto tensors, core::ValidateSpec(spec, ctx_->create_limits));
+      int64_t parameters = 0;
+      for (const auto& t : tensors) {
+        int64_t n = 1;
+        for (int64_t d : t.shape) n *= d;
+        parameters += n;
+      }
+      LSTMSERVE_RETURN_IF_ERROR(core::CheckProbeCost(ProbeFromProto(*request), parameters,
+                                                     spec.lstm.has_value() && request->tensors().empty()));
+      LSTMSERVE_ASSIGN_OR_RETURN(core::ParameterSet set, core::CreateParameterSet(spec, ctx_->create_limits));
+      return Analyze(set, spec.fan_convention, *request, response);
+    }
+    if (request->parameter_set_id().empty()) return absl::InvalidArgumentError("give parameter_set_id or spec");
+    LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->registry->Get(request->parameter_set_id()));
+    // The convention the set was created with, when it was created from a spec here.
+    core::FanConvention convention = core::FanConvention::kTorch;
+    std::string raw;
+    v1::ParameterSetSpec stored_spec;
+    if (absl::Base64Unescape(entry->stored.spec, &raw) && stored_spec.ParseFromString(raw) &&
+        stored_spec.fan_convention() == v1::FAN_CONVENTION_MATMUL) {
+      convention = core::FanConvention::kMatmul;
+    }
+    return Analyze(entry->stored.set, convention, *request, response);
+  });
 }
 
 }  // namespace lstmserve::server

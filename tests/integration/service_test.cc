@@ -344,7 +344,13 @@ TEST_F(ServiceTest, BadInputGetsTheRightCodeAndAUsefulMessage) {
   const long before = rss();
   for (int round = 0; round < 20; ++round) run_cases();
   const long after = rss();
+#if defined(__SANITIZE_ADDRESS__)
+  // AddressSanitizer holds freed memory in quarantine (256 MiB), so resident memory grows
+  // by design there; the Release build checks it.
+  (void)after;
+#else
   EXPECT_LT(after, before + before / 20) << "resident memory " << before << " -> " << after << " bytes over 20 rounds";
+#endif
   {  // export: unknown set, and a chunk size out of range
     v1::ExportParameterSetRequest r;
     r.set_parameter_set_id("nope");

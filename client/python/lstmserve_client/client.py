@@ -188,6 +188,23 @@ class Client:
                     yield chunk
         return self._parameters.ImportParameterSet(messages(), timeout=self._timeout, metadata=self._metadata).parameter_set
 
+    def analyze(self, id=None, spec=None, probe_seed=0, samples=0, steps=0, activation="relu",
+                negative_slope=0.0, tensors=None, layout="auto"):
+        """Variance diagnostics of a stored set (`id`) or of a ParameterSetSpec message
+        (`spec`, created for the analysis only): an AnalyzeParameterSetResponse with
+        lstm_layers or chain_layers. `activation`: relu, leaky_relu, tanh, sigmoid, linear;
+        `layout`: auto, out_in, in_out."""
+        request = parameter_pb2.AnalyzeParameterSetRequest(
+            probe_seed=probe_seed, samples=samples, steps=steps, negative_slope=negative_slope,
+            activation=parameter_pb2.ChainActivation.Value(f"CHAIN_ACTIVATION_{activation.upper()}"),
+            layout=parameter_pb2.WeightLayout.Value(f"WEIGHT_LAYOUT_{layout.upper()}") if layout != "auto" else 0,
+            tensors=tensors or [])
+        if spec is not None:
+            request.spec.CopyFrom(spec)
+        else:
+            request.parameter_set_id = id
+        return self._parameters.AnalyzeParameterSet(request, timeout=self._timeout, metadata=self._metadata)
+
     def step(self, id, x, c=None, h=None):
         """One step: returns (c_list, h_list), one [B, H] tensor per layer."""
         request = inference_pb2.StepRequest(parameter_set_id=id)

@@ -78,6 +78,9 @@ class Client {
   absl::StatusOr<v1::ParameterSet> Import(const std::vector<core::NamedTensor>& tensors, const std::string& id = "",
                                           const std::string& checksum = "", int64_t chunk_bytes = int64_t{1} << 20);
 
+  // Variance diagnostics of a stored set or an inline spec (ParameterService.AnalyzeParameterSet).
+  absl::StatusOr<v1::AnalyzeParameterSetResponse> Analyze(const v1::AnalyzeParameterSetRequest& request);
+
   absl::StatusOr<core::LstmState> Step(const std::string& id, const at::Tensor& x, const core::LstmState& state = {});
   absl::StatusOr<core::SequenceResult> Run(const std::string& id, const at::Tensor& inputs,
                                            const core::LstmState& state = {}, bool final_state_only = false);

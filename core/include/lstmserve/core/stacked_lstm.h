@@ -66,6 +66,8 @@ class StackedLstm {
   int64_t input_size() const { return input_size_; }
   int64_t hidden_size() const { return hidden_size_; }
   bool has_bias() const { return !biases_.empty(); }
+  const std::vector<at::Tensor>& weights() const { return weights_; }
+  const std::vector<at::Tensor>& biases() const { return biases_; }
   c10::Device device() const { return weights_.front().device(); }
   c10::ScalarType scalar_type() const { return weights_.front().scalar_type(); }
 

@@ -44,6 +44,9 @@ class ParameterServiceImpl final : public v1::ParameterService::CallbackService 
       grpc::CallbackServerContext* context, const v1::ExportParameterSetRequest* request) override;
   grpc::ServerReadReactor<v1::ImportParameterSetRequest>* ImportParameterSet(
       grpc::CallbackServerContext* context, v1::ImportParameterSetResponse* response) override;
+  grpc::ServerUnaryReactor* AnalyzeParameterSet(grpc::CallbackServerContext* context,
+                                                const v1::AnalyzeParameterSetRequest* request,
+                                                v1::AnalyzeParameterSetResponse* response) override;
 
  private:
   ServiceContext* ctx_;
