@@ -173,7 +173,8 @@ std::string VariancePlotSvg(const std::string& title, const std::string& y_label
       Escape(y_label)));
   for (size_t k = 0; k < series.size(); ++k) {
     const auto& s = series[k];
-    const char* color = kColors[k % (sizeof(kColors) / sizeof(kColors[0]))];
+    const size_t index = s.color >= 0 ? static_cast<size_t>(s.color) : k;
+    const char* color = kColors[index % (sizeof(kColors) / sizeof(kColors[0]))];
     std::string points;
     for (size_t i = 0; i < s.values.size(); ++i) {
       const double v = s.values[i];

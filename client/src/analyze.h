@@ -22,6 +22,7 @@ struct PlotSeries {
   std::string name;
   std::vector<double> values;
   bool dashed = false;
+  int color = -1;  // palette index; -1: the series' position
 };
 
 // An SVG line chart of per-layer values on a log10 scale (values <= 0 or not finite are

@@ -289,7 +289,8 @@ int Analyze(Client& client) {
     } else {
       std::printf("%s\n", lstmserve::client::AnalysisTable(name, *result).c_str());
     }
-    lstmserve::client::PlotSeries f{name, {}, false}, b{absl::StrCat(name, " (gradient)"), {}, true};
+    const int color = static_cast<int>(forward.size());
+    lstmserve::client::PlotSeries f{name, {}, false, color}, b{absl::StrCat(name, " (gradient)"), {}, true, color};
     lstm = result->lstm_layers_size() > 0;
     for (const auto& l : result->lstm_layers()) f.values.push_back(l.h_variance());
     for (const auto& l : result->chain_layers()) {
