@@ -162,6 +162,12 @@ absl::StatusOr<ParameterSet> CreateParameterSet(const ParameterSetSpec& spec,
       at::Tensor value = at::empty(t.shape, at::TensorOptions().dtype(at::kFloat));
       LSTMSERVE_RETURN_IF_ERROR(ApplyInitializer(value, t.init, spec.fan_convention, generator));
       if (target != at::kFloat || !device.is_cpu()) value = value.to(device, target).contiguous();
+      // Values past the dtype's range (a constant of 1e6 in float16) would be stored as
+      // infinities.
+      if (!at::isfinite(value).all().item<bool>()) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "': its values overflow ",
+                                                       DTypeName(spec.dtype), "; use a smaller scale"));
+      }
       set.byte_size += value.numel() * DTypeSize(spec.dtype);
       set.tensors.push_back({std::move(t.name), std::move(value)});
     }
