@@ -262,7 +262,7 @@ grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* InferenceServi
     grpc::CallbackServerContext* context) {
   RpcLog log(context, "Session", "");
   if (absl::Status denied = Authorize(ctx_, context); !denied.ok()) {
-    return FailedBidi<v1::SessionRequest, v1::SessionResponse>(log.Done(denied));
+    return FailedStream<grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>>(log.Done(denied));
   }
   return new SessionReactor(context, ctx_, std::move(log));
 }

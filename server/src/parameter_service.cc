@@ -363,7 +363,7 @@ grpc::ServerWriteReactor<v1::ExportParameterSetResponse>* ParameterServiceImpl::
   }
   absl::StatusOr<std::shared_ptr<const SetEntry>> entry =
       status.ok() ? ctx_->registry->Get(request->parameter_set_id()) : status;
-  if (!entry.ok()) return FailedWriter<v1::ExportParameterSetResponse>(log.Done(entry.status()));
+  if (!entry.ok()) return FailedStream<grpc::ServerWriteReactor<v1::ExportParameterSetResponse>>(log.Done(entry.status()));
   return new ExportReactor(*std::move(entry), request->chunk_bytes() == 0 ? kDefaultChunkBytes : request->chunk_bytes(),
                            std::move(log));
 }
@@ -372,7 +372,7 @@ grpc::ServerReadReactor<v1::ImportParameterSetRequest>* ParameterServiceImpl::Im
     grpc::CallbackServerContext* context, v1::ImportParameterSetResponse* response) {
   RpcLog log(context, "ImportParameterSet", "");
   if (absl::Status denied = Authorize(ctx_, context); !denied.ok()) {
-    return FailedReader<v1::ImportParameterSetRequest>(log.Done(denied));
+    return FailedStream<grpc::ServerReadReactor<v1::ImportParameterSetRequest>>(log.Done(denied));
   }
   return new ImportReactor(ctx_, response, std::move(log));
 }

@@ -64,28 +64,11 @@ grpc::ServerUnaryReactor* FinishUnaryOnPool(grpc::CallbackServerContext* context
   return reactor;
 }
 
-// Streams that fail before they start.
-template <typename Response>
-grpc::ServerWriteReactor<Response>* FailedWriter(grpc::Status status) {
-  class Failed final : public grpc::ServerWriteReactor<Response> {
-   public:
-    explicit Failed(grpc::Status s) { this->Finish(std::move(s)); }
-    void OnDone() override { delete this; }
-  };
-  return new Failed(std::move(status));
-}
-template <typename Request>
-grpc::ServerReadReactor<Request>* FailedReader(grpc::Status status) {
-  class Failed final : public grpc::ServerReadReactor<Request> {
-   public:
-    explicit Failed(grpc::Status s) { this->Finish(std::move(s)); }
-    void OnDone() override { delete this; }
-  };
-  return new Failed(std::move(status));
-}
-template <typename Request, typename Response>
-grpc::ServerBidiReactor<Request, Response>* FailedBidi(grpc::Status status) {
-  class Failed final : public grpc::ServerBidiReactor<Request, Response> {
+// Streams that fail before they start: `Reactor` is a ServerWriteReactor, ServerReadReactor
+// or ServerBidiReactor type.
+template <typename Reactor>
+Reactor* FailedStream(grpc::Status status) {
+  class Failed final : public Reactor {
    public:
     explicit Failed(grpc::Status s) { this->Finish(std::move(s)); }
     void OnDone() override { delete this; }

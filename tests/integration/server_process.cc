@@ -113,6 +113,16 @@ double ServerProcess::MetricValue(const std::string& scrape, const std::string& 
   return -1;
 }
 
+bool ServerProcess::WaitForMetric(const std::string& series, double at_least, int timeout_ms) const {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto scrape = ScrapeMetrics();
+    if (scrape.ok() && MetricValue(*scrape, series) >= at_least) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return false;
+}
+
 std::string ServerProcess::Log() const {
   std::ifstream in(log_path_);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

@@ -26,6 +26,8 @@ class ServerProcess {
   // The value of one series in a scrape, e.g. "lstmserve_batch_queue_wait_seconds_count";
   // -1 when absent.
   static double MetricValue(const std::string& scrape, const std::string& series);
+  // Scrapes until `series` reaches `at_least` (up to `timeout_ms`); false if it never does.
+  bool WaitForMetric(const std::string& series, double at_least, int timeout_ms = 10000) const;
   // The server's log (its stderr), kept in the store folder.
   std::string Log() const;
   pid_t pid() const { return pid_; }

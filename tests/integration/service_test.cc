@@ -552,12 +552,7 @@ TEST(ServiceLifecycleTest, ACallWhoseDeadlinePassesWhileQueuedGetsDeadlineExceed
   auto heavy = std::async(std::launch::async, [&] { return client->Run("slow", Randn({200, 64, 256}, 5), {}, true); });
   // Wait until the heavy call holds the compute thread: the batcher has taken it from the
   // queue (its queue wait is observed when its batch starts).
-  for (int i = 0; i < 2000; ++i) {
-    auto scrape = (*server)->ScrapeMetrics();
-    ASSERT_TRUE(scrape.ok()) << scrape.status();
-    if (ServerProcess::MetricValue(*scrape, "lstmserve_batch_queue_wait_seconds_count") >= 1) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  ASSERT_TRUE((*server)->WaitForMetric("lstmserve_batch_queue_wait_seconds_count", 1));
   auto stub = v1::InferenceService::NewStub(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
   v1::StepRequest request;
   request.set_parameter_set_id("slow");
@@ -637,19 +632,9 @@ TEST(OverloadTest, PastTheQueueLimitRequestsAreRefusedAtOnceAndTheMemoryBudgetHo
   ASSERT_TRUE(client->Create(LstmSpec(2, 256, 256, 1), "busy").ok());  // 4 MiB (budget: 6 MB)
   // One call computing, one waiting: the queue (1) is full.
   auto computing = std::async(std::launch::async, [&] { return client->Run("busy", Randn({400, 64, 256}, 5), {}, true); });
-  for (int i = 0; i < 5000; ++i) {
-    auto scrape = (*server)->ScrapeMetrics();
-    ASSERT_TRUE(scrape.ok()) << scrape.status();
-    if (ServerProcess::MetricValue(*scrape, "lstmserve_batch_queue_wait_seconds_count") >= 1) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  ASSERT_TRUE((*server)->WaitForMetric("lstmserve_batch_queue_wait_seconds_count", 1));
   auto waiting = std::async(std::launch::async, [&] { return client->Run("busy", Randn({2, 1, 256}, 6)); });
-  for (int i = 0; i < 5000; ++i) {
-    auto scrape = (*server)->ScrapeMetrics();
-    ASSERT_TRUE(scrape.ok());
-    if (ServerProcess::MetricValue(*scrape, "lstmserve_batch_queue_depth") >= 1) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  ASSERT_TRUE((*server)->WaitForMetric("lstmserve_batch_queue_depth", 1));
   auto refused = client->Step("busy", at::zeros({1, 256}));
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
   EXPECT_TRUE(absl::StrContains(refused.status().message(), "--max_queued_requests")) << refused.status();
