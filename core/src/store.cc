@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -174,6 +175,34 @@ absl::StatusOr<std::string> EncodeSafetensors(const StoredSet& stored) {
   });
 }
 
+namespace {
+
+// A JSON array of whole numbers that fit int64. nlohmann converts a float (1e81) or a large
+// unsigned number with a plain cast, which is undefined past the target's range (found by
+// fuzz_safetensors under UBSan), so the types are checked first.
+absl::StatusOr<std::vector<int64_t>> WholeNumbers(const Json& j, const std::string& tensor, const char* field) {
+  const auto bad = [&] {
+    return absl::DataLossError(absl::StrCat("safetensors: tensor '", tensor, "': ", field,
+                                            " must be an array of whole numbers up to 2^63 - 1"));
+  };
+  if (!j.is_array()) return bad();
+  std::vector<int64_t> out;
+  for (const Json& v : j) {
+    if (v.is_number_unsigned()) {
+      const uint64_t u = v.get<uint64_t>();
+      if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return bad();
+      out.push_back(static_cast<int64_t>(u));
+    } else if (v.is_number_integer()) {
+      out.push_back(v.get<int64_t>());
+    } else {
+      return bad();
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 absl::StatusOr<StoredSet> DecodeSafetensors(absl::string_view bytes) {
   if (bytes.size() < 8) return absl::DataLossError("safetensors: shorter than its 8-byte header length");
   uint64_t header_size = 0;
@@ -218,11 +247,13 @@ absl::StatusOr<StoredSet> DecodeSafetensors(absl::string_view bytes) {
       }
       LSTMSERVE_RETURN_IF_ERROR(ValidateTensorName(it.key()));
       LSTMSERVE_ASSIGN_OR_RETURN(DType dtype, FromSafetensorsDtype(t["dtype"].get<std::string>()));
-      Entry e{it.key(), dtype, t["shape"].get<std::vector<int64_t>>(), 0, 0};
-      const auto offsets = t["data_offsets"].get<std::vector<uint64_t>>();
-      if (offsets.size() != 2) return absl::DataLossError("safetensors: data_offsets needs 2 numbers");
-      e.begin = offsets[0];
-      e.end = offsets[1];
+      LSTMSERVE_ASSIGN_OR_RETURN(std::vector<int64_t> shape, WholeNumbers(t["shape"], it.key(), "shape"));
+      LSTMSERVE_ASSIGN_OR_RETURN(std::vector<int64_t> offsets,
+                                 WholeNumbers(t["data_offsets"], it.key(), "data_offsets"));
+      if (offsets.size() != 2 || offsets[0] < 0 || offsets[1] < 0) {
+        return absl::DataLossError("safetensors: data_offsets needs 2 numbers >= 0");
+      }
+      Entry e{it.key(), dtype, std::move(shape), static_cast<uint64_t>(offsets[0]), static_cast<uint64_t>(offsets[1])};
       entries.push_back(std::move(e));
     }
   } catch (const std::exception& e) {

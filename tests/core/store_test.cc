@@ -111,6 +111,11 @@ TEST(SafetensorsTest, MalformedFilesAreDataLossNeverACrash) {
   cases.push_back({"negative size", with_header(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", std::string(4, '\0'))});
   cases.push_back({"bad tensor name", with_header(R"({"../a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", std::string(4, '\0'))});
   cases.push_back({"shape not a list", with_header(R"({"a":{"dtype":"F32","shape":"x","data_offsets":[0,4]}})", std::string(4, '\0'))});
+  // Found by fuzz_safetensors under UBSan: numbers that are not int64s.
+  cases.push_back({"offset of 1e81", with_header(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,1222222222222222222222222222222222222222222222222222222222222222222222222222222260]}})", std::string(4, '\0'))});
+  cases.push_back({"offset past int64", with_header(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,18446744073709551615]}})", std::string(4, '\0'))});
+  cases.push_back({"fractional size", with_header(R"({"a":{"dtype":"F32","shape":[1.5],"data_offsets":[0,4]}})", std::string(4, '\0'))});
+  cases.push_back({"negative offset", with_header(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]}})", std::string(4, '\0'))});
   for (const auto& [what, bytes] : cases) {
     auto decoded = DecodeSafetensors(bytes);
     EXPECT_FALSE(decoded.ok()) << what;
