@@ -296,6 +296,13 @@ absl::Status ValidateInitializer(const Initializer& init, absl::Span<const int64
       break;
     case InitKind::kXavierUniform:
     case InitKind::kXavierNormal:
+      LSTMSERVE_RETURN_IF_ERROR(CheckFinite(init.gain, "gain", init));
+      // torch raises for these too: uniform_(-b, b) with b < 0, normal_ with std < 0
+      // (found by fuzz_spec: a gain of -2.6e-231 passed validation and failed the draw).
+      if (init.gain < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(name, ": gain must be >= 0, got ", init.gain));
+      }
+      break;
     case InitKind::kOrthogonal:
       LSTMSERVE_RETURN_IF_ERROR(CheckFinite(init.gain, "gain", init));
       break;

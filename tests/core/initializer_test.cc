@@ -103,6 +103,8 @@ TEST(ValidateInitializerTest, EveryRuleGivesInvalidArgumentWithAPreciseMessage) 
       {"constant NaN", Initializer::Constant(nan), {4}, "finite"},
       {"orthogonal on 1-D", Initializer::Orthogonal(), {6}, "at least 2 dimensions"},
       {"orthogonal inf gain", Initializer::Orthogonal(inf), {6, 6}, "finite"},
+      {"xavier negative gain", Initializer::XavierUniform(-2.6e-231), {6, 6}, "gain must be >= 0"},
+      {"xavier normal negative gain", Initializer::XavierNormal(-1), {6, 6}, "gain must be >= 0"},
       {"xavier on 1-D", Initializer::XavierUniform(), {6}, "at least 2 dimensions"},
       {"kaiming on 1-D", Initializer::KaimingNormal(), {6}, "at least 2 dimensions"},
       {"kaiming fan of 0", Initializer::KaimingNormal(), {6, 0}, "fan of 0"},
