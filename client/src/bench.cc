@@ -90,7 +90,9 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& requested) {
   if (options.concurrency < 1 || options.batch < 1 || options.steps < 1 || options.rate < 0) {
     return absl::InvalidArgumentError("--concurrency, --batch and --steps must be >= 1, --rate >= 0");
   }
-  auto channel = MakeChannel(options.connection, int64_t{256} << 20);
+  ClientOptions connection = options.connection;
+  connection.max_message_bytes = int64_t{256} << 20;  // large Run requests
+  auto channel = MakeChannel(connection);
   LSTMSERVE_RETURN_IF_ERROR(EnsureSet(channel, options));
 
   // Requests are built once: the generator measures the server, not its own serialisation.

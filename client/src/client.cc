@@ -110,11 +110,10 @@ absl::Status LoadClientSecurity(const std::string& ca_file, const std::string& c
   return absl::OkStatus();
 }
 
-std::shared_ptr<grpc::Channel> MakeChannel(const ClientOptions& options, int64_t max_message_bytes) {
+std::shared_ptr<grpc::Channel> MakeChannel(const ClientOptions& options) {
   grpc::ChannelArguments args;
-  const int64_t limit = max_message_bytes > 0 ? max_message_bytes : options.max_message_bytes;
-  args.SetMaxReceiveMessageSize(static_cast<int>(limit));
-  args.SetMaxSendMessageSize(static_cast<int>(limit));
+  args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   if (!options.lb_policy.empty()) args.SetLoadBalancingPolicyName(options.lb_policy);
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
   if (options.tls) {

@@ -19,7 +19,6 @@
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
-#include <prometheus/text_serializer.h>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -424,12 +423,5 @@ void Metrics::ObserveStore(StoreOperation operation, bool ok) {
 }
 
 void Metrics::SetStoreLoadTime(absl::Duration load) { impl_->store_load_seconds->Set(absl::ToDoubleSeconds(load)); }
-
-std::string Metrics::Render() const {
-  std::vector<prometheus::MetricFamily> families = impl_->registry->Collect();
-  std::vector<prometheus::MetricFamily> scraped = impl_->scrape->Collect();
-  families.insert(families.end(), std::make_move_iterator(scraped.begin()), std::make_move_iterator(scraped.end()));
-  return prometheus::TextSerializer().Serialize(families);
-}
 
 }  // namespace lstmserve::server

@@ -162,11 +162,12 @@ void Server::Drain() {
   server_->Wait();
   server_.reset();
   const BatchStats stats = batcher_->stats();
+  const SessionTracker::Stats sessions = sessions_->stats();
   LogInfo(absl::StrCat("stopped; inference: ", stats.requests, " requests in ", stats.batches,
                        " batches (", stats.batches > 0 ? stats.rows / stats.batches : 0, " rows on average, largest ",
                        stats.max_rows, "), ", stats.rejected, " rejected (queue full), ",
                        stats.expired, " expired and ", stats.cancelled, " cancelled in the queue; ",
-                       sessions_->stats().steps, " session steps, ", sessions_->stats().idle_cancelled,
+                       sessions.steps, " session steps, ", sessions.idle_cancelled,
                        " idle sessions cancelled"));
 }
 

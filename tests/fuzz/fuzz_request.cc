@@ -65,8 +65,8 @@ void Check(const Request& request, const lstmserve::v1::Tensor& input, bool sequ
   auto c = States(request.c(), "c");
   auto h = States(request.h(), "h");
   if (!x.ok() || !c.ok() || !h.ok()) return;
-  at::Tensor inputs = sequence ? *x : (x->dim() == 2 ? x->unsqueeze(0) : *x);
-  if (!sequence && x->dim() != 2) return;
+  if (!sequence && x->dim() != 2) return;  // the server's "x must be 2-D"
+  const at::Tensor inputs = sequence ? *x : x->unsqueeze(0);
   LstmState state{*std::move(c), *std::move(h)};
   if (!Lstm().CheckRunInputs(inputs, state).ok()) return;
   auto result = Lstm().Run(inputs, state, /*want_outputs=*/true);

@@ -77,7 +77,6 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::s
 }
 
 absl::StatusOr<std::string> ServerProcess::ScrapeMetrics() const {
-  std::string host;
   const auto colon = metrics_address_.rfind(':');
   if (colon == std::string::npos) return absl::FailedPreconditionError("no metrics address");
   sockaddr_in addr{};

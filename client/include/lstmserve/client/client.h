@@ -41,7 +41,7 @@ absl::Status LoadClientSecurity(const std::string& ca_file, const std::string& c
                                 const std::string& key_file, const std::string& token_file,
                                 ClientOptions* options);
 // A channel with the options' target, message limits, balancing and credentials.
-std::shared_ptr<grpc::Channel> MakeChannel(const ClientOptions& options, int64_t max_message_bytes = 0);
+std::shared_ptr<grpc::Channel> MakeChannel(const ClientOptions& options);
 // Adds what every call carries (the bearer token) to a context.
 void PrepareContext(const ClientOptions& options, grpc::ClientContext* context);
 

@@ -78,9 +78,6 @@ class Metrics {
   void ObserveStore(StoreOperation operation, bool ok);
   void SetStoreLoadTime(absl::Duration load);
 
-  // The exposition text, as /metrics serves it (for tests and logs).
-  std::string Render() const;
-
   struct Impl;  // in metrics.cc; shared with the interceptors, which may outlive this
 
  private:

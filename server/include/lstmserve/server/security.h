@@ -34,7 +34,6 @@ class TokenAuthenticator {
 
   // OK, or UNAUTHENTICATED saying what is wrong (never echoing the token).
   absl::Status Check(const grpc::ServerContextBase& context) const;
-  size_t size() const { return digests_.size(); }
 
  private:
   std::vector<std::string> digests_;  // 32 bytes each
