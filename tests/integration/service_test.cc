@@ -354,6 +354,7 @@ TEST_F(ServiceTest, BadInputGetsTheRightCodeAndAUsefulMessage) {
 #if defined(__SANITIZE_ADDRESS__)
   // AddressSanitizer holds freed memory in quarantine (256 MiB), so resident memory grows
   // by design there; the Release build checks it.
+  (void)before;
   (void)after;
 #else
   EXPECT_LT(after, before + before / 20) << "resident memory " << before << " -> " << after << " bytes over 20 rounds";
