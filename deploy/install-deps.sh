@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Installs every Debian 12 package that lstmserve's build, tests and benchmarks need.
-# Used by README, .ci/run and the Dockerfile. Idempotent: when everything is present it
-# only runs `dpkg-query` and exits in well under a second.
+# Installs every package that lstmserve's build, tests and benchmarks need: Debian 12
+# packages with apt, and a Python virtual environment from PyPI (PyTorch 2.11.0, whose wheel
+# carries the CUDA LibTorch the second build links; buf). Used by README, .ci/run and the
+# Dockerfile. Idempotent: when everything is present it only runs `dpkg-query` and reads one
+# stamp file, and exits in well under a second.
 #
 # Usage: deploy/install-deps.sh [build|compile|runtime|image]
 #   build   (default) compile, plus the test and benchmark tools (Python, Prometheus, clang
-#           for the fuzzers, buf)
+#           for the fuzzers) and the PyPI environment (torch 2.11.0 + its CUDA libraries, buf)
 #   compile what building the server and CLI alone needs (the image's build stage)
 #   runtime only the shared libraries the server needs to run (for slim images)
 #   image   the tools deploy/image-test.sh uses: buildah, podman, debootstrap
+#
+# Environment: LSTMSERVE_TOOLS (default /opt/lstmserve-tools) is where the PyPI environment
+# goes; its bin/ holds buf, python (torch 2.11) and pip.
 set -euo pipefail
 
 profile="${1:-build}"
@@ -27,14 +32,16 @@ compile_pkgs=(
 build_pkgs=(
   "${compile_pkgs[@]}" git
   libgtest-dev libgmock-dev googletest libbenchmark-dev
-  python3 python3-torch python3-numpy python3-grpcio python3-protobuf python3-yaml
+  python3 python3-venv python3-torch python3-numpy python3-grpcio python3-protobuf python3-yaml
   prometheus openssl
   clang libclang-rt-14-dev
 )
 image_pkgs=(buildah podman debootstrap curl iproute2)
-# Tools from npm (build profile only), installed under $LSTMSERVE_TOOLS.
+
+# The PyPI environment (build profile only). torch is pinned to the GPU machine's version;
+# its default Linux wheel is the CUDA 13.0 build and brings CUDA's runtime libraries.
 tools_dir="${LSTMSERVE_TOOLS:-/opt/lstmserve-tools}"
-buf_version="1.75.0"
+pypi_requirements=(torch==2.11.0 numpy==2.3.5 buf-bin==1.75.0)
 
 case "$profile" in
   build) pkgs=("${build_pkgs[@]}") ;;
@@ -45,8 +52,6 @@ case "$profile" in
 esac
 
 missing=()
-# npm (for buf) may come with a NodeSource nodejs; take Debian's only when there is none.
-if [[ "$profile" == build ]] && ! command -v npm >/dev/null; then pkgs+=(nodejs npm); fi
 for p in "${pkgs[@]}"; do
   status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true)
   [[ "$status" == ii* ]] || missing+=("$p")
@@ -64,10 +69,14 @@ else
 fi
 
 if [[ "$profile" == build ]]; then
-  if [[ "$("$tools_dir/node_modules/.bin/buf" --version 2>/dev/null)" != "$buf_version" ]]; then
-    echo "install-deps: installing buf $buf_version into $tools_dir"
-    "${sudo_cmd[@]}" mkdir -p "$tools_dir"
-    "${sudo_cmd[@]}" npm install --prefix "$tools_dir" --no-audit --no-fund --loglevel=error \
-      "@bufbuild/buf@$buf_version"
+  # Debian's interpreter (with python3-venv), not whatever python3 comes first on PATH, so the
+  # environment is the same on a developer machine, in CI and in an image.
+  stamp="$tools_dir/.lstmserve-requirements"
+  if [[ "$(cat "$stamp" 2>/dev/null)" != "${pypi_requirements[*]}" ]]; then
+    echo "install-deps: installing ${pypi_requirements[*]} into $tools_dir (PyPI)"
+    "${sudo_cmd[@]}" /usr/bin/python3 -m venv "$tools_dir"
+    "${sudo_cmd[@]}" "$tools_dir/bin/pip" install --quiet --disable-pip-version-check \
+      --no-cache-dir "${pypi_requirements[@]}"
+    echo "${pypi_requirements[*]}" | "${sudo_cmd[@]}" tee "$stamp" >/dev/null
   fi
 fi

@@ -19,7 +19,9 @@
 #include "bench.h"
 #include "lstmserve/client/client.h"
 #include "lstmserve/core/command_line.h"
+#include "lstmserve/core/device.h"
 #include "lstmserve/core/status.h"
+#include "lstmserve/wire/conversions.h"
 
 ABSL_FLAG(std::string, target, "localhost:50051", "server address (gRPC target)");
 ABSL_FLAG(bool, json, false, "print JSON instead of readable text");
@@ -164,21 +166,28 @@ void PrintState(const core::LstmState& state, const at::Tensor& outputs) {
   }
 }
 
+// The input of step/run, in the set's dtype (random inputs are drawn in float32 and rounded,
+// so a float16 or bfloat16 set gets the same values as a float32 one, to its precision).
 absl::StatusOr<at::Tensor> InputTensor(Client& client, const std::string& id, bool sequence) {
+  LSTMSERVE_ASSIGN_OR_RETURN(v1::ParameterSet set, client.Get(id));
+  if (!set.has_lstm()) return absl::FailedPreconditionError(absl::StrCat("set '", id, "' is not a stacked LSTM"));
+  core::DType dtype = core::DType::kFloat32;
+  if (set.tensors_size() > 0) {
+    LSTMSERVE_ASSIGN_OR_RETURN(dtype, lstmserve::wire::DTypeFromProto(set.tensors(0).dtype(), "the set's dtype"));
+  }
+  const auto in_dtype = [&](const at::Tensor& t) { return t.to(core::ToScalarType(dtype)); };
   if (!absl::GetFlag(FLAGS_input).empty()) {
     LSTMSERVE_ASSIGN_OR_RETURN(auto tensors, lstmserve::client::ReadTensorFile(absl::GetFlag(FLAGS_input)));
     if (tensors.empty()) return absl::InvalidArgumentError("the input file holds no tensor");
     for (const auto& t : tensors) {
-      if (t.name == (sequence ? "inputs" : "x")) return t.value;
+      if (t.name == (sequence ? "inputs" : "x")) return in_dtype(t.value);
     }
-    return tensors.front().value;
+    return in_dtype(tensors.front().value);
   }
-  LSTMSERVE_ASSIGN_OR_RETURN(v1::ParameterSet set, client.Get(id));
-  if (!set.has_lstm()) return absl::FailedPreconditionError(absl::StrCat("set '", id, "' is not a stacked LSTM"));
   at::Generator gen = at::detail::createCPUGenerator(absl::GetFlag(FLAGS_input_seed));
   std::vector<int64_t> shape = {absl::GetFlag(FLAGS_batch), set.lstm().input_size()};
   if (sequence) shape.insert(shape.begin(), absl::GetFlag(FLAGS_steps));
-  return at::empty(shape).normal_(0, 1, gen);
+  return in_dtype(at::empty(shape).normal_(0, 1, gen));
 }
 
 absl::Status WriteState(const core::LstmState& state, const at::Tensor& outputs) {

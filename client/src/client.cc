@@ -353,7 +353,7 @@ absl::StatusOr<std::vector<core::NamedTensor>> ReadTensorFile(const std::string&
     return absl::InvalidArgumentError(absl::StrCat(
         path, ": not readable as a dict of tensors (", read.status().message(),
         "). LibTorch 1.13's unpickler reads torch.save'd dicts of 2 or more tensors only; "
-        "for a single tensor, save it as .safetensors"));
+        "for a single tensor, save it as .safetensors"));  // 2.x reads both
   }
   return read;
 }

@@ -4,6 +4,7 @@
 #include <torch/version.h>
 #ifdef LSTMSERVE_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
 #endif
 
 #include "absl/strings/ascii.h"
@@ -105,6 +106,13 @@ absl::Status CheckDTypeOnDevice(DType dtype, const c10::Device& device) {
 }
 
 std::string LibTorchVersion() { return TORCH_VERSION; }
+
+void SynchronizeDevice(const c10::Device& device) {
+#ifdef LSTMSERVE_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::device_synchronize();
+#endif
+  (void)device;
+}
 
 std::optional<DeviceMemory> DeviceMemoryStats(const c10::Device& device) {
 #ifdef LSTMSERVE_WITH_CUDA

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -90,20 +91,37 @@ absl::Status CheckFinite(double v, absl::string_view field, const Initializer& i
   return absl::OkStatus();
 }
 
-// Makes LAPACK/BLAS calls on this thread single-threaded while it lives. OpenBLAS's QR gives
-// different bits on 1 and 2 threads, so orthogonal runs on one thread whatever the process
-// uses: the same seed then gives the same bits under any --threads setting, and equals
-// PyTorch at its default of 1 intra-op thread. OpenMP's thread count is per calling thread,
-// so other threads' calls are not affected.
+// MKL's thread-local thread count (the C entry point that mkl_service.h's
+// mkl_set_num_threads_local names; the lower-case symbols are Fortran's, taking int*). Present
+// when LibTorch carries MKL (PyPI's wheels), null otherwise (Debian's LibTorch calls OpenBLAS):
+// a weak reference resolves to nothing.
+extern "C" int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
+
+// Makes LAPACK/BLAS calls on this thread single-threaded while it lives. The QR of OpenBLAS
+// and of MKL gives different bits on 1 and 2 threads, so orthogonal runs on one thread
+// whatever the process uses: the same seed then gives the same bits under any --threads
+// setting, and equals PyTorch at 1 intra-op thread. OpenMP's thread count (OpenBLAS) and
+// MKL's local count are per calling thread, so other threads' calls are not affected. MKL's
+// local count is needed because LibTorch sets MKL's global count, which outranks OpenMP's.
 class SingleThreadedLinearAlgebra {
  public:
+  SingleThreadedLinearAlgebra() {
 #ifdef _OPENMP
-  SingleThreadedLinearAlgebra() : saved_(omp_get_max_threads()) { omp_set_num_threads(1); }
-  ~SingleThreadedLinearAlgebra() { omp_set_num_threads(saved_); }
+    saved_omp_ = omp_get_max_threads();
+    omp_set_num_threads(1);
+#endif
+    if (MKL_Set_Num_Threads_Local != nullptr) saved_mkl_ = MKL_Set_Num_Threads_Local(1);
+  }
+  ~SingleThreadedLinearAlgebra() {
+#ifdef _OPENMP
+    omp_set_num_threads(saved_omp_);
+#endif
+    if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(saved_mkl_);  // 0: MKL's global count again
+  }
 
  private:
-  int saved_;
-#endif
+  int saved_omp_ = 1;
+  int saved_mkl_ = 0;
 };
 
 int64_t Fan(const Fans& fans, FanMode mode) {
@@ -346,7 +364,7 @@ absl::Status ApplyInitializer(at::Tensor& tensor, const Initializer& init,
     return absl::InternalError("ApplyInitializer needs a contiguous float32 CPU tensor");
   }
   return GuardTorch(absl::StrCat("initializer ", InitKindName(init.kind)), [&]() -> absl::Status {
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     // Each branch repeats torch/nn/init.py (1.13) operation for operation, in double.
     switch (init.kind) {
       case InitKind::kUniform:

@@ -28,6 +28,10 @@ constexpr int64_t kLargeLayerElements = int64_t{1} << 21;
 constexpr int64_t kProjectionChunkBytes = int64_t{4} << 20;
 // Rows of gate math below which splitting across threads costs more than it saves.
 constexpr int64_t kGateUnitsPerTask = 4096;
+// On CUDA, batches up to this size take the fused step kernel (it streams the weights once
+// per step for every row; past a few rows cuBLAS's tiles use the weights better). At most
+// cuda::kFusedMaxRows.
+constexpr int64_t kCudaFusedMaxBatch = 8;
 
 std::string ShapeString(const at::Tensor& t) { return absl::StrCat("[", absl::StrJoin(t.sizes(), ", "), "]"); }
 
@@ -88,6 +92,26 @@ float* Scratch(int64_t floats, at::Tensor& holder) {
 }
 
 }  // namespace
+
+const char* LstmPathName(LstmPath path) {
+  switch (path) {
+    case LstmPath::kAuto: return "auto";
+    case LstmPath::kSmallBatch: return "small_batch";
+    case LstmPath::kBlas: return "blas";
+    case LstmPath::kGeneric: return "generic";
+    case LstmPath::kCudaFused: return "cuda_fused";
+    case LstmPath::kCudaGemm: return "cuda_gemm";
+  }
+  return "unknown";
+}
+
+#ifndef LSTMSERVE_WITH_CUDA
+bool BuiltWithCuda() { return false; }
+
+SequenceResult StackedLstm::RunCuda(const at::Tensor&, const LstmState&, bool, bool) const {
+  TORCH_CHECK(false, "this build of lstmserve has no CUDA paths");
+}
+#endif
 
 absl::StatusOr<StackedLstm> StackedLstm::Create(std::vector<at::Tensor> weights,
                                                 std::vector<at::Tensor> biases) {
@@ -167,8 +191,8 @@ double StackedLstm::StepFlops(int64_t batch) const {
   return flops;
 }
 
-absl::Status StackedLstm::ValidateState(const LstmState& state, int64_t batch,
-                                        absl::string_view what) const {
+absl::Status StackedLstm::ValidateState(const LstmState& state, int64_t batch, absl::string_view what,
+                                        bool check_device) const {
   for (const auto* part : {&state.c, &state.h}) {
     const char* name = part == &state.c ? "c" : "h";
     if (part->empty()) continue;
@@ -184,7 +208,7 @@ absl::Status StackedLstm::ValidateState(const LstmState& state, int64_t batch,
             what, ": ", name, "[", l, "] must be [", batch, ", ", hidden_size_, "], got ",
             t.defined() ? ShapeString(t) : "an undefined tensor"));
       }
-      if (t.scalar_type() != scalar_type() || t.device() != device()) {
+      if (t.scalar_type() != scalar_type() || (check_device && t.device() != device())) {
         return absl::InvalidArgumentError(absl::StrCat(
             what, ": ", name, "[", l, "] is ", c10::toString(t.scalar_type()), " on ",
             DeviceName(t.device()), "; the set is ", c10::toString(scalar_type()), " on ",
@@ -197,6 +221,9 @@ absl::Status StackedLstm::ValidateState(const LstmState& state, int64_t batch,
 
 LstmPath StackedLstm::ChoosePath(int64_t batch, LstmPath requested) const {
   if (requested != LstmPath::kAuto) return requested;
+  if (device().is_cuda() && BuiltWithCuda()) {
+    return batch <= kCudaFusedMaxBatch ? LstmPath::kCudaFused : LstmPath::kCudaGemm;
+  }
   if (scalar_type() != at::kFloat || !device().is_cpu()) return LstmPath::kGeneric;
   int64_t largest = 0;
   for (const auto& w : weights_) largest = std::max<int64_t>(largest, w.numel());
@@ -216,6 +243,15 @@ absl::StatusOr<LstmState> StackedLstm::Step(const at::Tensor& x, const LstmState
 }
 
 absl::Status StackedLstm::CheckRunInputs(const at::Tensor& inputs, const LstmState& initial) const {
+  return CheckInputs(inputs, initial, /*check_device=*/true);
+}
+
+absl::Status StackedLstm::CheckRunShapes(const at::Tensor& inputs, const LstmState& initial) const {
+  return CheckInputs(inputs, initial, /*check_device=*/false);
+}
+
+absl::Status StackedLstm::CheckInputs(const at::Tensor& inputs, const LstmState& initial,
+                                      bool check_device) const {
   if (!inputs.defined() || inputs.dim() != 3) {
     return absl::InvalidArgumentError(absl::StrCat(
         "inputs must be 3-D [steps, batch, input_size], got ",
@@ -225,19 +261,32 @@ absl::Status StackedLstm::CheckRunInputs(const at::Tensor& inputs, const LstmSta
     return absl::InvalidArgumentError(absl::StrCat(
         "inputs ", ShapeString(inputs), " must be [steps >= 1, batch >= 1, ", input_size_, "]"));
   }
-  if (inputs.scalar_type() != scalar_type() || inputs.device() != device()) {
+  if (inputs.scalar_type() != scalar_type() || (check_device && inputs.device() != device())) {
     return absl::InvalidArgumentError(absl::StrCat(
         "inputs are ", c10::toString(inputs.scalar_type()), " on ", DeviceName(inputs.device()),
         "; the set is ", c10::toString(scalar_type()), " on ", DeviceName(device())));
   }
-  return ValidateState(initial, inputs.size(1), "initial state");
+  return ValidateState(initial, inputs.size(1), "initial state", check_device);
 }
 
 absl::StatusOr<SequenceResult> StackedLstm::Run(const at::Tensor& inputs, const LstmState& initial,
                                                 bool want_outputs, LstmPath path) const {
   LSTMSERVE_RETURN_IF_ERROR(CheckRunInputs(inputs, initial));
   const LstmPath chosen = ChoosePath(inputs.size(1), path);
-  if (chosen != LstmPath::kGeneric && (scalar_type() != at::kFloat || !device().is_cpu())) {
+  const bool cuda_path = chosen == LstmPath::kCudaFused || chosen == LstmPath::kCudaGemm;
+  if (cuda_path) {
+    if (!BuiltWithCuda()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "path ", LstmPathName(chosen), " needs a CUDA build of lstmserve (LibTorch with CUDA)"));
+    }
+    if (!device().is_cuda()) {
+      return absl::FailedPreconditionError(absl::StrCat("path ", LstmPathName(chosen), " needs a set on a CUDA device"));
+    }
+    if (chosen == LstmPath::kCudaFused && inputs.size(1) > kCudaFusedMaxBatch) {
+      return absl::InvalidArgumentError(absl::StrCat("path cuda_fused takes a batch of at most ", kCudaFusedMaxBatch,
+                                                     ", got ", inputs.size(1)));
+    }
+  } else if (chosen != LstmPath::kGeneric && (scalar_type() != at::kFloat || !device().is_cpu())) {
     return absl::FailedPreconditionError("the small-batch and BLAS paths need float32 on the CPU");
   }
   return GuardTorch("stacked LSTM", [&]() -> absl::StatusOr<SequenceResult> {
@@ -247,6 +296,7 @@ absl::StatusOr<SequenceResult> StackedLstm::Run(const at::Tensor& inputs, const 
     at::internal::lazy_init_num_threads();
     c10::InferenceMode inference;
     if (chosen == LstmPath::kGeneric) return RunGeneric(inputs, initial, want_outputs);
+    if (cuda_path) return RunCuda(inputs, initial, want_outputs, chosen == LstmPath::kCudaFused);
     return RunFloatCpu(inputs, initial, want_outputs, chosen == LstmPath::kSmallBatch);
   });
 }

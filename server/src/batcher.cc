@@ -121,6 +121,7 @@ std::vector<BatchJob> Batcher::TakeBatch(int64_t previous_rows, absl::Duration p
 }
 
 void Batcher::Work() {
+  core::DeviceRunner runner;  // this worker's CUDA stream, when the sets live on a GPU
   int64_t previous_rows = 1;
   absl::Duration previous_compute = absl::ZeroDuration();
   while (true) {
@@ -134,11 +135,11 @@ void Batcher::Work() {
     }
     previous_rows = 0;
     for (const auto& job : batch) previous_rows += Rows(job);
-    previous_compute = Run(std::move(batch));
+    previous_compute = Run(std::move(batch), runner);
   }
 }
 
-absl::Duration Batcher::Run(std::vector<BatchJob> batch) {
+absl::Duration Batcher::Run(std::vector<BatchJob> batch, core::DeviceRunner& runner) {
   // Drop what expired or was cancelled while it waited.
   const absl::Time now = absl::Now();
   std::vector<BatchJob> live;
@@ -173,7 +174,7 @@ absl::Duration Batcher::Run(std::vector<BatchJob> batch) {
   const core::StackedLstm& lstm = *live.front().set->lstm;
   const absl::Time began = absl::Now();
   if (live.size() == 1) {
-    auto result = lstm.Run(live.front().inputs, live.front().state, live.front().want_outputs);
+    auto result = runner.Run(lstm, live.front().inputs, live.front().state, live.front().want_outputs);
     const absl::Duration compute = absl::Now() - began;
     if (metrics_ != nullptr) metrics_->ObserveBatch(rows, compute);
     live.front().done(std::move(result));
@@ -182,7 +183,7 @@ absl::Duration Batcher::Run(std::vector<BatchJob> batch) {
   auto result = core::GuardTorch("batch", [&]() -> absl::StatusOr<core::SequenceResult> {
     std::vector<at::Tensor> inputs;
     for (const auto& job : live) inputs.push_back(job.inputs);
-    return lstm.Run(at::cat(inputs, 1), MergeStates(live), live.front().want_outputs);
+    return runner.Run(lstm, at::cat(inputs, 1), MergeStates(live), live.front().want_outputs);
   });
   const absl::Duration compute = absl::Now() - began;
   if (metrics_ != nullptr) metrics_->ObserveBatch(rows, compute);

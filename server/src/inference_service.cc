@@ -29,8 +29,9 @@ absl::StatusOr<std::shared_ptr<const SetEntry>> LstmSet(ServiceContext* ctx, con
 
 absl::StatusOr<at::Tensor> Input(ServiceContext* ctx, const SetEntry& entry, const v1::Tensor& t,
                                  absl::string_view field) {
+  // Host tensors: the batch worker moves the merged batch to the set's device.
   return TensorFromProto(t, field, entry.stored.set.dtype, ctx->options.max_tensor_elements,
-                         entry.lstm->device());
+                         c10::Device(c10::kCPU));
 }
 
 absl::StatusOr<std::vector<at::Tensor>> States(ServiceContext* ctx, const SetEntry& entry,
@@ -67,7 +68,7 @@ void StatesToProto(const core::LstmState& state, Response* response) {
 // A batch job for a validated request; the caller sets `done`.
 absl::StatusOr<BatchJob> MakeJob(grpc::CallbackServerContext* context, std::shared_ptr<const SetEntry> entry,
                                  at::Tensor inputs, core::LstmState state, bool want_outputs) {
-  LSTMSERVE_RETURN_IF_ERROR(entry->lstm->CheckRunInputs(inputs, state));
+  LSTMSERVE_RETURN_IF_ERROR(entry->lstm->CheckRunShapes(inputs, state));
   BatchJob job;
   job.set = std::move(entry);
   job.inputs = std::move(inputs);

@@ -1,17 +1,22 @@
 // lstmserve-core-bench: the core's stacked LSTM on the four reference workloads, beside one
 // GEMM of the step's shape [B, I + H] x [I + H, 4H] (the roofline), in one binary.
 //
-//   lstmserve-core-bench [--threads=N] [Google Benchmark flags, e.g. --benchmark_filter=M]
+//   lstmserve-core-bench [--threads=N] [--device=cpu|cuda[:N]] [--dtype=float32|float16|bfloat16]
+//                        [Google Benchmark flags, e.g. --benchmark_filter=M]
 //
 // Benchmarks, per workload W:
 //   core/W         the default path (Step for 1 step, Run for sequences)
 //   core_steps/W   T separate Step calls carrying the state (the autoregressive case)
-//   core_<path>/W  one path forced (small_batch, blas, generic)
+//   core_<path>/W  one path forced (CPU: small_batch, blas, generic; CUDA: cuda_fused,
+//                  cuda_gemm, generic)
 //   gemm/W         at::mm_out of the step's shape, into a preallocated output
+// On CUDA every iteration ends with a device synchronisation (the time is the work's, not
+// its queueing), and the workloads L_B1 .. L_B1024 add a batch sweep of L.
 // Counter FLOPS is the stacked-LSTM arithmetic (2 * B * (in_l + H) * 4H per layer-step).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -19,6 +24,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <benchmark/benchmark.h>
 
+#include "lstmserve/core/device.h"
 #include "lstmserve/core/parameter_set.h"
 #include "lstmserve/core/stacked_lstm.h"
 #include "lstmserve/core/threads.h"
@@ -37,6 +43,12 @@ constexpr Workload kWorkloads[] = {
     {"M", 64, 128, 256, 2, 100},
     {"L", 256, 1024, 1024, 4, 20},
 };
+// The batch sweep of L, on CUDA only (on 2 CPU cores B=1024 takes seconds per call).
+constexpr int64_t kSweepBatches[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+
+// Where and in what dtype the benchmarks run (--device, --dtype).
+c10::Device g_device(c10::kCPU);
+core::DType g_dtype = core::DType::kFloat32;
 
 struct Fixture {
   core::StackedLstm lstm;
@@ -51,18 +63,22 @@ Fixture MakeFixture(const Workload& w) {
   spec.lstm->input_size = w.input;
   spec.lstm->hidden_size = w.hidden;
   spec.seed = 1;
-  auto set = core::CreateParameterSet(spec, {});
+  spec.dtype = g_dtype;
+  auto set = core::CreateParameterSet(spec, {}, g_device);
   if (!set.ok()) std::abort();
   auto lstm = core::StackedLstm::FromParameterSet(*set);
   if (!lstm.ok()) std::abort();
   at::Generator gen = at::detail::createCPUGenerator(2);
-  Fixture f{*std::move(lstm), at::empty({w.steps, w.batch, w.input}).normal_(0, 1, gen), {}};
+  const auto here = [](at::Tensor t) { return t.to(g_device, core::ToScalarType(g_dtype)); };
+  Fixture f{*std::move(lstm), here(at::empty({w.steps, w.batch, w.input}).normal_(0, 1, gen)), {}};
   for (int64_t l = 0; l < w.layers; ++l) {
-    f.state.c.push_back(at::empty({w.batch, w.hidden}).normal_(0, 1, gen));
-    f.state.h.push_back(at::empty({w.batch, w.hidden}).uniform_(-1, 1, gen));
+    f.state.c.push_back(here(at::empty({w.batch, w.hidden}).normal_(0, 1, gen)));
+    f.state.h.push_back(here(at::empty({w.batch, w.hidden}).uniform_(-1, 1, gen)));
   }
   return f;
 }
+
+void Sync() { core::SynchronizeDevice(g_device); }
 
 void SetFlops(benchmark::State& state, const Fixture& f, const Workload& w) {
   state.counters["FLOPS"] = benchmark::Counter(f.lstm.StepFlops(w.batch) * w.steps,
@@ -79,6 +95,7 @@ void BenchCore(benchmark::State& state, Workload w, core::LstmPath path) {
       auto out = f.lstm.Run(f.inputs, f.state, /*want_outputs=*/true, path);
       benchmark::DoNotOptimize(out);
     }
+    Sync();
   }
   SetFlops(state, f, w);
 }
@@ -89,6 +106,7 @@ void BenchSteps(benchmark::State& state, Workload w) {
     core::LstmState s = f.state;
     for (int64_t t = 0; t < w.steps; ++t) s = *f.lstm.Step(f.inputs[t], s);
     benchmark::DoNotOptimize(s);
+    Sync();
   }
   SetFlops(state, f, w);
 }
@@ -96,12 +114,14 @@ void BenchSteps(benchmark::State& state, Workload w) {
 void BenchGemm(benchmark::State& state, Workload w) {
   at::Generator gen = at::detail::createCPUGenerator(3);
   const int64_t k = w.input + w.hidden, n = 4 * w.hidden;
-  const at::Tensor a = at::empty({w.batch, k}).normal_(0, 1, gen);
-  const at::Tensor b = at::empty({k, n}).normal_(0, 1, gen);
-  at::Tensor out = at::empty({w.batch, n});
+  const auto options = at::TensorOptions().device(g_device).dtype(core::ToScalarType(g_dtype));
+  const at::Tensor a = at::empty({w.batch, k}).normal_(0, 1, gen).to(options);
+  const at::Tensor b = at::empty({k, n}).normal_(0, 1, gen).to(options);
+  at::Tensor out = at::empty({w.batch, n}, options);
   for (auto _ : state) {
     at::mm_out(out, a, b);
     benchmark::DoNotOptimize(out.data_ptr());
+    Sync();
   }
   state.counters["FLOPS"] =
       benchmark::Counter(2.0 * w.batch * k * n, benchmark::Counter::kIsIterationInvariantRate);
@@ -115,30 +135,67 @@ int main(int argc, char** argv) {
   for (int i = 0; i < argc; ++i) {
     if (std::strncmp(argv[i], "--threads=", 10) == 0) {
       threads = std::atoi(argv[i] + 10);
+    } else if (std::strncmp(argv[i], "--device=", 9) == 0) {
+      auto device = core::ResolveDevice(argv[i] + 9);
+      if (!device.ok()) {
+        std::fprintf(stderr, "lstmserve-core-bench: %s\n", device.status().ToString().c_str());
+        return 2;
+      }
+      g_device = *device;
+    } else if (std::strncmp(argv[i], "--dtype=", 8) == 0) {
+      auto dtype = core::ParseDType(argv[i] + 8);
+      if (!dtype.ok()) {
+        std::fprintf(stderr, "lstmserve-core-bench: %s\n", dtype.status().ToString().c_str());
+        return 2;
+      }
+      g_dtype = *dtype;
     } else if (std::strcmp(argv[i], "--help") == 0) {
       std::printf(
           "lstmserve-core-bench: the core's stacked LSTM on workloads S, S32, M, L and the GEMM "
           "roofline.\n  --threads=N  intra-op threads (default: all available cores)\n"
+          "  --device=D   cpu (default), cuda or cuda:N (adds the L batch sweep L_B1..L_B1024)\n"
+          "  --dtype=T    float32 (default); float16 or bfloat16 on CUDA\n"
           "Google Benchmark's flags follow:\n");
       args.push_back(argv[i]);
     } else {
       args.push_back(argv[i]);
     }
   }
+  if (auto ok = core::CheckDTypeOnDevice(g_dtype, g_device); !ok.ok()) {
+    std::fprintf(stderr, "lstmserve-core-bench: %s\n", ok.ToString().c_str());
+    return 2;
+  }
   const int used = core::SetIntraOpThreads(threads);
   benchmark::AddCustomContext("intra_op_threads", std::to_string(used));
-  for (const Workload& w : kWorkloads) {
+  benchmark::AddCustomContext("device", core::DeviceName(g_device));
+  benchmark::AddCustomContext("dtype", std::string(core::DTypeName(g_dtype)));
+  std::vector<Workload> workloads(std::begin(kWorkloads), std::end(kWorkloads));
+  std::vector<std::string> sweep_names;  // owns the names the sweep's workloads point to
+  sweep_names.reserve(std::size(kSweepBatches));
+  if (g_device.is_cuda()) {
+    for (int64_t b : kSweepBatches) {
+      sweep_names.push_back("L_B" + std::to_string(b));
+      workloads.push_back({sweep_names.back().c_str(), b, 1024, 1024, 4, 20});
+    }
+  }
+  for (const Workload& w : workloads) {
     const std::string name = w.name;
     benchmark::RegisterBenchmark(("core/" + name).c_str(), BenchCore, w, core::LstmPath::kAuto)
         ->Unit(benchmark::kMicrosecond)->UseRealTime();
-    if (w.steps > 1) {
+    const bool sweep = name.rfind("L_B", 0) == 0;  // the sweep: core and the CUDA paths only
+    if (w.steps > 1 && !sweep) {
       benchmark::RegisterBenchmark(("core_steps/" + name).c_str(), BenchSteps, w)
           ->Unit(benchmark::kMicrosecond)->UseRealTime();
     }
-    const std::pair<const char*, core::LstmPath> paths[] = {{"small_batch", core::LstmPath::kSmallBatch},
-                                                            {"blas", core::LstmPath::kBlas},
-                                                            {"generic", core::LstmPath::kGeneric}};
-    for (const auto& [path_name, path] : paths) {
+    std::vector<core::LstmPath> paths = {core::LstmPath::kSmallBatch, core::LstmPath::kBlas,
+                                         core::LstmPath::kGeneric};
+    if (g_device.is_cuda()) {
+      paths = {core::LstmPath::kCudaGemm};
+      if (!sweep) paths.push_back(core::LstmPath::kGeneric);
+      if (w.batch <= 8) paths.push_back(core::LstmPath::kCudaFused);
+    }
+    for (core::LstmPath path : paths) {
+      const std::string path_name = core::LstmPathName(path);
       benchmark::RegisterBenchmark(("core_" + std::string(path_name) + "/" + name).c_str(), BenchCore, w, path)
           ->Unit(benchmark::kMicrosecond)->UseRealTime();
     }

@@ -44,8 +44,14 @@ torch.save({'inputs': torch.randn(4, 3, 16, generator=g)}, '$work/one.pt')"
 check run-file 0 "${c[@]}" run --id=cli-copy --input="$work/in.pt" --final_state_only
 contains run-file "layer 1  c [3, 8]"
 check step-file 0 "${c[@]}" step --id=cli-copy --input="$work/in.pt"
-check one-tensor-pt 1 "${c[@]}" run --id=cli-copy --input="$work/one.pt"
-contains one-tensor-pt "save it as .safetensors"
+if [[ "${LSTMSERVE_LIBTORCH_VERSION:-1.13}" == 1.* ]]; then
+  # LibTorch 1.13's unpickler cannot read a torch.save'd dict of one tensor: the CLI says so.
+  check one-tensor-pt 1 "${c[@]}" run --id=cli-copy --input="$work/one.pt"
+  contains one-tensor-pt "save it as .safetensors"
+else  # LibTorch 2.x reads it
+  check one-tensor-pt 0 "${c[@]}" run --id=cli-copy --input="$work/one.pt" --final_state_only
+  contains one-tensor-pt "layer 1  c [3, 8]"
+fi
 check delete 0 "${c[@]}" delete --id=cli-copy
 check get-deleted 1 "${c[@]}" get --id=cli-copy;                    contains get-deleted "NOT_FOUND"
 check duplicate 1 "${c[@]}" create --id=cli-set;                    contains duplicate "ALREADY_EXISTS"

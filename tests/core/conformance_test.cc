@@ -1,5 +1,7 @@
 // Conformance with the numerical specification, ../shared/reference/common_ops.py:
 // initializers and the stacked-LSTM set bit for bit, the LSTM on every path within 1e-5.
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -9,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "lstmserve/core/device.h"
 #include "lstmserve/core/parameter_set.h"
 #include "lstmserve/core/stacked_lstm.h"
 #include "lstmserve/core/threads.h"
@@ -45,15 +48,7 @@ double MaxAbsDiff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kFloat) - b.to(at::kFloat)).abs().max().item<double>();
 }
 
-const char* PathName(LstmPath p) {
-  switch (p) {
-    case LstmPath::kAuto: return "auto";
-    case LstmPath::kSmallBatch: return "small_batch";
-    case LstmPath::kBlas: return "blas";
-    case LstmPath::kGeneric: return "generic";
-  }
-  return "?";
-}
+const char* PathName(LstmPath p) { return core::LstmPathName(p); }
 
 class ConformanceTest : public ::testing::Test {
  protected:
@@ -210,6 +205,87 @@ INSTANTIATE_TEST_SUITE_P(EveryPath, LstmRunTest,
                          ::testing::Values(LstmPath::kAuto, LstmPath::kSmallBatch, LstmPath::kBlas,
                                            LstmPath::kGeneric),
                          [](const auto& info) { return std::string(PathName(info.param)); });
+
+// The GPU paths against the same reference values: float32 within 1e-5 like the CPU paths;
+// float16 and bfloat16 sets (weights, inputs and states rounded to the dtype, c kept in
+// float32 within a call) within the bounds README states. Skipped without a CUDA device.
+struct CudaCase {
+  LstmPath path;
+  c10::ScalarType dtype;
+  double tolerance;
+};
+
+class CudaLstmRunTest : public ConformanceTest, public ::testing::WithParamInterface<CudaCase> {};
+
+TEST_P(CudaLstmRunTest, StepAndSequenceMatchStackLstm) {
+  if (!core::CudaAvailable()) GTEST_SKIP() << "no CUDA device in this build or machine";
+  const CudaCase param = GetParam();
+  const c10::Device cuda(c10::kCUDA, 0);
+  const auto on_gpu = [&](std::vector<at::Tensor> v) {
+    for (auto& t : v) t = t.to(cuda, param.dtype);
+    return v;
+  };
+  double worst = 0;
+  int checked = 0;
+  for (const auto& item : testing::Items(Field(*reference_, "lstm_runs"))) {
+    const int64_t batch = Field(item, "batch").toInt();
+    if (param.path == LstmPath::kCudaFused && batch > 8) continue;
+    const std::string label = absl::StrCat(
+        PathName(param.path), " ", c10::toString(param.dtype), " L=", Field(item, "layers").toInt(),
+        " I=", Field(item, "input_size").toInt(), " H=", Field(item, "hidden_size").toInt(), " B=", batch);
+    auto lstm = core::StackedLstm::Create(on_gpu(Tensors(Field(item, "weights"))), on_gpu(Tensors(Field(item, "biases"))));
+    ASSERT_TRUE(lstm.ok()) << label << ": " << lstm.status();
+    core::LstmState initial;
+    if (!Field(item, "zero_state").toBool()) {
+      initial.c = on_gpu(Tensors(Field(item, "c0")));
+      initial.h = on_gpu(Tensors(Field(item, "h0")));
+    }
+    const at::Tensor x = Field(item, "x").toTensor().to(cuda, param.dtype);
+    const auto check = [&](const at::Tensor& got, const at::Tensor& want, const std::string& what) {
+      ASSERT_TRUE(got.is_cuda()) << label << " " << what;
+      ASSERT_EQ(got.scalar_type(), param.dtype) << label << " " << what;
+      const double diff = MaxAbsDiff(got.cpu(), want);
+      worst = std::max(worst, diff);
+      EXPECT_LE(diff, param.tolerance) << label << " " << what;
+    };
+    auto step = lstm->Step(x[0], initial, param.path);
+    ASSERT_TRUE(step.ok()) << label << ": " << step.status();
+    const auto step_c = Tensors(Field(item, "step_c"));
+    const auto step_h = Tensors(Field(item, "step_h"));
+    for (size_t l = 0; l < step_c.size(); ++l) {
+      check(step->c[l], step_c[l], absl::StrCat("step c[", l, "]"));
+      check(step->h[l], step_h[l], absl::StrCat("step h[", l, "]"));
+    }
+    auto run = lstm->Run(x, initial, /*want_outputs=*/true, param.path);
+    ASSERT_TRUE(run.ok()) << label << ": " << run.status();
+    check(run->outputs, Field(item, "seq_out").toTensor(), "sequence outputs");
+    const auto seq_c = Tensors(Field(item, "seq_c"));
+    const auto seq_h = Tensors(Field(item, "seq_h"));
+    for (size_t l = 0; l < seq_c.size(); ++l) {
+      check(run->final_state.c[l], seq_c[l], absl::StrCat("final c[", l, "]"));
+      check(run->final_state.h[l], seq_h[l], absl::StrCat("final h[", l, "]"));
+    }
+    ++checked;
+  }
+  EXPECT_GE(checked, 3);
+  // The measured error, for README's table (ctest -V or the GPU script's log shows it).
+  std::printf("[ measured ] %s %s: max abs error %.3g over %d runs (bound %.3g)\n", PathName(param.path),
+              c10::toString(param.dtype), worst, checked, param.tolerance);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    EveryCudaPath, CudaLstmRunTest,
+    ::testing::Values(CudaCase{LstmPath::kAuto, at::kFloat, kLstmTolerance},
+                      CudaCase{LstmPath::kCudaFused, at::kFloat, kLstmTolerance},
+                      CudaCase{LstmPath::kCudaGemm, at::kFloat, kLstmTolerance},
+                      CudaCase{LstmPath::kGeneric, at::kFloat, kLstmTolerance},
+                      CudaCase{LstmPath::kCudaFused, at::kHalf, 2e-2},
+                      CudaCase{LstmPath::kCudaGemm, at::kHalf, 2e-2},
+                      CudaCase{LstmPath::kCudaFused, at::kBFloat16, 1e-1},
+                      CudaCase{LstmPath::kCudaGemm, at::kBFloat16, 1e-1}),
+    [](const auto& info) {
+      return absl::StrCat(PathName(info.param.path), "_", c10::toString(info.param.dtype));
+    });
 
 }  // namespace
 }  // namespace lstmserve

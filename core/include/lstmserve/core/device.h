@@ -42,6 +42,10 @@ absl::Status CheckDTypeOnDevice(DType dtype, const c10::Device& device);
 // The LibTorch this was built against ("1.13.0").
 std::string LibTorchVersion();
 
+// Waits until the device has finished all queued work (CUDA); nothing on the CPU. For
+// benchmarks and tests that time or read device results.
+void SynchronizeDevice(const c10::Device& device);
+
 // Memory of LibTorch's CUDA caching allocator on a device, in bytes.
 struct DeviceMemory {
   int64_t allocated_bytes = 0;  // in tensors now

@@ -36,7 +36,13 @@ enum class LstmPath {
   kSmallBatch,  // float32 CPU: own vectorised kernels, no LibTorch op per step (B <= 4)
   kBlas,        // float32 CPU: one GEMM per layer for all inputs, one GEMM per step
   kGeneric,     // any device and dtype: LibTorch ops
+  kCudaFused,   // CUDA, B <= 8: one fused kernel per layer and step (GEMV + cell), reads w once
+  kCudaGemm,    // CUDA: cuBLAS GEMMs (all inputs at once, then one per step) + a fused cell kernel
 };
+// The name of a path ("auto", "small_batch", "blas", "generic", "cuda_fused", "cuda_gemm").
+const char* LstmPathName(LstmPath path);
+// True when this build has the CUDA paths (its LibTorch has CUDA).
+bool BuiltWithCuda();
 
 // Immutable after Create; Step and Run are const and safe to call from many threads.
 class StackedLstm {
@@ -61,6 +67,8 @@ class StackedLstm {
   // The checks Run makes before computing (shapes, dtype, device, states): OK means Run
   // cannot fail on these inputs for a reason of theirs.
   absl::Status CheckRunInputs(const at::Tensor& inputs, const LstmState& initial) const;
+  // The same checks but the device: for host tensors that a DeviceRunner will move.
+  absl::Status CheckRunShapes(const at::Tensor& inputs, const LstmState& initial) const;
 
   int64_t num_layers() const { return static_cast<int64_t>(weights_.size()); }
   int64_t input_size() const { return input_size_; }
@@ -77,12 +85,17 @@ class StackedLstm {
  private:
   StackedLstm() = default;
 
-  absl::Status ValidateState(const LstmState& state, int64_t batch, absl::string_view what) const;
+  absl::Status ValidateState(const LstmState& state, int64_t batch, absl::string_view what,
+                             bool check_device) const;
+  absl::Status CheckInputs(const at::Tensor& inputs, const LstmState& initial, bool check_device) const;
   LstmPath ChoosePath(int64_t batch, LstmPath requested) const;
   SequenceResult RunFloatCpu(const at::Tensor& inputs, const LstmState& initial,
                              bool want_outputs, bool small_batch) const;
   SequenceResult RunGeneric(const at::Tensor& inputs, const LstmState& initial,
                             bool want_outputs) const;
+  // stacked_lstm_cuda.cc; only in CUDA builds.
+  SequenceResult RunCuda(const at::Tensor& inputs, const LstmState& initial, bool want_outputs,
+                         bool fused) const;
 
   std::vector<at::Tensor> weights_;  // [in_l + H, 4H], contiguous
   std::vector<at::Tensor> biases_;   // [4H] or empty

@@ -36,7 +36,7 @@ namespace lstmserve::core {
 
 // Runs `fn` (returning absl::Status or absl::StatusOr<T>) and turns any exception it throws
 // into a status: c10::Error (LibTorch) and other std::exception become INTERNAL with
-// `context` in the message, std::bad_alloc becomes RESOURCE_EXHAUSTED. This is the core's
+// `context` in the message, std::bad_alloc and c10::OutOfMemoryError RESOURCE_EXHAUSTED. This is the core's
 // edge: no LibTorch exception escapes a public core function.
 template <typename Fn>
 auto GuardTorch(absl::string_view context, Fn&& fn) -> decltype(fn()) {
@@ -44,6 +44,8 @@ auto GuardTorch(absl::string_view context, Fn&& fn) -> decltype(fn()) {
     return fn();
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(absl::StrCat(context, ": out of memory"));
+  } catch (const c10::OutOfMemoryError& e) {  // a device allocation (CUDA) failed
+    return absl::ResourceExhaustedError(absl::StrCat(context, ": out of device memory: ", e.what_without_backtrace()));
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat(context, ": ", e.what_without_backtrace()));
   } catch (const std::exception& e) {

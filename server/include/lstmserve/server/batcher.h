@@ -26,6 +26,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "lstmserve/core/device_runner.h"
 #include "lstmserve/core/stacked_lstm.h"
 #include "lstmserve/server/metrics.h"
 #include "lstmserve/server/set_registry.h"
@@ -40,8 +41,10 @@ struct BatchOptions {
   int64_t max_queued_requests = 4096;                       // beyond: RESOURCE_EXHAUSTED
 };
 
-// One request. `inputs` is [T, B, I]; `state` is empty or full (validated beforehand with
-// StackedLstm::CheckRunInputs, so a batch cannot fail because of one of its requests).
+// One request. `inputs` is [T, B, I] on the host (CPU); `state` is empty or full (validated
+// beforehand with StackedLstm::CheckRunShapes, so a batch cannot fail because of one of its
+// requests). The worker merges a batch on the host and its core::DeviceRunner moves it to the
+// set's device (on a GPU: pinned buffers, the worker's own stream) and the results back.
 struct BatchJob {
   std::shared_ptr<const SetEntry> set;
   at::Tensor inputs;
@@ -90,7 +93,7 @@ class Batcher {
   int64_t Fill(std::vector<BatchJob>& batch, int64_t rows) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Computes a batch and answers its jobs; returns the time of the core call alone (what
   // the next batch may spend waiting to fill is bounded by half of it).
-  absl::Duration Run(std::vector<BatchJob> batch);
+  absl::Duration Run(std::vector<BatchJob> batch, core::DeviceRunner& runner);
 
   const BatchOptions options_;
   Metrics* const metrics_;
