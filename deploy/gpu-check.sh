@@ -2,9 +2,10 @@
 # The GPU check: one command for the GPU machine (an H200 with Python 3.12 + torch 2.11.0+cu130,
 # nvcc, CMake; no registry and none of gRPC, protobuf, Abseil or prometheus-cpp).
 #
-#   deploy/gpu-check.sh stage      here: build the PyPI/CUDA build (build-pypi/) and put what the
-#                                  GPU machine needs into build-gpu/ (binaries, the Debian
-#                                  libraries they use that it lacks, common_ops.py); prints its size
+#   deploy/gpu-check.sh stage      here: build the PyPI/CUDA build (build/, or the folder named by
+#                                  $LSTMSERVE_GPU_BUILD) and put what the GPU machine needs into
+#                                  build-gpu/ (binaries, the Debian libraries they use that it
+#                                  lacks, common_ops.py); prints its size
 #   deploy/gpu-check.sh [run]      there, with build-gpu/ carried: every result goes to $OUT
 #   deploy/gpu-check.sh rehearse   here: `run` end to end with the GPU steps on the CPU instead
 #                                  (CUDA tests skip themselves), short benchmarks, into $OUT or
@@ -31,13 +32,18 @@ stage_dir="$root/build-gpu"
 
 stage() {
   set -e
-  deploy/build.sh build-pypi -DLSTMSERVE_LIBTORCH=pypi
+  local src="${LSTMSERVE_GPU_BUILD:-build}"
+  deploy/build.sh "$src" -DLSTMSERVE_LIBTORCH=pypi
+  if ! grep -q "^LSTMSERVE_WITH_CUDA:INTERNAL=ON\|^LSTMSERVE_LIBTORCH:STRING=pypi" "$src/CMakeCache.txt"; then
+    echo "gpu-check: $src is not a PyPI LibTorch build (-DLSTMSERVE_LIBTORCH=pypi)" >&2
+    exit 1
+  fi
   rm -rf "$stage_dir"
   mkdir -p "$stage_dir"/{server,client,tests/bench,tests/core,lib/compat,reference}
-  cp build-pypi/server/lstmserve "$stage_dir/server/"
-  cp build-pypi/client/lstmserve-cli "$stage_dir/client/"
-  cp build-pypi/tests/bench/lstmserve-core-bench "$stage_dir/tests/bench/"
-  for t in conformance_test stacked_lstm_test parameter_set_test; do cp "build-pypi/tests/core/$t" "$stage_dir/tests/core/"; done
+  cp "$src/server/lstmserve" "$stage_dir/server/"
+  cp "$src/client/lstmserve-cli" "$stage_dir/client/"
+  cp "$src/tests/bench/lstmserve-core-bench" "$stage_dir/tests/bench/"
+  for t in conformance_test stacked_lstm_test parameter_set_test; do cp "$src/tests/core/$t" "$stage_dir/tests/core/"; done
   strip --strip-unneeded "$stage_dir"/server/* "$stage_dir"/client/* "$stage_dir"/tests/*/*
   cp ../shared/reference/common_ops.py "$stage_dir/reference/"
   # The libraries the binaries use that are neither LibTorch's (the GPU machine's wheel has
@@ -46,7 +52,8 @@ stage() {
   torch_lib=$(/opt/lstmserve-tools/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__) + "/lib")')
   ldd "$stage_dir"/server/* "$stage_dir"/client/* "$stage_dir"/tests/*/* | awk '/=> \//{print $3}' | sort -u |
     grep -v -e "^$torch_lib" -e '/nvidia/' -e '/cuda' -e '/libc\.so' -e '/libm\.so' -e '/libdl\.so' \
-      -e '/libpthread\.so' -e '/librt\.so' -e '/ld-linux' -e '/libstdc++' -e '/libgcc_s' -e '/libgomp' |
+      -e '/libpthread\.so' -e '/librt\.so' -e '/libutil\.so' -e '/libresolv\.so' -e '/ld-linux' \
+      -e '/libstdc++' -e '/libgcc_s' -e '/libgomp' |
     while read -r lib; do cp -L "$lib" "$stage_dir/lib/"; done
   # Debian 12's C++ runtime, used there only if the machine's is older than ours.
   cp -L /usr/lib/x86_64-linux-gnu/libstdc++.so.6 /usr/lib/x86_64-linux-gnu/libgcc_s.so.1 "$stage_dir/lib/compat/"
@@ -77,6 +84,7 @@ mkdir -p "$OUT"
 B="$stage_dir"
 summary="$OUT/summary.txt"
 : >"$summary"
+: >"$OUT/tests.txt"
 failures=0
 started=$(date +%s)
 say() { echo "[$(($(date +%s) - started))s] $*" | tee -a "$summary"; }
@@ -100,8 +108,10 @@ if [[ ! -x "$B/server/lstmserve" ]]; then
 fi
 
 # 2. Libraries: the machine's LibTorch (its torch wheel) and the carried ones.
+# The wheel's CUDA libraries (cudart, cuBLAS, cuDNN, ...) live in site-packages/nvidia/*/lib.
 torch_lib=$("$PYTHON" -c 'import os, torch; print(os.path.dirname(torch.__file__) + "/lib")')
-export LD_LIBRARY_PATH="$B/lib:$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+nvidia_libs=$(find "$(dirname "$(dirname "$torch_lib")")/nvidia" -maxdepth 2 -name lib -type d 2>/dev/null | paste -sd:)
+export LD_LIBRARY_PATH="$B/lib:$torch_lib${nvidia_libs:+:$nvidia_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 binaries=("$B"/server/lstmserve "$B"/client/lstmserve-cli "$B"/tests/bench/lstmserve-core-bench "$B"/tests/core/*)
 if ! "$B/client/lstmserve-cli" --help >/dev/null 2>"$OUT/libs.txt"; then
   if grep -q GLIBCXX "$OUT/libs.txt"; then
@@ -124,7 +134,7 @@ for t in conformance_test stacked_lstm_test parameter_set_test; do
   result "$t" $?
 done
 grep "\[ measured \]" "$OUT/tests.txt" | tee -a "$summary"
-grep -E "SKIPPED|FAILED" "$OUT/tests.txt" | sort | uniq -c | head -40 >>"$summary"
+grep -E "^\[  (PASSED|SKIPPED|FAILED) +\] [0-9]+ tests?" "$OUT/tests.txt" | tee -a "$summary"
 
 # 4. The server on the GPU, driven by the CLI.
 (
@@ -160,7 +170,8 @@ grep -E "SKIPPED|FAILED" "$OUT/tests.txt" | sort | uniq -c | head -40 >>"$summar
   "$PYTHON" - "$OUT" "$metrics" "$device" <<'PY'
 import sys, urllib.request, torch
 out, metrics, device = sys.argv[1:4]
-g, c = torch.load(f"{out}/gpu-run.pt"), torch.load(f"{out}/cpu-run.pt")
+g = torch.load(f"{out}/gpu-run.pt", weights_only=False)  # our own files: dicts of tensors
+c = torch.load(f"{out}/cpu-run.pt", weights_only=False)
 worst = max((g[k].float() - c[k].float()).abs().max().item() for k in g)
 print(f"GPU server vs CPU server, same set and inputs, 50 steps: max abs diff {worst:.3g} (bound 1e-5)")
 assert worst <= 1e-5, worst

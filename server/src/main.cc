@@ -25,7 +25,8 @@ ABSL_FLAG(int, threads, kDefaults.intra_op_threads, "intra-op threads for infere
 ABSL_FLAG(bool, enable_batching, kDefaults.enable_batching,
           "merge concurrent Step/Run/Session requests on the same set into one core call");
 ABSL_FLAG(int, num_batch_threads, kDefaults.num_batch_threads,
-          "threads that compute batches (batch threads x --threads should not exceed the cores)");
+          "threads that compute batches; 0: 1 on the CPU (batch threads x --threads should not "
+          "exceed the cores), 2 on a GPU (each with its own CUDA stream)");
 ABSL_FLAG(int64_t, max_batch_size, kDefaults.max_batch_size, "most rows (sum of B) in one batch");
 ABSL_FLAG(int64_t, batch_timeout_micros, kDefaults.batch_timeout_micros,
           "under load, most a batch waits for more requests (also at most half the previous batch's compute "

@@ -32,8 +32,8 @@ absl::Status ServerOptions::Validate() const {
   }
   if (store_dir.empty()) return absl::InvalidArgumentError("--store_dir must not be empty");
   if (intra_op_threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
-  if (num_batch_threads < 1 || num_batch_threads > 256) {
-    return absl::InvalidArgumentError("--num_batch_threads must be in [1, 256]");
+  if (num_batch_threads < 0 || num_batch_threads > 256) {
+    return absl::InvalidArgumentError("--num_batch_threads must be in [0, 256] (0: 1 on the CPU, 2 on a GPU)");
   }
   if (max_batch_size < 1) return absl::InvalidArgumentError("--max_batch_size must be >= 1");
   if (batch_timeout_micros < 0 || batch_timeout_micros > 10'000'000) {

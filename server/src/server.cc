@@ -42,7 +42,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   server->options_ = options;
   LSTMSERVE_ASSIGN_OR_RETURN(c10::Device device, core::ResolveDevice(options.device));
   const int threads = core::SetIntraOpThreads(options.intra_op_threads);
+  const int batch_threads = options.num_batch_threads > 0 ? options.num_batch_threads : device.is_cuda() ? 2 : 1;
   LogInfo(absl::StrCat("lstmserve starting: device=", core::DeviceName(device), " threads=", threads,
+                       " batch_threads=", batch_threads,
                        " store_dir=", options.store_dir, " transport=",
                        options.tls_cert_file.empty() ? "plaintext"
                        : options.tls_client_ca_file.empty() ? "tls" : "mutual-tls",
@@ -67,7 +69,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   server->compute_ = std::make_unique<ComputePool>(1);
   BatchOptions batching;
   batching.enabled = options.enable_batching;
-  batching.num_batch_threads = options.num_batch_threads;
+  batching.num_batch_threads = batch_threads;
   batching.max_batch_size = options.max_batch_size;
   batching.batch_timeout = absl::Microseconds(options.batch_timeout_micros);
   batching.max_queued_requests = options.max_queued_requests;

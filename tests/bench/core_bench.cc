@@ -7,7 +7,7 @@
 // Benchmarks, per workload W:
 //   core/W         the default path (Step for 1 step, Run for sequences)
 //   core_steps/W   T separate Step calls carrying the state (the autoregressive case)
-//   core_<path>/W  one path forced (CPU: small_batch, blas, generic; CUDA: cuda_fused,
+//   core_<path>/W  one path forced (CPU: small_batch, blas, generic, onednn; CUDA: cuda_fused,
 //                  cuda_gemm, generic)
 //   gemm/W         at::mm_out of the step's shape, into a preallocated output
 // On CUDA every iteration ends with a device synchronisation (the time is the work's, not
@@ -189,6 +189,7 @@ int main(int argc, char** argv) {
     }
     std::vector<core::LstmPath> paths = {core::LstmPath::kSmallBatch, core::LstmPath::kBlas,
                                          core::LstmPath::kGeneric};
+    if (core::OneDnnLstmAvailable()) paths.push_back(core::LstmPath::kOneDnn);
     if (g_device.is_cuda()) {
       paths = {core::LstmPath::kCudaGemm};
       if (!sweep) paths.push_back(core::LstmPath::kGeneric);

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <torch/version.h>
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
@@ -146,6 +147,9 @@ class LstmRunTest : public ConformanceTest, public ::testing::WithParamInterface
 
 TEST_P(LstmRunTest, StepAndSequenceMatchStackLstm) {
   const LstmPath path = GetParam();
+  if (path == LstmPath::kOneDnn && !core::OneDnnLstmAvailable()) {
+    GTEST_SKIP() << "no oneDNN RNN in LibTorch " << TORCH_VERSION;
+  }
   for (const auto& item : testing::Items(Field(*reference_, "lstm_runs"))) {
     const std::string label = absl::StrCat(
         PathName(path), " L=", Field(item, "layers").toInt(), " I=", Field(item, "input_size").toInt(),
@@ -203,7 +207,7 @@ TEST_P(LstmRunTest, StepAndSequenceMatchStackLstm) {
 
 INSTANTIATE_TEST_SUITE_P(EveryPath, LstmRunTest,
                          ::testing::Values(LstmPath::kAuto, LstmPath::kSmallBatch, LstmPath::kBlas,
-                                           LstmPath::kGeneric),
+                                           LstmPath::kGeneric, LstmPath::kOneDnn),
                          [](const auto& info) { return std::string(PathName(info.param)); });
 
 // The GPU paths against the same reference values: float32 within 1e-5 like the CPU paths;

@@ -7,6 +7,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -36,6 +38,8 @@ enum class LstmPath {
   kSmallBatch,  // float32 CPU: own vectorised kernels, no LibTorch op per step (B <= 4)
   kBlas,        // float32 CPU: one GEMM per layer for all inputs, one GEMM per step
   kGeneric,     // any device and dtype: LibTorch ops
+  kOneDnn,      // float32 CPU, LibTorch 2.x: at::lstm on weights reordered to its layout, which
+                // runs oneDNN's fused RNN primitive (AVX-512 where the CPU has it)
   kCudaFused,   // CUDA, B <= 8: one fused kernel per layer and step (GEMV + cell), reads w once
   kCudaGemm,    // CUDA: cuBLAS GEMMs (all inputs at once, then one per step) + a fused cell kernel
 };
@@ -43,6 +47,9 @@ enum class LstmPath {
 const char* LstmPathName(LstmPath path);
 // True when this build has the CUDA paths (its LibTorch has CUDA).
 bool BuiltWithCuda();
+// True when the kOneDnn path is available: LibTorch 2.x with oneDNN enabled (1.13's at::lstm
+// takes a per-step path on the CPU, slower than kBlas).
+bool OneDnnLstmAvailable();
 
 // Immutable after Create; Step and Run are const and safe to call from many threads.
 class StackedLstm {
@@ -88,11 +95,12 @@ class StackedLstm {
   absl::Status ValidateState(const LstmState& state, int64_t batch, absl::string_view what,
                              bool check_device) const;
   absl::Status CheckInputs(const at::Tensor& inputs, const LstmState& initial, bool check_device) const;
-  LstmPath ChoosePath(int64_t batch, LstmPath requested) const;
+  LstmPath ChoosePath(int64_t batch, int64_t steps, LstmPath requested) const;
   SequenceResult RunFloatCpu(const at::Tensor& inputs, const LstmState& initial,
                              bool want_outputs, bool small_batch) const;
   SequenceResult RunGeneric(const at::Tensor& inputs, const LstmState& initial,
                             bool want_outputs) const;
+  SequenceResult RunOneDnn(const at::Tensor& inputs, const LstmState& initial, bool want_outputs) const;
   // stacked_lstm_cuda.cc; only in CUDA builds.
   SequenceResult RunCuda(const at::Tensor& inputs, const LstmState& initial, bool want_outputs,
                          bool fused) const;
@@ -100,6 +108,13 @@ class StackedLstm {
   std::vector<at::Tensor> weights_;  // [in_l + H, 4H], contiguous
   std::vector<at::Tensor> biases_;   // [4H] or empty
   at::Tensor zero_bias_;             // [4H] zeros for float32 CPU sets without biases
+  // at::lstm's parameters (w_ih, w_hh[, b_ih, b_hh] per layer, gates i, f, g, o), made on the
+  // first kOneDnn call: the set's weights once more in memory, for sets that run it.
+  struct TorchLayout {
+    std::once_flag once;
+    std::vector<at::Tensor> params;
+  };
+  std::shared_ptr<TorchLayout> torch_layout_;
   int64_t input_size_ = 0;
   int64_t hidden_size_ = 0;
 };

@@ -21,10 +21,11 @@ struct ServerOptions {
   std::string device = "auto";
   // LibTorch intra-op threads; 0 = every available core.
   int intra_op_threads = 0;
-  // Dynamic batching (see batcher.h). With the default intra-op threads (all cores), one
-  // batch thread keeps batch threads x intra-op threads <= cores.
+  // Dynamic batching (see batcher.h). Batch threads: 0 = 1 on the CPU (with the default
+  // intra-op threads, all cores, one keeps batch threads x intra-op threads <= cores) and 2 on
+  // a GPU (each has its own CUDA stream: one's copies overlap the other's compute).
   bool enable_batching = true;
-  int num_batch_threads = 1;
+  int num_batch_threads = 0;
   int64_t max_batch_size = 256;        // rows (sum of B) per core call
   int64_t batch_timeout_micros = 10000;  // under load, most a batch waits to fill
   int64_t max_queued_requests = 4096;  // beyond: RESOURCE_EXHAUSTED at once
