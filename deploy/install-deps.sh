@@ -41,7 +41,9 @@ image_pkgs=(buildah podman debootstrap curl iproute2)
 # The PyPI environment (build profile only). torch is pinned to the GPU machine's version;
 # its default Linux wheel is the CUDA 13.0 build and brings CUDA's runtime libraries.
 tools_dir="${LSTMSERVE_TOOLS:-/opt/lstmserve-tools}"
-pypi_requirements=(torch==2.11.0 numpy==2.3.5 buf-bin==1.75.0)
+# grpcio and protobuf 4.21 (the runtime of Debian's protoc 3.21, whose stubs the Python client
+# uses) let the serving benchmark's Python peer run on PyTorch 2.11 too.
+pypi_requirements=(torch==2.11.0 numpy==2.3.5 buf-bin==1.75.0 grpcio==1.76.0 protobuf==4.21.12)
 
 case "$profile" in
   build) pkgs=("${build_pkgs[@]}") ;;
