@@ -3,6 +3,8 @@
 #            the server and the CLI only (no tests, no benchmarks).
 #   runtime: debian:bookworm-slim with shared libraries only (OpenBLAS included, no compiler,
 #            no -dev package), a numeric non-root user, the store as a volume.
+# LibTorch: Debian's 1.13 (CMake's default, -DLSTMSERVE_LIBTORCH=debian), for a CPU image a
+# quarter the size of one on PyPI's CUDA wheel (README, "LibTorch: two builds").
 # Built and run for real by deploy/image-test.sh (buildah). For a GPU image see README,
 # "Container image".
 FROM debian:bookworm AS build

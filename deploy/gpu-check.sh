@@ -192,12 +192,12 @@ if $rehearse; then
 else
   bench_args=(--device cuda --repetitions 3 --min-time 0.2 --threads 8 --peer-python "$PYTHON")
 fi
-tests/bench/compare --build-dir "$B" --reference-dir "$B/reference" "${bench_args[@]}" \
+"$PYTHON" tests/bench/compare --build-dir "$B" --reference-dir "$B/reference" "${bench_args[@]}" \
   >"$OUT/compare-fp32.json" 2>"$OUT/compare-fp32.txt"
 result "compare fp32 (compare-fp32.txt)" $?
 cat "$OUT/compare-fp32.txt" >>"$summary"
 if ! $rehearse; then
-  tests/bench/compare --build-dir "$B" --reference-dir "$B/reference" "${bench_args[@]}" --dtype bfloat16 \
+  "$PYTHON" tests/bench/compare --build-dir "$B" --reference-dir "$B/reference" "${bench_args[@]}" --dtype bfloat16 \
     --workloads S,S32,M,L,L_B1,L_B64,L_B1024 >"$OUT/compare-bf16.json" 2>"$OUT/compare-bf16.txt"
   result "compare bf16 (compare-bf16.txt)" $?
   cat "$OUT/compare-bf16.txt" >>"$summary"
@@ -206,7 +206,7 @@ fi
 # 6. Serving: batching on the GPU.
 serve_args=(--device "$device" --servers-only --duration 3 --warmup 1)
 $rehearse && serve_args=(--device "$device" --servers-only --duration 0.5 --warmup 0.2)
-tests/bench/serve_compare --build-dir "$B" --reference-dir "$B/reference" "${serve_args[@]}" \
+"$PYTHON" tests/bench/serve_compare --build-dir "$B" --reference-dir "$B/reference" "${serve_args[@]}" \
   >"$OUT/serve.json" 2>"$OUT/serve.txt"
 result "serve_compare --device $device (serve.txt)" $?
 cat "$OUT/serve.txt" >>"$summary"
