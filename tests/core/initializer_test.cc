@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <limits>
+#include <thread>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -177,6 +178,30 @@ TEST(ApplyInitializerTest, OrthogonalBitsDoNotDependOnTheThreadCount) {
   const at::Tensor two = make(2);
   SetIntraOpThreads(0);
   EXPECT_TRUE(at::equal(one, two));
+}
+
+// The review's finding: on a fresh server (--threads=0, 2 threads) the first orthogonal
+// request gave the 2-thread QR bits. A new thread's first ATen parallel call applies the
+// configured thread count and undid the one-thread pin. The first call on a fresh thread
+// must give the same bits as later ones.
+TEST(ApplyInitializerTest, OrthogonalFirstCallOnAFreshThreadIsPinnedToo) {
+  SetIntraOpThreads(2);
+  auto make = [] {
+    at::Tensor t = at::empty({130, 517});
+    at::Generator gen = at::detail::createCPUGenerator(1);
+    EXPECT_TRUE(ApplyInitializer(t, Initializer::Orthogonal(), FanConvention::kTorch, gen).ok());
+    return t;
+  };
+  at::Tensor first, second;
+  std::thread([&] {
+    first = make();
+    second = make();
+  }).join();
+  SetIntraOpThreads(1);
+  const at::Tensor one_thread = make();
+  SetIntraOpThreads(0);
+  EXPECT_TRUE(at::equal(first, second)) << "the first call on a thread differs from the second";
+  EXPECT_TRUE(at::equal(first, one_thread)) << "the first call did not run on one thread";
 }
 
 TEST(DescribeInitializerTest, NamesKindAndParameters) {

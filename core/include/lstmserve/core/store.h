@@ -7,8 +7,10 @@
 //   microseconds), lstmserve.checksum ("sha256:<hex>"), lstmserve.spec (opaque to the store)
 // and "format": "pt".
 //
-// Writes are crash-safe: a temporary file in the same folder, fsync, rename over the final
-// name, fsync of the folder. A file is either absent or complete.
+// Writes are crash-safe: a temporary file in the same folder (".<id>.<pid>.<n>.tmp"), fsync,
+// link() to the final name (which fails if the name exists, so a set is never overwritten,
+// not even by another server sharing the folder), unlink of the temporary, fsync of the
+// folder. A file is either absent or complete.
 #pragma once
 
 #include <cstdint>

@@ -5,10 +5,11 @@
 // and the same output mode; a batch holds at most max_batch_size rows (the sum of the
 // requests' B). A worker takes the oldest request and adds every compatible queued one.
 // Under load (its previous batch held more than one row) it keeps collecting while
-// requests keep arriving, stopping after 200 us without an arrival, when the batch is
-// full, or after half its previous batch's compute time (at most batch_timeout): the
-// callers it just answered are about to send again, and the wait stays small next to the
-// work it batches. A lone caller never waits. Past max_queued_requests, Submit answers RESOURCE_EXHAUSTED at once. A request
+// requests keep arriving. With a budget of half its previous batch's compute time (at most
+// batch_timeout), it stops when the batch is full, when the budget is spent, or after a
+// quiet gap with no arrival of a quarter of the budget (at least 50 us): the callers it
+// just answered are about to send again, and the wait stays small next to the work it
+// batches. A lone caller never waits. Past max_queued_requests, Submit answers RESOURCE_EXHAUSTED at once. A request
 // whose deadline passes or whose call is cancelled while it waits is answered and dropped,
 // never computed.
 #pragma once
