@@ -29,6 +29,7 @@ constexpr int kDefaultPageSize = 100;
 constexpr int kMaxPageSize = 1000;
 constexpr int64_t kDefaultChunkBytes = int64_t{1} << 20;
 constexpr int64_t kMaxChunkBytes = int64_t{4} << 20;
+constexpr int64_t kChunkFramingBytes = 256;  // room left for a chunk's framing under the message limit
 constexpr absl::string_view kPageTokenPrefix = "after:";
 
 std::string NewSetId() {
@@ -357,15 +358,20 @@ grpc::ServerWriteReactor<v1::ExportParameterSetResponse>* ParameterServiceImpl::
     grpc::CallbackServerContext* context, const v1::ExportParameterSetRequest* request) {
   RpcLog log(context, "ExportParameterSet", request->parameter_set_id());
   absl::Status status = Authorize(ctx_, context);
-  if (status.ok() && (request->chunk_bytes() < 0 || request->chunk_bytes() > kMaxChunkBytes)) {
-    status = absl::InvalidArgumentError(absl::StrCat("chunk_bytes is ", request->chunk_bytes(), "; expected 0 to ",
-                                                     kMaxChunkBytes, " (0 means ", kDefaultChunkBytes, ")"));
+  // A chunk message is its data plus a few dozen bytes of framing (index, offset, tags); the
+  // largest chunk is the one that still fits --max_message_bytes with room to spare.
+  const int64_t fits = std::min(kMaxChunkBytes, ctx_->options.max_message_bytes - kChunkFramingBytes);
+  const int64_t chunk_bytes = request->chunk_bytes() == 0 ? std::min(kDefaultChunkBytes, fits) : request->chunk_bytes();
+  if (status.ok() && (chunk_bytes < 0 || chunk_bytes > fits)) {
+    status = absl::InvalidArgumentError(absl::StrCat(
+        "chunk_bytes is ", request->chunk_bytes(), "; expected 0 to ", fits, " (0 means ",
+        std::min(kDefaultChunkBytes, fits), "; at most ", kMaxChunkBytes, ", and ", kChunkFramingBytes,
+        " bytes under the server's --max_message_bytes of ", ctx_->options.max_message_bytes, ")"));
   }
   absl::StatusOr<std::shared_ptr<const SetEntry>> entry =
       status.ok() ? ctx_->registry->Get(request->parameter_set_id()) : status;
   if (!entry.ok()) return FailedStream<grpc::ServerWriteReactor<v1::ExportParameterSetResponse>>(log.Done(entry.status()));
-  return new ExportReactor(*std::move(entry), request->chunk_bytes() == 0 ? kDefaultChunkBytes : request->chunk_bytes(),
-                           std::move(log));
+  return new ExportReactor(*std::move(entry), chunk_bytes, std::move(log));
 }
 
 grpc::ServerReadReactor<v1::ImportParameterSetRequest>* ParameterServiceImpl::ImportParameterSet(

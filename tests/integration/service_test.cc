@@ -571,6 +571,34 @@ TEST(ServiceLifecycleTest, ACallWhoseDeadlinePassesWhileQueuedGetsDeadlineExceed
       << (*server)->Log();
 }
 
+// Review finding 7: under --max_message_bytes=1MiB the default chunk (1 MiB of data plus its
+// framing) did not fit, so nothing could be exported. The default now fits the limit, and a
+// chunk_bytes that cannot is refused at the request with the limit named.
+TEST(ExportLimitsTest, ChunksFitTheMessageLimitAndLargerChunkBytesAreRefused) {
+  TempDir store;
+  auto server = ServerProcess::Start(store.path(), {"--max_message_bytes=1048576"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = Connect(**server);
+  auto made = client->Create(LstmSpec(2, 256, 256, 5), "big");  // 2 x 2 MiB of weights
+  ASSERT_TRUE(made.ok()) << made.status();
+  auto exported = client->Export("big");
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  ASSERT_EQ(exported->tensors.size(), 2u);
+  EXPECT_EQ(exported->tensors[0].value.sizes(), (std::vector<int64_t>{512, 1024}));
+
+  auto params = v1::ParameterService::NewStub(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
+  v1::ExportParameterSetRequest r;
+  r.set_parameter_set_id("big");
+  r.set_chunk_bytes(int64_t{1} << 20);
+  grpc::ClientContext ctx;
+  auto reader = params->ExportParameterSet(&ctx, r);
+  v1::ExportParameterSetResponse m;
+  while (reader->Read(&m)) {}
+  const grpc::Status refused = reader->Finish();
+  EXPECT_EQ(refused.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_NE(refused.error_message().find("--max_message_bytes"), std::string::npos) << refused.error_message();
+}
+
 // Scaling out: two servers on one store folder, as two pods on one ReadWriteMany volume.
 TEST(ScaleOutTest, TwoServersSharingAStoreServeEachOthersSetsAndSeeDeletes) {
   TempDir store;
