@@ -34,7 +34,7 @@ stage() {
   set -e
   local src="${LSTMSERVE_GPU_BUILD:-build}"
   deploy/build.sh "$src" -DLSTMSERVE_LIBTORCH=pypi
-  if ! grep -q "^LSTMSERVE_WITH_CUDA:INTERNAL=ON\|^LSTMSERVE_LIBTORCH:STRING=pypi" "$src/CMakeCache.txt"; then
+  if ! grep -q "^LSTMSERVE_LIBTORCH:STRING=pypi" "$src/CMakeCache.txt"; then
     echo "gpu-check: $src is not a PyPI LibTorch build (-DLSTMSERVE_LIBTORCH=pypi)" >&2
     exit 1
   fi

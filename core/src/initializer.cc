@@ -5,7 +5,6 @@
 #include <utility>
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -16,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "lstmserve/core/status.h"
+#include "lstmserve/core/threads.h"
 
 namespace lstmserve::core {
 namespace {
@@ -107,14 +107,10 @@ extern "C" int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
 class SingleThreadedLinearAlgebra {
  public:
   SingleThreadedLinearAlgebra() {
-    // A thread's first ATen parallel call applies the configured thread count to OpenMP (and
-    // MKL); were that to happen inside the QR, it would undo the pin below, and the first
-    // orthogonal set made on a fresh thread would get the many-thread bits. Apply it first.
-    // lazy_init_num_threads is inline with a thread_local flag, and LibTorch 2.x's copy of
-    // that flag is not ours; get_num_threads() runs LibTorch's own (and 2.x's sets MKL's local
-    // count, which our pin must come after).
-    at::internal::lazy_init_num_threads();
-    (void)at::get_num_threads();
+    // Were the thread's first ATen parallel call to happen inside the QR, it would undo the
+    // pin below, and the first orthogonal set made on a fresh thread would get the
+    // many-thread bits.
+    InitThreadsOnThisThread();
 #ifdef _OPENMP
     saved_omp_ = omp_get_max_threads();
     omp_set_num_threads(1);

@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "lstm_kernels.h"
 #include "lstmserve/core/status.h"
+#include "lstmserve/core/threads.h"
 
 namespace lstmserve::core {
 namespace {
@@ -316,8 +317,7 @@ absl::StatusOr<SequenceResult> StackedLstm::Run(const at::Tensor& inputs, const 
     // OpenMP's thread count is per thread: on a thread's first call, BLAS would run with
     // OpenMP's default until ATen's first parallel_for applies the configured count, and the
     // bits would change between the first call and the next. Apply it up front.
-    at::internal::lazy_init_num_threads();
-    (void)at::get_num_threads();  // LibTorch's own lazy init (see initializer.cc)
+    InitThreadsOnThisThread();
     c10::InferenceMode inference;
     if (chosen == LstmPath::kGeneric) return RunGeneric(inputs, initial, want_outputs);
     if (cuda_path) return RunCuda(inputs, initial, want_outputs, chosen == LstmPath::kCudaFused);

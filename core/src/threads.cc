@@ -25,4 +25,11 @@ int SetIntraOpThreads(int threads) {
   return n;
 }
 
+void InitThreadsOnThisThread() {
+  // lazy_init_num_threads is inline with a thread_local flag: in LibTorch 2.x the library keeps
+  // its own copy of that flag, which get_num_threads() runs (2.x's also sets MKL's local count).
+  at::internal::lazy_init_num_threads();
+  (void)at::get_num_threads();
+}
+
 }  // namespace lstmserve::core

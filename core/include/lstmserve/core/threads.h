@@ -11,4 +11,11 @@ int AvailableCores();
 // Returns the number set.
 int SetIntraOpThreads(int threads);
 
+// Applies the configured intra-op thread count to the calling thread now, as ATen does on a
+// thread's first parallel call. OpenMP's (and MKL's local) thread count is per thread, so a
+// call that pins it, or whose bits depend on it, must come after this: were ATen's first
+// parallel call to happen inside, it would change the count midway. Cheap after the first
+// call on a thread.
+void InitThreadsOnThisThread();
+
 }  // namespace lstmserve::core
