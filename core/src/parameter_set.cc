@@ -75,14 +75,14 @@ std::vector<TensorSpec> ExpandLstmTemplate(const LstmTemplate& lstm) {
 absl::Status ValidateTensorName(absl::string_view name) {
   if (name.empty()) return absl::InvalidArgumentError("tensor name must not be empty");
   if (name.size() > kMaxNameBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor name '", name.substr(0, 32),
-                                                   "...' is longer than ", kMaxNameBytes,
+    return absl::InvalidArgumentError(absl::StrCat("tensor name '", ClientText(name, 32),
+                                                   "' is longer than ", kMaxNameBytes,
                                                    " bytes"));
   }
   for (char ch : name) {
     if (!NameChar(ch)) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "tensor name '", name, "' has a character outside [A-Za-z0-9_.:/-]"));
+          "tensor name '", ClientText(name), "' has a character outside [A-Za-z0-9_.:/-]"));
     }
   }
   if (absl::StrContains(name, "..")) {

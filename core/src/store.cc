@@ -53,12 +53,32 @@ absl::StatusOr<DType> FromSafetensorsDtype(absl::string_view s) {
   return absl::DataLossError(absl::StrCat("unsupported safetensors dtype '", s, "' (F32, F16, BF16)"));
 }
 
+// A failed file operation: the code and message name the condition for the client; the
+// operation and the path stay in the detail, for the server's log.
 absl::Status ErrnoStatus(absl::string_view what, const std::string& path, int err) {
-  const std::string message = absl::StrCat(what, " ", path, ": ", std::strerror(err));
-  if (err == ENOSPC || err == EDQUOT) return absl::ResourceExhaustedError(message);
-  if (err == ENOENT) return absl::NotFoundError(message);
-  if (err == EEXIST) return absl::AlreadyExistsError(message);
-  return absl::InternalError(message);
+  const std::string detail = absl::StrCat(what, " ", path, ": ", std::strerror(err));
+  const std::string reason = std::strerror(err);
+  absl::Status status;
+  switch (err) {
+    case ENOSPC:
+    case EDQUOT:
+      status = absl::ResourceExhaustedError(
+          absl::StrCat("the parameter store is full (", reason, "); free space or delete sets, then retry"));
+      break;
+    case EROFS:
+    case EACCES:
+    case EPERM:
+      status = absl::FailedPreconditionError(absl::StrCat(
+          "the parameter store is read-only or not writable by the server (", reason,
+          "); sets can be read, but nothing can be created, imported or deleted until an operator fixes it"));
+      break;
+    case ENOENT: status = absl::NotFoundError(absl::StrCat("a file of the parameter store is missing (", reason, ")")); break;
+    case EEXIST: status = absl::AlreadyExistsError(absl::StrCat("a file of the parameter store exists (", reason, ")")); break;
+    default:
+      status = absl::UnavailableError(
+          absl::StrCat("the parameter store failed (", reason, "); retry, or use another replica"));
+  }
+  return WithServerDetail(std::move(status), detail);
 }
 
 absl::Status WriteAll(int fd, const std::string& path, const char* data, size_t size) {
@@ -87,7 +107,7 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return ErrnoStatus("open", path, errno);
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) return absl::DataLossError(absl::StrCat("read ", path, " failed"));
+  if (in.bad()) return WithServerDetail(absl::DataLossError("a file of the parameter store could not be read"), path);
   return bytes;
 }
 
@@ -96,7 +116,7 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
 absl::Status ValidateSetId(absl::string_view id) {
   auto bad = [&](absl::string_view why) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "parameter_set_id '", id.substr(0, 80), "' ", why,
+        "parameter_set_id '", ClientText(id), "' ", why,
         "; ids are 1 to 63 characters of [a-z0-9._-], starting with [a-z0-9]"));
   };
   if (id.empty()) return bad("is empty");
@@ -308,7 +328,9 @@ absl::StatusOr<std::unique_ptr<ParameterStore>> ParameterStore::Open(const std::
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create store folder ", dir, ": ", ec.message()));
-  if (::access(dir.c_str(), W_OK) != 0) return ErrnoStatus("store folder is not writable:", dir, errno);
+  if (::access(dir.c_str(), W_OK) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("store folder ", dir, " is not writable: ", std::strerror(errno)));
+  }
   // Temporary files older than a minute were left by a crash (newer ones may belong to
   // another server sharing the folder).
   const auto now = fs::file_time_type::clock::now();
@@ -403,7 +425,9 @@ absl::StatusOr<StoredSet> ParameterStore::Load(absl::string_view id) const {
   }
   LSTMSERVE_ASSIGN_OR_RETURN(StoredSet stored, DecodeSafetensors(*bytes));
   if (stored.id != id) {
-    return absl::DataLossError(absl::StrCat("file ", PathOf(id), " holds set '", stored.id, "'"));
+    return WithServerDetail(absl::DataLossError(absl::StrCat("the stored file of set '", id, "' holds set '",
+                                                             ClientText(stored.id), "'")),
+                            PathOf(id));
   }
   if (version.ok()) stored.version = *version;
   return stored;
@@ -426,7 +450,7 @@ ParameterStore::LoadReport ParameterStore::LoadAll() {
     const std::string path = PathOf(id);
     const std::string aside = path + ".corrupt";
     fs::rename(path, aside, ec);
-    report.problems.push_back(absl::StrCat(path, ": ", stored.status().message(), "; moved aside to ",
+    report.problems.push_back(absl::StrCat(path, ": ", MessageForLog(stored.status()), "; moved aside to ",
                                            ec ? "(rename failed: " + ec.message() + ")" : aside));
   }
   return report;

@@ -84,32 +84,38 @@ absl::StatusOr<BatchJob> MakeJob(grpc::CallbackServerContext* context, std::shar
 // Queues a validated job whose answer `fill` writes into the response, or finishes the
 // call at once when building the job failed.
 template <typename Fill>
-grpc::ServerUnaryReactor* SubmitUnary(ServiceContext* ctx, grpc::CallbackServerContext* context, RpcLog log,
-                                      absl::StatusOr<BatchJob> job, Fill fill) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+void SubmitUnary(ServiceContext* ctx, UnaryCallBase* call, RpcLog log, absl::StatusOr<BatchJob> job, Fill fill) {
   if (!job.ok()) {
-    reactor->Finish(log.Done(job.status()));
-    return reactor;
+    call->Reply(log.Done(job.status()));
+    return;
   }
-  job->done = [reactor, log = std::move(log), fill = std::move(fill)](absl::StatusOr<core::SequenceResult> result) {
+  job->done = [call, log = std::move(log), fill = std::move(fill)](absl::StatusOr<core::SequenceResult> result) {
     if (result.ok()) fill(*result);
-    reactor->Finish(log.Done(result.status()));
+    call->Reply(log.Done(result.status()));
   };
   ctx->batcher->Submit(*std::move(job));
-  return reactor;
 }
 
-// A Session stream: start, then one step per x; strictly one read or write in flight.
-class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse> {
+// A Session stream: start, then one step per x; strictly one read or write in flight. Its
+// messages are parsed here (a raw method): one that does not parse ends the stream with
+// INVALID_ARGUMENT, where gRPC's parsing would have looked like the client's half-close.
+class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   SessionReactor(grpc::CallbackServerContext* context, ServiceContext* ctx, RpcLog log)
       : context_(context), ctx_(ctx), log_(std::move(log)) {
-    StartRead(&request_);
+    StartRead(&read_);
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) {  // the client closed its side, or the session was cancelled (idle, or draining)
       End(absl::OkStatus());
+      return;
+    }
+    ++messages_;
+    if (absl::Status parsed = ParseMessage(read_, &request_, absl::StrCat("message ", messages_, " of the session"));
+        !parsed.ok()) {
+      End(absl::InvalidArgumentError(
+          absl::StrCat(parsed.message(), "; the session ended after ", step_, " steps answered")));
       return;
     }
     if (tracked_) ctx_->sessions->Touch(context_);
@@ -118,7 +124,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
       if (!status.ok()) {
         End(status);
       } else {
-        StartRead(&request_);
+        StartRead(&read_);
       }
       return;
     }
@@ -140,7 +146,11 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
       response_.set_step(step_++);
       TensorToProto(state_.h.back(), response_.mutable_output());
       if (return_state_) StatesToProto(state_, &response_);
-      StartWrite(&response_);
+      if (grpc::Status s = SerializeMessage(response_, &write_); !s.ok()) {
+        End(wire::FromGrpcStatus(s));
+        return;
+      }
+      StartWrite(&write_);
     };
     ctx_->batcher->Submit(*std::move(job));
   }
@@ -149,7 +159,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
       End(absl::CancelledError("the client stopped reading the session"));
       return;
     }
-    StartRead(&request_);
+    StartRead(&read_);
   }
   void OnDone() override {
     if (tracked_) ctx_->sessions->Remove(context_);  // before the context goes away
@@ -214,8 +224,11 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
   grpc::CallbackServerContext* context_;
   ServiceContext* ctx_;
   RpcLog log_;
+  grpc::ByteBuffer read_;
+  grpc::ByteBuffer write_;
   v1::SessionRequest request_;
   v1::SessionResponse response_;
+  int64_t messages_ = 0;  // read so far
   std::shared_ptr<const SetEntry> entry_;
   core::LstmState state_;
   int64_t batch_ = 0;
@@ -226,44 +239,54 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
 
 }  // namespace
 
-grpc::ServerUnaryReactor* InferenceServiceImpl::Step(grpc::CallbackServerContext* context,
-                                                     const v1::StepRequest* request, v1::StepResponse* response) {
-  RpcLog log(context, "Step", request->parameter_set_id());
-  absl::StatusOr<BatchJob> job = [&]() -> absl::StatusOr<BatchJob> {
-    LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
-    LSTMSERVE_ASSIGN_OR_RETURN(auto entry, LstmSet(ctx_, request->parameter_set_id()));
-    if (!request->has_x()) return absl::InvalidArgumentError("x is not set");
-    LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor x, Input(ctx_, *entry, request->x(), "x"));
-    if (x.dim() != 2) return absl::InvalidArgumentError(absl::StrCat("x must be 2-D [batch, ", entry->lstm->input_size(), "]"));
-    LSTMSERVE_ASSIGN_OR_RETURN(core::LstmState state, RequestState(ctx_, *entry, *request, ""));
-    return MakeJob(context, std::move(entry), x.unsqueeze(0), std::move(state), /*want_outputs=*/false);
-  }();
-  return SubmitUnary(ctx_, context, std::move(log), std::move(job),
-                     [response](const core::SequenceResult& result) { StatesToProto(result.final_state, response); });
-}
-
-grpc::ServerUnaryReactor* InferenceServiceImpl::Run(grpc::CallbackServerContext* context,
-                                                    const v1::RunRequest* request, v1::RunResponse* response) {
-  RpcLog log(context, "Run", request->parameter_set_id());
-  absl::StatusOr<BatchJob> job = [&]() -> absl::StatusOr<BatchJob> {
-    LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
-    LSTMSERVE_ASSIGN_OR_RETURN(auto entry, LstmSet(ctx_, request->parameter_set_id()));
-    if (!request->has_inputs()) return absl::InvalidArgumentError("inputs is not set");
-    LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor inputs, Input(ctx_, *entry, request->inputs(), "inputs"));
-    LSTMSERVE_ASSIGN_OR_RETURN(core::LstmState state, RequestState(ctx_, *entry, *request, ""));
-    return MakeJob(context, std::move(entry), std::move(inputs), std::move(state), !request->final_state_only());
-  }();
-  return SubmitUnary(ctx_, context, std::move(log), std::move(job), [response](const core::SequenceResult& result) {
-    if (result.outputs.defined()) TensorToProto(result.outputs, response->mutable_outputs());
-    StatesToProto(result.final_state, response);
+grpc::ServerUnaryReactor* InferenceServiceImpl::Step(grpc::CallbackServerContext* context, const grpc::ByteBuffer* in,
+                                                     grpc::ByteBuffer* out) {
+  return ParseUnary<v1::StepRequest, v1::StepResponse>(context, in, out, "Step", [&](auto* call) {
+    const v1::StepRequest* request = &call->request;
+    RpcLog log(context, "Step", request->parameter_set_id());
+    absl::StatusOr<BatchJob> job = [&]() -> absl::StatusOr<BatchJob> {
+      LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
+      LSTMSERVE_ASSIGN_OR_RETURN(auto entry, LstmSet(ctx_, request->parameter_set_id()));
+      if (!request->has_x()) return absl::InvalidArgumentError("x is not set");
+      LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor x, Input(ctx_, *entry, request->x(), "x"));
+      if (x.dim() != 2) {
+        return absl::InvalidArgumentError(absl::StrCat("x must be 2-D [batch, ", entry->lstm->input_size(), "]"));
+      }
+      LSTMSERVE_ASSIGN_OR_RETURN(core::LstmState state, RequestState(ctx_, *entry, *request, ""));
+      return MakeJob(context, std::move(entry), x.unsqueeze(0), std::move(state), /*want_outputs=*/false);
+    }();
+    v1::StepResponse* response = &call->response;
+    SubmitUnary(ctx_, call, std::move(log), std::move(job),
+                [response](const core::SequenceResult& result) { StatesToProto(result.final_state, response); });
   });
 }
 
-grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* InferenceServiceImpl::Session(
+grpc::ServerUnaryReactor* InferenceServiceImpl::Run(grpc::CallbackServerContext* context, const grpc::ByteBuffer* in,
+                                                    grpc::ByteBuffer* out) {
+  return ParseUnary<v1::RunRequest, v1::RunResponse>(context, in, out, "Run", [&](auto* call) {
+    const v1::RunRequest* request = &call->request;
+    RpcLog log(context, "Run", request->parameter_set_id());
+    absl::StatusOr<BatchJob> job = [&]() -> absl::StatusOr<BatchJob> {
+      LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
+      LSTMSERVE_ASSIGN_OR_RETURN(auto entry, LstmSet(ctx_, request->parameter_set_id()));
+      if (!request->has_inputs()) return absl::InvalidArgumentError("inputs is not set");
+      LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor inputs, Input(ctx_, *entry, request->inputs(), "inputs"));
+      LSTMSERVE_ASSIGN_OR_RETURN(core::LstmState state, RequestState(ctx_, *entry, *request, ""));
+      return MakeJob(context, std::move(entry), std::move(inputs), std::move(state), !request->final_state_only());
+    }();
+    v1::RunResponse* response = &call->response;
+    SubmitUnary(ctx_, call, std::move(log), std::move(job), [response](const core::SequenceResult& result) {
+      if (result.outputs.defined()) TensorToProto(result.outputs, response->mutable_outputs());
+      StatesToProto(result.final_state, response);
+    });
+  });
+}
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* InferenceServiceImpl::Session(
     grpc::CallbackServerContext* context) {
   RpcLog log(context, "Session", "");
   if (absl::Status denied = Authorize(ctx_, context); !denied.ok()) {
-    return FailedStream<grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>>(log.Done(denied));
+    return FailedStream<grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>>(log.Done(denied));
   }
   return new SessionReactor(context, ctx_, std::move(log));
 }

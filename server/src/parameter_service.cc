@@ -44,12 +44,12 @@ absl::StatusOr<std::string> IdOrNew(const std::string& requested) {
 }
 
 // Export: metadata first, then each tensor's bytes in chunks, one write in flight at a time.
-class ExportReactor final : public grpc::ServerWriteReactor<v1::ExportParameterSetResponse> {
+class ExportReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   ExportReactor(std::shared_ptr<const SetEntry> entry, int64_t chunk_bytes, RpcLog log)
       : entry_(std::move(entry)), chunk_bytes_(chunk_bytes), log_(std::move(log)) {
     EntryToProto(*entry_, response_.mutable_parameter_set());
-    StartWrite(&response_);
+    Write();
   }
   void OnWriteDone(bool ok) override {
     if (!ok) {
@@ -74,7 +74,7 @@ class ExportReactor final : public grpc::ServerWriteReactor<v1::ExportParameterS
         chunk->set_offset(offset_);
         chunk->set_data(static_cast<const char*>(current_.data_ptr()) + offset_, n);
         offset_ += n;
-        StartWrite(&response_);
+        Write();
         return;
       }
       ++index_;
@@ -84,33 +84,53 @@ class ExportReactor final : public grpc::ServerWriteReactor<v1::ExportParameterS
     Finish(log_.Done(absl::OkStatus()));
   }
 
+  void Write() {
+    if (grpc::Status s = SerializeMessage(response_, &bytes_); !s.ok()) {
+      Finish(s);
+      return;
+    }
+    StartWrite(&bytes_);
+  }
+
   std::shared_ptr<const SetEntry> entry_;  // the set as it was when the export began
   const int64_t chunk_bytes_;
   RpcLog log_;
   v1::ExportParameterSetResponse response_;
+  grpc::ByteBuffer bytes_;
   size_t index_ = 0;
   int64_t offset_ = 0;
   at::Tensor current_;
 };
 
 // Import: a header, then chunks in tensor and offset order; validated and stored at the end.
-class ImportReactor final : public grpc::ServerReadReactor<v1::ImportParameterSetRequest> {
+// Its messages are parsed here (a raw method): one that does not parse ends the import with
+// INVALID_ARGUMENT, where gRPC's parsing would have looked like the end of the stream.
+class ImportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
-  ImportReactor(ServiceContext* ctx, v1::ImportParameterSetResponse* response, RpcLog log)
-      : ctx_(ctx), response_(response), log_(std::move(log)) {
-    StartRead(&request_);
+  ImportReactor(ServiceContext* ctx, grpc::ByteBuffer* out, RpcLog log) : ctx_(ctx), out_(out), log_(std::move(log)) {
+    StartRead(&bytes_);
   }
   void OnReadDone(bool ok) override {
-    absl::Status status = ok ? Handle() : Complete();
+    absl::Status status = ok ? Parse() : Complete();
+    if (status.ok() && ok) status = Handle();
     if (!ok || !status.ok()) {
-      Finish(log_.Done(status));
+      grpc::Status reply = log_.Done(status);
+      if (reply.ok()) reply = SerializeMessage(response_, out_);
+      Finish(reply);
       return;
     }
-    StartRead(&request_);
+    StartRead(&bytes_);
   }
   void OnDone() override { delete this; }
 
  private:
+  absl::Status Parse() {
+    ++messages_;
+    absl::Status parsed = ParseMessage(bytes_, &request_, absl::StrCat("message ", messages_, " of the import"));
+    if (parsed.ok()) return parsed;
+    return absl::InvalidArgumentError(absl::StrCat(parsed.message(), "; nothing was stored"));
+  }
+
   absl::Status Handle() {
     if (!header_seen_) {
       if (!request_.has_header()) {
@@ -214,18 +234,21 @@ class ImportReactor final : public grpc::ServerReadReactor<v1::ImportParameterSe
     }));
     stored.checksum = core::ComputeChecksum(stored.set);
     if (!checksum_.empty() && checksum_ != stored.checksum) {
-      return absl::InvalidArgumentError(absl::StrCat("header.checksum is ", checksum_, " but the data hashes to ",
+      return absl::InvalidArgumentError(absl::StrCat("header.checksum is ", core::ClientText(checksum_, 80), " but the data hashes to ",
                                                      stored.checksum, "; nothing was stored"));
     }
     LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->registry->Add(std::move(stored)));
-    EntryToProto(*entry, response_->mutable_parameter_set());
+    EntryToProto(*entry, response_.mutable_parameter_set());
     return absl::OkStatus();
   }
 
   ServiceContext* ctx_;
-  v1::ImportParameterSetResponse* response_;
+  grpc::ByteBuffer* out_;  // gRPC's, for the response
   RpcLog log_;
+  grpc::ByteBuffer bytes_;
+  int64_t messages_ = 0;  // read so far
   v1::ImportParameterSetRequest request_;
+  v1::ImportParameterSetResponse response_;
   bool header_seen_ = false;
   std::string id_;
   std::string checksum_;
@@ -265,99 +288,117 @@ void EntryToProto(const SetEntry& entry, v1::ParameterSet* out) {
 }
 
 grpc::ServerUnaryReactor* ParameterServiceImpl::CreateParameterSet(grpc::CallbackServerContext* context,
-                                                                   const v1::CreateParameterSetRequest* request,
-                                                                   v1::CreateParameterSetResponse* response) {
-  RpcLog log(context, "CreateParameterSet", request->parameter_set_id());
-  if (absl::Status denied = Authorize(ctx_, context); !denied.ok()) {
-    return FinishUnary(context, log, [&] { return denied; });
-  }
-  return FinishUnaryOnPool(context, ctx_->compute, std::move(log), [this, request, response]() -> absl::Status {
-    if (!request->has_spec()) return absl::InvalidArgumentError("spec is not set");
-    LSTMSERVE_ASSIGN_OR_RETURN(std::string id, IdOrNew(request->parameter_set_id()));
-    LSTMSERVE_ASSIGN_OR_RETURN(core::ParameterSetSpec spec, SpecFromProto(request->spec()));
-    LSTMSERVE_RETURN_IF_ERROR(core::CheckDTypeOnDevice(spec.dtype, ctx_->registry->device()));
-    auto created = core::CreateParameterSet(spec, ctx_->create_limits);
-    LSTMSERVE_RETURN_IF_ERROR(created.status());
-    core::StoredSet stored;
-    stored.id = id;
-    stored.origin = "created";
-    stored.create_time_micros = absl::ToUnixMicros(absl::Now());
-    stored.spec = absl::Base64Escape(request->spec().SerializeAsString());
-    stored.set = *std::move(created);
-    stored.checksum = core::ComputeChecksum(stored.set);
-    LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->registry->Add(std::move(stored)));
-    EntryToProto(*entry, response->mutable_parameter_set());
-    return absl::OkStatus();
-  });
+                                                                   const grpc::ByteBuffer* in, grpc::ByteBuffer* out) {
+  return ParseUnary<v1::CreateParameterSetRequest, v1::CreateParameterSetResponse>(
+      context, in, out, "CreateParameterSet", [&](auto* call) {
+        const v1::CreateParameterSetRequest* request = &call->request;
+        v1::CreateParameterSetResponse* response = &call->response;
+        RpcLog log(context, "CreateParameterSet", request->parameter_set_id());
+        if (absl::Status denied = Authorize(ctx_, context); !denied.ok()) {
+          return FinishUnary(context, call, log, [&] { return denied; });
+        }
+        FinishUnaryOnPool(context, call, ctx_->compute, std::move(log), [this, request, response]() -> absl::Status {
+          if (!request->has_spec()) return absl::InvalidArgumentError("spec is not set");
+          LSTMSERVE_ASSIGN_OR_RETURN(std::string id, IdOrNew(request->parameter_set_id()));
+          LSTMSERVE_ASSIGN_OR_RETURN(core::ParameterSetSpec spec, SpecFromProto(request->spec()));
+          LSTMSERVE_RETURN_IF_ERROR(core::CheckDTypeOnDevice(spec.dtype, ctx_->registry->device()));
+          auto created = core::CreateParameterSet(spec, ctx_->create_limits);
+          LSTMSERVE_RETURN_IF_ERROR(created.status());
+          core::StoredSet stored;
+          stored.id = id;
+          stored.origin = "created";
+          stored.create_time_micros = absl::ToUnixMicros(absl::Now());
+          stored.spec = absl::Base64Escape(request->spec().SerializeAsString());
+          stored.set = *std::move(created);
+          stored.checksum = core::ComputeChecksum(stored.set);
+          LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->registry->Add(std::move(stored)));
+          EntryToProto(*entry, response->mutable_parameter_set());
+          return absl::OkStatus();
+        });
+      });
 }
 
 grpc::ServerUnaryReactor* ParameterServiceImpl::GetParameterSet(grpc::CallbackServerContext* context,
-                                                                const v1::GetParameterSetRequest* request,
-                                                                v1::GetParameterSetResponse* response) {
-  RpcLog log(context, "GetParameterSet", request->parameter_set_id());
-  return FinishUnary(context, log, [&]() -> absl::Status {
-    LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
-    LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->registry->Get(request->parameter_set_id()));
-    EntryToProto(*entry, response->mutable_parameter_set());
-    if (request->include_tensors()) {
-      if (entry->stored.set.byte_size > ctx_->options.max_message_bytes - 65536) {
-        return absl::ResourceExhaustedError(absl::StrCat("the set's ", entry->stored.set.byte_size,
-                                                         " bytes exceed the message limit of ",
-                                                         ctx_->options.max_message_bytes,
-                                                         "; use ExportParameterSet"));
-      }
-      for (const auto& t : entry->stored.set.tensors) {
-        auto* named = response->add_tensors();
-        named->set_name(t.name);
-        TensorToProto(t.value, named->mutable_tensor());
-      }
-    }
-    return absl::OkStatus();
-  });
+                                                                const grpc::ByteBuffer* in, grpc::ByteBuffer* out) {
+  return ParseUnary<v1::GetParameterSetRequest, v1::GetParameterSetResponse>(
+      context, in, out, "GetParameterSet", [&](auto* call) {
+        const v1::GetParameterSetRequest* request = &call->request;
+        v1::GetParameterSetResponse* response = &call->response;
+        RpcLog log(context, "GetParameterSet", request->parameter_set_id());
+        FinishUnary(context, call, log, [&]() -> absl::Status {
+          LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
+          LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->registry->Get(request->parameter_set_id()));
+          EntryToProto(*entry, response->mutable_parameter_set());
+          if (request->include_tensors()) {
+            if (entry->stored.set.byte_size > ctx_->options.max_message_bytes - 65536) {
+              return absl::ResourceExhaustedError(
+                  absl::StrCat("the set's ", entry->stored.set.byte_size, " bytes exceed the message limit of ",
+                               ctx_->options.max_message_bytes, "; use ExportParameterSet"));
+            }
+            for (const auto& t : entry->stored.set.tensors) {
+              auto* named = response->add_tensors();
+              named->set_name(t.name);
+              TensorToProto(t.value, named->mutable_tensor());
+            }
+          }
+          return absl::OkStatus();
+        });
+      });
 }
 
 grpc::ServerUnaryReactor* ParameterServiceImpl::ListParameterSets(grpc::CallbackServerContext* context,
-                                                                  const v1::ListParameterSetsRequest* request,
-                                                                  v1::ListParameterSetsResponse* response) {
-  RpcLog log(context, "ListParameterSets", "");
-  return FinishUnary(context, log, [&]() -> absl::Status {
-    LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
-    if (request->page_size() < 0 || request->page_size() > kMaxPageSize) {
-      return absl::InvalidArgumentError(absl::StrCat("page_size is ", request->page_size(), "; expected 0 to ",
-                                                     kMaxPageSize, " (0 means ", kDefaultPageSize, ")"));
-    }
-    std::string after;
-    if (!request->page_token().empty()) {
-      absl::string_view token = request->page_token();
-      if (!absl::ConsumePrefix(&token, kPageTokenPrefix) || !core::ValidateSetId(token).ok()) {
-        return absl::InvalidArgumentError("page_token is not a next_page_token this server returned");
-      }
-      after = std::string(token);
-    }
-    bool more = false;
-    const int limit = request->page_size() == 0 ? kDefaultPageSize : request->page_size();
-    for (const auto& entry : ctx_->registry->List(after, limit, &more)) {
-      EntryToProto(*entry, response->add_parameter_sets());
-    }
-    if (more) response->set_next_page_token(absl::StrCat(kPageTokenPrefix, response->parameter_sets().rbegin()->id()));
-    return absl::OkStatus();
-  });
+                                                                  const grpc::ByteBuffer* in, grpc::ByteBuffer* out) {
+  return ParseUnary<v1::ListParameterSetsRequest, v1::ListParameterSetsResponse>(
+      context, in, out, "ListParameterSets", [&](auto* call) {
+        const v1::ListParameterSetsRequest* request = &call->request;
+        v1::ListParameterSetsResponse* response = &call->response;
+        RpcLog log(context, "ListParameterSets", "");
+        FinishUnary(context, call, log, [&]() -> absl::Status {
+          LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
+          if (request->page_size() < 0 || request->page_size() > kMaxPageSize) {
+            return absl::InvalidArgumentError(absl::StrCat("page_size is ", request->page_size(), "; expected 0 to ",
+                                                           kMaxPageSize, " (0 means ", kDefaultPageSize, ")"));
+          }
+          std::string after;
+          if (!request->page_token().empty()) {
+            absl::string_view token = request->page_token();
+            if (!absl::ConsumePrefix(&token, kPageTokenPrefix) || !core::ValidateSetId(token).ok()) {
+              return absl::InvalidArgumentError("page_token is not a next_page_token this server returned");
+            }
+            after = std::string(token);
+          }
+          bool more = false;
+          const int limit = request->page_size() == 0 ? kDefaultPageSize : request->page_size();
+          for (const auto& entry : ctx_->registry->List(after, limit, &more)) {
+            EntryToProto(*entry, response->add_parameter_sets());
+          }
+          if (more)
+            response->set_next_page_token(absl::StrCat(kPageTokenPrefix, response->parameter_sets().rbegin()->id()));
+          return absl::OkStatus();
+        });
+      });
 }
 
 grpc::ServerUnaryReactor* ParameterServiceImpl::DeleteParameterSet(grpc::CallbackServerContext* context,
-                                                                   const v1::DeleteParameterSetRequest* request,
-                                                                   v1::DeleteParameterSetResponse* /*response*/) {
-  RpcLog log(context, "DeleteParameterSet", request->parameter_set_id());
-  return FinishUnary(context, log, [&]() -> absl::Status {
-    LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
-    return ctx_->registry->Delete(request->parameter_set_id());
-  });
+                                                                   const grpc::ByteBuffer* in, grpc::ByteBuffer* out) {
+  return ParseUnary<v1::DeleteParameterSetRequest, v1::DeleteParameterSetResponse>(
+      context, in, out, "DeleteParameterSet", [&](auto* call) {
+        const v1::DeleteParameterSetRequest* request = &call->request;
+        RpcLog log(context, "DeleteParameterSet", request->parameter_set_id());
+        FinishUnary(context, call, log, [&]() -> absl::Status {
+          LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
+          return ctx_->registry->Delete(request->parameter_set_id());
+        });
+      });
 }
 
-grpc::ServerWriteReactor<v1::ExportParameterSetResponse>* ParameterServiceImpl::ExportParameterSet(
-    grpc::CallbackServerContext* context, const v1::ExportParameterSetRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* ParameterServiceImpl::ExportParameterSet(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* in) {
+  v1::ExportParameterSetRequest parsed;
+  absl::Status status = ParseMessage(*in, &parsed, "the request");
+  const v1::ExportParameterSetRequest* request = &parsed;
   RpcLog log(context, "ExportParameterSet", request->parameter_set_id());
-  absl::Status status = Authorize(ctx_, context);
+  if (status.ok()) status = Authorize(ctx_, context);
   // A chunk message is its data plus a few dozen bytes of framing (index, offset, tags); the
   // largest chunk is the one that still fits --max_message_bytes with room to spare.
   const int64_t fits = std::min(kMaxChunkBytes, ctx_->options.max_message_bytes - kChunkFramingBytes);
@@ -370,15 +411,15 @@ grpc::ServerWriteReactor<v1::ExportParameterSetResponse>* ParameterServiceImpl::
   }
   absl::StatusOr<std::shared_ptr<const SetEntry>> entry =
       status.ok() ? ctx_->registry->Get(request->parameter_set_id()) : status;
-  if (!entry.ok()) return FailedStream<grpc::ServerWriteReactor<v1::ExportParameterSetResponse>>(log.Done(entry.status()));
+  if (!entry.ok()) return FailedStream<grpc::ServerWriteReactor<grpc::ByteBuffer>>(log.Done(entry.status()));
   return new ExportReactor(*std::move(entry), chunk_bytes, std::move(log));
 }
 
-grpc::ServerReadReactor<v1::ImportParameterSetRequest>* ParameterServiceImpl::ImportParameterSet(
-    grpc::CallbackServerContext* context, v1::ImportParameterSetResponse* response) {
+grpc::ServerReadReactor<grpc::ByteBuffer>* ParameterServiceImpl::ImportParameterSet(
+    grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
   RpcLog log(context, "ImportParameterSet", "");
   if (absl::Status denied = Authorize(ctx_, context); !denied.ok()) {
-    return FailedStream<grpc::ServerReadReactor<v1::ImportParameterSetRequest>>(log.Done(denied));
+    return FailedStream<grpc::ServerReadReactor<grpc::ByteBuffer>>(log.Done(denied));
   }
   return new ImportReactor(ctx_, response, std::move(log));
 }
@@ -444,7 +485,7 @@ absl::Status Analyze(const core::ParameterSet& set, core::FanConvention conventi
   } else {
     for (const auto& name : request.tensors()) {
       auto it = std::find_if(set.tensors.begin(), set.tensors.end(), [&](const auto& t) { return t.name == name; });
-      if (it == set.tensors.end()) return absl::InvalidArgumentError(absl::StrCat("tensors: the set has no '", name, "'"));
+      if (it == set.tensors.end()) return absl::InvalidArgumentError(absl::StrCat("tensors: the set has no '", core::ClientText(name), "'"));
       weights.push_back(*it);
     }
   }
@@ -465,41 +506,45 @@ absl::Status Analyze(const core::ParameterSet& set, core::FanConvention conventi
 }  // namespace
 
 grpc::ServerUnaryReactor* ParameterServiceImpl::AnalyzeParameterSet(grpc::CallbackServerContext* context,
-                                                                    const v1::AnalyzeParameterSetRequest* request,
-                                                                    v1::AnalyzeParameterSetResponse* response) {
-  RpcLog log(context, "AnalyzeParameterSet", request->parameter_set_id());
-  if (absl::Status denied = Authorize(ctx_, context); !denied.ok()) {
-    return FinishUnary(context, log, [&] { return denied; });
-  }
-  // Minutes of compute at most (bounded by the probe's work limit): on the compute pool.
-  return FinishUnaryOnPool(context, ctx_->compute, std::move(log), [this, request, response]() -> absl::Status {
-    if (request->has_spec()) {
-      LSTMSERVE_ASSIGN_OR_RETURN(core::ParameterSetSpec spec, SpecFromProto(request->spec()));
-      // The cost bound before any tensor is made.
-      LSTMSERVE_ASSIGN_OR_RETURN(auto tensors, core::ValidateSpec(spec, ctx_->create_limits));
-      int64_t parameters = 0;
-      for (const auto& t : tensors) {
-        int64_t n = 1;
-        for (int64_t d : t.shape) n *= d;
-        parameters += n;
-      }
-      LSTMSERVE_RETURN_IF_ERROR(core::CheckProbeCost(ProbeFromProto(*request), parameters,
-                                                     spec.lstm.has_value() && request->tensors().empty()));
-      LSTMSERVE_ASSIGN_OR_RETURN(core::ParameterSet set, core::CreateParameterSet(spec, ctx_->create_limits));
-      return Analyze(set, spec.fan_convention, *request, response);
-    }
-    if (request->parameter_set_id().empty()) return absl::InvalidArgumentError("give parameter_set_id or spec");
-    LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->registry->Get(request->parameter_set_id()));
-    // The convention the set was created with, when it was created from a spec here.
-    core::FanConvention convention = core::FanConvention::kTorch;
-    std::string raw;
-    v1::ParameterSetSpec stored_spec;
-    if (absl::Base64Unescape(entry->stored.spec, &raw) && stored_spec.ParseFromString(raw) &&
-        stored_spec.fan_convention() == v1::FAN_CONVENTION_MATMUL) {
-      convention = core::FanConvention::kMatmul;
-    }
-    return Analyze(entry->stored.set, convention, *request, response);
-  });
+                                                                    const grpc::ByteBuffer* in, grpc::ByteBuffer* out) {
+  return ParseUnary<v1::AnalyzeParameterSetRequest, v1::AnalyzeParameterSetResponse>(
+      context, in, out, "AnalyzeParameterSet", [&](auto* call) {
+        const v1::AnalyzeParameterSetRequest* request = &call->request;
+        v1::AnalyzeParameterSetResponse* response = &call->response;
+        RpcLog log(context, "AnalyzeParameterSet", request->parameter_set_id());
+        if (absl::Status denied = Authorize(ctx_, context); !denied.ok()) {
+          return FinishUnary(context, call, log, [&] { return denied; });
+        }
+        // Minutes of compute at most (bounded by the probe's work limit): on the compute pool.
+        FinishUnaryOnPool(context, call, ctx_->compute, std::move(log), [this, request, response]() -> absl::Status {
+          if (request->has_spec()) {
+            LSTMSERVE_ASSIGN_OR_RETURN(core::ParameterSetSpec spec, SpecFromProto(request->spec()));
+            // The cost bound before any tensor is made.
+            LSTMSERVE_ASSIGN_OR_RETURN(auto tensors, core::ValidateSpec(spec, ctx_->create_limits));
+            int64_t parameters = 0;
+            for (const auto& t : tensors) {
+              int64_t n = 1;
+              for (int64_t d : t.shape) n *= d;
+              parameters += n;
+            }
+            LSTMSERVE_RETURN_IF_ERROR(core::CheckProbeCost(ProbeFromProto(*request), parameters,
+                                                           spec.lstm.has_value() && request->tensors().empty()));
+            LSTMSERVE_ASSIGN_OR_RETURN(core::ParameterSet set, core::CreateParameterSet(spec, ctx_->create_limits));
+            return Analyze(set, spec.fan_convention, *request, response);
+          }
+          if (request->parameter_set_id().empty()) return absl::InvalidArgumentError("give parameter_set_id or spec");
+          LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->registry->Get(request->parameter_set_id()));
+          // The convention the set was created with, when it was created from a spec here.
+          core::FanConvention convention = core::FanConvention::kTorch;
+          std::string raw;
+          v1::ParameterSetSpec stored_spec;
+          if (absl::Base64Unescape(entry->stored.spec, &raw) && stored_spec.ParseFromString(raw) &&
+              stored_spec.fan_convention() == v1::FAN_CONVENTION_MATMUL) {
+            convention = core::FanConvention::kMatmul;
+          }
+          return Analyze(entry->stored.set, convention, *request, response);
+        });
+      });
 }
 
 }  // namespace lstmserve::server

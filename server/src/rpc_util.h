@@ -1,13 +1,25 @@
-// Helpers shared by the service adapters: per-call error logs, finishing reactors.
+// Helpers shared by the service adapters: per-call error logs, finishing reactors, and the
+// parsing of requests that the services do themselves.
+//
+// Every method is registered raw (grpc::ByteBuffer in and out; the generated
+// WithRawCallbackMethod_ classes) and parses its messages here, because gRPC's own parsing
+// leaves the service no say: the callback unary handler answers a request it cannot parse
+// with UNIMPLEMENTED and an empty message (CallbackUnaryHandler::RunHandler in
+// grpcpp/impl/codegen/server_callback_handlers.h, gRPC 1.51), and a stream message it cannot
+// parse reaches OnReadDone as ok=false, the same as the client's half-close
+// (CallOpRecvMessage::FinishOp), so a Session would end OK with its later steps lost.
 #pragma once
 
 #include <string>
 #include <utility>
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/support/proto_buffer_reader.h>
+#include <grpcpp/support/proto_buffer_writer.h>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "lstmserve/core/status.h"
 #include "lstmserve/server/compute_pool.h"
 #include "lstmserve/wire/conversions.h"
 #include "lstmserve/server/log.h"
@@ -19,17 +31,19 @@ namespace lstmserve::server {
 class RpcLog {
  public:
   RpcLog(grpc::CallbackServerContext* context, absl::string_view method, absl::string_view set_id)
-      : method_(method), peer_(context->peer()), set_id_(set_id) {}
+      : method_(method), peer_(context->peer()), set_id_(core::ClientText(set_id)) {}
 
   // Logs a failure (nothing for OK) and converts the status for the wire.
   grpc::Status Done(const absl::Status& status) const {
     if (!status.ok()) {
       LogError(absl::StrCat("rpc=", method_, " peer=", peer_, set_id_.empty() ? "" : " set=", set_id_,
-                            " code=", absl::StatusCodeToString(status.code()), " message=\"", status.message(), "\""));
+                            " code=", absl::StatusCodeToString(status.code()), " message=\"", status.message(), "\"",
+                            core::ServerDetail(status).empty() ? "" : " detail=\"", core::ServerDetail(status),
+                            core::ServerDetail(status).empty() ? "" : "\""));
     }
     return wire::ToGrpcStatus(status);
   }
-  void set_set_id(absl::string_view id) { set_id_ = std::string(id); }
+  void set_set_id(absl::string_view id) { set_id_ = core::ClientText(id); }
 
  private:
   std::string method_;
@@ -37,31 +51,87 @@ class RpcLog {
   std::string set_id_;
 };
 
+// Parses one message of a raw method. INVALID_ARGUMENT naming the message type and `what`
+// (e.g. "the request", "message 3 of the stream") when the bytes are not that message.
+template <typename Message>
+absl::Status ParseMessage(const grpc::ByteBuffer& bytes, Message* out, absl::string_view what) {
+  out->Clear();
+  grpc::ByteBuffer view(bytes);  // shares the slices; the reader consumes the copy
+  grpc::ProtoBufferReader reader(&view);
+  if (!out->ParseFromZeroCopyStream(&reader)) {
+    out->Clear();  // nothing of a message that did not parse is used, not even in a log line
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " (", bytes.Length(), " bytes) is not a valid ", Message::descriptor()->full_name(),
+        ": it could not be parsed as that protobuf message; use the messages of proto/lstmserve/v1"));
+  }
+  return absl::OkStatus();
+}
+
+// Serializes a reply of a raw method into `out` (emptied first: a stream reuses its buffer).
+inline grpc::Status SerializeMessage(const google::protobuf::MessageLite& message, grpc::ByteBuffer* out) {
+  out->Clear();
+  bool own_buffer = false;
+  return grpc::SerializationTraits<google::protobuf::MessageLite>::Serialize(message, out, &own_buffer);
+}
+
+// A unary call of a raw method: owns the parsed request and the response, and serializes the
+// response into gRPC's buffer when it finishes OK.
+class UnaryCallBase : public grpc::ServerUnaryReactor {
+ public:
+  virtual void Reply(grpc::Status status) = 0;
+  void OnDone() override { delete this; }
+};
+
+template <typename Request, typename Response>
+class UnaryCall final : public UnaryCallBase {
+ public:
+  explicit UnaryCall(grpc::ByteBuffer* out) : out_(out) {}
+  Request request;
+  Response response;
+  void Reply(grpc::Status status) override {
+    if (status.ok()) status = SerializeMessage(response, out_);
+    Finish(std::move(status));
+  }
+
+ private:
+  grpc::ByteBuffer* out_;  // gRPC's, alive until the call is done
+};
+
+// The entry of a raw unary method: parses the request and hands the call to `handler`
+// (which finishes it with Reply), or finishes it with INVALID_ARGUMENT.
+template <typename Request, typename Response, typename Handler>
+grpc::ServerUnaryReactor* ParseUnary(grpc::CallbackServerContext* context, const grpc::ByteBuffer* in,
+                                     grpc::ByteBuffer* out, absl::string_view method, Handler&& handler) {
+  auto* call = new UnaryCall<Request, Response>(out);
+  if (absl::Status parsed = ParseMessage(*in, &call->request, "the request"); !parsed.ok()) {
+    call->Reply(RpcLog(context, method, "").Done(parsed));
+  } else {
+    handler(call);
+  }
+  return call;
+}
+
 // Runs `body` and finishes the unary call with its status.
 template <typename Body>
-grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context, const RpcLog& log, Body&& body) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+void FinishUnary(grpc::CallbackServerContext* context, UnaryCallBase* call, const RpcLog& log, Body&& body) {
   absl::Status status = body();
   if (status.ok() && context->IsCancelled()) status = absl::CancelledError("the call was cancelled");
-  reactor->Finish(log.Done(status));
-  return reactor;
+  call->Reply(log.Done(status));
 }
 
 // Runs `body` on the compute pool and finishes the unary call from there; the gRPC thread
-// returns at once. `body` must capture by value what it needs beyond request and response,
-// which live until the call is finished.
+// returns at once. `body` must capture by value what it needs beyond the call, which lives
+// until it is finished.
 template <typename Body>
-grpc::ServerUnaryReactor* FinishUnaryOnPool(grpc::CallbackServerContext* context, ComputePool* pool, RpcLog log,
-                                            Body body) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  pool->Submit([context, reactor, log = std::move(log), body = std::move(body)]() mutable {
+void FinishUnaryOnPool(grpc::CallbackServerContext* context, UnaryCallBase* call, ComputePool* pool, RpcLog log,
+                       Body body) {
+  pool->Submit([context, call, log = std::move(log), body = std::move(body)]() mutable {
     absl::Status status =
         context->IsCancelled()
             ? absl::CancelledError("the call was cancelled or its deadline passed before it was computed")
             : body();
-    reactor->Finish(log.Done(status));
+    call->Reply(log.Done(status));
   });
-  return reactor;
 }
 
 // Streams that fail before they start: `Reactor` is a ServerWriteReactor, ServerReadReactor

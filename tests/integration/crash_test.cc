@@ -195,6 +195,10 @@ class SmallDisk {
     if (mounted_) ::umount2(dir_.c_str(), MNT_DETACH);
   }
   bool mounted() const { return mounted_; }
+  // Read-only, or writable again, with what it holds.
+  bool SetReadOnly(bool read_only) {
+    return ::mount("tmpfs", dir_.c_str(), "tmpfs", MS_REMOUNT | (read_only ? MS_RDONLY : 0), nullptr) == 0;
+  }
 
  private:
   std::string dir_;
@@ -216,6 +220,7 @@ TEST(CrashTest, AFullDiskGivesResourceExhaustedCorruptsNothingAndRecovers) {
     ASSERT_FALSE(second.ok());
     EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted) << second.status();
     EXPECT_TRUE(absl::StrContains(second.status().message(), "No space left")) << second.status();
+    EXPECT_FALSE(absl::StrContains(second.status().message(), dir.path())) << "the store's path reached the client";
     EXPECT_TRUE(absl::IsNotFound(client->Get("second").status()));
     for (const auto& e : fs::directory_iterator(dir.path() + "/store")) {
       EXPECT_FALSE(absl::EndsWith(e.path().string(), ".tmp")) << "a partial file was left: " << e.path();
@@ -234,6 +239,37 @@ TEST(CrashTest, AFullDiskGivesResourceExhaustedCorruptsNothingAndRecovers) {
   EXPECT_TRUE(client->Get("second").ok());
   EXPECT_TRUE(client->Get("small").ok());
   EXPECT_FALSE(absl::StrContains((*server)->Log(), "skipped")) << (*server)->Log();
+}
+
+TEST(CrashTest, AReadOnlyStoreGivesFailedPreconditionWithoutItsPathAndStillServesReads) {
+  TempDir dir;
+  const std::string store = dir.path() + "/store";
+  fs::create_directories(store);
+  SmallDisk disk(store, "16m");
+  if (!disk.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here (needs root): " << std::strerror(errno);
+  // The log outside the store: a file open for writing would keep it from turning read-only.
+  auto server = ServerProcess::Start(store, {}, dir.path());
+  ASSERT_TRUE(server.ok());
+  auto client = Connect(**server);
+  ASSERT_TRUE(client->Create(Spec(16, 1), "kept").ok());
+  ASSERT_TRUE(disk.SetReadOnly(true)) << std::strerror(errno);
+  auto expect_refused = [&](const absl::Status& status, const char* what) {
+    EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << what << ": " << status;
+    EXPECT_TRUE(absl::StrContains(status.message(), "read-only")) << what << ": " << status;
+    EXPECT_FALSE(absl::StrContains(status.message(), dir.path())) << what << ": the store's path reached the client";
+  };
+  expect_refused(client->Create(Spec(16, 2), "new").status(), "create");
+  std::vector<core::NamedTensor> tensors = {{"w", at::zeros({4})}};
+  expect_refused(client->Import(tensors, "imported").status(), "import");
+  expect_refused(client->Delete("kept"), "delete");
+  // Reads go on, and the path is in the server's log for the operator.
+  EXPECT_TRUE(client->Get("kept").ok());
+  EXPECT_TRUE(client->Step("kept", at::ones({1, 16})).ok());
+  EXPECT_EQ(*client->Health(), "SERVING");
+  EXPECT_TRUE(absl::StrContains((*server)->Log(), dir.path())) << (*server)->Log();
+  ASSERT_TRUE(disk.SetReadOnly(false)) << std::strerror(errno);
+  EXPECT_TRUE(client->Create(Spec(16, 2), "new").ok());
+  EXPECT_TRUE(client->Delete("kept").ok());
 }
 
 }  // namespace

@@ -23,14 +23,15 @@
 namespace lstmserve::testing {
 
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::string& store_dir,
-                                                                    const std::vector<std::string>& flags) {
+                                                                    const std::vector<std::string>& flags,
+                                                                    const std::string& log_dir) {
   int out[2];
   if (pipe(out) != 0) return absl::InternalError("pipe failed");
   std::vector<std::string> args = {LSTMSERVE_SERVER_BINARY, "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
                                    "--store_dir=" + store_dir, "--threads=1"};
   args.insert(args.end(), flags.begin(), flags.end());
   std::filesystem::create_directories(store_dir);
-  const std::string log_path = store_dir + "/server.log";
+  const std::string log_path = (log_dir.empty() ? store_dir : log_dir) + "/server.log";
   const pid_t pid = fork();
   if (pid < 0) return absl::InternalError("fork failed");
   if (pid == 0) {

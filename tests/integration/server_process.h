@@ -13,9 +13,11 @@ namespace lstmserve::testing {
 
 class ServerProcess {
  public:
-  // Starts lstmserve and waits (up to 60 s) for its "listening on HOST:PORT" line.
+  // Starts lstmserve and waits (up to 60 s) for its "listening on HOST:PORT" line. Its log
+  // is server.log in `log_dir` (default: the store folder).
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(const std::string& store_dir,
-                                                              const std::vector<std::string>& flags = {});
+                                                              const std::vector<std::string>& flags = {},
+                                                              const std::string& log_dir = "");
   ~ServerProcess();  // SIGKILL if still running
 
   const std::string& address() const { return address_; }

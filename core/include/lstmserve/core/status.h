@@ -3,6 +3,7 @@
 #pragma once
 
 #include <exception>
+#include <string>
 #include <new>
 #include <type_traits>
 #include <utility>
@@ -11,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 
@@ -33,6 +35,50 @@
   lhs = std::move(tmp).value()
 
 namespace lstmserve::core {
+
+// A status's server-side detail (file paths, errno text) rides as a payload: the server logs
+// it beside the message, and only the message reaches a client.
+inline constexpr absl::string_view kServerDetailUrl = "type.googleapis.com/lstmserve.ServerDetail";
+
+inline absl::Status WithServerDetail(absl::Status status, absl::string_view detail) {
+  if (!status.ok()) status.SetPayload(kServerDetailUrl, absl::Cord(detail));
+  return status;
+}
+
+// The detail, or "" when there is none.
+inline std::string ServerDetail(const absl::Status& status) {
+  const absl::optional<absl::Cord> detail = status.GetPayload(kServerDetailUrl);
+  return detail ? std::string(*detail) : std::string();
+}
+
+// The message and the detail, for a log line.
+inline std::string MessageForLog(const absl::Status& status) {
+  const std::string detail = ServerDetail(status);
+  return detail.empty() ? std::string(status.message()) : absl::StrCat(status.message(), " [", detail, "]");
+}
+
+// Text a client sent, as it may appear in a status message or a log line: printable ASCII as
+// is, every other byte (newline, NUL, ESC, non-ASCII) as \xNN, and at most `max_bytes` of
+// it, then "...(N bytes)". A client string can then neither forge a log line, nor reach a
+// terminal as a control sequence, nor flood the log.
+inline std::string ClientText(absl::string_view text, size_t max_bytes = 64) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  const absl::string_view shown = text.substr(0, max_bytes);
+  out.reserve(shown.size() + 16);
+  for (const char ch : shown) {
+    const auto byte = static_cast<unsigned char>(ch);
+    if (byte >= 0x20 && byte < 0x7f) {
+      out.push_back(ch);
+    } else {
+      out += "\\x";
+      out.push_back(kHex[byte >> 4]);
+      out.push_back(kHex[byte & 15]);
+    }
+  }
+  if (shown.size() < text.size()) absl::StrAppend(&out, "...(", text.size(), " bytes)");
+  return out;
+}
 
 // Runs `fn` (returning absl::Status or absl::StatusOr<T>) and turns any exception it throws
 // into a status: c10::Error (LibTorch) and other std::exception become INTERNAL with

@@ -24,44 +24,52 @@ struct ServiceContext {
   core::CreateLimits create_limits;
 };
 
-class ParameterServiceImpl final : public v1::ParameterService::CallbackService {
+// The generated services with every method raw (grpc::ByteBuffer in and out): the adapters
+// parse and serialize their messages themselves, so that a message that does not parse gets
+// INVALID_ARGUMENT with a message (see rpc_util.h for why gRPC's parsing cannot give one).
+namespace raw {
+using PS = v1::ParameterService;
+using ParameterService = PS::WithRawCallbackMethod_CreateParameterSet<PS::WithRawCallbackMethod_GetParameterSet<
+    PS::WithRawCallbackMethod_ListParameterSets<PS::WithRawCallbackMethod_DeleteParameterSet<
+        PS::WithRawCallbackMethod_ExportParameterSet<PS::WithRawCallbackMethod_ImportParameterSet<
+            PS::WithRawCallbackMethod_AnalyzeParameterSet<PS::Service>>>>>>>;
+using IS = v1::InferenceService;
+using InferenceService =
+    IS::WithRawCallbackMethod_Step<IS::WithRawCallbackMethod_Run<IS::WithRawCallbackMethod_Session<IS::Service>>>;
+}  // namespace raw
+
+class ParameterServiceImpl final : public raw::ParameterService {
  public:
   explicit ParameterServiceImpl(ServiceContext* context) : ctx_(context) {}
 
-  grpc::ServerUnaryReactor* CreateParameterSet(grpc::CallbackServerContext* context,
-                                               const v1::CreateParameterSetRequest* request,
-                                               v1::CreateParameterSetResponse* response) override;
-  grpc::ServerUnaryReactor* GetParameterSet(grpc::CallbackServerContext* context,
-                                            const v1::GetParameterSetRequest* request,
-                                            v1::GetParameterSetResponse* response) override;
-  grpc::ServerUnaryReactor* ListParameterSets(grpc::CallbackServerContext* context,
-                                              const v1::ListParameterSetsRequest* request,
-                                              v1::ListParameterSetsResponse* response) override;
-  grpc::ServerUnaryReactor* DeleteParameterSet(grpc::CallbackServerContext* context,
-                                               const v1::DeleteParameterSetRequest* request,
-                                               v1::DeleteParameterSetResponse* response) override;
-  grpc::ServerWriteReactor<v1::ExportParameterSetResponse>* ExportParameterSet(
-      grpc::CallbackServerContext* context, const v1::ExportParameterSetRequest* request) override;
-  grpc::ServerReadReactor<v1::ImportParameterSetRequest>* ImportParameterSet(
-      grpc::CallbackServerContext* context, v1::ImportParameterSetResponse* response) override;
-  grpc::ServerUnaryReactor* AnalyzeParameterSet(grpc::CallbackServerContext* context,
-                                                const v1::AnalyzeParameterSetRequest* request,
-                                                v1::AnalyzeParameterSetResponse* response) override;
+  grpc::ServerUnaryReactor* CreateParameterSet(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                               grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* GetParameterSet(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                            grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ListParameterSets(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                              grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* DeleteParameterSet(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                               grpc::ByteBuffer* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* ExportParameterSet(grpc::CallbackServerContext* context,
+                                                                 const grpc::ByteBuffer* request) override;
+  grpc::ServerReadReactor<grpc::ByteBuffer>* ImportParameterSet(grpc::CallbackServerContext* context,
+                                                                grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* AnalyzeParameterSet(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                                grpc::ByteBuffer* response) override;
 
  private:
   ServiceContext* ctx_;
 };
 
-class InferenceServiceImpl final : public v1::InferenceService::CallbackService {
+class InferenceServiceImpl final : public raw::InferenceService {
  public:
   explicit InferenceServiceImpl(ServiceContext* context) : ctx_(context) {}
 
-  grpc::ServerUnaryReactor* Step(grpc::CallbackServerContext* context, const v1::StepRequest* request,
-                                 v1::StepResponse* response) override;
-  grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* context, const v1::RunRequest* request,
-                                v1::RunResponse* response) override;
-  grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* Session(
-      grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* Step(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                 grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                grpc::ByteBuffer* response) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Session(grpc::CallbackServerContext* context) override;
 
  private:
   ServiceContext* ctx_;
