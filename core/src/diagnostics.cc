@@ -1,5 +1,7 @@
 #include "lstmserve/core/diagnostics.h"
 
+#include <cmath>
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/csrc/autograd/grad_mode.h>
@@ -104,9 +106,17 @@ absl::StatusOr<std::vector<LstmLayerStats>> AnalyzeLstm(const StackedLstm& lstm,
   });
 }
 
+// A leaky ReLU's slope for negative inputs: PyTorch's default is 0.01, any in use is within
+// [0, 1]; past 1000 in magnitude the float32 probe overflows (-1e308 made LibTorch throw).
+constexpr double kMaxNegativeSlope = 1000;
+
 absl::StatusOr<std::vector<ChainLayerStats>> AnalyzeChain(const std::vector<NamedTensor>& weights,
                                                           const ChainOptions& chain, const ProbeOptions& options) {
   if (weights.empty()) return absl::InvalidArgumentError("the chain has no weight");
+  if (!std::isfinite(chain.negative_slope) || std::abs(chain.negative_slope) > kMaxNegativeSlope) {
+    return absl::InvalidArgumentError(absl::StrCat("negative_slope is ", chain.negative_slope,
+                                                   "; expected a finite number in [-1000, 1000] (0 means 0.01)"));
+  }
   int64_t parameters = 0;
   for (const auto& w : weights) parameters += w.value.numel();
   LSTMSERVE_RETURN_IF_ERROR(CheckProbeCost(options, parameters, /*lstm=*/false));

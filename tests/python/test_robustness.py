@@ -197,5 +197,37 @@ class HostileStringsTest(unittest.TestCase):
         self.assertIn("set=a\\x0aE 2026-01-01T00:00:00.000000Z E forged line", written)  # escaped, on its line
 
 
+class NumbersOutOfRangeTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = ServerProcess()
+        cls.client = Client(cls.server.target)
+        spec = parameter_pb2.ParameterSetSpec(seed=3)
+        for name in ("l0", "l1"):
+            t = spec.tensor_list.tensors.add()
+            t.name = name
+            t.shape[:] = [8, 8]
+        cls.client.create(spec, id="chain")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.server.stop()
+
+    def test_analyze_refuses_slopes_that_are_not_finite_or_too_large(self):
+        for slope in [-1e308, 1e308, float("nan"), float("inf"), float("-inf"), 1000.5]:
+            with self.subTest(slope=slope):
+                with self.assertRaises(grpc.RpcError) as caught:
+                    self.client.analyze(id="chain", activation="leaky_relu", negative_slope=slope)
+                self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+                self.assertIn("negative_slope", caught.exception.details())
+        for slope in [-1.0, 0.2, 1000.0]:
+            layers = self.client.analyze(id="chain", activation="leaky_relu", negative_slope=slope).chain_layers
+            self.assertEqual(len(layers), 2)
+            for layer in layers:
+                for figure in (layer.forward_variance, layer.activation_variance, layer.gradient_variance):
+                    self.assertTrue(figure == figure and abs(figure) != float("inf"), (slope, layer))
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -81,8 +81,8 @@ struct ChainLayerStats {
   double dead_fraction = 0;        // ReLU-like: units whose pre-activation is <= 0 for every sample
 };
 
-// INVALID_ARGUMENT when a tensor is not 2-D or the widths do not chain, RESOURCE_EXHAUSTED
-// past max_work.
+// INVALID_ARGUMENT when a tensor is not 2-D, the widths do not chain, or negative_slope is
+// not finite or past 1000 in magnitude; RESOURCE_EXHAUSTED past max_work.
 absl::StatusOr<std::vector<ChainLayerStats>> AnalyzeChain(const std::vector<NamedTensor>& weights,
                                                           const ChainOptions& chain, const ProbeOptions& options);
 
