@@ -383,8 +383,19 @@ absl::StatusOr<std::string> Metrics::Serve(const std::string& listen) {
     LogError(absl::StrCat("metrics endpoint: ", message));
     return 1;
   };
+  // civetweb gives each connection a thread until its request is read. With one thread and
+  // the default 30 s read timeout, one idle TCP connection held every scrape for 30 s: so
+  // kMetricsThreads threads, and a request must arrive whole within kMetricsRequestTimeout
+  // (a scrape sends its few hundred bytes at once). Keep-alive stays off, so an idle
+  // scraper holds no thread between scrapes.
+  constexpr int kMetricsThreads = 16;
+  constexpr int kMetricsRequestTimeoutMs = 2000;
+  std::vector<std::string> options = {"listening_ports",    listen,
+                                      "num_threads",        std::to_string(kMetricsThreads),
+                                      "request_timeout_ms", std::to_string(kMetricsRequestTimeoutMs),
+                                      "enable_keep_alive",  "no"};
   try {
-    impl_->exposer = std::make_unique<prometheus::Exposer>(listen, 1, &callbacks);
+    impl_->exposer = std::make_unique<prometheus::Exposer>(std::move(options), &callbacks);
   } catch (const std::exception& e) {
     return absl::UnavailableError(
         absl::StrCat("cannot serve metrics on ", listen, " (in use, or not a local address?): ", e.what()));

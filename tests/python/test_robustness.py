@@ -229,5 +229,47 @@ class NumbersOutOfRangeTest(unittest.TestCase):
                     self.assertTrue(figure == figure and abs(figure) != float("inf"), (slope, layer))
 
 
+class MetricsUnderIdleConnectionsTest(unittest.TestCase):
+    """A scrape does not wait for other clients: idle and slow connections to the metrics
+    port (more of them than it has threads) neither block it nor stay open for long."""
+
+    def test_scrapes_answer_while_idle_and_slow_connections_are_open(self):
+        with ServerProcess() as server:
+            host, port = server.metrics.rsplit(":", 1)
+            idle = [socket.create_connection((host, int(port)), timeout=30) for _ in range(20)]
+            slow = socket.create_connection((host, int(port)), timeout=30)
+            stop = threading.Event()
+
+            def drip():  # a request that never ends, one byte every 200 ms
+                try:
+                    slow.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                    while not stop.wait(0.2):
+                        slow.sendall(b"X")
+                except OSError:
+                    pass  # the server closed it
+
+            dripper = threading.Thread(target=drip)
+            dripper.start()
+            try:
+                for _ in range(3):  # each within 10 s (before: the first took 30 s)
+                    with urllib.request.urlopen(f"http://{server.metrics}/metrics", timeout=10) as reply:
+                        self.assertIn(b"lstmserve_build_info", reply.read())
+                # The server closes connections that send no whole request in time.
+                deadline = time.monotonic() + 20
+                for conn in idle:
+                    conn.settimeout(max(0.1, deadline - time.monotonic()))
+                    try:
+                        self.assertEqual(conn.recv(1), b"", "an idle connection was kept open")
+                    except ConnectionResetError:
+                        pass  # closed with a reset: closed too
+                dripper.join(timeout=20)
+                self.assertFalse(dripper.is_alive(), "a request that never ends was kept open")
+            finally:
+                stop.set()
+                dripper.join(timeout=5)
+                for conn in idle + [slow]:
+                    conn.close()
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
