@@ -5,6 +5,7 @@
 #include "absl/time/clock.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "lstmserve/core/status.h"
 #include "lstmserve/wire/conversions.h"
 #include "lstmserve/server/services.h"
@@ -182,9 +183,15 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
     const auto& start = request_.start();
     log_.set_set_id(start.parameter_set_id());
     LSTMSERVE_ASSIGN_OR_RETURN(entry_, LstmSet(ctx_, start.parameter_set_id()));
-    if (start.batch_size() < 1 || start.batch_size() > ctx_->options.max_tensor_elements) {
+    if (start.batch_size() < 1) {
       entry_.reset();
       return absl::InvalidArgumentError(absl::StrCat("start.batch_size is ", start.batch_size(), "; expected >= 1"));
+    }
+    if (start.batch_size() > ctx_->options.max_tensor_elements) {
+      entry_.reset();
+      return absl::ResourceExhaustedError(absl::StrCat("start.batch_size is ", start.batch_size(),
+                                                       "; it exceeds the limit of ",
+                                                       ctx_->options.max_tensor_elements, " elements per tensor"));
     }
     batch_ = start.batch_size();
     return_state_ = start.return_state();
@@ -214,9 +221,10 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   absl::StatusOr<BatchJob> StepJob() {
     if (!request_.has_x()) return absl::InvalidArgumentError("after start, every SessionRequest must carry x");
     LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor x, Input(ctx_, *entry_, request_.x(), "x"));
-    if (x.dim() != 2 || x.size(0) != batch_) {
-      return absl::InvalidArgumentError(absl::StrCat("x must be [", batch_, ", ", entry_->lstm->input_size(),
-                                                     "] (the session's batch size)"));
+    if (x.dim() != 2 || x.size(0) != batch_ || x.size(1) != entry_->lstm->input_size()) {
+      return absl::InvalidArgumentError(absl::StrCat("x is [", absl::StrJoin(x.sizes(), ", "), "]; the session's x must be [",
+                                                     batch_, ", ", entry_->lstm->input_size(),
+                                                     "] (its batch_size, the set's input_size)"));
     }
     return MakeJob(context_, entry_, x.unsqueeze(0), state_, /*want_outputs=*/false);
   }
@@ -249,8 +257,9 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Step(grpc::CallbackServerContext
       LSTMSERVE_ASSIGN_OR_RETURN(auto entry, LstmSet(ctx_, request->parameter_set_id()));
       if (!request->has_x()) return absl::InvalidArgumentError("x is not set");
       LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor x, Input(ctx_, *entry, request->x(), "x"));
-      if (x.dim() != 2) {
-        return absl::InvalidArgumentError(absl::StrCat("x must be 2-D [batch, ", entry->lstm->input_size(), "]"));
+      if (x.dim() != 2 || x.size(1) != entry->lstm->input_size()) {
+        return absl::InvalidArgumentError(absl::StrCat("x is [", absl::StrJoin(x.sizes(), ", "), "]; the set's x must be [batch, ",
+                                                       entry->lstm->input_size(), "] (its input_size)"));
       }
       LSTMSERVE_ASSIGN_OR_RETURN(core::LstmState state, RequestState(ctx_, *entry, *request, ""));
       return MakeJob(context, std::move(entry), x.unsqueeze(0), std::move(state), /*want_outputs=*/false);

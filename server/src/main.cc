@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "lstmserve/core/command_line.h"
+#include "lstmserve/core/status.h"
 #include "lstmserve/server/log.h"
 #include "lstmserve/server/server.h"
 
@@ -111,7 +112,11 @@ int main(int argc, char** argv) {
 
   auto server = lstmserve::server::Server::Start(options);
   if (!server.ok()) {
-    lstmserve::server::LogError(absl::StrCat("cannot start: ", server.status().ToString()));
+    // A flag's value that is wrong in itself (a file it names is unreadable or not what it
+    // should be) is a usage error, exit 2 like a malformed flag; a failure of the
+    // environment (address in use, store folder not writable, no such device) exits 1.
+    if (absl::IsInvalidArgument(server.status())) lstmserve::core::UsageErrorExit(server.status().message());
+    lstmserve::server::LogError(absl::StrCat("cannot start: ", lstmserve::core::MessageForLog(server.status())));
     return 1;
   }
   std::printf("listening on %s\n", (*server)->address().c_str());

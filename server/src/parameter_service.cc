@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <set>
 
@@ -7,6 +8,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "lstmserve/core/diagnostics.h"
@@ -191,10 +193,13 @@ class ImportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       if (i > 0 && dtype != dtype_) return absl::InvalidArgumentError(absl::StrCat(field, ".dtype differs from tensor 0's"));
       dtype_ = dtype;
       LSTMSERVE_RETURN_IF_ERROR(core::CheckDTypeOnDevice(dtype, ctx_->registry->device()));
-      LSTMSERVE_ASSIGN_OR_RETURN(int64_t count, CheckShape(info.shape(), field, ctx_->options.max_set_bytes));
-      total += count * core::DTypeSize(dtype);
-      if (total > ctx_->options.max_set_bytes) {
-        return absl::ResourceExhaustedError(absl::StrCat("the set exceeds --max_set_bytes=", ctx_->options.max_set_bytes));
+      LSTMSERVE_ASSIGN_OR_RETURN(int64_t count, CheckShape(info.shape(), field, std::numeric_limits<int64_t>::max()));
+      int64_t bytes = 0;
+      if (__builtin_mul_overflow(count, core::DTypeSize(dtype), &bytes) || __builtin_add_overflow(total, bytes, &total) ||
+          total > ctx_->options.max_set_bytes) {
+        return absl::ResourceExhaustedError(absl::StrCat("the header declares more than the server's limit of ",
+                                                         ctx_->options.max_set_bytes, " bytes per set (", field,
+                                                         " is [", absl::StrJoin(info.shape(), ", "), "])"));
       }
     }
     return core::GuardTorch("import", [&]() -> absl::Status {

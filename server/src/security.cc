@@ -1,7 +1,10 @@
 #include "lstmserve/server/security.h"
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/sha.h>
+#include <openssl/x509.h>
 
 #include <fstream>
 #include <iterator>
@@ -25,6 +28,33 @@ absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
   return text;
 }
 
+// The first certificate of the chain and the key, parsed, and the key the certificate's:
+// gRPC would only fail to listen, which reads like a port in use.
+absl::Status CheckKeyPair(const std::string& cert_pem, const std::string& key_pem, const TlsFiles& files) {
+  std::unique_ptr<BIO, decltype(&BIO_free)> cert_bio(BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size())),
+                                                     &BIO_free);
+  std::unique_ptr<X509, decltype(&X509_free)> cert(PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr),
+                                                   &X509_free);
+  if (!cert) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls_cert_file ", files.cert_file, " holds no PEM certificate OpenSSL can read"));
+  }
+  std::unique_ptr<BIO, decltype(&BIO_free)> key_bio(BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size())),
+                                                    &BIO_free);
+  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(
+      PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr), &EVP_PKEY_free);
+  if (!key) {
+    return absl::InvalidArgumentError(absl::StrCat("--tls_key_file ", files.key_file,
+                                                   " holds no unencrypted PEM private key OpenSSL can read"));
+  }
+  if (X509_check_private_key(cert.get(), key.get()) != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--tls_key_file ", files.key_file,
+                                                   " is not the key of the certificate in --tls_cert_file ",
+                                                   files.cert_file));
+  }
+  return absl::OkStatus();
+}
+
 std::string Sha256(absl::string_view text) {
   std::string digest(SHA256_DIGEST_LENGTH, '\0');
   SHA256(reinterpret_cast<const unsigned char*>(text.data()), text.size(),
@@ -42,6 +72,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(c
   if (!cert.ok()) return cert.status();
   auto key = ReadPem(files.key_file, "--tls_key_file");
   if (!key.ok()) return key.status();
+  if (absl::Status matched = CheckKeyPair(*cert, *key, files); !matched.ok()) return matched;
   pair.cert_chain = *std::move(cert);
   pair.private_key = *std::move(key);
   options.pem_key_cert_pairs.push_back(std::move(pair));

@@ -138,7 +138,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   builder.RegisterService(server->inference_service_.get());
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || port == 0) {
-    return absl::InternalError(absl::StrCat("cannot listen on ", options.listen, " (in use, or not a local address?)"));
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen, " (in use, or not a local address?)"));
   }
   std::string host;
   int unused = 0;

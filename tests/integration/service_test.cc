@@ -295,8 +295,9 @@ TEST_F(ServiceTest, BadInputGetsTheRightCodeAndAUsefulMessage) {
       {"step data length", [&] { return step([](auto& r) { r.mutable_x()->mutable_data()->pop_back(); }); }, grpc::INVALID_ARGUMENT, "x.data has 31 bytes"},
       {"step negative size", [&] { return step([](auto& r) { r.mutable_x()->set_shape(0, -2); }); }, grpc::INVALID_ARGUMENT, "sizes must be >= 1"},
       {"step empty batch", [&] { return step([](auto& r) { r.mutable_x()->set_shape(0, 0); r.mutable_x()->clear_data(); }); }, grpc::INVALID_ARGUMENT, "sizes must be >= 1"},
-      {"step overflowing shape", [&] { return step([](auto& r) { r.mutable_x()->set_shape(0, int64_t{1} << 40); r.mutable_x()->set_shape(1, int64_t{1} << 40); }); }, grpc::INVALID_ARGUMENT, "exceeds the limit"},
-      {"step wrong input size", [&] { return step([](auto& r) { wire::TensorToProto(at::zeros({2, 5}), r.mutable_x()); }); }, grpc::INVALID_ARGUMENT, "[steps >= 1, batch >= 1, 4]"},
+      {"step overflowing shape", [&] { return step([](auto& r) { r.mutable_x()->set_shape(0, int64_t{1} << 40); r.mutable_x()->set_shape(1, int64_t{1} << 40); }); }, grpc::INVALID_ARGUMENT, "more elements than an int64"},
+      {"step over --max_tensor_elements", [&] { return step([](auto& r) { r.mutable_x()->set_shape(0, int64_t{1} << 40); }); }, grpc::RESOURCE_EXHAUSTED, "exceeds the limit of"},
+      {"step wrong input size", [&] { return step([](auto& r) { wire::TensorToProto(at::zeros({2, 5}), r.mutable_x()); }); }, grpc::INVALID_ARGUMENT, "x is [2, 5]; the set's x must be [batch, 4] (its input_size)"},
       {"step NaN input", [&] { return step([&](auto& r) { auto x = at::zeros({2, 4}); x[0][1] = nan; wire::TensorToProto(x, r.mutable_x()); }); }, grpc::INVALID_ARGUMENT, "NaN or infinity"},
       {"step wrong number of layers", [&] { return step([](auto& r) { wire::TensorToProto(at::zeros({2, 3}), r.add_c()); }); }, grpc::INVALID_ARGUMENT, "c has 1 tensors; the set has 2 layers"},
       {"step state of wrong batch", [&] { return step([](auto& r) { for (int l = 0; l < 2; ++l) wire::TensorToProto(at::zeros({5, 3}), r.add_h()); }); }, grpc::INVALID_ARGUMENT, "h[0] must be [2, 3]"},
@@ -304,13 +305,14 @@ TEST_F(ServiceTest, BadInputGetsTheRightCodeAndAUsefulMessage) {
       {"run without inputs", [&] { return run([](auto& r) { r.clear_inputs(); }); }, grpc::INVALID_ARGUMENT, "inputs is not set"},
       {"run infinite input", [&] { return run([](auto& r) { auto x = at::zeros({3, 2, 4}); x[2][1][3] = INFINITY; wire::TensorToProto(x, r.mutable_inputs()); }); }, grpc::INVALID_ARGUMENT, "NaN or infinity"},
       {"run rank 9", [&] { return run([](auto& r) { r.mutable_inputs()->clear_shape(); for (int i = 0; i < 9; ++i) r.mutable_inputs()->add_shape(1); }); }, grpc::INVALID_ARGUMENT, "rank 9"},
-      {"run huge T", [&] { return run([](auto& r) { r.mutable_inputs()->set_shape(0, int64_t{1} << 50); }); }, grpc::INVALID_ARGUMENT, "exceeds the limit"},
+      {"run huge T", [&] { return run([](auto& r) { r.mutable_inputs()->set_shape(0, int64_t{1} << 50); }); }, grpc::RESOURCE_EXHAUSTED, "exceeds the limit"},
+      {"run T past int64", [&] { return run([](auto& r) { r.mutable_inputs()->set_shape(0, int64_t{1} << 62); }); }, grpc::INVALID_ARGUMENT, "more elements than an int64"},
       {"run negative T", [&] { return run([](auto& r) { r.mutable_inputs()->set_shape(0, -3); }); }, grpc::INVALID_ARGUMENT, "sizes must be >= 1"},
       {"run wrong dtype", [&] { return run([](auto& r) { r.mutable_inputs()->set_dtype(v1::DATA_TYPE_BFLOAT16); }); }, grpc::INVALID_ARGUMENT, "the parameter set is float32"},
       {"run dtype out of range", [&] { return run([](auto& r) { r.mutable_inputs()->set_dtype(static_cast<v1::DataType>(77)); }); }, grpc::INVALID_ARGUMENT, "dtype"},
       {"run unknown set", [&] { return run([](auto& r) { r.set_parameter_set_id("gone"); }); }, grpc::NOT_FOUND, "not found"},
       {"run id ../x", [&] { return run([](auto& r) { r.set_parameter_set_id("../x"); }); }, grpc::INVALID_ARGUMENT, "parameter_set_id"},
-      {"step 3-D x", [&] { return step([](auto& r) { wire::TensorToProto(at::zeros({1, 2, 4}), r.mutable_x()); }); }, grpc::INVALID_ARGUMENT, "x must be 2-D"},
+      {"step 3-D x", [&] { return step([](auto& r) { wire::TensorToProto(at::zeros({1, 2, 4}), r.mutable_x()); }); }, grpc::INVALID_ARGUMENT, "x must be [batch, 4]"},
       {"step 3 h for 2 layers", [&] { return step([](auto& r) { for (int l = 0; l < 3; ++l) wire::TensorToProto(at::zeros({2, 3}), r.add_h()); }); }, grpc::INVALID_ARGUMENT, "h has 3 tensors; the set has 2 layers"},
       {"step state of wrong dtype", [&] { return step([](auto& r) { for (int l = 0; l < 2; ++l) { wire::TensorToProto(at::zeros({2, 3}), r.add_c()); wire::TensorToProto(at::zeros({2, 3}).to(at::kHalf), r.add_h()); } }); }, grpc::INVALID_ARGUMENT, "h[0]"},
       {"step oversized message", [&] { return step([](auto& r) { wire::TensorToProto(at::zeros({2, 9'000'000}), r.mutable_x()); }); }, grpc::RESOURCE_EXHAUSTED, "larger than max"},
@@ -416,6 +418,11 @@ TEST_F(ServiceTest, BadInputGetsTheRightCodeAndAUsefulMessage) {
   const grpc::Status sum_status = import({bad_sum, full});
   EXPECT_EQ(sum_status.error_code(), grpc::INVALID_ARGUMENT) << "import checksum mismatch";
   EXPECT_NE(sum_status.error_message().find("nothing was stored"), std::string::npos) << sum_status.error_message();
+  v1::ImportParameterSetRequest huge = header;  // 1 TiB declared: over a server limit, not a bad request
+  huge.mutable_header()->mutable_tensors(0)->set_shape(0, int64_t{1} << 38);
+  const grpc::Status huge_status = import({huge});
+  EXPECT_EQ(huge_status.error_code(), grpc::RESOURCE_EXHAUSTED) << huge_status.error_message();
+  EXPECT_TRUE(absl::StrContains(huge_status.error_message(), "bytes per set")) << huge_status.error_message();
   v1::ImportParameterSetRequest twice = header;
   *twice.mutable_header()->add_tensors() = twice.header().tensors(0);
   EXPECT_EQ(import({twice}).error_code(), grpc::INVALID_ARGUMENT) << "import duplicate tensor names";
@@ -451,7 +458,8 @@ TEST_F(ServiceTest, BadInputGetsTheRightCodeAndAUsefulMessage) {
       start.mutable_start()->set_batch_size(batch);
       stream->Write(start);
       stream->WritesDone();
-      EXPECT_EQ(stream->Finish().error_code(), grpc::INVALID_ARGUMENT) << "session batch " << batch;
+      EXPECT_EQ(stream->Finish().error_code(), batch > 0 ? grpc::RESOURCE_EXHAUSTED : grpc::INVALID_ARGUMENT)
+          << "session batch " << batch;
     }
     grpc::ClientContext ctx;
     auto stream = infer->Session(&ctx);
@@ -479,7 +487,28 @@ TEST_F(ServiceTest, BadInputGetsTheRightCodeAndAUsefulMessage) {
     stream2->Write(x);
     v1::SessionResponse out;
     EXPECT_FALSE(stream2->Read(&out));
-    EXPECT_EQ(stream2->Finish().error_code(), grpc::INVALID_ARGUMENT);
+    grpc::Status finished = stream2->Finish();
+    EXPECT_EQ(finished.error_code(), grpc::INVALID_ARGUMENT);
+    EXPECT_TRUE(absl::StrContains(finished.error_message(), "x is [2, 4]; the session's x must be [3, 4]"))
+        << finished.error_message();
+    EXPECT_FALSE(absl::StrContains(finished.error_message(), "steps")) << finished.error_message();
+  }
+  {  // session: a step of another input size gets the session's wording, not Run's
+    grpc::ClientContext ctx;
+    auto stream = infer->Session(&ctx);
+    v1::SessionRequest start;
+    start.mutable_start()->set_parameter_set_id("bad-input-set");
+    start.mutable_start()->set_batch_size(2);
+    v1::SessionRequest x;
+    wire::TensorToProto(at::zeros({2, 7}), x.mutable_x());
+    stream->Write(start);
+    stream->Write(x);
+    v1::SessionResponse out;
+    EXPECT_FALSE(stream->Read(&out));
+    grpc::Status finished = stream->Finish();
+    EXPECT_EQ(finished.error_code(), grpc::INVALID_ARGUMENT);
+    EXPECT_TRUE(absl::StrContains(finished.error_message(), "must be [2, 4] (its batch_size, the set's input_size)"))
+        << finished.error_message();
   }
   EXPECT_EQ(*client_->Health(), "SERVING") << "the server must stay healthy after bad input";
 }

@@ -4,6 +4,7 @@ makes with openssl: what gets in, what is kept out, and with which status. Needs
 with the client and lstmserve_testing, LSTMSERVE_SERVER_BINARY and LSTMSERVE_CLI_BINARY."""
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import unittest
@@ -148,16 +149,28 @@ class SecurityTest(unittest.TestCase):
         cases = [
             ([f"--tls_cert_file={self.d}/server.pem"], 2, "--tls_cert_file and --tls_key_file go together"),
             ([f"--tls_client_ca_file={self.d}/ca.pem"], 2, "needs --tls_cert_file"),
-            ([f"--tls_cert_file={self.d}/missing.pem", f"--tls_key_file={self.d}/server.key"], 1, "cannot read"),
-            ([f"--tls_cert_file={self.d}/tokens", f"--tls_key_file={self.d}/server.key"], 1, "is not PEM"),
-            ([f"--auth_tokens_file={self.d}/short-tokens"], 1, "at least 16 characters"),
+            ([f"--tls_cert_file={self.d}/missing.pem", f"--tls_key_file={self.d}/server.key"], 2, "cannot read"),
+            ([f"--tls_cert_file={self.d}/tokens", f"--tls_key_file={self.d}/server.key"], 2, "is not PEM"),
+            ([f"--tls_cert_file={self.d}/server.pem", f"--tls_key_file={self.d}/client.key"], 2,
+             "is not the key of the certificate"),
+            ([f"--tls_cert_file={self.d}/server.pem", f"--tls_key_file={self.d}/server.pem"], 2,
+             "holds no unencrypted PEM private key"),
+            ([f"--auth_tokens_file={self.d}/short-tokens"], 2, "at least 16 characters"),
         ]
+        # The environment, not a flag: the address is taken.
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        self.addCleanup(taken.close)
+        cases.append(([f"--listen=127.0.0.1:{taken.getsockname()[1]}"], 1, "cannot listen on"))
         for flags, code, message in cases:
             with self.subTest(flags=flags), tempfile.TemporaryDirectory() as store:
                 result = subprocess.run([binary, "--listen=127.0.0.1:0", "--metrics_listen=", f"--store_dir={store}",
                                          *flags], capture_output=True, text=True, timeout=60)
                 self.assertEqual(result.returncode, code, result.stderr)
                 self.assertIn(message, result.stderr)
+                if code == 2:
+                    self.assertNotIn("in use", result.stderr)
 
 
 if __name__ == "__main__":

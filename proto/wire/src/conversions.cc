@@ -127,10 +127,15 @@ absl::StatusOr<int64_t> CheckShape(const google::protobuf::RepeatedField<int64_t
     if (shape[d] < 1) {
       return absl::InvalidArgumentError(absl::StrCat(field, ".shape[", d, "] is ", shape[d], "; sizes must be >= 1"));
     }
-    if (__builtin_mul_overflow(count, shape[d], &count) || count > max_elements) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ".shape [", absl::StrJoin(shape, ", "),
-                                                     "] exceeds the limit of ", max_elements, " elements"));
+    if (__builtin_mul_overflow(count, shape[d], &count)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".shape [", absl::StrJoin(shape, ", "), "] has more elements than an int64 counts"));
     }
+  }
+  if (count > max_elements) {
+    return absl::ResourceExhaustedError(absl::StrCat(field, ".shape [", absl::StrJoin(shape, ", "), "] has ", count,
+                                                     " elements; it exceeds the limit of ", max_elements,
+                                                     " elements"));
   }
   return count;
 }

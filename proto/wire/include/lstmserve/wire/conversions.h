@@ -24,8 +24,9 @@ absl::StatusOr<core::DType> DTypeFromProto(v1::DataType dtype, absl::string_view
 v1::DataType DTypeToProto(core::DType dtype);
 
 // Decodes a wire tensor. INVALID_ARGUMENT (naming `field`) when the dtype is unset or is
-// not `expected`, a size is < 1, the element count exceeds `max_elements`, the data length
-// disagrees with shape and dtype, or a value is NaN or infinite (inputs must be finite).
+// not `expected`, a size is < 1, the data length disagrees with shape and dtype, or a value
+// is NaN or infinite (inputs must be finite); RESOURCE_EXHAUSTED when the element count
+// exceeds `max_elements` (a server limit).
 absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor, absl::string_view field,
                                            core::DType expected, int64_t max_elements,
                                            const c10::Device& device);
@@ -33,7 +34,8 @@ absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor, absl::strin
 // Encodes a tensor (any device) as row-major little-endian bytes.
 void TensorToProto(const at::Tensor& tensor, v1::Tensor* out);
 
-// Checks a wire shape: rank 1..8, sizes >= 1, product <= max_elements. Returns the count.
+// Checks a wire shape: rank 1..8 and sizes >= 1 (else INVALID_ARGUMENT), product <=
+// max_elements (else RESOURCE_EXHAUSTED). Returns the count.
 absl::StatusOr<int64_t> CheckShape(const google::protobuf::RepeatedField<int64_t>& shape,
                                    absl::string_view field, int64_t max_elements);
 
