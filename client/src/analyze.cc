@@ -90,10 +90,22 @@ absl::StatusOr<v1::Initializer> ParseInitializer(const std::string& text) {
   } else if (name == "ones") {
     ok = need(0, 0);
     init.mutable_ones();
+  } else if (name == "eye") {
+    ok = need(0, 0);
+    init.mutable_eye();
+  } else if (name == "dirac") {
+    ok = need(0, 1);
+    auto* d = init.mutable_dirac();
+    if (!args.empty()) d->set_groups(static_cast<int64_t>(args[0]));
+  } else if (name == "sparse") {
+    ok = need(1, 2);
+    if (ok.ok()) init.mutable_sparse()->set_sparsity(args[0]);
+    if (ok.ok() && args.size() == 2) init.mutable_sparse()->set_std(args[1]);
   } else {
     return absl::InvalidArgumentError(absl::StrCat(
         "unknown initializer '", name, "'; expected kaiming_normal, kaiming_uniform, xavier_uniform, xavier_normal, "
-        "orthogonal, normal:STD, uniform:A:B, trunc_normal:STD, constant:V, zeros, ones, or JSON"));
+        "orthogonal, normal:STD, uniform:A:B, trunc_normal:STD, constant:V, zeros, ones, eye, dirac[:GROUPS], "
+        "sparse:SPARSITY[:STD], or JSON"));
   }
   if (!ok.ok()) return ok;
   return init;

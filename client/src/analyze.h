@@ -11,7 +11,8 @@ namespace lstmserve::client {
 
 // "kaiming_normal", "kaiming_uniform[:A]", "xavier_uniform[:GAIN]", "xavier_normal[:GAIN]",
 // "orthogonal[:GAIN]", "normal:STD", "uniform:A:B", "trunc_normal:STD", "constant:V",
-// "zeros", "ones", or an Initializer as JSON ("{...}"). INVALID_ARGUMENT otherwise.
+// "zeros", "ones", "eye", "dirac[:GROUPS]", "sparse:SPARSITY[:STD]", or an Initializer as
+// JSON ("{...}"). INVALID_ARGUMENT otherwise.
 absl::StatusOr<v1::Initializer> ParseInitializer(const std::string& text);
 
 // The per-layer table of one analysis, readable.

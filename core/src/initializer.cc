@@ -1,8 +1,10 @@
 #include "lstmserve/core/initializer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <utility>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
@@ -32,6 +34,9 @@ constexpr std::pair<InitKind, absl::string_view> kInitNames[] = {
     {InitKind::kKaimingNormal, "kaiming_normal"},
     {InitKind::kOrthogonal, "orthogonal"},
     {InitKind::kTruncNormal, "trunc_normal"},
+    {InitKind::kEye, "eye"},
+    {InitKind::kDirac, "dirac"},
+    {InitKind::kSparse, "sparse"},
 };
 
 constexpr std::pair<Nonlinearity, absl::string_view> kNonlinearityNames[] = {
@@ -205,6 +210,24 @@ Initializer Initializer::TruncNormal(double mean, double std, double a, double b
   i.high = b;
   return i;
 }
+Initializer Initializer::Eye() {
+  Initializer i;
+  i.kind = InitKind::kEye;
+  return i;
+}
+Initializer Initializer::Dirac(int64_t groups) {
+  Initializer i;
+  i.kind = InitKind::kDirac;
+  i.groups = groups;
+  return i;
+}
+Initializer Initializer::Sparse(double sparsity, double std) {
+  Initializer i;
+  i.kind = InitKind::kSparse;
+  i.sparsity = sparsity;
+  i.std = std;
+  return i;
+}
 Initializer Initializer::DefaultWeight() {
   return KaimingNormal(0.0, FanMode::kFanIn, Nonlinearity::kRelu);
 }
@@ -347,6 +370,32 @@ absl::Status ValidateInitializer(const Initializer& init, absl::Span<const int64
             "trunc_normal: a must be < b, got a=", init.low, " b=", init.high));
       }
       break;
+    case InitKind::kEye:
+      if (shape.size() != 2) {
+        return absl::InvalidArgumentError(absl::StrCat("eye needs a tensor of 2 dimensions, got ", shape.size()));
+      }
+      break;
+    case InitKind::kDirac:
+      if (shape.size() < 3 || shape.size() > 5) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("dirac needs a tensor of 3, 4 or 5 dimensions, got ", shape.size()));
+      }
+      if (init.groups < 1 || shape[0] % init.groups != 0) {
+        return absl::InvalidArgumentError(absl::StrCat("dirac: groups must be >= 1 and divide size(0) = ", shape[0],
+                                                       ", got ", init.groups));
+      }
+      break;
+    case InitKind::kSparse:
+      LSTMSERVE_RETURN_IF_ERROR(CheckFinite(init.std, "std", init));
+      if (init.std < 0) return absl::InvalidArgumentError(absl::StrCat("sparse: std must be >= 0, got ", init.std));
+      if (!(init.sparsity >= 0 && init.sparsity <= 1)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("sparse: sparsity (the fraction of each column zeroed) must be in [0, 1], got ", init.sparsity));
+      }
+      if (shape.size() != 2) {
+        return absl::InvalidArgumentError(absl::StrCat("sparse needs a tensor of 2 dimensions, got ", shape.size()));
+      }
+      break;
   }
   if (init.kind == InitKind::kOrthogonal && shape.size() < 2) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -440,6 +489,41 @@ absl::Status ApplyInitializer(at::Tensor& tensor, const Initializer& init,
         tensor.clamp_(init.low, init.high);
         break;
       }
+      case InitKind::kEye:
+        at::eye_out(tensor, shape[0], shape[1]);
+        break;
+      case InitKind::kDirac: {
+        // tensor[g * per_group + d, d, k2 / 2, (k3 / 2, (k4 / 2))] = 1, all else 0.
+        tensor.zero_();
+        const int64_t per_group = shape[0] / init.groups;
+        const int64_t min_dim = std::min(per_group, shape[1]);
+        std::vector<int64_t> index(shape.size());
+        for (size_t k = 2; k < shape.size(); ++k) index[k] = shape[k] / 2;
+        const std::vector<int64_t> strides = tensor.strides().vec();
+        float* data = tensor.data_ptr<float>();
+        for (int64_t g = 0; g < init.groups; ++g) {
+          for (int64_t d = 0; d < min_dim; ++d) {
+            index[0] = g * per_group + d;
+            index[1] = d;
+            int64_t offset = 0;
+            for (size_t k = 0; k < shape.size(); ++k) offset += index[k] * strides[k];
+            data[offset] = 1.0f;
+          }
+        }
+        break;
+      }
+      case InitKind::kSparse: {
+        // normal_(0, std), then per column the rows of randperm(rows)[:ceil(sparsity * rows)]
+        // set to 0, drawing in torch's order.
+        const int64_t rows = shape[0];
+        const auto num_zeros = static_cast<int64_t>(std::ceil(init.sparsity * static_cast<double>(rows)));
+        tensor.normal_(0, init.std, generator);
+        for (int64_t col = 0; col < shape[1]; ++col) {
+          const at::Tensor perm = at::randperm(rows, generator, at::TensorOptions().dtype(at::kLong));
+          tensor.index_put_({perm.slice(0, 0, num_zeros), col}, 0);
+        }
+        break;
+      }
     }
     return absl::OkStatus();
   });
@@ -468,6 +552,12 @@ std::string DescribeInitializer(const Initializer& init) {
     case InitKind::kTruncNormal:
       return absl::StrFormat("%s(mean=%g, std=%g, a=%g, b=%g)", name, init.mean, init.std,
                              init.low, init.high);
+    case InitKind::kEye:
+      return std::string(name);
+    case InitKind::kDirac:
+      return absl::StrFormat("%s(groups=%d)", name, init.groups);
+    case InitKind::kSparse:
+      return absl::StrFormat("%s(sparsity=%g, std=%g)", name, init.sparsity, init.std);
   }
   return std::string(name);
 }

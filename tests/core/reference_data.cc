@@ -103,6 +103,9 @@ absl::StatusOr<core::Initializer> InitializerFromTorchCall(const std::string& na
     case core::InitKind::kKaimingNormal: init = core::Initializer::KaimingNormal(); break;
     case core::InitKind::kOrthogonal: init = core::Initializer::Orthogonal(); break;
     case core::InitKind::kTruncNormal: init = core::Initializer::TruncNormal(); break;
+    case core::InitKind::kEye: init = core::Initializer::Eye(); break;
+    case core::InitKind::kDirac: init = core::Initializer::Dirac(); break;
+    case core::InitKind::kSparse: init = core::Initializer::Sparse(0); break;
   }
   const bool kaiming = kind == core::InitKind::kKaimingUniform || kind == core::InitKind::kKaimingNormal;
   for (const auto& entry : Items(kwargs)) {
@@ -121,6 +124,10 @@ absl::StatusOr<core::Initializer> InitializerFromTorchCall(const std::string& na
       init.value = AsDouble(v);
     } else if (key == "gain") {
       init.gain = AsDouble(v);
+    } else if (key == "groups") {
+      init.groups = v.toInt();
+    } else if (key == "sparsity") {
+      init.sparsity = AsDouble(v);
     } else if (key == "mode") {
       LSTMSERVE_ASSIGN_OR_RETURN(init.mode, core::ParseFanMode(v.toStringRef()));
     } else if (key == "nonlinearity") {

@@ -16,7 +16,7 @@ import torch
 
 from lstmserve.v1 import inference_service_pb2 as inference_pb2
 from lstmserve.v1 import parameter_service_pb2 as parameter_pb2
-from lstmserve_client import Client, to_wire
+from lstmserve_client import Client, checksum, to_wire
 from lstmserve_testing import ServerProcess
 
 # Bytes that are not any lstmserve.v1 message: a truncated varint, a length past the end, a
@@ -269,6 +269,51 @@ class MetricsUnderIdleConnectionsTest(unittest.TestCase):
                 dripper.join(timeout=5)
                 for conn in idle + [slow]:
                     conn.close()
+
+
+class ChecksumFromPythonTest(unittest.TestCase):
+    """ParameterSet.checksum as the proto defines it, computed by a client."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = ServerProcess()
+        cls.client = Client(cls.server.target)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.server.stop()
+
+    def test_a_created_set_has_the_checksum_of_its_exported_tensors(self):
+        meta = self.client.create_lstm(2, 5, 7, seed=11, bias=True, id="sum-created")
+        self.assertEqual(checksum(self.client.export("sum-created")), meta.checksum)
+
+    def test_an_import_with_the_python_checksum_is_accepted_and_a_wrong_one_stores_nothing(self):
+        g = torch.Generator().manual_seed(5)
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            tensors = {"w.a": torch.randn(3, 4, generator=g).to(dtype), "b/1": torch.randn(6, generator=g).to(dtype)}
+            expected = checksum(tensors)
+            try:
+                meta = self.client.import_tensors(tensors, id=f"sum-{str(dtype)[6:]}", checksum=expected)
+            except grpc.RpcError as e:  # half precision is refused off CUDA; the checksum was not the reason
+                self.assertNotEqual(dtype, torch.float32, e.details())
+                self.assertIn("CUDA", e.details())
+                continue
+            self.assertEqual(meta.checksum, expected)
+        tensors = {"w": torch.ones(4)}
+        wrong = checksum({"w": torch.zeros(4)})
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.client.import_tensors(tensors, id="sum-wrong", checksum=wrong)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("nothing was stored", caught.exception.details())
+        self.assertFalse(self._has("sum-wrong"))
+
+    def _has(self, id):
+        try:
+            self.client.get(id)
+            return True
+        except grpc.RpcError:
+            return False
 
 
 if __name__ == "__main__":

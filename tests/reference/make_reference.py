@@ -50,6 +50,12 @@ INITS = [
     ("orthogonal", {"gain": 2.0}),
     ("trunc_normal", {}),
     ("trunc_normal", {"mean": 0.5, "std": 0.2, "a": 0.0, "b": 1.0}),
+    ("eye", {}),
+    ("dirac", {}),
+    ("dirac", {"groups": 2}),
+    ("sparse", {"sparsity": 0.1}),
+    ("sparse", {"sparsity": 0.5, "std": 0.2}),
+    ("sparse", {"sparsity": 1.0}),
 ]
 # Sizes under 16 elements take torch's scalar normal path, 16 and more the vectorised one.
 SHAPES = [[3], [2, 3], [4, 4], [16], [1, 17], [5, 7], [17, 33], [64, 256], [8, 3, 3, 3], [3, 5, 2]]

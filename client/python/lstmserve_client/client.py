@@ -1,4 +1,5 @@
 """lstmserve's Python client (see the package docstring)."""
+import hashlib
 import queue
 import sys
 
@@ -38,6 +39,24 @@ def from_wire(message):
     dtype = _FROM_WIRE[message.dtype]
     t = torch.frombuffer(bytearray(message.data), dtype=dtype) if message.data else torch.empty(0, dtype=dtype)
     return t.reshape(list(message.shape))
+
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def checksum(tensors):
+    """The checksum lstmserve gives a set of {name: tensor} (ParameterSet.checksum): SHA-256 over
+    each tensor's name, dtype name, shape and little-endian bytes, in order. Pass it to
+    import_tensors to have the server check what it received."""
+    digest = hashlib.sha256()
+    for name, value in tensors.items():
+        t = torch.as_tensor(value).detach().contiguous().cpu()
+        if t.dtype == torch.float64:
+            t = t.float()
+        raw = t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+        digest.update(name.encode() + b"\0" + _DTYPE_NAMES[t.dtype].encode() + b"\0" +
+                      ",".join(str(d) for d in t.shape).encode() + b"\0" + raw.numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
 
 
 def _states(request, c, h):

@@ -42,12 +42,17 @@ absl::StatusOr<core::Nonlinearity> NonlinearityFromProto(v1::Nonlinearity n, abs
   }
 }
 
-absl::StatusOr<core::Initializer> InitializerFromProto(const v1::Initializer& init,
+// `present`: the field was sent. Absent gives `fallback`; present, it must name one kind.
+absl::StatusOr<core::Initializer> InitializerFromProto(bool present, const v1::Initializer& init,
                                                        const core::Initializer& fallback,
                                                        absl::string_view field) {
   using I = core::Initializer;
   switch (init.kind_case()) {
-    case v1::Initializer::KIND_NOT_SET: return fallback;
+    case v1::Initializer::KIND_NOT_SET:
+      if (!present) return fallback;
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, " is set but names no initializer; set exactly one kind (e.g. kaiming_normal {}), or leave ", field,
+          " out for the default, ", core::DescribeInitializer(fallback)));
     case v1::Initializer::kUniform: {
       const auto& u = init.uniform();
       return I::Uniform(u.has_a() ? u.a() : 0.0, u.has_b() ? u.b() : 1.0);
@@ -79,6 +84,10 @@ absl::StatusOr<core::Initializer> InitializerFromProto(const v1::Initializer& in
       return I::TruncNormal(t.has_mean() ? t.mean() : 0.0, t.has_std() ? t.std() : 1.0,
                             t.has_a() ? t.a() : -2.0, t.has_b() ? t.b() : 2.0);
     }
+    case v1::Initializer::kEye: return I::Eye();
+    case v1::Initializer::kDirac: return I::Dirac(init.dirac().has_groups() ? init.dirac().groups() : 1);
+    case v1::Initializer::kSparse:
+      return I::Sparse(init.sparse().sparsity(), init.sparse().has_std() ? init.sparse().std() : 0.01);
   }
   return absl::InvalidArgumentError(absl::StrCat(field, ": unknown initializer"));
 }
@@ -202,9 +211,9 @@ absl::StatusOr<core::ParameterSetSpec> SpecFromProto(const v1::ParameterSetSpec&
       t.input_size = l.input_size();
       t.hidden_size = l.hidden_size();
       t.bias = l.bias();
-      LSTMSERVE_ASSIGN_OR_RETURN(t.weight_init, InitializerFromProto(l.weight_initializer(), core::Initializer::DefaultWeight(),
+      LSTMSERVE_ASSIGN_OR_RETURN(t.weight_init, InitializerFromProto(l.has_weight_initializer(), l.weight_initializer(), core::Initializer::DefaultWeight(),
                                                                      "spec.lstm.weight_initializer"));
-      LSTMSERVE_ASSIGN_OR_RETURN(t.bias_init, InitializerFromProto(l.bias_initializer(), core::Initializer::DefaultBias(),
+      LSTMSERVE_ASSIGN_OR_RETURN(t.bias_init, InitializerFromProto(l.has_bias_initializer(), l.bias_initializer(), core::Initializer::DefaultBias(),
                                                                    "spec.lstm.bias_initializer"));
       out.lstm = t;
       break;
@@ -217,7 +226,7 @@ absl::StatusOr<core::ParameterSetSpec> SpecFromProto(const v1::ParameterSetSpec&
         const auto& t = spec.tensor_list().tensors(i);
         const std::string field = absl::StrCat("spec.tensor_list.tensors[", i, "].initializer");
         LSTMSERVE_ASSIGN_OR_RETURN(core::Initializer init,
-                                   InitializerFromProto(t.initializer(), core::Initializer::DefaultWeight(), field));
+                                   InitializerFromProto(t.has_initializer(), t.initializer(), core::Initializer::DefaultWeight(), field));
         out.tensors.push_back({t.name(), {t.shape().begin(), t.shape().end()}, init});
       }
       break;

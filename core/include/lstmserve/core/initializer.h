@@ -35,6 +35,9 @@ enum class InitKind {
   kKaimingNormal,   // N(0, gain(nonlinearity, slope) / sqrt(fan))
   kOrthogonal,      // QR of a N(0, 1) matrix, signs fixed by diag(R), times gain
   kTruncNormal,     // N(mean, std) truncated to [low, high] by inverse-CDF sampling
+  kEye,             // the identity matrix (2-D); no draw
+  kDirac,           // Dirac delta per group of output channels (3-D to 5-D); no draw
+  kSparse,          // N(0, std), then per column ceil(sparsity * rows) rows zeroed by randperm (2-D)
 };
 
 // Nonlinearities known to calculate_gain.
@@ -60,10 +63,12 @@ struct Initializer {
   double low = 0.0;             // uniform: a; trunc_normal: a (cut-off)
   double high = 1.0;            // uniform: b; trunc_normal: b (cut-off)
   double mean = 0.0;            // normal, trunc_normal
-  double std = 1.0;             // normal, trunc_normal
+  double std = 1.0;             // normal, trunc_normal, sparse
   double value = 0.0;           // constant
   double gain = 1.0;            // xavier_*, orthogonal
   double negative_slope = 0.0;  // kaiming_*: torch's `a`
+  double sparsity = 0.0;        // sparse: the fraction of each column zeroed
+  int64_t groups = 1;           // dirac
   FanMode mode = FanMode::kFanIn;                       // kaiming_*
   Nonlinearity nonlinearity = Nonlinearity::kLeakyRelu;  // kaiming_*
 
@@ -81,6 +86,9 @@ struct Initializer {
   static Initializer Orthogonal(double gain = 1.0);
   static Initializer TruncNormal(double mean = 0.0, double std = 1.0, double a = -2.0,
                                  double b = 2.0);
+  static Initializer Eye();
+  static Initializer Dirac(int64_t groups = 1);
+  static Initializer Sparse(double sparsity, double std = 0.01);
 
   // What common_ops.create_weight uses: kaiming_normal_(mode='fan_in', nonlinearity='relu').
   static Initializer DefaultWeight();
@@ -112,7 +120,8 @@ absl::StatusOr<Fans> ComputeFans(absl::Span<const int64_t> shape, FanConvention 
 
 // Checks that `init` can be applied to a tensor of `shape`: finite parameters, std >= 0
 // (> 0 for trunc_normal), low <= high for uniform, low < high for trunc_normal, at least 2
-// dimensions for xavier_*, kaiming_* and orthogonal, and a positive fan.
+// dimensions for xavier_*, kaiming_* and orthogonal, and a positive fan; exactly 2 for eye
+// and sparse (sparsity in [0, 1]); 3 to 5 for dirac, whose groups (>= 1) divide size(0).
 absl::Status ValidateInitializer(const Initializer& init, absl::Span<const int64_t> shape,
                                  FanConvention convention);
 
