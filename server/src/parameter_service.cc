@@ -174,8 +174,8 @@ class ImportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     LSTMSERVE_ASSIGN_OR_RETURN(id_, IdOrNew(header.parameter_set_id()));
     if (header.tensors().empty()) return absl::InvalidArgumentError("header.tensors is empty");
     if (header.tensors_size() > ctx_->options.max_tensors_per_set) {
-      return absl::InvalidArgumentError(absl::StrCat("header.tensors has ", header.tensors_size(),
-                                                     " tensors; the limit is ", ctx_->options.max_tensors_per_set));
+      return absl::ResourceExhaustedError(absl::StrCat("header.tensors has ", header.tensors_size(),
+                                                       " tensors; the limit is ", ctx_->options.max_tensors_per_set));
     }
     checksum_ = header.checksum();
     std::set<std::string> names;

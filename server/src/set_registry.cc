@@ -43,7 +43,7 @@ std::vector<std::string> SetRegistry::LoadAll() {
     }
     auto entry = MakeEntry(std::move(stored));
     if (!entry.ok()) {
-      report.problems.push_back(absl::StrCat(store_->PathOf(id), ": ", entry.status().message()));
+      report.problems.push_back(absl::StrCat(store_->PathOf(id), ": ", core::MessageForLog(entry.status())));
       continue;
     }
     sets_[id] = *std::move(entry);
@@ -145,12 +145,13 @@ absl::Status SetRegistry::Delete(const std::string& id) {
   absl::MutexLock store_lock(&store_mu_);
   const absl::Status removed = store_->Remove(id);
   if (!absl::IsNotFound(removed)) Count(StoreOperation::kDelete, removed.ok());
+  if (!removed.ok() && !absl::IsNotFound(removed)) return removed;  // the file stays, so does the set
   absl::MutexLock lock(&mu_);
   auto it = sets_.find(id);
   if (it == sets_.end()) return removed;  // NOT_FOUND when neither had it
   bytes_ -= it->second->stored.set.byte_size;
   sets_.erase(it);
-  return removed.ok() || absl::IsNotFound(removed) ? absl::OkStatus() : removed;
+  return absl::OkStatus();
 }
 
 std::vector<std::shared_ptr<const SetEntry>> SetRegistry::List(const std::string& after, int limit, bool* more) {
@@ -163,7 +164,7 @@ std::vector<std::shared_ptr<const SetEntry>> SetRegistry::List(const std::string
     if (entry.ok()) {
       out.push_back(*std::move(entry));
     } else if (!absl::IsNotFound(entry.status())) {  // deleted meanwhile: skip quietly
-      LogError(absl::StrCat("list: skipped set '", *it, "': ", entry.status().ToString()));
+      LogError(absl::StrCat("list: skipped set '", *it, "': ", core::MessageForLog(entry.status())));
     }
   }
   *more = it != ids.end();

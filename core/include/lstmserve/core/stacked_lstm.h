@@ -35,15 +35,18 @@ struct SequenceResult {
 // benchmarks, which check that every path gives the reference's numbers.
 enum class LstmPath {
   kAuto,
-  kSmallBatch,  // float32 CPU: own vectorised kernels, no LibTorch op per step (B <= 4)
+  kSmallBatch,  // float32 CPU: own vectorised kernels, no LibTorch op per step (auto: B <= 4,
+                // B = 1 when a layer's weight has more than 2^21 elements)
   kBlas,        // float32 CPU: one GEMM per layer for all inputs, one GEMM per step
   kGeneric,     // any device and dtype: LibTorch ops
   kOneDnn,      // float32 CPU, LibTorch 2.x: at::lstm on weights reordered to its layout, which
-                // runs oneDNN's fused RNN primitive (AVX-512 where the CPU has it)
+                // runs oneDNN's fused RNN primitive (AVX-512 where the CPU has it; auto: B >= 32
+                // and T >= 16)
   kCudaFused,   // CUDA, B <= 8: one fused kernel per layer and step (GEMV + cell), reads w once
   kCudaGemm,    // CUDA: cuBLAS GEMMs (all inputs at once, then one per step) + a fused cell kernel
 };
-// The name of a path ("auto", "small_batch", "blas", "generic", "cuda_fused", "cuda_gemm").
+// The name of a path ("auto", "small_batch", "blas", "generic", "onednn", "cuda_fused",
+// "cuda_gemm").
 const char* LstmPathName(LstmPath path);
 // True when this build has the CUDA paths (its LibTorch has CUDA).
 bool BuiltWithCuda();

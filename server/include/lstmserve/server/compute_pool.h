@@ -1,5 +1,6 @@
-// Threads that run set creation (inference has the batcher), so that gRPC's own threads
-// never block on compute: a call is started (and counts as in flight) as soon as it arrives.
+// Threads that run set creation and analysis (inference has the batcher), so that gRPC's own
+// threads never block on compute: a call is started (and counts as in flight) as soon as it
+// arrives.
 #pragma once
 
 #include <deque>

@@ -20,7 +20,8 @@ struct TlsFiles {
 };
 
 // Insecure credentials when `files.cert_file` is empty; else TLS, or mutual TLS with a
-// client CA. INVALID_ARGUMENT naming a file that cannot be read or is not PEM.
+// client CA. INVALID_ARGUMENT naming a file that cannot be read or is not PEM, or a key that
+// is not the key of the certificate (checked here: gRPC would only fail to listen).
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const TlsFiles& files);
 
 // Bearer tokens: a call must carry the metadata "authorization: Bearer <token>" with one of

@@ -18,7 +18,9 @@ namespace lstmserve::server {
 class Server {
  public:
   // Resolves the device, opens and loads the store, and starts listening. Logs one line per
-  // step. FAILED_PRECONDITION for a device that is not there; INTERNAL if it cannot bind.
+  // step. INVALID_ARGUMENT for a bad option or a file an option names (TLS, tokens);
+  // FAILED_PRECONDITION for a device that is not there or a store folder that is not
+  // writable; UNAVAILABLE when it cannot bind (gRPC or metrics).
   static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options);
   ~Server();
 

@@ -39,17 +39,19 @@ class SetRegistry {
 
   // NOT_FOUND for an unknown id (after looking in the store, which another server sharing
   // the folder may have written); INVALID_ARGUMENT for a malformed id; RESOURCE_EXHAUSTED
-  // when a set found in the store does not fit the memory budget. A set held in memory is
-  // checked against its file (one stat): deleted or replaced by another server, it is
-  // dropped or read again.
+  // when a set found in the store does not fit the memory budget; DATA_LOSS for a file that
+  // does not decode. A set held in memory is checked against its file (one stat): deleted
+  // or replaced by another server, it is dropped or read again.
   absl::StatusOr<std::shared_ptr<const SetEntry>> Get(const std::string& id);
 
   // Persists and adds a set (tensors on any device; moved to the serving device).
   // ALREADY_EXISTS if the id is taken, RESOURCE_EXHAUSTED past the memory budget or on a
-  // full disk.
+  // full disk, and the store's other failures as it reports them (FAILED_PRECONDITION for
+  // a read-only store, UNAVAILABLE for other I/O errors; paths only in the detail).
   absl::StatusOr<std::shared_ptr<const SetEntry>> Add(core::StoredSet stored);
 
-  // Removes a set from the store and from memory. NOT_FOUND if unknown.
+  // Removes a set from the store, then from memory. NOT_FOUND if unknown; when the file
+  // cannot be removed (a read-only store), the store's error, and the set stays.
   absl::Status Delete(const std::string& id);
 
   // Up to `limit` sets with ids after `after`, in id order, as the store folder holds them
