@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import unittest
 
 
 class ServerProcess:
@@ -50,3 +51,27 @@ class ServerProcess:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class ServerTestCase(unittest.TestCase):
+    """A test class with one server (`cls.server`) and a Client on it (`cls.client`) for all
+    its tests; the server must drain and exit 0 at the end. Subclasses may set FLAGS and
+    override prepare(cls) to make what their tests share."""
+
+    FLAGS = ()
+
+    @classmethod
+    def setUpClass(cls):
+        from lstmserve_client import Client  # the built client, on PYTHONPATH beside this file
+        cls.server = ServerProcess(*cls.FLAGS)
+        cls.client = Client(cls.server.target)
+        cls.prepare()
+
+    @classmethod
+    def prepare(cls):
+        pass
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        assert cls.server.stop() == 0, cls.server.log()

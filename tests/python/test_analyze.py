@@ -17,8 +17,7 @@ import grpc
 import torch
 
 from lstmserve.v1 import parameter_service_pb2 as P
-from lstmserve_client import Client
-from lstmserve_testing import ServerProcess
+from lstmserve_testing import ServerTestCase
 
 sys.path.insert(0, os.environ["LSTMSERVE_REFERENCE_DIR"])
 import common_ops  # noqa: E402
@@ -43,16 +42,7 @@ def probe_generator(seed):
 KAIMING = P.Initializer(kaiming_normal=P.Initializer.Kaiming())
 
 
-class AnalyzeTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.server = ServerProcess()
-        cls.client = Client(cls.server.target)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.client.close()
-        assert cls.server.stop() == 0
+class AnalyzeTest(ServerTestCase):
 
     def forward(self, spec, activation="relu", **kw):
         r = self.client.analyze(spec=spec, activation=activation, samples=1024, **kw)

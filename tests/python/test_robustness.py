@@ -4,8 +4,6 @@ range, a read-only store, and idle connections to the metrics port. Each case as
 status code and that the message says what happened."""
 import os
 import socket
-import stat
-import sys
 import threading
 import time
 import unittest
@@ -16,8 +14,8 @@ import torch
 
 from lstmserve.v1 import inference_service_pb2 as inference_pb2
 from lstmserve.v1 import parameter_service_pb2 as parameter_pb2
-from lstmserve_client import Client, checksum, to_wire
-from lstmserve_testing import ServerProcess
+from lstmserve_client import checksum, to_wire
+from lstmserve_testing import ServerProcess, ServerTestCase
 
 # Bytes that are not any lstmserve.v1 message: a truncated varint, a length past the end, a
 # group end with no start, wire type 7, and a nested field whose length runs off the end.
@@ -49,19 +47,16 @@ def zeros_spec(name, shape=(2,)):
     return spec
 
 
-class UnparseableMessagesTest(unittest.TestCase):
+class UnparseableMessagesTest(ServerTestCase):
     @classmethod
-    def setUpClass(cls):
-        cls.server = ServerProcess()
+    def prepare(cls):
         cls.channel = grpc.insecure_channel(cls.server.target)
-        cls.client = Client(cls.server.target)
         cls.client.create_lstm(1, 3, 4, seed=1, id="wire-lstm")
 
     @classmethod
     def tearDownClass(cls):
-        cls.client.close()
         cls.channel.close()
-        cls.server.stop()
+        super().tearDownClass()
 
     def test_every_unary_method_answers_invalid_argument_naming_the_message(self):
         for service, methods in UNARY.items():
@@ -144,22 +139,15 @@ class UnparseableMessagesTest(unittest.TestCase):
         self.assertEqual(caught.exception.code(), grpc.StatusCode.NOT_FOUND)
 
 
-class HostileStringsTest(unittest.TestCase):
+class HostileStringsTest(ServerTestCase):
     """Strings from clients reach error messages and the log escaped and bounded."""
 
     HOSTILE = ["a\nE 2026-01-01T00:00:00.000000Z E forged line", "\x1b[31mred\x1b[0m", "ab\x00cut here",
                "x" * (4 << 20), "caf\u00e9\u202e"]
 
     @classmethod
-    def setUpClass(cls):
-        cls.server = ServerProcess()
-        cls.client = Client(cls.server.target)
+    def prepare(cls):
         cls.client.create_lstm(1, 3, 4, seed=1, id="strings")
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.client.close()
-        cls.server.stop()
 
     def assertClean(self, text, limit):
         for bad in ["\n", "\r", "\x1b", "\x00", "\u202e"]:
@@ -197,22 +185,15 @@ class HostileStringsTest(unittest.TestCase):
         self.assertIn("set=a\\x0aE 2026-01-01T00:00:00.000000Z E forged line", written)  # escaped, on its line
 
 
-class NumbersOutOfRangeTest(unittest.TestCase):
+class NumbersOutOfRangeTest(ServerTestCase):
     @classmethod
-    def setUpClass(cls):
-        cls.server = ServerProcess()
-        cls.client = Client(cls.server.target)
+    def prepare(cls):
         spec = parameter_pb2.ParameterSetSpec(seed=3)
         for name in ("l0", "l1"):
             t = spec.tensor_list.tensors.add()
             t.name = name
             t.shape[:] = [8, 8]
         cls.client.create(spec, id="chain")
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.client.close()
-        cls.server.stop()
 
     def test_analyze_refuses_slopes_that_are_not_finite_or_too_large(self):
         for slope in [-1e308, 1e308, float("nan"), float("inf"), float("-inf"), 1000.5]:
@@ -271,18 +252,8 @@ class MetricsUnderIdleConnectionsTest(unittest.TestCase):
                     conn.close()
 
 
-class ChecksumFromPythonTest(unittest.TestCase):
+class ChecksumFromPythonTest(ServerTestCase):
     """ParameterSet.checksum as the proto defines it, computed by a client."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.server = ServerProcess()
-        cls.client = Client(cls.server.target)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.client.close()
-        cls.server.stop()
 
     def test_a_created_set_has_the_checksum_of_its_exported_tensors(self):
         meta = self.client.create_lstm(2, 5, 7, seed=11, bias=True, id="sum-created")
