@@ -8,6 +8,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "lstmserve/core/blas.h"
 #include "lstmserve/core/command_line.h"
 #include "lstmserve/core/status.h"
 #include "lstmserve/server/log.h"
@@ -45,6 +46,10 @@ ABSL_FLAG(int64_t, max_total_set_bytes, kDefaults.max_total_set_bytes,
 ABSL_FLAG(int64_t, max_tensors_per_set, kDefaults.max_tensors_per_set, "most tensors in one parameter set");
 ABSL_FLAG(absl::Duration, drain_timeout, kDefaults.drain_timeout,
           "on SIGTERM/SIGINT, how long calls in flight may take to finish (e.g. 10s)");
+ABSL_FLAG(std::string, blas_coretype, "auto",
+          "OpenBLAS kernels (Debian build): auto (when OpenBLAS fell back to kernels narrower than the CPU's "
+          "AVX2/AVX-512 and OPENBLAS_CORETYPE is unset, use Haswell or SkylakeX), keep, or a core name "
+          "(Haswell, SkylakeX, Zen, Sandybridge, Cooperlake, ...)");
 ABSL_FLAG(bool, reflection, kDefaults.reflection, "serve gRPC server reflection");
 ABSL_FLAG(std::string, tls_cert_file, "", "TLS: the server's certificate chain (PEM); with --tls_key_file");
 ABSL_FLAG(std::string, tls_key_file, "", "TLS: the server's private key (PEM)");
@@ -62,11 +67,7 @@ int main(int argc, char** argv) {
   //   default 18.6k req/s p99 14.6 ms / 15.5 runs/s;  PASSIVE 24.3k p99 5.3 ms / 10.8 runs/s;
   //   GOMP_SPINCOUNT=3000  27.4k p99 4.0 ms / 16.0 runs/s.
   // libgomp reads these when it loads, before main: when the user has set neither, set the
-  // short spin and restart once.
-  if (std::getenv("OMP_WAIT_POLICY") == nullptr && std::getenv("GOMP_SPINCOUNT") == nullptr) {
-    setenv("GOMP_SPINCOUNT", "3000", 1);
-    execv("/proc/self/exe", argv);  // on failure, carry on with the default policy
-  }
+  // short spin and restart once (below, with OpenBLAS's kernels).
   lstmserve::core::ParseCommandLineOrExit(
       argc, argv,
       "lstmserve: creates seeded, PyTorch-exact parameter sets and runs stacked-LSTM inference over gRPC.\n"
@@ -101,6 +102,19 @@ int main(int argc, char** argv) {
   if (absl::Status valid = options.Validate(); !valid.ok()) {
     lstmserve::core::UsageErrorExit(valid.message());
   }
+  // What libraries read when they load: set, then restart once, before any thread starts.
+  bool restart = false;
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr && std::getenv("GOMP_SPINCOUNT") == nullptr) {
+    setenv("GOMP_SPINCOUNT", "3000", 1);
+    restart = true;
+  }
+  auto blas = lstmserve::core::PrepareBlasEnvironment(absl::GetFlag(FLAGS_blas_coretype));
+  if (!blas.ok()) lstmserve::core::UsageErrorExit(blas.status().message());
+  if (restart || blas->restart) {
+    execv("/proc/self/exe", argv);  // returns only when it failed: carry on as we are
+    lstmserve::core::AbandonBlasRestart();
+    blas->log_line += " (the restart that would apply it failed: OpenBLAS keeps its choice)";
+  }
 
   // SIGTERM and SIGINT are taken by sigwait below, in this thread only: block them before
   // any other thread starts so that every thread inherits the mask.
@@ -110,6 +124,7 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  lstmserve::server::LogInfo(blas->log_line);
   auto server = lstmserve::server::Server::Start(options);
   if (!server.ok()) {
     // A flag's value that is wrong in itself (a file it names is unreadable or not what it

@@ -363,9 +363,13 @@ Metrics::Metrics(const BuildInfo& build) : impl_(std::make_shared<Impl>()) {
                                    .Add({});
   prometheus::BuildGauge()
       .Name("lstmserve_build_info")
-      .Help("Always 1; the labels say which lstmserve, LibTorch and serving device this is.")
+      .Help("Always 1; the labels say which lstmserve, LibTorch, serving device and CPU BLAS kernels this is.")
       .Register(registry)
-      .Add({{"version", build.version}, {"libtorch_version", build.libtorch_version}, {"device", build.device}})
+      .Add({{"version", build.version},
+            {"libtorch_version", build.libtorch_version},
+            {"device", build.device},
+            {"blas", build.blas},
+            {"blas_core", build.blas_core}})
       .Set(1);
 }
 

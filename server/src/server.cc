@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "lstmserve/core/blas.h"
 #include "lstmserve/core/device.h"
 #include "lstmserve/core/status.h"
 #include "lstmserve/core/threads.h"
@@ -54,6 +55,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   build.version = LSTMSERVE_VERSION;
   build.libtorch_version = core::LibTorchVersion();
   build.device = core::DeviceName(device);
+  const core::BlasInfo blas = core::DescribeBlas();
+  build.blas = blas.library;
+  build.blas_core = blas.core;
   server->metrics_ = std::make_unique<Metrics>(build);
 
   const absl::Time load_start = absl::Now();

@@ -13,6 +13,8 @@
 // On CUDA every iteration ends with a device synchronisation (the time is the work's, not
 // its queueing), and the workloads L_B1 .. L_B1024 add a batch sweep of L.
 // Counter FLOPS is the stacked-LSTM arithmetic (2 * B * (in_l + H) * 4H per layer-step).
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -24,6 +26,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <benchmark/benchmark.h>
 
+#include "lstmserve/core/blas.h"
 #include "lstmserve/core/device.h"
 #include "lstmserve/core/parameter_set.h"
 #include "lstmserve/core/stacked_lstm.h"
@@ -131,9 +134,12 @@ void BenchGemm(benchmark::State& state, Workload w) {
 
 int main(int argc, char** argv) {
   int threads = 0;
+  std::string blas_coretype = "auto";
   std::vector<char*> args;
   for (int i = 0; i < argc; ++i) {
-    if (std::strncmp(argv[i], "--threads=", 10) == 0) {
+    if (std::strncmp(argv[i], "--blas_coretype=", 16) == 0) {
+      blas_coretype = argv[i] + 16;
+    } else if (std::strncmp(argv[i], "--threads=", 10) == 0) {
       threads = std::atoi(argv[i] + 10);
     } else if (std::strncmp(argv[i], "--device=", 9) == 0) {
       auto device = core::ResolveDevice(argv[i] + 9);
@@ -155,6 +161,7 @@ int main(int argc, char** argv) {
           "roofline.\n  --threads=N  intra-op threads (default: all available cores)\n"
           "  --device=D   cpu (default), cuda or cuda:N (adds the L batch sweep L_B1..L_B1024)\n"
           "  --dtype=T    float32 (default); float16 or bfloat16 on CUDA\n"
+          "  --blas_coretype=auto|keep|NAME  OpenBLAS's kernels, as the server's flag (default auto)\n"
           "Google Benchmark's flags follow:\n");
       args.push_back(argv[i]);
     } else {
@@ -165,6 +172,18 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "lstmserve-core-bench: %s\n", ok.ToString().c_str());
     return 2;
   }
+  // The server's choice of OpenBLAS kernels, so that its figures are the server's.
+  auto blas = core::PrepareBlasEnvironment(blas_coretype);
+  if (!blas.ok()) {
+    std::fprintf(stderr, "lstmserve-core-bench: %s\n", std::string(blas.status().message()).c_str());
+    return 2;
+  }
+  if (blas->restart) {
+    execv("/proc/self/exe", argv);
+    core::AbandonBlasRestart();
+  }
+  std::fprintf(stderr, "%s\n", blas->log_line.c_str());
+  benchmark::AddCustomContext("blas", core::DescribeBlas().library + " " + core::DescribeBlas().core);
   const int used = core::SetIntraOpThreads(threads);
   benchmark::AddCustomContext("intra_op_threads", std::to_string(used));
   benchmark::AddCustomContext("device", core::DeviceName(g_device));

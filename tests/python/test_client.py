@@ -156,5 +156,48 @@ class NoReflectionTest(unittest.TestCase):
             self.assertEqual(server.stop(), 0)
 
 
+class BlasChoiceTest(unittest.TestCase):
+    """--blas_coretype: the server says which BLAS kernels it runs, in its log and in
+    lstmserve_build_info, refuses a bad name, and restarts itself to apply another core."""
+
+    @staticmethod
+    def build_info(server):
+        import re
+        import urllib.request
+        with urllib.request.urlopen(f"http://{server.metrics}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        line = next(l for l in text.splitlines() if l.startswith("lstmserve_build_info{"))
+        return dict(re.findall(r'(\w+)="([^"]*)"', line))
+
+    def test_the_log_and_build_info_name_the_blas(self):
+        with ServerProcess() as server:
+            info = self.build_info(server)
+            self.assertIn(info["blas"], ("openblas", "mkl"))
+            self.assertIn(f"blas: {info['blas']}", server.log())
+            if info["blas"] == "openblas":
+                self.assertIn(f"core={info['blas_core']}", server.log())
+                if "OPENBLAS_CORETYPE" in os.environ:  # the environment's choice is kept
+                    self.assertEqual(info["blas_core"].lower(), os.environ["OPENBLAS_CORETYPE"].lower())
+
+    def test_a_bad_core_name_is_a_usage_error(self):
+        result = subprocess.run([os.environ["LSTMSERVE_SERVER_BINARY"], "--blas_coretype=Pentium4"],
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertIn("is not auto, keep or one of", result.stderr)
+
+    def test_another_core_of_the_same_family_is_applied_by_a_restart(self):
+        # Only where it changes nothing that matters: OpenBLAS, no OPENBLAS_CORETYPE set by the
+        # environment (which must not be overridden in tests), and AVX-512 kernels already.
+        with ServerProcess() as server:
+            info = self.build_info(server)
+        if info["blas"] != "openblas" or "OPENBLAS_CORETYPE" in os.environ or \
+                info["blas_core"] not in ("SkylakeX", "Cooperlake"):
+            self.skipTest(f"needs OpenBLAS on AVX-512 kernels and no OPENBLAS_CORETYPE; have {info}")
+        other = "Cooperlake" if info["blas_core"] == "SkylakeX" else "SkylakeX"
+        with ServerProcess(f"--blas_coretype={other}") as server:
+            self.assertEqual(self.build_info(server)["blas_core"], other)
+            self.assertIn(f"--blas_coretype={other} (OpenBLAS had chosen {info['blas_core']})", server.log())
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

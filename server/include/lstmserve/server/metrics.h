@@ -47,6 +47,8 @@ struct BuildInfo {
   std::string version;
   std::string libtorch_version;
   std::string device;
+  std::string blas;       // the CPU BLAS LibTorch calls: "openblas", "mkl" or "unknown"
+  std::string blas_core;  // OpenBLAS's kernels ("Haswell", "SkylakeX", ...); empty for others
 };
 
 enum class StoreOperation { kLoad, kRead, kWrite, kDelete };
