@@ -1,13 +1,19 @@
-// lstmserve-cpu-peak: this machine's float32 FMA peak, the ceiling every compute-bound figure
-// of tests/bench/compare is a fraction of (M and L are compute-bound; S is not).
+// lstmserve-cpu-peak: the limits every core figure of tests/bench/compare is a fraction of:
+// this machine's float32 FMA peak (the ceiling of compute-bound work: M, L at large batch),
+// its bf16 and int8 dot-product peaks where the CPU has them, and its memory bandwidth (the
+// ceiling of a batch-1 step, which reads every weight once: L reads 134 MB of float32).
 //
 //   lstmserve-cpu-peak [--threads=N]     (default: every core available to the process)
 //
-// Each thread runs 12 independent chains of fused multiply-adds (enough to hide the FMA
-// latency) for a fixed count, with 256-bit (AVX2+FMA) and, where the CPU has it, 512-bit
-// (AVX-512F) vectors; FLOPs = 2 per lane per FMA. Prints one line per width.
+// Compute: each thread runs 12 independent chains of one instruction (enough to hide its
+// latency) for a fixed count: 256-bit FMA (AVX2), 512-bit FMA (AVX-512F), 512-bit VDPBF16PS
+// (AVX512_BF16: 2 bf16 products per float32 lane) and VPDPBUSD (AVX512_VNNI: 4 int8 products
+// per int32 lane); an operation is a multiply or an add (a product-and-add is 2).
+// Bandwidth: each thread sums its share of a 1 GiB buffer (read-only, as a step reads its
+// weights), best of 5 passes. Prints one line per figure.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -49,16 +55,77 @@ __attribute__((target("avx512f"))) float Chains512() {
   return _mm512_reduce_add_ps(s);
 }
 
-void Measure(const char* name, int lanes, float (*chains)(), int threads) {
+__attribute__((target("avx512f,avx512bf16"))) float ChainsBf16() {
+  __m512 a[12];
+  const __m512bh b = (__m512bh)_mm512_set1_epi16(0x3f80), c = (__m512bh)_mm512_set1_epi16(0x3380);  // 1, ~6e-8
+  for (int i = 0; i < 12; ++i) a[i] = _mm512_set1_ps(static_cast<float>(i));
+  for (long n = 0; n < kIterations; ++n) {
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) a[i] = _mm512_dpbf16_ps(a[i], b, c);
+  }
+  __m512 s = a[0];
+  for (int i = 1; i < 12; ++i) s = _mm512_add_ps(s, a[i]);
+  return _mm512_reduce_add_ps(s);
+}
+
+__attribute__((target("avx512f,avx512vnni"))) float ChainsInt8() {
+  __m512i a[12];
+  const __m512i b = _mm512_set1_epi8(1), c = _mm512_set1_epi8(1);
+  for (int i = 0; i < 12; ++i) a[i] = _mm512_set1_epi32(i);
+  for (long n = 0; n < kIterations; ++n) {
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) a[i] = _mm512_dpbusd_epi32(a[i], b, c);
+  }
+  __m512i s = a[0];
+  for (int i = 1; i < 12; ++i) s = _mm512_add_epi32(s, a[i]);
+  return static_cast<float>(_mm512_reduce_add_epi32(s));
+}
+
+// `ops` per instruction per thread; `unit` names them.
+void Measure(const char* name, double ops, const char* unit, float (*chains)(), int threads) {
   std::vector<std::thread> pool;
   std::vector<float> sinks(threads);
   const auto start = std::chrono::steady_clock::now();
   for (int t = 0; t < threads; ++t) pool.emplace_back([&, t] { sinks[t] = chains(); });
   for (auto& t : pool) t.join();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const double flops = 2.0 * lanes * 12.0 * kIterations * threads;
-  std::printf("%s: %.1f GFLOP/s float32 FMA peak on %d thread(s) (%.3f s; %g)\n", name, flops / seconds / 1e9,
-              threads, seconds, static_cast<double>(sinks[0]));
+  const double total = ops * 12.0 * kIterations * threads;
+  std::printf("%s: %.1f %s on %d thread(s) (%.3f s; %g)\n", name, total / seconds / 1e9, unit, threads, seconds,
+              static_cast<double>(sinks[0]));
+}
+
+// Read bandwidth: `threads` threads sum disjoint parts of one buffer; the best of 5 passes.
+void MeasureBandwidth(int threads) {
+  constexpr size_t kBytes = size_t{1} << 30;
+  const size_t count = kBytes / sizeof(float);
+  std::vector<float> buffer(count, 1.0f);  // written once: every page is real memory
+  std::vector<double> sums(threads);
+  double best = 0;
+  for (int pass = 0; pass < 5; ++pass) {
+    std::vector<std::thread> pool;
+    const auto start = std::chrono::steady_clock::now();
+    for (int t = 0; t < threads; ++t) {
+      pool.emplace_back([&, t] {
+        const size_t begin = count / threads * t, end = t + 1 == threads ? count : count / threads * (t + 1);
+        float acc[16] = {};
+        for (size_t i = begin; i + 16 <= end; i += 16) {
+          for (int j = 0; j < 16; ++j) acc[j] += buffer[i + j];
+        }
+        double s = 0;
+        for (float v : acc) s += v;
+        sums[t] = s;
+      });
+    }
+    for (auto& t : pool) t.join();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    best = std::max(best, static_cast<double>(kBytes) / seconds);
+  }
+  std::printf("memory read bandwidth: %.1f GB/s on %d thread(s) (1 GiB, best of 5; %g)\n", best / 1e9, threads,
+              sums[0]);
+  // L (in = H = 1024, 4 layers): 4 weights of [2048, 4096] read once per batch-1 step.
+  const double l_bytes = 4.0 * 2048 * 4096 * 4;
+  std::printf("  so an L step at B=1 (%.0f MB of float32 weights) takes at least %.2f ms; bf16 %.2f ms, int8 %.2f ms\n",
+              l_bytes / 1e6, l_bytes / best * 1e3, l_bytes / 2 / best * 1e3, l_bytes / 4 / best * 1e3);
 }
 
 }  // namespace
@@ -69,14 +136,24 @@ int main(int argc, char** argv) {
     if (std::strncmp(argv[i], "--threads=", 10) == 0) {
       threads = std::atoi(argv[i] + 10);
     } else {
-      std::printf("lstmserve-cpu-peak: float32 FMA peak of this CPU.\n  --threads=N  threads (default: %d, the cores available)\n",
+      std::printf("lstmserve-cpu-peak: float32 FMA, bf16 and int8 dot-product peaks and memory bandwidth of this "
+                  "machine.\n  --threads=N  threads (default: %d, the cores available)\n",
                   lstmserve::core::AvailableCores());
       return std::strcmp(argv[i], "--help") == 0 ? 0 : 2;
     }
   }
   if (threads < 1) threads = 1;
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) Measure("256-bit (AVX2+FMA)", 8, Chains256, threads);
-  if (__builtin_cpu_supports("avx512f")) Measure("512-bit (AVX-512F)", 16, Chains512, threads);
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    Measure("256-bit (AVX2+FMA)", 2.0 * 8, "GFLOP/s float32 FMA peak", Chains256, threads);
+  }
+  if (__builtin_cpu_supports("avx512f")) Measure("512-bit (AVX-512F)", 2.0 * 16, "GFLOP/s float32 FMA peak", Chains512, threads);
+  if (__builtin_cpu_supports("avx512bf16")) {
+    Measure("512-bit bf16 dot (AVX512_BF16)", 2.0 * 32, "GFLOP/s bf16 dot-product peak", ChainsBf16, threads);
+  }
+  if (__builtin_cpu_supports("avx512vnni")) {
+    Measure("512-bit int8 dot (AVX512_VNNI)", 2.0 * 64, "GOP/s int8 dot-product peak", ChainsInt8, threads);
+  }
+  MeasureBandwidth(threads);
   return 0;
 }
