@@ -74,26 +74,31 @@ inline grpc::Status SerializeMessage(const google::protobuf::MessageLite& messag
   return grpc::SerializationTraits<google::protobuf::MessageLite>::Serialize(message, out, &own_buffer);
 }
 
-// A unary call of a raw method: owns the parsed request and the response, and serializes the
-// response into gRPC's buffer when it finishes OK.
-class UnaryCallBase : public grpc::ServerUnaryReactor {
+// A unary call of a raw method: owns the parsed request and the response until Reply, which
+// serializes the response into gRPC's buffer (when OK), finishes the call and frees them.
+// The reactor is the context's default one: gRPC runs its completion inline, where a
+// reactor of our own would cost a hop to gRPC's executor thread per call.
+class UnaryCallBase {
  public:
-  virtual void Reply(grpc::Status status) = 0;
-  void OnDone() override { delete this; }
+  virtual ~UnaryCallBase() = default;
+  virtual void Reply(grpc::Status status) = 0;  // once; the call object is gone after it
 };
 
 template <typename Request, typename Response>
 class UnaryCall final : public UnaryCallBase {
  public:
-  explicit UnaryCall(grpc::ByteBuffer* out) : out_(out) {}
+  UnaryCall(grpc::ServerUnaryReactor* reactor, grpc::ByteBuffer* out) : reactor_(reactor), out_(out) {}
   Request request;
   Response response;
   void Reply(grpc::Status status) override {
     if (status.ok()) status = SerializeMessage(response, out_);
-    Finish(std::move(status));
+    grpc::ServerUnaryReactor* reactor = reactor_;
+    delete this;  // nothing of the request or response is needed once the reply is serialized
+    reactor->Finish(std::move(status));
   }
 
  private:
+  grpc::ServerUnaryReactor* reactor_;
   grpc::ByteBuffer* out_;  // gRPC's, alive until the call is done
 };
 
@@ -102,13 +107,14 @@ class UnaryCall final : public UnaryCallBase {
 template <typename Request, typename Response, typename Handler>
 grpc::ServerUnaryReactor* ParseUnary(grpc::CallbackServerContext* context, const grpc::ByteBuffer* in,
                                      grpc::ByteBuffer* out, absl::string_view method, Handler&& handler) {
-  auto* call = new UnaryCall<Request, Response>(out);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto* call = new UnaryCall<Request, Response>(reactor, out);
   if (absl::Status parsed = ParseMessage(*in, &call->request, "the request"); !parsed.ok()) {
     call->Reply(RpcLog(context, method, "").Done(parsed));
   } else {
-    handler(call);
+    handler(call);  // may Reply (and free the call) before it returns
   }
-  return call;
+  return reactor;
 }
 
 // Runs `body` and finishes the unary call with its status.
