@@ -111,6 +111,38 @@ LSTMSERVE_INLINE void RegisterBlock(const float* a, int64_t lda, const float* w,
   }
 }
 
+// out[0:n] += a[0:k] @ w[0:k, 0:n] for one row, streaming w from memory: 8 rows of w at a
+// time against each 16 outputs, so out is loaded and stored once per 8 rows (GemmBlock<1>
+// does it once per row, which bounds it well below memory bandwidth) and the prefetchers
+// follow 8 sequential streams. L at B=1 (four [2048, 4096] weights), one thread: 10.5 -> 5.5 ms.
+LSTMSERVE_INLINE void GemvRowBlocks(const float* a, const float* w, int64_t ldw, int64_t k, int64_t n, float* out) {
+  constexpr int kRowsAtOnce = 8;
+  const int64_t vec_n = n - n % 16;
+  int64_t kk = 0;
+  for (; kk + kRowsAtOnce <= k; kk += kRowsAtOnce) {
+    const float* wr = w + kk * ldw;
+    float s[kRowsAtOnce];
+#pragma GCC unroll 8
+    for (int r = 0; r < kRowsAtOnce; ++r) s[r] = a[kk + r];
+    for (int64_t j = 0; j < vec_n; j += 16) {
+      V16 acc = LoadV(out + j);
+#pragma GCC unroll 8
+      for (int r = 0; r < kRowsAtOnce; ++r) acc += s[r] * LoadV(wr + r * ldw + j);
+      StoreV(out + j, acc);
+    }
+    for (int64_t j = vec_n; j < n; ++j) {
+      float acc = out[j];
+      for (int r = 0; r < kRowsAtOnce; ++r) acc += s[r] * wr[r * ldw + j];
+      out[j] = acc;
+    }
+  }
+  for (; kk < k; ++kk) {
+    const float s = a[kk];
+    const float* wr = w + kk * ldw;
+    for (int64_t j = 0; j < n; ++j) out[j] += s * wr[j];
+  }
+}
+
 // Weights up to this many floats (1 MiB) stay in L2 across calls, so column tiles that
 // revisit every row of w cost nothing; larger ones are streamed row by row instead.
 constexpr int64_t kRegisterBlockMaxFloats = int64_t{1} << 18;
@@ -144,6 +176,10 @@ void SmallGemm(const float* a, int64_t lda, const float* w, int64_t ldw, int64_t
     w += j;  // the last n % 64 columns: the general loop below
     out += j;
     n -= j;
+  }
+  if (rows == 1) {
+    GemvRowBlocks(a, w, ldw, k, n, out);
+    return;
   }
   // When a block's output rows do not fit in L1, column tiles keep them there (4 x 512
   // floats) while w streams by. Otherwise w is read row by row in one sequential stream,

@@ -49,11 +49,33 @@ std::string ShapeString(const at::Tensor& t) { return absl::StrCat("[", absl::St
 void Gemm(bool small, const float* a, int64_t rows, int64_t k, const float* w, int64_t n,
           float* out, bool accumulate) {
   if (small) {
-    // Mid-sized weights: split the columns across the intra-op threads (each its own
-    // outputs). Measured on 2 threads: H=512 B=1 75 vs 106 us; but a 32 MiB weight is bound
-    // by memory and 2 threads made it slower (H=1024 B=1 1.2 vs 0.97 ms), so not past 8 MiB.
     constexpr int64_t kParallelMin = int64_t{1} << 18, kParallelMax = int64_t{1} << 21;
-    if (k * n < kParallelMin || k * n > kParallelMax || at::get_num_threads() == 1) {
+    const int threads = at::get_num_threads();
+    // One row over a weight past 8 MiB is bound by memory: each thread streams a contiguous
+    // block of w's rows into partial sums (contiguous streams keep the prefetchers going;
+    // splitting columns gave each thread strided half-rows and was slower than one thread),
+    // then the partials are added. L at B=1, 2 threads: 6.1 -> PARALLEL_L1 ms.
+    if (rows == 1 && k * n > kParallelMax && threads > 1) {
+      const int64_t parts = std::min<int64_t>(threads, k / 64);
+      thread_local std::vector<float> partials;  // this (the calling) thread's; the workers get a pointer
+      partials.assign(static_cast<size_t>(parts * n), 0.0f);
+      float* const sums = partials.data();
+      at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) {
+          const int64_t k0 = k * p / parts, k1 = k * (p + 1) / parts;
+          kernels::SmallGemm(a + k0, k, w + k0 * n, n, k1 - k0, n, sums + p * n, n, 1, true);
+        }
+      });
+      if (!accumulate) std::fill(out, out + n, 0.0f);
+      for (int64_t p = 0; p < parts; ++p) {
+        const float* part = sums + p * n;
+        for (int64_t j = 0; j < n; ++j) out[j] += part[j];
+      }
+      return;
+    }
+    // Mid-sized weights: split the columns across the intra-op threads (each its own
+    // outputs). Measured on 2 threads: H=512 B=1 75 vs 106 us.
+    if (k * n < kParallelMin || k * n > kParallelMax || threads == 1) {
       kernels::SmallGemm(a, k, w, n, k, n, out, n, rows, accumulate);
       return;
     }

@@ -45,6 +45,7 @@ constexpr Workload kWorkloads[] = {
     {"S32", 1, 64, 64, 2, 32},
     {"M", 64, 128, 256, 2, 100},
     {"L", 256, 1024, 1024, 4, 20},
+    {"L1", 1, 1024, 1024, 4, 1},  // one step of L at B=1: reads 134 MB of weights, bandwidth-bound
 };
 // The batch sweep of L, on CUDA only (on 2 CPU cores B=1024 takes seconds per call).
 constexpr int64_t kSweepBatches[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};

@@ -96,6 +96,26 @@ TEST(StackedLstmPathTest, AllPathsAgreeOnLargerBatchesAndLongChunkedSequences) {
   }
 }
 
+TEST(StackedLstmPathTest, ALargeLayerAtBatchOneSplitAcrossThreadsMatchesGeneric) {
+  // [768 + 768, 3072] = 4.7M floats: past 2^21, so one row's GEMV is split by rows of w
+  // across the intra-op threads into partial sums (with 2 or more threads).
+  SetIntraOpThreads(2);
+  const StackedLstm lstm = MakeLstm(2, 768, 768, true);
+  auto gen = Gen(12);
+  const at::Tensor x = at::empty({3, 1, 768}).normal_(0, 1, gen);
+  LstmState init{{at::empty({1, 768}).normal_(0, 1, gen), at::empty({1, 768}).normal_(0, 1, gen)},
+                 {at::empty({1, 768}).uniform_(-1, 1, gen), at::empty({1, 768}).uniform_(-1, 1, gen)}};
+  auto generic = lstm.Run(x, init, true, LstmPath::kGeneric);
+  ASSERT_TRUE(generic.ok()) << generic.status();
+  for (LstmPath path : {LstmPath::kSmallBatch, LstmPath::kAuto}) {
+    auto run = lstm.Run(x, init, true, path);
+    ASSERT_TRUE(run.ok()) << run.status();
+    EXPECT_LE(MaxAbsDiff(run->outputs, generic->outputs), 1e-5) << LstmPathName(path);
+    EXPECT_LE(MaxAbsDiff(run->final_state.c[1], generic->final_state.c[1]), 1e-5) << LstmPathName(path);
+  }
+  SetIntraOpThreads(0);
+}
+
 TEST(StackedLstmPathTest, RunWithoutOutputsStillReturnsFinalStates) {
   const StackedLstm lstm = MakeLstm(3, 5, 6, false);
   auto gen = Gen(2);
@@ -170,6 +190,24 @@ TEST(LstmKernelTest, SmallGemmOnAColumnSliceWithStridesAndManyTiles) {
   EXPECT_LE(MaxAbsDiff(out.narrow(1, 100, 1150), at::mm(a, w).narrow(1, 100, 1150)), 1e-4);
   EXPECT_TRUE(at::all(out.narrow(1, 0, 100) == 0).item<bool>()) << "wrote outside its columns";
   EXPECT_TRUE(at::all(out.narrow(1, 1250, 50) == 0).item<bool>()) << "wrote outside its columns";
+}
+
+TEST(LstmKernelTest, OneRowOverALargeWeightStreamsItInRowBlocks) {
+  // Past 2^18 floats one row takes the row-blocked GEMV: 8 rows of w at a time (37 leaves 5),
+  // 16 columns at a time (8200 of the 8300-wide weight's columns, from 50: 8 left over).
+  auto gen = Gen(21);
+  const at::Tensor a = at::empty({1, 37}).normal_(0, 1, gen);
+  const at::Tensor w = at::empty({37, 8300}).normal_(0, 1, gen);
+  const at::Tensor expected = at::mm(a, w).narrow(1, 50, 8200);
+  at::Tensor out = at::full({1, 8300}, 2.0f);
+  kernels::SmallGemm(a.data_ptr<float>(), 37, w.data_ptr<float>() + 50, 8300, 37, 8200, out.data_ptr<float>() + 50,
+                     8300, 1, true);
+  EXPECT_LE(MaxAbsDiff(out.narrow(1, 50, 8200), expected + 2), 1e-4);
+  EXPECT_TRUE(at::all(out.narrow(1, 0, 50) == 2).item<bool>()) << "wrote outside its columns";
+  EXPECT_TRUE(at::all(out.narrow(1, 8250, 50) == 2).item<bool>()) << "wrote outside its columns";
+  kernels::SmallGemm(a.data_ptr<float>(), 37, w.data_ptr<float>() + 50, 8300, 37, 8200, out.data_ptr<float>() + 50,
+                     8300, 1, false);
+  EXPECT_LE(MaxAbsDiff(out.narrow(1, 50, 8200), expected), 1e-4);
 }
 
 TEST(LstmKernelTest, SmallGemmMatchesMatmulForEveryRowRemainder) {
