@@ -42,7 +42,7 @@ stage() {
   mkdir -p "$stage_dir"/{server,client,tests/bench,tests/core,lib/compat,reference}
   cp "$src/server/lstmserve" "$stage_dir/server/"
   cp "$src/client/lstmserve-cli" "$stage_dir/client/"
-  cp "$src/tests/bench/lstmserve-core-bench" "$stage_dir/tests/bench/"
+  cp "$src/tests/bench/lstmserve-core-bench" "$src/tests/bench/lstmserve-cpu-peak" "$stage_dir/tests/bench/"
   for t in conformance_test stacked_lstm_test parameter_set_test; do cp "$src/tests/core/$t" "$stage_dir/tests/core/"; done
   strip --strip-unneeded "$stage_dir"/server/* "$stage_dir"/client/* "$stage_dir"/tests/*/*
   cp ../shared/reference/common_ops.py "$stage_dir/reference/"
@@ -112,7 +112,8 @@ fi
 torch_lib=$("$PYTHON" -c 'import os, torch; print(os.path.dirname(torch.__file__) + "/lib")')
 nvidia_libs=$(find "$(dirname "$(dirname "$torch_lib")")/nvidia" -maxdepth 2 -name lib -type d 2>/dev/null | paste -sd:)
 export LD_LIBRARY_PATH="$B/lib:$torch_lib${nvidia_libs:+:$nvidia_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-binaries=("$B"/server/lstmserve "$B"/client/lstmserve-cli "$B"/tests/bench/lstmserve-core-bench "$B"/tests/core/*)
+binaries=("$B"/server/lstmserve "$B"/client/lstmserve-cli "$B"/tests/bench/lstmserve-core-bench "$B"/tests/bench/lstmserve-cpu-peak
+  "$B"/tests/core/*)
 if ! "$B/client/lstmserve-cli" --help >/dev/null 2>"$OUT/libs.txt"; then
   if grep -q GLIBCXX "$OUT/libs.txt"; then
     export LD_LIBRARY_PATH="$B/lib/compat:$LD_LIBRARY_PATH"
