@@ -56,7 +56,7 @@ void Gemm(bool small, const float* a, int64_t rows, int64_t k, const float* w, i
     // splitting columns gave each thread strided half-rows and was slower than one thread),
     // then the partials are added. L at B=1, 2 threads: 6.1 -> PARALLEL_L1 ms.
     if (rows == 1 && k * n > kParallelMax && threads > 1) {
-      const int64_t parts = std::min<int64_t>(threads, k / 64);
+      const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, k / 64));
       thread_local std::vector<float> partials;  // this (the calling) thread's; the workers get a pointer
       partials.assign(static_cast<size_t>(parts * n), 0.0f);
       float* const sums = partials.data();

@@ -112,8 +112,10 @@ int main(int argc, char** argv) {
   if (!blas.ok()) lstmserve::core::UsageErrorExit(blas.status().message());
   if (restart || blas->restart) {
     execv("/proc/self/exe", argv);  // returns only when it failed: carry on as we are
-    lstmserve::core::AbandonBlasRestart();
-    blas->log_line += " (the restart that would apply it failed: OpenBLAS keeps its choice)";
+    if (blas->restart) {
+      lstmserve::core::AbandonBlasRestart();
+      blas->log_line += " (the restart that would apply it failed: OpenBLAS keeps its choice)";
+    }
   }
 
   // SIGTERM and SIGINT are taken by sigwait below, in this thread only: block them before

@@ -36,10 +36,10 @@ class RpcLog {
   // Logs a failure (nothing for OK) and converts the status for the wire.
   grpc::Status Done(const absl::Status& status) const {
     if (!status.ok()) {
+      const std::string detail = core::ServerDetail(status);
       LogError(absl::StrCat("rpc=", method_, " peer=", peer_, set_id_.empty() ? "" : " set=", set_id_,
                             " code=", absl::StatusCodeToString(status.code()), " message=\"", status.message(), "\"",
-                            core::ServerDetail(status).empty() ? "" : " detail=\"", core::ServerDetail(status),
-                            core::ServerDetail(status).empty() ? "" : "\""));
+                            detail.empty() ? "" : absl::StrCat(" detail=\"", detail, "\"")));
     }
     return wire::ToGrpcStatus(status);
   }
