@@ -28,6 +28,7 @@ absl::string_view DTypeName(DType dtype) {
     case DType::kFloat32: return "float32";
     case DType::kFloat16: return "float16";
     case DType::kBFloat16: return "bfloat16";
+    case DType::kInt8: return "int8";
   }
   return "unknown";
 }
@@ -37,6 +38,7 @@ c10::ScalarType ToScalarType(DType dtype) {
     case DType::kFloat32: return c10::kFloat;
     case DType::kFloat16: return c10::kHalf;
     case DType::kBFloat16: return c10::kBFloat16;
+    case DType::kInt8: return c10::kChar;
   }
   return c10::kFloat;
 }
@@ -46,14 +48,23 @@ absl::StatusOr<DType> FromScalarType(c10::ScalarType type) {
     case c10::kFloat: return DType::kFloat32;
     case c10::kHalf: return DType::kFloat16;
     case c10::kBFloat16: return DType::kBFloat16;
+    case c10::kChar: return DType::kInt8;
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("unsupported tensor dtype ", c10::toString(type),
-                       "; expected float32, float16 or bfloat16"));
+                       "; expected float32, float16, bfloat16 or int8"));
   }
 }
 
-int64_t DTypeSize(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
+int64_t DTypeSize(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return 4;
+    case DType::kFloat16:
+    case DType::kBFloat16: return 2;
+    case DType::kInt8: return 1;
+  }
+  return 4;
+}
 
 bool CudaAvailable() { return at::hasCUDA() && at::getNumGPUs() > 0; }
 
@@ -97,6 +108,10 @@ std::string DeviceName(const c10::Device& device) {
 }
 
 absl::Status CheckDTypeOnDevice(DType dtype, const c10::Device& device) {
+  if (dtype == DType::kInt8) {
+    return absl::InvalidArgumentError(
+        "int8 is not a set dtype; a set of float32 can store its LSTM weights in int8 (weight_storage)");
+  }
   if (dtype != DType::kFloat32 && !device.is_cuda()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "dtype ", DTypeName(dtype), " is supported on CUDA only; use float32 on ",

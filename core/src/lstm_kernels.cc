@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 // Each exported kernel is compiled three times, for x86-64-v4 (AVX-512), x86-64-v3 (AVX2 +
 // FMA) and the baseline; the loader picks the best clone for the machine (GCC function
@@ -51,18 +52,24 @@ inline float Exp(float x) {
 inline float Sigmoid(float x) { return 1.0f / (1.0f + Exp(-x)); }
 inline float Tanh(float x) { return 2.0f / (1.0f + Exp(-2.0f * x)) - 1.0f; }
 
+// One weight element as float32: float32 as is, bfloat16 (its bits as uint16) widened
+// exactly, int8 as its integer value (the caller applies the column scale).
+inline float WeightValue(float w) { return w; }
+inline float WeightValue(uint16_t w) { return BitsToFloat(static_cast<int32_t>(static_cast<uint32_t>(w) << 16)); }
+inline float WeightValue(int8_t w) { return static_cast<float>(w); }
+
 // out[r, 0:n] += a[r, :] @ w[:, 0:n] for kRows rows; w and out have row strides ldw, ldo.
-template <int kRows>
-inline void GemmBlock(const float* a, int64_t lda, const float* w, int64_t ldw, int64_t k, int64_t n,
+template <int kRows, class T>
+inline void GemmBlock(const float* a, int64_t lda, const T* w, int64_t ldw, int64_t k, int64_t n,
                       float* out, int64_t ldo) {
   for (int64_t kk = 0; kk < k; ++kk) {
-    const float* wr = w + kk * ldw;
+    const T* wr = w + kk * ldw;
     float av[kRows];
     for (int r = 0; r < kRows; ++r) av[r] = a[r * lda + kk];
     for (int r = 0; r < kRows; ++r) {
       float* o = out + r * ldo;
       const float s = av[r];
-      for (int64_t j = 0; j < n; ++j) o[j] += s * wr[j];
+      for (int64_t j = 0; j < n; ++j) o[j] += s * WeightValue(wr[j]);
     }
   }
 }
@@ -80,11 +87,46 @@ LSTMSERVE_INLINE V16 LoadV(const float* p) {
 }
 LSTMSERVE_INLINE void StoreV(float* p, V16 v) { __builtin_memcpy(p, &v, sizeof(v)); }
 
+// 16 weights as float32 (see WeightValue): a plain load, a widening shift (bfloat16), or a
+// sign extension and conversion (int8).
+typedef uint16_t U16x16 __attribute__((vector_size(32)));
+typedef uint32_t U32x16 __attribute__((vector_size(64)));
+typedef int8_t I8x16 __attribute__((vector_size(16)));
+typedef int16_t I16x16 __attribute__((vector_size(32)));
+typedef int32_t I32x16 __attribute__((vector_size(64)));
+LSTMSERVE_INLINE V16 LoadW(const float* p) { return LoadV(p); }
+LSTMSERVE_INLINE V16 LoadW(const uint16_t* p) {
+  U16x16 half;
+  __builtin_memcpy(&half, p, sizeof(half));
+  const U32x16 bits = __builtin_convertvector(half, U32x16) << 16;
+  V16 v;
+  __builtin_memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+// The weight loads of the kernels below, as a policy (a load written for one instruction
+// set can be plugged in where the portable one is slow).
+struct PortableLoad {
+  template <class T>
+  LSTMSERVE_INLINE static V16 Get(const T* p);
+};
+LSTMSERVE_INLINE V16 LoadW(const int8_t* p) {
+  I8x16 q;
+  __builtin_memcpy(&q, p, sizeof(q));
+  // Widened one step at a time: GCC 12 scalarises int8 -> float and int8 -> int32 (16 byte
+  // extracts), but emits vpmovsxbw, vpmovsxwd and vcvtdq2ps for these steps.
+  return __builtin_convertvector(__builtin_convertvector(__builtin_convertvector(q, I16x16), I32x16), V16);
+}
+template <class T>
+V16 PortableLoad::Get(const T* p) {
+  return LoadW(p);
+}
+
+
 // out[r, 0:16C] += a[r, :] @ w[:, 0:16C] for kR rows, with the kR x C accumulators held in
 // registers over the whole k loop (GemmBlock loads and stores its outputs once per k).
 // C independent FMA chains per row hide the FMA latency: 8 for one row, 4 for several.
-template <int kR, int kC>
-LSTMSERVE_INLINE void RegisterBlock(const float* a, int64_t lda, const float* w, int64_t ldw, int64_t k, float* out,
+template <int kR, int kC, class Load, class T>
+LSTMSERVE_INLINE void RegisterBlock(const float* a, int64_t lda, const T* w, int64_t ldw, int64_t k, float* out,
                           int64_t ldo) {
   V16 acc[kR][kC];
 #pragma GCC unroll 8
@@ -93,10 +135,10 @@ LSTMSERVE_INLINE void RegisterBlock(const float* a, int64_t lda, const float* w,
     for (int c = 0; c < kC; ++c) acc[r][c] = LoadV(out + r * ldo + 16 * c);
   }
   for (int64_t kk = 0; kk < k; ++kk) {
-    const float* wr = w + kk * ldw;
+    const T* wr = w + kk * ldw;
     V16 wv[kC];
 #pragma GCC unroll 8
-    for (int c = 0; c < kC; ++c) wv[c] = LoadV(wr + 16 * c);
+    for (int c = 0; c < kC; ++c) wv[c] = Load::Get(wr + 16 * c);
 #pragma GCC unroll 8
     for (int r = 0; r < kR; ++r) {
       const float s = a[r * lda + kk];
@@ -115,31 +157,32 @@ LSTMSERVE_INLINE void RegisterBlock(const float* a, int64_t lda, const float* w,
 // time against each 16 outputs, so out is loaded and stored once per 8 rows (GemmBlock<1>
 // does it once per row, which bounds it well below memory bandwidth) and the prefetchers
 // follow 8 sequential streams. L at B=1 (four [2048, 4096] weights), one thread: 10.5 -> 5.5 ms.
-LSTMSERVE_INLINE void GemvRowBlocks(const float* a, const float* w, int64_t ldw, int64_t k, int64_t n, float* out) {
+template <class Load, class T>
+LSTMSERVE_INLINE void GemvRowBlocks(const float* a, const T* w, int64_t ldw, int64_t k, int64_t n, float* out) {
   constexpr int kRowsAtOnce = 8;
   const int64_t vec_n = n - n % 16;
   int64_t kk = 0;
   for (; kk + kRowsAtOnce <= k; kk += kRowsAtOnce) {
-    const float* wr = w + kk * ldw;
+    const T* wr = w + kk * ldw;
     float s[kRowsAtOnce];
 #pragma GCC unroll 8
     for (int r = 0; r < kRowsAtOnce; ++r) s[r] = a[kk + r];
     for (int64_t j = 0; j < vec_n; j += 16) {
       V16 acc = LoadV(out + j);
 #pragma GCC unroll 8
-      for (int r = 0; r < kRowsAtOnce; ++r) acc += s[r] * LoadV(wr + r * ldw + j);
+      for (int r = 0; r < kRowsAtOnce; ++r) acc += s[r] * Load::Get(wr + r * ldw + j);
       StoreV(out + j, acc);
     }
     for (int64_t j = vec_n; j < n; ++j) {
       float acc = out[j];
-      for (int r = 0; r < kRowsAtOnce; ++r) acc += s[r] * wr[r * ldw + j];
+      for (int r = 0; r < kRowsAtOnce; ++r) acc += s[r] * WeightValue(wr[r * ldw + j]);
       out[j] = acc;
     }
   }
   for (; kk < k; ++kk) {
     const float s = a[kk];
-    const float* wr = w + kk * ldw;
-    for (int64_t j = 0; j < n; ++j) out[j] += s * wr[j];
+    const T* wr = w + kk * ldw;
+    for (int64_t j = 0; j < n; ++j) out[j] += s * WeightValue(wr[j]);
   }
 }
 
@@ -147,11 +190,9 @@ LSTMSERVE_INLINE void GemvRowBlocks(const float* a, const float* w, int64_t ldw,
 // revisit every row of w cost nothing; larger ones are streamed row by row instead.
 constexpr int64_t kRegisterBlockMaxFloats = int64_t{1} << 18;
 
-}  // namespace
-
-LSTMSERVE_MULTIVERSION
-void SmallGemm(const float* a, int64_t lda, const float* w, int64_t ldw, int64_t k, int64_t n, float* out,
-               int64_t ldo, int64_t rows, bool accumulate) {
+template <class Load, class T>
+LSTMSERVE_INLINE void SmallGemmT(const float* a, int64_t lda, const T* w, int64_t ldw, int64_t k, int64_t n, float* out,
+                                int64_t ldo, int64_t rows, bool accumulate) {
   if (!accumulate) {
     for (int64_t r = 0; r < rows; ++r) std::fill(out + r * ldo, out + r * ldo + n, 0.0f);
   }
@@ -160,15 +201,15 @@ void SmallGemm(const float* a, int64_t lda, const float* w, int64_t ldw, int64_t
     // (tests/bench, 2 threads, this project's AMD EPYC, the AVX-512 clone).
     int64_t j = 0;
     if (rows == 1) {
-      for (; j + 128 <= n; j += 128) RegisterBlock<1, 8>(a, lda, w + j, ldw, k, out + j, ldo);
+      for (; j + 128 <= n; j += 128) RegisterBlock<1, 8, Load>(a, lda, w + j, ldw, k, out + j, ldo);
     }
     for (; j + 64 <= n; j += 64) {
       int64_t r = 0;
-      for (; r + 4 <= rows; r += 4) RegisterBlock<4, 4>(a + r * lda, lda, w + j, ldw, k, out + r * ldo + j, ldo);
+      for (; r + 4 <= rows; r += 4) RegisterBlock<4, 4, Load>(a + r * lda, lda, w + j, ldw, k, out + r * ldo + j, ldo);
       switch (rows - r) {
-        case 3: RegisterBlock<3, 4>(a + r * lda, lda, w + j, ldw, k, out + r * ldo + j, ldo); break;
-        case 2: RegisterBlock<2, 4>(a + r * lda, lda, w + j, ldw, k, out + r * ldo + j, ldo); break;
-        case 1: RegisterBlock<1, 4>(a + r * lda, lda, w + j, ldw, k, out + r * ldo + j, ldo); break;
+        case 3: RegisterBlock<3, 4, Load>(a + r * lda, lda, w + j, ldw, k, out + r * ldo + j, ldo); break;
+        case 2: RegisterBlock<2, 4, Load>(a + r * lda, lda, w + j, ldw, k, out + r * ldo + j, ldo); break;
+        case 1: RegisterBlock<1, 4, Load>(a + r * lda, lda, w + j, ldw, k, out + r * ldo + j, ldo); break;
         default: break;
       }
     }
@@ -178,7 +219,7 @@ void SmallGemm(const float* a, int64_t lda, const float* w, int64_t ldw, int64_t
     n -= j;
   }
   if (rows == 1) {
-    GemvRowBlocks(a, w, ldw, k, n, out);
+    GemvRowBlocks<Load>(a, w, ldw, k, n, out);
     return;
   }
   // When a block's output rows do not fit in L1, column tiles keep them there (4 x 512
@@ -197,6 +238,54 @@ void SmallGemm(const float* a, int64_t lda, const float* w, int64_t ldw, int64_t
       default: break;
     }
   }
+}
+
+}  // namespace
+
+LSTMSERVE_MULTIVERSION
+void SmallGemm(const float* a, int64_t lda, const float* w, int64_t ldw, int64_t k, int64_t n, float* out,
+               int64_t ldo, int64_t rows, bool accumulate) {
+  SmallGemmT<PortableLoad>(a, lda, w, ldw, k, n, out, ldo, rows, accumulate);
+}
+
+LSTMSERVE_MULTIVERSION
+void SmallGemmBf16(const float* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k, int64_t n, float* out,
+                   int64_t ldo, int64_t rows, bool accumulate) {
+  SmallGemmT<PortableLoad>(a, lda, w, ldw, k, n, out, ldo, rows, accumulate);
+}
+
+namespace {
+
+// out (=|+=) scale * sums over rows of n, sums [rows, n].
+void ApplyScales(const float* sums, const float* scale, int64_t n, float* out, int64_t ldo, int64_t rows,
+                 bool accumulate) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* o = out + r * ldo;
+    const float* sr = sums + r * n;
+    if (accumulate) {
+      for (int64_t j = 0; j < n; ++j) o[j] += scale[j] * sr[j];
+    } else {
+      for (int64_t j = 0; j < n; ++j) o[j] = scale[j] * sr[j];
+    }
+  }
+}
+
+LSTMSERVE_MULTIVERSION
+void Int8Sums(const float* a, int64_t lda, const int8_t* w, int64_t ldw, int64_t k, int64_t n, float* sums,
+              int64_t rows) {
+  SmallGemmT<PortableLoad>(a, lda, w, ldw, k, n, sums, n, rows, /*accumulate=*/true);
+}
+
+
+}  // namespace
+
+void SmallGemmInt8(const float* a, int64_t lda, const int8_t* w, const float* scale, int64_t ldw, int64_t k,
+                   int64_t n, float* out, int64_t ldo, int64_t rows, bool accumulate) {
+  // The integer-weighted sums first, then one multiply by the column's scale.
+  thread_local std::vector<float> sums;
+  sums.assign(static_cast<size_t>(rows * n), 0.0f);
+  Int8Sums(a, lda, w, ldw, k, n, sums.data(), rows);
+  ApplyScales(sums.data(), scale, n, out, ldo, rows, accumulate);
 }
 
 LSTMSERVE_MULTIVERSION

@@ -1,4 +1,4 @@
-// Float32 CPU kernels behind StackedLstm's fast paths. Internal to the core.
+// CPU kernels (float32 arithmetic) behind StackedLstm's fast paths. Internal to the core.
 // Raw pointers, no allocation, no LibTorch call: callers own every buffer.
 #pragma once
 
@@ -13,6 +13,15 @@ namespace lstmserve::core::kernels {
 // threads.
 void SmallGemm(const float* a, int64_t lda, const float* w, int64_t ldw, int64_t k, int64_t n, float* out,
                int64_t ldo, int64_t rows, bool accumulate);
+
+// SmallGemm with w in reduced storage, accumulating in float32:
+//  - bfloat16 (its bits as uint16): out (=|+=) a @ float32(w);
+//  - int8 with one scale per column: out[r, j] (=|+=) scale[j] * (a[r, :] @ w[:, j]); scale
+//    points at the scale of w's first column.
+void SmallGemmBf16(const float* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k, int64_t n, float* out,
+                   int64_t ldo, int64_t rows, bool accumulate);
+void SmallGemmInt8(const float* a, int64_t lda, const int8_t* w, const float* scale, int64_t ldw, int64_t k,
+                   int64_t n, float* out, int64_t ldo, int64_t rows, bool accumulate);
 
 // The LSTM cell's elementwise part for `rows` rows of hidden size h:
 //   gates [rows, 4h] holds the pre-activations in blocks i, f, o, g; bias [4h] (zeros when

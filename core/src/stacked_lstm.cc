@@ -44,50 +44,89 @@ constexpr int64_t kCudaFusedMaxBatch = 8;
 
 std::string ShapeString(const at::Tensor& t) { return absl::StrCat("[", absl::StrJoin(t.sizes(), ", "), "]"); }
 
+// A block of a layer's weight in its storage: the first element, and for int8 the scale of
+// the first column.
+struct WeightView {
+  const void* data;
+  WeightStorage storage;
+  const float* scale;
+
+  int64_t ElementSize() const {
+    return storage == WeightStorage::kDType ? 4 : storage == WeightStorage::kBFloat16 ? 2 : 1;
+  }
+  // The block from row k0 on, of a weight with ld columns.
+  WeightView Rows(int64_t k0, int64_t ld) const {
+    return {static_cast<const char*>(data) + k0 * ld * ElementSize(), storage, scale};
+  }
+  // The block from column j0 on.
+  WeightView Columns(int64_t j0) const {
+    return {static_cast<const char*>(data) + j0 * ElementSize(), storage, scale == nullptr ? nullptr : scale + j0};
+  }
+  const float* Floats() const { return static_cast<const float*>(data); }
+};
+
+// kernels::SmallGemm for the view's storage.
+void SmallGemm(const float* a, int64_t lda, const WeightView& w, int64_t ldw, int64_t k, int64_t n, float* out,
+               int64_t ldo, int64_t rows, bool accumulate) {
+  switch (w.storage) {
+    case WeightStorage::kDType:
+      kernels::SmallGemm(a, lda, w.Floats(), ldw, k, n, out, ldo, rows, accumulate);
+      return;
+    case WeightStorage::kBFloat16:
+      kernels::SmallGemmBf16(a, lda, static_cast<const uint16_t*>(w.data), ldw, k, n, out, ldo, rows, accumulate);
+      return;
+    case WeightStorage::kInt8:
+      kernels::SmallGemmInt8(a, lda, static_cast<const int8_t*>(w.data), w.scale, ldw, k, n, out, ldo, rows,
+                             accumulate);
+      return;
+  }
+}
+
 // Row-major out[rows, n] (=|+=) a[rows, k] @ w[k, n], all contiguous. The small kernel for
-// small batches; otherwise LibTorch's GEMM (BLAS) on tensor headers that borrow the buffers.
-void Gemm(bool small, const float* a, int64_t rows, int64_t k, const float* w, int64_t n,
+// small batches (any storage); otherwise LibTorch's GEMM (BLAS, float32 weights only) on
+// tensor headers that borrow the buffers.
+void Gemm(bool small, const float* a, int64_t rows, int64_t k, const WeightView& w, int64_t n,
           float* out, bool accumulate) {
   if (small) {
     constexpr int64_t kParallelMin = int64_t{1} << 18, kParallelMax = int64_t{1} << 21;
     const int threads = at::get_num_threads();
-    // One row over a weight past 8 MiB is bound by memory: each thread streams a contiguous
-    // block of w's rows into partial sums (contiguous streams keep the prefetchers going;
-    // splitting columns gave each thread strided half-rows and was slower than one thread),
-    // then the partials are added. L at B=1, 2 threads: 6.1 -> PARALLEL_L1 ms.
-    if (rows == 1 && k * n > kParallelMax && threads > 1) {
+    // A few rows over a weight past 8 MiB are bound by memory: each thread streams a
+    // contiguous block of w's rows into partial sums (contiguous streams keep the
+    // prefetchers going; splitting columns gave each thread strided half-rows and was slower
+    // than one thread), then the partials are added. L at B=1, 2 threads: 6.1 -> 3.9 ms.
+    if (rows <= kSmallBatchMax && k * n > kParallelMax && threads > 1) {
       const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, k / 64));
       thread_local std::vector<float> partials;  // this (the calling) thread's; the workers get a pointer
-      partials.assign(static_cast<size_t>(parts * n), 0.0f);
+      partials.assign(static_cast<size_t>(parts * rows * n), 0.0f);
       float* const sums = partials.data();
       at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
         for (int64_t p = p0; p < p1; ++p) {
           const int64_t k0 = k * p / parts, k1 = k * (p + 1) / parts;
-          kernels::SmallGemm(a + k0, k, w + k0 * n, n, k1 - k0, n, sums + p * n, n, 1, true);
+          SmallGemm(a + k0, k, w.Rows(k0, n), n, k1 - k0, n, sums + p * rows * n, n, rows, true);
         }
       });
-      if (!accumulate) std::fill(out, out + n, 0.0f);
+      if (!accumulate) std::fill(out, out + rows * n, 0.0f);
       for (int64_t p = 0; p < parts; ++p) {
-        const float* part = sums + p * n;
-        for (int64_t j = 0; j < n; ++j) out[j] += part[j];
+        const float* part = sums + p * rows * n;
+        for (int64_t j = 0; j < rows * n; ++j) out[j] += part[j];
       }
       return;
     }
     // Mid-sized weights: split the columns across the intra-op threads (each its own
     // outputs). Measured on 2 threads: H=512 B=1 75 vs 106 us.
     if (k * n < kParallelMin || k * n > kParallelMax || threads == 1) {
-      kernels::SmallGemm(a, k, w, n, k, n, out, n, rows, accumulate);
+      SmallGemm(a, k, w, n, k, n, out, n, rows, accumulate);
       return;
     }
     constexpr int64_t kColumnsPerTask = 512;
     at::parallel_for(0, (n + kColumnsPerTask - 1) / kColumnsPerTask, 1, [&](int64_t t0, int64_t t1) {
       const int64_t j0 = t0 * kColumnsPerTask, j1 = std::min(n, t1 * kColumnsPerTask);
-      kernels::SmallGemm(a, k, w + j0, n, k, j1 - j0, out + j0, n, rows, accumulate);
+      SmallGemm(a, k, w.Columns(j0), n, k, j1 - j0, out + j0, n, rows, accumulate);
     });
     return;
   }
   const at::Tensor ta = at::from_blob(const_cast<float*>(a), {rows, k});
-  const at::Tensor tw = at::from_blob(const_cast<float*>(w), {k, n});
+  const at::Tensor tw = at::from_blob(const_cast<float*>(w.Floats()), {k, n});
   at::Tensor tout = at::from_blob(out, {rows, n});
   if (accumulate) {
     tout.addmm_(ta, tw);
@@ -154,7 +193,8 @@ SequenceResult StackedLstm::RunCuda(const at::Tensor&, const LstmState&, bool, b
 #endif
 
 absl::StatusOr<StackedLstm> StackedLstm::Create(std::vector<at::Tensor> weights,
-                                                std::vector<at::Tensor> biases) {
+                                                std::vector<at::Tensor> biases, WeightStorage storage,
+                                                std::vector<at::Tensor> scales) {
   if (weights.empty()) return absl::InvalidArgumentError("a stacked LSTM needs at least 1 layer");
   const at::Tensor& w0 = weights[0];
   if (!w0.defined() || w0.dim() != 2 || w0.size(1) < 4 || w0.size(1) % 4 != 0) {
@@ -170,6 +210,30 @@ absl::StatusOr<StackedLstm> StackedLstm::Create(std::vector<at::Tensor> weights,
                                                    " with input_size >= 1"));
   }
   LSTMSERVE_RETURN_IF_ERROR(FromScalarType(w0.scalar_type()).status());
+  const bool reduced = storage != WeightStorage::kDType;
+  if (reduced) {
+    const at::ScalarType want = storage == WeightStorage::kInt8 ? at::kChar : at::kBFloat16;
+    if (w0.scalar_type() != want || !w0.device().is_cpu()) {
+      return absl::InvalidArgumentError(absl::StrCat("weight storage ", WeightStorageName(storage), " needs ",
+                                                     c10::toString(want), " weights on the CPU; w_0 is ",
+                                                     c10::toString(w0.scalar_type()), " on ", DeviceName(w0.device())));
+    }
+  } else if (w0.scalar_type() == at::kChar) {
+    return absl::InvalidArgumentError("int8 weights need weight storage int8 (with a scale per column)");
+  }
+  const size_t scale_count = storage == WeightStorage::kInt8 ? weights.size() : 0;
+  if (scales.size() != scale_count) {
+    return absl::InvalidArgumentError(absl::StrCat("got ", scales.size(), " weight scales for ", weights.size(),
+                                                   " layers; int8 weights need one per layer, others none"));
+  }
+  for (size_t l = 0; l < scales.size(); ++l) {
+    const at::Tensor& sc = scales[l];
+    if (!sc.defined() || sc.dim() != 1 || sc.size(0) != w0.size(1) || sc.scalar_type() != at::kFloat ||
+        !sc.device().is_cpu()) {
+      return absl::InvalidArgumentError(absl::StrCat("w_", l, ".scale must be float32 [", w0.size(1), "] on the CPU"));
+    }
+  }
+  const at::ScalarType activation_type = reduced ? at::kFloat : w0.scalar_type();
   for (size_t l = 0; l < weights.size(); ++l) {
     const at::Tensor& w = weights[l];
     const int64_t rows = (l == 0 ? input : hidden) + hidden;
@@ -188,20 +252,24 @@ absl::StatusOr<StackedLstm> StackedLstm::Create(std::vector<at::Tensor> weights,
   }
   for (size_t l = 0; l < biases.size(); ++l) {
     const at::Tensor& b = biases[l];
-    if (!b.defined() || b.dim() != 1 || b.size(0) != 4 * hidden || b.scalar_type() != w0.scalar_type() ||
+    if (!b.defined() || b.dim() != 1 || b.size(0) != 4 * hidden || b.scalar_type() != activation_type ||
         b.device() != w0.device()) {
-      return absl::InvalidArgumentError(absl::StrCat("b_", l, " must be [", 4 * hidden,
-                                                     "] of the weights' dtype and device"));
+      return absl::InvalidArgumentError(absl::StrCat("b_", l, " must be [", 4 * hidden, "] of ",
+                                                     c10::toString(activation_type), " on the weights' device"));
     }
   }
   StackedLstm lstm;
   lstm.torch_layout_ = std::make_shared<TorchLayout>();
   lstm.input_size_ = input;
   lstm.hidden_size_ = hidden;
+  lstm.storage_ = storage;
+  lstm.scalar_type_ = activation_type;
   for (auto& w : weights) lstm.weights_.push_back(w.contiguous());
   for (auto& b : biases) lstm.biases_.push_back(b.contiguous());
-  if (biases.empty() && w0.scalar_type() == at::kFloat && w0.device().is_cpu()) {
-    lstm.zero_bias_ = at::zeros({4 * hidden}, w0.options());  // the fused kernel always adds one
+  for (auto& sc : scales) lstm.scales_.push_back(sc.contiguous());
+  if (biases.empty() && activation_type == at::kFloat && w0.device().is_cpu()) {
+    // the fused kernel always adds one
+    lstm.zero_bias_ = at::zeros({4 * hidden}, w0.options().dtype(at::kFloat));
   }
   return lstm;
 }
@@ -209,11 +277,17 @@ absl::StatusOr<StackedLstm> StackedLstm::Create(std::vector<at::Tensor> weights,
 absl::StatusOr<StackedLstm> StackedLstm::FromParameterSet(const ParameterSet& set) {
   std::vector<at::Tensor> weights;
   std::vector<at::Tensor> biases;
+  std::vector<at::Tensor> scales;
   for (int64_t l = 0;; ++l) {
     const at::Tensor* w = set.Find(LstmWeightName(l));
     if (w == nullptr) break;
     weights.push_back(*w);
     if (const at::Tensor* b = set.Find(LstmBiasName(l))) biases.push_back(*b);
+    if (set.weight_storage == WeightStorage::kInt8) {
+      const at::Tensor* sc = set.Find(LstmScaleName(l));
+      if (sc == nullptr) return absl::FailedPreconditionError(absl::StrCat("the int8 set lacks ", LstmScaleName(l)));
+      scales.push_back(*sc);
+    }
   }
   if (weights.empty()) {
     return absl::FailedPreconditionError(
@@ -223,7 +297,12 @@ absl::StatusOr<StackedLstm> StackedLstm::FromParameterSet(const ParameterSet& se
     return absl::FailedPreconditionError(absl::StrCat(
         "the parameter set has ", biases.size(), " of ", weights.size(), " biases b_<l>"));
   }
-  return Create(std::move(weights), std::move(biases));
+  return Create(std::move(weights), std::move(biases), set.weight_storage, std::move(scales));
+}
+
+at::Tensor StackedLstm::FloatWeight(int64_t layer) const {
+  if (storage_ == WeightStorage::kDType) return weights_[layer];
+  return DequantizeWeight(weights_[layer], scales_.empty() ? nullptr : &scales_[layer]);
 }
 
 double StackedLstm::StepFlops(int64_t batch) const {
@@ -266,6 +345,7 @@ LstmPath StackedLstm::ChoosePath(int64_t batch, int64_t steps, LstmPath requeste
     return batch <= kCudaFusedMaxBatch ? LstmPath::kCudaFused : LstmPath::kCudaGemm;
   }
   if (scalar_type() != at::kFloat || !device().is_cpu()) return LstmPath::kGeneric;
+  if (storage_ != WeightStorage::kDType) return batch <= kSmallBatchMax ? LstmPath::kSmallBatch : LstmPath::kBlas;
   int64_t largest = 0;
   for (const auto& w : weights_) largest = std::max<int64_t>(largest, w.numel());
   const int64_t small_max = largest > kLargeLayerElements ? 1 : kSmallBatchMax;
@@ -331,6 +411,9 @@ absl::StatusOr<SequenceResult> StackedLstm::Run(const at::Tensor& inputs, const 
     }
   } else if (chosen != LstmPath::kGeneric && (scalar_type() != at::kFloat || !device().is_cpu())) {
     return absl::FailedPreconditionError("the small-batch, BLAS and oneDNN paths need float32 on the CPU");
+  } else if (chosen == LstmPath::kOneDnn && storage_ != WeightStorage::kDType) {
+    return absl::FailedPreconditionError(absl::StrCat("path onednn reads float32 weights; this set stores them in ",
+                                                      WeightStorageName(storage_)));
   } else if (chosen == LstmPath::kOneDnn && !OneDnnLstmAvailable()) {
     return absl::FailedPreconditionError(
         "path onednn needs LibTorch 2.x with oneDNN (this build has LibTorch " TORCH_VERSION ")");
@@ -374,8 +457,13 @@ SequenceResult StackedLstm::RunFloatCpu(const at::Tensor& inputs, const LstmStat
   const float* layer_input = x.data_ptr<float>();
   for (int64_t l = 0; l < layers; ++l) {
     const int64_t in = weights_[l].size(0) - hidden;
-    const float* w_x = weights_[l].data_ptr<float>();
-    const float* w_h = w_x + in * 4 * hidden;
+    // The small kernels read reduced weights as stored; BLAS gets them widened, per call.
+    const at::Tensor widened = small || storage_ == WeightStorage::kDType ? at::Tensor() : FloatWeight(l);
+    const WeightView w_x =
+        widened.defined() ? WeightView{widened.data_ptr(), WeightStorage::kDType, nullptr}
+                          : WeightView{weights_[l].data_ptr(), storage_,
+                                       scales_.empty() ? nullptr : scales_[l].data_ptr<float>()};
+    const WeightView w_h = w_x.Rows(in, 4 * hidden);
     const float* bias = (has_bias() ? biases_[l] : zero_bias_).data_ptr<float>();
     float* output = (l == layers - 1 && want_outputs) ? result.outputs.data_ptr<float>() : sequences[l % 2];
 
@@ -453,7 +541,7 @@ SequenceResult StackedLstm::RunGeneric(const at::Tensor& inputs, const LstmState
   result.final_state.h.resize(num_layers());
   at::Tensor layer_input = inputs;
   for (int64_t l = 0; l < num_layers(); ++l) {
-    const at::Tensor& w = weights_[l];
+    const at::Tensor w = FloatWeight(l);
     const int64_t in = w.size(0) - hidden;
     const at::Tensor w_h = w.narrow(0, in, hidden);
     at::Tensor projection = at::matmul(layer_input, w.narrow(0, 0, in));

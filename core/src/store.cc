@@ -42,6 +42,7 @@ absl::string_view SafetensorsDtype(DType d) {
     case DType::kFloat32: return "F32";
     case DType::kFloat16: return "F16";
     case DType::kBFloat16: return "BF16";
+    case DType::kInt8: return "I8";
   }
   return "F32";
 }
@@ -50,7 +51,8 @@ absl::StatusOr<DType> FromSafetensorsDtype(absl::string_view s) {
   if (s == "F32") return DType::kFloat32;
   if (s == "F16") return DType::kFloat16;
   if (s == "BF16") return DType::kBFloat16;
-  return absl::DataLossError(absl::StrCat("unsupported safetensors dtype '", s, "' (F32, F16, BF16)"));
+  if (s == "I8") return DType::kInt8;
+  return absl::DataLossError(absl::StrCat("unsupported safetensors dtype '", s, "' (F32, F16, BF16, I8)"));
 }
 
 // A failed file operation: the code and message name the condition for the client; the
@@ -172,6 +174,9 @@ absl::StatusOr<std::string> EncodeSafetensors(const StoredSet& stored) {
                               {"lstmserve.create_time", std::to_string(stored.create_time_micros)},
                               {"lstmserve.checksum", stored.checksum},
                               {"lstmserve.spec", stored.spec}};
+    if (stored.set.weight_storage != WeightStorage::kDType) {
+      header["__metadata__"]["lstmserve.weight_storage"] = std::string(WeightStorageName(stored.set.weight_storage));
+    }
     std::vector<at::Tensor> cpu;
     int64_t offset = 0;
     for (const auto& t : stored.set.tensors) {
@@ -241,6 +246,7 @@ absl::StatusOr<StoredSet> DecodeSafetensors(absl::string_view bytes) {
   const absl::string_view data = bytes.substr(8 + header_size);
 
   StoredSet stored;
+  std::string weight_storage;
   struct Entry {
     std::string name;
     DType dtype;
@@ -259,6 +265,7 @@ absl::StatusOr<StoredSet> DecodeSafetensors(absl::string_view bytes) {
         stored.checksum = text("lstmserve.checksum");
         stored.spec = text("lstmserve.spec");
         (void)absl::SimpleAtoi(text("lstmserve.create_time"), &stored.create_time_micros);
+        weight_storage = text("lstmserve.weight_storage");
         continue;
       }
       const Json& t = it.value();
@@ -301,10 +308,7 @@ absl::StatusOr<StoredSet> DecodeSafetensors(absl::string_view bytes) {
       }
       at::Tensor value = at::empty(e.shape, at::TensorOptions().dtype(ToScalarType(e.dtype)));
       std::memcpy(value.data_ptr(), data.data() + e.begin, static_cast<size_t>(bytes));
-      if (!stored.set.tensors.empty() && stored.set.dtype != e.dtype) {
-        return absl::DataLossError("safetensors: tensors of different dtypes in one set");
-      }
-      stored.set.dtype = e.dtype;
+      if (stored.set.tensors.empty()) stored.set.dtype = e.dtype;
       stored.set.byte_size += bytes;
       stored.set.tensors.push_back({e.name, std::move(value)});
       expected_begin = e.end;
@@ -312,6 +316,15 @@ absl::StatusOr<StoredSet> DecodeSafetensors(absl::string_view bytes) {
     if (expected_begin != data.size()) {
       return absl::DataLossError(absl::StrCat("safetensors: ", data.size() - expected_begin,
                                               " trailing bytes after the last tensor"));
+    }
+    // The dtypes against the weight storage: one dtype for the whole set, or the layout of
+    // reduced weights (whose set dtype is float32).
+    auto storage = ParseWeightStorage(weight_storage);
+    if (!storage.ok()) return absl::DataLossError(absl::StrCat("safetensors: lstmserve.weight_storage: ", storage.status().message()));
+    stored.set.weight_storage = *storage;
+    if (*storage != WeightStorage::kDType) stored.set.dtype = DType::kFloat32;
+    if (absl::Status layout = ValidateWeightStorage(stored.set); !layout.ok()) {
+      return absl::DataLossError(absl::StrCat("safetensors: ", layout.message()));
     }
     if (!stored.checksum.empty()) {
       const std::string actual = ComputeChecksum(stored.set);

@@ -9,6 +9,8 @@
 //   core_steps/W   T separate Step calls carrying the state (the autoregressive case)
 //   core_<path>/W  one path forced (CPU: small_batch, blas, generic, onednn; CUDA: cuda_fused,
 //                  cuda_gemm, generic)
+//   core_bf16/W, core_int8/W  the default path on the same set with bfloat16 or int8 weight
+//                  storage (CPU, float32 only)
 //   gemm/W         at::mm_out of the step's shape, into a preallocated output
 // On CUDA every iteration ends with a device synchronisation (the time is the work's, not
 // its queueing), and the workloads L_B1 .. L_B1024 add a batch sweep of L.
@@ -60,7 +62,7 @@ struct Fixture {
   core::LstmState state;
 };
 
-Fixture MakeFixture(const Workload& w) {
+Fixture MakeFixture(const Workload& w, core::WeightStorage storage = core::WeightStorage::kDType) {
   core::ParameterSetSpec spec;
   spec.lstm = core::LstmTemplate{};
   spec.lstm->num_layers = w.layers;
@@ -68,6 +70,7 @@ Fixture MakeFixture(const Workload& w) {
   spec.lstm->hidden_size = w.hidden;
   spec.seed = 1;
   spec.dtype = g_dtype;
+  spec.weight_storage = storage;
   auto set = core::CreateParameterSet(spec, {}, g_device);
   if (!set.ok()) std::abort();
   auto lstm = core::StackedLstm::FromParameterSet(*set);
@@ -89,8 +92,8 @@ void SetFlops(benchmark::State& state, const Fixture& f, const Workload& w) {
                                                benchmark::Counter::kIsIterationInvariantRate);
 }
 
-void BenchCore(benchmark::State& state, Workload w, core::LstmPath path) {
-  Fixture f = MakeFixture(w);
+void BenchCore(benchmark::State& state, Workload w, core::LstmPath path, core::WeightStorage storage) {
+  Fixture f = MakeFixture(w, storage);
   for (auto _ : state) {
     if (w.steps == 1) {
       auto out = f.lstm.Step(f.inputs[0], f.state, path);
@@ -200,7 +203,8 @@ int main(int argc, char** argv) {
   }
   for (const Workload& w : workloads) {
     const std::string name = w.name;
-    benchmark::RegisterBenchmark(("core/" + name).c_str(), BenchCore, w, core::LstmPath::kAuto)
+    benchmark::RegisterBenchmark(("core/" + name).c_str(), BenchCore, w, core::LstmPath::kAuto,
+                                 core::WeightStorage::kDType)
         ->Unit(benchmark::kMicrosecond)->UseRealTime();
     const bool sweep = name.rfind("L_B", 0) == 0;  // the sweep: core and the CUDA paths only
     if (w.steps > 1 && !sweep) {
@@ -217,8 +221,16 @@ int main(int argc, char** argv) {
     }
     for (core::LstmPath path : paths) {
       const std::string path_name = core::LstmPathName(path);
-      benchmark::RegisterBenchmark(("core_" + std::string(path_name) + "/" + name).c_str(), BenchCore, w, path)
+      benchmark::RegisterBenchmark(("core_" + std::string(path_name) + "/" + name).c_str(), BenchCore, w, path, core::WeightStorage::kDType)
           ->Unit(benchmark::kMicrosecond)->UseRealTime();
+    }
+    // The same set with reduced weight storage (CPU, float32 sets).
+    if (g_device.is_cpu() && g_dtype == core::DType::kFloat32) {
+      for (auto [storage, label] : {std::pair{core::WeightStorage::kBFloat16, "core_bf16/"},
+                                    std::pair{core::WeightStorage::kInt8, "core_int8/"}}) {
+        benchmark::RegisterBenchmark((label + name).c_str(), BenchCore, w, core::LstmPath::kAuto, storage)
+            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+      }
     }
     benchmark::RegisterBenchmark(("gemm/" + name).c_str(), BenchGemm, w)
         ->Unit(benchmark::kMicrosecond)->UseRealTime();

@@ -15,10 +15,11 @@
 namespace lstmserve::core {
 
 // Element type of parameters and activations. float32 works everywhere; float16 and
-// bfloat16 only on CUDA (the CPU kernels are float32).
-enum class DType { kFloat32, kFloat16, kBFloat16 };
+// bfloat16 sets (weights and activations) only on CUDA. int8 is the element type of the
+// weights of a set with int8 weight storage (parameter_set.h), never a set's dtype.
+enum class DType { kFloat32, kFloat16, kBFloat16, kInt8 };
 
-// Parses "float32" | "float16" | "bfloat16" (also "fp32", "fp16", "bf16").
+// Parses a set dtype: "float32" | "float16" | "bfloat16" (also "fp32", "fp16", "bf16").
 absl::StatusOr<DType> ParseDType(absl::string_view name);
 absl::string_view DTypeName(DType dtype);
 c10::ScalarType ToScalarType(DType dtype);
@@ -36,7 +37,8 @@ absl::StatusOr<c10::Device> ResolveDevice(absl::string_view spec);
 // The canonical name of a device ("cpu", "cuda:0").
 std::string DeviceName(const c10::Device& device);
 
-// OK when `dtype` can be computed on `device` (reduced precision needs CUDA).
+// OK when `dtype` can be a set's dtype on `device` (float16 and bfloat16 need CUDA; int8 is
+// only ever a weight storage).
 absl::Status CheckDTypeOnDevice(DType dtype, const c10::Device& device);
 
 // The LibTorch this was built against ("1.13.0").

@@ -36,8 +36,10 @@ struct SequenceResult {
 enum class LstmPath {
   kAuto,
   kSmallBatch,  // float32 CPU: own vectorised kernels, no LibTorch op per step (auto: B <= 4,
-                // B = 1 when a layer's weight has more than 2^21 elements)
-  kBlas,        // float32 CPU: one GEMM per layer for all inputs, one GEMM per step
+                // B = 1 when a layer's weight has more than 2^21 elements, B <= 4 always for
+                // bfloat16 and int8 weights, which these kernels read as stored)
+  kBlas,        // float32 CPU: one GEMM per layer for all inputs, one GEMM per step (reduced
+                // weights are widened to float32 once per call)
   kGeneric,     // any device and dtype: LibTorch ops
   kOneDnn,      // float32 CPU, LibTorch 2.x: at::lstm on weights reordered to its layout, which
                 // runs oneDNN's fused RNN primitive (AVX-512 where the CPU has it; auto: B >= 32
@@ -58,10 +60,15 @@ bool OneDnnLstmAvailable();
 class StackedLstm {
  public:
   // `weights[l]` is [in_l + H, 4H] with in_0 = input size and in_l = H for l > 0;
-  // `biases` is empty or holds one [4H] per layer. All tensors share dtype and device.
+  // `biases` is empty or holds one [4H] per layer. With `storage` kDType all tensors share
+  // dtype and device. With kBFloat16 or kInt8 the weights are bfloat16 or int8 on the CPU,
+  // biases float32, and for int8 `scales` holds one float32 [4H] per layer (the scale of
+  // each column); inputs, states and outputs are then float32.
   static absl::StatusOr<StackedLstm> Create(std::vector<at::Tensor> weights,
-                                            std::vector<at::Tensor> biases = {});
-  // From a set with the template's names (w_0.., and b_0.. when present).
+                                            std::vector<at::Tensor> biases = {},
+                                            WeightStorage storage = WeightStorage::kDType,
+                                            std::vector<at::Tensor> scales = {});
+  // From a set with the template's names (w_0.., b_0.. when present, w_0.scale.. for int8).
   static absl::StatusOr<StackedLstm> FromParameterSet(const ParameterSet& set);
 
   // One step: x [B, I] -> new per-layer c and h (each [B, H]).
@@ -87,7 +94,11 @@ class StackedLstm {
   const std::vector<at::Tensor>& weights() const { return weights_; }
   const std::vector<at::Tensor>& biases() const { return biases_; }
   c10::Device device() const { return weights_.front().device(); }
-  c10::ScalarType scalar_type() const { return weights_.front().scalar_type(); }
+  // The dtype of inputs, states and outputs (float32 for reduced weight storage).
+  c10::ScalarType scalar_type() const { return scalar_type_; }
+  WeightStorage weight_storage() const { return storage_; }
+  // Layer l's weight as float32 (the stored one, or its dequantized copy).
+  at::Tensor FloatWeight(int64_t layer) const;
 
   // FLOPs of one step at batch size `batch` (2 * B * (in_l + H) * 4H summed over layers).
   double StepFlops(int64_t batch) const;
@@ -110,6 +121,9 @@ class StackedLstm {
 
   std::vector<at::Tensor> weights_;  // [in_l + H, 4H], contiguous
   std::vector<at::Tensor> biases_;   // [4H] or empty
+  std::vector<at::Tensor> scales_;   // int8 storage: [4H] float32 per layer
+  WeightStorage storage_ = WeightStorage::kDType;
+  c10::ScalarType scalar_type_ = c10::kFloat;
   at::Tensor zero_bias_;             // [4H] zeros for float32 CPU sets without biases
   // at::lstm's parameters (w_ih, w_hh[, b_ih, b_hh] per layer, gates i, f, g, o), made on the
   // first kOneDnn call: the set's weights once more in memory, for sets that run it.
