@@ -39,6 +39,9 @@ ABSL_FLAG(int64_t, hidden_size, 64, "create: LSTM template hidden size");
 ABSL_FLAG(bool, bias, false, "create: give each layer a bias");
 ABSL_FLAG(uint64_t, seed, 0, "create: seed of the set");
 ABSL_FLAG(std::string, fan_convention, "torch", "create: torch | matmul");
+ABSL_FLAG(std::string, weight_storage, "",
+          "create: how the LSTM weights are stored: empty (in the set's dtype), bfloat16, or int8 (with a "
+          "float32 scale per column); inputs, states and math stay float32");
 ABSL_FLAG(std::string, weight_init, "",
           "create/analyze: the weights' initializer: a short name (kaiming_normal, xavier_uniform:GAIN, "
           "normal:STD, uniform:A:B, orthogonal, ...) or an Initializer as JSON, e.g. '{\"xavierUniform\":{}}'");
@@ -78,7 +81,8 @@ constexpr char kUsage[] =
     "Usage: lstmserve-cli [--target=HOST:PORT] [--json] COMMAND [flags]\n"
     "Commands:\n"
     "  health                          the server's grpc.health.v1 status\n"
-    "  create [--id] [--layers --input_size --hidden_size --bias --seed --fan_convention --weight_init | --spec JSON]\n"
+    "  create [--id] [--layers --input_size --hidden_size --bias --seed --fan_convention --weight_init\n"
+    "          --weight_storage | --spec JSON]\n"
     "  get --id ID                     a set's metadata\n"
     "  list                            every set\n"
     "  delete --id ID\n"
@@ -144,6 +148,9 @@ void PrintSet(const v1::ParameterSet& set) {
                 static_cast<long long>(set.lstm().num_layers()), static_cast<long long>(set.lstm().input_size()),
                 static_cast<long long>(set.lstm().hidden_size()), set.lstm().bias() ? "true" : "false");
   }
+  if (set.weight_storage() != v1::WEIGHT_STORAGE_UNSPECIFIED) {
+    std::printf("weights:   %s (inputs, states and math float32)\n", v1::WeightStorage_Name(set.weight_storage()).c_str());
+  }
   std::printf("tensors:\n");
   for (const auto& t : set.tensors()) {
     std::printf("  %-12s [%s] %s\n", t.name().c_str(), absl::StrJoin(t.shape(), ", ").c_str(),
@@ -171,8 +178,8 @@ void PrintState(const core::LstmState& state, const at::Tensor& outputs) {
 absl::StatusOr<at::Tensor> InputTensor(Client& client, const std::string& id, bool sequence) {
   LSTMSERVE_ASSIGN_OR_RETURN(v1::ParameterSet set, client.Get(id));
   if (!set.has_lstm()) return absl::FailedPreconditionError(absl::StrCat("set '", id, "' is not a stacked LSTM"));
-  core::DType dtype = core::DType::kFloat32;
-  if (set.tensors_size() > 0) {
+  core::DType dtype = core::DType::kFloat32;  // also of sets with reduced weight storage
+  if (set.tensors_size() > 0 && set.weight_storage() == v1::WEIGHT_STORAGE_UNSPECIFIED) {
     LSTMSERVE_ASSIGN_OR_RETURN(dtype, lstmserve::wire::DTypeFromProto(set.tensors(0).dtype(), "the set's dtype"));
   }
   const auto in_dtype = [&](const at::Tensor& t) { return t.to(core::ToScalarType(dtype)); };
@@ -242,6 +249,11 @@ v1::ParameterSetSpec SpecFromFlags() {
   lstm->set_hidden_size(absl::GetFlag(FLAGS_hidden_size));
   lstm->set_bias(absl::GetFlag(FLAGS_bias));
   if (has_init) *lstm->mutable_weight_initializer() = init;
+  if (!absl::GetFlag(FLAGS_weight_storage).empty()) {
+    auto storage = core::ParseWeightStorage(absl::GetFlag(FLAGS_weight_storage));
+    if (!storage.ok()) core::UsageErrorExit(absl::StrCat("--weight_storage: ", storage.status().message()));
+    spec.set_weight_storage(lstmserve::wire::WeightStorageToProto(*storage));
+  }
   return spec;
 }
 

@@ -203,11 +203,14 @@ absl::StatusOr<core::ParameterSet> Client::Export(const std::string& id, v1::Par
       auto made = core::GuardTorch("export", [&]() -> absl::Status {
         for (const auto& info : meta.tensors()) {
           LSTMSERVE_ASSIGN_OR_RETURN(core::DType dtype, wire::DTypeFromProto(info.dtype(), "tensor"));
-          set.dtype = dtype;
+          if (dtype != core::DType::kInt8) set.dtype = dtype;
           set.tensors.push_back({info.name(), at::empty(std::vector<int64_t>(info.shape().begin(), info.shape().end()),
                                                         at::TensorOptions().dtype(core::ToScalarType(dtype)))});
           set.byte_size += static_cast<int64_t>(set.tensors.back().value.nbytes());
         }
+        LSTMSERVE_ASSIGN_OR_RETURN(set.weight_storage,
+                                   wire::WeightStorageFromProto(meta.weight_storage(), "parameter_set"));
+        if (set.weight_storage != core::WeightStorage::kDType) set.dtype = core::DType::kFloat32;
         return absl::OkStatus();
       });
       if (!made.ok()) problem = made;
@@ -248,6 +251,7 @@ absl::StatusOr<v1::ParameterSet> Client::Import(const std::vector<core::NamedTen
   v1::ImportParameterSetRequest header;
   header.mutable_header()->set_parameter_set_id(id);
   header.mutable_header()->set_checksum(checksum);
+  header.mutable_header()->set_weight_storage(wire::WeightStorageToProto(core::InferWeightStorage(tensors)));
   std::vector<at::Tensor> cpu;
   for (const auto& t : tensors) {
     cpu.push_back(t.value.contiguous().cpu());

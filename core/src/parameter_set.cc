@@ -182,6 +182,17 @@ absl::Status ValidateWeightStorage(const ParameterSet& set) {
   return absl::OkStatus();
 }
 
+WeightStorage InferWeightStorage(const std::vector<NamedTensor>& tensors) {
+  bool int8 = false, bf16 = false, f32 = false;
+  for (const auto& t : tensors) {
+    int8 |= t.value.scalar_type() == at::kChar;
+    bf16 |= t.value.scalar_type() == at::kBFloat16;
+    f32 |= t.value.scalar_type() == at::kFloat;
+  }
+  if (int8) return WeightStorage::kInt8;
+  return bf16 && f32 ? WeightStorage::kBFloat16 : WeightStorage::kDType;
+}
+
 at::Tensor DequantizeWeight(const at::Tensor& weight, const at::Tensor* scale) {
   if (weight.scalar_type() == at::kChar) return weight.to(at::kFloat).mul_(*scale);
   return weight.to(at::kFloat);

@@ -178,6 +178,8 @@ class ImportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
                                                        " tensors; the limit is ", ctx_->options.max_tensors_per_set));
     }
     checksum_ = header.checksum();
+    LSTMSERVE_ASSIGN_OR_RETURN(storage_, wire::WeightStorageFromProto(header.weight_storage(), "header"));
+    const core::DType weight_dtype = storage_ == core::WeightStorage::kInt8 ? core::DType::kInt8 : core::DType::kBFloat16;
     std::set<std::string> names;
     int64_t total = 0;
     for (int i = 0; i < header.tensors_size(); ++i) {
@@ -190,9 +192,16 @@ class ImportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
         return absl::InvalidArgumentError(absl::StrCat(field, ".name '", info.name(), "' is used twice"));
       }
       LSTMSERVE_ASSIGN_OR_RETURN(core::DType dtype, DTypeFromProto(info.dtype(), field));
-      if (i > 0 && dtype != dtype_) return absl::InvalidArgumentError(absl::StrCat(field, ".dtype differs from tensor 0's"));
-      dtype_ = dtype;
-      LSTMSERVE_RETURN_IF_ERROR(core::CheckDTypeOnDevice(dtype, ctx_->registry->device()));
+      if (storage_ == core::WeightStorage::kDType) {
+        if (i > 0 && dtype != dtypes_[0]) return absl::InvalidArgumentError(absl::StrCat(field, ".dtype differs from tensor 0's"));
+        LSTMSERVE_RETURN_IF_ERROR(core::CheckDTypeOnDevice(dtype, ctx_->registry->device()));
+      } else if (dtype != core::DType::kFloat32 && dtype != weight_dtype) {
+        // The layout (which tensor has which dtype) is checked once all data is in.
+        return absl::InvalidArgumentError(absl::StrCat(field, ".dtype is ", core::DTypeName(dtype), "; a set with weight storage ",
+                                                       core::WeightStorageName(storage_), " has ",
+                                                       core::DTypeName(weight_dtype), " weights and float32 otherwise"));
+      }
+      dtypes_.push_back(dtype);
       LSTMSERVE_ASSIGN_OR_RETURN(int64_t count, CheckShape(info.shape(), field, std::numeric_limits<int64_t>::max()));
       int64_t bytes = 0;
       if (__builtin_mul_overflow(count, core::DTypeSize(dtype), &bytes) || __builtin_add_overflow(total, bytes, &total) ||
@@ -203,9 +212,10 @@ class ImportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       }
     }
     return core::GuardTorch("import", [&]() -> absl::Status {
-      for (const auto& info : header.tensors()) {
+      for (int i = 0; i < header.tensors_size(); ++i) {
+        const auto& info = header.tensors(i);
         buffers_.push_back(at::empty(std::vector<int64_t>(info.shape().begin(), info.shape().end()),
-                                     at::TensorOptions().dtype(core::ToScalarType(dtype_))));
+                                     at::TensorOptions().dtype(core::ToScalarType(dtypes_[i]))));
         names_.push_back(info.name());
       }
       received_.assign(buffers_.size(), 0);
@@ -226,7 +236,8 @@ class ImportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     stored.id = id_;
     stored.origin = "imported";
     stored.create_time_micros = absl::ToUnixMicros(absl::Now());
-    stored.set.dtype = dtype_;
+    stored.set.dtype = storage_ == core::WeightStorage::kDType ? dtypes_.front() : core::DType::kFloat32;
+    stored.set.weight_storage = storage_;
     LSTMSERVE_RETURN_IF_ERROR(core::GuardTorch("import", [&]() -> absl::Status {
       for (size_t i = 0; i < buffers_.size(); ++i) {
         if (!at::isfinite(buffers_[i]).all().item<bool>()) {
@@ -235,7 +246,7 @@ class ImportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
         stored.set.byte_size += static_cast<int64_t>(buffers_[i].nbytes());
         stored.set.tensors.push_back({names_[i], buffers_[i]});
       }
-      return absl::OkStatus();
+      return core::ValidateWeightStorage(stored.set);
     }));
     stored.checksum = core::ComputeChecksum(stored.set);
     if (!checksum_.empty() && checksum_ != stored.checksum) {
@@ -257,7 +268,8 @@ class ImportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   bool header_seen_ = false;
   std::string id_;
   std::string checksum_;
-  core::DType dtype_ = core::DType::kFloat32;
+  core::WeightStorage storage_ = core::WeightStorage::kDType;
+  std::vector<core::DType> dtypes_;  // per tensor
   std::vector<std::string> names_;
   std::vector<at::Tensor> buffers_;
   std::vector<int64_t> received_;
@@ -276,8 +288,9 @@ void EntryToProto(const SetEntry& entry, v1::ParameterSet* out) {
     auto* info = out->add_tensors();
     info->set_name(t.name);
     info->mutable_shape()->Assign(t.value.sizes().begin(), t.value.sizes().end());
-    info->set_dtype(DTypeToProto(s.set.dtype));
+    info->set_dtype(DTypeToProto(core::FromScalarType(t.value.scalar_type()).value_or(s.set.dtype)));
   }
+  out->set_weight_storage(wire::WeightStorageToProto(s.set.weight_storage));
   out->set_byte_size(s.set.byte_size);
   out->set_checksum(s.checksum);
   out->mutable_create_time()->set_seconds(s.create_time_micros / 1000000);

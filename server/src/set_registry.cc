@@ -16,8 +16,11 @@ SetRegistry::SetRegistry(std::unique_ptr<core::ParameterStore> store, c10::Devic
 
 absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::MakeEntry(core::StoredSet stored) const {
   return core::GuardTorch("load parameter set", [&]() -> absl::StatusOr<std::shared_ptr<const SetEntry>> {
+    // Sets with reduced weight storage stay on the CPU, whose kernels read them.
     for (auto& t : stored.set.tensors) {
-      if (t.value.device() != device_) t.value = t.value.to(device_).contiguous();
+      if (t.value.device() != device_ && stored.set.weight_storage == core::WeightStorage::kDType) {
+        t.value = t.value.to(device_).contiguous();
+      }
     }
     auto entry = std::make_shared<SetEntry>();
     auto lstm = core::StackedLstm::FromParameterSet(stored.set);

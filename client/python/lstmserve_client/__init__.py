@@ -12,6 +12,6 @@ float16 or bfloat16). Errors raise grpc.RpcError with the server's status code a
 The generated stubs (lstmserve.v1.*_pb2) are made at build time: build the project, then put
 build/client/python on PYTHONPATH.
 """
-from .client import Client, Session, checksum, from_wire, to_wire
+from .client import Client, Session, checksum, from_wire, to_wire, weight_storage_of
 
-__all__ = ["Client", "Session", "checksum", "from_wire", "to_wire"]
+__all__ = ["Client", "Session", "checksum", "from_wire", "to_wire", "weight_storage_of"]

@@ -13,7 +13,7 @@ from lstmserve.v1 import parameter_service_pb2_grpc as parameter_grpc
 from lstmserve.v1 import tensor_pb2
 
 _TO_WIRE = {torch.float32: tensor_pb2.DATA_TYPE_FLOAT32, torch.float16: tensor_pb2.DATA_TYPE_FLOAT16,
-            torch.bfloat16: tensor_pb2.DATA_TYPE_BFLOAT16}
+            torch.bfloat16: tensor_pb2.DATA_TYPE_BFLOAT16, torch.int8: tensor_pb2.DATA_TYPE_INT8}
 _FROM_WIRE = {v: k for k, v in _TO_WIRE.items()}
 _HEALTH = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 assert sys.byteorder == "little", "lstmserve's wire tensors are little-endian"
@@ -25,7 +25,7 @@ def to_wire(value, out=None):
     if t.dtype == torch.float64:
         t = t.float()
     if t.dtype not in _TO_WIRE:
-        raise TypeError(f"unsupported dtype {t.dtype}; use float32, float16 or bfloat16")
+        raise TypeError(f"unsupported dtype {t.dtype}; use float32, float16, bfloat16 (int8 for int8 weights)")
     out = out if out is not None else tensor_pb2.Tensor()
     out.dtype = _TO_WIRE[t.dtype]
     out.shape[:] = list(t.shape)
@@ -41,7 +41,18 @@ def from_wire(message):
     return t.reshape(list(message.shape))
 
 
-_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.int8: "int8"}
+
+
+def weight_storage_of(tensors):
+    """The WeightStorage a {name: tensor} set has from its dtypes alone (what import_tensors
+    sends): int8 anywhere means INT8, bfloat16 beside float32 BFLOAT16, else UNSPECIFIED."""
+    dtypes = {torch.as_tensor(v).dtype for v in tensors.values()}
+    if torch.int8 in dtypes:
+        return parameter_pb2.WEIGHT_STORAGE_INT8
+    if torch.bfloat16 in dtypes and torch.float32 in dtypes:
+        return parameter_pb2.WEIGHT_STORAGE_BFLOAT16
+    return parameter_pb2.WEIGHT_STORAGE_UNSPECIFIED
 
 
 def checksum(tensors):
@@ -139,9 +150,14 @@ class Client:
         return self._parameters.CreateParameterSet(request, timeout=self._timeout, metadata=self._metadata).parameter_set
 
     def create_lstm(self, num_layers, input_size, hidden_size, seed=0, bias=False, fan_convention="torch",
-                    id="", weight_initializer=None):
-        """The stacked-LSTM template; bit-identical to torch.manual_seed(seed) + create_weight."""
+                    id="", weight_initializer=None, weight_storage=None):
+        """The stacked-LSTM template; bit-identical to torch.manual_seed(seed) + create_weight.
+        `weight_storage`: None (float32 weights), "bfloat16" or "int8" (the float32 draw,
+        rounded as WeightStorage in the proto says)."""
         spec = parameter_pb2.ParameterSetSpec(seed=seed)
+        if weight_storage is not None:
+            spec.weight_storage = {"bfloat16": parameter_pb2.WEIGHT_STORAGE_BFLOAT16,
+                                   "int8": parameter_pb2.WEIGHT_STORAGE_INT8}[weight_storage]
         spec.lstm.num_layers = num_layers
         spec.lstm.input_size = input_size
         spec.lstm.hidden_size = hidden_size
@@ -186,11 +202,14 @@ class Client:
         return out
 
     def import_tensors(self, tensors, id="", checksum="", chunk_bytes=1 << 20):
-        """Uploads {name: tensor} (for example trained weights) as a set; returns its ParameterSet."""
+        """Uploads {name: tensor} (for example trained weights) as a set; returns its ParameterSet.
+        The weight storage is inferred from the dtypes (weight_storage_of), so what export gave
+        back imports unchanged."""
         def messages():
             header = parameter_pb2.ImportParameterSetRequest()
             header.header.parameter_set_id = id
             header.header.checksum = checksum
+            header.header.weight_storage = weight_storage_of(tensors)
             wires = []
             for name, value in tensors.items():
                 wire = to_wire(value)

@@ -109,9 +109,10 @@ absl::StatusOr<core::DType> DTypeFromProto(v1::DataType dtype, absl::string_view
     case v1::DATA_TYPE_FLOAT32: return core::DType::kFloat32;
     case v1::DATA_TYPE_FLOAT16: return core::DType::kFloat16;
     case v1::DATA_TYPE_BFLOAT16: return core::DType::kBFloat16;
+    case v1::DATA_TYPE_INT8: return core::DType::kInt8;
     case v1::DATA_TYPE_UNSPECIFIED:
       return absl::InvalidArgumentError(absl::StrCat(field, ".dtype is not set; expected DATA_TYPE_FLOAT32, "
-                                                     "DATA_TYPE_FLOAT16 or DATA_TYPE_BFLOAT16"));
+                                                     "DATA_TYPE_FLOAT16 or DATA_TYPE_BFLOAT16 (DATA_TYPE_INT8 for int8 weights)"));
     default:
       return absl::InvalidArgumentError(absl::StrCat(field, ".dtype: unknown value ", dtype));
   }
@@ -122,8 +123,29 @@ v1::DataType DTypeToProto(core::DType dtype) {
     case core::DType::kFloat32: return v1::DATA_TYPE_FLOAT32;
     case core::DType::kFloat16: return v1::DATA_TYPE_FLOAT16;
     case core::DType::kBFloat16: return v1::DATA_TYPE_BFLOAT16;
+    case core::DType::kInt8: return v1::DATA_TYPE_INT8;
   }
   return v1::DATA_TYPE_UNSPECIFIED;
+}
+
+absl::StatusOr<core::WeightStorage> WeightStorageFromProto(v1::WeightStorage storage, absl::string_view field) {
+  switch (storage) {
+    case v1::WEIGHT_STORAGE_UNSPECIFIED: return core::WeightStorage::kDType;
+    case v1::WEIGHT_STORAGE_BFLOAT16: return core::WeightStorage::kBFloat16;
+    case v1::WEIGHT_STORAGE_INT8: return core::WeightStorage::kInt8;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(field, ".weight_storage: unknown value ", storage,
+                                                     "; expected WEIGHT_STORAGE_UNSPECIFIED, _BFLOAT16 or _INT8"));
+  }
+}
+
+v1::WeightStorage WeightStorageToProto(core::WeightStorage storage) {
+  switch (storage) {
+    case core::WeightStorage::kDType: return v1::WEIGHT_STORAGE_UNSPECIFIED;
+    case core::WeightStorage::kBFloat16: return v1::WEIGHT_STORAGE_BFLOAT16;
+    case core::WeightStorage::kInt8: return v1::WEIGHT_STORAGE_INT8;
+  }
+  return v1::WEIGHT_STORAGE_UNSPECIFIED;
 }
 
 absl::StatusOr<int64_t> CheckShape(const google::protobuf::RepeatedField<int64_t>& shape,
@@ -203,6 +225,7 @@ absl::StatusOr<core::ParameterSetSpec> SpecFromProto(const v1::ParameterSetSpec&
   } else {
     LSTMSERVE_ASSIGN_OR_RETURN(out.dtype, DTypeFromProto(spec.dtype(), "spec"));
   }
+  LSTMSERVE_ASSIGN_OR_RETURN(out.weight_storage, WeightStorageFromProto(spec.weight_storage(), "spec"));
   switch (spec.layout_case()) {
     case v1::ParameterSetSpec::kLstm: {
       const auto& l = spec.lstm();

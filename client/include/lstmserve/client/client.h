@@ -74,7 +74,9 @@ class Client {
   absl::Status Delete(const std::string& id);
   // The set's tensors (CPU), streamed in chunks; `metadata` gets the set's metadata.
   absl::StatusOr<core::ParameterSet> Export(const std::string& id, v1::ParameterSet* metadata = nullptr);
-  // Uploads tensors as a set; `checksum` (optional) is verified by the server.
+  // Uploads tensors as a set; `checksum` (optional) is verified by the server. The header's
+  // weight storage is inferred from the dtypes (core::InferWeightStorage), so what Export
+  // gave back imports unchanged.
   absl::StatusOr<v1::ParameterSet> Import(const std::vector<core::NamedTensor>& tensors, const std::string& id = "",
                                           const std::string& checksum = "", int64_t chunk_bytes = int64_t{1} << 20);
 

@@ -112,6 +112,11 @@ absl::StatusOr<ParameterSet> ReduceWeights(const ParameterSet& set, WeightStorag
 // values >= 0, and every other tensor float32. INVALID_ARGUMENT naming the first mismatch.
 absl::Status ValidateWeightStorage(const ParameterSet& set);
 
+// The weight storage a list of tensors has, from their dtypes alone: any int8 tensor means
+// kInt8, bfloat16 beside float32 means kBFloat16, anything else kDType. What clients send
+// with an import of tensors that came from an export.
+WeightStorage InferWeightStorage(const std::vector<NamedTensor>& tensors);
+
 // A stored weight as float32 (q * scale for int8, exact widening for bfloat16).
 at::Tensor DequantizeWeight(const at::Tensor& weight, const at::Tensor* scale);
 

@@ -22,7 +22,7 @@ namespace lstmserve::server {
 // One set as served. Immutable once made; shared by the calls that use it, so a delete
 // never pulls tensors from under a call in flight.
 struct SetEntry {
-  core::StoredSet stored;                 // tensors on the serving device
+  core::StoredSet stored;                 // tensors on the serving device (reduced weight storage: the CPU)
   std::optional<core::StackedLstm> lstm;  // present when the tensors form a stacked LSTM
 };
 
@@ -44,7 +44,8 @@ class SetRegistry {
   // or replaced by another server, it is dropped or read again.
   absl::StatusOr<std::shared_ptr<const SetEntry>> Get(const std::string& id);
 
-  // Persists and adds a set (tensors on any device; moved to the serving device).
+  // Persists and adds a set (tensors on any device; moved to the serving device, but for
+  // sets with reduced weight storage, which stay on the CPU).
   // ALREADY_EXISTS if the id is taken, RESOURCE_EXHAUSTED past the memory budget or on a
   // full disk, and the store's other failures as it reports them (FAILED_PRECONDITION for
   // a read-only store, UNAVAILABLE for other I/O errors; paths only in the detail).

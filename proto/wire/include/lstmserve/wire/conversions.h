@@ -22,6 +22,9 @@ absl::Status FromGrpcStatus(const grpc::Status& status);
 
 absl::StatusOr<core::DType> DTypeFromProto(v1::DataType dtype, absl::string_view field);
 v1::DataType DTypeToProto(core::DType dtype);
+// INVALID_ARGUMENT (naming `field`) for values out of range.
+absl::StatusOr<core::WeightStorage> WeightStorageFromProto(v1::WeightStorage storage, absl::string_view field);
+v1::WeightStorage WeightStorageToProto(core::WeightStorage storage);
 
 // Decodes a wire tensor. INVALID_ARGUMENT (naming `field`) when the dtype is unset or is
 // not `expected`, a size is < 1, the data length disagrees with shape and dtype, or a value

@@ -1,0 +1,155 @@
+#!/usr/bin/python3
+"""Sets with reduced weight storage (bfloat16; int8 with a scale per column) through the real
+server and the Python client: the stored weights are the float32 draw rounded as the proto
+says (checked bit for bit with torch), Step and Run compute common_ops.stack_lstm on those
+weights, the error against the float32 set stays within the bounds, export gives back what
+was stored and imports unchanged, and malformed requests are refused with nothing stored."""
+import os
+import sys
+import unittest
+
+import grpc
+import torch
+
+from lstmserve.v1 import parameter_service_pb2 as parameter_pb2
+from lstmserve.v1 import tensor_pb2
+from lstmserve_client import checksum
+from lstmserve_testing import ServerTestCase
+
+sys.path.insert(0, os.environ["LSTMSERVE_REFERENCE_DIR"])
+import common_ops  # noqa: E402
+
+LAYERS, INPUT, HIDDEN = 2, 24, 40
+
+
+def int8_reference(w):
+    """WeightStorage INT8 as the proto writes it in torch."""
+    scale = w.abs().amax(0) / 127
+    q = torch.where(scale > 0, torch.round(w / scale), torch.zeros(()))
+    return q.clamp(-127, 127).to(torch.int8), scale
+
+
+class WeightStorageTest(ServerTestCase):
+    @classmethod
+    def prepare(cls):
+        for name, storage in (("f32", None), ("bf16", "bfloat16"), ("int8", "int8")):
+            cls.client.create_lstm(LAYERS, INPUT, HIDDEN, seed=7, bias=True, id=name, weight_storage=storage)
+        cls.full = cls.client.export("f32")
+
+    def weights(self, tensors):
+        """The float32 weights the server computes with."""
+        out = []
+        for l in range(LAYERS):
+            w = tensors[f"w_{l}"]
+            out.append(w.float() * tensors[f"w_{l}.scale"] if w.dtype == torch.int8 else w.float())
+        return out
+
+    def test_stored_weights_are_the_float32_draw_rounded_as_documented(self):
+        bf16 = self.client.export("bf16")
+        int8 = self.client.export("int8")
+        self.assertEqual(list(bf16), ["w_0", "w_1", "b_0", "b_1"])
+        self.assertEqual(list(int8), ["w_0", "w_1", "w_0.scale", "w_1.scale", "b_0", "b_1"])
+        for l in range(LAYERS):
+            w = self.full[f"w_{l}"]
+            self.assertEqual(bf16[f"w_{l}"].dtype, torch.bfloat16)
+            self.assertTrue(torch.equal(bf16[f"w_{l}"], w.to(torch.bfloat16)))
+            q, scale = int8_reference(w)
+            self.assertEqual(int8[f"w_{l}"].dtype, torch.int8)
+            self.assertTrue(torch.equal(int8[f"w_{l}"], q))
+            self.assertTrue(torch.equal(int8[f"w_{l}.scale"], scale))
+            self.assertTrue(torch.equal(int8[f"b_{l}"], self.full[f"b_{l}"]), "biases stay float32")
+        info = self.client.get("int8")
+        self.assertEqual(info.weight_storage, parameter_pb2.WEIGHT_STORAGE_INT8)
+        self.assertEqual(info.tensors[0].dtype, tensor_pb2.DATA_TYPE_INT8)
+        self.assertEqual(info.spec.weight_storage, parameter_pb2.WEIGHT_STORAGE_INT8)
+        self.assertEqual(self.client.get("bf16").weight_storage, parameter_pb2.WEIGHT_STORAGE_BFLOAT16)
+        self.assertEqual(self.client.get("f32").weight_storage, parameter_pb2.WEIGHT_STORAGE_UNSPECIFIED)
+        self.assertLess(info.byte_size, self.client.get("f32").byte_size / 2)
+        self.assertEqual(info.checksum, checksum(int8))
+
+    def test_step_and_run_compute_stack_lstm_on_the_stored_weights(self):
+        gen = torch.Generator().manual_seed(3)
+        for id in ("bf16", "int8"):
+            tensors = self.client.export(id)
+            # common_ops.stack_lstm has no bias: a column of ones on x and on each h carries it
+            # (the bias as an extra weight row; the float32 math is the same up to rounding).
+            w = [torch.cat([wl, tensors[f"b_{l}"][None]]) for l, wl in enumerate(self.weights(tensors))]
+            for batch in (1, 3, 8):
+                x = torch.randn(5, batch, INPUT, generator=gen)
+                ones = torch.ones(batch, 1)
+                c = [torch.zeros(batch, HIDDEN)] * LAYERS
+                h = [torch.zeros(batch, HIDDEN)] * LAYERS
+                expected = []
+                for t in range(5):
+                    c, h = common_ops.stack_lstm(x[t], c, [torch.cat([hl, ones], 1) for hl in h], w)
+                    expected.append(h[-1])
+                outputs, _, _ = self.client.run(id, x)
+                self.assertLess((outputs - torch.stack(expected)).abs().max().item(), 1e-5, f"{id} B={batch}")
+                _, step_h = self.client.step(id, x[0])
+                self.assertLess((step_h[-1] - expected[0]).abs().max().item(), 1e-5, f"{id} B={batch}")
+
+    def test_error_against_float32_within_the_bounds(self):
+        gen = torch.Generator().manual_seed(11)
+        x = torch.randn(100, 1, INPUT, generator=gen)
+        full, _, _ = self.client.run("f32", x)
+        for id, bound in (("bf16", 1e-2), ("int8", 2e-2)):
+            reduced, _, _ = self.client.run(id, x)
+            error = (reduced - full).abs()
+            self.assertLess(error[-1].max().item(), bound, id)
+            self.assertGreater(error.max().item(), 0, f"{id} must not be float32")
+
+    def test_export_then_import_gives_the_same_set(self):
+        for id in ("bf16", "int8"):
+            exported = self.client.export(id)
+            copy = self.client.import_tensors(exported, id=f"{id}-copy", checksum=checksum(exported))
+            original = self.client.get(id)
+            self.assertEqual(copy.weight_storage, original.weight_storage)
+            self.assertEqual(copy.checksum, original.checksum)
+            self.assertEqual(copy.lstm.hidden_size, HIDDEN)
+            x = torch.randn(2, INPUT, generator=torch.Generator().manual_seed(5))
+            self.assertTrue(torch.equal(self.client.step(id, x)[1][-1], self.client.step(f"{id}-copy", x)[1][-1]))
+
+    def test_malformed_requests_are_refused_and_store_nothing(self):
+        def code_and_message(call):
+            with self.assertRaises(grpc.RpcError) as caught:
+                call()
+            return caught.exception.code(), caught.exception.details()
+
+        spec = parameter_pb2.ParameterSetSpec(seed=1, weight_storage=parameter_pb2.WEIGHT_STORAGE_INT8)
+        spec.tensor_list.tensors.add(name="w", shape=[4, 4])
+        code, message = code_and_message(lambda: self.client.create(spec, "bad-list"))
+        self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("not tensor lists", message)
+        spec = parameter_pb2.ParameterSetSpec(seed=1, weight_storage=7)
+        spec.lstm.num_layers, spec.lstm.input_size, spec.lstm.hidden_size = 1, 2, 2
+        code, message = code_and_message(lambda: self.client.create(spec, "bad-enum"))
+        self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("weight_storage", message)
+        spec = parameter_pb2.ParameterSetSpec(seed=1, dtype=tensor_pb2.DATA_TYPE_INT8)
+        spec.lstm.num_layers, spec.lstm.input_size, spec.lstm.hidden_size = 1, 2, 2
+        code, message = code_and_message(lambda: self.client.create(spec, "bad-dtype"))
+        self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("not a set dtype", message)
+
+        int8 = self.client.export("int8")
+        no_scale = {k: v for k, v in int8.items() if k != "w_1.scale"}
+        code, message = code_and_message(lambda: self.client.import_tensors(no_scale, id="no-scale"))
+        self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("w_1.scale", message)
+        negative = dict(int8, **{"w_0.scale": -int8["w_0.scale"]})
+        code, _ = code_and_message(lambda: self.client.import_tensors(negative, id="negative"))
+        self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT)
+        int8_bias = dict(int8, b_0=int8["b_0"].to(torch.int8))
+        code, _ = code_and_message(lambda: self.client.import_tensors(int8_bias, id="int8-bias"))
+        self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT)
+        for id in ("bad-list", "bad-enum", "bad-dtype", "no-scale", "negative", "int8-bias"):
+            self.assertNotIn(id, [s.id for s in self.client.list()])
+
+        # Inputs stay float32: int8 or bfloat16 x is refused, naming the set's dtype.
+        code, message = code_and_message(lambda: self.client.step("int8", torch.ones(1, INPUT, dtype=torch.int8)))
+        self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("float32", message)
+
+
+if __name__ == "__main__":
+    unittest.main()
