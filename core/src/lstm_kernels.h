@@ -23,6 +23,14 @@ void SmallGemmBf16(const float* a, int64_t lda, const uint16_t* w, int64_t ldw, 
 void SmallGemmInt8(const float* a, int64_t lda, const int8_t* w, const float* scale, int64_t ldw, int64_t k,
                    int64_t n, float* out, int64_t ldo, int64_t rows, bool accumulate);
 
+// The AVX-512 builds of SmallGemmBf16 and of SmallGemmInt8's loop (sums[rows, n] += a @ w,
+// unscaled), in lstm_kernels_avx512.cc: x86-64 with GCC only (LSTMSERVE_REDUCED_AVX512), to
+// be called only on a CPU with x86-64-v4 (HasAvx512 in lstm_kernels.cc).
+void SmallGemmBf16Avx512(const float* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k, int64_t n,
+                         float* out, int64_t ldo, int64_t rows, bool accumulate);
+void Int8SumsAvx512(const float* a, int64_t lda, const int8_t* w, int64_t ldw, int64_t k, int64_t n, float* sums,
+                    int64_t rows);
+
 // The LSTM cell's elementwise part for `rows` rows of hidden size h:
 //   gates [rows, 4h] holds the pre-activations in blocks i, f, o, g; bias [4h] (zeros when
 //   the set has none); c [rows, h] is read (unless c_is_zero) and overwritten with the new
