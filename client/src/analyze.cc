@@ -123,6 +123,16 @@ std::string AnalysisTable(const std::string& title, const v1::AnalyzeParameterSe
                                             l.h_variance(), 100 * l.sigmoid_saturated_fraction(),
                                             100 * l.tanh_saturated_fraction()));
     }
+    if (r.weight_storage_errors_size() > 0) {
+      absl::StrAppend(&out, "output error of reduced weight storage against float32 (4 rows, top-layer h):\n");
+      absl::StrAppend(&out, absl::StrFormat("%-24s %8s %12s %12s\n", "weights", "steps", "max abs", "mean abs"));
+      for (const auto& e : r.weight_storage_errors()) {
+        for (int i = 0; i < e.steps_size() && i < e.max_abs_error_size() && i < e.mean_abs_error_size(); ++i) {
+          absl::StrAppend(&out, absl::StrFormat("%-24s %8d %12.3g %12.3g\n", v1::WeightStorage_Name(e.weight_storage()),
+                                                e.steps(i), e.max_abs_error(i), e.mean_abs_error(i)));
+        }
+      }
+    }
   } else {
     absl::StrAppend(&out, absl::StrFormat("%5s %-14s %7s %7s %12s %12s %12s %7s\n", "layer", "tensor", "fan_in",
                                           "fan_out", "forward var", "act var", "grad var", "dead"));

@@ -7,6 +7,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <google/protobuf/util/json_util.h>
 
 #include "absl/flags/flag.h"
@@ -40,8 +41,9 @@ ABSL_FLAG(bool, bias, false, "create: give each layer a bias");
 ABSL_FLAG(uint64_t, seed, 0, "create: seed of the set");
 ABSL_FLAG(std::string, fan_convention, "torch", "create: torch | matmul");
 ABSL_FLAG(std::string, weight_storage, "",
-          "create: how the LSTM weights are stored: empty (in the set's dtype), bfloat16, or int8 (with a "
-          "float32 scale per column); inputs, states and math stay float32");
+          "create/import: how the LSTM weights are stored: empty (create: in the set's dtype; import: inferred "
+          "from the dtypes), bfloat16, or int8 (with a float32 scale per column); inputs, states and math stay "
+          "float32");
 ABSL_FLAG(std::string, weight_init, "",
           "create/analyze: the weights' initializer: a short name (kaiming_normal, xavier_uniform:GAIN, "
           "normal:STD, uniform:A:B, orthogonal, ...) or an Initializer as JSON, e.g. '{\"xavierUniform\":{}}'");
@@ -51,6 +53,8 @@ ABSL_FLAG(std::string, activation, "relu", "analyze: the chain's activation: rel
 ABSL_FLAG(uint64_t, probe_seed, 0, "analyze: seed of the N(0, 1) probe inputs");
 ABSL_FLAG(int64_t, samples, 0, "analyze: rows of the probe batch (0: the server's 256)");
 ABSL_FLAG(int64_t, analyze_steps, 0, "analyze: LSTM steps (0: the server's 20)");
+ABSL_FLAG(bool, weight_storage_error, false,
+          "analyze: also measure the output error of bfloat16 and int8 weight storage against float32 (LSTM sets)");
 ABSL_FLAG(std::string, compare, "",
           "analyze: comma-separated initializers to compare on the same architecture, e.g. "
           "kaiming_normal,xavier_uniform,normal:1");
@@ -92,7 +96,9 @@ constexpr char kUsage[] =
     "  run --id ID [--input FILE | --batch B --steps T --input_seed S] [--final_state_only] [--out FILE]\n"
     "  analyze [--id ID | --spec JSON | template or --chain_layers N --width W] [--activation relu]\n"
     "          [--compare init,init,...] [--plot FILE.svg] [--samples N --analyze_steps T --probe_seed S]\n"
-    "                                  per-layer variance diagnostics of a set or spec (no set is stored)\n"
+    "          [--weight_storage_error]\n"
+    "                                  per-layer variance diagnostics of a set or spec (no set is stored);\n"
+    "                                  with --weight_storage_error also the output error of bf16/int8 weights\n"
     "  bench --id ID [--rpc step|run|session] [--concurrency N] [--duration 10s | --requests N] [--warmup 1s]\n"
     "        [--rate R] [--batch B] [--steps T]   load generator; creates the set from the template flags\n"
     "        (--layers --input_size --hidden_size) if it does not exist; reports requests/s, latency\n"
@@ -271,6 +277,7 @@ int Analyze(Client& client) {
   request.set_probe_seed(absl::GetFlag(FLAGS_probe_seed));
   request.set_samples(absl::GetFlag(FLAGS_samples));
   request.set_steps(absl::GetFlag(FLAGS_analyze_steps));
+  request.set_weight_storage_error(absl::GetFlag(FLAGS_weight_storage_error));
   const std::map<std::string, v1::ChainActivation> activations = {
       {"relu", v1::CHAIN_ACTIVATION_RELU}, {"leaky_relu", v1::CHAIN_ACTIVATION_LEAKY_RELU},
       {"tanh", v1::CHAIN_ACTIVATION_TANH}, {"sigmoid", v1::CHAIN_ACTIVATION_SIGMOID},
@@ -408,7 +415,13 @@ int Main(const std::string& command) {
     if (absl::GetFlag(FLAGS_in).empty()) core::UsageErrorExit("import needs --in FILE (.safetensors or .pt)");
     auto tensors = lstmserve::client::ReadTensorFile(absl::GetFlag(FLAGS_in));
     if (!tensors.ok()) return Fail(tensors.status());
-    auto set = client->Import(*tensors, absl::GetFlag(FLAGS_id));
+    std::optional<core::WeightStorage> storage;
+    if (!absl::GetFlag(FLAGS_weight_storage).empty()) {
+      auto parsed = core::ParseWeightStorage(absl::GetFlag(FLAGS_weight_storage));
+      if (!parsed.ok()) core::UsageErrorExit(absl::StrCat("--weight_storage: ", parsed.status().message()));
+      storage = *parsed;
+    }
+    auto set = client->Import(*tensors, absl::GetFlag(FLAGS_id), "", int64_t{1} << 20, storage);
     if (!set.ok()) return Fail(set.status());
     PrintSet(*set);
     return 0;

@@ -244,14 +244,16 @@ absl::StatusOr<core::ParameterSet> Client::Export(const std::string& id, v1::Par
 }
 
 absl::StatusOr<v1::ParameterSet> Client::Import(const std::vector<core::NamedTensor>& tensors, const std::string& id,
-                                                const std::string& checksum, int64_t chunk_bytes) {
+                                                const std::string& checksum, int64_t chunk_bytes,
+                                                std::optional<core::WeightStorage> storage) {
   auto context = NewContext();
   v1::ImportParameterSetResponse response;
   auto writer = parameters_->ImportParameterSet(context.get(), &response);
   v1::ImportParameterSetRequest header;
   header.mutable_header()->set_parameter_set_id(id);
   header.mutable_header()->set_checksum(checksum);
-  header.mutable_header()->set_weight_storage(wire::WeightStorageToProto(core::InferWeightStorage(tensors)));
+  header.mutable_header()->set_weight_storage(
+      wire::WeightStorageToProto(storage.value_or(core::InferWeightStorage(tensors))));
   std::vector<at::Tensor> cpu;
   for (const auto& t : tensors) {
     cpu.push_back(t.value.contiguous().cpu());

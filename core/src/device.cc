@@ -114,8 +114,8 @@ absl::Status CheckDTypeOnDevice(DType dtype, const c10::Device& device) {
   }
   if (dtype != DType::kFloat32 && !device.is_cuda()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "dtype ", DTypeName(dtype), " is supported on CUDA only; use float32 on ",
-        DeviceName(device)));
+        "dtype ", DTypeName(dtype), " is supported on CUDA only; use float32 on ", DeviceName(device),
+        dtype == DType::kBFloat16 ? " (a float32 LSTM set can store its weights in bfloat16 there: weight_storage)" : ""));
   }
   return absl::OkStatus();
 }

@@ -53,6 +53,37 @@ at::Tensor Probe(at::Generator& gen, std::vector<int64_t> shape) {
 
 }  // namespace
 
+absl::StatusOr<StorageError> MeasureStorageError(const StackedLstm& full, const StackedLstm& reduced,
+                                                 uint64_t probe_seed) {
+  if (full.weight_storage() != WeightStorage::kDType || full.scalar_type() != at::kFloat || !full.device().is_cpu()) {
+    return absl::InvalidArgumentError("the reference of a weight-storage error must be a float32 CPU set");
+  }
+  if (full.num_layers() != reduced.num_layers() || full.input_size() != reduced.input_size() ||
+      full.hidden_size() != reduced.hidden_size() || full.has_bias() != reduced.has_bias()) {
+    return absl::InvalidArgumentError("the float32 and the reduced set differ in shape");
+  }
+  constexpr int64_t kRows = 4;
+  constexpr double kMaxWork = static_cast<double>(int64_t{1} << 36);
+  double parameters = 0;
+  for (const auto& w : full.weights()) parameters += static_cast<double>(w.numel());
+  StorageError out;
+  out.storage = reduced.weight_storage();
+  out.steps = {1, 100};
+  if (kRows * 1000.0 * parameters <= kMaxWork) out.steps.push_back(1000);
+  return GuardTorch("weight storage error", [&]() -> absl::StatusOr<StorageError> {
+    at::Generator gen = ProbeGenerator(probe_seed);
+    const at::Tensor x = Probe(gen, {out.steps.back(), kRows, full.input_size()});
+    LSTMSERVE_ASSIGN_OR_RETURN(SequenceResult a, full.Run(x, {}));
+    LSTMSERVE_ASSIGN_OR_RETURN(SequenceResult b, reduced.Run(x, {}));
+    for (int64_t t : out.steps) {
+      const at::Tensor d = (a.outputs[t - 1] - b.outputs[t - 1]).abs().to(at::kDouble);
+      out.max_abs_error.push_back(d.max().item<double>());
+      out.mean_abs_error.push_back(d.mean().item<double>());
+    }
+    return out;
+  });
+}
+
 absl::Status CheckProbeCost(const ProbeOptions& options, int64_t parameters, bool lstm) {
   return lstm ? CheckOptions(options, parameters, options.steps) : CheckOptions(options, 3 * parameters, 1);
 }

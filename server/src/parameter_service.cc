@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -464,8 +465,56 @@ core::ProbeOptions ProbeFromProto(const v1::AnalyzeParameterSetRequest& request)
   return probe;
 }
 
-// The analysis of a set's tensors (a stacked LSTM, or a chain of weights).
+// The weight-storage errors of an LSTM set (AnalyzeParameterSetRequest.weight_storage_error):
+// for a float32 set both reduced storages, for a reduced one its own against the float32 set
+// that `spec` (the set's, when known) makes.
+absl::Status AnalyzeStorageError(const core::ParameterSet& set, const std::optional<core::ParameterSetSpec>& spec,
+                                 const core::CreateLimits& limits, uint64_t probe_seed,
+                                 v1::AnalyzeParameterSetResponse* response) {
+  core::ParameterSet full;
+  std::vector<core::ParameterSet> reduced;
+  if (set.weight_storage == core::WeightStorage::kDType) {
+    if (set.dtype != core::DType::kFloat32) {
+      return absl::FailedPreconditionError(absl::StrCat("weight_storage_error compares with float32 weights; the set is ",
+                                                        core::DTypeName(set.dtype)));
+    }
+    full = set;
+    LSTMSERVE_RETURN_IF_ERROR(core::GuardTorch("weight storage error", [&]() -> absl::Status {
+      for (auto& t : full.tensors) t.value = t.value.cpu();  // a CUDA server's set
+      return absl::OkStatus();
+    }));
+    for (auto storage : {core::WeightStorage::kBFloat16, core::WeightStorage::kInt8}) {
+      LSTMSERVE_ASSIGN_OR_RETURN(core::ParameterSet r, core::ReduceWeights(full, storage));
+      reduced.push_back(std::move(r));
+    }
+  } else {
+    if (!spec.has_value()) {
+      return absl::FailedPreconditionError(
+          "weight_storage_error needs the set's float32 weights, and this set was imported with reduced weights: "
+          "analyze the float32 set it came from (its bfloat16 and int8 errors are both measured)");
+    }
+    core::ParameterSetSpec full_spec = *spec;
+    full_spec.weight_storage = core::WeightStorage::kDType;
+    LSTMSERVE_ASSIGN_OR_RETURN(full, core::CreateParameterSet(full_spec, limits));
+    reduced.push_back(set);
+  }
+  LSTMSERVE_ASSIGN_OR_RETURN(core::StackedLstm full_lstm, core::StackedLstm::FromParameterSet(full));
+  for (const auto& r : reduced) {
+    LSTMSERVE_ASSIGN_OR_RETURN(core::StackedLstm reduced_lstm, core::StackedLstm::FromParameterSet(r));
+    LSTMSERVE_ASSIGN_OR_RETURN(core::StorageError error, core::MeasureStorageError(full_lstm, reduced_lstm, probe_seed));
+    auto* out = response->add_weight_storage_errors();
+    out->set_weight_storage(wire::WeightStorageToProto(error.storage));
+    out->mutable_steps()->Assign(error.steps.begin(), error.steps.end());
+    out->mutable_max_abs_error()->Assign(error.max_abs_error.begin(), error.max_abs_error.end());
+    out->mutable_mean_abs_error()->Assign(error.mean_abs_error.begin(), error.mean_abs_error.end());
+  }
+  return absl::OkStatus();
+}
+
+// The analysis of a set's tensors (a stacked LSTM, or a chain of weights). `spec`: the spec
+// the set was made from, when known.
 absl::Status Analyze(const core::ParameterSet& set, core::FanConvention convention,
+                     const std::optional<core::ParameterSetSpec>& spec, const core::CreateLimits& limits,
                      const v1::AnalyzeParameterSetRequest& request, v1::AnalyzeParameterSetResponse* response) {
   const core::ProbeOptions probe = ProbeFromProto(request);
   auto lstm = core::StackedLstm::FromParameterSet(set);
@@ -485,7 +534,13 @@ absl::Status Analyze(const core::ParameterSet& set, core::FanConvention conventi
       out->set_sigmoid_saturated_fraction(s.sigmoid_saturated);
       out->set_tanh_saturated_fraction(s.tanh_saturated);
     }
+    if (request.weight_storage_error()) {
+      return AnalyzeStorageError(set, spec, limits, request.probe_seed(), response);
+    }
     return absl::OkStatus();
+  }
+  if (request.weight_storage_error()) {
+    return absl::InvalidArgumentError("weight_storage_error is for stacked-LSTM sets (w_0, ...) analysed as such");
   }
   core::ChainOptions chain;
   LSTMSERVE_ASSIGN_OR_RETURN(chain.activation, ActivationFromProto(request.activation()));
@@ -548,19 +603,21 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::AnalyzeParameterSet(grpc::Callba
             LSTMSERVE_RETURN_IF_ERROR(core::CheckProbeCost(ProbeFromProto(*request), parameters,
                                                            spec.lstm.has_value() && request->tensors().empty()));
             LSTMSERVE_ASSIGN_OR_RETURN(core::ParameterSet set, core::CreateParameterSet(spec, ctx_->create_limits));
-            return Analyze(set, spec.fan_convention, *request, response);
+            return Analyze(set, spec.fan_convention, spec, ctx_->create_limits, *request, response);
           }
           if (request->parameter_set_id().empty()) return absl::InvalidArgumentError("give parameter_set_id or spec");
           LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->registry->Get(request->parameter_set_id()));
           // The convention the set was created with, when it was created from a spec here.
           core::FanConvention convention = core::FanConvention::kTorch;
+          std::optional<core::ParameterSetSpec> spec;
           std::string raw;
           v1::ParameterSetSpec stored_spec;
-          if (absl::Base64Unescape(entry->stored.spec, &raw) && stored_spec.ParseFromString(raw) &&
-              stored_spec.fan_convention() == v1::FAN_CONVENTION_MATMUL) {
-            convention = core::FanConvention::kMatmul;
+          if (!entry->stored.spec.empty() && absl::Base64Unescape(entry->stored.spec, &raw) &&
+              stored_spec.ParseFromString(raw)) {
+            if (stored_spec.fan_convention() == v1::FAN_CONVENTION_MATMUL) convention = core::FanConvention::kMatmul;
+            if (auto parsed = SpecFromProto(stored_spec); parsed.ok()) spec = *std::move(parsed);
           }
-          return Analyze(entry->stored.set, convention, *request, response);
+          return Analyze(entry->stored.set, convention, spec, ctx_->create_limits, *request, response);
         });
       });
 }

@@ -109,6 +109,44 @@ class WeightStorageTest(ServerTestCase):
             x = torch.randn(2, INPUT, generator=torch.Generator().manual_seed(5))
             self.assertTrue(torch.equal(self.client.step(id, x)[1][-1], self.client.step(f"{id}-copy", x)[1][-1]))
 
+    def test_analyze_measures_the_error_of_each_storage(self):
+        on_full = self.client.analyze("f32", samples=8, weight_storage_error=True).weight_storage_errors
+        self.assertEqual([e.weight_storage for e in on_full],
+                         [parameter_pb2.WEIGHT_STORAGE_BFLOAT16, parameter_pb2.WEIGHT_STORAGE_INT8])
+        on_int8 = self.client.analyze("int8", samples=8, weight_storage_error=True).weight_storage_errors
+        self.assertEqual(len(on_int8), 1)
+        # The int8 set's own error is the one the float32 set predicts for int8.
+        self.assertEqual(on_int8[0], on_full[1])
+        for e in on_full:
+            self.assertEqual(list(e.steps), [1, 100, 1000])
+            bound = 1e-2 if e.weight_storage == parameter_pb2.WEIGHT_STORAGE_BFLOAT16 else 2e-2
+            self.assertTrue(all(0 < m < bound for m in e.max_abs_error), e)
+            self.assertTrue(all(0 < m <= x for m, x in zip(e.mean_abs_error, e.max_abs_error)), e)
+        # Without the flag nothing is measured; with a different probe seed other figures.
+        self.assertEqual(len(self.client.analyze("f32", samples=8).weight_storage_errors), 0)
+        other = self.client.analyze("f32", samples=8, probe_seed=9, weight_storage_error=True).weight_storage_errors
+        self.assertNotEqual(list(other[1].max_abs_error), list(on_full[1].max_abs_error))
+        # A spec without a set: both storages, as for the stored float32 set of that spec.
+        spec = self.client.get("f32").spec
+        self.assertEqual(list(self.client.analyze(spec=spec, samples=8, weight_storage_error=True).weight_storage_errors),
+                         list(on_full))
+
+    def test_an_imported_reduced_set_has_no_float32_reference(self):
+        exported = self.client.export("bf16")
+        self.client.import_tensors(exported, id="bf16-imported")
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.client.analyze("bf16-imported", samples=8, weight_storage_error=True)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+        self.assertIn("imported", caught.exception.details())
+        # bfloat16 weights alone (no biases) do not say they are a weight storage: say it.
+        weights_only = {k: v for k, v in exported.items() if k.startswith("w_")}
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.client.import_tensors(weights_only, id="bf16-guess")
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("weight_storage", caught.exception.details())
+        stored = self.client.import_tensors(weights_only, id="bf16-said", weight_storage="bfloat16")
+        self.assertEqual(stored.weight_storage, parameter_pb2.WEIGHT_STORAGE_BFLOAT16)
+
     def test_malformed_requests_are_refused_and_store_nothing(self):
         def code_and_message(call):
             with self.assertRaises(grpc.RpcError) as caught:

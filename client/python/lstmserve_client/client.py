@@ -201,15 +201,17 @@ class Client:
             out[info.name] = torch.frombuffer(data, dtype=_FROM_WIRE[info.dtype]).reshape(list(info.shape))
         return out
 
-    def import_tensors(self, tensors, id="", checksum="", chunk_bytes=1 << 20):
+    def import_tensors(self, tensors, id="", checksum="", chunk_bytes=1 << 20, weight_storage=None):
         """Uploads {name: tensor} (for example trained weights) as a set; returns its ParameterSet.
-        The weight storage is inferred from the dtypes (weight_storage_of), so what export gave
-        back imports unchanged."""
+        `weight_storage` ("bfloat16", "int8"; None infers it from the dtypes, weight_storage_of):
+        an LSTM set of bfloat16 weights without biases needs it given."""
         def messages():
             header = parameter_pb2.ImportParameterSetRequest()
             header.header.parameter_set_id = id
             header.header.checksum = checksum
-            header.header.weight_storage = weight_storage_of(tensors)
+            header.header.weight_storage = (weight_storage_of(tensors) if weight_storage is None else
+                                            {"bfloat16": parameter_pb2.WEIGHT_STORAGE_BFLOAT16,
+                                             "int8": parameter_pb2.WEIGHT_STORAGE_INT8}[weight_storage])
             wires = []
             for name, value in tensors.items():
                 wire = to_wire(value)
@@ -227,13 +229,15 @@ class Client:
         return self._parameters.ImportParameterSet(messages(), timeout=self._timeout, metadata=self._metadata).parameter_set
 
     def analyze(self, id=None, spec=None, probe_seed=0, samples=0, steps=0, activation="relu",
-                negative_slope=0.0, tensors=None, layout="auto"):
+                negative_slope=0.0, tensors=None, layout="auto", weight_storage_error=False):
         """Variance diagnostics of a stored set (`id`) or of a ParameterSetSpec message
         (`spec`, created for the analysis only): an AnalyzeParameterSetResponse with
         lstm_layers or chain_layers. `activation`: relu, leaky_relu, tanh, sigmoid, linear;
-        `layout`: auto, out_in, in_out."""
+        `layout`: auto, out_in, in_out. `weight_storage_error`: LSTM sets also get
+        weight_storage_errors, the output error of bfloat16/int8 weights against float32."""
         request = parameter_pb2.AnalyzeParameterSetRequest(
             probe_seed=probe_seed, samples=samples, steps=steps, negative_slope=negative_slope,
+            weight_storage_error=weight_storage_error,
             activation=parameter_pb2.ChainActivation.Value(f"CHAIN_ACTIVATION_{activation.upper()}"),
             layout=parameter_pb2.WeightLayout.Value(f"WEIGHT_LAYOUT_{layout.upper()}") if layout != "auto" else 0,
             tensors=tensors or [])

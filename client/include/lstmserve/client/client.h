@@ -2,6 +2,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -75,10 +76,12 @@ class Client {
   // The set's tensors (CPU), streamed in chunks; `metadata` gets the set's metadata.
   absl::StatusOr<core::ParameterSet> Export(const std::string& id, v1::ParameterSet* metadata = nullptr);
   // Uploads tensors as a set; `checksum` (optional) is verified by the server. The header's
-  // weight storage is inferred from the dtypes (core::InferWeightStorage), so what Export
-  // gave back imports unchanged.
+  // weight storage is `storage`, or when absent inferred from the dtypes
+  // (core::InferWeightStorage: int8 or bfloat16-beside-float32 weights); an LSTM set of
+  // bfloat16 weights without biases needs it given.
   absl::StatusOr<v1::ParameterSet> Import(const std::vector<core::NamedTensor>& tensors, const std::string& id = "",
-                                          const std::string& checksum = "", int64_t chunk_bytes = int64_t{1} << 20);
+                                          const std::string& checksum = "", int64_t chunk_bytes = int64_t{1} << 20,
+                                          std::optional<core::WeightStorage> storage = std::nullopt);
 
   // Variance diagnostics of a stored set or an inline spec (ParameterService.AnalyzeParameterSet).
   absl::StatusOr<v1::AnalyzeParameterSetResponse> Analyze(const v1::AnalyzeParameterSetRequest& request);
