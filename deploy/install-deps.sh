@@ -43,7 +43,9 @@ image_pkgs=(buildah podman debootstrap curl iproute2)
 tools_dir="${LSTMSERVE_TOOLS:-/opt/lstmserve-tools}"
 # grpcio and protobuf 4.21 (the runtime of Debian's protoc 3.21, whose stubs the Python client
 # uses) let the serving benchmark's Python peer run on PyTorch 2.11 too.
-pypi_requirements=(torch==2.11.0 numpy==2.3.5 buf-bin==1.75.0 grpcio==1.76.0 protobuf==4.21.12)
+# onnx, onnxruntime and openvino are the CPU benchmark's peers (tests/bench/compare).
+pypi_requirements=(torch==2.11.0 numpy==2.3.5 buf-bin==1.75.0 grpcio==1.76.0 protobuf==4.21.12
+                   onnx==1.23.2 onnxruntime==1.32.0 openvino==2026.4.1)
 
 case "$profile" in
   build) pkgs=("${build_pkgs[@]}") ;;
