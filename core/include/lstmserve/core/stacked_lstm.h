@@ -110,7 +110,8 @@ class StackedLstm {
                              bool check_device) const;
   absl::Status CheckInputs(const at::Tensor& inputs, const LstmState& initial, bool check_device) const;
   LstmPath ChoosePath(int64_t batch, int64_t steps, LstmPath requested) const;
-  SequenceResult RunFloatCpu(const at::Tensor& inputs, const LstmState& initial,
+  // `inputs` holds steps x batch rows of input_size ([T, B, I], or [B, I] for one step).
+  SequenceResult RunFloatCpu(const at::Tensor& inputs, int64_t steps, int64_t batch, const LstmState& initial,
                              bool want_outputs, bool small_batch) const;
   SequenceResult RunGeneric(const at::Tensor& inputs, const LstmState& initial,
                             bool want_outputs) const;
