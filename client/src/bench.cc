@@ -87,6 +87,9 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& requested) {
   if (options.rpc != "step" && options.rpc != "run" && options.rpc != "session") {
     return absl::InvalidArgumentError("--rpc is step, run or session");
   }
+  if (options.client_api != "callback" && options.client_api != "sync") {
+    return absl::InvalidArgumentError(absl::StrCat("client_api is '", options.client_api, "'; expected callback or sync"));
+  }
   if (options.concurrency < 1 || options.batch < 1 || options.steps < 1 || options.rate < 0) {
     return absl::InvalidArgumentError("--concurrency, --batch and --steps must be >= 1, --rate >= 0");
   }
@@ -110,9 +113,9 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& requested) {
   const absl::Time stop_at = measure_from + options.duration;
   std::atomic<int64_t> measured{0};
   std::vector<std::vector<Sample>> samples(options.concurrency);
-  if (options.rate == 0 && options.rpc == "session") {
+  if (options.rate == 0 && options.client_api == "callback" && options.rpc == "session") {
     RunSessionsAsync(channel, options, session_step, measure_from, stop_at, measured, samples);
-  } else if (options.rate == 0) {
+  } else if (options.rate == 0 && options.client_api == "callback") {
     RunClosedLoopAsync(channel, options, step, run, measure_from, stop_at, measured, samples);
   } else {
     RunThreads(channel, options, step, run, session_step, start, measure_from, stop_at, measured, samples);
@@ -252,7 +255,8 @@ void RunSessionsAsync(const std::shared_ptr<grpc::Channel>& channel, const Bench
   mu.Await(absl::Condition(+[](int* n) { return *n == 0; }, &running));
 }
 
-// One thread per caller: the open loop at a fixed rate.
+// One thread per caller on the sync API: the open loop at a fixed rate, or (rate 0) the
+// closed loop of --client_api=sync.
 void RunThreads(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& options,
                 const v1::StepRequest& step, const v1::RunRequest& run, const v1::SessionRequest& session_step,
                 absl::Time start, absl::Time measure_from, absl::Time stop_at, std::atomic<int64_t>& measured,

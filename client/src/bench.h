@@ -23,6 +23,7 @@ struct BenchOptions {
   int64_t requests = 0;           // stop after this many measured requests (0: by duration)
   absl::Duration warmup = absl::Seconds(1);
   double rate = 0;                // total requests per second (open loop); 0: closed loop
+  std::string client_api = "callback";  // closed loop: callback (gRPC's threads) | sync (a thread per caller)
   absl::Duration timeout = absl::Seconds(30);
 };
 

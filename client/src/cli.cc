@@ -73,6 +73,9 @@ ABSL_FLAG(absl::Duration, duration, absl::Seconds(10), "bench: measured time, af
 ABSL_FLAG(int64_t, requests, 0, "bench: stop after this many measured requests (0: by --duration)");
 ABSL_FLAG(absl::Duration, warmup, absl::Seconds(1), "bench: unmeasured time first");
 ABSL_FLAG(double, rate, 0, "bench: total requests per second, open loop (0: closed loop)");
+ABSL_FLAG(std::string, client_api, "callback",
+          "bench: the closed loop's gRPC API: callback (all callers on gRPC's threads, like ghz) or sync (a thread "
+          "per caller blocked in its call, the common client)");
 
 namespace {
 
@@ -462,6 +465,7 @@ int Main(const std::string& command) {
     bench.requests = absl::GetFlag(FLAGS_requests);
     bench.warmup = absl::GetFlag(FLAGS_warmup);
     bench.rate = absl::GetFlag(FLAGS_rate);
+    bench.client_api = absl::GetFlag(FLAGS_client_api);
     bench.timeout = options.timeout;
     auto report = lstmserve::client::RunBench(bench);
     if (!report.ok()) return Fail(report.status());

@@ -50,18 +50,42 @@ Batcher::~Batcher() {
 }
 
 void Batcher::Submit(BatchJob job) {
+  bool here = false;
   {
     absl::MutexLock lock(&mu_);
-    if (static_cast<int64_t>(queue_.size()) < options_.max_queued_requests) {
-      job.enqueued = absl::Now();
+    job.enqueued = absl::Now();
+    // Not under load: after a batch of several requests, their callers are about to send
+    // again, and the first of them would run alone while the others queue behind it.
+    if (queue_.empty() && busy_ < options_.num_batch_threads && last_batch_requests_ <= 1 && !stopping_ &&
+        Small(job)) {
+      ++busy_;  // a compute slot, as a worker takes one
+      ++stats_.inlined;
+      here = true;
+    } else if (static_cast<int64_t>(queue_.size()) < options_.max_queued_requests) {
       queue_.push_back(std::move(job));
       return;
+    } else {
+      ++stats_.rejected;
     }
-    ++stats_.rejected;
+  }
+  if (here) {
+    thread_local core::DeviceRunner runner;  // unused on the CPU, where inline calls run
+    std::vector<BatchJob> batch;
+    batch.push_back(std::move(job));
+    Run(std::move(batch), runner);
+    absl::MutexLock lock(&mu_);
+    --busy_;
+    return;
   }
   job.done(absl::ResourceExhaustedError(absl::StrCat(
       "the inference queue is full (", options_.max_queued_requests,
       " requests, --max_queued_requests); retry later or on another replica")));
+}
+
+bool Batcher::Small(const BatchJob& job) const {
+  if (options_.inline_max_work <= 0 || !job.set->lstm->device().is_cpu()) return false;
+  const double work = job.set->lstm->StepFlops(Rows(job)) / 2 * static_cast<double>(job.inputs.size(0));
+  return work <= static_cast<double>(options_.inline_max_work);
 }
 
 BatchStats Batcher::stats() const {
@@ -128,14 +152,22 @@ void Batcher::Work() {
     std::vector<BatchJob> batch;
     {
       absl::MutexLock lock(&mu_);
+      // A free compute slot too: an inline computation holds one.
       mu_.Await(absl::Condition(
-          +[](Batcher* b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(b->mu_) { return b->stopping_ || !b->queue_.empty(); }, this));
+          +[](Batcher* b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(b->mu_) {
+            return (b->stopping_ && b->busy_ < b->options_.num_batch_threads) ||
+                   (!b->queue_.empty() && b->busy_ < b->options_.num_batch_threads);
+          },
+          this));
       if (queue_.empty()) return;  // stopping, and nothing left
+      ++busy_;  // before collecting: no request may run inline while this batch fills
       batch = TakeBatch(previous_rows, previous_compute);
     }
     previous_rows = 0;
     for (const auto& job : batch) previous_rows += Rows(job);
     previous_compute = Run(std::move(batch), runner);
+    absl::MutexLock lock(&mu_);
+    --busy_;
   }
 }
 
@@ -164,6 +196,7 @@ absl::Duration Batcher::Run(std::vector<BatchJob> batch, core::DeviceRunner& run
     stats_.expired += expired;
     stats_.cancelled += cancelled;
     if (!live.empty()) {
+      last_batch_requests_ = static_cast<int64_t>(live.size());
       ++stats_.batches;
       stats_.requests += static_cast<int64_t>(live.size());
       stats_.rows += rows;

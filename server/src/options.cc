@@ -36,6 +36,7 @@ absl::Status ServerOptions::Validate() const {
     return absl::InvalidArgumentError("--num_batch_threads must be in [0, 256] (0: 1 on the CPU, 2 on a GPU)");
   }
   if (max_batch_size < 1) return absl::InvalidArgumentError("--max_batch_size must be >= 1");
+  if (inline_max_work < 0) return absl::InvalidArgumentError("--inline_max_work must be >= 0 (0: never)");
   if (batch_timeout_micros < 0 || batch_timeout_micros > 10'000'000) {
     return absl::InvalidArgumentError("--batch_timeout_micros must be in [0, 10000000]");
   }

@@ -76,6 +76,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   batching.num_batch_threads = batch_threads;
   batching.max_batch_size = options.max_batch_size;
   batching.batch_timeout = absl::Microseconds(options.batch_timeout_micros);
+  batching.inline_max_work = options.inline_max_work;
   batching.max_queued_requests = options.max_queued_requests;
   server->batcher_ = std::make_unique<Batcher>(batching, server->metrics_.get());
   server->sessions_ = std::make_unique<SessionTracker>(options.max_sessions, options.session_idle_timeout);
@@ -171,7 +172,8 @@ void Server::Drain() {
   const SessionTracker::Stats sessions = sessions_->stats();
   LogInfo(absl::StrCat("stopped; inference: ", stats.requests, " requests in ", stats.batches,
                        " batches (", stats.batches > 0 ? stats.rows / stats.batches : 0, " rows on average, largest ",
-                       stats.max_rows, "), ", stats.rejected, " rejected (queue full), ",
+                       stats.max_rows, "; ", stats.inlined, " computed on the receiving thread), ", stats.rejected,
+                       " rejected (queue full), ",
                        stats.expired, " expired and ", stats.cancelled, " cancelled in the queue; ",
                        sessions.steps, " session steps, ", sessions.idle_cancelled,
                        " idle sessions cancelled"));

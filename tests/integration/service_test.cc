@@ -748,7 +748,9 @@ TEST(SessionLimitsTest, AtMostMaxSessionsAndIdleOnesAreCancelled) {
 // request computed alone (batch sizes cross the small-batch/BLAS boundary).
 TEST(BatchingTest, MergedRequestsMatchTheSameRequestsAlone) {
   TempDir store;
-  auto batched = ServerProcess::Start(store.path() + "/a", {"--batch_timeout_micros=20000"});
+  // Without inline computation: this test's calls arrive one by one, and each would find
+  // the server idle (InlineTest covers that path).
+  auto batched = ServerProcess::Start(store.path() + "/a", {"--batch_timeout_micros=20000", "--inline_max_work=0"});
   auto alone = ServerProcess::Start(store.path() + "/b", {"--noenable_batching"});
   ASSERT_TRUE(batched.ok() && alone.ok());
   auto on = Connect(**batched);
@@ -792,6 +794,59 @@ TEST(BatchingTest, MergedRequestsMatchTheSameRequestsAlone) {
   ASSERT_EQ(std::sscanf(log.c_str() + at, "inference: %ld requests in %ld batches", &requests, &batches), 2) << log;
   EXPECT_EQ(requests, kCalls) << log;
   EXPECT_LT(batches, requests) << "nothing was merged: " << log;
+}
+
+// The closing line's counts: requests, batches, and those computed on the receiving thread.
+struct ClosingCounts {
+  long requests = -1, batches = -1, inlined = -1;
+};
+ClosingCounts ParseClosingLine(const std::string& log) {
+  ClosingCounts counts;
+  const auto at = log.find("inference: ");
+  if (at == std::string::npos) return counts;
+  std::sscanf(log.c_str() + at, "inference: %ld requests in %ld batches", &counts.requests, &counts.batches);
+  const auto inlined = log.find(" computed on the receiving thread", at);
+  if (inlined == std::string::npos) return counts;
+  const auto start = log.rfind(' ', inlined - 1);
+  counts.inlined = std::atol(log.c_str() + start + 1);
+  return counts;
+}
+
+// A lone small request on an idle server is computed on the gRPC thread that received it
+// (no batch-thread wake-up), with the same bits as through the queue; a large one, or any
+// with --inline_max_work=0, goes through the queue.
+TEST(BatchingTest, LoneSmallRequestsRunOnTheReceivingThreadWithTheSameBits) {
+  TempDir store;
+  auto inline_on = ServerProcess::Start(store.path() + "/a", {});
+  auto inline_off = ServerProcess::Start(store.path() + "/b", {"--inline_max_work=0"});
+  ASSERT_TRUE(inline_on.ok() && inline_off.ok());
+  auto on = Connect(**inline_on);
+  auto off = Connect(**inline_off);
+  for (auto* c : {on.get(), off.get()}) {
+    ASSERT_TRUE(c->Create(LstmSpec(2, 16, 32, 4), "small").ok());
+    ASSERT_TRUE(c->Create(LstmSpec(2, 256, 512, 5), "large").ok());
+  }
+  constexpr int kSmall = 10;
+  for (int i = 0; i < kSmall; ++i) {
+    const at::Tensor x = Randn({1 + i % 3, 16}, 300 + i);
+    auto a = on->Step("small", x);
+    auto b = off->Step("small", x);
+    ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+    EXPECT_TRUE(at::equal(a->h.back(), b->h.back())) << "call " << i;
+    EXPECT_TRUE(at::equal(a->c.front(), b->c.front())) << "call " << i;
+  }
+  // [20, 1, 256] through [768 + 1024, 2048] weights: 73M multiply-adds, past the default 2M.
+  ASSERT_TRUE(on->Run("large", Randn({20, 1, 256}, 7)).ok());
+  on.reset();
+  off.reset();
+  EXPECT_EQ((*inline_on)->Stop(SIGTERM), 0);
+  EXPECT_EQ((*inline_off)->Stop(SIGTERM), 0);
+  const ClosingCounts with = ParseClosingLine((*inline_on)->Log());
+  const ClosingCounts without = ParseClosingLine((*inline_off)->Log());
+  EXPECT_EQ(with.requests, kSmall + 1) << (*inline_on)->Log();
+  EXPECT_EQ(with.inlined, kSmall) << "every small step, not the large run: " << (*inline_on)->Log();
+  EXPECT_EQ(without.requests, kSmall) << (*inline_off)->Log();
+  EXPECT_EQ(without.inlined, 0) << (*inline_off)->Log();
 }
 
 }  // namespace

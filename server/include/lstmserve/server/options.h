@@ -28,6 +28,7 @@ struct ServerOptions {
   int num_batch_threads = 0;
   int64_t max_batch_size = 256;        // rows (sum of B) per core call
   int64_t batch_timeout_micros = 10000;  // under load, the longest a batch waits to fill
+  int64_t inline_max_work = int64_t{1} << 21;  // lone small CPU requests run on gRPC's thread (0: never)
   int64_t max_queued_requests = 4096;  // beyond: RESOURCE_EXHAUSTED at once
   // Session streams: at most this many open; one with no message this long is cancelled.
   int64_t max_sessions = 1024;
