@@ -91,9 +91,15 @@ void SubmitUnary(ServiceContext* ctx, UnaryCallBase* call, RpcLog log, absl::Sta
     return;
   }
   job->done = [call, log = std::move(log), fill = std::move(fill)](absl::StatusOr<core::SequenceResult> result) {
-    if (result.ok()) fill(*result);
+    if (result.ok()) {
+      const absl::Time start = absl::Now();
+      fill(*result);
+      call->encode_fill = absl::Now() - start;
+    }
     call->Reply(log.Done(result.status()));
   };
+  call->phases = ctx->metrics;
+  call->MarkValidated();
   ctx->batcher->Submit(*std::move(job));
 }
 

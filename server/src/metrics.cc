@@ -50,6 +50,10 @@ const prometheus::Histogram::BucketBoundaries kLatencyBuckets = {
 const prometheus::Histogram::BucketBoundaries kBatchTimeBuckets = {
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
     0.01,    0.025,    0.05,    0.1,    0.25,    0.5,    1,     2.5,    10};
+// The server's own hops of a call: 1 us to 10 ms.
+const prometheus::Histogram::BucketBoundaries kPhaseBuckets = {0.000001, 0.0000025, 0.000005, 0.00001, 0.000025,
+                                                               0.00005,  0.0001,    0.00025,  0.0005,  0.001,
+                                                               0.0025,   0.01};
 // Rows in a batch: powers of two.
 const prometheus::Histogram::BucketBoundaries kBatchRowBuckets = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
 
@@ -241,6 +245,9 @@ struct Metrics::Impl {
   prometheus::Histogram* batch_rows = nullptr;
   prometheus::Histogram* batch_compute = nullptr;
   prometheus::Histogram* queue_wait = nullptr;
+  prometheus::Histogram* phase_decode = nullptr;
+  prometheus::Histogram* phase_validate = nullptr;
+  prometheus::Histogram* phase_encode = nullptr;
   std::array<std::array<prometheus::Counter*, 2>, 4> store_ops{};  // [operation][ok]
   prometheus::Gauge* store_load_seconds = nullptr;
   absl::Mutex exposer_mu;
@@ -346,6 +353,15 @@ Metrics::Metrics(const BuildInfo& build) : impl_(std::make_shared<Impl>()) {
                            .Help("Time each inference request waited in the queue before its batch was computed.")
                            .Register(registry)
                            .Add({}, kBatchTimeBuckets);
+  auto& phases = prometheus::BuildHistogram()
+                    .Name("lstmserve_inference_phase_seconds")
+                    .Help("The server's hops of each Step and Run call besides the queue wait and the compute: "
+                          "decode (request bytes to message), validate (message to queued job), encode "
+                          "(result to response bytes).")
+                    .Register(registry);
+  impl_->phase_decode = &phases.Add({{"phase", "decode"}}, kPhaseBuckets);
+  impl_->phase_validate = &phases.Add({{"phase", "validate"}}, kPhaseBuckets);
+  impl_->phase_encode = &phases.Add({{"phase", "encode"}}, kPhaseBuckets);
   auto& store_ops = prometheus::BuildCounter()
                         .Name("lstmserve_store_operations_total")
                         .Help("Parameter store operations by kind (load at start, read on a miss, write, delete) "
@@ -432,6 +448,12 @@ void Metrics::ObserveBatch(int64_t rows, absl::Duration compute) {
 }
 
 void Metrics::ObserveQueueWait(absl::Duration wait) { impl_->queue_wait->Observe(absl::ToDoubleSeconds(wait)); }
+
+void Metrics::ObserveInferencePhases(absl::Duration decode, absl::Duration validate, absl::Duration encode) {
+  impl_->phase_decode->Observe(absl::ToDoubleSeconds(decode));
+  impl_->phase_validate->Observe(absl::ToDoubleSeconds(validate));
+  impl_->phase_encode->Observe(absl::ToDoubleSeconds(encode));
+}
 
 void Metrics::ObserveStore(StoreOperation operation, bool ok) {
   impl_->store_ops[static_cast<size_t>(operation)][ok ? 1 : 0]->Increment();

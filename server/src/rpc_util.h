@@ -19,10 +19,13 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "lstmserve/core/status.h"
 #include "lstmserve/server/compute_pool.h"
 #include "lstmserve/wire/conversions.h"
 #include "lstmserve/server/log.h"
+#include "lstmserve/server/metrics.h"
 #include "lstmserve/server/services.h"
 
 namespace lstmserve::server {
@@ -82,6 +85,16 @@ class UnaryCallBase {
  public:
   virtual ~UnaryCallBase() = default;
   virtual void Reply(grpc::Status status) = 0;  // once; the call object is gone after it
+
+  // The call's hops, for Metrics::ObserveInferencePhases (Step and Run): set `phases` and
+  // MarkValidated() when the job is queued; Reply then times the encoding and reports all
+  // three (of successful calls only).
+  Metrics* phases = nullptr;
+  absl::Time received;             // before the request was parsed
+  absl::Duration decode;           // parsing it
+  absl::Duration validate;         // from parsed to queued
+  absl::Duration encode_fill;      // the result written into the response message
+  void MarkValidated() { validate = absl::Now() - received - decode; }
 };
 
 template <typename Request, typename Response>
@@ -91,7 +104,13 @@ class UnaryCall final : public UnaryCallBase {
   Request request;
   Response response;
   void Reply(grpc::Status status) override {
-    if (status.ok()) status = SerializeMessage(response, out_);
+    if (status.ok()) {
+      const absl::Time start = phases != nullptr ? absl::Now() : absl::Time();
+      status = SerializeMessage(response, out_);
+      if (phases != nullptr && status.ok()) {
+        phases->ObserveInferencePhases(decode, validate, encode_fill + (absl::Now() - start));
+      }
+    }
     grpc::ServerUnaryReactor* reactor = reactor_;
     delete this;  // nothing of the request or response is needed once the reply is serialized
     reactor->Finish(std::move(status));
@@ -109,7 +128,10 @@ grpc::ServerUnaryReactor* ParseUnary(grpc::CallbackServerContext* context, const
                                      grpc::ByteBuffer* out, absl::string_view method, Handler&& handler) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   auto* call = new UnaryCall<Request, Response>(reactor, out);
-  if (absl::Status parsed = ParseMessage(*in, &call->request, "the request"); !parsed.ok()) {
+  call->received = absl::Now();
+  absl::Status parsed = ParseMessage(*in, &call->request, "the request");
+  call->decode = absl::Now() - call->received;
+  if (!parsed.ok()) {
     call->Reply(RpcLog(context, method, "").Done(parsed));
   } else {
     handler(call);  // may Reply (and free the call) before it returns

@@ -85,6 +85,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   server->context_->compute = server->compute_.get();
   server->context_->batcher = server->batcher_.get();
   server->context_->sessions = server->sessions_.get();
+  server->context_->metrics = server->metrics_.get();
   if (!options.auth_tokens_file.empty()) {
     LSTMSERVE_ASSIGN_OR_RETURN(server->auth_, TokenAuthenticator::FromFile(options.auth_tokens_file));
     server->context_->auth = server->auth_.get();

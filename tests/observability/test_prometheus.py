@@ -138,6 +138,7 @@ class PrometheusTest(unittest.TestCase):
         self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
         for name in ["lstmserve_requests_total", "lstmserve_request_duration_seconds", "lstmserve_batch_size_rows",
                      "lstmserve_batch_queue_wait_seconds", "lstmserve_batch_compute_seconds",
+                     "lstmserve_inference_phase_seconds",
                      "lstmserve_batch_queue_depth", "lstmserve_batch_rejections_total", "lstmserve_sessions_active",
                      "lstmserve_session_steps_total", "lstmserve_parameter_sets", "lstmserve_parameter_set_bytes",
                      "lstmserve_store_operations_total", "lstmserve_store_load_duration_seconds",
@@ -191,6 +192,15 @@ class PrometheusTest(unittest.TestCase):
         self.assertLessEqual(server_p99, upper, f"client p99 {client_p99:.6f} s")
         self.assertGreaterEqual(server_p99, min(latencies) * 0.1, f"client p99 {client_p99:.6f} s")
         print(f"client p99 {client_p99 * 1e3:.3f} ms, Prometheus histogram_quantile p99 {server_p99 * 1e3:.3f} ms")
+
+        # The server's own hops: one observation of each phase per successful Step (the
+        # refused ones never reach a batch), each a small part of the call.
+        for phase in ("decode", "validate", "encode"):
+            series = f'lstmserve_inference_phase_seconds_count{{job="lstmserve",phase="{phase}"}}'
+            wait_for(f"the {phase} phase of every OK Step", lambda: self.query_value(series), lambda v: v == 300)
+            mean = self.query_value(f'lstmserve_inference_phase_seconds_sum{{phase="{phase}"}} / {series}')
+            self.assertLess(mean, quantile(latencies, 0.5), phase)
+            self.assertGreater(mean, 0, phase)
 
     def test_sessions_sets_and_build_info(self):
         session = self.client.session("s", 2)

@@ -76,6 +76,10 @@ class Metrics {
   // Batcher events: one per computed batch, one per request taken from the queue.
   void ObserveBatch(int64_t rows, absl::Duration compute);
   void ObserveQueueWait(absl::Duration wait);
+  // The server's own hops of a Step or Run call, beside the queue wait and the compute:
+  // decode (request bytes -> message), validate (message -> queued job: tensors decoded and
+  // checked), encode (result -> response bytes).
+  void ObserveInferencePhases(absl::Duration decode, absl::Duration validate, absl::Duration encode);
   // Set registry events.
   void ObserveStore(StoreOperation operation, bool ok);
   void SetStoreLoadTime(absl::Duration load);

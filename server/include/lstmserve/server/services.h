@@ -3,6 +3,7 @@
 
 #include "lstmserve/core/parameter_set.h"
 #include "lstmserve/server/batcher.h"
+#include "lstmserve/server/metrics.h"
 #include "lstmserve/server/compute_pool.h"
 #include "lstmserve/server/session_tracker.h"
 #include "lstmserve/server/options.h"
@@ -20,6 +21,7 @@ struct ServiceContext {
   Batcher* batcher = nullptr;      // runs Step, Run and Session steps
   SessionTracker* sessions = nullptr;
   const TokenAuthenticator* auth = nullptr;  // null: no token needed
+  Metrics* metrics = nullptr;                // null in tests without one
   ServerOptions options;
   core::CreateLimits create_limits;
 };
