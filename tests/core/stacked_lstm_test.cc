@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "lstm_kernels.h"
+#include "lstm_spec.h"
 #include "lstmserve/core/device.h"
 #include "lstmserve/core/threads.h"
 
@@ -16,15 +17,7 @@ namespace {
 at::Generator Gen(uint64_t seed) { return at::detail::createCPUGenerator(seed); }
 
 StackedLstm MakeLstm(int64_t layers, int64_t input, int64_t hidden, bool bias, uint64_t seed = 3) {
-  ParameterSetSpec spec;
-  spec.lstm = LstmTemplate{};
-  spec.lstm->num_layers = layers;
-  spec.lstm->input_size = input;
-  spec.lstm->hidden_size = hidden;
-  spec.lstm->bias = bias;
-  spec.lstm->bias_init = Initializer::Uniform(-0.5, 0.5);
-  spec.seed = seed;
-  return *StackedLstm::FromParameterSet(*CreateParameterSet(spec, {}));
+  return *StackedLstm::FromParameterSet(*CreateParameterSet(TestLstmSpec(layers, input, hidden, bias, seed), {}));
 }
 
 double MaxAbsDiff(const at::Tensor& a, const at::Tensor& b) {

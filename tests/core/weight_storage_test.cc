@@ -8,26 +8,13 @@
 #include <gtest/gtest.h>
 
 #include "lstm_kernels.h"
+#include "lstm_spec.h"
 #include "lstmserve/core/parameter_set.h"
 #include "lstmserve/core/stacked_lstm.h"
 #include "lstmserve/core/store.h"
 
 namespace lstmserve::core {
 namespace {
-
-ParameterSetSpec LstmSpec(int64_t layers, int64_t input, int64_t hidden, bool bias, uint64_t seed,
-                          WeightStorage storage = WeightStorage::kDType) {
-  ParameterSetSpec spec;
-  spec.lstm = LstmTemplate{};
-  spec.lstm->num_layers = layers;
-  spec.lstm->input_size = input;
-  spec.lstm->hidden_size = hidden;
-  spec.lstm->bias = bias;
-  spec.lstm->bias_init = Initializer::Uniform(-0.5, 0.5);
-  spec.seed = seed;
-  spec.weight_storage = storage;
-  return spec;
-}
 
 double MaxAbsDiff(const at::Tensor& a, const at::Tensor& b) { return (a - b).abs().max().item<double>(); }
 
@@ -40,9 +27,9 @@ TEST(WeightStorageTest, ParsesNames) {
 }
 
 TEST(WeightStorageTest, RoundsAsDocumented) {
-  ParameterSet full = *CreateParameterSet(LstmSpec(2, 5, 8, true, 11), {});
-  ParameterSet bf16 = *CreateParameterSet(LstmSpec(2, 5, 8, true, 11, WeightStorage::kBFloat16), {});
-  ParameterSet int8 = *CreateParameterSet(LstmSpec(2, 5, 8, true, 11, WeightStorage::kInt8), {});
+  ParameterSet full = *CreateParameterSet(TestLstmSpec(2, 5, 8, true, 11), {});
+  ParameterSet bf16 = *CreateParameterSet(TestLstmSpec(2, 5, 8, true, 11, WeightStorage::kBFloat16), {});
+  ParameterSet int8 = *CreateParameterSet(TestLstmSpec(2, 5, 8, true, 11, WeightStorage::kInt8), {});
   ASSERT_EQ(bf16.tensors.size(), 4u);
   ASSERT_EQ(int8.tensors.size(), 6u);
   // Order: weights, (scales,) biases.
@@ -92,17 +79,17 @@ TEST(WeightStorageTest, RefusesWhatItCannotStore) {
   auto s = CreateParameterSet(list, {});
   EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.status().message().find("not tensor lists"), std::string::npos) << s.status();
-  ParameterSetSpec half = LstmSpec(1, 2, 2, false, 1, WeightStorage::kBFloat16);
+  ParameterSetSpec half = TestLstmSpec(1, 2, 2, false, 1, WeightStorage::kBFloat16);
   half.dtype = DType::kFloat16;
   EXPECT_EQ(CreateParameterSet(half, {}).status().code(), absl::StatusCode::kInvalidArgument);
   // int8 is a storage, not a set dtype.
-  ParameterSetSpec int8_dtype = LstmSpec(1, 2, 2, false, 1);
+  ParameterSetSpec int8_dtype = TestLstmSpec(1, 2, 2, false, 1);
   int8_dtype.dtype = DType::kInt8;
   EXPECT_EQ(CreateParameterSet(int8_dtype, {}).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(WeightStorageTest, ValidateNamesTheFirstMismatch) {
-  ParameterSet int8 = *CreateParameterSet(LstmSpec(2, 3, 4, true, 5, WeightStorage::kInt8), {});
+  ParameterSet int8 = *CreateParameterSet(TestLstmSpec(2, 3, 4, true, 5, WeightStorage::kInt8), {});
   ASSERT_TRUE(ValidateWeightStorage(int8).ok());
   ParameterSet no_scale = int8;
   no_scale.tensors.erase(no_scale.tensors.begin() + 3);  // w_1.scale
@@ -121,7 +108,7 @@ TEST(WeightStorageTest, ValidateNamesTheFirstMismatch) {
   ParameterSet int8_bias = int8;
   int8_bias.tensors[4].value = int8_bias.tensors[4].value.to(at::kChar);
   EXPECT_FALSE(ValidateWeightStorage(int8_bias).ok());
-  ParameterSet mixed = *CreateParameterSet(LstmSpec(1, 3, 4, true, 5), {});
+  ParameterSet mixed = *CreateParameterSet(TestLstmSpec(1, 3, 4, true, 5), {});
   mixed.tensors[0].value = mixed.tensors[0].value.to(at::kBFloat16);
   EXPECT_FALSE(ValidateWeightStorage(mixed).ok()) << "mixed dtypes without a weight storage";
 }
@@ -130,7 +117,7 @@ TEST(WeightStorageTest, SafetensorsKeepTheStorageAndRefuseABrokenLayout) {
   for (WeightStorage storage : {WeightStorage::kBFloat16, WeightStorage::kInt8}) {
     StoredSet stored;
     stored.id = "q";
-    stored.set = *CreateParameterSet(LstmSpec(2, 3, 4, true, 5, storage), {});
+    stored.set = *CreateParameterSet(TestLstmSpec(2, 3, 4, true, 5, storage), {});
     stored.checksum = ComputeChecksum(stored.set);
     const std::string bytes = *EncodeSafetensors(stored);
     auto back = DecodeSafetensors(bytes);
@@ -159,7 +146,7 @@ TEST(WeightStorageTest, EveryPathAgreesOnReducedWeights) {
   for (WeightStorage storage : {WeightStorage::kBFloat16, WeightStorage::kInt8}) {
     for (int64_t hidden : {3, 16, 40, 64, 200}) {
       StackedLstm lstm =
-          *StackedLstm::FromParameterSet(*CreateParameterSet(LstmSpec(2, 7, hidden, true, hidden, storage), {}));
+          *StackedLstm::FromParameterSet(*CreateParameterSet(TestLstmSpec(2, 7, hidden, true, hidden, storage), {}));
       EXPECT_EQ(lstm.weight_storage(), storage);
       EXPECT_EQ(lstm.scalar_type(), at::kFloat);
       for (int64_t batch : {1, 3, 6}) {
@@ -184,7 +171,7 @@ TEST(WeightStorageTest, EveryPathAgreesOnReducedWeights) {
 // A large layer (past the size where B=1 splits rows across threads) at B=1..4.
 TEST(WeightStorageTest, LargeLayersSplitAcrossThreadsAgree) {
   for (WeightStorage storage : {WeightStorage::kBFloat16, WeightStorage::kInt8}) {
-    StackedLstm lstm = *StackedLstm::FromParameterSet(*CreateParameterSet(LstmSpec(1, 600, 600, false, 9, storage), {}));
+    StackedLstm lstm = *StackedLstm::FromParameterSet(*CreateParameterSet(TestLstmSpec(1, 600, 600, false, 9, storage), {}));
     for (int64_t batch : {1, 4}) {
       at::Generator gen = at::detail::createCPUGenerator(batch);
       const at::Tensor x = at::empty({2, batch, 600}).normal_(0, 1, gen);
@@ -231,7 +218,7 @@ TEST(WeightStorageTest, ErrorAgainstFloat32IsBounded) {
   };
   for (const Case& c : {Case{"S", 2, 64, 64, false, 1, 1000}, Case{"S", 2, 64, 64, false, 2, 1000},
                         Case{"M", 2, 256, 512, true, 1, 1000}, Case{"H=1024", 2, 128, 1024, true, 3, 100}}) {
-    ParameterSetSpec spec = LstmSpec(c.layers, c.input, c.hidden, c.bias, c.seed);
+    ParameterSetSpec spec = TestLstmSpec(c.layers, c.input, c.hidden, c.bias, c.seed);
     spec.lstm->bias_init = Initializer::DefaultBias();
     at::Generator gen = at::detail::createCPUGenerator(c.seed + 100);
     const at::Tensor x = at::empty({c.steps, 1, c.input}).normal_(0, 1, gen);
