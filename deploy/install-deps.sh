@@ -13,7 +13,8 @@
 #   image   the tools deploy/image-test.sh uses: buildah, podman, debootstrap
 #
 # Environment: LSTMSERVE_TOOLS (default /opt/lstmserve-tools) is where the PyPI environment
-# goes; its bin/ holds buf, python (torch 2.11) and pip.
+# goes; its bin/ holds buf, python (torch 2.11) and pip. LSTMSERVE_PEERS (default
+# /opt/lstmserve-peers) is the benchmark's ONNX Runtime and OpenVINO, over Debian's Python.
 set -euo pipefail
 
 profile="${1:-build}"
@@ -43,9 +44,12 @@ image_pkgs=(buildah podman debootstrap curl iproute2)
 tools_dir="${LSTMSERVE_TOOLS:-/opt/lstmserve-tools}"
 # grpcio and protobuf 4.21 (the runtime of Debian's protoc 3.21, whose stubs the Python client
 # uses) let the serving benchmark's Python peer run on PyTorch 2.11 too.
-# onnx, onnxruntime and openvino are the CPU benchmark's peers (tests/bench/compare).
-pypi_requirements=(torch==2.11.0 numpy==2.3.5 buf-bin==1.75.0 grpcio==1.76.0 protobuf==4.21.12
-                   onnx==1.23.2 onnxruntime==1.32.0 openvino==2026.4.1)
+pypi_requirements=(torch==2.11.0 numpy==2.3.5 buf-bin==1.75.0 grpcio==1.76.0 protobuf==4.21.12)
+# The CPU benchmark's other engines (tests/bench/compare), in a venv of their own over Debian's
+# Python (which brings PyTorch 1.13 to export the model to ONNX): onnxruntime needs protobuf
+# >= 4.25, and the environment above pins 4.21 for the Python client's stubs.
+peers_dir="${LSTMSERVE_PEERS:-/opt/lstmserve-peers}"
+peers_requirements=(onnxruntime==1.32.0 openvino==2026.4.1)
 
 case "$profile" in
   build) pkgs=("${build_pkgs[@]}") ;;
@@ -82,5 +86,13 @@ if [[ "$profile" == build ]]; then
     "${sudo_cmd[@]}" "$tools_dir/bin/pip" install --quiet --disable-pip-version-check \
       --no-cache-dir "${pypi_requirements[@]}"
     echo "${pypi_requirements[*]}" | "${sudo_cmd[@]}" tee "$stamp" >/dev/null
+  fi
+  peers_stamp="$peers_dir/.lstmserve-requirements"
+  if [[ "$(cat "$peers_stamp" 2>/dev/null)" != "${peers_requirements[*]}" ]]; then
+    echo "install-deps: installing ${peers_requirements[*]} into $peers_dir (PyPI, over Debian's Python)"
+    "${sudo_cmd[@]}" /usr/bin/python3 -m venv --system-site-packages "$peers_dir"
+    "${sudo_cmd[@]}" "$peers_dir/bin/pip" install --quiet --disable-pip-version-check \
+      --no-cache-dir "${peers_requirements[@]}"
+    echo "${peers_requirements[*]}" | "${sudo_cmd[@]}" tee "$peers_stamp" >/dev/null
   fi
 fi
