@@ -98,7 +98,8 @@ absl::StatusOr<std::vector<LstmLayerStats>> AnalyzeLstm(const StackedLstm& lstm,
     const int64_t layers = lstm.num_layers(), hidden = lstm.hidden_size(), batch = options.samples;
     std::vector<at::Tensor> w, b;
     for (int64_t l = 0; l < layers; ++l) {
-      w.push_back(lstm.weights()[static_cast<size_t>(l)].to(at::kCPU, at::kFloat));
+      // What the set computes with: an int8 weight is q * scale, not q.
+      w.push_back(lstm.FloatWeight(l).to(at::kCPU, at::kFloat));
       if (!lstm.biases().empty()) b.push_back(lstm.biases()[static_cast<size_t>(l)].to(at::kCPU, at::kFloat));
     }
     std::vector<at::Tensor> c(layers, at::zeros({batch, hidden})), h(layers, at::zeros({batch, hidden}));

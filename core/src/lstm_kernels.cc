@@ -62,13 +62,13 @@ bool HasAvx512() {
 }
 #endif
 
+}  // namespace
+
 LSTMSERVE_MULTIVERSION
 void SmallGemmBf16Portable(const float* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k, int64_t n,
                            float* out, int64_t ldo, int64_t rows, bool accumulate) {
   SmallGemmT<PortableLoad>(a, lda, w, ldw, k, n, out, ldo, rows, accumulate);
 }
-
-}  // namespace
 
 void SmallGemmBf16(const float* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k, int64_t n, float* out,
                    int64_t ldo, int64_t rows, bool accumulate) {
@@ -100,7 +100,6 @@ void Int8Sums(const float* a, int64_t lda, const int8_t* w, int64_t ldw, int64_t
   SmallGemmT<PortableLoad>(a, lda, w, ldw, k, n, sums, n, rows, /*accumulate=*/true);
 }
 
-
 }  // namespace
 
 void SmallGemmInt8(const float* a, int64_t lda, const int8_t* w, const float* scale, int64_t ldw, int64_t k,
@@ -117,6 +116,14 @@ void SmallGemmInt8(const float* a, int64_t lda, const int8_t* w, const float* sc
 #else
   Int8Sums(a, lda, w, ldw, k, n, sums.data(), rows);
 #endif
+  ApplyScales(sums.data(), scale, n, out, ldo, rows, accumulate);
+}
+
+void SmallGemmInt8Portable(const float* a, int64_t lda, const int8_t* w, const float* scale, int64_t ldw, int64_t k,
+                           int64_t n, float* out, int64_t ldo, int64_t rows, bool accumulate) {
+  thread_local std::vector<float> sums;
+  sums.assign(static_cast<size_t>(rows * n), 0.0f);
+  Int8Sums(a, lda, w, ldw, k, n, sums.data(), rows);
   ApplyScales(sums.data(), scale, n, out, ldo, rows, accumulate);
 }
 

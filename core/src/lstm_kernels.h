@@ -26,6 +26,12 @@ void SmallGemmInt8(const float* a, int64_t lda, const int8_t* w, const float* sc
 // The AVX-512 builds of SmallGemmBf16 and of SmallGemmInt8's loop (sums[rows, n] += a @ w,
 // unscaled), in lstm_kernels_avx512.cc: x86-64 with GCC only (LSTMSERVE_REDUCED_AVX512), to
 // be called only on a CPU with x86-64-v4 (HasAvx512 in lstm_kernels.cc).
+// The portable builds (target_clones) that the two above use where the CPU lacks x86-64-v4;
+// exposed so that tests run them on any CPU.
+void SmallGemmBf16Portable(const float* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k, int64_t n,
+                           float* out, int64_t ldo, int64_t rows, bool accumulate);
+void SmallGemmInt8Portable(const float* a, int64_t lda, const int8_t* w, const float* scale, int64_t ldw, int64_t k,
+                           int64_t n, float* out, int64_t ldo, int64_t rows, bool accumulate);
 void SmallGemmBf16Avx512(const float* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k, int64_t n,
                          float* out, int64_t ldo, int64_t rows, bool accumulate);
 void Int8SumsAvx512(const float* a, int64_t lda, const int8_t* w, int64_t ldw, int64_t k, int64_t n, float* sums,

@@ -168,6 +168,41 @@ TEST(WeightStorageTest, EveryPathAgreesOnReducedWeights) {
   }
 }
 
+// Each reduced kernel, the dispatched one (AVX-512 where the CPU has it) and the portable
+// build, against at::matmul on the widened weights, for every row remainder and column tail.
+TEST(WeightStorageTest, EveryKernelBuildMatchesMatmulOnWidenedWeights) {
+  at::Generator gen = at::detail::createCPUGenerator(21);
+  for (int64_t rows : {1, 2, 3, 4, 5}) {
+    for (int64_t n : {16, 200, 1040}) {
+      const int64_t k = 70;
+      const at::Tensor a = at::empty({rows, k}).normal_(0, 1, gen);
+      const at::Tensor w = at::empty({k, n}).normal_(0, 0.1, gen);
+      const at::Tensor bf16 = w.to(at::kBFloat16).contiguous();
+      const at::Tensor scale = w.abs().amax(0) / 127;
+      const at::Tensor q = at::round(w / scale).to(at::kChar).contiguous();
+      const at::Tensor base = at::empty({rows, n}).normal_(0, 1, gen);
+      const at::Tensor want_bf16 = base + at::matmul(a, bf16.to(at::kFloat));
+      const at::Tensor want_int8 = base + at::matmul(a, q.to(at::kFloat) * scale);
+      const auto* bits = reinterpret_cast<const uint16_t*>(bf16.data_ptr());
+      for (bool portable : {false, true}) {
+        at::Tensor out = base.clone();
+        (portable ? kernels::SmallGemmBf16Portable : kernels::SmallGemmBf16)(
+            a.data_ptr<float>(), k, bits, n, k, n, out.data_ptr<float>(), n, rows, true);
+        EXPECT_LT(MaxAbsDiff(out, want_bf16), 1e-4) << "bf16 rows " << rows << " n " << n << " portable " << portable;
+        out = base.clone();
+        (portable ? kernels::SmallGemmInt8Portable : kernels::SmallGemmInt8)(
+            a.data_ptr<float>(), k, q.data_ptr<int8_t>(), scale.data_ptr<float>(), n, k, n, out.data_ptr<float>(), n,
+            rows, true);
+        EXPECT_LT(MaxAbsDiff(out, want_int8), 1e-4) << "int8 rows " << rows << " n " << n << " portable " << portable;
+        out = base.clone();
+        kernels::SmallGemmInt8(a.data_ptr<float>(), k, q.data_ptr<int8_t>(), scale.data_ptr<float>(), n, k, n,
+                               out.data_ptr<float>(), n, rows, false);
+        EXPECT_LT(MaxAbsDiff(out, want_int8 - base), 1e-4) << "int8 (no accumulate) rows " << rows << " n " << n;
+      }
+    }
+  }
+}
+
 // A large layer (past the size where B=1 splits rows across threads) at B=1..4.
 TEST(WeightStorageTest, LargeLayersSplitAcrossThreadsAgree) {
   for (WeightStorage storage : {WeightStorage::kBFloat16, WeightStorage::kInt8}) {

@@ -131,6 +131,16 @@ class WeightStorageTest(ServerTestCase):
         self.assertEqual(list(self.client.analyze(spec=spec, samples=8, weight_storage_error=True).weight_storage_errors),
                          list(on_full))
 
+    def test_variance_analysis_sees_the_weights_the_set_computes_with(self):
+        # An int8 set's weights are q * scale: its figures are the float32 set's, nearly
+        # (they once read q alone and came out ~(127 / max|w|)^2 times too large).
+        full = self.client.analyze("f32", samples=64, steps=5).lstm_layers
+        for id in ("bf16", "int8"):
+            reduced = self.client.analyze(id, samples=64, steps=5).lstm_layers
+            for a, b in zip(full, reduced):
+                self.assertAlmostEqual(b.preactivation_variance / a.preactivation_variance, 1, delta=0.02, msg=id)
+                self.assertAlmostEqual(b.h_variance / a.h_variance, 1, delta=0.02, msg=id)
+
     def test_an_imported_reduced_set_has_no_float32_reference(self):
         exported = self.client.export("bf16")
         self.client.import_tensors(exported, id="bf16-imported")
