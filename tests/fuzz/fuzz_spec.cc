@@ -1,6 +1,8 @@
 // libFuzzer: parameter-set spec validation: bytes -> ParameterSetSpec message -> the core's
 // spec -> ValidateSpec under small limits -> CreateParameterSet. Properties: no crash or
-// sanitizer finding; a spec that validates creates a set of exactly the validated tensors.
+// sanitizer finding; a spec that validates creates a set of exactly the validated tensors
+// (with int8 weight storage, plus one scale per layer), in a layout ValidateWeightStorage
+// accepts.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -26,9 +28,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (set.status().code() != absl::StatusCode::kInvalidArgument) std::abort();
     return 0;
   }
-  if (set->tensors.size() != tensors->size()) std::abort();
-  for (size_t i = 0; i < tensors->size(); ++i) {
-    if (set->tensors[i].name != (*tensors)[i].name) std::abort();
+  // Exactly the validated tensors, in order; int8 weight storage adds one scale per layer
+  // (w_<l>.scale) and nothing else. The layout is what ValidateWeightStorage accepts.
+  const bool int8 = spec->weight_storage == lstmserve::core::WeightStorage::kInt8;
+  size_t next = 0, scales = 0;
+  for (const auto& t : set->tensors) {
+    if (int8 && t.name == lstmserve::core::LstmScaleName(static_cast<int64_t>(scales))) {
+      ++scales;
+      continue;
+    }
+    if (next >= tensors->size() || t.name != (*tensors)[next].name) std::abort();
+    ++next;
   }
+  if (next != tensors->size()) std::abort();
+  if (int8 && static_cast<int64_t>(scales) != spec->lstm->num_layers) std::abort();
+  if (!lstmserve::core::ValidateWeightStorage(*set).ok()) std::abort();
   return 0;
 }
