@@ -6,7 +6,8 @@
 //    when biases are asked for, b_0 ... b_{L-1} (shape [4H]).
 // Every tensor is drawn as float32 on the CPU from one generator seeded with `seed` (only
 // its low 32 bits matter to the CPU generator), then converted to the requested dtype and
-// moved to the requested device. Nothing reads or advances the process-wide generator.
+// moved to the requested device (or, with a reduced weight storage, its weights rounded as
+// WeightStorage says). Nothing reads or advances the process-wide generator.
 #pragma once
 
 #include <cstdint>
@@ -132,7 +133,8 @@ absl::Status ValidateTensorName(absl::string_view name);
 absl::StatusOr<std::vector<TensorSpec>> ValidateSpec(const ParameterSetSpec& spec,
                                                      const CreateLimits& limits);
 
-// Creates the set on `device`. Thread-safe: concurrent calls share no RNG state.
+// Creates the set on `device`. Thread-safe: concurrent calls share no RNG state. A reduced
+// weight storage needs the CPU (INVALID_ARGUMENT otherwise).
 absl::StatusOr<ParameterSet> CreateParameterSet(const ParameterSetSpec& spec,
                                                 const CreateLimits& limits,
                                                 const c10::Device& device = c10::Device(c10::kCPU));
