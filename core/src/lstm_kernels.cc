@@ -100,31 +100,32 @@ void Int8Sums(const float* a, int64_t lda, const int8_t* w, int64_t ldw, int64_t
   SmallGemmT<PortableLoad>(a, lda, w, ldw, k, n, sums, n, rows, /*accumulate=*/true);
 }
 
+using Int8SumsFn = void (*)(const float*, int64_t, const int8_t*, int64_t, int64_t, int64_t, float*, int64_t);
+
+// The integer-weighted sums first (with `sums_fn`), then one multiply by the column's scale.
+void ScaledInt8Gemm(Int8SumsFn sums_fn, const float* a, int64_t lda, const int8_t* w, const float* scale,
+                    int64_t ldw, int64_t k, int64_t n, float* out, int64_t ldo, int64_t rows, bool accumulate) {
+  thread_local std::vector<float> sums;
+  sums.assign(static_cast<size_t>(rows * n), 0.0f);
+  sums_fn(a, lda, w, ldw, k, n, sums.data(), rows);
+  ApplyScales(sums.data(), scale, n, out, ldo, rows, accumulate);
+}
+
 }  // namespace
 
 void SmallGemmInt8(const float* a, int64_t lda, const int8_t* w, const float* scale, int64_t ldw, int64_t k,
                    int64_t n, float* out, int64_t ldo, int64_t rows, bool accumulate) {
-  // The integer-weighted sums first, then one multiply by the column's scale.
-  thread_local std::vector<float> sums;
-  sums.assign(static_cast<size_t>(rows * n), 0.0f);
 #ifdef LSTMSERVE_REDUCED_AVX512
-  if (HasAvx512()) {
-    Int8SumsAvx512(a, lda, w, ldw, k, n, sums.data(), rows);
-  } else {
-    Int8Sums(a, lda, w, ldw, k, n, sums.data(), rows);
-  }
+  const Int8SumsFn sums_fn = HasAvx512() ? &Int8SumsAvx512 : &Int8Sums;
 #else
-  Int8Sums(a, lda, w, ldw, k, n, sums.data(), rows);
+  const Int8SumsFn sums_fn = &Int8Sums;
 #endif
-  ApplyScales(sums.data(), scale, n, out, ldo, rows, accumulate);
+  ScaledInt8Gemm(sums_fn, a, lda, w, scale, ldw, k, n, out, ldo, rows, accumulate);
 }
 
 void SmallGemmInt8Portable(const float* a, int64_t lda, const int8_t* w, const float* scale, int64_t ldw, int64_t k,
                            int64_t n, float* out, int64_t ldo, int64_t rows, bool accumulate) {
-  thread_local std::vector<float> sums;
-  sums.assign(static_cast<size_t>(rows * n), 0.0f);
-  Int8Sums(a, lda, w, ldw, k, n, sums.data(), rows);
-  ApplyScales(sums.data(), scale, n, out, ldo, rows, accumulate);
+  ScaledInt8Gemm(&Int8Sums, a, lda, w, scale, ldw, k, n, out, ldo, rows, accumulate);
 }
 
 LSTMSERVE_MULTIVERSION

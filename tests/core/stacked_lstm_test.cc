@@ -20,6 +20,14 @@ StackedLstm MakeLstm(int64_t layers, int64_t input, int64_t hidden, bool bias, u
   return *StackedLstm::FromParameterSet(*CreateParameterSet(TestLstmSpec(layers, input, hidden, bias, seed), {}));
 }
 
+// Per-layer states of `layers` layers: c ~ N(0, 1), h ~ U(-1, 1), each [batch, hidden].
+LstmState RandomState(int64_t layers, int64_t batch, int64_t hidden, at::Generator& gen) {
+  LstmState state;
+  for (int64_t l = 0; l < layers; ++l) state.c.push_back(at::empty({batch, hidden}).normal_(0, 1, gen));
+  for (int64_t l = 0; l < layers; ++l) state.h.push_back(at::empty({batch, hidden}).uniform_(-1, 1, gen));
+  return state;
+}
+
 double MaxAbsDiff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kFloat).cpu() - b.to(at::kFloat).cpu()).abs().max().item<double>();
 }
@@ -77,8 +85,7 @@ TEST(StackedLstmPathTest, AllPathsAgreeOnLargerBatchesAndLongChunkedSequences) {
   const StackedLstm lstm = MakeLstm(2, 32, 256, true);
   auto gen = Gen(11);
   const at::Tensor x = at::empty({150, 64, 32}).normal_(0, 1, gen);
-  LstmState init{{at::empty({64, 256}).normal_(0, 1, gen), at::empty({64, 256}).normal_(0, 1, gen)},
-                 {at::empty({64, 256}).uniform_(-1, 1, gen), at::empty({64, 256}).uniform_(-1, 1, gen)}};
+  const LstmState init = RandomState(2, 64, 256, gen);
   auto generic = lstm.Run(x, init, true, LstmPath::kGeneric);
   ASSERT_TRUE(generic.ok()) << generic.status();
   for (LstmPath path : {LstmPath::kBlas, LstmPath::kSmallBatch, LstmPath::kAuto}) {
@@ -96,8 +103,7 @@ TEST(StackedLstmPathTest, ALargeLayerAtBatchOneSplitAcrossThreadsMatchesGeneric)
   const StackedLstm lstm = MakeLstm(2, 768, 768, true);
   auto gen = Gen(12);
   const at::Tensor x = at::empty({3, 1, 768}).normal_(0, 1, gen);
-  LstmState init{{at::empty({1, 768}).normal_(0, 1, gen), at::empty({1, 768}).normal_(0, 1, gen)},
-                 {at::empty({1, 768}).uniform_(-1, 1, gen), at::empty({1, 768}).uniform_(-1, 1, gen)}};
+  const LstmState init = RandomState(2, 1, 768, gen);
   auto generic = lstm.Run(x, init, true, LstmPath::kGeneric);
   ASSERT_TRUE(generic.ok()) << generic.status();
   for (LstmPath path : {LstmPath::kSmallBatch, LstmPath::kAuto}) {
