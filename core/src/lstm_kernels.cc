@@ -128,6 +128,56 @@ void SmallGemmInt8Portable(const float* a, int64_t lda, const int8_t* w, const f
   ScaledInt8Gemm(&Int8Sums, a, lda, w, scale, ldw, k, n, out, ldo, rows, accumulate);
 }
 
+bool HasPackedInt8() {
+#ifdef LSTMSERVE_REDUCED_AVX512
+  static const bool has = HasAvx512() && __builtin_cpu_supports("avx512vnni");
+  return has;
+#else
+  return false;
+#endif
+}
+
+bool HasPackedBf16() {
+#ifdef LSTMSERVE_REDUCED_AVX512
+  static const bool has = HasAvx512() && __builtin_cpu_supports("avx512bf16");
+  return has;
+#else
+  return false;
+#endif
+}
+
+namespace {
+
+template <typename T>
+void Pack(const T* w, int64_t ldw, int64_t k, int64_t n, int64_t group, T* packed) {
+  const int64_t stride = RowStride(k, group);
+  for (int64_t p = 0; p < Panels(n); ++p) {
+    T* panel = packed + p * stride * kPanelColumns;
+    for (int64_t g = 0; g < stride / group; ++g) {
+      for (int64_t c = 0; c < kPanelColumns; ++c) {
+        for (int64_t i = 0; i < group; ++i) {
+          const int64_t row = g * group + i, col = p * kPanelColumns + c;
+          panel[(g * kPanelColumns + c) * group + i] = row < k && col < n ? w[row * ldw + col] : T{0};
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void PackInt8(const int8_t* w, int64_t ldw, int64_t k, int64_t n, int8_t* packed, int32_t* column_sums) {
+  Pack(w, ldw, k, n, kInt8Group, packed);
+  std::fill(column_sums, column_sums + n, 0);
+  for (int64_t i = 0; i < k; ++i) {
+    for (int64_t j = 0; j < n; ++j) column_sums[j] += w[i * ldw + j];
+  }
+}
+
+void PackBf16(const uint16_t* w, int64_t ldw, int64_t k, int64_t n, uint16_t* packed) {
+  Pack(w, ldw, k, n, kBf16Group, packed);
+}
+
 LSTMSERVE_MULTIVERSION
 void LstmGates(const float* __restrict gates, const float* __restrict bias, float* __restrict c,
                bool c_is_zero, float* __restrict h_out, int64_t rows, int64_t h) {

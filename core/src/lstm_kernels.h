@@ -37,6 +37,53 @@ void SmallGemmBf16Avx512(const float* a, int64_t lda, const uint16_t* w, int64_t
 void Int8SumsAvx512(const float* a, int64_t lda, const int8_t* w, int64_t ldw, int64_t k, int64_t n, float* sums,
                     int64_t rows);
 
+// ---- Packed GEMMs of reduced weights, for batches past the small kernels ----
+// int8 weights run on vpdpbusd (AVX512-VNNI) with the activations quantized per row, bf16
+// weights on vdpbf16ps (AVX512-BF16) with the activations rounded to bf16: 4x and 2x the
+// multiply-adds per instruction of float32 FMAs. packed_gemm_avx512.cc; the CPU must have
+// x86-64-v4 and the extension (HasPackedInt8, HasPackedBf16; false off GCC x86-64).
+bool HasPackedInt8();
+bool HasPackedBf16();
+
+// The weight [k, n] is packed in panels of 16 columns; in each, groups of G consecutive k of
+// a column lie side by side (G = 4 for int8, 2 for bf16), zero padded to whole panels and
+// groups. Rows of rounded activations hold whole groups too (RowStride).
+constexpr int64_t kPanelColumns = 16;
+constexpr int64_t kInt8Group = 4;
+constexpr int64_t kBf16Group = 2;
+// Past this k an int8 sum could pass int32 (255 * 127 * k); such layers use widened weights.
+constexpr int64_t kMaxPackedInt8K = 65536;
+inline int64_t Panels(int64_t n) { return (n + kPanelColumns - 1) / kPanelColumns; }
+inline int64_t RowStride(int64_t k, int64_t group) { return (k + group - 1) / group * group; }
+inline int64_t PackedElements(int64_t k, int64_t n, int64_t group) { return Panels(n) * RowStride(k, group) * kPanelColumns; }
+// w [k, n] with row stride ldw into packed[PackedElements(k, n, G)]; PackInt8 also writes
+// column_sums[n] = sum over k of w[:, j] (the kernel's correction for its unsigned activations).
+void PackInt8(const int8_t* w, int64_t ldw, int64_t k, int64_t n, int8_t* packed, int32_t* column_sums);
+void PackBf16(const uint16_t* w, int64_t ldw, int64_t k, int64_t n, uint16_t* packed);
+
+// Each row r of a [rows, k] in two int8 terms, a ~ s * qh + s_lo * ql, 254 times finer than
+// one: s = max |a[r, :]| / 127 and qh = round(a / s) (ties to even, as torch.round(a / s)),
+// then s_lo = s / 254 and ql = round((a - qh * s) / s_lo) (the residual fused-multiplied,
+// clamped to +-127). q gets rows 2r = qh + 128 and 2r + 1 = ql + 128 (unsigned, for
+// vpdpbusd), the rest of each row's stride 128; row_scale[2r] = s, row_scale[2r + 1] = s_lo.
+// A row of zeros gets scales 0; a row with a NaN or an infinity gets scales NaN (its outputs
+// are NaN, as they would be in float32). q holds 2 * rows rows of ldq bytes.
+void QuantizeRowsInt8Avx512(const float* a, int64_t lda, int64_t rows, int64_t k, uint8_t* q, int64_t ldq,
+                            float* row_scale);
+// q[r, i] = bf16(a[r, i]), round to nearest even; the rest of the row's stride 0.
+void RoundRowsBf16Avx512(const float* a, int64_t lda, int64_t rows, int64_t k, uint16_t* q, int64_t ldq);
+// For the panels [p0, p1) (columns 16 p0 .. min(n, 16 p1)) and every row r < rows:
+//   int8: out[r, j] (=|+=) (s * float(Qh) + s_lo * float(Ql)) * column_scale[j], Qh and Ql the
+//         exact integer sums of (q - 128) * w over the row's two terms
+//   bf16: out[r, j] (=|+=) sum_i q[r, i] * w[i, j], float32 accumulation in vdpbf16ps's order.
+// Callers split panels across threads. Integer sums are exact, so a row's results do not
+// depend on the other rows or on the split.
+void Int8GemmPackedAvx512(const uint8_t* q, int64_t ldq, const float* row_scale, int64_t rows, const int8_t* packed,
+                          const int32_t* column_sums, const float* column_scale, int64_t k, int64_t n, int64_t p0,
+                          int64_t p1, float* out, int64_t ldo, bool accumulate);
+void Bf16GemmPackedAvx512(const uint16_t* q, int64_t ldq, int64_t rows, const uint16_t* packed, int64_t k, int64_t n,
+                          int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate);
+
 // The LSTM cell's elementwise part for `rows` rows of hidden size h:
 //   gates [rows, 4h] holds the pre-activations in blocks i, f, o, g; bias [4h] (zeros when
 //   the set has none); c [rows, h] is read (unless c_is_zero) and overwritten with the new

@@ -137,6 +137,46 @@ void Gemm(bool small, const float* a, int64_t rows, int64_t k, const WeightView&
   }
 }
 
+// out[rows, n] (=|+=) a[rows, k] @ w, w a reduced weight packed for the dot-product kernels
+// (sums and scale: int8's column sums and scales). The activations are rounded once on this
+// thread, then the column panels are split across the intra-op threads.
+void PackedGemm(WeightStorage storage, const float* a, int64_t rows, int64_t k, const at::Tensor& packed,
+                const at::Tensor& sums, const float* scale, int64_t n, float* out, bool accumulate) {
+#ifndef LSTMSERVE_REDUCED_AVX512
+  TORCH_CHECK(false, "this build of lstmserve has no packed GEMMs");  // UsesPackedGemm() is false
+#else
+  const bool int8 = storage == WeightStorage::kInt8;
+  const int64_t ldq = kernels::RowStride(k, int8 ? kernels::kInt8Group : kernels::kBf16Group);
+  thread_local std::vector<uint16_t> rounded;  // bf16 elements, or int8 bytes two to an element
+  thread_local std::vector<float> row_scales;
+  rounded.resize(static_cast<size_t>(int8 ? (2 * rows * ldq + 1) / 2 : rows * ldq));  // int8: two terms a row
+  if (int8) {
+    row_scales.resize(static_cast<size_t>(2 * rows));
+    kernels::QuantizeRowsInt8Avx512(a, k, rows, k, reinterpret_cast<uint8_t*>(rounded.data()), ldq,
+                                    row_scales.data());
+  } else {
+    kernels::RoundRowsBf16Avx512(a, k, rows, k, rounded.data(), ldq);
+  }
+  // The workers see this thread's buffers through pointers (a thread_local named in the
+  // lambda would be each worker's own).
+  const uint16_t* q = rounded.data();
+  const float* row_scale = row_scales.data();
+  constexpr int64_t kPanelsPerTask = 4;
+  const int64_t panels = kernels::Panels(n);
+  at::parallel_for(0, (panels + kPanelsPerTask - 1) / kPanelsPerTask, 1, [&](int64_t t0, int64_t t1) {
+    const int64_t p0 = t0 * kPanelsPerTask, p1 = std::min(panels, t1 * kPanelsPerTask);
+    if (int8) {
+      kernels::Int8GemmPackedAvx512(reinterpret_cast<const uint8_t*>(q), ldq, row_scale, rows,
+                                    packed.data_ptr<int8_t>(), sums.data_ptr<int32_t>(), scale, k, n, p0, p1, out, n,
+                                    accumulate);
+    } else {
+      kernels::Bf16GemmPackedAvx512(q, ldq, rows, reinterpret_cast<const uint16_t*>(packed.data_ptr()), k, n, p0,
+                                    p1, out, n, accumulate);
+    }
+  });
+#endif
+}
+
 void Gates(const float* gates, const float* bias, float* c, bool c_is_zero, float* h_out,
            int64_t batch, int64_t hidden, bool parallel) {
   if (!parallel) {
@@ -285,6 +325,7 @@ absl::StatusOr<StackedLstm> StackedLstm::Create(std::vector<at::Tensor> weights,
   for (auto& w : weights) lstm.weights_.push_back(w.contiguous());
   for (auto& b : biases) lstm.biases_.push_back(b.contiguous());
   for (auto& sc : scales) lstm.scales_.push_back(sc.contiguous());
+  lstm.packed_ = std::make_shared<PackedLayout>();
   if (biases.empty() && activation_type == at::kFloat && w0.device().is_cpu()) {
     // the fused kernel always adds one
     lstm.zero_bias_ = at::zeros({4 * hidden}, w0.options().dtype(at::kFloat));
@@ -321,6 +362,46 @@ absl::StatusOr<StackedLstm> StackedLstm::FromParameterSet(const ParameterSet& se
 at::Tensor StackedLstm::FloatWeight(int64_t layer) const {
   if (storage_ == WeightStorage::kDType) return weights_[layer];
   return DequantizeWeight(weights_[layer], scales_.empty() ? nullptr : &scales_[layer]);
+}
+
+bool StackedLstm::UsesPackedGemm() const {
+  switch (storage_) {
+    case WeightStorage::kDType:
+      return false;
+    case WeightStorage::kBFloat16:
+      return kernels::HasPackedBf16();
+    case WeightStorage::kInt8:
+      return kernels::HasPackedInt8() && input_size_ <= kernels::kMaxPackedInt8K &&
+             hidden_size_ <= kernels::kMaxPackedInt8K;
+  }
+  return false;
+}
+
+const StackedLstm::PackedLayout& StackedLstm::Packed() const {
+  std::call_once(packed_->once, [&] {
+    const int64_t n = 4 * hidden_size_;
+    const bool int8 = storage_ == WeightStorage::kInt8;
+    const int64_t group = int8 ? kernels::kInt8Group : kernels::kBf16Group;
+    const auto pack = [&](const at::Tensor& w, int64_t row0, int64_t k, std::vector<at::Tensor>& into,
+                          std::vector<at::Tensor>& sums_into) {
+      at::Tensor packed = at::empty({kernels::PackedElements(k, n, group)}, w.options());
+      if (int8) {
+        at::Tensor sums = at::empty({n}, w.options().dtype(at::kInt));
+        kernels::PackInt8(w.data_ptr<int8_t>() + row0 * n, n, k, n, packed.data_ptr<int8_t>(), sums.data_ptr<int32_t>());
+        sums_into.push_back(std::move(sums));
+      } else {
+        kernels::PackBf16(reinterpret_cast<const uint16_t*>(w.data_ptr()) + row0 * n, n, k, n,
+                          reinterpret_cast<uint16_t*>(packed.data_ptr()));
+      }
+      into.push_back(std::move(packed));
+    };
+    for (const at::Tensor& w : weights_) {
+      const int64_t in = w.size(0) - hidden_size_;
+      pack(w, 0, in, packed_->x, packed_->x_sums);
+      pack(w, in, hidden_size_, packed_->h, packed_->h_sums);
+    }
+  });
+  return *packed_;
 }
 
 double StackedLstm::StepFlops(int64_t batch) const {
@@ -493,16 +574,30 @@ SequenceResult StackedLstm::RunFloatCpu(const at::Tensor& inputs, int64_t steps,
   if (want_outputs) result.outputs = at::empty({steps, batch, hidden}, at::kFloat);
   const at::Tensor x = inputs.contiguous();
   const float* layer_input = x.data_ptr<float>();
+  const PackedLayout* packed = !small && UsesPackedGemm() ? &Packed() : nullptr;
   for (int64_t l = 0; l < layers; ++l) {
     const int64_t in = weights_[l].size(0) - hidden;
-    // The small kernels read reduced weights as stored; BLAS gets them widened, per call.
-    const at::Tensor widened = small || storage_ == WeightStorage::kDType ? at::Tensor() : FloatWeight(l);
+    // The small kernels read reduced weights as stored, and so do the packed GEMMs; BLAS gets
+    // them widened, per call.
+    const at::Tensor widened =
+        small || packed != nullptr || storage_ == WeightStorage::kDType ? at::Tensor() : FloatWeight(l);
     const WeightView w_x =
         widened.defined() ? WeightView{widened.data_ptr(), WeightStorage::kDType, nullptr}
                           : WeightView{weights_[l].data_ptr(), storage_,
                                        scales_.empty() ? nullptr : scales_[l].data_ptr<float>()};
     const WeightView w_h = w_x.Rows(in, 4 * hidden);
     const float* bias = (has_bias() ? biases_[l] : zero_bias_).data_ptr<float>();
+    // rows [rows, k] (=|+=) times the layer's input weights (x_part) or hidden weights.
+    const auto project = [&](const float* rows_in, int64_t rows, bool x_part, float* out, bool accumulate) {
+      const int64_t k = x_part ? in : hidden;
+      if (packed == nullptr) return Gemm(small, rows_in, rows, k, x_part ? w_x : w_h, 4 * hidden, out, accumulate);
+      const float* scale = scales_.empty() ? nullptr : scales_[l].data_ptr<float>();
+      const at::Tensor no_sums;
+      const at::Tensor& sums =
+          storage_ != WeightStorage::kInt8 ? no_sums : x_part ? packed->x_sums[l] : packed->h_sums[l];
+      PackedGemm(storage_, rows_in, rows, k, x_part ? packed->x[l] : packed->h[l], sums, scale, 4 * hidden, out,
+                 accumulate);
+    };
     float* output = (l == layers - 1 && want_outputs) ? result.outputs.data_ptr<float>() : sequences[l % 2];
 
     at::Tensor c = EmptyFloat(batch, hidden);
@@ -523,11 +618,11 @@ SequenceResult StackedLstm::RunFloatCpu(const at::Tensor& inputs, int64_t steps,
     }
     for (int64_t t0 = one_pass ? steps : 0; t0 < steps; t0 += chunk_steps) {
       const int64_t n = std::min(chunk_steps, steps - t0);
-      Gemm(small, layer_input + t0 * batch * in, n * batch, in, w_x, 4 * hidden, gates, false);
+      project(layer_input + t0 * batch * in, n * batch, /*x_part=*/true, gates, false);
       for (int64_t t = t0; t < t0 + n; ++t) {
         float* step_gates = gates + (t - t0) * batch * 4 * hidden;
         float* h_out = output + t * batch * hidden;
-        if (h_prev != nullptr) Gemm(small, h_prev, batch, hidden, w_h, 4 * hidden, step_gates, true);
+        if (h_prev != nullptr) project(h_prev, batch, /*x_part=*/false, step_gates, true);
         Gates(step_gates, bias, c_data, c_is_zero, h_out, batch, hidden, parallel_gates);
         c_is_zero = false;
         h_prev = h_out;

@@ -38,8 +38,10 @@ enum class LstmPath {
   kSmallBatch,  // float32 CPU: own vectorised kernels, no LibTorch op per step (auto: B <= 4,
                 // B = 1 when a layer's weight has more than 2^21 elements, B <= 4 always for
                 // bfloat16 and int8 weights, which these kernels read as stored)
-  kBlas,        // float32 CPU: one GEMM per layer for all inputs, one GEMM per step (reduced
-                // weights are widened to float32 once per call)
+  kBlas,        // float32 CPU: one GEMM per layer for all inputs, one GEMM per step. Reduced
+                // weights take the core's packed GEMMs where the CPU has AVX512-VNNI (int8,
+                // activations quantized per row) or AVX512-BF16 (bf16, activations rounded
+                // to bf16); elsewhere they are widened to float32 once per call for BLAS
   kGeneric,     // any device and dtype: LibTorch ops
   kOneDnn,      // float32 CPU, LibTorch 2.x: at::lstm on weights reordered to its layout, which
                 // runs oneDNN's fused RNN primitive (AVX-512 where the CPU has it; auto: B >= 32
@@ -133,6 +135,19 @@ class StackedLstm {
     std::vector<at::Tensor> params;
   };
   std::shared_ptr<TorchLayout> torch_layout_;
+  // Reduced weights packed for the kBlas path's dot-product GEMMs (kernels::PackInt8 and
+  // PackBf16), made on the first call that takes them: the stored weights once more (1 or 2
+  // bytes per weight), split into each layer's input rows and hidden rows.
+  struct PackedLayout {
+    std::once_flag once;
+    std::vector<at::Tensor> x, h;            // per layer: w_l[0:in] and w_l[in:in + H], packed
+    std::vector<at::Tensor> x_sums, h_sums;  // int8: their int32 column sums
+  };
+  std::shared_ptr<PackedLayout> packed_;
+  // Whether kBlas runs this set's weights on the packed GEMMs (reduced storage, and a CPU
+  // that has the instructions), and the layout, packed on first use.
+  bool UsesPackedGemm() const;
+  const PackedLayout& Packed() const;
   int64_t input_size_ = 0;
   int64_t hidden_size_ = 0;
 };

@@ -1,0 +1,219 @@
+// The packed GEMMs of reduced-storage sets for batches past the small kernels: int8 weights
+// with vpdpbusd (AVX512-VNNI, 64 multiply-adds per instruction) and bfloat16 weights with
+// vdpbf16ps (AVX512-BF16, 32), both four and two times the float32 FMA's 16. This file alone
+// is compiled for x86-64-v4 with VNNI and BF16 (core/CMakeLists.txt); lstm_kernels.cc calls
+// it only where the CPU has them.
+//
+// The weight [k, n] is packed once per set (PackInt8, PackBf16): panels of 16 columns, and in
+// each panel groups of G consecutive k per column side by side (G = 4 int8 or 2 bf16), so one
+// 64-byte load gives an instruction 16 columns by G rows of weights. The activations are
+// rounded per call (QuantizeRowsInt8, RoundRowsBf16) into rows of whole groups; a tile of MR
+// rows by NB panels keeps MR x NB accumulators in registers over all of k.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
+#include "lstm_kernels.h"
+
+namespace lstmserve::core::kernels {
+namespace {
+
+constexpr int kRowsPerTile = 6;    // MR: 6 x 4 accumulators + 4 weight vectors + 1 broadcast
+constexpr int kPanelsPerTile = 4;  // NB: 64 columns
+
+inline __mmask16 ColumnMask(int64_t j, int64_t n) {
+  const int64_t left = n - j;
+  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+}
+
+inline int32_t LoadGroup(const void* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// MP rows of activations (each two quantized rows, hi and lo, of q) by NB panels: acc[r][i]
+// += the group's q[r] . w[panel i], over all groups; then each output row gets
+// (s_hi * acc_hi + s_lo * acc_lo) * column_scale.
+template <int MP, int NB>
+void Int8Tile(const uint8_t* q, int64_t ldq, const float* row_scale, const int8_t* panels, int64_t panel_bytes,
+              int64_t groups, const int32_t* column_sums, const float* column_scale, int64_t j0, int64_t n,
+              float* out, int64_t ldo, bool accumulate) {
+  constexpr int MR = 2 * MP;
+  __m512i acc[MR][NB];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int i = 0; i < NB; ++i) acc[r][i] = _mm512_setzero_si512();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i b[NB];
+#pragma GCC unroll 4
+    for (int i = 0; i < NB; ++i) b[i] = _mm512_loadu_si512(panels + i * panel_bytes + g * 64);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512i a = _mm512_set1_epi32(LoadGroup(q + r * ldq + 4 * g));
+#pragma GCC unroll 4
+      for (int i = 0; i < NB; ++i) acc[r][i] = _mm512_dpbusd_epi32(acc[r][i], a, b[i]);
+    }
+  }
+  // q holds x / s + 128 as unsigned bytes: subtract 128 * (the column's sum of weights).
+#pragma GCC unroll 4
+  for (int i = 0; i < NB; ++i) {
+    const int64_t j = j0 + 16 * i;
+    if (j >= n) break;
+    const __mmask16 m = ColumnMask(j, n);
+    const __m512i correction = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(m, column_sums + j), 7);
+    const __m512 cs = _mm512_maskz_loadu_ps(m, column_scale + j);
+#pragma GCC unroll 4
+    for (int r = 0; r < MP; ++r) {
+      const __m512 hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[2 * r][i], correction));
+      const __m512 lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[2 * r + 1][i], correction));
+      const __m512 v =
+          _mm512_fmadd_ps(lo, _mm512_set1_ps(row_scale[2 * r + 1]), _mm512_mul_ps(hi, _mm512_set1_ps(row_scale[2 * r])));
+      float* o = out + r * ldo + j;
+      const __m512 result = accumulate ? _mm512_fmadd_ps(v, cs, _mm512_maskz_loadu_ps(m, o)) : _mm512_mul_ps(v, cs);
+      _mm512_mask_storeu_ps(o, m, result);
+    }
+  }
+}
+
+template <int MR, int NB>
+void Bf16Tile(const uint16_t* q, int64_t ldq, const uint16_t* panels, int64_t panel_elements, int64_t groups,
+              int64_t j0, int64_t n, float* out, int64_t ldo, bool accumulate) {
+  __m512 acc[MR][NB];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int i = 0; i < NB; ++i) acc[r][i] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512bh b[NB];
+#pragma GCC unroll 4
+    for (int i = 0; i < NB; ++i) b[i] = (__m512bh)_mm512_loadu_si512(panels + i * panel_elements + g * 32);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(LoadGroup(q + r * ldq + 2 * g));
+#pragma GCC unroll 4
+      for (int i = 0; i < NB; ++i) acc[r][i] = _mm512_dpbf16_ps(acc[r][i], a, b[i]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < NB; ++i) {
+    const int64_t j = j0 + 16 * i;
+    if (j >= n) break;
+    const __mmask16 m = ColumnMask(j, n);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      float* o = out + r * ldo + j;
+      _mm512_mask_storeu_ps(o, m, accumulate ? _mm512_add_ps(acc[r][i], _mm512_maskz_loadu_ps(m, o)) : acc[r][i]);
+    }
+  }
+}
+
+// Tables of the tiles by (rows - 1, panels - 1), for the edges.
+using Int8TileFn = void (*)(const uint8_t*, int64_t, const float*, const int8_t*, int64_t, int64_t, const int32_t*,
+                            const float*, int64_t, int64_t, float*, int64_t, bool);
+using Bf16TileFn = void (*)(const uint16_t*, int64_t, const uint16_t*, int64_t, int64_t, int64_t, int64_t, float*,
+                            int64_t, bool);
+
+#define LSTMSERVE_TILE_ROW(T, r) {&T<r, 1>, &T<r, 2>, &T<r, 3>, &T<r, 4>}
+constexpr Int8TileFn kInt8Tiles[kRowsPerTile / 2][kPanelsPerTile] = {
+    LSTMSERVE_TILE_ROW(Int8Tile, 1), LSTMSERVE_TILE_ROW(Int8Tile, 2), LSTMSERVE_TILE_ROW(Int8Tile, 3)};
+constexpr Bf16TileFn kBf16Tiles[kRowsPerTile][kPanelsPerTile] = {
+    LSTMSERVE_TILE_ROW(Bf16Tile, 1), LSTMSERVE_TILE_ROW(Bf16Tile, 2), LSTMSERVE_TILE_ROW(Bf16Tile, 3),
+    LSTMSERVE_TILE_ROW(Bf16Tile, 4), LSTMSERVE_TILE_ROW(Bf16Tile, 5), LSTMSERVE_TILE_ROW(Bf16Tile, 6)};
+#undef LSTMSERVE_TILE_ROW
+
+// Whether x[0, k) has no NaN and no infinity (x * 0 is 0 for every finite x, else NaN).
+bool RowIsFinite(const float* x, int64_t k) {
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t i = 0; i < k; i += 16) {
+    sum = _mm512_add_ps(sum, _mm512_mul_ps(_mm512_maskz_loadu_ps(ColumnMask(i, k), x + i), _mm512_setzero_ps()));
+  }
+  return _mm512_reduce_add_ps(sum) == 0.0f;
+}
+
+}  // namespace
+
+void QuantizeRowsInt8Avx512(const float* a, int64_t lda, int64_t rows, int64_t k, uint8_t* q, int64_t ldq,
+                            float* row_scale) {
+  const __m512i offset = _mm512_set1_epi32(128), low = _mm512_set1_epi32(-127), high = _mm512_set1_epi32(127);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = a + r * lda;
+    __m512 amax = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; i += 16) {
+      amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_maskz_loadu_ps(ColumnMask(i, k), x + i)));
+    }
+    const float s = _mm512_reduce_max_ps(amax) / 127.0f;
+    const float s_lo = s / 254.0f;
+    uint8_t* hi = q + 2 * r * ldq;
+    uint8_t* lo = hi + ldq;
+    const bool finite = RowIsFinite(x, k);
+    if (!finite || s == 0.0f) {
+      // All zeros give zeros; a NaN or infinity gives NaN outputs, as float32 arithmetic would.
+      row_scale[2 * r] = row_scale[2 * r + 1] = finite ? 0.0f : std::numeric_limits<float>::quiet_NaN();
+      std::memset(hi, 128, static_cast<size_t>(2 * ldq));
+      continue;
+    }
+    row_scale[2 * r] = s;
+    row_scale[2 * r + 1] = s_lo;
+    const __m512 vs = _mm512_set1_ps(s), vs_lo = _mm512_set1_ps(s_lo);
+    for (int64_t i = 0; i < k; i += 16) {
+      const __mmask16 m = ColumnMask(i, k);
+      const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+      // round(x / s), ties to even (the default rounding mode); then the residual's
+      const __m512 qh = _mm512_roundscale_ps(_mm512_div_ps(v, vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m512 residual = _mm512_fnmadd_ps(qh, vs, v);
+      const __m512i ql = _mm512_min_epi32(high, _mm512_max_epi32(low, _mm512_cvtps_epi32(_mm512_div_ps(residual, vs_lo))));
+      _mm_mask_storeu_epi8(hi + i, m, _mm512_cvtusepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(qh), offset)));
+      _mm_mask_storeu_epi8(lo + i, m, _mm512_cvtusepi32_epi8(_mm512_add_epi32(ql, offset)));
+    }
+    std::memset(hi + k, 128, static_cast<size_t>(ldq - k));
+    std::memset(lo + k, 128, static_cast<size_t>(ldq - k));
+  }
+}
+
+void RoundRowsBf16Avx512(const float* a, int64_t lda, int64_t rows, int64_t k, uint16_t* q, int64_t ldq) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = a + r * lda;
+    uint16_t* dst = q + r * ldq;
+    for (int64_t i = 0; i < k; i += 16) {
+      const __mmask16 m = ColumnMask(i, k);
+      const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i));
+      __m256i bits;
+      std::memcpy(&bits, &v, sizeof(bits));
+      _mm256_mask_storeu_epi16(dst + i, m, bits);
+    }
+    std::fill(dst + k, dst + ldq, uint16_t{0});
+  }
+}
+
+void Int8GemmPackedAvx512(const uint8_t* q, int64_t ldq, const float* row_scale, int64_t rows, const int8_t* packed,
+                          const int32_t* column_sums, const float* column_scale, int64_t k, int64_t n, int64_t p0,
+                          int64_t p1, float* out, int64_t ldo, bool accumulate) {
+  const int64_t groups = (k + 3) / 4, panel_bytes = groups * 64;
+  for (int64_t p = p0; p < p1; p += kPanelsPerTile) {
+    const int64_t nb = std::min<int64_t>(kPanelsPerTile, p1 - p);
+    for (int64_t r = 0; r < rows; r += kRowsPerTile / 2) {
+      const int64_t mp = std::min<int64_t>(kRowsPerTile / 2, rows - r);
+      kInt8Tiles[mp - 1][nb - 1](q + 2 * r * ldq, ldq, row_scale + 2 * r, packed + p * panel_bytes, panel_bytes,
+                                 groups, column_sums, column_scale, p * 16, n, out + r * ldo, ldo, accumulate);
+    }
+  }
+}
+
+void Bf16GemmPackedAvx512(const uint16_t* q, int64_t ldq, int64_t rows, const uint16_t* packed, int64_t k, int64_t n,
+                          int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate) {
+  const int64_t groups = (k + 1) / 2, panel_elements = groups * 32;
+  for (int64_t p = p0; p < p1; p += kPanelsPerTile) {
+    const int64_t nb = std::min<int64_t>(kPanelsPerTile, p1 - p);
+    for (int64_t r = 0; r < rows; r += kRowsPerTile) {
+      const int64_t mr = std::min<int64_t>(kRowsPerTile, rows - r);
+      kBf16Tiles[mr - 1][nb - 1](q + r * ldq, ldq, packed + p * panel_elements, panel_elements, groups, p * 16, n,
+                                 out + r * ldo, ldo, accumulate);
+    }
+  }
+}
+
+}  // namespace lstmserve::core::kernels
