@@ -61,26 +61,26 @@ inline int64_t PackedElements(int64_t k, int64_t n, int64_t group) { return Pane
 void PackInt8(const int8_t* w, int64_t ldw, int64_t k, int64_t n, int8_t* packed, int32_t* column_sums);
 void PackBf16(const uint16_t* w, int64_t ldw, int64_t k, int64_t n, uint16_t* packed);
 
-// Each row r of a [rows, k] in two int8 terms, a ~ s * qh + s_lo * ql, 254 times finer than
-// one: s = max |a[r, :]| / 127 and qh = round(a / s) (ties to even, as torch.round(a / s)),
-// then s_lo = s / 254 and ql = round((a - qh * s) / s_lo) (the residual fused-multiplied,
-// clamped to +-127). q gets rows 2r = qh + 128 and 2r + 1 = ql + 128 (unsigned, for
-// vpdpbusd), the rest of each row's stride 128; row_scale[2r] = s, row_scale[2r + 1] = s_lo.
-// A row of zeros gets scales 0; a row with a NaN or an infinity gets scales NaN (its outputs
-// are NaN, as they would be in float32). q holds 2 * rows rows of ldq bytes.
-void QuantizeRowsInt8Avx512(const float* a, int64_t lda, int64_t rows, int64_t k, uint8_t* q, int64_t ldq,
-                            float* row_scale);
+// Each row r of a [rows, k] in `terms` int8 terms (1 or 2): s = max |a[r, :]| / 127 and
+// qh = round(a / s) (ties to even, as torch.round(a / s)); with two terms also s_lo = s / 254
+// and ql = round((a - qh * s) / s_lo) (the residual fused-multiplied, clamped to +-127), so
+// a ~ s * qh + s_lo * ql, 254 times finer than one term. q gets `terms` rows per row r, from
+// row terms * r: qh + 128 (then ql + 128; unsigned, for vpdpbusd), the rest of each row's
+// stride 128; row_scale[terms * r] = s (then s_lo). A row of zeros gets scales 0; a row with
+// a NaN or an infinity gets scales NaN (its outputs are NaN, as they would be in float32).
+void QuantizeRowsInt8Avx512(const float* a, int64_t lda, int64_t rows, int64_t k, int terms, uint8_t* q,
+                            int64_t ldq, float* row_scale);
 // q[r, i] = bf16(a[r, i]), round to nearest even; the rest of the row's stride 0.
 void RoundRowsBf16Avx512(const float* a, int64_t lda, int64_t rows, int64_t k, uint16_t* q, int64_t ldq);
 // For the panels [p0, p1) (columns 16 p0 .. min(n, 16 p1)) and every row r < rows:
-//   int8: out[r, j] (=|+=) (s * float(Qh) + s_lo * float(Ql)) * column_scale[j], Qh and Ql the
-//         exact integer sums of (q - 128) * w over the row's two terms
+//   int8: out[r, j] (=|+=) (s * float(Qh) (+ s_lo * float(Ql))) * column_scale[j], Qh and Ql
+//         the exact integer sums of (q - 128) * w over the row's terms
 //   bf16: out[r, j] (=|+=) sum_i q[r, i] * w[i, j], float32 accumulation in vdpbf16ps's order.
 // Callers split panels across threads. Integer sums are exact, so a row's results do not
 // depend on the other rows or on the split.
-void Int8GemmPackedAvx512(const uint8_t* q, int64_t ldq, const float* row_scale, int64_t rows, const int8_t* packed,
-                          const int32_t* column_sums, const float* column_scale, int64_t k, int64_t n, int64_t p0,
-                          int64_t p1, float* out, int64_t ldo, bool accumulate);
+void Int8GemmPackedAvx512(const uint8_t* q, int64_t ldq, const float* row_scale, int64_t rows, int terms,
+                          const int8_t* packed, const int32_t* column_sums, const float* column_scale, int64_t k,
+                          int64_t n, int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate);
 void Bf16GemmPackedAvx512(const uint16_t* q, int64_t ldq, int64_t rows, const uint16_t* packed, int64_t k, int64_t n,
                           int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate);
 

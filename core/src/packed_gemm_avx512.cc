@@ -34,14 +34,14 @@ inline int32_t LoadGroup(const void* p) {
   return v;
 }
 
-// MP rows of activations (each two quantized rows, hi and lo, of q) by NB panels: acc[r][i]
-// += the group's q[r] . w[panel i], over all groups; then each output row gets
-// (s_hi * acc_hi + s_lo * acc_lo) * column_scale.
-template <int MP, int NB>
+// MP rows of activations, each TERMS rows of q (one term, or two: hi and lo), by NB
+// panels: acc[r][i] += the group's q[r] . w[panel i], over all groups; then each output row
+// gets (s * acc[hi] (+ s_lo * acc[lo])) * column_scale.
+template <int TERMS, int MP, int NB>
 void Int8Tile(const uint8_t* q, int64_t ldq, const float* row_scale, const int8_t* panels, int64_t panel_bytes,
               int64_t groups, const int32_t* column_sums, const float* column_scale, int64_t j0, int64_t n,
               float* out, int64_t ldo, bool accumulate) {
-  constexpr int MR = 2 * MP;
+  constexpr int MR = TERMS * MP;
   __m512i acc[MR][NB];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
@@ -66,12 +66,14 @@ void Int8Tile(const uint8_t* q, int64_t ldq, const float* row_scale, const int8_
     const __mmask16 m = ColumnMask(j, n);
     const __m512i correction = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(m, column_sums + j), 7);
     const __m512 cs = _mm512_maskz_loadu_ps(m, column_scale + j);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int r = 0; r < MP; ++r) {
-      const __m512 hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[2 * r][i], correction));
-      const __m512 lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[2 * r + 1][i], correction));
-      const __m512 v =
-          _mm512_fmadd_ps(lo, _mm512_set1_ps(row_scale[2 * r + 1]), _mm512_mul_ps(hi, _mm512_set1_ps(row_scale[2 * r])));
+      __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[TERMS * r][i], correction)),
+                               _mm512_set1_ps(row_scale[TERMS * r]));
+      if (TERMS == 2) {
+        const __m512 lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[TERMS * r + 1][i], correction));
+        v = _mm512_fmadd_ps(lo, _mm512_set1_ps(row_scale[TERMS * r + 1]), v);
+      }
       float* o = out + r * ldo + j;
       const __m512 result = accumulate ? _mm512_fmadd_ps(v, cs, _mm512_maskz_loadu_ps(m, o)) : _mm512_mul_ps(v, cs);
       _mm512_mask_storeu_ps(o, m, result);
@@ -118,8 +120,14 @@ using Bf16TileFn = void (*)(const uint16_t*, int64_t, const uint16_t*, int64_t, 
                             int64_t, bool);
 
 #define LSTMSERVE_TILE_ROW(T, r) {&T<r, 1>, &T<r, 2>, &T<r, 3>, &T<r, 4>}
-constexpr Int8TileFn kInt8Tiles[kRowsPerTile / 2][kPanelsPerTile] = {
-    LSTMSERVE_TILE_ROW(Int8Tile, 1), LSTMSERVE_TILE_ROW(Int8Tile, 2), LSTMSERVE_TILE_ROW(Int8Tile, 3)};
+#define LSTMSERVE_INT8_ROW(terms, r) \
+  {&Int8Tile<terms, r, 1>, &Int8Tile<terms, r, 2>, &Int8Tile<terms, r, 3>, &Int8Tile<terms, r, 4>}
+constexpr Int8TileFn kInt8Tiles1[kRowsPerTile][kPanelsPerTile] = {
+    LSTMSERVE_INT8_ROW(1, 1), LSTMSERVE_INT8_ROW(1, 2), LSTMSERVE_INT8_ROW(1, 3),
+    LSTMSERVE_INT8_ROW(1, 4), LSTMSERVE_INT8_ROW(1, 5), LSTMSERVE_INT8_ROW(1, 6)};
+constexpr Int8TileFn kInt8Tiles2[kRowsPerTile / 2][kPanelsPerTile] = {
+    LSTMSERVE_INT8_ROW(2, 1), LSTMSERVE_INT8_ROW(2, 2), LSTMSERVE_INT8_ROW(2, 3)};
+#undef LSTMSERVE_INT8_ROW
 constexpr Bf16TileFn kBf16Tiles[kRowsPerTile][kPanelsPerTile] = {
     LSTMSERVE_TILE_ROW(Bf16Tile, 1), LSTMSERVE_TILE_ROW(Bf16Tile, 2), LSTMSERVE_TILE_ROW(Bf16Tile, 3),
     LSTMSERVE_TILE_ROW(Bf16Tile, 4), LSTMSERVE_TILE_ROW(Bf16Tile, 5), LSTMSERVE_TILE_ROW(Bf16Tile, 6)};
@@ -136,8 +144,8 @@ bool RowIsFinite(const float* x, int64_t k) {
 
 }  // namespace
 
-void QuantizeRowsInt8Avx512(const float* a, int64_t lda, int64_t rows, int64_t k, uint8_t* q, int64_t ldq,
-                            float* row_scale) {
+void QuantizeRowsInt8Avx512(const float* a, int64_t lda, int64_t rows, int64_t k, int terms, uint8_t* q,
+                            int64_t ldq, float* row_scale) {
   const __m512i offset = _mm512_set1_epi32(128), low = _mm512_set1_epi32(-127), high = _mm512_set1_epi32(127);
   for (int64_t r = 0; r < rows; ++r) {
     const float* x = a + r * lda;
@@ -147,30 +155,34 @@ void QuantizeRowsInt8Avx512(const float* a, int64_t lda, int64_t rows, int64_t k
     }
     const float s = _mm512_reduce_max_ps(amax) / 127.0f;
     const float s_lo = s / 254.0f;
-    uint8_t* hi = q + 2 * r * ldq;
-    uint8_t* lo = hi + ldq;
+    uint8_t* hi = q + terms * r * ldq;
+    uint8_t* lo = hi + ldq;  // two terms only
+    float* scales = row_scale + terms * r;
     const bool finite = RowIsFinite(x, k);
     if (!finite || s == 0.0f) {
       // All zeros give zeros; a NaN or infinity gives NaN outputs, as float32 arithmetic would.
-      row_scale[2 * r] = row_scale[2 * r + 1] = finite ? 0.0f : std::numeric_limits<float>::quiet_NaN();
-      std::memset(hi, 128, static_cast<size_t>(2 * ldq));
+      std::fill(scales, scales + terms, finite ? 0.0f : std::numeric_limits<float>::quiet_NaN());
+      std::memset(hi, 128, static_cast<size_t>(terms * ldq));
       continue;
     }
-    row_scale[2 * r] = s;
-    row_scale[2 * r + 1] = s_lo;
+    scales[0] = s;
+    if (terms == 2) scales[1] = s_lo;
     const __m512 vs = _mm512_set1_ps(s), vs_lo = _mm512_set1_ps(s_lo);
     for (int64_t i = 0; i < k; i += 16) {
       const __mmask16 m = ColumnMask(i, k);
       const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
       // round(x / s), ties to even (the default rounding mode); then the residual's
       const __m512 qh = _mm512_roundscale_ps(_mm512_div_ps(v, vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      const __m512 residual = _mm512_fnmadd_ps(qh, vs, v);
-      const __m512i ql = _mm512_min_epi32(high, _mm512_max_epi32(low, _mm512_cvtps_epi32(_mm512_div_ps(residual, vs_lo))));
       _mm_mask_storeu_epi8(hi + i, m, _mm512_cvtusepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(qh), offset)));
-      _mm_mask_storeu_epi8(lo + i, m, _mm512_cvtusepi32_epi8(_mm512_add_epi32(ql, offset)));
+      if (terms == 2) {
+        const __m512 residual = _mm512_fnmadd_ps(qh, vs, v);
+        const __m512i ql =
+            _mm512_min_epi32(high, _mm512_max_epi32(low, _mm512_cvtps_epi32(_mm512_div_ps(residual, vs_lo))));
+        _mm_mask_storeu_epi8(lo + i, m, _mm512_cvtusepi32_epi8(_mm512_add_epi32(ql, offset)));
+      }
     }
     std::memset(hi + k, 128, static_cast<size_t>(ldq - k));
-    std::memset(lo + k, 128, static_cast<size_t>(ldq - k));
+    if (terms == 2) std::memset(lo + k, 128, static_cast<size_t>(ldq - k));
   }
 }
 
@@ -189,16 +201,18 @@ void RoundRowsBf16Avx512(const float* a, int64_t lda, int64_t rows, int64_t k, u
   }
 }
 
-void Int8GemmPackedAvx512(const uint8_t* q, int64_t ldq, const float* row_scale, int64_t rows, const int8_t* packed,
-                          const int32_t* column_sums, const float* column_scale, int64_t k, int64_t n, int64_t p0,
-                          int64_t p1, float* out, int64_t ldo, bool accumulate) {
+void Int8GemmPackedAvx512(const uint8_t* q, int64_t ldq, const float* row_scale, int64_t rows, int terms,
+                          const int8_t* packed, const int32_t* column_sums, const float* column_scale, int64_t k,
+                          int64_t n, int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate) {
   const int64_t groups = (k + 3) / 4, panel_bytes = groups * 64;
+  const int64_t tile_rows = kRowsPerTile / terms;
   for (int64_t p = p0; p < p1; p += kPanelsPerTile) {
     const int64_t nb = std::min<int64_t>(kPanelsPerTile, p1 - p);
-    for (int64_t r = 0; r < rows; r += kRowsPerTile / 2) {
-      const int64_t mp = std::min<int64_t>(kRowsPerTile / 2, rows - r);
-      kInt8Tiles[mp - 1][nb - 1](q + 2 * r * ldq, ldq, row_scale + 2 * r, packed + p * panel_bytes, panel_bytes,
-                                 groups, column_sums, column_scale, p * 16, n, out + r * ldo, ldo, accumulate);
+    for (int64_t r = 0; r < rows; r += tile_rows) {
+      const int64_t mp = std::min<int64_t>(tile_rows, rows - r);
+      const Int8TileFn tile = terms == 1 ? kInt8Tiles1[mp - 1][nb - 1] : kInt8Tiles2[mp - 1][nb - 1];
+      tile(q + terms * r * ldq, ldq, row_scale + terms * r, packed + p * panel_bytes, panel_bytes, groups,
+           column_sums, column_scale, p * 16, n, out + r * ldo, ldo, accumulate);
     }
   }
 }

@@ -138,41 +138,63 @@ void Gemm(bool small, const float* a, int64_t rows, int64_t k, const WeightView&
 }
 
 // out[rows, n] (=|+=) a[rows, k] @ w, w a reduced weight packed for the dot-product kernels
-// (sums and scale: int8's column sums and scales). The activations are rounded once on this
-// thread, then the column panels are split across the intra-op threads.
-void PackedGemm(WeightStorage storage, const float* a, int64_t rows, int64_t k, const at::Tensor& packed,
-                const at::Tensor& sums, const float* scale, int64_t n, float* out, bool accumulate) {
+// (sums and scale: int8's column sums and scales). Many rows are split across the intra-op
+// threads by rows, each thread rounding its own rows and then multiplying them by all of w
+// (the rounding is then parallel too, and no thread waits between the two); a few rows by
+// column panels, so that each thread streams its part of w.
+void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t rows, int64_t k,
+                const at::Tensor& packed, const at::Tensor& sums, const float* scale, int64_t n, float* out,
+                bool accumulate) {
 #ifndef LSTMSERVE_REDUCED_AVX512
   TORCH_CHECK(false, "this build of lstmserve has no packed GEMMs");  // UsesPackedGemm() is false
 #else
   const bool int8 = storage == WeightStorage::kInt8;
   const int64_t ldq = kernels::RowStride(k, int8 ? kernels::kInt8Group : kernels::kBf16Group);
-  thread_local std::vector<uint16_t> rounded;  // bf16 elements, or int8 bytes two to an element
+  // Row r's rounding starts at q + r * ldq, 16-bit elements: room for int8's two terms of
+  // ldq bytes, or for ldq bf16; its scales at row_scale + 2 * r.
+  const int64_t row_elements = ldq;
+  thread_local std::vector<uint16_t> rounded;
   thread_local std::vector<float> row_scales;
-  rounded.resize(static_cast<size_t>(int8 ? (2 * rows * ldq + 1) / 2 : rows * ldq));  // int8: two terms a row
-  if (int8) {
-    row_scales.resize(static_cast<size_t>(2 * rows));
-    kernels::QuantizeRowsInt8Avx512(a, k, rows, k, reinterpret_cast<uint8_t*>(rounded.data()), ldq,
-                                    row_scales.data());
-  } else {
-    kernels::RoundRowsBf16Avx512(a, k, rows, k, rounded.data(), ldq);
-  }
+  rounded.resize(static_cast<size_t>(rows * row_elements));
+  row_scales.resize(static_cast<size_t>(2 * rows));
   // The workers see this thread's buffers through pointers (a thread_local named in the
   // lambda would be each worker's own).
-  const uint16_t* q = rounded.data();
-  const float* row_scale = row_scales.data();
-  constexpr int64_t kPanelsPerTask = 4;
-  const int64_t panels = kernels::Panels(n);
-  at::parallel_for(0, (panels + kPanelsPerTask - 1) / kPanelsPerTask, 1, [&](int64_t t0, int64_t t1) {
-    const int64_t p0 = t0 * kPanelsPerTask, p1 = std::min(panels, t1 * kPanelsPerTask);
+  uint16_t* const q = rounded.data();
+  float* const row_scale = row_scales.data();
+  const int8_t* const w8 = int8 ? packed.data_ptr<int8_t>() : nullptr;
+  const uint16_t* const w16 = int8 ? nullptr : reinterpret_cast<const uint16_t*>(packed.data_ptr());
+  const int32_t* const column_sums = int8 ? sums.data_ptr<int32_t>() : nullptr;
+  const auto round_rows = [&](int64_t r0, int64_t r1) {
     if (int8) {
-      kernels::Int8GemmPackedAvx512(reinterpret_cast<const uint8_t*>(q), ldq, row_scale, rows,
-                                    packed.data_ptr<int8_t>(), sums.data_ptr<int32_t>(), scale, k, n, p0, p1, out, n,
-                                    accumulate);
+      kernels::QuantizeRowsInt8Avx512(a + r0 * k, k, r1 - r0, k, int8_terms,
+                                      reinterpret_cast<uint8_t*>(q + r0 * row_elements), ldq, row_scale + 2 * r0);
     } else {
-      kernels::Bf16GemmPackedAvx512(q, ldq, rows, reinterpret_cast<const uint16_t*>(packed.data_ptr()), k, n, p0,
-                                    p1, out, n, accumulate);
+      kernels::RoundRowsBf16Avx512(a + r0 * k, k, r1 - r0, k, q + r0 * row_elements, ldq);
     }
+  };
+  const auto multiply = [&](int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
+    if (int8) {
+      kernels::Int8GemmPackedAvx512(reinterpret_cast<const uint8_t*>(q + r0 * row_elements), ldq,
+                                    row_scale + 2 * r0, r1 - r0, int8_terms, w8, column_sums, scale, k, n, p0, p1,
+                                    out + r0 * n, n, accumulate);
+    } else {
+      kernels::Bf16GemmPackedAvx512(q + r0 * row_elements, ldq, r1 - r0, w16, k, n, p0, p1, out + r0 * n, n,
+                                    accumulate);
+    }
+  };
+  const int64_t panels = kernels::Panels(n);
+  constexpr int64_t kRowsPerTask = 6, kPanelsPerTask = 4;
+  if (rows >= 4 * kRowsPerTask * at::get_num_threads()) {
+    at::parallel_for(0, (rows + kRowsPerTask - 1) / kRowsPerTask, 1, [&](int64_t t0, int64_t t1) {
+      const int64_t r0 = t0 * kRowsPerTask, r1 = std::min(rows, t1 * kRowsPerTask);
+      round_rows(r0, r1);
+      multiply(r0, r1, 0, panels);
+    });
+    return;
+  }
+  round_rows(0, rows);
+  at::parallel_for(0, (panels + kPanelsPerTask - 1) / kPanelsPerTask, 1, [&](int64_t t0, int64_t t1) {
+    multiply(0, rows, t0 * kPanelsPerTask, std::min(panels, t1 * kPanelsPerTask));
   });
 #endif
 }
@@ -595,8 +617,11 @@ SequenceResult StackedLstm::RunFloatCpu(const at::Tensor& inputs, int64_t steps,
       const at::Tensor no_sums;
       const at::Tensor& sums =
           storage_ != WeightStorage::kInt8 ? no_sums : x_part ? packed->x_sums[l] : packed->h_sums[l];
-      PackedGemm(storage_, rows_in, rows, k, x_part ? packed->x[l] : packed->h[l], sums, scale, 4 * hidden, out,
-                 accumulate);
+      // int8: the set's inputs (any range, outliers) in two terms; the states h in (-1, 1),
+      // which are also the inputs of layers past the first, in one.
+      const int int8_terms = x_part && l == 0 ? 2 : 1;
+      PackedGemm(storage_, int8_terms, rows_in, rows, k, x_part ? packed->x[l] : packed->h[l], sums, scale,
+                 4 * hidden, out, accumulate);
     };
     float* output = (l == layers - 1 && want_outputs) ? result.outputs.data_ptr<float>() : sequences[l % 2];
 

@@ -219,7 +219,8 @@ TEST(WeightStorageTest, EveryKernelBuildMatchesMatmulOnWidenedWeights) {
 }
 
 // The packed GEMMs against their definition in torch (lstm_kernels.h): int8 quantizes each
-// row of activations exactly as torch.round(a / (max|a| / 127)) and sums exactly; bf16
+// row of activations exactly as torch.round(a / (max|a| / 127)) (and the residual, with two
+// terms) and sums exactly; bf16
 // rounds the activations to bf16. Every row remainder of the 6-row tile, every panel
 // remainder of the 4-panel tile, column tails and k tails; a row's bits never depend on
 // the other rows; zero rows give zeros and a NaN gives NaN.
@@ -243,57 +244,70 @@ TEST(WeightStorageTest, PackedGemmsMatchTheirDefinition) {
           kernels::PackInt8(q.data_ptr<int8_t>(), n, k, n, packed.data_ptr<int8_t>(), sums.data_ptr<int32_t>());
           EXPECT_TRUE(sums.equal(q.to(at::kInt).sum(0).to(at::kInt)));
           const int64_t ldq = kernels::RowStride(k, kernels::kInt8Group);
-          at::Tensor qa = at::empty({rows, 2, ldq}, at::kByte);  // two terms a row
-          at::Tensor row_scale = at::empty({rows, 2});
-          kernels::QuantizeRowsInt8Avx512(a.data_ptr<float>(), k, rows, k, qa.data_ptr<uint8_t>(), ldq,
-                                          row_scale.data_ptr<float>());
-          const at::Tensor s = (a.abs().amax(1) / 127).unsqueeze(1), s_lo = s / 254;
-          EXPECT_TRUE(row_scale.select(1, 0).equal(s.squeeze(1))) << where;
-          EXPECT_TRUE(row_scale.select(1, 1).equal(s_lo.squeeze(1))) << where;
-          const at::Tensor nonzero = s > 0;
-          const at::Tensor qh = at::where(nonzero, at::round(a / s), at::zeros({}));
-          // The residual a - qh * s rounded once (fused), exact in double before the rounding.
-          const at::Tensor residual = (a.to(at::kDouble) - qh.to(at::kDouble) * s.to(at::kDouble)).to(at::kFloat);
-          const at::Tensor ql = at::where(nonzero, at::round(residual / s_lo).clamp(-127, 127), at::zeros({}));
-          EXPECT_TRUE(qa.select(1, 0).narrow(1, 0, k).to(at::kFloat).sub(128).equal(qh)) << where;
-          EXPECT_TRUE(qa.select(1, 1).narrow(1, 0, k).to(at::kFloat).sub(128).equal(ql)) << where;
-          EXPECT_LT(MaxAbsDiff(at::where(nonzero, qh * s + ql * s_lo, at::zeros({})), a),
-                    (a.abs().max() / 127 / 254).item<double>() + 1e-30) << "the two terms are 254 times finer than one";
-          // Integer sums below 2^24 are exact in float32 in any order.
-          const at::Tensor wq = q.to(at::kFloat);
-          const at::Tensor want = base + (s * at::matmul(qh, wq) + s_lo * at::matmul(ql, wq)) * scale;
-          for (bool accumulate : {true, false}) {
-            at::Tensor out = base.clone();
-            kernels::Int8GemmPackedAvx512(qa.data_ptr<uint8_t>(), ldq, row_scale.data_ptr<float>(), rows,
-                                          packed.data_ptr<int8_t>(), sums.data_ptr<int32_t>(), scale.data_ptr<float>(),
-                                          k, n, 0, panels, out.data_ptr<float>(), n, accumulate);
-            EXPECT_LT(MaxAbsDiff(out, accumulate ? want : want - base), 1e-5) << "int8 " << where;
-            if (accumulate) {
-              EXPECT_TRUE(out[0].equal(base[0])) << "a zero row adds nothing";
+          for (int terms : {1, 2}) {
+            const std::string how = where + " terms " + std::to_string(terms);
+            at::Tensor qa = at::empty({rows, terms, ldq}, at::kByte);
+            at::Tensor row_scale = at::empty({rows, terms});
+            kernels::QuantizeRowsInt8Avx512(a.data_ptr<float>(), k, rows, k, terms, qa.data_ptr<uint8_t>(), ldq,
+                                            row_scale.data_ptr<float>());
+            const at::Tensor s = (a.abs().amax(1) / 127).unsqueeze(1), s_lo = s / 254;
+            EXPECT_TRUE(row_scale.select(1, 0).equal(s.squeeze(1))) << how;
+            const at::Tensor nonzero = s > 0;
+            const at::Tensor qh = at::where(nonzero, at::round(a / s), at::zeros({}));
+            EXPECT_TRUE(qa.select(1, 0).narrow(1, 0, k).to(at::kFloat).sub(128).equal(qh)) << how;
+            const at::Tensor wq = q.to(at::kFloat);
+            // Integer sums below 2^24 are exact in float32 in any order.
+            at::Tensor want = base + s * at::matmul(qh, wq) * scale;
+            if (terms == 2) {
+              EXPECT_TRUE(row_scale.select(1, 1).equal(s_lo.squeeze(1))) << how;
+              // The residual a - qh * s rounded once (fused), exact in double before the rounding.
+              const at::Tensor residual = (a.to(at::kDouble) - qh.to(at::kDouble) * s.to(at::kDouble)).to(at::kFloat);
+              const at::Tensor ql = at::where(nonzero, at::round(residual / s_lo).clamp(-127, 127), at::zeros({}));
+              EXPECT_TRUE(qa.select(1, 1).narrow(1, 0, k).to(at::kFloat).sub(128).equal(ql)) << how;
+              EXPECT_LE(MaxAbsDiff(at::where(nonzero, qh * s + ql * s_lo, at::zeros({})), a),
+                        (a.abs().max() / 127 / 254).item<double>() + 1e-30)
+                  << "the two terms are 254 times finer than one";
+              want = base + (s * at::matmul(qh, wq) + s_lo * at::matmul(ql, wq)) * scale;
             }
-            // The last row alone, and the panels split in two: the same bits.
-            at::Tensor last = base.narrow(0, rows - 1, 1).clone();
-            const int64_t half = panels / 2;
-            for (auto [p0, p1] : {std::pair<int64_t, int64_t>{0, half}, {half, panels}}) {
-              kernels::Int8GemmPackedAvx512(qa[rows - 1].data_ptr<uint8_t>(), ldq, row_scale[rows - 1].data_ptr<float>(),
-                                            1, packed.data_ptr<int8_t>(), sums.data_ptr<int32_t>(),
-                                            scale.data_ptr<float>(), k, n, p0, p1, last.data_ptr<float>(), n,
+            for (bool accumulate : {true, false}) {
+              at::Tensor out = base.clone();
+              kernels::Int8GemmPackedAvx512(qa.data_ptr<uint8_t>(), ldq, row_scale.data_ptr<float>(), rows, terms,
+                                            packed.data_ptr<int8_t>(), sums.data_ptr<int32_t>(),
+                                            scale.data_ptr<float>(), k, n, 0, panels, out.data_ptr<float>(), n,
                                             accumulate);
+              EXPECT_LT(MaxAbsDiff(out, accumulate ? want : want - base), 1e-5) << "int8 " << how;
+              if (accumulate) {
+                EXPECT_TRUE(out[0].equal(base[0])) << "a zero row adds nothing";
+              }
+              // The last row alone, and the panels split in two: the same bits.
+              at::Tensor last = base.narrow(0, rows - 1, 1).clone();
+              const int64_t half = panels / 2;
+              for (auto [p0, p1] : {std::pair<int64_t, int64_t>{0, half}, {half, panels}}) {
+                kernels::Int8GemmPackedAvx512(qa[rows - 1].data_ptr<uint8_t>(), ldq,
+                                              row_scale[rows - 1].data_ptr<float>(), 1, terms,
+                                              packed.data_ptr<int8_t>(), sums.data_ptr<int32_t>(),
+                                              scale.data_ptr<float>(), k, n, p0, p1, last.data_ptr<float>(), n,
+                                              accumulate);
+              }
+              EXPECT_TRUE(last.equal(out.narrow(0, rows - 1, 1))) << "int8 " << how;
             }
-            EXPECT_TRUE(last.equal(out.narrow(0, rows - 1, 1))) << "int8 " << where;
           }
           // A NaN makes its row's outputs NaN (float32 arithmetic would), and only its row's.
           at::Tensor bad = a.clone();
           bad[rows - 1][k / 2] = std::numeric_limits<float>::quiet_NaN();
-          kernels::QuantizeRowsInt8Avx512(bad.data_ptr<float>(), k, rows, k, qa.data_ptr<uint8_t>(), ldq,
-                                          row_scale.data_ptr<float>());
-          at::Tensor out = base.clone();
-          kernels::Int8GemmPackedAvx512(qa.data_ptr<uint8_t>(), ldq, row_scale.data_ptr<float>(), rows,
-                                        packed.data_ptr<int8_t>(), sums.data_ptr<int32_t>(), scale.data_ptr<float>(), k,
-                                        n, 0, panels, out.data_ptr<float>(), n, true);
-          EXPECT_TRUE(out[rows - 1].isnan().all().item<bool>()) << where;
-          if (rows > 1) {
-            EXPECT_FALSE(out.narrow(0, 0, rows - 1).isnan().any().item<bool>()) << where;
+          for (int terms : {1, 2}) {
+            at::Tensor qa = at::empty({rows, terms, ldq}, at::kByte);
+            at::Tensor row_scale = at::empty({rows, terms});
+            kernels::QuantizeRowsInt8Avx512(bad.data_ptr<float>(), k, rows, k, terms, qa.data_ptr<uint8_t>(), ldq,
+                                            row_scale.data_ptr<float>());
+            at::Tensor out = base.clone();
+            kernels::Int8GemmPackedAvx512(qa.data_ptr<uint8_t>(), ldq, row_scale.data_ptr<float>(), rows, terms,
+                                          packed.data_ptr<int8_t>(), sums.data_ptr<int32_t>(), scale.data_ptr<float>(),
+                                          k, n, 0, panels, out.data_ptr<float>(), n, true);
+            EXPECT_TRUE(out[rows - 1].isnan().all().item<bool>()) << where;
+            if (rows > 1) {
+              EXPECT_FALSE(out.narrow(0, 0, rows - 1).isnan().any().item<bool>()) << where;
+            }
           }
         }
         if (kernels::HasPackedBf16()) {

@@ -43,18 +43,20 @@ _AVX512 = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"}
 PACKED = {storage: _AVX512 | {flag} <= cpu_flags() for storage, flag in (("bf16", "avx512_bf16"), ("int8", "avx512_vnni"))}
 
 
-def round_activations(t, storage):
+def round_activations(t, storage, terms):
     """What the packed GEMMs multiply: bf16 rounds each value (to nearest even); int8 writes
-    each row in two int8 terms, s * qh + s_lo * ql (s = max|row| / 127, s_lo = s / 254, the
-    residual rounded once)."""
+    each row as s * qh (s = max|row| / 127), or with two terms as s * qh + s_lo * ql
+    (s_lo = s / 254, the residual rounded once)."""
     if storage == "bf16":
         return t.bfloat16().float()
     s = t.abs().amax(1, keepdim=True) / 127
-    s_lo = s / 254
     qh = torch.round(t / s)
-    residual = (t.double() - qh.double() * s.double()).float()
-    ql = torch.round(residual / s_lo).clamp(-127, 127)
-    return torch.where(s > 0, qh * s + ql * s_lo, torch.zeros(()))
+    value = qh * s
+    if terms == 2:
+        s_lo = s / 254
+        residual = (t.double() - qh.double() * s.double()).float()
+        value = value + torch.round(residual / s_lo).clamp(-127, 127) * s_lo
+    return torch.where(s > 0, value, torch.zeros(()))
 
 
 class WeightStorageTest(ServerTestCase):
@@ -115,7 +117,9 @@ class WeightStorageTest(ServerTestCase):
                     for l in range(LAYERS):
                         x_in, h_in = layer_input, h[l]
                         if rounded:  # x and h are separate GEMMs: each row of each has its scale
-                            x_in, h_in = round_activations(x_in, id), round_activations(h_in, id)
+                            # int8: the set's inputs in two terms; h, and the layers' inputs past the first, in one
+                            x_in = round_activations(x_in, id, 2 if l == 0 else 1)
+                            h_in = round_activations(h_in, id, 1)
                         c[l], h[l] = common_ops.lstm(x_in, c[l], torch.cat([h_in, ones], 1), w[l])
                         layer_input = h[l]
                     expected.append(h[-1])
