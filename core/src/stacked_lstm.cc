@@ -263,6 +263,33 @@ const char* LstmPathName(LstmPath path) {
   return "unknown";
 }
 
+absl::StatusOr<LstmPath> ParseLstmPath(absl::string_view name) {
+  for (LstmPath path : {LstmPath::kAuto, LstmPath::kSmallBatch, LstmPath::kBlas, LstmPath::kGeneric, LstmPath::kOneDnn,
+                        LstmPath::kCudaFused, LstmPath::kCudaGemm}) {
+    if (name == LstmPathName(path)) return path;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown LSTM path \"", name,
+                                                 "\"; choose auto, small_batch, blas, onednn, generic, cuda_fused or "
+                                                 "cuda_gemm"));
+}
+
+std::string DescribeCpuKernels() {
+  const char* clone = "baseline x86-64";
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512cd")) {
+    clone = "x86-64-v4 (AVX-512)";
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    clone = "x86-64-v3 (AVX2 + FMA)";
+  }
+#else
+  clone = "portable";
+#endif
+  return absl::StrCat("small-batch kernels ", clone, "; packed int8 GEMM (AVX512-VNNI) ",
+                      kernels::HasPackedInt8() ? "yes" : "no", "; packed bf16 GEMM (AVX512-BF16) ",
+                      kernels::HasPackedBf16() ? "yes" : "no", "; oneDNN LSTM ", OneDnnLstmAvailable() ? "yes" : "no");
+}
+
 bool OneDnnLstmAvailable() {
 #if TORCH_VERSION_MAJOR >= 2
   return at::hasMKLDNN() && at::globalContext().userEnabledMkldnn();
@@ -431,6 +458,15 @@ const StackedLstm::PackedLayout& StackedLstm::Packed() const {
     }
   });
   return *packed_;
+}
+
+const char* StackedLstm::KernelName(int64_t batch, int64_t steps, LstmPath path) const {
+  const LstmPath chosen = ChoosePath(batch, steps, path);
+  if (chosen == LstmPath::kBlas && storage_ != WeightStorage::kDType) {
+    if (!UsesPackedGemm()) return "blas_widened";
+    return storage_ == WeightStorage::kInt8 ? "packed_int8" : "packed_bf16";
+  }
+  return LstmPathName(chosen);
 }
 
 double StackedLstm::StepFlops(int64_t batch) const {

@@ -207,19 +207,26 @@ absl::Duration Batcher::Run(std::vector<BatchJob> batch, core::DeviceRunner& run
   const core::StackedLstm& lstm = *live.front().set->lstm;
   const absl::Time began = absl::Now();
   if (live.size() == 1) {
-    auto result = runner.Run(lstm, live.front().inputs, live.front().state, live.front().want_outputs);
+    auto result =
+        runner.Run(lstm, live.front().inputs, live.front().state, live.front().want_outputs, options_.path);
     const absl::Duration compute = absl::Now() - began;
-    if (metrics_ != nullptr) metrics_->ObserveBatch(rows, compute);
+    if (metrics_ != nullptr) {
+      metrics_->ObserveBatch(rows, compute);
+      metrics_->ObserveKernel(lstm.KernelName(rows, live.front().inputs.size(0), options_.path));
+    }
     live.front().done(std::move(result));
     return compute;
   }
   auto result = core::GuardTorch("batch", [&]() -> absl::StatusOr<core::SequenceResult> {
     std::vector<at::Tensor> inputs;
     for (const auto& job : live) inputs.push_back(job.inputs);
-    return runner.Run(lstm, at::cat(inputs, 1), MergeStates(live), live.front().want_outputs);
+    return runner.Run(lstm, at::cat(inputs, 1), MergeStates(live), live.front().want_outputs, options_.path);
   });
   const absl::Duration compute = absl::Now() - began;
-  if (metrics_ != nullptr) metrics_->ObserveBatch(rows, compute);
+  if (metrics_ != nullptr) {
+    metrics_->ObserveBatch(rows, compute);
+    metrics_->ObserveKernel(lstm.KernelName(rows, live.front().inputs.size(0), options_.path));
+  }
   int64_t offset = 0;
   for (auto& job : live) {
     if (!result.ok()) {

@@ -37,6 +37,11 @@ ABSL_FLAG(int64_t, inline_max_work, kDefaults.inline_max_work,
           "a request on a CPU set of at most this many multiply-adds (batch x steps x weights) that finds "
           "the server idle is computed at once on the gRPC thread that received it, saving the batch "
           "thread's wake-up (~30 us); 0: every request goes through the batch queue");
+ABSL_FLAG(std::string, lstm_path, kDefaults.lstm_path,
+          "the core path of every inference call: auto (picked per call by batch size, steps, dtype and "
+          "storage; the batches' kernels are counted in lstmserve_batch_kernel_total) or small_batch, blas, "
+          "onednn, generic, cuda_fused, cuda_gemm to force one (a set it cannot serve answers "
+          "FAILED_PRECONDITION; on int8/bf16 sets, small_batch computes on float32 activations)");
 ABSL_FLAG(int64_t, max_queued_requests, kDefaults.max_queued_requests,
           "queued inference requests beyond which new ones get RESOURCE_EXHAUSTED at once");
 ABSL_FLAG(int64_t, max_sessions, kDefaults.max_sessions, "most Session streams open at once");
@@ -90,6 +95,7 @@ int main(int argc, char** argv) {
   options.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
   options.batch_timeout_micros = absl::GetFlag(FLAGS_batch_timeout_micros);
   options.inline_max_work = absl::GetFlag(FLAGS_inline_max_work);
+  options.lstm_path = absl::GetFlag(FLAGS_lstm_path);
   options.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
   options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
   options.session_idle_timeout = absl::GetFlag(FLAGS_session_idle_timeout);

@@ -245,6 +245,8 @@ struct Metrics::Impl {
   prometheus::Histogram* batch_rows = nullptr;
   prometheus::Histogram* batch_compute = nullptr;
   prometheus::Histogram* queue_wait = nullptr;
+  // lstmserve_batch_kernel_total by kernel name, every name made up front (read-only after).
+  std::vector<std::pair<std::string, prometheus::Counter*>> kernels;
   prometheus::Histogram* phase_decode = nullptr;
   prometheus::Histogram* phase_validate = nullptr;
   prometheus::Histogram* phase_encode = nullptr;
@@ -348,6 +350,16 @@ Metrics::Metrics(const BuildInfo& build) : impl_(std::make_shared<Impl>()) {
                               .Help("Time of each batch's core call.")
                               .Register(registry)
                               .Add({}, kBatchTimeBuckets);
+  auto& kernels = prometheus::BuildCounter()
+                      .Name("lstmserve_batch_kernel_total")
+                      .Help("Batches computed, by the core kernel that ran them: the path (small_batch, blas, onednn, "
+                            "generic, cuda_fused, cuda_gemm), or for int8/bf16 weights on the BLAS path packed_int8, "
+                            "packed_bf16 or blas_widened.")
+                      .Register(registry);
+  for (const char* name : {"small_batch", "blas", "onednn", "generic", "cuda_fused", "cuda_gemm", "packed_int8",
+                           "packed_bf16", "blas_widened"}) {
+    impl_->kernels.emplace_back(name, &kernels.Add({{"kernel", name}}));
+  }
   impl_->queue_wait = &prometheus::BuildHistogram()
                            .Name("lstmserve_batch_queue_wait_seconds")
                            .Help("Time each inference request waited in the queue before its batch was computed.")
@@ -445,6 +457,15 @@ std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> Metrics::
 void Metrics::ObserveBatch(int64_t rows, absl::Duration compute) {
   impl_->batch_rows->Observe(static_cast<double>(rows));
   impl_->batch_compute->Observe(absl::ToDoubleSeconds(compute));
+}
+
+void Metrics::ObserveKernel(const char* kernel) {
+  for (auto& [name, counter] : impl_->kernels) {
+    if (name == kernel) {
+      counter->Increment();
+      return;
+    }
+  }
 }
 
 void Metrics::ObserveQueueWait(absl::Duration wait) { impl_->queue_wait->Observe(absl::ToDoubleSeconds(wait)); }

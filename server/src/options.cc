@@ -2,6 +2,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "lstmserve/core/stacked_lstm.h"
 
 namespace lstmserve::server {
 
@@ -41,6 +42,9 @@ absl::Status ServerOptions::Validate() const {
     return absl::InvalidArgumentError("--batch_timeout_micros must be in [0, 10000000]");
   }
   if (max_queued_requests < 1) return absl::InvalidArgumentError("--max_queued_requests must be >= 1");
+  if (auto path = core::ParseLstmPath(lstm_path); !path.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--lstm_path: ", path.status().message()));
+  }
   if (max_sessions < 0) return absl::InvalidArgumentError("--max_sessions must be >= 0");
   if (session_idle_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--session_idle_timeout must be > 0");

@@ -77,6 +77,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   batching.max_batch_size = options.max_batch_size;
   batching.batch_timeout = absl::Microseconds(options.batch_timeout_micros);
   batching.inline_max_work = options.inline_max_work;
+  batching.path = *core::ParseLstmPath(options.lstm_path);  // validated with the options
+  LogInfo(absl::StrCat("lstm kernels: ", core::DescribeCpuKernels(), "; path ", options.lstm_path));
   batching.max_queued_requests = options.max_queued_requests;
   server->batcher_ = std::make_unique<Batcher>(batching, server->metrics_.get());
   server->sessions_ = std::make_unique<SessionTracker>(options.max_sessions, options.session_idle_timeout);

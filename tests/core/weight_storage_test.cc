@@ -26,6 +26,22 @@ bool Packed(WeightStorage storage) {
   return storage == WeightStorage::kInt8 ? kernels::HasPackedInt8() : kernels::HasPackedBf16();
 }
 
+TEST(WeightStorageTest, ParsesPathNames) {
+  for (LstmPath path : {LstmPath::kAuto, LstmPath::kSmallBatch, LstmPath::kBlas, LstmPath::kGeneric, LstmPath::kOneDnn,
+                        LstmPath::kCudaFused, LstmPath::kCudaGemm}) {
+    EXPECT_EQ(*ParseLstmPath(LstmPathName(path)), path);
+  }
+  const auto bad = ParseLstmPath("fastest");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("small_batch"), std::string::npos);
+  // A float32 set names its path.
+  StackedLstm lstm = *StackedLstm::FromParameterSet(*CreateParameterSet(TestLstmSpec(2, 7, 16, true, 3), {}));
+  EXPECT_EQ(lstm.KernelName(1, 1), std::string("small_batch"));
+  EXPECT_EQ(lstm.KernelName(64, 100), std::string(OneDnnLstmAvailable() ? "onednn" : "blas"));
+  EXPECT_EQ(lstm.KernelName(64, 1), std::string("blas"));
+  EXPECT_FALSE(DescribeCpuKernels().empty());
+}
+
 TEST(WeightStorageTest, ParsesNames) {
   EXPECT_EQ(*ParseWeightStorage(""), WeightStorage::kDType);
   EXPECT_EQ(*ParseWeightStorage("bf16"), WeightStorage::kBFloat16);
@@ -179,6 +195,11 @@ TEST(WeightStorageTest, EveryPathAgreesOnReducedWeights) {
         ASSERT_TRUE(alone.ok());
         EXPECT_TRUE(alone->outputs.equal(blas->outputs.narrow(1, batch - 1, 1))) << WeightStorageName(storage);
       }
+      // What auto runs, by name (lstmserve_batch_kernel_total), and what a forced path runs.
+      const std::string packed = storage == WeightStorage::kInt8 ? "packed_int8" : "packed_bf16";
+      EXPECT_EQ(lstm.KernelName(1, 1), Packed(storage) ? packed : "small_batch");
+      EXPECT_EQ(lstm.KernelName(64, 1), Packed(storage) ? packed : "blas_widened");
+      EXPECT_EQ(lstm.KernelName(64, 1, LstmPath::kSmallBatch), std::string("small_batch"));
       EXPECT_EQ(lstm.Run(at::zeros({20, 40, 7}), {}, true, LstmPath::kOneDnn).status().code(),
                 absl::StatusCode::kFailedPrecondition);
     }

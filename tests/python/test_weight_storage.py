@@ -7,6 +7,7 @@ was stored and imports unchanged, and malformed requests are refused with nothin
 import os
 import sys
 import unittest
+import urllib.request
 
 import grpc
 import torch
@@ -57,6 +58,18 @@ def round_activations(t, storage, terms):
         residual = (t.double() - qh.double() * s.double()).float()
         value = value + torch.round(residual / s_lo).clamp(-127, 127) * s_lo
     return torch.where(s > 0, value, torch.zeros(()))
+
+
+def kernel_batches(server):
+    """lstmserve_batch_kernel_total by kernel, from the server's /metrics."""
+    with urllib.request.urlopen(f"http://{server.metrics}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("lstmserve_batch_kernel_total{"):
+            labels, value = line.rsplit(" ", 1)
+            counts[labels.split('kernel="')[1].split('"')[0]] = float(value)
+    return counts
 
 
 class WeightStorageTest(ServerTestCase):
@@ -131,6 +144,15 @@ class WeightStorageTest(ServerTestCase):
                 self.assertLess((outputs - torch.stack(expected)).abs().max().item(), tolerance, f"{id} B={batch}")
                 _, step_h = self.client.step(id, x[0])
                 self.assertLess((step_h[-1] - expected[0]).abs().max().item(), tolerance, f"{id} B={batch}")
+
+    def test_the_kernels_that_ran_are_counted(self):
+        before = kernel_batches(self.server)
+        self.client.run("int8", torch.zeros(2, 8, INPUT))
+        self.client.run("f32", torch.zeros(2, 1, INPUT))
+        after = kernel_batches(self.server)
+        int8_kernel = "packed_int8" if PACKED["int8"] else "blas_widened"
+        self.assertEqual(after[int8_kernel] - before.get(int8_kernel, 0), 1, after)
+        self.assertEqual(after["small_batch"] - before.get("small_batch", 0), 1, after)
 
     def test_a_rows_bits_do_not_depend_on_its_batch(self):
         # The packed GEMMs round and sum each row on its own, in exact integer or fixed-order
@@ -254,6 +276,43 @@ class WeightStorageTest(ServerTestCase):
         code, message = code_and_message(lambda: self.client.step("int8", torch.ones(1, INPUT, dtype=torch.int8)))
         self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn("float32", message)
+
+
+class ForcedPathTest(ServerTestCase):
+    """--lstm_path=small_batch: every call on the small-batch kernels, which compute int8 and
+    bf16 sets on float32 activations at any batch size (stack_lstm on the widened weights)."""
+    FLAGS = ("--lstm_path=small_batch",)
+
+    @classmethod
+    def prepare(cls):
+        cls.client.create_lstm(LAYERS, INPUT, HIDDEN, seed=7, bias=True, id="int8", weight_storage="int8")
+
+    def test_the_forced_path_computes_on_float32_activations(self):
+        tensors = self.client.export("int8")
+        w = [torch.cat([wl.float() * tensors[f"w_{l}.scale"], tensors[f"b_{l}"][None]]) for l, wl in
+             enumerate(tensors[f"w_{l}"] for l in range(LAYERS))]
+        x = torch.randn(3, 8, INPUT, generator=torch.Generator().manual_seed(9))
+        ones = torch.ones(8, 1)
+        c = [torch.zeros(8, HIDDEN)] * LAYERS
+        h = [torch.zeros(8, HIDDEN)] * LAYERS
+        expected = []
+        for t in range(3):
+            c, h = common_ops.stack_lstm(x[t], c, [torch.cat([hl, ones], 1) for hl in h], w)
+            expected.append(h[-1])
+        before = kernel_batches(self.server)
+        outputs, _, _ = self.client.run("int8", x)
+        self.assertLess((outputs - torch.stack(expected)).abs().max().item(), 1e-5)
+        after = kernel_batches(self.server)
+        self.assertEqual(after["small_batch"] - before.get("small_batch", 0), 1, after)
+        self.assertEqual(after["packed_int8"], 0, after)
+
+    def test_an_unknown_path_is_refused_at_startup(self):
+        import subprocess
+        result = subprocess.run([os.environ["LSTMSERVE_SERVER_BINARY"], "--lstm_path=fastest", "--listen=127.0.0.1:0",
+                                 "--metrics_listen="], capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("--lstm_path", result.stderr)
+        self.assertIn("small_batch", result.stderr)
 
 
 if __name__ == "__main__":

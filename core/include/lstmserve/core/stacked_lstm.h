@@ -9,12 +9,14 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "lstmserve/core/parameter_set.h"
 
 namespace lstmserve::core {
@@ -52,6 +54,12 @@ enum class LstmPath {
 // The name of a path ("auto", "small_batch", "blas", "generic", "onednn", "cuda_fused",
 // "cuda_gemm").
 const char* LstmPathName(LstmPath path);
+// The path of a name LstmPathName gives; INVALID_ARGUMENT naming the choices otherwise.
+absl::StatusOr<LstmPath> ParseLstmPath(absl::string_view name);
+// What this CPU and build give the CPU paths, in one line for the server's startup log: the
+// small-batch kernels' clone, the packed int8 (AVX512-VNNI) and bf16 (AVX512-BF16) GEMMs,
+// and oneDNN's LSTM.
+std::string DescribeCpuKernels();
 // True when this build has the CUDA paths (its LibTorch has CUDA).
 bool BuiltWithCuda();
 // True when the kOneDnn path is available: LibTorch 2.x with oneDNN enabled (1.13's at::lstm
@@ -104,6 +112,11 @@ class StackedLstm {
 
   // FLOPs of one step at batch size `batch` (2 * B * (in_l + H) * 4H summed over layers).
   double StepFlops(int64_t batch) const;
+
+  // The kernel a call of `batch` rows and `steps` steps runs on `path` (kAuto: the path auto
+  // picks), for metrics and logs: the path's name, except that reduced weights on the BLAS
+  // path name how they are multiplied: "packed_int8", "packed_bf16" or "blas_widened".
+  const char* KernelName(int64_t batch, int64_t steps, LstmPath path = LstmPath::kAuto) const;
 
  private:
   StackedLstm() = default;

@@ -51,6 +51,8 @@ struct BatchOptions {
   // Lone requests of at most this many multiply-adds (batch x steps x weights) run on the
   // submitting thread (see above); 0 turns that off. The default is about 50 us of compute.
   int64_t inline_max_work = int64_t{1} << 21;
+  // The core path of every batch (kAuto: picked per batch).
+  core::LstmPath path = core::LstmPath::kAuto;
 };
 
 // One request. `inputs` is [T, B, I] on the host (CPU); `state` is empty or full (validated

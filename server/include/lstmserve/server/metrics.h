@@ -75,6 +75,8 @@ class Metrics {
 
   // Batcher events: one per computed batch, one per request taken from the queue.
   void ObserveBatch(int64_t rows, absl::Duration compute);
+  // The core kernel a computed batch ran (core::StackedLstm::KernelName).
+  void ObserveKernel(const char* kernel);
   void ObserveQueueWait(absl::Duration wait);
   // The server's own hops of a Step or Run call, beside the queue wait and the compute:
   // decode (request bytes -> message), validate (message -> queued job: tensors decoded and

@@ -30,6 +30,10 @@ struct ServerOptions {
   int64_t batch_timeout_micros = 10000;  // under load, the longest a batch waits to fill
   int64_t inline_max_work = int64_t{1} << 21;  // lone small CPU requests run on gRPC's thread (0: never)
   int64_t max_queued_requests = 4096;  // beyond: RESOURCE_EXHAUSTED at once
+  // The core path every inference call takes (core::LstmPathName): "auto" picks per call by
+  // batch size, steps, dtype and storage; another name forces it (a set it cannot serve
+  // answers FAILED_PRECONDITION).
+  std::string lstm_path = "auto";
   // Session streams: at most this many open; one with no message this long is cancelled.
   int64_t max_sessions = 1024;
   absl::Duration session_idle_timeout = absl::Minutes(5);
