@@ -34,19 +34,29 @@ inline int32_t LoadGroup(const void* p) {
   return v;
 }
 
-// MP rows of activations, each TERMS rows of q (one term, or two: hi and lo), by NB
-// panels: acc[r][i] += the group's q[r] . w[panel i], over all groups; then each output row
-// gets (s * acc[hi] (+ s_lo * acc[lo])) * column_scale.
-template <int TERMS, int MP, int NB>
-void Int8Tile(const uint8_t* q, int64_t ldq, const float* row_scale, const int8_t* panels, int64_t panel_bytes,
-              int64_t groups, const int32_t* column_sums, const float* column_scale, int64_t j0, int64_t n,
-              float* out, int64_t ldo, bool accumulate) {
-  constexpr int MR = TERMS * MP;
-  __m512i acc[MR][NB];
+// The two dot products: each takes a row's group (4 bytes: 4 int8 or 2 bf16, broadcast) and
+// a panel's group (64 bytes: 16 columns of it) into 16 accumulators.
+struct Int8Dot {
+  using Acc = __m512i;
+  static Acc Zero() { return _mm512_setzero_si512(); }
+  static Acc Add(Acc acc, __m512i a, __m512i b) { return _mm512_dpbusd_epi32(acc, a, b); }
+};
+struct Bf16Dot {
+  using Acc = __m512;
+  static Acc Zero() { return _mm512_setzero_ps(); }
+  static Acc Add(Acc acc, __m512i a, __m512i b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
+};
+
+// acc[r][i] = sum over the groups of row r of q (stride ldq bytes) dotted with panel i
+// (stride panel_bytes): MR x NB accumulators in registers over all of k.
+template <typename Dot, int MR, int NB>
+inline __attribute__((always_inline)) void Accumulate(const uint8_t* q, int64_t ldq, const uint8_t* panels,
+                                                      int64_t panel_bytes, int64_t groups,
+                                                      typename Dot::Acc (&acc)[MR][NB]) {
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-    for (int i = 0; i < NB; ++i) acc[r][i] = _mm512_setzero_si512();
+    for (int i = 0; i < NB; ++i) acc[r][i] = Dot::Zero();
   for (int64_t g = 0; g < groups; ++g) {
     __m512i b[NB];
 #pragma GCC unroll 4
@@ -55,9 +65,19 @@ void Int8Tile(const uint8_t* q, int64_t ldq, const float* row_scale, const int8_
     for (int r = 0; r < MR; ++r) {
       const __m512i a = _mm512_set1_epi32(LoadGroup(q + r * ldq + 4 * g));
 #pragma GCC unroll 4
-      for (int i = 0; i < NB; ++i) acc[r][i] = _mm512_dpbusd_epi32(acc[r][i], a, b[i]);
+      for (int i = 0; i < NB; ++i) acc[r][i] = Dot::Add(acc[r][i], a, b[i]);
     }
   }
+}
+
+// MP rows of activations, each TERMS rows of q (one term, or two: hi and lo), by NB
+// panels; each output row gets (s * acc[hi] (+ s_lo * acc[lo])) * column_scale.
+template <int TERMS, int MP, int NB>
+void Int8Tile(const uint8_t* q, int64_t ldq, const float* row_scale, const int8_t* panels, int64_t panel_bytes,
+              int64_t groups, const int32_t* column_sums, const float* column_scale, int64_t j0, int64_t n,
+              float* out, int64_t ldo, bool accumulate) {
+  __m512i acc[TERMS * MP][NB];
+  Accumulate<Int8Dot>(q, ldq, reinterpret_cast<const uint8_t*>(panels), panel_bytes, groups, acc);
   // q holds x / s + 128 as unsigned bytes: subtract 128 * (the column's sum of weights).
 #pragma GCC unroll 4
   for (int i = 0; i < NB; ++i) {
@@ -85,21 +105,8 @@ template <int MR, int NB>
 void Bf16Tile(const uint16_t* q, int64_t ldq, const uint16_t* panels, int64_t panel_elements, int64_t groups,
               int64_t j0, int64_t n, float* out, int64_t ldo, bool accumulate) {
   __m512 acc[MR][NB];
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int i = 0; i < NB; ++i) acc[r][i] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < groups; ++g) {
-    __m512bh b[NB];
-#pragma GCC unroll 4
-    for (int i = 0; i < NB; ++i) b[i] = (__m512bh)_mm512_loadu_si512(panels + i * panel_elements + g * 32);
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      const __m512bh a = (__m512bh)_mm512_set1_epi32(LoadGroup(q + r * ldq + 2 * g));
-#pragma GCC unroll 4
-      for (int i = 0; i < NB; ++i) acc[r][i] = _mm512_dpbf16_ps(acc[r][i], a, b[i]);
-    }
-  }
+  Accumulate<Bf16Dot>(reinterpret_cast<const uint8_t*>(q), 2 * ldq, reinterpret_cast<const uint8_t*>(panels),
+                      2 * panel_elements, groups, acc);
 #pragma GCC unroll 4
   for (int i = 0; i < NB; ++i) {
     const int64_t j = j0 + 16 * i;
