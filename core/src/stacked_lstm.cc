@@ -153,7 +153,12 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
   // Row r's rounding starts at q + r * ldq, 16-bit elements: room for int8's two terms of
   // ldq bytes, or for ldq bf16; its scales at row_scale + 2 * r.
   const int64_t row_elements = ldq;
-  thread_local std::vector<uint16_t> rounded;
+  // Up to 2 MiB of rounded rows stay allocated per thread (as Scratch's floats); more (a long
+  // sequence's input projection) lasts the call.
+  constexpr int64_t kCachedElements = int64_t{1} << 20;
+  thread_local std::vector<uint16_t> cached;
+  std::vector<uint16_t> call_buffer;
+  std::vector<uint16_t>& rounded = rows * row_elements <= kCachedElements ? cached : call_buffer;
   thread_local std::vector<float> row_scales;
   rounded.resize(static_cast<size_t>(rows * row_elements));
   row_scales.resize(static_cast<size_t>(2 * rows));

@@ -356,6 +356,22 @@ TEST(WeightStorageTest, PackedGemmsMatchTheirDefinition) {
   }
 }
 
+// A long sequence on a small hidden size: its input projection rounds more rows at once than
+// a thread keeps cached (2 MiB), in a buffer of the call. Its first steps are the bits of a
+// short run (rows are rounded and summed on their own).
+TEST(WeightStorageTest, LongSequencesRoundTheirInputsInACallBuffer) {
+  for (WeightStorage storage : {WeightStorage::kBFloat16, WeightStorage::kInt8}) {
+    StackedLstm lstm = *StackedLstm::FromParameterSet(*CreateParameterSet(TestLstmSpec(1, 600, 4, true, 8, storage), {}));
+    at::Generator gen = at::detail::createCPUGenerator(8);
+    const at::Tensor x = at::empty({2000, 1, 600}).normal_(0, 1, gen);
+    auto whole = lstm.Run(x, {});
+    auto start = lstm.Run(x.narrow(0, 0, 10), {});
+    ASSERT_TRUE(whole.ok() && start.ok());
+    EXPECT_TRUE(whole->outputs.narrow(0, 0, 10).equal(start->outputs)) << WeightStorageName(storage);
+    EXPECT_FALSE(whole->outputs.isnan().any().item<bool>());
+  }
+}
+
 // A large layer (past the size where B=1 splits rows across threads) at B=1..4.
 TEST(WeightStorageTest, LargeLayersSplitAcrossThreadsAgree) {
   for (WeightStorage storage : {WeightStorage::kBFloat16, WeightStorage::kInt8}) {
