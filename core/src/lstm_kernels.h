@@ -37,7 +37,7 @@ void SmallGemmBf16Avx512(const float* a, int64_t lda, const uint16_t* w, int64_t
 void Int8SumsAvx512(const float* a, int64_t lda, const int8_t* w, int64_t ldw, int64_t k, int64_t n, float* sums,
                     int64_t rows);
 
-// ---- Packed GEMMs of reduced weights, for batches past the small kernels ----
+// ---- Packed GEMMs of reduced weights, for every batch size on CPUs that have them ----
 // int8 weights run on vpdpbusd (AVX512-VNNI) with the activations quantized per row, bf16
 // weights on vdpbf16ps (AVX512-BF16) with the activations rounded to bf16: 4x and 2x the
 // multiply-adds per instruction of float32 FMAs. packed_gemm_avx512.cc; the CPU must have
@@ -51,7 +51,8 @@ bool HasPackedBf16();
 constexpr int64_t kPanelColumns = 16;
 constexpr int64_t kInt8Group = 4;
 constexpr int64_t kBf16Group = 2;
-// Past this k an int8 sum could pass int32 (255 * 127 * k); such layers use widened weights.
+// Past this k an int8 sum could pass int32 (255 * 127 * k >= 2^31 from k = 66,313); such
+// layers use widened weights.
 constexpr int64_t kMaxPackedInt8K = 65536;
 inline int64_t Panels(int64_t n) { return (n + kPanelColumns - 1) / kPanelColumns; }
 inline int64_t RowStride(int64_t k, int64_t group) { return (k + group - 1) / group * group; }
@@ -76,8 +77,8 @@ void RoundRowsBf16Avx512(const float* a, int64_t lda, int64_t rows, int64_t k, u
 //   int8: out[r, j] (=|+=) (s * float(Qh) (+ s_lo * float(Ql))) * column_scale[j], Qh and Ql
 //         the exact integer sums of (q - 128) * w over the row's terms
 //   bf16: out[r, j] (=|+=) sum_i q[r, i] * w[i, j], float32 accumulation in vdpbf16ps's order.
-// Callers split panels across threads. Integer sums are exact, so a row's results do not
-// depend on the other rows or on the split.
+// Callers split panels or rows across threads. Integer sums are exact and each row is summed
+// on its own, so a row's results do not depend on the other rows or on the split.
 void Int8GemmPackedAvx512(const uint8_t* q, int64_t ldq, const float* row_scale, int64_t rows, int terms,
                           const int8_t* packed, const int32_t* column_sums, const float* column_scale, int64_t k,
                           int64_t n, int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate);

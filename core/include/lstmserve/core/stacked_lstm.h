@@ -38,12 +38,14 @@ struct SequenceResult {
 enum class LstmPath {
   kAuto,
   kSmallBatch,  // float32 CPU: own vectorised kernels, no LibTorch op per step (auto: B <= 4,
-                // B = 1 when a layer's weight has more than 2^21 elements, B <= 4 always for
-                // bfloat16 and int8 weights, which these kernels read as stored)
+                // B = 1 when a layer's weight has more than 2^21 elements; bfloat16 and int8
+                // weights, which these kernels read as stored, at B <= 4 where the CPU lacks
+                // the packed GEMMs of kBlas)
   kBlas,        // float32 CPU: one GEMM per layer for all inputs, one GEMM per step. Reduced
                 // weights take the core's packed GEMMs where the CPU has AVX512-VNNI (int8,
                 // activations quantized per row) or AVX512-BF16 (bf16, activations rounded
-                // to bf16); elsewhere they are widened to float32 once per call for BLAS
+                // to bf16), and auto then takes this path at every batch size; elsewhere
+                // they are widened to float32 once per call for BLAS
   kGeneric,     // any device and dtype: LibTorch ops
   kOneDnn,      // float32 CPU, LibTorch 2.x: at::lstm on weights reordered to its layout, which
                 // runs oneDNN's fused RNN primitive (AVX-512 where the CPU has it; auto: B >= 32
