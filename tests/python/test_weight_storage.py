@@ -2,8 +2,11 @@
 """Sets with reduced weight storage (bfloat16; int8 with a scale per column) through the real
 server and the Python client: the stored weights are the float32 draw rounded as the proto
 says (checked bit for bit with torch), Step and Run compute common_ops.stack_lstm on those
-weights, the error against the float32 set stays within the bounds, export gives back what
-was stored and imports unchanged, and malformed requests are refused with nothing stored."""
+weights (with the activations rounded as the packed GEMMs round them, where the CPU has
+them), a row's bits do not depend on its batch, the kernels that ran are counted and
+--lstm_path forces one, the error against the float32 set stays within the bounds, export
+gives back what was stored and imports unchanged, and malformed requests are refused with
+nothing stored."""
 import os
 import sys
 import unittest
