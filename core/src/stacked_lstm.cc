@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "lstm_kernels.h"
+#include "lstmserve/core/blas.h"
 #include "lstmserve/core/status.h"
 #include "lstmserve/core/threads.h"
 
@@ -138,12 +139,12 @@ void Gemm(bool small, const float* a, int64_t rows, int64_t k, const WeightView&
 }
 
 // out[rows, n] (=|+=) a[rows, k] @ w, w a reduced weight packed for the dot-product kernels
-// (sums and scale: int8's column sums and scales). Many rows are split across the intra-op
+// (column_sums and scale: int8's, else null). Many rows are split across the intra-op
 // threads by rows, each thread rounding its own rows and then multiplying them by all of w
 // (the rounding is then parallel too, and no thread waits between the two); a few rows by
 // column panels, so that each thread streams its part of w.
 void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t rows, int64_t k,
-                const at::Tensor& packed, const at::Tensor& sums, const float* scale, int64_t n, float* out,
+                const at::Tensor& packed, const int32_t* column_sums, const float* scale, int64_t n, float* out,
                 bool accumulate) {
 #ifndef LSTMSERVE_REDUCED_AVX512
   TORCH_CHECK(false, "this build of lstmserve has no packed GEMMs");  // UsesPackedGemm() is false
@@ -152,15 +153,14 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
   const int64_t ldq = kernels::RowStride(k, int8 ? kernels::kInt8Group : kernels::kBf16Group);
   // Row r's rounding starts at q + r * ldq, 16-bit elements: room for int8's two terms of
   // ldq bytes, or for ldq bf16; its scales at row_scale + 2 * r.
-  const int64_t row_elements = ldq;
   // Up to 2 MiB of rounded rows stay allocated per thread (as Scratch's floats); more (a long
   // sequence's input projection) lasts the call.
   constexpr int64_t kCachedElements = int64_t{1} << 20;
   thread_local std::vector<uint16_t> cached;
   std::vector<uint16_t> call_buffer;
-  std::vector<uint16_t>& rounded = rows * row_elements <= kCachedElements ? cached : call_buffer;
+  std::vector<uint16_t>& rounded = rows * ldq <= kCachedElements ? cached : call_buffer;
   thread_local std::vector<float> row_scales;
-  rounded.resize(static_cast<size_t>(rows * row_elements));
+  rounded.resize(static_cast<size_t>(rows * ldq));
   row_scales.resize(static_cast<size_t>(2 * rows));
   // The workers see this thread's buffers through pointers (a thread_local named in the
   // lambda would be each worker's own).
@@ -168,22 +168,21 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
   float* const row_scale = row_scales.data();
   const int8_t* const w8 = int8 ? packed.data_ptr<int8_t>() : nullptr;
   const uint16_t* const w16 = int8 ? nullptr : reinterpret_cast<const uint16_t*>(packed.data_ptr());
-  const int32_t* const column_sums = int8 ? sums.data_ptr<int32_t>() : nullptr;
   const auto round_rows = [&](int64_t r0, int64_t r1) {
     if (int8) {
       kernels::QuantizeRowsInt8Avx512(a + r0 * k, k, r1 - r0, k, int8_terms,
-                                      reinterpret_cast<uint8_t*>(q + r0 * row_elements), ldq, row_scale + 2 * r0);
+                                      reinterpret_cast<uint8_t*>(q + r0 * ldq), ldq, row_scale + 2 * r0);
     } else {
-      kernels::RoundRowsBf16Avx512(a + r0 * k, k, r1 - r0, k, q + r0 * row_elements, ldq);
+      kernels::RoundRowsBf16Avx512(a + r0 * k, k, r1 - r0, k, q + r0 * ldq, ldq);
     }
   };
   const auto multiply = [&](int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
     if (int8) {
-      kernels::Int8GemmPackedAvx512(reinterpret_cast<const uint8_t*>(q + r0 * row_elements), ldq,
+      kernels::Int8GemmPackedAvx512(reinterpret_cast<const uint8_t*>(q + r0 * ldq), ldq,
                                     row_scale + 2 * r0, r1 - r0, int8_terms, w8, column_sums, scale, k, n, p0, p1,
                                     out + r0 * n, n, accumulate);
     } else {
-      kernels::Bf16GemmPackedAvx512(q + r0 * row_elements, ldq, r1 - r0, w16, k, n, p0, p1, out + r0 * n, n,
+      kernels::Bf16GemmPackedAvx512(q + r0 * ldq, ldq, r1 - r0, w16, k, n, p0, p1, out + r0 * n, n,
                                     accumulate);
     }
   };
@@ -279,17 +278,9 @@ absl::StatusOr<LstmPath> ParseLstmPath(absl::string_view name) {
 }
 
 std::string DescribeCpuKernels() {
-  const char* clone = "baseline x86-64";
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512cd")) {
-    clone = "x86-64-v4 (AVX-512)";
-  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    clone = "x86-64-v3 (AVX2 + FMA)";
-  }
-#else
-  clone = "portable";
-#endif
+  // The clone target_clones picks (lstm_kernels.cc): x86-64-v4, x86-64-v3 or the baseline.
+  const CpuFeatures cpu = DetectCpuFeatures();
+  const char* clone = cpu.avx512 ? "x86-64-v4 (AVX-512)" : cpu.avx2_fma ? "x86-64-v3 (AVX2 + FMA)" : "baseline";
   return absl::StrCat("small-batch kernels ", clone, "; packed int8 GEMM (AVX512-VNNI) ",
                       kernels::HasPackedInt8() ? "yes" : "no", "; packed bf16 GEMM (AVX512-BF16) ",
                       kernels::HasPackedBf16() ? "yes" : "no", "; oneDNN LSTM ", OneDnnLstmAvailable() ? "yes" : "no");
@@ -516,8 +507,9 @@ LstmPath StackedLstm::ChoosePath(int64_t batch, int64_t steps, LstmPath requeste
   if (scalar_type() != at::kFloat || !device().is_cpu()) return LstmPath::kGeneric;
   if (storage_ != WeightStorage::kDType) {
     // The packed GEMMs take every batch size, so that a row's bits never depend on the rows
-    // batched with it (L at B=1, int8: 0.99 -> 0.56 ms against the small kernels, which
-    // widen each weight to float32; S: 3.8 -> ~4.5 us).
+    // batched with it. They are faster at B=1 too (lstmserve-core-bench, several runs on
+    // this project's noisy 2-core EPYC): L1 int8 0.94-1.06 -> 0.47-0.82 ms against the small
+    // kernels, which widen each weight to float32; S int8 3.8 -> 2.4-2.7 us, bf16 2.8-3.0 us.
     if (UsesPackedGemm()) return LstmPath::kBlas;
     return batch <= kSmallBatchMax ? LstmPath::kSmallBatch : LstmPath::kBlas;
   }
@@ -668,9 +660,8 @@ SequenceResult StackedLstm::RunFloatCpu(const at::Tensor& inputs, int64_t steps,
       const int64_t k = x_part ? in : hidden;
       if (packed == nullptr) return Gemm(small, rows_in, rows, k, x_part ? w_x : w_h, 4 * hidden, out, accumulate);
       const float* scale = scales_.empty() ? nullptr : scales_[l].data_ptr<float>();
-      const at::Tensor no_sums;
-      const at::Tensor& sums =
-          storage_ != WeightStorage::kInt8 ? no_sums : x_part ? packed->x_sums[l] : packed->h_sums[l];
+      const int32_t* sums = storage_ != WeightStorage::kInt8 ? nullptr
+                            : (x_part ? packed->x_sums[l] : packed->h_sums[l]).data_ptr<int32_t>();
       // int8: the set's inputs (any range, outliers) in two terms; the states h in (-1, 1),
       // which are also the inputs of layers past the first, in one.
       const int int8_terms = x_part && l == 0 ? 2 : 1;

@@ -206,14 +206,16 @@ absl::Duration Batcher::Run(std::vector<BatchJob> batch, core::DeviceRunner& run
   if (live.empty()) return absl::ZeroDuration();
   const core::StackedLstm& lstm = *live.front().set->lstm;
   const absl::Time began = absl::Now();
+  const auto observe = [&](absl::Duration compute) {
+    if (metrics_ == nullptr) return;
+    metrics_->ObserveBatch(rows, compute);
+    metrics_->ObserveKernel(lstm.KernelName(rows, live.front().inputs.size(0), options_.path));
+  };
   if (live.size() == 1) {
     auto result =
         runner.Run(lstm, live.front().inputs, live.front().state, live.front().want_outputs, options_.path);
     const absl::Duration compute = absl::Now() - began;
-    if (metrics_ != nullptr) {
-      metrics_->ObserveBatch(rows, compute);
-      metrics_->ObserveKernel(lstm.KernelName(rows, live.front().inputs.size(0), options_.path));
-    }
+    observe(compute);
     live.front().done(std::move(result));
     return compute;
   }
@@ -223,10 +225,7 @@ absl::Duration Batcher::Run(std::vector<BatchJob> batch, core::DeviceRunner& run
     return runner.Run(lstm, at::cat(inputs, 1), MergeStates(live), live.front().want_outputs, options_.path);
   });
   const absl::Duration compute = absl::Now() - began;
-  if (metrics_ != nullptr) {
-    metrics_->ObserveBatch(rows, compute);
-    metrics_->ObserveKernel(lstm.KernelName(rows, live.front().inputs.size(0), options_.path));
-  }
+  observe(compute);
   int64_t offset = 0;
   for (auto& job : live) {
     if (!result.ok()) {

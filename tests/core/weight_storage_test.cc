@@ -39,7 +39,14 @@ TEST(WeightStorageTest, ParsesPathNames) {
   EXPECT_EQ(lstm.KernelName(1, 1), std::string("small_batch"));
   EXPECT_EQ(lstm.KernelName(64, 100), std::string(OneDnnLstmAvailable() ? "onednn" : "blas"));
   EXPECT_EQ(lstm.KernelName(64, 1), std::string("blas"));
-  EXPECT_FALSE(DescribeCpuKernels().empty());
+  // The startup log line says what this CPU runs.
+  const std::string kernels_line = DescribeCpuKernels();
+  EXPECT_NE(kernels_line.find(std::string("packed int8 GEMM (AVX512-VNNI) ") + (kernels::HasPackedInt8() ? "yes" : "no")),
+            std::string::npos)
+      << kernels_line;
+  EXPECT_NE(kernels_line.find(std::string("packed bf16 GEMM (AVX512-BF16) ") + (kernels::HasPackedBf16() ? "yes" : "no")),
+            std::string::npos)
+      << kernels_line;
 }
 
 TEST(WeightStorageTest, ParsesNames) {
