@@ -14,7 +14,8 @@
 #
 # Environment: LSTMSERVE_TOOLS (default /opt/lstmserve-tools) is where the PyPI environment
 # goes; its bin/ holds buf, python (torch 2.11) and pip. LSTMSERVE_PEERS (default
-# /opt/lstmserve-peers) is the benchmark's ONNX Runtime and OpenVINO, over Debian's Python.
+# /opt/lstmserve-peers) is the benchmark's ONNX Runtime and OpenVINO, over Debian's Python;
+# LSTMSERVE_OIP (default /opt/lstmserve-oip) holds tritonclient, for the protocol's tests.
 set -euo pipefail
 
 profile="${1:-build}"
@@ -50,6 +51,11 @@ pypi_requirements=(torch==2.11.0 numpy==2.3.5 buf-bin==1.75.0 grpcio==1.76.0 pro
 # >= 4.25, and the environment above pins 4.21 for the Python client's stubs.
 peers_dir="${LSTMSERVE_PEERS:-/opt/lstmserve-peers}"
 peers_requirements=(onnxruntime==1.32.0 openvino==2026.4.1)
+# Triton's client (grpc and http), the Open Inference Protocol's reference client, for the
+# tests (tests/python/test_open_inference.py): over Debian's Python too, whose torch 1.13 runs
+# the reference code; it brings grpcio and protobuf 6 of its own.
+oip_dir="${LSTMSERVE_OIP:-/opt/lstmserve-oip}"
+oip_requirements=("tritonclient[grpc,http]==2.73.0")
 
 case "$profile" in
   build) pkgs=("${build_pkgs[@]}") ;;
@@ -94,5 +100,13 @@ if [[ "$profile" == build ]]; then
     "${sudo_cmd[@]}" "$peers_dir/bin/pip" install --quiet --disable-pip-version-check \
       --no-cache-dir "${peers_requirements[@]}"
     echo "${peers_requirements[*]}" | "${sudo_cmd[@]}" tee "$peers_stamp" >/dev/null
+  fi
+  oip_stamp="$oip_dir/.lstmserve-requirements"
+  if [[ "$(cat "$oip_stamp" 2>/dev/null)" != "${oip_requirements[*]}" ]]; then
+    echo "install-deps: installing ${oip_requirements[*]} into $oip_dir (PyPI, over Debian's Python)"
+    "${sudo_cmd[@]}" /usr/bin/python3 -m venv --system-site-packages "$oip_dir"
+    "${sudo_cmd[@]}" "$oip_dir/bin/pip" install --quiet --disable-pip-version-check \
+      --no-cache-dir "${oip_requirements[@]}"
+    echo "${oip_requirements[*]}" | "${sudo_cmd[@]}" tee "$oip_stamp" >/dev/null
   fi
 fi

@@ -17,17 +17,6 @@ using wire::TensorFromProto;
 using wire::TensorToProto;
 namespace {
 
-// The set's LSTM, or FAILED_PRECONDITION when it is not LSTM-shaped.
-absl::StatusOr<std::shared_ptr<const SetEntry>> LstmSet(ServiceContext* ctx, const std::string& id) {
-  LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx->registry->Get(id));
-  if (!entry->lstm) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "parameter set '", id, "' is not a stacked LSTM: it needs tensors w_0.. of shape [in + H, 4H] "
-        "(and optionally b_0..); create it with spec.lstm"));
-  }
-  return entry;
-}
-
 absl::StatusOr<at::Tensor> Input(ServiceContext* ctx, const SetEntry& entry, const v1::Tensor& t,
                                  absl::string_view field) {
   // Host tensors: the batch worker moves the merged batch to the set's device.
@@ -66,22 +55,6 @@ void StatesToProto(const core::LstmState& state, Response* response) {
   for (const auto& h : state.h) TensorToProto(h, response->add_h());
 }
 
-// A batch job for a validated request; the caller sets `done`.
-absl::StatusOr<BatchJob> MakeJob(grpc::CallbackServerContext* context, std::shared_ptr<const SetEntry> entry,
-                                 at::Tensor inputs, core::LstmState state, bool want_outputs) {
-  LSTMSERVE_RETURN_IF_ERROR(entry->lstm->CheckRunShapes(inputs, state));
-  BatchJob job;
-  job.set = std::move(entry);
-  job.inputs = std::move(inputs);
-  job.state = std::move(state);
-  job.want_outputs = want_outputs;
-  job.deadline = context->deadline() == std::chrono::system_clock::time_point::max()
-                     ? absl::InfiniteFuture()
-                     : absl::FromChrono(context->deadline());
-  job.cancelled = [context] { return context->IsCancelled(); };
-  return job;
-}
-
 // Queues a validated job whose answer `fill` writes into the response, or finishes the
 // call at once when building the job failed.
 template <typename Fill>
@@ -100,7 +73,7 @@ void SubmitUnary(ServiceContext* ctx, UnaryCallBase* call, RpcLog log, absl::Sta
   };
   call->phases = ctx->metrics;
   call->MarkValidated();
-  ctx->batcher->Submit(*std::move(job));
+  ctx->engine->Submit(*std::move(job));
 }
 
 // A Session stream: start, then one step per x; strictly one read or write in flight. Its
@@ -109,7 +82,8 @@ void SubmitUnary(ServiceContext* ctx, UnaryCallBase* call, RpcLog log, absl::Sta
 class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   SessionReactor(grpc::CallbackServerContext* context, ServiceContext* ctx, RpcLog log)
-      : context_(context), ctx_(ctx), log_(std::move(log)) {
+      : context_(context), ctx_(ctx), log_(std::move(log)),
+        key_(absl::StrCat("stream:", reinterpret_cast<uintptr_t>(this))) {
     StartRead(&read_);
   }
 
@@ -125,7 +99,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
           absl::StrCat(parsed.message(), "; the session ended after ", step_, " steps answered")));
       return;
     }
-    if (tracked_) ctx_->sessions->Touch(context_);
+    if (tracked_) ctx_->engine->sequences().Touch(key_);
     if (!entry_) {
       absl::Status status = Start();
       if (!status.ok()) {
@@ -148,7 +122,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
         return;
       }
       state_ = std::move(result->final_state);
-      ctx_->sessions->StepDone();
+      ctx_->engine->sequences().StepDone();
       response_.Clear();
       response_.set_step(step_++);
       TensorToProto(state_.h.back(), response_.mutable_output());
@@ -159,7 +133,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
       }
       StartWrite(&write_);
     };
-    ctx_->batcher->Submit(*std::move(job));
+    ctx_->engine->Submit(*std::move(job));
   }
   void OnWriteDone(bool ok) override {
     if (!ok) {
@@ -169,7 +143,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
     StartRead(&read_);
   }
   void OnDone() override {
-    if (tracked_) ctx_->sessions->Remove(context_);  // before the context goes away
+    if (tracked_) ctx_->engine->sequences().Close(key_);  // before the context goes away
     delete this;
   }
 
@@ -178,7 +152,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   // open a new session at once.
   void End(const absl::Status& status) {
     if (tracked_) {
-      ctx_->sessions->Remove(context_);
+      ctx_->engine->sequences().Close(key_);
       tracked_ = false;
     }
     Finish(log_.Done(status));
@@ -188,7 +162,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
     if (!request_.has_start()) return absl::InvalidArgumentError("the first SessionRequest must be start");
     const auto& start = request_.start();
     log_.set_set_id(start.parameter_set_id());
-    LSTMSERVE_ASSIGN_OR_RETURN(entry_, LstmSet(ctx_, start.parameter_set_id()));
+    LSTMSERVE_ASSIGN_OR_RETURN(entry_, ctx_->engine->LstmSet(start.parameter_set_id()));
     if (start.batch_size() < 1) {
       entry_.reset();
       return absl::InvalidArgumentError(absl::StrCat("start.batch_size is ", start.batch_size(), "; expected >= 1"));
@@ -201,7 +175,8 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
     }
     batch_ = start.batch_size();
     return_state_ = start.return_state();
-    if (absl::Status admitted = ctx_->sessions->Add(context_); !admitted.ok()) {
+    if (absl::Status admitted = ctx_->engine->sequences().Open(key_, [context = context_] { context->TryCancel(); });
+        !admitted.ok()) {
       entry_.reset();
       return admitted;
     }
@@ -232,7 +207,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
                                                      batch_, ", ", entry_->lstm->input_size(),
                                                      "] (its batch_size, the set's input_size)"));
     }
-    return MakeJob(context_, entry_, x.unsqueeze(0), state_, /*want_outputs=*/false);
+    return ctx_->engine->MakeJob(GrpcCall(context_), entry_, x.unsqueeze(0), state_, /*want_outputs=*/false);
   }
 
   grpc::CallbackServerContext* context_;
@@ -248,7 +223,8 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   int64_t batch_ = 0;
   int64_t step_ = 0;
   bool return_state_ = false;
-  bool tracked_ = false;  // counted by the session tracker
+  const std::string key_;  // in the sequence store
+  bool tracked_ = false;   // open in the sequence store
 };
 
 }  // namespace
@@ -260,7 +236,7 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Step(grpc::CallbackServerContext
     RpcLog log(context, "Step", request->parameter_set_id());
     absl::StatusOr<BatchJob> job = [&]() -> absl::StatusOr<BatchJob> {
       LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
-      LSTMSERVE_ASSIGN_OR_RETURN(auto entry, LstmSet(ctx_, request->parameter_set_id()));
+      LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->engine->LstmSet(request->parameter_set_id()));
       if (!request->has_x()) return absl::InvalidArgumentError("x is not set");
       LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor x, Input(ctx_, *entry, request->x(), "x"));
       if (x.dim() != 2 || x.size(1) != entry->lstm->input_size()) {
@@ -268,7 +244,7 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Step(grpc::CallbackServerContext
                                                        entry->lstm->input_size(), "] (its input_size)"));
       }
       LSTMSERVE_ASSIGN_OR_RETURN(core::LstmState state, RequestState(ctx_, *entry, *request, ""));
-      return MakeJob(context, std::move(entry), x.unsqueeze(0), std::move(state), /*want_outputs=*/false);
+      return ctx_->engine->MakeJob(GrpcCall(context), std::move(entry), x.unsqueeze(0), std::move(state), /*want_outputs=*/false);
     }();
     v1::StepResponse* response = &call->response;
     SubmitUnary(ctx_, call, std::move(log), std::move(job),
@@ -283,11 +259,11 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Run(grpc::CallbackServerContext*
     RpcLog log(context, "Run", request->parameter_set_id());
     absl::StatusOr<BatchJob> job = [&]() -> absl::StatusOr<BatchJob> {
       LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
-      LSTMSERVE_ASSIGN_OR_RETURN(auto entry, LstmSet(ctx_, request->parameter_set_id()));
+      LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->engine->LstmSet(request->parameter_set_id()));
       if (!request->has_inputs()) return absl::InvalidArgumentError("inputs is not set");
       LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor inputs, Input(ctx_, *entry, request->inputs(), "inputs"));
       LSTMSERVE_ASSIGN_OR_RETURN(core::LstmState state, RequestState(ctx_, *entry, *request, ""));
-      return MakeJob(context, std::move(entry), std::move(inputs), std::move(state), !request->final_state_only());
+      return ctx_->engine->MakeJob(GrpcCall(context), std::move(entry), std::move(inputs), std::move(state), !request->final_state_only());
     }();
     v1::RunResponse* response = &call->response;
     SubmitUnary(ctx_, call, std::move(log), std::move(job), [response](const core::SequenceResult& result) {

@@ -13,6 +13,7 @@
 
 #include <CivetServer.h>
 #include <google/protobuf/descriptor.h>
+#include <grpcpp/support/server_interceptor.h>
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
 #include <prometheus/exposer.h>
@@ -39,6 +40,7 @@ constexpr int kNumCodes = 17;  // grpc::StatusCode OK .. UNAUTHENTICATED
 constexpr const char* kServices[] = {
     "lstmserve.v1.ParameterService",
     "lstmserve.v1.InferenceService",
+    "inference.GRPCInferenceService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1alpha.ServerReflection",
 };
@@ -322,7 +324,8 @@ Metrics::Metrics(const BuildInfo& build) : impl_(std::make_shared<Impl>()) {
   auto& registry = *impl_->registry;
   auto& requests = prometheus::BuildCounter()
                        .Name("lstmserve_requests_total")
-                       .Help("gRPC calls handled, by service, method and status code.")
+                       .Help("Calls handled (gRPC, and HTTP as service inference.http), by service, method "
+                             "and status code.")
                        .Register(registry);
   auto& duration =
       prometheus::BuildHistogram()
@@ -337,6 +340,10 @@ Metrics::Metrics(const BuildInfo& build) : impl_(std::make_shared<Impl>()) {
       const std::string method = service->method(i)->name();
       impl_->methods.emplace(absl::StrCat("/", name, "/", method), MakeMethod(requests, duration, name, method));
     }
+  }
+  for (const char* method : kHttpMethods) {
+    impl_->methods.emplace(absl::StrCat("/", kHttpService, "/", method),
+                           MakeMethod(requests, duration, kHttpService, method));
   }
   impl_->other = MakeMethod(requests, duration, "other", "other");
 
@@ -466,6 +473,14 @@ void Metrics::ObserveKernel(const char* kernel) {
       return;
     }
   }
+}
+
+void Metrics::ObserveRequest(absl::string_view service, absl::string_view method, absl::StatusCode code,
+                             absl::Duration duration) {
+  const MethodMetrics& m = impl_->For(absl::StrCat("/", service, "/", method));
+  const int c = static_cast<int>(code);
+  m.requests[static_cast<size_t>(c >= 0 && c < kNumCodes ? c : 2)]->Increment();
+  m.duration->Observe(absl::ToDoubleSeconds(duration));
 }
 
 void Metrics::ObserveQueueWait(absl::Duration wait) { impl_->queue_wait->Observe(absl::ToDoubleSeconds(wait)); }

@@ -14,6 +14,7 @@
 #include "absl/time/clock.h"
 #include "lstmserve/core/diagnostics.h"
 #include "lstmserve/core/status.h"
+#include "lstmserve/core/tensor_bytes.h"
 #include "lstmserve/wire/conversions.h"
 #include "lstmserve/server/log.h"
 #include "lstmserve/server/services.h"
@@ -21,7 +22,7 @@
 
 namespace lstmserve::server {
 
-using wire::CheckShape;
+using core::CheckShape;
 using wire::DTypeFromProto;
 using wire::DTypeToProto;
 using wire::SpecFromProto;

@@ -10,6 +10,8 @@
 // (CallOpRecvMessage::FinishOp), so a Session would end OK with its later steps lost.
 #pragma once
 
+#include <chrono>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -65,7 +67,7 @@ absl::Status ParseMessage(const grpc::ByteBuffer& bytes, Message* out, absl::str
     out->Clear();  // nothing of a message that did not parse is used, not even in a log line
     return absl::InvalidArgumentError(absl::StrCat(
         what, " (", bytes.Length(), " bytes) is not a valid ", Message::descriptor()->full_name(),
-        ": it could not be parsed as that protobuf message; use the messages of proto/lstmserve/v1"));
+        ": it could not be parsed as that protobuf message; use the messages of proto/"));
   }
   return absl::OkStatus();
 }
@@ -174,9 +176,24 @@ Reactor* FailedStream(grpc::Status status) {
   return new Failed(std::move(status));
 }
 
+// The call as the engine sees it: its deadline, and whether the client has gone.
+inline CallControl GrpcCall(grpc::CallbackServerContext* context) {
+  CallControl call;
+  if (context->deadline() != std::chrono::system_clock::time_point::max()) {
+    call.deadline = absl::FromChrono(context->deadline());
+  }
+  call.cancelled = [context] { return context->IsCancelled(); };
+  return call;
+}
+
 // UNAUTHENTICATED unless the call carries a valid bearer token, when the server has tokens.
 inline absl::Status Authorize(const ServiceContext* ctx, const grpc::CallbackServerContext* context) {
-  return ctx->auth == nullptr ? absl::OkStatus() : ctx->auth->Check(*context);
+  if (ctx->auth == nullptr) return absl::OkStatus();
+  const auto& metadata = context->client_metadata();
+  const auto it = metadata.find("authorization");
+  return ctx->auth->Check(it == metadata.end() ? std::nullopt
+                                               : std::optional<absl::string_view>(
+                                                     absl::string_view(it->second.data(), it->second.size())));
 }
 
 }  // namespace lstmserve::server

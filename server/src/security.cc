@@ -106,15 +106,14 @@ absl::StatusOr<std::unique_ptr<TokenAuthenticator>> TokenAuthenticator::FromFile
   return auth;
 }
 
-absl::Status TokenAuthenticator::Check(const grpc::ServerContextBase& context) const {
-  const auto& metadata = context.client_metadata();
-  const auto it = metadata.find("authorization");
-  if (it == metadata.end()) {
-    return absl::UnauthenticatedError("this server needs a bearer token: send metadata 'authorization: Bearer TOKEN'");
+absl::Status TokenAuthenticator::Check(std::optional<absl::string_view> authorization) const {
+  if (!authorization.has_value()) {
+    return absl::UnauthenticatedError(
+        "this server needs a bearer token: send the header (gRPC metadata) 'authorization: Bearer TOKEN'");
   }
-  absl::string_view value(it->second.data(), it->second.size());
+  absl::string_view value = *authorization;
   if (!absl::ConsumePrefix(&value, "Bearer ")) {
-    return absl::UnauthenticatedError("the authorization metadata must be 'Bearer TOKEN'");
+    return absl::UnauthenticatedError("the authorization header (gRPC metadata) must be 'Bearer TOKEN'");
   }
   const std::string digest = Sha256(absl::StripAsciiWhitespace(value));
   int matches = 0;

@@ -81,12 +81,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   LogInfo(absl::StrCat("lstm kernels: ", core::DescribeCpuKernels(), "; path ", options.lstm_path));
   batching.max_queued_requests = options.max_queued_requests;
   server->batcher_ = std::make_unique<Batcher>(batching, server->metrics_.get());
-  server->sessions_ = std::make_unique<SessionTracker>(options.max_sessions, options.session_idle_timeout);
+  server->sequences_ = std::make_unique<SequenceStore>(options.max_sessions, options.session_idle_timeout);
+  server->engine_ = std::make_unique<InferenceEngine>(server->registry_.get(), server->batcher_.get(),
+                                                      server->sequences_.get(), options.max_tensor_elements);
   server->context_ = std::make_unique<ServiceContext>();
   server->context_->registry = server->registry_.get();
   server->context_->compute = server->compute_.get();
-  server->context_->batcher = server->batcher_.get();
-  server->context_->sessions = server->sessions_.get();
+  server->context_->engine = server->engine_.get();
+  server->oip_ = std::make_unique<oip::OpenInference>(server->engine_.get(), options.session_idle_timeout);
+  server->context_->oip = server->oip_.get();
   server->context_->metrics = server->metrics_.get();
   if (!options.auth_tokens_file.empty()) {
     LSTMSERVE_ASSIGN_OR_RETURN(server->auth_, TokenAuthenticator::FromFile(options.auth_tokens_file));
@@ -102,6 +105,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   server->context_->create_limits.max_tensors = options.max_tensors_per_set;
   server->parameter_service_ = std::make_unique<ParameterServiceImpl>(server->context_.get());
   server->inference_service_ = std::make_unique<InferenceServiceImpl>(server->context_.get());
+  server->oip_grpc_service_ = std::make_unique<OipGrpcService>(server->context_.get());
 
   server->metrics_->SetSnapshotSource([s = server.get()] {
     MetricsSnapshot snapshot;
@@ -111,7 +115,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     snapshot.rejected_queue_full = batch.rejected;
     snapshot.expired_deadline = batch.expired;
     snapshot.expired_cancelled = batch.cancelled;
-    const SessionTracker::Stats sessions = s->sessions_->stats();
+    const SequenceStore::Stats sessions = s->sequences_->stats();
     snapshot.sessions_active = sessions.active;
     snapshot.session_steps = sessions.steps;
     snapshot.sessions_rejected = sessions.rejected;
@@ -144,6 +148,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   builder.RegisterService(server->parameter_service_.get());
   builder.RegisterService(server->inference_service_.get());
+  builder.RegisterService(server->oip_grpc_service_.get());
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen, " (in use, or not a local address?)"));
@@ -165,6 +170,7 @@ void Server::Drain() {
   LogInfo(absl::StrCat("draining: health NOT_SERVING, refusing new calls, up to ",
                        absl::FormatDuration(options_.drain_timeout), " for calls in flight"));
   server_->GetHealthCheckService()->SetServingStatus(false);
+  context_->draining = true;
   // Shutdown refuses new RPCs at once and lets every call already received finish until
   // the deadline, after which the rest are cancelled.
   const auto deadline = std::chrono::system_clock::now() + absl::ToChronoMilliseconds(options_.drain_timeout);
@@ -172,7 +178,7 @@ void Server::Drain() {
   server_->Wait();
   server_.reset();
   const BatchStats stats = batcher_->stats();
-  const SessionTracker::Stats sessions = sessions_->stats();
+  const SequenceStore::Stats sessions = sequences_->stats();
   LogInfo(absl::StrCat("stopped; inference: ", stats.requests, " requests in ", stats.batches,
                        " batches (", stats.batches > 0 ? stats.rows / stats.batches : 0, " rows on average, largest ",
                        stats.max_rows, "; ", stats.inlined, " computed on the receiving thread), ", stats.rejected,

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "lstmserve/core/status.h"
+#include "lstmserve/core/tensor_bytes.h"
 
 namespace lstmserve::wire {
 namespace {
@@ -148,29 +149,6 @@ v1::WeightStorage WeightStorageToProto(core::WeightStorage storage) {
   return v1::WEIGHT_STORAGE_UNSPECIFIED;
 }
 
-absl::StatusOr<int64_t> CheckShape(const google::protobuf::RepeatedField<int64_t>& shape,
-                                   absl::string_view field, int64_t max_elements) {
-  if (shape.empty() || shape.size() > 8) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ".shape has rank ", shape.size(), "; expected 1 to 8"));
-  }
-  int64_t count = 1;
-  for (int d = 0; d < shape.size(); ++d) {
-    if (shape[d] < 1) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ".shape[", d, "] is ", shape[d], "; sizes must be >= 1"));
-    }
-    if (__builtin_mul_overflow(count, shape[d], &count)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ".shape [", absl::StrJoin(shape, ", "), "] has more elements than an int64 counts"));
-    }
-  }
-  if (count > max_elements) {
-    return absl::ResourceExhaustedError(absl::StrCat(field, ".shape [", absl::StrJoin(shape, ", "), "] has ", count,
-                                                     " elements; it exceeds the limit of ", max_elements,
-                                                     " elements"));
-  }
-  return count;
-}
-
 absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor, absl::string_view field,
                                            core::DType expected, int64_t max_elements,
                                            const c10::Device& device) {
@@ -179,29 +157,10 @@ absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor, absl::strin
     return absl::InvalidArgumentError(absl::StrCat(field, ".dtype is ", core::DTypeName(dtype),
                                                    "; the parameter set is ", core::DTypeName(expected)));
   }
-  LSTMSERVE_ASSIGN_OR_RETURN(int64_t count, CheckShape(tensor.shape(), field, max_elements));
-  const int64_t expected_bytes = count * core::DTypeSize(dtype);
-  if (static_cast<int64_t>(tensor.data().size()) != expected_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ".data has ", tensor.data().size(), " bytes; shape [",
-                                                   absl::StrJoin(tensor.shape(), ", "), "] of ",
-                                                   core::DTypeName(dtype), " needs ", expected_bytes));
-  }
-  return core::GuardTorch(field, [&]() -> absl::StatusOr<at::Tensor> {
-    std::vector<int64_t> shape(tensor.shape().begin(), tensor.shape().end());
-    at::Tensor out = at::empty(shape, at::TensorOptions().dtype(core::ToScalarType(dtype)));
-    std::memcpy(out.data_ptr(), tensor.data().data(), tensor.data().size());
-    bool finite = true;
-    if (dtype == core::DType::kFloat32) {
-      const float* p = out.data_ptr<float>();
-      for (int64_t i = 0; i < count && finite; ++i) finite = std::isfinite(p[i]);
-    } else {
-      finite = at::isfinite(out).all().item<bool>();
-    }
-    if (!finite) {
-      return absl::InvalidArgumentError(absl::StrCat(field, " contains NaN or infinity; values must be finite"));
-    }
-    return device.is_cpu() ? out : out.to(device);
-  });
+  LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor out, core::TensorFromBytes(dtype, tensor.shape(), tensor.data(),
+                                                                   field, max_elements));
+  if (device.is_cpu()) return out;
+  return core::GuardTorch(field, [&]() -> absl::StatusOr<at::Tensor> { return out.to(device); });
 }
 
 void TensorToProto(const at::Tensor& tensor, v1::Tensor* out) {

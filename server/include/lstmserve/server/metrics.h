@@ -3,7 +3,8 @@
 // Every family and every labelled child is made when the server starts, so hot paths only
 // increment what exists and the label sets stay bounded: no label takes a value per
 // parameter set or per client. Three kinds of source feed it:
-//   - a gRPC interceptor counts every call by service, method and status code and times it;
+//   - a gRPC interceptor counts every call by service, method and status code and times it,
+//     and the HTTP front end reports its calls the same way (ObserveRequest);
 //   - the batcher and the set registry report events (batch sizes, waits, store writes);
 //   - at scrape time, a snapshot reads gauges and counters the components already keep
 //     (queue depth, sessions, sets held, rejections) and the process's own figures
@@ -17,12 +18,21 @@
 #include <optional>
 #include <string>
 
-#include <grpcpp/support/server_interceptor.h>
-
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
+namespace grpc::experimental {
+class ServerInterceptorFactoryInterface;
+}  // namespace grpc::experimental
+
 namespace lstmserve::server {
+
+// The HTTP front end's methods, counted under service "inference.http" (the Open Inference
+// Protocol's names for them).
+inline constexpr const char* kHttpService = "inference.http";
+inline constexpr const char* kHttpMethods[] = {"ServerLive",    "ServerReady", "ServerMetadata", "ModelReady",
+                                               "ModelMetadata", "ModelConfig", "ModelInfer",     "other"};
 
 // What the server reports of itself at each scrape. Counters are totals since start.
 struct MetricsSnapshot {
@@ -72,6 +82,12 @@ class Metrics {
 
   // Counts and times every gRPC call; pass to ServerBuilder's interceptor creators.
   std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> MakeInterceptorFactory();
+
+  // One call of a front end that is not gRPC (the interceptor counts those): `service` and
+  // `method` among the names made at start (kHttpService, kHttpMethods), else counted as
+  // "other".
+  void ObserveRequest(absl::string_view service, absl::string_view method, absl::StatusCode code,
+                      absl::Duration duration);
 
   // Batcher events: one per computed batch, one per request taken from the queue.
   void ObserveBatch(int64_t rows, absl::Duration compute);

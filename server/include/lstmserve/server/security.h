@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -10,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace lstmserve::server {
 
@@ -24,8 +26,8 @@ struct TlsFiles {
 // is not the key of the certificate (checked here: gRPC would only fail to listen).
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const TlsFiles& files);
 
-// Bearer tokens: a call must carry the metadata "authorization: Bearer <token>" with one of
-// the tokens. Tokens are kept as SHA-256 digests and compared in constant time (every
+// Bearer tokens: a call must carry the header (gRPC metadata) "authorization: Bearer <token>"
+// with one of the tokens; the same for every protocol. Tokens are kept as SHA-256 digests and compared in constant time (every
 // digest, every byte), so neither the time taken nor memory reveals them. Thread-safe.
 class TokenAuthenticator {
  public:
@@ -33,8 +35,10 @@ class TokenAuthenticator {
   // 16 characters each). INVALID_ARGUMENT for an unreadable file, no token, a short one.
   static absl::StatusOr<std::unique_ptr<TokenAuthenticator>> FromFile(const std::string& path);
 
-  // OK, or UNAUTHENTICATED saying what is wrong (never echoing the token).
-  absl::Status Check(const grpc::ServerContextBase& context) const;
+  // Checks the value of a call's "authorization" header (gRPC metadata or HTTP header;
+  // nullopt when the call has none). OK, or UNAUTHENTICATED saying what is wrong (never
+  // echoing the token).
+  absl::Status Check(std::optional<absl::string_view> authorization) const;
 
  private:
   std::vector<std::string> digests_;  // 32 bytes each

@@ -48,9 +48,12 @@ class Server {
   std::unique_ptr<ServiceContext> context_;
   std::unique_ptr<ComputePool> compute_;
   std::unique_ptr<Batcher> batcher_;
-  std::unique_ptr<SessionTracker> sessions_;
+  std::unique_ptr<SequenceStore> sequences_;
+  std::unique_ptr<InferenceEngine> engine_;
+  std::unique_ptr<oip::OpenInference> oip_;
   std::unique_ptr<ParameterServiceImpl> parameter_service_;
   std::unique_ptr<InferenceServiceImpl> inference_service_;
+  std::unique_ptr<OipGrpcService> oip_grpc_service_;
   std::unique_ptr<grpc::Server> server_;
 };
 

@@ -1,14 +1,18 @@
 // gRPC adapters (callback API) over the set registry and the core.
 #pragma once
 
+#include <atomic>
+
 #include "lstmserve/core/parameter_set.h"
 #include "lstmserve/server/batcher.h"
 #include "lstmserve/server/metrics.h"
 #include "lstmserve/server/compute_pool.h"
-#include "lstmserve/server/session_tracker.h"
+#include "lstmserve/server/inference_engine.h"
 #include "lstmserve/server/options.h"
 #include "lstmserve/server/security.h"
 #include "lstmserve/server/set_registry.h"
+#include "inference/grpc_service.grpc.pb.h"
+#include "lstmserve/server/open_inference.h"
 #include "lstmserve/v1/inference_service.grpc.pb.h"
 #include "lstmserve/v1/parameter_service.grpc.pb.h"
 
@@ -18,12 +22,13 @@ namespace lstmserve::server {
 struct ServiceContext {
   SetRegistry* registry = nullptr;
   ComputePool* compute = nullptr;  // runs Create (set initialization)
-  Batcher* batcher = nullptr;      // runs Step, Run and Session steps
-  SessionTracker* sessions = nullptr;
+  InferenceEngine* engine = nullptr;  // runs Step, Run, Session steps and OIP inferences
   const TokenAuthenticator* auth = nullptr;  // null: no token needed
   Metrics* metrics = nullptr;                // null in tests without one
+  const oip::OpenInference* oip = nullptr;  // the Open Inference Protocol's front ends
   ServerOptions options;
   core::CreateLimits create_limits;
+  std::atomic<bool> draining{false};  // set by Server::Drain: not ready any more
 };
 
 // The generated services with every method raw (grpc::ByteBuffer in and out): the adapters
@@ -38,6 +43,11 @@ using ParameterService = PS::WithRawCallbackMethod_CreateParameterSet<PS::WithRa
 using IS = v1::InferenceService;
 using InferenceService =
     IS::WithRawCallbackMethod_Step<IS::WithRawCallbackMethod_Run<IS::WithRawCallbackMethod_Session<IS::Service>>>;
+using GIS = inference::GRPCInferenceService;
+using OipService = GIS::WithRawCallbackMethod_ServerLive<GIS::WithRawCallbackMethod_ServerReady<
+    GIS::WithRawCallbackMethod_ModelReady<GIS::WithRawCallbackMethod_ServerMetadata<
+        GIS::WithRawCallbackMethod_ModelMetadata<GIS::WithRawCallbackMethod_ModelInfer<
+            GIS::WithRawCallbackMethod_ModelStreamInfer<GIS::WithRawCallbackMethod_ModelConfig<GIS::Service>>>>>>>>;
 }  // namespace raw
 
 class ParameterServiceImpl final : public raw::ParameterService {
@@ -72,6 +82,33 @@ class InferenceServiceImpl final : public raw::InferenceService {
   grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                                 grpc::ByteBuffer* response) override;
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Session(grpc::CallbackServerContext* context) override;
+
+ private:
+  ServiceContext* ctx_;
+};
+
+// The Open Inference Protocol's gRPC front end (inference.GRPCInferenceService) over
+// ServiceContext::oip. ServerLive and ServerReady need no token (they are probes); the
+// other methods do, when the server has tokens.
+class OipGrpcService final : public raw::OipService {
+ public:
+  explicit OipGrpcService(ServiceContext* context) : ctx_(context) {}
+  grpc::ServerUnaryReactor* ServerLive(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ServerReady(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ModelReady(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ServerMetadata(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                           grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ModelMetadata(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ModelInfer(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ModelStreamInfer(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* ModelConfig(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response) override;
 
  private:
   ServiceContext* ctx_;

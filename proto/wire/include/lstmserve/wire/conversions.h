@@ -37,11 +37,6 @@ absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor, absl::strin
 // Encodes a tensor (any device) as row-major little-endian bytes.
 void TensorToProto(const at::Tensor& tensor, v1::Tensor* out);
 
-// Checks a wire shape: rank 1..8 and sizes >= 1 (else INVALID_ARGUMENT), product <=
-// max_elements (else RESOURCE_EXHAUSTED). Returns the count.
-absl::StatusOr<int64_t> CheckShape(const google::protobuf::RepeatedField<int64_t>& shape,
-                                   absl::string_view field, int64_t max_elements);
-
 // The wire spec as the core's spec. INVALID_ARGUMENT for enum values out of range.
 absl::StatusOr<core::ParameterSetSpec> SpecFromProto(const v1::ParameterSetSpec& spec);
 

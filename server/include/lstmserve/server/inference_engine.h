@@ -1,0 +1,57 @@
+// The protocol-neutral engine under the inference front ends (lstmserve.v1 over gRPC, the
+// Open Inference Protocol over gRPC and HTTP): it finds LSTM sets, turns validated requests
+// into batch jobs with their deadline and cancellation as values, queues them on the
+// batcher, and keeps sequences between requests. It knows no wire type.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "lstmserve/core/stacked_lstm.h"
+#include "lstmserve/server/batcher.h"
+#include "lstmserve/server/sequence_store.h"
+#include "lstmserve/server/set_registry.h"
+
+namespace lstmserve::server {
+
+// What a front end knows of a call: when its answer stops being wanted.
+struct CallControl {
+  absl::Time deadline = absl::InfiniteFuture();
+  std::function<bool()> cancelled;  // optional; true once the caller has gone
+};
+
+// Thread-safe. Borrows everything it is given, which must outlive it.
+class InferenceEngine {
+ public:
+  InferenceEngine(SetRegistry* registry, Batcher* batcher, SequenceStore* sequences, int64_t max_tensor_elements)
+      : registry_(registry), batcher_(batcher), sequences_(sequences), max_tensor_elements_(max_tensor_elements) {}
+
+  // The set `id`, when it is a stacked LSTM; FAILED_PRECONDITION when it is not, and the
+  // registry's errors (NOT_FOUND, ...).
+  absl::StatusOr<std::shared_ptr<const SetEntry>> LstmSet(const std::string& id) const;
+
+  // A batch job for `inputs` [T, B, I] and `state` (empty, or one [B, H] tensor per layer in
+  // c and h), all host tensors of the set's dtype; INVALID_ARGUMENT (from
+  // StackedLstm::CheckRunShapes) when they do not fit the set. The caller sets `done`.
+  absl::StatusOr<BatchJob> MakeJob(const CallControl& call, std::shared_ptr<const SetEntry> set, at::Tensor inputs,
+                                   core::LstmState state, bool want_outputs) const;
+  // Queues a job; its `done` is called once (perhaps before Submit returns).
+  void Submit(BatchJob job) const { batcher_->Submit(std::move(job)); }
+
+  SequenceStore& sequences() const { return *sequences_; }
+  int64_t max_tensor_elements() const { return max_tensor_elements_; }
+
+ private:
+  SetRegistry* const registry_;
+  Batcher* const batcher_;
+  SequenceStore* const sequences_;
+  const int64_t max_tensor_elements_;
+};
+
+}  // namespace lstmserve::server

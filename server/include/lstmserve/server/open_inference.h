@@ -1,0 +1,106 @@
+// The Open Inference Protocol (KServe v2) as lstmserve serves it, in protocol-neutral values:
+// both its front ends (gRPC `inference.GRPCInferenceService` and HTTP/REST `/v2`) convert
+// their messages to these and call OpenInference, so models, tensors, sequences and errors
+// are the same on both.
+//
+// A model is a LSTM parameter set: its name is the set id, its one version "1". Inputs:
+// INPUT [T, B, I], and optionally C0 and H0 [L, B, H] (both or neither; zeros when left
+// out). Outputs: OUTPUT [T, B, H] (h of the last layer at every step), CN and HN [L, B, H]
+// (the final state). Tensors are of the set's dtype: FP32, FP16 or BF16.
+//
+// Sequences (Triton's sequence extension): a request with a sequence id (uint64 or string)
+// continues that sequence from the state its previous request left; sequence_start begins
+// it (from C0/H0 or zeros), sequence_end ends it after this request. The state stays on the
+// server in the SequenceStore, under the same limit and idle timeout as v1 Sessions.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "lstmserve/server/inference_engine.h"
+
+namespace lstmserve::server::oip {
+
+// A tensor as the protocol names it: data type "FP32", "FP16" or "BF16", shape, and its
+// row-major little-endian bytes.
+struct Tensor {
+  std::string name;
+  std::string datatype;
+  std::vector<int64_t> shape;
+  std::string data;
+};
+
+struct TensorMetadata {
+  std::string name;
+  std::string datatype;
+  std::vector<int64_t> shape;  // -1: varies
+  bool optional = false;
+};
+
+struct ModelMetadata {
+  std::string name;
+  std::vector<std::string> versions;
+  std::string platform;
+  std::vector<TensorMetadata> inputs;
+  std::vector<TensorMetadata> outputs;
+  absl::Duration sequence_idle_timeout;  // a sequence idle this long is ended
+};
+
+struct InferRequest {
+  std::string model;
+  std::string version;
+  std::string id;                    // echoed
+  std::vector<Tensor> inputs;
+  std::vector<std::string> outputs;  // wanted; empty: all
+  // Sequences: `sequence_key` is empty without a sequence id, else "u:<n>" or "s:<text>"
+  // (SequenceKey); `sequence_id_text` names it in messages.
+  std::string sequence_key;
+  bool sequence_start = false;
+  bool sequence_end = false;
+};
+
+struct InferResponse {
+  std::string model;
+  std::string version;
+  std::string id;
+  std::vector<Tensor> outputs;
+};
+
+// A sequence id's key in the SequenceStore: uint64 and string ids never meet. An id of 0 or
+// "" is no sequence (the protocol's convention): the key is empty.
+std::string SequenceKey(uint64_t id);
+std::string SequenceKey(const std::string& id);
+
+// The protocol's extensions lstmserve supports (ServerMetadata's `extensions`).
+std::vector<std::string> Extensions();
+
+// Thread-safe; borrows the engine.
+class OpenInference {
+ public:
+  OpenInference(InferenceEngine* engine, absl::Duration sequence_idle_timeout)
+      : engine_(engine), sequence_idle_timeout_(sequence_idle_timeout) {}
+
+  // NOT_FOUND for an unknown model or a version other than "" and "1"; FAILED_PRECONDITION
+  // for a set that is not a stacked LSTM.
+  absl::StatusOr<ModelMetadata> Metadata(const std::string& model, const std::string& version) const;
+  // Whether the model exists and can run (not an error when it does not).
+  bool Ready(const std::string& model, const std::string& version) const;
+
+  // Validates the request and queues it on the batcher; `done` is called once, perhaps
+  // before Infer returns. INVALID_ARGUMENT names what is wrong (an unknown input or output,
+  // a data type or shape that does not fit the model, a sequence not started, ...).
+  void Infer(InferRequest request, const CallControl& call,
+             std::function<void(absl::StatusOr<InferResponse>)> done) const;
+
+ private:
+  absl::StatusOr<std::shared_ptr<const SetEntry>> Model(const std::string& model, const std::string& version) const;
+
+  InferenceEngine* const engine_;
+  const absl::Duration sequence_idle_timeout_;
+};
+
+}  // namespace lstmserve::server::oip

@@ -1,0 +1,207 @@
+#include "lstmserve/server/open_inference.h"
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "lstmserve/core/status.h"
+#include "lstmserve/core/tensor_bytes.h"
+
+namespace lstmserve::server::oip {
+namespace {
+
+constexpr const char* kInput = "INPUT";
+constexpr const char* kC0 = "C0";
+constexpr const char* kH0 = "H0";
+constexpr const char* kOutput = "OUTPUT";
+constexpr const char* kCn = "CN";
+constexpr const char* kHn = "HN";
+
+std::string DataTypeName(core::DType dtype) {
+  switch (dtype) {
+    case core::DType::kFloat32: return "FP32";
+    case core::DType::kFloat16: return "FP16";
+    case core::DType::kBFloat16: return "BF16";
+    case core::DType::kInt8: return "INT8";
+  }
+  return "FP32";
+}
+
+Tensor ToTensor(const char* name, const at::Tensor& t) {
+  Tensor out;
+  out.name = name;
+  out.datatype = DataTypeName(core::FromScalarType(t.scalar_type()).value_or(core::DType::kFloat32));
+  out.shape.assign(t.sizes().begin(), t.sizes().end());
+  out.data = core::TensorBytes(t);
+  return out;
+}
+
+// What a validated request runs: its set, inputs, initial state and wanted outputs.
+struct Prepared {
+  std::shared_ptr<const SetEntry> set;
+  at::Tensor inputs;
+  core::LstmState state;
+  bool has_state = false;
+  std::vector<std::string> outputs;
+};
+
+}  // namespace
+
+std::string SequenceKey(uint64_t id) { return id == 0 ? std::string() : absl::StrCat("u:", id); }
+std::string SequenceKey(const std::string& id) { return id.empty() ? std::string() : absl::StrCat("s:", id); }
+
+std::vector<std::string> Extensions() {
+  return {"model_configuration", "sequence", "sequence(string_id)", "binary_tensor_data"};
+}
+
+absl::StatusOr<std::shared_ptr<const SetEntry>> OpenInference::Model(const std::string& model,
+                                                                     const std::string& version) const {
+  if (!version.empty() && version != "1") {
+    return absl::NotFoundError(absl::StrCat("model '", core::ClientText(model), "' has no version '",
+                                            core::ClientText(version), "'; its only version is 1 (or leave it empty)"));
+  }
+  if (model.empty()) return absl::InvalidArgumentError("the model name is empty; name a parameter set id");
+  return engine_->LstmSet(model);
+}
+
+absl::StatusOr<ModelMetadata> OpenInference::Metadata(const std::string& model, const std::string& version) const {
+  LSTMSERVE_ASSIGN_OR_RETURN(auto set, Model(model, version));
+  const core::StackedLstm& lstm = *set->lstm;
+  const std::string type = DataTypeName(set->stored.set.dtype);
+  const int64_t L = lstm.num_layers(), I = lstm.input_size(), H = lstm.hidden_size();
+  ModelMetadata m;
+  m.name = model;
+  m.versions = {"1"};
+  m.platform = "lstmserve_lstm";
+  m.inputs = {{kInput, type, {-1, -1, I}, false}, {kC0, type, {L, -1, H}, true}, {kH0, type, {L, -1, H}, true}};
+  m.outputs = {{kOutput, type, {-1, -1, H}, false}, {kCn, type, {L, -1, H}, false}, {kHn, type, {L, -1, H}, false}};
+  m.sequence_idle_timeout = sequence_idle_timeout_;
+  return m;
+}
+
+bool OpenInference::Ready(const std::string& model, const std::string& version) const {
+  return Model(model, version).ok();
+}
+
+void OpenInference::Infer(InferRequest request, const CallControl& call,
+                          std::function<void(absl::StatusOr<InferResponse>)> done) const {
+  const bool sequence = !request.sequence_key.empty();
+  auto prepared = [&]() -> absl::StatusOr<Prepared> {
+    Prepared p;
+    LSTMSERVE_ASSIGN_OR_RETURN(p.set, Model(request.model, request.version));
+    const core::StackedLstm& lstm = *p.set->lstm;
+    const core::DType dtype = p.set->stored.set.dtype;
+    const std::string type = DataTypeName(dtype);
+    const std::string model = core::ClientText(request.model);
+    at::Tensor c0, h0;
+    for (Tensor& t : request.inputs) {
+      at::Tensor* slot = t.name == kInput ? &p.inputs : t.name == kC0 ? &c0 : t.name == kH0 ? &h0 : nullptr;
+      if (slot == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "unexpected input '", core::ClientText(t.name), "' for model '", model,
+            "'; its inputs are INPUT [T, B, ", lstm.input_size(), "] and, optionally, C0 and H0 [",
+            lstm.num_layers(), ", B, ", lstm.hidden_size(), "]"));
+      }
+      if (slot->defined()) return absl::InvalidArgumentError(absl::StrCat("input ", t.name, " is given twice"));
+      if (t.datatype != type) {
+        return absl::InvalidArgumentError(absl::StrCat("input ", t.name, " has datatype ", core::ClientText(t.datatype),
+                                                       "; model '", model, "' takes ", type));
+      }
+      LSTMSERVE_ASSIGN_OR_RETURN(*slot, core::TensorFromBytes(dtype, t.shape, t.data, t.name,
+                                                              engine_->max_tensor_elements()));
+      if (slot->dim() != 3) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "input ", t.name, " has shape [", absl::StrJoin(t.shape, ", "), "]; expected ",
+            slot == &p.inputs ? absl::StrCat("[T, B, ", lstm.input_size(), "]")
+                              : absl::StrCat("[", lstm.num_layers(), ", B, ", lstm.hidden_size(), "]")));
+      }
+      std::string().swap(t.data);  // decoded: the bytes are not needed any more
+    }
+    if (!p.inputs.defined()) {
+      return absl::InvalidArgumentError(absl::StrCat("input INPUT [T, B, ", lstm.input_size(), "] is missing"));
+    }
+    if (c0.defined() != h0.defined()) {
+      return absl::InvalidArgumentError("give both C0 and H0 (the initial state), or neither for zeros");
+    }
+    if (c0.defined()) {
+      for (const auto* t : {&c0, &h0}) {
+        if (t->size(0) != lstm.num_layers()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              t == &c0 ? "C0" : "H0", " has shape [", absl::StrJoin(t->sizes(), ", "), "]; expected [",
+              lstm.num_layers(), ", B, ", lstm.hidden_size(), "] (one [B, H] state per layer)"));
+        }
+      }
+      p.state.c = c0.unbind(0);
+      p.state.h = h0.unbind(0);
+      p.has_state = true;
+    }
+    for (const std::string& name : request.outputs) {
+      if (name != kOutput && name != kCn && name != kHn) {
+        return absl::InvalidArgumentError(absl::StrCat("unexpected output '", core::ClientText(name),
+                                                       "'; the outputs are OUTPUT, CN and HN"));
+      }
+    }
+    p.outputs = request.outputs.empty() ? std::vector<std::string>{kOutput, kCn, kHn} : request.outputs;
+    if (!sequence && (request.sequence_start || request.sequence_end)) {
+      return absl::InvalidArgumentError("sequence_start and sequence_end need a sequence_id (a nonzero uint64 or a string)");
+    }
+    if (sequence && !request.sequence_start && p.has_state) {
+      return absl::InvalidArgumentError(
+          "C0 and H0 set the state of a sequence's first request only (the one with sequence_start); "
+          "later requests continue from the state the previous one left");
+    }
+    return p;
+  }();
+  if (!prepared.ok()) {
+    done(prepared.status());
+    return;
+  }
+  SequenceStore& sequences = engine_->sequences();
+  if (sequence) {
+    absl::StatusOr<core::LstmState> stored =
+        sequences.Acquire(request.sequence_key, request.model, request.sequence_start);
+    if (!stored.ok()) {
+      done(stored.status());
+      return;
+    }
+    if (!request.sequence_start) prepared->state = *std::move(stored);
+  }
+  const bool want_outputs =
+      std::find(prepared->outputs.begin(), prepared->outputs.end(), kOutput) != prepared->outputs.end();
+  absl::StatusOr<BatchJob> job = engine_->MakeJob(call, prepared->set, std::move(prepared->inputs),
+                                                  std::move(prepared->state), want_outputs);
+  if (!job.ok()) {
+    if (sequence) sequences.Release(request.sequence_key, job.status(), request.sequence_end);
+    done(job.status());
+    return;
+  }
+  InferResponse head;
+  head.model = std::move(request.model);
+  head.version = "1";
+  head.id = std::move(request.id);
+  job->done = [head = std::move(head), outputs = std::move(prepared->outputs), key = std::move(request.sequence_key),
+               end = request.sequence_end, &sequences,
+               done = std::move(done)](absl::StatusOr<core::SequenceResult> result) mutable {
+    if (!key.empty()) {
+      sequences.Release(key, result.ok() ? absl::StatusOr<core::LstmState>(result->final_state) : result.status(),
+                        end);
+      if (result.ok()) sequences.StepDone();
+    }
+    if (!result.ok()) {
+      done(result.status());
+      return;
+    }
+    absl::StatusOr<InferResponse> response = core::GuardTorch("the response", [&]() -> absl::StatusOr<InferResponse> {
+      for (const std::string& name : outputs) {
+        if (name == kOutput) head.outputs.push_back(ToTensor(kOutput, result->outputs));
+        if (name == kCn) head.outputs.push_back(ToTensor(kCn, at::stack(result->final_state.c)));
+        if (name == kHn) head.outputs.push_back(ToTensor(kHn, at::stack(result->final_state.h)));
+      }
+      return std::move(head);
+    });
+    done(std::move(response));
+  };
+  engine_->Submit(*std::move(job));
+}
+
+}  // namespace lstmserve::server::oip

@@ -1,0 +1,313 @@
+"""The Open Inference Protocol (KServe v2) against the real server, spoken by a client no one
+here wrote: Triton's `tritonclient` from PyPI, in the environment deploy/install-deps.sh makes
+(LSTMSERVE_OIP_PYTHON; over Debian's Python, so its torch 1.13 runs the reference code).
+Sets are made with the CLI (LSTMSERVE_CLI_BINARY); results are compared with common_ops.py.
+"""
+import os
+import subprocess
+import sys
+import threading
+import unittest
+import urllib.request
+
+import numpy as np
+import torch
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from lstmserve_testing import ServerProcess
+
+sys.path.insert(0, os.environ["LSTMSERVE_REFERENCE_DIR"])
+import common_ops  # noqa: E402
+
+TOL = 1e-5
+
+
+def reference_weights(seed, layers, inp, hid):
+    torch.manual_seed(seed)
+    return [common_ops.create_weight(f"w_{l}", [(inp if l == 0 else hid) + hid, 4 * hid]).detach()
+            for l in range(layers)]
+
+
+def reference_run(w, x, c0, h0):
+    """OUTPUT [T, B, H], CN and HN [L, B, H] by common_ops.stack_lstm, step by step."""
+    c, h, out = list(c0), list(h0), []
+    with torch.no_grad():
+        for t in range(x.shape[0]):
+            c, h = common_ops.stack_lstm(x[t], c, h, w)
+            out.append(h[-1])
+    return torch.stack(out).numpy(), torch.stack(c).numpy(), torch.stack(h).numpy()
+
+
+def cli(server, *args):
+    subprocess.run([os.environ["LSTMSERVE_CLI_BINARY"], f"--target={server.target}", *args], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def tensor(name, array, datatype="FP32"):
+    """An input; for BF16, tritonclient takes float32 values and sends their bfloat16 bytes."""
+    t = grpcclient.InferInput(name, list(array.shape), datatype)
+    t.set_data_from_numpy(array)
+    return t
+
+
+def scrape(server):
+    with urllib.request.urlopen(f"http://{server.metrics}/metrics", timeout=10) as reply:
+        return reply.read().decode()
+
+
+def metric(text, name, **labels):
+    """The value of one sample of the exposition text (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            key, value = line.rsplit(" ", 1)
+            got = key[len(name):].strip("{}")
+            if ",".join(sorted(got.split(","))) == want or (not labels and got == ""):
+                return float(value)
+    return 0.0
+
+
+L, I, H, SEED = 2, 6, 8, 7
+
+
+class OpenInferenceGrpcTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = ServerProcess()
+        cli(cls.server, "create", "--id=oip", f"--layers={L}", f"--input_size={I}", f"--hidden_size={H}",
+            f"--seed={SEED}")
+        cli(cls.server, "create", "--id=oip-int8", "--layers=1", "--input_size=4", "--hidden_size=4", "--seed=3",
+            "--weight_storage=int8")
+        cls.w = reference_weights(SEED, L, I, H)
+        cls.client = grpcclient.InferenceServerClient(cls.server.target)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        assert cls.server.stop() == 0, cls.server.log()
+
+    def assertRefused(self, code, fragment, fn):
+        with self.assertRaises(InferenceServerException) as caught:
+            fn()
+        self.assertEqual(caught.exception.status(), f"StatusCode.{code}", caught.exception.message())
+        self.assertIn(fragment, caught.exception.message())
+
+    def test_health_and_metadata(self):
+        self.assertTrue(self.client.is_server_live())
+        self.assertTrue(self.client.is_server_ready())
+        self.assertTrue(self.client.is_model_ready("oip"))
+        self.assertFalse(self.client.is_model_ready("no-such-set"))
+        server = self.client.get_server_metadata(as_json=True)
+        self.assertEqual(server["name"], "lstmserve")
+        self.assertIn("sequence", server["extensions"])
+        self.assertIn("sequence(string_id)", server["extensions"])
+        meta = self.client.get_model_metadata("oip", as_json=True)
+        self.assertEqual(meta["versions"], ["1"])
+        shapes = {t["name"]: (t["datatype"], [int(s) for s in t["shape"]]) for t in meta["inputs"] + meta["outputs"]}
+        self.assertEqual(shapes, {"INPUT": ("FP32", [-1, -1, I]), "C0": ("FP32", [L, -1, H]),
+                                  "H0": ("FP32", [L, -1, H]), "OUTPUT": ("FP32", [-1, -1, H]),
+                                  "CN": ("FP32", [L, -1, H]), "HN": ("FP32", [L, -1, H])})
+        config = self.client.get_model_config("oip").config
+        self.assertTrue(config.HasField("sequence_batching"))
+        self.assertEqual(config.max_batch_size, 0)
+        self.assertEqual([i.optional for i in config.input], [False, True, True])
+
+    def test_infer_matches_the_reference(self):
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(5, 3, I, generator=g)
+        c0 = torch.randn(L, 3, H, generator=g)
+        h0 = torch.randn(L, 3, H, generator=g).tanh()
+        result = self.client.infer("oip", [tensor("INPUT", x.numpy()), tensor("C0", c0.numpy()),
+                                           tensor("H0", h0.numpy())], request_id="r-1")
+        out, cn, hn = reference_run(self.w, x, c0.unbind(0), h0.unbind(0))
+        self.assertEqual(result.get_response().id, "r-1")
+        self.assertEqual(result.as_numpy("OUTPUT").shape, (5, 3, H))
+        self.assertLessEqual(np.abs(result.as_numpy("OUTPUT") - out).max(), TOL)
+        self.assertLessEqual(np.abs(result.as_numpy("CN") - cn).max(), TOL)
+        self.assertLessEqual(np.abs(result.as_numpy("HN") - hn).max(), TOL)
+        # Without C0/H0 the state starts at zeros.
+        zero = self.client.infer("oip", [tensor("INPUT", x.numpy())])
+        out0, _, _ = reference_run(self.w, x, torch.zeros(L, 3, H).unbind(0), torch.zeros(L, 3, H).unbind(0))
+        self.assertLessEqual(np.abs(zero.as_numpy("OUTPUT") - out0).max(), TOL)
+
+    def test_typed_contents_equal_raw(self):
+        x = np.random.default_rng(2).standard_normal((2, 1, I)).astype(np.float32)
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(self.client._channel)
+        request = service_pb2.ModelInferRequest(model_name="oip")
+        typed = request.inputs.add(name="INPUT", datatype="FP32", shape=list(x.shape))
+        typed.contents.fp32_contents.extend(x.ravel().tolist())
+        reply = stub.ModelInfer(request)
+        names = [o.name for o in reply.outputs]
+        typed_out = np.frombuffer(reply.raw_output_contents[names.index("OUTPUT")], np.float32).reshape(2, 1, H)
+        raw = self.client.infer("oip", [tensor("INPUT", x)]).as_numpy("OUTPUT")
+        self.assertTrue(np.array_equal(typed_out, raw))
+
+    def test_outputs_selects_what_is_returned(self):
+        x = np.ones((1, 2, I), np.float32)
+        result = self.client.infer("oip", [tensor("INPUT", x)], outputs=[grpcclient.InferRequestedOutput("HN")])
+        self.assertEqual([o.name for o in result.get_response().outputs], ["HN"])
+        self.assertEqual(result.as_numpy("HN").shape, (L, 2, H))
+
+    def test_int8_weight_storage_set_takes_fp32(self):
+        x = np.random.default_rng(3).standard_normal((3, 2, 4)).astype(np.float32)
+        out = self.client.infer("oip-int8", [tensor("INPUT", x)]).as_numpy("OUTPUT")
+        torch.manual_seed(3)
+        w = [common_ops.create_weight("w_0", [8, 16]).detach()]
+        ref, _, _ = reference_run(w, torch.from_numpy(x), [torch.zeros(2, 4)], [torch.zeros(2, 4)])
+        self.assertLessEqual(np.abs(out - ref).max(), 2e-2)  # int8 weights' bound (README)
+        self.assertRefused("INVALID_ARGUMENT", "takes FP32",
+                           lambda: self.client.infer("oip-int8", [tensor("INPUT", x.astype(np.float16), "FP16")]))
+
+    def run_sequence(self, sequence_id, xs, c0=None, h0=None):
+        outs = []
+        for k, xk in enumerate(xs):
+            inputs = [tensor("INPUT", xk)]
+            if k == 0 and c0 is not None:
+                inputs += [tensor("C0", c0), tensor("H0", h0)]
+            result = self.client.infer("oip", inputs, sequence_id=sequence_id, sequence_start=(k == 0),
+                                       sequence_end=(k == len(xs) - 1))
+            outs.append(result.as_numpy("OUTPUT"))
+        return np.concatenate(outs), result
+
+    def test_a_sequence_equals_one_run(self):
+        g = torch.Generator().manual_seed(4)
+        x = torch.randn(6, 2, I, generator=g)
+        c0 = torch.randn(L, 2, H, generator=g)
+        h0 = torch.randn(L, 2, H, generator=g).tanh()
+        out, cn, hn = reference_run(self.w, x, c0.unbind(0), h0.unbind(0))
+        steps = [x[0:2].numpy(), x[2:3].numpy(), x[3:6].numpy()]  # requests of 2, 1 and 3 steps
+        for sequence_id in (17, "a-string-id"):
+            got, last = self.run_sequence(sequence_id, steps, c0.numpy(), h0.numpy())
+            self.assertLessEqual(np.abs(got - out).max(), TOL, sequence_id)
+            self.assertLessEqual(np.abs(last.as_numpy("CN") - cn).max(), TOL)
+            self.assertLessEqual(np.abs(last.as_numpy("HN") - hn).max(), TOL)
+            # Ended: the next request without sequence_start is refused, and says how to start.
+            self.assertRefused("INVALID_ARGUMENT", "sequence_start",
+                               lambda: self.client.infer("oip", [tensor("INPUT", steps[0])], sequence_id=sequence_id))
+
+    def test_sequences_with_the_same_text_as_uint64_and_string_are_apart(self):
+        a = np.full((1, 1, I), 0.5, np.float32)
+        b = np.full((1, 1, I), -0.5, np.float32)
+        self.client.infer("oip", [tensor("INPUT", a)], sequence_id=99, sequence_start=True)
+        self.client.infer("oip", [tensor("INPUT", b)], sequence_id="99", sequence_start=True)
+        numeric = self.client.infer("oip", [tensor("INPUT", a)], sequence_id=99, sequence_end=True)
+        text = self.client.infer("oip", [tensor("INPUT", a)], sequence_id="99", sequence_end=True)
+        solo, _ = self.run_sequence(5, [a, a])
+        self.assertTrue(np.array_equal(numeric.as_numpy("OUTPUT"), solo[1:]))
+        self.assertFalse(np.array_equal(text.as_numpy("OUTPUT"), solo[1:]))
+
+    def test_a_failed_request_leaves_the_sequence_where_it_was(self):
+        a = np.full((1, 1, I), 0.25, np.float32)
+        self.client.infer("oip", [tensor("INPUT", a)], sequence_id=31, sequence_start=True)
+        self.assertRefused("INVALID_ARGUMENT", "must be [steps >= 1, batch >= 1, 6]",
+                           lambda: self.client.infer("oip", [tensor("INPUT", np.ones((1, 1, I + 1), np.float32))],
+                                                     sequence_id=31))
+        self.assertRefused("INVALID_ARGUMENT", "first request only",
+                           lambda: self.client.infer("oip", [tensor("INPUT", a), tensor("C0", np.zeros((L, 1, H), np.float32)),
+                                                             tensor("H0", np.zeros((L, 1, H), np.float32))],
+                                                     sequence_id=31))
+        last = self.client.infer("oip", [tensor("INPUT", a)], sequence_id=31, sequence_end=True)
+        solo, _ = self.run_sequence(32, [a, a])
+        self.assertTrue(np.array_equal(last.as_numpy("OUTPUT"), solo[1:]))
+
+    def test_stream_infer_answers_in_order_and_survives_an_error(self):
+        results, done = [], threading.Event()
+
+        def callback(result, error):
+            results.append((result, error))
+            if len(results) == 4:
+                done.set()
+
+        xs = [np.random.default_rng(k).standard_normal((1, 1, I)).astype(np.float32) for k in range(3)]
+        self.client.start_stream(callback=callback)
+        try:
+            self.client.async_stream_infer("oip", [tensor("INPUT", xs[0])], sequence_id=77, sequence_start=True)
+            self.client.async_stream_infer("oip", [tensor("NOPE", xs[1])], sequence_id=77)
+            self.client.async_stream_infer("oip", [tensor("INPUT", xs[1])], sequence_id=77)
+            self.client.async_stream_infer("oip", [tensor("INPUT", xs[2])], sequence_id=77, sequence_end=True)
+            self.assertTrue(done.wait(30))
+        finally:
+            self.client.stop_stream()
+        self.assertIsNotNone(results[1][1])
+        self.assertIn("unexpected input 'NOPE'", results[1][1].message())
+        got = np.concatenate([results[k][0].as_numpy("OUTPUT") for k in (0, 2, 3)])
+        solo, _ = self.run_sequence(78, xs)
+        self.assertTrue(np.array_equal(got, solo))
+
+    def test_bad_requests_get_clear_errors(self):
+        x = np.ones((1, 1, I), np.float32)
+        self.assertRefused("NOT_FOUND", "no-such-set", lambda: self.client.infer("no-such-set", [tensor("INPUT", x)]))
+        self.assertRefused("NOT_FOUND", "only version is 1",
+                           lambda: self.client.infer("oip", [tensor("INPUT", x)], model_version="2"))
+        self.assertRefused("INVALID_ARGUMENT", "unexpected input 'X'", lambda: self.client.infer("oip", [tensor("X", x)]))
+        self.assertRefused("INVALID_ARGUMENT", "INPUT [T, B, 6] is missing",
+                           lambda: self.client.infer("oip", [tensor("C0", np.zeros((L, 1, H), np.float32)),
+                                                             tensor("H0", np.zeros((L, 1, H), np.float32))]))
+        self.assertRefused("INVALID_ARGUMENT", "both C0 and H0",
+                           lambda: self.client.infer("oip", [tensor("INPUT", x), tensor("C0", np.zeros((L, 1, H), np.float32))]))
+        self.assertRefused("INVALID_ARGUMENT", "unexpected output 'Y'",
+                           lambda: self.client.infer("oip", [tensor("INPUT", x)],
+                                                     outputs=[grpcclient.InferRequestedOutput("Y")]))
+        self.assertRefused("INVALID_ARGUMENT", "NaN",
+                           lambda: self.client.infer("oip", [tensor("INPUT", np.full((1, 1, I), np.nan, np.float32))]))
+        # What tritonclient never sends: bytes that do not match the shape, flags without an id.
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(self.client._channel)
+        for change, fragment in [
+                (lambda r: r.raw_input_contents.append(b"\0" * 7), "INPUT.data has 7 bytes"),
+                (lambda r: r.raw_input_contents.extend([b"\0" * 4 * I] * 2), "2 entries for 1 inputs"),
+                (lambda r: None, "has no data"),
+                (lambda r: (r.raw_input_contents.append(b"\0" * 4 * I), r.parameters["sequence_start"]),
+                 "sequence_start must be a bool parameter"),
+                (lambda r: (r.raw_input_contents.append(b"\0" * 4 * I), r.parameters["sequence_start"].MergeFrom(
+                    service_pb2.InferParameter(bool_param=True))), "need a sequence_id"),
+                (lambda r: (r.raw_input_contents.append(b"\0" * 4 * I), r.parameters["sequence_id"].MergeFrom(
+                    service_pb2.InferParameter(double_param=1.5))), "sequence_id must be an int64, uint64 or string"),
+                (lambda r: (r.raw_input_contents.append(b"\0" * 4 * I), r.parameters["sequence_id"].MergeFrom(
+                    service_pb2.InferParameter(int64_param=-3))), "sequence_id is -3")]:
+            request = service_pb2.ModelInferRequest(model_name="oip")
+            request.inputs.add(name="INPUT", datatype="FP32", shape=[1, 1, I])
+            change(request)
+            with self.assertRaises(Exception) as caught:
+                stub.ModelInfer(request)
+            self.assertEqual(caught.exception.code().name, "INVALID_ARGUMENT", fragment)
+            self.assertIn(fragment, caught.exception.details())
+
+    def test_calls_are_counted_and_steps_batched_in_the_metrics(self):
+        before = scrape(self.server)
+        x = np.ones((1, 1, I), np.float32)
+        threads = [threading.Thread(target=self.run_sequence, args=(1000 + k, [x] * 5)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        after = scrape(self.server)
+        key = dict(service="inference.GRPCInferenceService", method="ModelInfer", code="OK")
+        self.assertGreaterEqual(metric(after, "lstmserve_requests_total", **key) -
+                                metric(before, "lstmserve_requests_total", **key), 40)
+        self.assertGreaterEqual(metric(after, "lstmserve_session_steps_total") -
+                                metric(before, "lstmserve_session_steps_total"), 40)
+
+
+class OpenInferenceAuthTest(unittest.TestCase):
+    def test_tokens_guard_everything_but_the_probes(self):
+        import tempfile
+        d = tempfile.mkdtemp(prefix="lstmserve-oip-auth-")
+        token = "t" * 32
+        with open(os.path.join(d, "tokens"), "w") as f:
+            f.write(token + "\n")
+        with ServerProcess(f"--auth_tokens_file={d}/tokens") as server:
+            client = grpcclient.InferenceServerClient(server.target)
+            self.assertTrue(client.is_server_live())
+            self.assertTrue(client.is_server_ready())
+            with self.assertRaises(InferenceServerException) as caught:
+                client.get_server_metadata()
+            self.assertEqual(caught.exception.status(), "StatusCode.UNAUTHENTICATED")
+            self.assertEqual(client.get_server_metadata(headers={"authorization": f"Bearer {token}"}).name,
+                             "lstmserve")
+            client.close()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
