@@ -27,7 +27,7 @@ RUN /tmp/install-deps.sh runtime && rm -rf /var/lib/apt/lists/* /tmp/install-dep
 COPY --from=build /build/server/lstmserve /build/client/lstmserve-cli /usr/local/bin/
 RUN mkdir -p /data && chown 65532:65532 /data
 VOLUME /data
-# gRPC, then Prometheus metrics.
-EXPOSE 50051 9464
+# gRPC (lstmserve.v1 and the Open Inference Protocol), Prometheus metrics, the protocol's HTTP API.
+EXPOSE 50051 9464 8000
 USER 65532:65532
-ENTRYPOINT ["/usr/local/bin/lstmserve", "--listen=0.0.0.0:50051", "--metrics_listen=0.0.0.0:9464", "--store_dir=/data"]
+ENTRYPOINT ["/usr/local/bin/lstmserve", "--listen=0.0.0.0:50051", "--metrics_listen=0.0.0.0:9464", "--http_listen=0.0.0.0:8000", "--store_dir=/data"]

@@ -142,10 +142,10 @@ grep -E "^\[  (PASSED|SKIPPED|FAILED) +\] [0-9]+ tests?" "$OUT/tests.txt" | tee 
   set -e
   store=$(mktemp -d)
   cli() { "$B/client/lstmserve-cli" --target="$1" "${@:2}"; }
-  "$B/server/lstmserve" --device=$device --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 --store_dir="$store" \
+  "$B/server/lstmserve" --device=$device --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 --http_listen= --store_dir="$store" \
     >"$OUT/server-stdout.txt" 2>"$OUT/server-log.txt" &
   gpu_pid=$!
-  "$B/server/lstmserve" --device=cpu --listen=127.0.0.1:0 --metrics_listen= --store_dir="$store" \
+  "$B/server/lstmserve" --device=cpu --listen=127.0.0.1:0 --metrics_listen= --http_listen= --store_dir="$store" \
     >"$OUT/cpu-server-stdout.txt" 2>"$OUT/cpu-server-log.txt" &
   cpu_pid=$!
   trap 'kill $gpu_pid $cpu_pid 2>/dev/null' EXIT

@@ -92,10 +92,10 @@ say "runtime image: user 65532:65532, no compiler, no -dev package, every librar
 # flags win), driven from outside.
 mapfile -t entrypoint < <(buildah inspect --format '{{range .OCIv1.Config.Entrypoint}}{{println .}}{{end}}' "$image" | sed '/^$/d')
 say "entrypoint: ${entrypoint[*]}"
-run "${entrypoint[@]}" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 --threads=2 \
+run "${entrypoint[@]}" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 --http_listen=127.0.0.1:0 --threads=2 \
   >"$work/server.out" 2>"$work/server.err" &
 server_pid=$!
-for _ in $(seq 300); do grep -q "^metrics on" "$work/server.out" 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 300); do grep -q "^http on" "$work/server.out" 2>/dev/null && break; sleep 0.1; done
 target=$(sed -n 's/^listening on //p' "$work/server.out")
 metrics=$(sed -n 's/^metrics on //p' "$work/server.out")
 [[ -n "$target" && -n "$metrics" ]] || { cat "$work/server.err"; say "FAIL: the server did not start"; exit 1; }
@@ -109,6 +109,12 @@ grep -q 'lstmserve_requests_total{code="OK",method="Run"' "$work/metrics.txt" \
   || { say "FAIL: /metrics does not count the Run"; exit 1; }
 grep -q 'lstmserve_parameter_sets 1' "$work/metrics.txt" || { say "FAIL: /metrics does not show the set"; exit 1; }
 grep -q '^lstmserve_build_info{device="cpu"' "$work/metrics.txt" || { say "FAIL: build info"; exit 1; }
+# The Open Inference Protocol's HTTP API: ready, and an inference of the set.
+http=$(sed -n 's/^http on //p' "$work/server.out")
+curl -sf "http://$http/v2/health/ready" >/dev/null || { say "FAIL: /v2/health/ready"; exit 1; }
+curl -sf -X POST "http://$http/v2/models/image-test/infer" -H 'Content-Type: application/json' \
+  -d "{\"inputs\":[{\"name\":\"INPUT\",\"datatype\":\"FP32\",\"shape\":[1,1,16],\"data\":[$(seq -s, 16 | sed 's/[0-9]*/0.1/g')]}]}" \
+  | grep -q '"name":"OUTPUT"' || { say "FAIL: /v2/models/image-test/infer"; exit 1; }
 # The set is in the image's /data (the volume), written by uid 65532.
 run sh -c 'ls -ln /data' | grep -q " 65532 65532 .*image-test" || { run ls -ln /data; say "FAIL: store"; exit 1; }
 # SIGTERM to the server itself (buildah run does not forward it): the process that
@@ -120,5 +126,5 @@ kill -TERM "$pid"
 wait "$server_pid" || true
 server_pid=""
 grep -q "stopped" "$work/server.err" || { cat "$work/server.err"; say "FAIL: no clean drain"; exit 1; }
-say "health SERVING, create, run, /metrics and a clean drain: all passed"
+say "health SERVING, create, run, /metrics, the /v2 HTTP API and a clean drain: all passed"
 say "summary: build ${build_s} s, image ${size}"

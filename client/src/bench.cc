@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "lstmserve/core/status.h"
+#include "inference/grpc_service.grpc.pb.h"
 #include "lstmserve/v1/inference_service.grpc.pb.h"
 #include "lstmserve/v1/parameter_service.grpc.pb.h"
 #include "lstmserve/wire/conversions.h"
@@ -24,6 +25,15 @@ namespace {
 struct Sample {
   double ms;
   grpc::StatusCode code;
+};
+
+// The requests of a run, built once: the generator measures the server, not its own
+// serialisation.
+struct Requests {
+  const v1::StepRequest* step;
+  const v1::RunRequest* run;
+  const v1::SessionRequest* session_step;
+  const inference::ModelInferRequest* infer;
 };
 
 at::Tensor Randn(std::vector<int64_t> shape, uint64_t seed) {
@@ -68,13 +78,11 @@ double Percentile(const std::vector<double>& sorted, double q) {
 }
 
 void RunClosedLoopAsync(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& options,
-                        const v1::StepRequest& step, const v1::RunRequest& run, absl::Time measure_from,
-                        absl::Time stop_at, std::atomic<int64_t>& measured,
-                        std::vector<std::vector<Sample>>& samples);
+                        const Requests& requests, absl::Time measure_from, absl::Time stop_at,
+                        std::atomic<int64_t>& measured, std::vector<std::vector<Sample>>& samples);
 void RunThreads(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& options,
-                const v1::StepRequest& step, const v1::RunRequest& run, const v1::SessionRequest& session_step,
-                absl::Time start, absl::Time measure_from, absl::Time stop_at, std::atomic<int64_t>& measured,
-                std::vector<std::vector<Sample>>& samples);
+                const Requests& requests, absl::Time start, absl::Time measure_from, absl::Time stop_at,
+                std::atomic<int64_t>& measured, std::vector<std::vector<Sample>>& samples);
 void RunSessionsAsync(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& options,
                       const v1::SessionRequest& step, absl::Time measure_from, absl::Time stop_at,
                       std::atomic<int64_t>& measured, std::vector<std::vector<Sample>>& samples);
@@ -84,8 +92,8 @@ BenchReport Summarise(const std::vector<std::vector<Sample>>& samples, absl::Tim
 
 absl::StatusOr<BenchReport> RunBench(const BenchOptions& requested) {
   BenchOptions options = requested;
-  if (options.rpc != "step" && options.rpc != "run" && options.rpc != "session") {
-    return absl::InvalidArgumentError("--rpc is step, run or session");
+  if (options.rpc != "step" && options.rpc != "run" && options.rpc != "session" && options.rpc != "infer") {
+    return absl::InvalidArgumentError("--rpc is step, run, session or infer");
   }
   if (options.client_api != "callback" && options.client_api != "sync") {
     return absl::InvalidArgumentError(absl::StrCat("client_api is '", options.client_api, "'; expected callback or sync"));
@@ -107,6 +115,16 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& requested) {
   wire::TensorToProto(Randn({options.steps, options.batch, options.input_size}, 2), run.mutable_inputs());
   v1::SessionRequest session_step;
   *session_step.mutable_x() = step.x();
+  Requests requests{&step, &run, &session_step, nullptr};
+  inference::ModelInferRequest infer;  // the Open Inference Protocol's form of the step
+  infer.set_model_name(options.set_id);
+  auto* input = infer.add_inputs();
+  input->set_name("INPUT");
+  input->set_datatype("FP32");
+  input->mutable_shape()->Add(1);
+  input->mutable_shape()->Add(step.x().shape().begin(), step.x().shape().end());
+  infer.add_raw_input_contents(step.x().data());
+  requests.infer = &infer;
 
   const absl::Time start = absl::Now();
   const absl::Time measure_from = start + options.warmup;
@@ -116,9 +134,9 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& requested) {
   if (options.rate == 0 && options.client_api == "callback" && options.rpc == "session") {
     RunSessionsAsync(channel, options, session_step, measure_from, stop_at, measured, samples);
   } else if (options.rate == 0 && options.client_api == "callback") {
-    RunClosedLoopAsync(channel, options, step, run, measure_from, stop_at, measured, samples);
+    RunClosedLoopAsync(channel, options, requests, measure_from, stop_at, measured, samples);
   } else {
-    RunThreads(channel, options, step, run, session_step, start, measure_from, stop_at, measured, samples);
+    RunThreads(channel, options, requests, start, measure_from, stop_at, measured, samples);
   }
   const absl::Time end = std::min(absl::Now(), stop_at);
   return Summarise(samples, measure_from, end);
@@ -130,14 +148,15 @@ namespace {
 // gRPC's callback API, each completion issuing the next, so the generator's own CPU use
 // stays small on a machine it shares with the server.
 void RunClosedLoopAsync(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& options,
-                        const v1::StepRequest& step, const v1::RunRequest& run, absl::Time measure_from,
-                        absl::Time stop_at, std::atomic<int64_t>& measured,
-                        std::vector<std::vector<Sample>>& samples) {
+                        const Requests& requests, absl::Time measure_from, absl::Time stop_at,
+                        std::atomic<int64_t>& measured, std::vector<std::vector<Sample>>& samples) {
   auto stub = v1::InferenceService::NewStub(channel);
+  auto oip = inference::GRPCInferenceService::NewStub(channel);
   struct Caller {
     std::unique_ptr<grpc::ClientContext> context;
     v1::StepResponse step_response;
     v1::RunResponse run_response;
+    inference::ModelInferResponse infer_response;
     absl::Time sent;
   };
   std::vector<Caller> callers(options.concurrency);
@@ -166,9 +185,11 @@ void RunClosedLoopAsync(const std::shared_ptr<grpc::Channel>& channel, const Ben
       }
     };
     if (options.rpc == "step") {
-      stub->async()->Step(c.context.get(), &step, &c.step_response, std::move(done));
+      stub->async()->Step(c.context.get(), requests.step, &c.step_response, std::move(done));
+    } else if (options.rpc == "infer") {
+      oip->async()->ModelInfer(c.context.get(), requests.infer, &c.infer_response, std::move(done));
     } else {
-      stub->async()->Run(c.context.get(), &run, &c.run_response, std::move(done));
+      stub->async()->Run(c.context.get(), requests.run, &c.run_response, std::move(done));
     }
   };
   for (int i = 0; i < options.concurrency; ++i) issue(i);
@@ -258,13 +279,13 @@ void RunSessionsAsync(const std::shared_ptr<grpc::Channel>& channel, const Bench
 // One thread per caller on the sync API: the open loop at a fixed rate, or (rate 0) the
 // closed loop of --client_api=sync.
 void RunThreads(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& options,
-                const v1::StepRequest& step, const v1::RunRequest& run, const v1::SessionRequest& session_step,
-                absl::Time start, absl::Time measure_from, absl::Time stop_at, std::atomic<int64_t>& measured,
-                std::vector<std::vector<Sample>>& samples) {
+                const Requests& requests, absl::Time start, absl::Time measure_from, absl::Time stop_at,
+                std::atomic<int64_t>& measured, std::vector<std::vector<Sample>>& samples) {
   std::vector<std::thread> callers;
   for (int i = 0; i < options.concurrency; ++i) {
     callers.emplace_back([&, i] {
       auto inference = v1::InferenceService::NewStub(channel);
+      auto oip = inference::GRPCInferenceService::NewStub(channel);
       std::unique_ptr<grpc::ClientContext> session_ctx;
       std::unique_ptr<grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionResponse>> stream;
       if (options.rpc == "session") {
@@ -289,7 +310,7 @@ void RunThreads(const std::shared_ptr<grpc::Channel>& channel, const BenchOption
         grpc::Status status;
         if (options.rpc == "session") {
           v1::SessionResponse response;
-          if (!stream->Write(session_step) || !stream->Read(&response)) {
+          if (!stream->Write(*requests.session_step) || !stream->Read(&response)) {
             stream->WritesDone();
             status = stream->Finish();
             if (status.ok()) status = grpc::Status(grpc::UNKNOWN, "session ended");
@@ -300,10 +321,13 @@ void RunThreads(const std::shared_ptr<grpc::Channel>& channel, const BenchOption
           PrepareContext(options.connection, &ctx);
           if (options.rpc == "step") {
             v1::StepResponse response;
-            status = inference->Step(&ctx, step, &response);
+            status = inference->Step(&ctx, *requests.step, &response);
+          } else if (options.rpc == "infer") {
+            inference::ModelInferResponse response;
+            status = oip->ModelInfer(&ctx, *requests.infer, &response);
           } else {
             v1::RunResponse response;
-            status = inference->Run(&ctx, run, &response);
+            status = inference->Run(&ctx, *requests.run, &response);
           }
         }
         const absl::Time done = absl::Now();

@@ -13,7 +13,9 @@ namespace lstmserve::client {
 
 struct BenchOptions {
   ClientOptions connection;       // target, TLS, token
-  std::string rpc = "step";       // step | run | session
+  // step | run | session | infer (the Open Inference Protocol's ModelInfer of one step,
+  // INPUT [1, B, I]: the same work as step)
+  std::string rpc = "step";
   std::string set_id;             // created from the template below when it does not exist
   int64_t layers = 2, input_size = 64, hidden_size = 64;
   int64_t batch = 1;              // B of every request

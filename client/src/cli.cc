@@ -67,7 +67,9 @@ ABSL_FLAG(int64_t, batch, 1, "step/run: batch size of random N(0,1) inputs when 
 ABSL_FLAG(int64_t, steps, 10, "run: steps of random inputs when --input is not given");
 ABSL_FLAG(uint64_t, input_seed, 1, "step/run: seed of the random inputs");
 ABSL_FLAG(bool, final_state_only, false, "run: return only the final states");
-ABSL_FLAG(std::string, rpc, "step", "bench: step | run | session");
+ABSL_FLAG(std::string, rpc, "step",
+          "bench: step | run | session | infer (the Open Inference Protocol's ModelInfer of one step, "
+          "INPUT [1, B, I]: step's work)");
 ABSL_FLAG(int, concurrency, 1, "bench: callers, each with one call in flight");
 ABSL_FLAG(absl::Duration, duration, absl::Seconds(10), "bench: measured time, after the warm-up");
 ABSL_FLAG(int64_t, requests, 0, "bench: stop after this many measured requests (0: by --duration)");
@@ -102,7 +104,7 @@ constexpr char kUsage[] =
     "          [--weight_storage_error]\n"
     "                                  per-layer variance diagnostics of a set or spec (no set is stored);\n"
     "                                  with --weight_storage_error also the output error of bf16/int8 weights\n"
-    "  bench --id ID [--rpc step|run|session] [--concurrency N] [--duration 10s | --requests N] [--warmup 1s]\n"
+    "  bench --id ID [--rpc step|run|session|infer] [--concurrency N] [--duration 10s | --requests N] [--warmup 1s]\n"
     "        [--rate R] [--batch B] [--steps T]   load generator; creates the set from the template flags\n"
     "        (--layers --input_size --hidden_size) if it does not exist; reports requests/s, latency\n"
     "        p50/p90/p99/max and errors by code\n"

@@ -21,6 +21,11 @@ const lstmserve::server::ServerOptions kDefaults;
 ABSL_FLAG(std::string, listen, kDefaults.listen, "HOST:PORT to serve gRPC on; port 0 picks a free port");
 ABSL_FLAG(std::string, metrics_listen, kDefaults.metrics_listen,
           "HOST:PORT to serve Prometheus metrics on (HTTP GET /metrics); port 0 picks a free port; empty: none");
+ABSL_FLAG(std::string, http_listen, kDefaults.http_listen,
+          "HOST:PORT to serve the Open Inference Protocol's HTTP/REST API on (/v2/...); port 0 picks a free "
+          "port; empty: none");
+ABSL_FLAG(int, http_threads, kDefaults.http_threads,
+          "HTTP handler threads; each serves one keep-alive connection at a time");
 ABSL_FLAG(std::string, store_dir, kDefaults.store_dir, "folder of the parameter store (created if missing)");
 ABSL_FLAG(std::string, device, kDefaults.device, "auto | cpu | cuda | cuda:N");
 ABSL_FLAG(int, threads, kDefaults.intra_op_threads, "intra-op threads for inference; 0 = all available cores");
@@ -81,12 +86,17 @@ int main(int argc, char** argv) {
       argc, argv,
       "lstmserve: creates seeded, PyTorch-exact parameter sets and runs stacked-LSTM inference over gRPC.\n"
       "Usage: lstmserve [--listen=0.0.0.0:50051] [--store_dir=./lstmserve-data] [--device=auto] ...\n"
-      "Prints 'listening on HOST:PORT' once it serves gRPC, then 'metrics on HOST:PORT' for Prometheus;\n"
+      "Serves lstmserve.v1 and the Open Inference Protocol (inference.GRPCInferenceService) on --listen,\n"
+      "the protocol's HTTP/REST API on --http_listen and Prometheus metrics on --metrics_listen.\n"
+      "Prints 'listening on HOST:PORT' once it serves gRPC, then 'metrics on HOST:PORT' and\n"
+      "'http on HOST:PORT' (each unless disabled);\n"
       "SIGTERM or SIGINT drains and exits 0.",
       {"server/src/main.cc"}, 0);
   lstmserve::server::ServerOptions options;
   options.listen = absl::GetFlag(FLAGS_listen);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.http_listen = absl::GetFlag(FLAGS_http_listen);
+  options.http_threads = absl::GetFlag(FLAGS_http_threads);
   options.store_dir = absl::GetFlag(FLAGS_store_dir);
   options.device = absl::GetFlag(FLAGS_device);
   options.intra_op_threads = absl::GetFlag(FLAGS_threads);
@@ -149,10 +159,14 @@ int main(int argc, char** argv) {
   }
   std::printf("listening on %s\n", (*server)->address().c_str());
   if (!(*server)->metrics_address().empty()) std::printf("metrics on %s\n", (*server)->metrics_address().c_str());
+  if (!(*server)->http_address().empty()) std::printf("http on %s\n", (*server)->http_address().c_str());
   std::fflush(stdout);
   lstmserve::server::LogInfo(absl::StrCat("listening on ", (*server)->address()));
   if (!(*server)->metrics_address().empty()) {
     lstmserve::server::LogInfo(absl::StrCat("metrics on http://", (*server)->metrics_address(), "/metrics"));
+  }
+  if (!(*server)->http_address().empty()) {
+    lstmserve::server::LogInfo(absl::StrCat("http on ", (*server)->http_address(), " (Open Inference Protocol, /v2)"));
   }
 
   int signal_number = 0;

@@ -31,6 +31,12 @@ absl::Status ServerOptions::Validate() const {
       return absl::InvalidArgumentError(absl::StrCat("--metrics_listen: ", s.message(), " (or empty for none)"));
     }
   }
+  if (!http_listen.empty()) {
+    if (auto s = ParseHostPort(http_listen, &host, &port); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--http_listen: ", s.message(), " (or empty for none)"));
+    }
+  }
+  if (http_threads < 1 || http_threads > 4096) return absl::InvalidArgumentError("--http_threads must be in [1, 4096]");
   if (store_dir.empty()) return absl::InvalidArgumentError("--store_dir must not be empty");
   if (intra_op_threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
   if (num_batch_threads < 0 || num_batch_threads > 256) {

@@ -157,12 +157,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   int unused = 0;
   (void)ParseHostPort(options.listen, &host, &unused);
   server->address_ = absl::StrCat(host, ":", port);
+  if (!options.http_listen.empty()) {
+    LSTMSERVE_ASSIGN_OR_RETURN(server->http_, HttpService::Start(options.http_listen, options.http_threads,
+                                                                 options.max_message_bytes, tls,
+                                                                 server->context_.get()));
+    server->http_address_ = server->http_->address();
+  }
   server->server_->GetHealthCheckService()->SetServingStatus(true);
   return server;
 }
 
 Server::~Server() {
   if (metrics_) metrics_->StopServing();
+  if (http_) http_->Stop();
   if (server_) server_->Shutdown(std::chrono::system_clock::now());
 }
 
@@ -171,6 +178,7 @@ void Server::Drain() {
                        absl::FormatDuration(options_.drain_timeout), " for calls in flight"));
   server_->GetHealthCheckService()->SetServingStatus(false);
   context_->draining = true;
+  if (http_) http_->Stop();  // answers what it has received first
   // Shutdown refuses new RPCs at once and lets every call already received finish until
   // the deadline, after which the rest are cancelled.
   const auto deadline = std::chrono::system_clock::now() + absl::ToChronoMilliseconds(options_.drain_timeout);

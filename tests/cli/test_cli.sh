@@ -5,7 +5,7 @@
 set -u
 server_bin=$1 cli=$2 python=$3 reference_dir=$4
 work=$(mktemp -d /tmp/lstmserve-cli-XXXXXX)
-"$server_bin" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 --store_dir="$work/store" --threads=1 >"$work/out" 2>"$work/err" &
+"$server_bin" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 --http_listen=127.0.0.1:0 --store_dir="$work/store" --threads=1 >"$work/out" 2>"$work/err" &
 server_pid=$!
 trap 'kill $server_pid 2>/dev/null; wait $server_pid 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 100); do grep -q "listening on" "$work/out" && break; sleep 0.1; done

@@ -76,6 +76,7 @@ class OverlayTest(unittest.TestCase):
                 flags = self.container_flags(docs)
                 self.assertEqual(flags["listen"], f"0.0.0.0:{ports['grpc']}")
                 self.assertEqual(flags["metrics_listen"], f"0.0.0.0:{ports['metrics']}")
+                self.assertEqual(flags["http_listen"], f"0.0.0.0:{ports['http']}")
                 self.assertEqual(flags["store_dir"], "/data")
 
                 # gRPC health probes on the gRPC port.

@@ -28,7 +28,7 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::s
   int out[2];
   if (pipe(out) != 0) return absl::InternalError("pipe failed");
   std::vector<std::string> args = {LSTMSERVE_SERVER_BINARY, "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
-                                   "--store_dir=" + store_dir, "--threads=1"};
+                                   "--http_listen=127.0.0.1:0", "--store_dir=" + store_dir, "--threads=1"};
   args.insert(args.end(), flags.begin(), flags.end());
   std::filesystem::create_directories(store_dir);
   const std::string log_path = (log_dir.empty() ? store_dir : log_dir) + "/server.log";

@@ -8,8 +8,8 @@ import unittest
 
 
 class ServerProcess:
-    """lstmserve on 127.0.0.1:0 with metrics on 127.0.0.1:0; `target` and `metrics` are the
-    HOST:PORT it printed. Use as a context manager, or call stop()."""
+    """lstmserve on 127.0.0.1:0 with metrics and the HTTP API on 127.0.0.1:0; `target`,
+    `metrics` and `http` are the HOST:PORT it printed. Use as a context manager, or call stop()."""
 
     def __init__(self, *flags, store=None):
         self._own_store = store is None
@@ -18,7 +18,7 @@ class ServerProcess:
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [os.environ["LSTMSERVE_SERVER_BINARY"], "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
-             f"--store_dir={self.store}", "--threads=1", *flags],
+             "--http_listen=127.0.0.1:0", f"--store_dir={self.store}", "--threads=1", *flags],
             stdout=subprocess.PIPE, stderr=self._log, text=True)
         line = self.process.stdout.readline()
         if not line.startswith("listening on "):
@@ -30,6 +30,11 @@ class ServerProcess:
             line = self.process.stdout.readline()
             assert line.startswith("metrics on "), line
             self.metrics = line.split()[-1]
+        self.http = None
+        if "--http_listen=" not in flags:
+            line = self.process.stdout.readline()
+            assert line.startswith("http on "), line
+            self.http = line.split()[-1]
 
     def log(self):
         with open(self.log_path) as f:

@@ -1,18 +1,21 @@
-"""The Open Inference Protocol (KServe v2) against the real server, spoken by a client no one
-here wrote: Triton's `tritonclient` from PyPI, in the environment deploy/install-deps.sh makes
+"""The Open Inference Protocol (KServe v2), over gRPC and HTTP, against the real server, spoken
+by a client no one here wrote: Triton's `tritonclient` (grpc and http) from PyPI, in the environment deploy/install-deps.sh makes
 (LSTMSERVE_OIP_PYTHON; over Debian's Python, so its torch 1.13 runs the reference code).
 Sets are made with the CLI (LSTMSERVE_CLI_BINARY); results are compared with common_ops.py.
 """
+import json
 import os
 import subprocess
 import sys
 import threading
 import unittest
+import urllib.error
 import urllib.request
 
 import numpy as np
 import torch
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -290,6 +293,132 @@ class OpenInferenceGrpcTest(unittest.TestCase):
                                 metric(before, "lstmserve_session_steps_total"), 40)
 
 
+def http_input(name, array, binary=True):
+    t = httpclient.InferInput(name, list(array.shape), "FP32")
+    t.set_data_from_numpy(array, binary_data=binary)
+    return t
+
+
+def post(server, path, body, headers=None):
+    """(HTTP status, parsed JSON) of a POST with a raw body."""
+    request = urllib.request.Request(f"http://{server.http}{path}", data=body, method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+class OpenInferenceHttpTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = ServerProcess()
+        cli(cls.server, "create", "--id=oip", f"--layers={L}", f"--input_size={I}", f"--hidden_size={H}",
+            f"--seed={SEED}")
+        cls.w = reference_weights(SEED, L, I, H)
+        cls.client = httpclient.InferenceServerClient(cls.server.http)
+        cls.grpc = grpcclient.InferenceServerClient(cls.server.target)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.grpc.close()
+        assert cls.server.stop() == 0, cls.server.log()
+
+    def test_health_metadata_and_config(self):
+        self.assertTrue(self.client.is_server_live())
+        self.assertTrue(self.client.is_server_ready())
+        self.assertTrue(self.client.is_model_ready("oip"))
+        self.assertFalse(self.client.is_model_ready("no-such-set"))
+        self.assertIn("sequence", self.client.get_server_metadata()["extensions"])
+        meta = self.client.get_model_metadata("oip")
+        self.assertEqual(meta, self.grpc.get_model_metadata("oip", as_json=True) | {
+            "inputs": meta["inputs"], "outputs": meta["outputs"]})
+        self.assertEqual([(t["name"], t["shape"]) for t in meta["inputs"]],
+                         [("INPUT", [-1, -1, I]), ("C0", [L, -1, H]), ("H0", [L, -1, H])])
+        config = self.client.get_model_config("oip")
+        self.assertIn("sequence_batching", config)
+        self.assertEqual(config["input"][1]["optional"], True)
+        with self.assertRaises(InferenceServerException) as caught:
+            self.client.get_model_metadata("no-such-set")
+        self.assertIn("no-such-set", caught.exception.message())
+
+    def test_binary_and_json_infer_match_the_reference_and_grpc(self):
+        g = torch.Generator().manual_seed(11)
+        x = torch.randn(4, 2, I, generator=g)
+        c0 = torch.randn(L, 2, H, generator=g)
+        h0 = torch.randn(L, 2, H, generator=g).tanh()
+        out, cn, hn = reference_run(self.w, x, c0.unbind(0), h0.unbind(0))
+        over_grpc = self.grpc.infer("oip", [tensor("INPUT", x.numpy()), tensor("C0", c0.numpy()),
+                                            tensor("H0", h0.numpy())])
+        for binary in (True, False):
+            result = self.client.infer(
+                "oip", [http_input("INPUT", x.numpy(), binary), http_input("C0", c0.numpy(), binary),
+                        http_input("H0", h0.numpy(), binary)],
+                outputs=[httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("OUTPUT", "CN", "HN")])
+            self.assertLessEqual(np.abs(result.as_numpy("OUTPUT") - out).max(), TOL, binary)
+            self.assertLessEqual(np.abs(result.as_numpy("CN") - cn).max(), TOL)
+            self.assertLessEqual(np.abs(result.as_numpy("HN") - hn).max(), TOL)
+            # The same bits as over gRPC (JSON numbers carry every float32 exactly).
+            for name in ("OUTPUT", "CN", "HN"):
+                self.assertTrue(np.array_equal(result.as_numpy(name), over_grpc.as_numpy(name)), (binary, name))
+
+    def test_a_sequence_over_http_equals_one_run(self):
+        x = np.random.default_rng(5).standard_normal((3, 1, I)).astype(np.float32)
+        outs = []
+        for k in range(3):
+            r = self.client.infer("oip", [http_input("INPUT", x[k:k + 1])], sequence_id="http-seq",
+                                  sequence_start=(k == 0), sequence_end=(k == 2))
+            outs.append(r.as_numpy("OUTPUT"))
+        whole = self.client.infer("oip", [http_input("INPUT", x)]).as_numpy("OUTPUT")
+        self.assertTrue(np.array_equal(np.concatenate(outs), whole))
+
+    def test_nested_json_data_and_clear_errors(self):
+        x = np.random.default_rng(6).standard_normal((1, 2, I)).astype(np.float32)
+        body = {"id": "n-1", "inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 2, I], "data": x.tolist()}],
+                "outputs": [{"name": "HN"}]}
+        status, reply = post(self.server, "/v2/models/oip/infer", json.dumps(body).encode())
+        self.assertEqual(status, 200, reply)
+        self.assertEqual(reply["id"], "n-1")
+        self.assertEqual([o["name"] for o in reply["outputs"]], ["HN"])
+        hn = np.array(reply["outputs"][0]["data"], np.float32).reshape(L, 2, H)
+        expected = self.client.infer("oip", [http_input("INPUT", x)]).as_numpy("HN")
+        self.assertTrue(np.array_equal(hn, expected))
+        for path, payload, code, fragment in [
+                ("/v2/models/oip/infer", b"{not json", 400, "not a JSON object"),
+                ("/v2/models/oip/infer", b'{"inputs": 3}', 400, "inputs must be a list"),
+                ("/v2/models/oip/infer", json.dumps({"inputs": [{"name": "INPUT", "datatype": "FP32",
+                                                                 "shape": [1, 1, I], "data": [1.0]}]}).encode(),
+                 400, "INPUT.data has 4 bytes"),
+                ("/v2/models/oip/infer", json.dumps({"inputs": [{"name": "INPUT", "datatype": "FP32",
+                                                                 "shape": [1, 1, I], "data": ["a"] * I}]}).encode(),
+                 400, "must hold numbers"),
+                ("/v2/models/no-such-set/infer", json.dumps(body).encode(), 404, "no-such-set"),
+                ("/v2/models/oip/versions/2/infer", json.dumps(body).encode(), 404, "only version is 1"),
+                ("/v2/nothing", b"{}", 404, "no such endpoint")]:
+            with self.subTest(path=path, payload=payload[:40]):
+                status, reply = post(self.server, path, payload)
+                self.assertEqual(status, code, reply)
+                self.assertIn(fragment, reply["error"])
+        # Binary data that the JSON does not account for.
+        header = json.dumps({"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 1, I],
+                                         "parameters": {"binary_data_size": 4 * I}}]}).encode()
+        status, reply = post(self.server, "/v2/models/oip/infer", header + b"\0" * (4 * I + 3),
+                             {"Inference-Header-Content-Length": str(len(header))})
+        self.assertEqual(status, 400)
+        self.assertIn("3 bytes of binary data", reply["error"])
+
+    def test_http_calls_are_counted(self):
+        self.client.is_server_ready()
+        self.client.infer("oip", [http_input("INPUT", np.ones((1, 1, I), np.float32))])
+        text = scrape(self.server)
+        self.assertGreaterEqual(metric(text, "lstmserve_requests_total", service="inference.http",
+                                       method="ModelInfer", code="OK"), 1)
+        self.assertGreaterEqual(metric(text, "lstmserve_requests_total", service="inference.http",
+                                       method="ServerReady", code="OK"), 1)
+
+
 class OpenInferenceAuthTest(unittest.TestCase):
     def test_tokens_guard_everything_but_the_probes(self):
         import tempfile
@@ -307,6 +436,15 @@ class OpenInferenceAuthTest(unittest.TestCase):
             self.assertEqual(client.get_server_metadata(headers={"authorization": f"Bearer {token}"}).name,
                              "lstmserve")
             client.close()
+            http = httpclient.InferenceServerClient(server.http)
+            self.assertTrue(http.is_server_live())
+            self.assertTrue(http.is_server_ready())
+            with self.assertRaises(InferenceServerException) as caught:
+                http.get_server_metadata()
+            self.assertIn("bearer token", caught.exception.message())
+            self.assertEqual(http.get_server_metadata(headers={"Authorization": f"Bearer {token}"})["name"],
+                             "lstmserve")
+            http.close()
 
 
 if __name__ == "__main__":

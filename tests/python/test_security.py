@@ -165,7 +165,7 @@ class SecurityTest(unittest.TestCase):
         cases.append(([f"--listen=127.0.0.1:{taken.getsockname()[1]}"], 1, "cannot listen on"))
         for flags, code, message in cases:
             with self.subTest(flags=flags), tempfile.TemporaryDirectory() as store:
-                result = subprocess.run([binary, "--listen=127.0.0.1:0", "--metrics_listen=", f"--store_dir={store}",
+                result = subprocess.run([binary, "--listen=127.0.0.1:0", "--metrics_listen=", "--http_listen=", f"--store_dir={store}",
                                          *flags], capture_output=True, text=True, timeout=60)
                 self.assertEqual(result.returncode, code, result.stderr)
                 self.assertIn(message, result.stderr)

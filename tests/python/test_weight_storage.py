@@ -312,7 +312,7 @@ class ForcedPathTest(ServerTestCase):
     def test_an_unknown_path_is_refused_at_startup(self):
         import subprocess
         result = subprocess.run([os.environ["LSTMSERVE_SERVER_BINARY"], "--lstm_path=fastest", "--listen=127.0.0.1:0",
-                                 "--metrics_listen="], capture_output=True, text=True, timeout=60)
+                                 "--metrics_listen=", "--http_listen="], capture_output=True, text=True, timeout=60)
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("--lstm_path", result.stderr)
         self.assertIn("small_batch", result.stderr)

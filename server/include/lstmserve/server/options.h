@@ -15,6 +15,10 @@ struct ServerOptions {
   // HOST:PORT to serve Prometheus metrics on (HTTP, /metrics); port 0 picks a free port;
   // empty: no metrics endpoint.
   std::string metrics_listen = "0.0.0.0:9464";
+  // HOST:PORT to serve the Open Inference Protocol's HTTP/REST API on (/v2/...); port 0 picks
+  // a free port; empty: none. Its handler threads: each holds one keep-alive connection.
+  std::string http_listen = "0.0.0.0:8000";
+  int http_threads = 64;
   // Folder of the parameter store (created if missing).
   std::string store_dir = "./lstmserve-data";
   // "auto", "cpu", "cuda" or "cuda:N": where sets live and inference runs.

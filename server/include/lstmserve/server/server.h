@@ -1,4 +1,5 @@
-// The lstmserve server: the gRPC services over a set registry, health and reflection.
+// The lstmserve server: the gRPC services (lstmserve.v1, the Open Inference Protocol, health,
+// reflection) and the protocol's HTTP/REST API over one inference engine and set registry.
 #pragma once
 
 #include <memory>
@@ -8,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "lstmserve/server/compute_pool.h"
+#include "lstmserve/server/http_service.h"
 #include "lstmserve/server/metrics.h"
 #include "lstmserve/server/options.h"
 #include "lstmserve/server/services.h"
@@ -28,10 +30,14 @@ class Server {
   const std::string& address() const { return address_; }
   // "HOST:PORT" of /metrics, or empty when metrics_listen is empty.
   const std::string& metrics_address() const { return metrics_address_; }
+  // "HOST:PORT" of the HTTP/REST API, or empty when http_listen is empty.
+  const std::string& http_address() const { return http_address_; }
   const Batcher& batcher() const { return *batcher_; }
 
-  // Health goes NOT_SERVING and new calls get UNAVAILABLE; calls already received have up
-  // to drain_timeout to finish, then are cancelled. Returns when the server has stopped.
+  // Health goes NOT_SERVING (and the protocol's ready false) and new calls get UNAVAILABLE;
+  // the HTTP API stops accepting and answers what it has received; gRPC calls already
+  // received have up to drain_timeout to finish, then are cancelled. Returns when the
+  // server has stopped.
   void Drain();
 
  private:
@@ -39,6 +45,7 @@ class Server {
   ServerOptions options_;
   std::string address_;
   std::string metrics_address_;
+  std::string http_address_;
   // Destroyed in reverse: the server first (it waits for every call to finish), then the
   // pool (it runs what is queued), then what the pool's tasks use; the metrics last (the
   // destructor stops their HTTP endpoint first, as its scrapes read the others).
@@ -55,6 +62,7 @@ class Server {
   std::unique_ptr<InferenceServiceImpl> inference_service_;
   std::unique_ptr<OipGrpcService> oip_grpc_service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<HttpService> http_;
 };
 
 }  // namespace lstmserve::server
