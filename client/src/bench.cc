@@ -58,6 +58,9 @@ absl::Status EnsureSet(const std::shared_ptr<grpc::Channel>& channel, BenchOptio
     return absl::OkStatus();
   }
   if (status.ok()) return absl::FailedPreconditionError(absl::StrCat("set '", options.set_id, "' is not an LSTM"));
+  // Another server of the Open Inference Protocol (Triton, MLServer, ...): --rpc infer drives
+  // its model `--id` with the template's input size.
+  if (status.error_code() == grpc::UNIMPLEMENTED && options.rpc == "infer") return absl::OkStatus();
   if (status.error_code() != grpc::NOT_FOUND) return wire::FromGrpcStatus(status);
   v1::CreateParameterSetRequest create;
   create.set_parameter_set_id(options.set_id);

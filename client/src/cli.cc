@@ -69,7 +69,8 @@ ABSL_FLAG(uint64_t, input_seed, 1, "step/run: seed of the random inputs");
 ABSL_FLAG(bool, final_state_only, false, "run: return only the final states");
 ABSL_FLAG(std::string, rpc, "step",
           "bench: step | run | session | infer (the Open Inference Protocol's ModelInfer of one step, "
-          "INPUT [1, B, I]: step's work)");
+          "INPUT [1, B, I]: step's work; also against another server of the protocol, whose model --id "
+          "takes --input_size)");
 ABSL_FLAG(int, concurrency, 1, "bench: callers, each with one call in flight");
 ABSL_FLAG(absl::Duration, duration, absl::Seconds(10), "bench: measured time, after the warm-up");
 ABSL_FLAG(int64_t, requests, 0, "bench: stop after this many measured requests (0: by --duration)");
