@@ -3,16 +3,16 @@
 #include "absl/strings/str_cat.h"
 #include "lstmserve/core/status.h"
 #include "lstmserve/server/services.h"
+#include "oip_grpc_codec.h"
 #include "rpc_util.h"
 
 namespace lstmserve::server {
-namespace {
 
 using inference::ModelInferRequest;
 using inference::ModelInferResponse;
 
 // The sequence parameters of a request (Triton's sequence extension).
-absl::Status SequenceFromProto(const ModelInferRequest& request, oip::InferRequest* out) {
+static absl::Status SequenceFromProto(const ModelInferRequest& request, oip::InferRequest* out) {
   const auto& params = request.parameters();
   if (auto it = params.find("sequence_id"); it != params.end()) {
     const inference::InferParameter& id = it->second;
@@ -93,6 +93,8 @@ void ResponseToProto(oip::InferResponse& response, ModelInferResponse* out) {
     out->add_raw_output_contents(std::move(t.data));
   }
 }
+
+namespace {
 
 inference::DataType ConfigType(const std::string& datatype) {
   if (datatype == "FP16") return inference::TYPE_FP16;

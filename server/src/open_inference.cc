@@ -36,6 +36,19 @@ Tensor ToTensor(const char* name, const at::Tensor& t) {
   return out;
 }
 
+// The per-layer states [B, H] as one [L, B, H] tensor's bytes, copied once (no stacked
+// tensor in between: this runs for every answer).
+Tensor StackedToTensor(const char* name, const std::vector<at::Tensor>& layers) {
+  Tensor out;
+  out.name = name;
+  out.datatype = DataTypeName(core::FromScalarType(layers[0].scalar_type()).value_or(core::DType::kFloat32));
+  out.shape = {static_cast<int64_t>(layers.size())};
+  out.shape.insert(out.shape.end(), layers[0].sizes().begin(), layers[0].sizes().end());
+  out.data.reserve(layers.size() * layers[0].nbytes());
+  for (const at::Tensor& layer : layers) out.data += core::TensorBytes(layer);
+  return out;
+}
+
 // What a validated request runs: its set, inputs, initial state and wanted outputs.
 struct Prepared {
   std::shared_ptr<const SetEntry> set;
@@ -194,8 +207,8 @@ void OpenInference::Infer(InferRequest request, const CallControl& call,
     absl::StatusOr<InferResponse> response = core::GuardTorch("the response", [&]() -> absl::StatusOr<InferResponse> {
       for (const std::string& name : outputs) {
         if (name == kOutput) head.outputs.push_back(ToTensor(kOutput, result->outputs));
-        if (name == kCn) head.outputs.push_back(ToTensor(kCn, at::stack(result->final_state.c)));
-        if (name == kHn) head.outputs.push_back(ToTensor(kHn, at::stack(result->final_state.h)));
+        if (name == kCn) head.outputs.push_back(StackedToTensor(kCn, result->final_state.c));
+        if (name == kHn) head.outputs.push_back(StackedToTensor(kHn, result->final_state.h));
       }
       return std::move(head);
     });

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Writes the fuzzers' seed corpora into tests/fuzz/corpus/<harness>/ (committed): valid and
 nearly valid inputs, so that libFuzzer starts from the formats' real structure.
-Run with PYTHONPATH=build/client/python (the generated protobuf stubs)."""
+Run with PYTHONPATH=build/client/python (the generated protobuf stubs); fuzz_oip's corpus
+needs tritonclient (/opt/lstmserve-oip/bin/python, see oip())."""
 import hashlib
 import json
 import os
@@ -100,7 +101,49 @@ def specs():
         num_layers=3, input_size=1 << 62, hidden_size=1 << 62)).SerializeToString())
 
 
+def oip():
+    """fuzz_oip: ModelInferRequest messages (first byte even) and HTTP bodies (odd; the second
+    byte is the JSON's length for the binary extension, or 255 for none). Written with
+    tritonclient's messages, the protocol's own: run with /opt/lstmserve-oip/bin/python."""
+    try:
+        from tritonclient.grpc import service_pb2 as S
+    except ImportError:
+        print("make_corpus: no tritonclient here; fuzz_oip's corpus is left as it is")
+        return
+    x = struct.pack("<6f", *[0.25 * i for i in range(6)])
+    r = S.ModelInferRequest(model_name="m")
+    r.inputs.add(name="INPUT", datatype="FP32", shape=[2, 1, 3])
+    r.raw_input_contents.append(x)
+    write("fuzz_oip", "grpc-raw", b"\x00" + r.SerializeToString())
+    r.parameters["sequence_id"].uint64_param = 5
+    r.parameters["sequence_start"].bool_param = True
+    r.outputs.add(name="HN")
+    write("fuzz_oip", "grpc-sequence", b"\x00" + r.SerializeToString())
+    t = S.ModelInferRequest(model_name="m")
+    typed = t.inputs.add(name="INPUT", datatype="FP32", shape=[1, 2, 3])
+    typed.contents.fp32_contents.extend([0.5] * 6)
+    c0 = t.inputs.add(name="C0", datatype="FP32", shape=[2, 2, 4])
+    c0.contents.fp32_contents.extend([0.1] * 16)
+    h0 = t.inputs.add(name="H0", datatype="FP32", shape=[2, 2, 4])
+    h0.contents.fp32_contents.extend([0.2] * 16)
+    write("fuzz_oip", "grpc-typed-state", b"\x00" + t.SerializeToString())
+    body = json.dumps({"id": "a", "inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 1, 3],
+                                             "data": [[[0.1, 0.2, 0.3]]]}],
+                       "outputs": [{"name": "OUTPUT", "parameters": {"binary_data": True}}]}).encode()
+    write("fuzz_oip", "http-json", b"\x01\xff" + body)
+    head = json.dumps({"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 1, 3],
+                                   "parameters": {"binary_data_size": 12}}],
+                       "parameters": {"sequence_id": "s", "sequence_start": True}},
+                      separators=(",", ":")).encode()
+    if len(head) < 255:
+        write("fuzz_oip", "http-binary", b"\x01" + bytes([len(head)]) + head + x[:12])
+    short = json.dumps({"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 1, 3],
+                                    "parameters": {"binary_data_size": 12}}]}).encode()
+    write("fuzz_oip", "http-binary-short", b"\x01" + bytes([min(len(short), 254) - 1]) + short + x[:12])
+
+
 if __name__ == "__main__":
     requests()
     stores()
     specs()
+    oip()

@@ -10,7 +10,7 @@ pids=()
 seconds="${1:-60}"
 shift || true
 harnesses=("$@")
-((${#harnesses[@]})) || harnesses=(fuzz_request fuzz_safetensors fuzz_spec)
+((${#harnesses[@]})) || harnesses=(fuzz_request fuzz_safetensors fuzz_spec fuzz_oip)
 
 cmake --preset fuzz >/dev/null
 cmake --build --preset fuzz --target $(printf 'lstmserve_%s ' "${harnesses[@]}")

@@ -1,0 +1,47 @@
+// The Open Inference Protocol's JSON (HTTP/REST) forms of requests, answers, metadata and
+// Triton's model configuration, with Triton's binary tensor data extension: what
+// http_service.cc sends and receives, apart from the socket (and fuzzed on its own).
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "lstmserve/server/open_inference.h"
+
+namespace lstmserve::server::oip {
+
+// The header of the binary tensor data extension: the length of the JSON that starts the
+// body; the tensors' bytes follow it.
+inline constexpr const char* kHeaderLength = "Inference-Header-Content-Length";
+
+// An infer request as its body said it, with how the answer's outputs should travel.
+struct HttpInferRequest {
+  InferRequest request;              // model and version come from the path, not the body
+  bool all_binary = false;           // parameters.binary_data_output
+  std::vector<std::string> binary;   // outputs asked for with parameters.binary_data
+};
+
+// Parses the body of POST /v2/models/{name}/infer: JSON, or, with `header_length` (the
+// header's value), that many bytes of JSON followed by the inputs' bytes (each input with
+// parameters.binary_data_size). INVALID_ARGUMENT naming what is wrong, including bytes that
+// belong to no input.
+absl::StatusOr<HttpInferRequest> ParseHttpInfer(absl::string_view body, const std::string* header_length);
+
+// The answer's body: JSON, or JSON then the binary outputs (`header_length` set).
+struct HttpBody {
+  std::string body;
+  std::optional<std::string> header_length;
+  std::string content_type;
+};
+HttpBody EncodeHttpInfer(const InferResponse& response, const HttpInferRequest& request);
+
+nlohmann::json MetadataJson(const ModelMetadata& m);
+// Triton's model configuration, as its HTTP API writes it (the fields lstmserve fills).
+nlohmann::json ConfigJson(const ModelMetadata& m);
+
+}  // namespace lstmserve::server::oip
