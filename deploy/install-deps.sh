@@ -35,7 +35,7 @@ build_pkgs=(
   "${compile_pkgs[@]}" git
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 python3-venv python3-torch python3-numpy python3-grpcio python3-protobuf python3-yaml
-  prometheus openssl
+  prometheus openssl libb64-0d
   clang libclang-rt-14-dev
 )
 image_pkgs=(buildah podman debootstrap curl iproute2)
@@ -82,31 +82,25 @@ else
   "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# A virtual environment of Debian's interpreter (with python3-venv), not whatever python3
+# comes first on PATH, so that it is the same on a developer machine, in CI and in an image;
+# (re)made when its requirements change. Usage: venv DIR "what" [--system-site-packages] -- REQ...
+venv() {
+  local dir="$1" what="$2" flags=()
+  shift 2
+  while [[ "$1" != -- ]]; do flags+=("$1"); shift; done
+  shift
+  local stamp="$dir/.lstmserve-requirements"
+  if [[ "$(cat "$stamp" 2>/dev/null)" != "$*" ]]; then
+    echo "install-deps: installing $* into $dir ($what)"
+    "${sudo_cmd[@]}" /usr/bin/python3 -m venv "${flags[@]}" "$dir"
+    "${sudo_cmd[@]}" "$dir/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir "$@"
+    echo "$*" | "${sudo_cmd[@]}" tee "$stamp" >/dev/null
+  fi
+}
+
 if [[ "$profile" == build ]]; then
-  # Debian's interpreter (with python3-venv), not whatever python3 comes first on PATH, so the
-  # environment is the same on a developer machine, in CI and in an image.
-  stamp="$tools_dir/.lstmserve-requirements"
-  if [[ "$(cat "$stamp" 2>/dev/null)" != "${pypi_requirements[*]}" ]]; then
-    echo "install-deps: installing ${pypi_requirements[*]} into $tools_dir (PyPI)"
-    "${sudo_cmd[@]}" /usr/bin/python3 -m venv "$tools_dir"
-    "${sudo_cmd[@]}" "$tools_dir/bin/pip" install --quiet --disable-pip-version-check \
-      --no-cache-dir "${pypi_requirements[@]}"
-    echo "${pypi_requirements[*]}" | "${sudo_cmd[@]}" tee "$stamp" >/dev/null
-  fi
-  peers_stamp="$peers_dir/.lstmserve-requirements"
-  if [[ "$(cat "$peers_stamp" 2>/dev/null)" != "${peers_requirements[*]}" ]]; then
-    echo "install-deps: installing ${peers_requirements[*]} into $peers_dir (PyPI, over Debian's Python)"
-    "${sudo_cmd[@]}" /usr/bin/python3 -m venv --system-site-packages "$peers_dir"
-    "${sudo_cmd[@]}" "$peers_dir/bin/pip" install --quiet --disable-pip-version-check \
-      --no-cache-dir "${peers_requirements[@]}"
-    echo "${peers_requirements[*]}" | "${sudo_cmd[@]}" tee "$peers_stamp" >/dev/null
-  fi
-  oip_stamp="$oip_dir/.lstmserve-requirements"
-  if [[ "$(cat "$oip_stamp" 2>/dev/null)" != "${oip_requirements[*]}" ]]; then
-    echo "install-deps: installing ${oip_requirements[*]} into $oip_dir (PyPI, over Debian's Python)"
-    "${sudo_cmd[@]}" /usr/bin/python3 -m venv --system-site-packages "$oip_dir"
-    "${sudo_cmd[@]}" "$oip_dir/bin/pip" install --quiet --disable-pip-version-check \
-      --no-cache-dir "${oip_requirements[@]}"
-    echo "${oip_requirements[*]}" | "${sudo_cmd[@]}" tee "$oip_stamp" >/dev/null
-  fi
+  venv "$tools_dir" "PyPI" -- "${pypi_requirements[@]}"
+  venv "$peers_dir" "PyPI, over Debian's Python" --system-site-packages -- "${peers_requirements[@]}"
+  venv "$oip_dir" "PyPI, over Debian's Python" --system-site-packages -- "${oip_requirements[@]}"
 fi

@@ -210,11 +210,16 @@ class ScrapeCollector final : public prometheus::Collectable {
     AddValue(out.back(), static_cast<double>(s.rejected_queue_full), {{"reason", "queue_full"}});
     AddValue(out.back(), static_cast<double>(s.expired_deadline), {{"reason", "deadline_exceeded"}});
     AddValue(out.back(), static_cast<double>(s.expired_cancelled), {{"reason", "cancelled"}});
-    gauge("lstmserve_sessions_active", "Session streams open now.", static_cast<double>(s.sessions_active));
-    counter("lstmserve_session_steps_total", "Session steps computed.", static_cast<double>(s.session_steps));
+    gauge("lstmserve_sessions_active",
+          "Session streams and Open Inference Protocol sequences open now (one --max_sessions for both).",
+          static_cast<double>(s.sessions_active));
+    counter("lstmserve_session_steps_total",
+            "Session steps and sequence requests (Open Inference Protocol) computed.",
+            static_cast<double>(s.session_steps));
     out.push_back(Family("lstmserve_session_rejections_total",
-                         "Session streams refused or ended by the server, by reason: max_sessions (refused "
-                         "at start, --max_sessions) and idle_timeout (cancelled, --session_idle_timeout).",
+                         "Session streams and sequences refused or ended by the server, by reason: "
+                         "max_sessions (refused at start, --max_sessions) and idle_timeout (cancelled or "
+                         "dropped, --session_idle_timeout).",
                          MetricType::Counter));
     AddValue(out.back(), static_cast<double>(s.sessions_rejected), {{"reason", "max_sessions"}});
     AddValue(out.back(), static_cast<double>(s.sessions_idle_cancelled), {{"reason", "idle_timeout"}});
