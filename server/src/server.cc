@@ -45,118 +45,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   const int threads = core::SetIntraOpThreads(options.intra_op_threads);
   const int batch_threads = options.num_batch_threads > 0 ? options.num_batch_threads : device.is_cuda() ? 2 : 1;
   LogInfo(absl::StrCat("lstmserve starting: device=", core::DeviceName(device), " threads=", threads,
-                       " batch_threads=", batch_threads,
-                       " store_dir=", options.store_dir, " transport=",
-                       options.tls_cert_file.empty() ? "plaintext"
-                       : options.tls_client_ca_file.empty() ? "tls" : "mutual-tls",
+                       " batch_threads=", batch_threads, " store_dir=", options.store_dir, " transport=",
+                       options.tls_cert_file.empty()            ? "plaintext"
+                       : options.tls_client_ca_file.empty() ? "tls"
+                                                            : "mutual-tls",
                        " auth=", options.auth_tokens_file.empty() ? "none" : "bearer-token"));
-
-  BuildInfo build;
-  build.version = LSTMSERVE_VERSION;
-  build.libtorch_version = core::LibTorchVersion();
-  build.device = core::DeviceName(device);
-  const core::BlasInfo blas = core::DescribeBlas();
-  build.blas = blas.library;
-  build.blas_core = blas.core;
-  server->metrics_ = std::make_unique<Metrics>(build);
-
-  const absl::Time load_start = absl::Now();
-  LSTMSERVE_ASSIGN_OR_RETURN(auto store, core::ParameterStore::Open(options.store_dir));
-  server->registry_ = std::make_unique<SetRegistry>(std::move(store), device, options.max_total_set_bytes,
-                                                    server->metrics_.get());
-  for (const auto& problem : server->registry_->LoadAll()) LogError(absl::StrCat("store: skipped ", problem));
-  const absl::Duration load_time = absl::Now() - load_start;
-  server->metrics_->SetStoreLoadTime(load_time);
-  LogInfo(absl::StrCat("store loaded: ", server->registry_->count(), " sets, ", server->registry_->total_bytes(),
-                       " bytes in ", absl::FormatDuration(load_time)));
-
-  server->compute_ = std::make_unique<ComputePool>(1);
-  BatchOptions batching;
-  batching.enabled = options.enable_batching;
-  batching.num_batch_threads = batch_threads;
-  batching.max_batch_size = options.max_batch_size;
-  batching.batch_timeout = absl::Microseconds(options.batch_timeout_micros);
-  batching.inline_max_work = options.inline_max_work;
-  batching.path = *core::ParseLstmPath(options.lstm_path);  // validated with the options
-  LogInfo(absl::StrCat("lstm kernels: ", core::DescribeCpuKernels(), "; path ", options.lstm_path));
-  batching.max_queued_requests = options.max_queued_requests;
-  server->batcher_ = std::make_unique<Batcher>(batching, server->metrics_.get());
-  server->sequences_ = std::make_unique<SequenceStore>(options.max_sessions, options.session_idle_timeout);
-  server->engine_ = std::make_unique<InferenceEngine>(server->registry_.get(), server->batcher_.get(),
-                                                      server->sequences_.get(), options.max_tensor_elements);
-  server->context_ = std::make_unique<ServiceContext>();
-  server->context_->registry = server->registry_.get();
-  server->context_->compute = server->compute_.get();
-  server->context_->engine = server->engine_.get();
-  server->oip_ = std::make_unique<oip::OpenInference>(server->engine_.get(), options.session_idle_timeout);
-  server->context_->oip = server->oip_.get();
-  server->context_->metrics = server->metrics_.get();
-  if (!options.auth_tokens_file.empty()) {
-    LSTMSERVE_ASSIGN_OR_RETURN(server->auth_, TokenAuthenticator::FromFile(options.auth_tokens_file));
-    server->context_->auth = server->auth_.get();
-  }
   TlsFiles tls;
   tls.cert_file = options.tls_cert_file;
   tls.key_file = options.tls_key_file;
   tls.client_ca_file = options.tls_client_ca_file;
-  LSTMSERVE_ASSIGN_OR_RETURN(auto credentials, MakeServerCredentials(tls));
-  server->context_->options = options;
-  server->context_->create_limits.max_set_bytes = options.max_set_bytes;
-  server->context_->create_limits.max_tensors = options.max_tensors_per_set;
-  server->parameter_service_ = std::make_unique<ParameterServiceImpl>(server->context_.get());
-  server->inference_service_ = std::make_unique<InferenceServiceImpl>(server->context_.get());
-  server->oip_grpc_service_ = std::make_unique<OipGrpcService>(server->context_.get());
-
-  server->metrics_->SetSnapshotSource([s = server.get()] {
-    MetricsSnapshot snapshot;
-    const BatchStats batch = s->batcher_->stats();
-    snapshot.queue_depth = batch.queued;
-    snapshot.queue_capacity = s->options_.max_queued_requests;
-    snapshot.rejected_queue_full = batch.rejected;
-    snapshot.expired_deadline = batch.expired;
-    snapshot.expired_cancelled = batch.cancelled;
-    const SequenceStore::Stats sessions = s->sequences_->stats();
-    snapshot.sessions_active = sessions.active;
-    snapshot.session_steps = sessions.steps;
-    snapshot.sessions_rejected = sessions.rejected;
-    snapshot.sessions_idle_cancelled = sessions.idle_cancelled;
-    snapshot.parameter_sets = s->registry_->count();
-    snapshot.parameter_set_bytes = s->registry_->total_bytes();
-    if (auto memory = core::DeviceMemoryStats(s->registry_->device())) {
-      snapshot.device_memory_allocated_bytes = memory->allocated_bytes;
-      snapshot.device_memory_reserved_bytes = memory->reserved_bytes;
-    }
-    return snapshot;
-  });
-  if (!options.metrics_listen.empty()) {
-    LSTMSERVE_ASSIGN_OR_RETURN(server->metrics_address_, server->metrics_->Serve(options.metrics_listen));
-  }
-
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::ServerBuilder builder;
-  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
-  interceptors.push_back(server->metrics_->MakeInterceptorFactory());
-  builder.experimental().SetInterceptorCreators(std::move(interceptors));
-  if (options.reflection) {
-    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  } else {
-    builder.SetOption(std::make_unique<WithoutReflection>());
-  }
-  int port = 0;
-  builder.AddListeningPort(options.listen, credentials, &port);
-  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
-  builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
-  builder.RegisterService(server->parameter_service_.get());
-  builder.RegisterService(server->inference_service_.get());
-  builder.RegisterService(server->oip_grpc_service_.get());
-  server->server_ = builder.BuildAndStart();
-  if (!server->server_ || port == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen, " (in use, or not a local address?)"));
-  }
-  std::string host;
-  int unused = 0;
-  (void)ParseHostPort(options.listen, &host, &unused);
-  server->address_ = absl::StrCat(host, ":", port);
+  LSTMSERVE_RETURN_IF_ERROR(server->LoadStore(device));
+  LSTMSERVE_RETURN_IF_ERROR(server->StartEngine(batch_threads));
+  LSTMSERVE_RETURN_IF_ERROR(server->StartMetrics());
+  LSTMSERVE_RETURN_IF_ERROR(server->StartGrpc(tls));
   if (!options.http_listen.empty()) {
     LSTMSERVE_ASSIGN_OR_RETURN(server->http_, HttpService::Start(options.http_listen, options.http_threads,
                                                                  options.max_message_bytes, tls,
@@ -165,6 +66,123 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   }
   server->server_->GetHealthCheckService()->SetServingStatus(true);
   return server;
+}
+
+absl::Status Server::LoadStore(const c10::Device& device) {
+  BuildInfo build;
+  build.version = LSTMSERVE_VERSION;
+  build.libtorch_version = core::LibTorchVersion();
+  build.device = core::DeviceName(device);
+  const core::BlasInfo blas = core::DescribeBlas();
+  build.blas = blas.library;
+  build.blas_core = blas.core;
+  metrics_ = std::make_unique<Metrics>(build);
+
+  const absl::Time load_start = absl::Now();
+  LSTMSERVE_ASSIGN_OR_RETURN(auto store, core::ParameterStore::Open(options_.store_dir));
+  registry_ = std::make_unique<SetRegistry>(std::move(store), device, options_.max_total_set_bytes, metrics_.get());
+  for (const auto& problem : registry_->LoadAll()) LogError(absl::StrCat("store: skipped ", problem));
+  const absl::Duration load_time = absl::Now() - load_start;
+  metrics_->SetStoreLoadTime(load_time);
+  LogInfo(absl::StrCat("store loaded: ", registry_->count(), " sets, ", registry_->total_bytes(), " bytes in ",
+                       absl::FormatDuration(load_time)));
+  return absl::OkStatus();
+}
+
+absl::Status Server::StartEngine(int batch_threads) {
+  const ServerOptions& options = options_;
+  compute_ = std::make_unique<ComputePool>(1);
+  BatchOptions batching;
+  batching.enabled = options.enable_batching;
+  batching.num_batch_threads = batch_threads;
+  batching.max_batch_size = options.max_batch_size;
+  batching.batch_timeout = absl::Microseconds(options.batch_timeout_micros);
+  batching.inline_max_work = options.inline_max_work;
+  batching.path = *core::ParseLstmPath(options.lstm_path);  // validated with the options
+  batching.max_queued_requests = options.max_queued_requests;
+  LogInfo(absl::StrCat("lstm kernels: ", core::DescribeCpuKernels(), "; path ", options.lstm_path));
+  batcher_ = std::make_unique<Batcher>(batching, metrics_.get());
+  sequences_ = std::make_unique<SequenceStore>(options.max_sessions, options.session_idle_timeout);
+  engine_ = std::make_unique<InferenceEngine>(registry_.get(), batcher_.get(), sequences_.get(),
+                                              options.max_tensor_elements);
+  oip_ = std::make_unique<oip::OpenInference>(engine_.get(), options.session_idle_timeout);
+
+  context_ = std::make_unique<ServiceContext>();
+  context_->registry = registry_.get();
+  context_->compute = compute_.get();
+  context_->engine = engine_.get();
+  context_->oip = oip_.get();
+  context_->metrics = metrics_.get();
+  if (!options.auth_tokens_file.empty()) {
+    LSTMSERVE_ASSIGN_OR_RETURN(auth_, TokenAuthenticator::FromFile(options.auth_tokens_file));
+    context_->auth = auth_.get();
+  }
+  context_->options = options;
+  context_->create_limits.max_set_bytes = options.max_set_bytes;
+  context_->create_limits.max_tensors = options.max_tensors_per_set;
+  return absl::OkStatus();
+}
+
+absl::Status Server::StartMetrics() {
+  metrics_->SetSnapshotSource([this] {
+    MetricsSnapshot snapshot;
+    const BatchStats batch = batcher_->stats();
+    snapshot.queue_depth = batch.queued;
+    snapshot.queue_capacity = options_.max_queued_requests;
+    snapshot.rejected_queue_full = batch.rejected;
+    snapshot.expired_deadline = batch.expired;
+    snapshot.expired_cancelled = batch.cancelled;
+    const SequenceStore::Stats sessions = sequences_->stats();
+    snapshot.sessions_active = sessions.active;
+    snapshot.session_steps = sessions.steps;
+    snapshot.sessions_rejected = sessions.rejected;
+    snapshot.sessions_idle_cancelled = sessions.idle_cancelled;
+    snapshot.parameter_sets = registry_->count();
+    snapshot.parameter_set_bytes = registry_->total_bytes();
+    if (auto memory = core::DeviceMemoryStats(registry_->device())) {
+      snapshot.device_memory_allocated_bytes = memory->allocated_bytes;
+      snapshot.device_memory_reserved_bytes = memory->reserved_bytes;
+    }
+    return snapshot;
+  });
+  if (!options_.metrics_listen.empty()) {
+    LSTMSERVE_ASSIGN_OR_RETURN(metrics_address_, metrics_->Serve(options_.metrics_listen));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Server::StartGrpc(const TlsFiles& tls) {
+  LSTMSERVE_ASSIGN_OR_RETURN(auto credentials, MakeServerCredentials(tls));
+  parameter_service_ = std::make_unique<ParameterServiceImpl>(context_.get());
+  inference_service_ = std::make_unique<InferenceServiceImpl>(context_.get());
+  oip_grpc_service_ = std::make_unique<OipGrpcService>(context_.get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(metrics_->MakeInterceptorFactory());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  if (options_.reflection) {
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  } else {
+    builder.SetOption(std::make_unique<WithoutReflection>());
+  }
+  int port = 0;
+  builder.AddListeningPort(options_.listen, credentials, &port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(options_.max_message_bytes));
+  builder.RegisterService(parameter_service_.get());
+  builder.RegisterService(inference_service_.get());
+  builder.RegisterService(oip_grpc_service_.get());
+  server_ = builder.BuildAndStart();
+  if (!server_ || port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.listen, " (in use, or not a local address?)"));
+  }
+  std::string host;
+  int unused = 0;
+  (void)ParseHostPort(options_.listen, &host, &unused);
+  address_ = absl::StrCat(host, ":", port);
+  return absl::OkStatus();
 }
 
 Server::~Server() {

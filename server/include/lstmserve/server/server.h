@@ -42,6 +42,14 @@ class Server {
 
  private:
   Server() = default;
+  // The steps of Start, in order: metrics and the store loaded; the engine (batcher,
+  // sequence store, protocol logic) and what the front ends share; /metrics; the gRPC
+  // services on their port. Each logs its line; the first failure stops Start.
+  absl::Status LoadStore(const c10::Device& device);
+  absl::Status StartEngine(int batch_threads);
+  absl::Status StartMetrics();
+  absl::Status StartGrpc(const TlsFiles& tls);
+
   ServerOptions options_;
   std::string address_;
   std::string metrics_address_;
