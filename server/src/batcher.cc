@@ -7,6 +7,19 @@
 #include "lstmserve/core/status.h"
 
 namespace lstmserve::server {
+
+const Clock& Clock::Real() {
+  class RealClock final : public Clock {
+   public:
+    absl::Time Now() const override { return absl::Now(); }
+    bool AwaitWithDeadline(absl::Mutex& mu, const absl::Condition& cond, absl::Time deadline) const override
+        ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+      return mu.AwaitWithDeadline(cond, deadline);
+    }
+  };
+  static const RealClock* const clock = new RealClock();
+  return *clock;
+}
 namespace {
 
 bool Compatible(const BatchJob& a, const BatchJob& b) {
@@ -37,7 +50,8 @@ core::LstmState MergeStates(const std::vector<BatchJob>& batch) {
 
 }  // namespace
 
-Batcher::Batcher(const BatchOptions& options, Metrics* metrics) : options_(options), metrics_(metrics) {
+Batcher::Batcher(const BatchOptions& options, Metrics* metrics, const Clock* clock)
+    : options_(options), metrics_(metrics), clock_(clock != nullptr ? *clock : Clock::Real()) {
   for (int i = 0; i < options_.num_batch_threads; ++i) workers_.emplace_back([this] { Work(); });
 }
 
@@ -53,7 +67,7 @@ void Batcher::Submit(BatchJob job) {
   bool here = false;
   {
     absl::MutexLock lock(&mu_);
-    job.enqueued = absl::Now();
+    job.enqueued = clock_.Now();
     // Not under load: after a batch of several requests, their callers are about to send
     // again, and the first of them would run alone while the others queue behind it.
     if (queue_.empty() && busy_ < options_.num_batch_threads && last_batch_requests_ <= 1 && !stopping_ &&
@@ -125,21 +139,21 @@ std::vector<BatchJob> Batcher::TakeBatch(int64_t previous_rows, absl::Duration p
   // The quiet gap scales with the budget: an L client's round trip under load (~1 ms)
   // outlasts a fixed 200 us gap.
   const absl::Duration quiet_gap = std::max(absl::Microseconds(50), budget / 4);
-  const absl::Time fill_until = absl::Now() + budget;
+  const absl::Time fill_until = clock_.Now() + budget;
   while (rows < options_.max_batch_size && !stopping_) {
     struct Seen {
       Batcher* self;
       size_t size;
     } seen{this, queue_.size()};
-    const bool arrived = mu_.AwaitWithDeadline(absl::Condition(
+    const bool arrived = clock_.AwaitWithDeadline(mu_, absl::Condition(
                                                    +[](Seen* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->self->mu_) {
                                                      return s->self->queue_.size() != s->size || s->self->stopping_;
                                                    },
                                                    &seen),
-                                               std::min(fill_until, absl::Now() + quiet_gap));
+                                                  std::min(fill_until, clock_.Now() + quiet_gap));
     if (!arrived) break;  // quiet: no one else is coming soon
     rows = Fill(batch, rows);
-    if (absl::Now() >= fill_until) break;
+    if (clock_.Now() >= fill_until) break;
   }
   return batch;
 }
@@ -173,7 +187,7 @@ void Batcher::Work() {
 
 absl::Duration Batcher::Run(std::vector<BatchJob> batch, core::DeviceRunner& runner) {
   // Drop what expired or was cancelled while it waited.
-  const absl::Time now = absl::Now();
+  const absl::Time now = clock_.Now();
   std::vector<BatchJob> live;
   int64_t expired = 0;
   int64_t cancelled = 0;
@@ -205,7 +219,7 @@ absl::Duration Batcher::Run(std::vector<BatchJob> batch, core::DeviceRunner& run
   }
   if (live.empty()) return absl::ZeroDuration();
   const core::StackedLstm& lstm = *live.front().set->lstm;
-  const absl::Time began = absl::Now();
+  const absl::Time began = clock_.Now();
   const auto observe = [&](absl::Duration compute) {
     if (metrics_ == nullptr) return;
     metrics_->ObserveBatch(rows, compute);
@@ -214,7 +228,7 @@ absl::Duration Batcher::Run(std::vector<BatchJob> batch, core::DeviceRunner& run
   if (live.size() == 1) {
     auto result =
         runner.Run(lstm, live.front().inputs, live.front().state, live.front().want_outputs, options_.path);
-    const absl::Duration compute = absl::Now() - began;
+    const absl::Duration compute = clock_.Now() - began;
     observe(compute);
     live.front().done(std::move(result));
     return compute;
@@ -224,7 +238,7 @@ absl::Duration Batcher::Run(std::vector<BatchJob> batch, core::DeviceRunner& run
     for (const auto& job : live) inputs.push_back(job.inputs);
     return runner.Run(lstm, at::cat(inputs, 1), MergeStates(live), live.front().want_outputs, options_.path);
   });
-  const absl::Duration compute = absl::Now() - began;
+  const absl::Duration compute = clock_.Now() - began;
   observe(compute);
   int64_t offset = 0;
   for (auto& job : live) {

@@ -37,6 +37,7 @@
 #include "absl/time/time.h"
 #include "lstmserve/core/device_runner.h"
 #include "lstmserve/core/stacked_lstm.h"
+#include "lstmserve/server/clock.h"
 #include "lstmserve/server/metrics.h"
 #include "lstmserve/server/set_registry.h"
 
@@ -87,8 +88,10 @@ struct BatchStats {
 // Thread-safe.
 class Batcher {
  public:
-  // `metrics` (optional) is told of every batch and queue wait; it must outlive the batcher.
-  explicit Batcher(const BatchOptions& options, Metrics* metrics = nullptr);
+  // `metrics` (optional) is told of every batch and queue wait; `clock` (optional: the real
+  // one) gives the time of queue waits, deadlines and the waits to fill a batch. Both must
+  // outlive the batcher.
+  explicit Batcher(const BatchOptions& options, Metrics* metrics = nullptr, const Clock* clock = nullptr);
   ~Batcher();  // runs what is queued, then joins
   Batcher(const Batcher&) = delete;
   Batcher& operator=(const Batcher&) = delete;
@@ -114,6 +117,7 @@ class Batcher {
 
   const BatchOptions options_;
   Metrics* const metrics_;
+  const Clock& clock_;
   mutable absl::Mutex mu_;
   std::deque<BatchJob> queue_ ABSL_GUARDED_BY(mu_);
   int busy_ ABSL_GUARDED_BY(mu_) = 0;  // batches computing now (workers' and inline)
