@@ -158,11 +158,6 @@ void OpenInference::Infer(InferRequest request, const CallControl& call,
     if (!sequence && (request.sequence_start || request.sequence_end)) {
       return absl::InvalidArgumentError("sequence_start and sequence_end need a sequence_id (a nonzero uint64 or a string)");
     }
-    if (sequence && !request.sequence_start && p.has_state) {
-      return absl::InvalidArgumentError(
-          "C0 and H0 set the state of a sequence's first request only (the one with sequence_start); "
-          "later requests continue from the state the previous one left");
-    }
     return p;
   }();
   if (!prepared.ok()) {
@@ -177,7 +172,9 @@ void OpenInference::Infer(InferRequest request, const CallControl& call,
       done(stored.status());
       return;
     }
-    if (!request.sequence_start) prepared->state = *std::move(stored);
+    // C0/H0 given: they are the state, on any request (load generators send them with every
+    // request); else the state the previous request left.
+    if (!request.sequence_start && !prepared->has_state) prepared->state = *std::move(stored);
   }
   const bool want_outputs =
       std::find(prepared->outputs.begin(), prepared->outputs.end(), kOutput) != prepared->outputs.end();

@@ -207,13 +207,14 @@ class OpenInferenceGrpcTest(unittest.TestCase):
         self.assertRefused("INVALID_ARGUMENT", "must be [steps >= 1, batch >= 1, 6]",
                            lambda: self.client.infer("oip", [tensor("INPUT", np.ones((1, 1, I + 1), np.float32))],
                                                      sequence_id=31))
-        self.assertRefused("INVALID_ARGUMENT", "first request only",
-                           lambda: self.client.infer("oip", [tensor("INPUT", a), tensor("C0", np.zeros((L, 1, H), np.float32)),
-                                                             tensor("H0", np.zeros((L, 1, H), np.float32))],
-                                                     sequence_id=31))
-        last = self.client.infer("oip", [tensor("INPUT", a)], sequence_id=31, sequence_end=True)
+        last = self.client.infer("oip", [tensor("INPUT", a)], sequence_id=31)
         solo, _ = self.run_sequence(32, [a, a])
         self.assertTrue(np.array_equal(last.as_numpy("OUTPUT"), solo[1:]))
+        # C0/H0 on a later request replace the state: zeros make it a first step again.
+        zeros = np.zeros((L, 1, H), np.float32)
+        again = self.client.infer("oip", [tensor("INPUT", a), tensor("C0", zeros), tensor("H0", zeros)],
+                                  sequence_id=31, sequence_end=True)
+        self.assertTrue(np.array_equal(again.as_numpy("OUTPUT"), solo[:1]))
 
     def test_stream_infer_answers_in_order_and_survives_an_error(self):
         results, done = [], threading.Event()

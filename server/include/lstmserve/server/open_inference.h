@@ -9,8 +9,9 @@
 // (the final state). Tensors are of the set's dtype: FP32, FP16 or BF16.
 //
 // Sequences (Triton's sequence extension): a request with a sequence id (uint64 or string)
-// continues that sequence from the state its previous request left; sequence_start begins
-// it (from C0/H0 or zeros), sequence_end ends it after this request. The state stays on the
+// continues that sequence from the state its previous request left (or from C0/H0 when the
+// request gives them); sequence_start begins it (from C0/H0 or zeros), sequence_end ends it
+// after this request. The state stays on the
 // server in the SequenceStore, under the same limit and idle timeout as v1 Sessions.
 #pragma once
 
