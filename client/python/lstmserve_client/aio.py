@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Dict, List, Mapping, Optional, Sequence
 
-import grpc
 from grpc import aio
 
 from lstmserve.v1 import inference_service_pb2 as inference_pb2
@@ -63,12 +62,8 @@ class AsyncClient:
                  lb_policy: str = "round_robin", tls: bool = False, root_certificates: Optional[bytes] = None,
                  private_key: Optional[bytes] = None, certificate_chain: Optional[bytes] = None,
                  server_name: Optional[str] = None, token: Optional[str] = None, as_numpy: Optional[bool] = None):
-        options = calls.channel_options(max_message_bytes, lb_policy, server_name)
-        if calls.wants_tls(tls, root_certificates, private_key, certificate_chain):
-            credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
-            self._channel = aio.secure_channel(target, credentials, options=options)
-        else:
-            self._channel = aio.insecure_channel(target, options=options)
+        self._channel = calls.channel(aio, target, max_message_bytes, lb_policy, tls, root_certificates, private_key,
+                                      certificate_chain, server_name)
         self._metadata = calls.metadata(token)
         self._timeout = timeout
         self._as_numpy = calls.as_numpy(as_numpy)

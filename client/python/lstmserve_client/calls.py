@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
+import grpc
+
 from lstmserve.v1 import inference_service_pb2 as inference_pb2
 from lstmserve.v1 import parameter_service_pb2 as parameter_pb2
 
@@ -25,8 +27,14 @@ def channel_options(max_message_bytes: int, lb_policy: str, server_name: Optiona
     return options
 
 
-def wants_tls(tls, root_certificates, private_key, certificate_chain) -> bool:
-    return bool(tls or root_certificates or private_key or certificate_chain)
+def channel(api, target: str, max_message_bytes: int, lb_policy: str, tls: bool, root_certificates: Optional[bytes],
+            private_key: Optional[bytes], certificate_chain: Optional[bytes], server_name: Optional[str]):
+    """A channel of `api` (grpc, or grpc.aio): TLS when asked or when any PEM bytes are given."""
+    options = channel_options(max_message_bytes, lb_policy, server_name)
+    if tls or root_certificates or private_key or certificate_chain:
+        credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+        return api.secure_channel(target, credentials, options=options)
+    return api.insecure_channel(target, options=options)
 
 
 def metadata(token: Optional[str]):

@@ -59,12 +59,8 @@ class Client:
         """`tls` (or any PEM bytes given) uses TLS: `root_certificates` to trust (default: the
         system's), `private_key` and `certificate_chain` for mutual TLS, `server_name` to check
         the certificate against. `token` is sent as "authorization: Bearer <token>"."""
-        options = calls.channel_options(max_message_bytes, lb_policy, server_name)
-        if calls.wants_tls(tls, root_certificates, private_key, certificate_chain):
-            credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
-            self._channel = grpc.secure_channel(target, credentials, options=options)
-        else:
-            self._channel = grpc.insecure_channel(target, options=options)
+        self._channel = calls.channel(grpc, target, max_message_bytes, lb_policy, tls, root_certificates, private_key,
+                                      certificate_chain, server_name)
         self._metadata = calls.metadata(token)
         self._timeout = timeout
         self._as_numpy = calls.as_numpy(as_numpy)
