@@ -26,6 +26,12 @@ void ReplyJson(httplib::Response& res, int status, const json& body) {
   res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
+// A readiness or liveness answer: the protocol's 200 for true, 400 for false.
+absl::Status Probe(httplib::Response& res, bool ok) {
+  res.status = ok ? 200 : 400;
+  return absl::OkStatus();
+}
+
 void ReplyError(httplib::Response& res, const absl::Status& status) {
   ReplyJson(res, HttpStatusFor(status.code()), json{{"error", std::string(status.message())}});
 }
@@ -100,15 +106,9 @@ absl::StatusOr<std::unique_ptr<HttpService>> HttpService::Start(const std::strin
       if (ctx->metrics != nullptr) ctx->metrics->ObserveRequest(kHttpService, method, status.code(), absl::Now() - start);
     };
   };
-  auto probe = [](bool ok) {
-    return [ok](httplib::Response& res) {
-      res.status = ok ? 200 : 400;
-      return absl::OkStatus();
-    };
-  };
-  http.Get("/v2/health/live", route("ServerLive", false, [probe](const auto&, auto& res) { return probe(true)(res); }));
-  http.Get("/v2/health/ready", route("ServerReady", false, [ctx, probe](const auto&, auto& res) {
-             return probe(!ctx->draining.load())(res);
+  http.Get("/v2/health/live", route("ServerLive", false, [](const auto&, auto& res) { return Probe(res, true); }));
+  http.Get("/v2/health/ready", route("ServerReady", false, [ctx](const auto&, auto& res) {
+             return Probe(res, !ctx->draining.load());
            }));
   http.Get("/v2", route("ServerMetadata", true, [](const auto&, auto& res) {
              ReplyJson(res, 200, {{"name", "lstmserve"}, {"version", LSTMSERVE_VERSION}, {"extensions", oip::Extensions()}});
@@ -120,8 +120,8 @@ absl::StatusOr<std::unique_ptr<HttpService>> HttpService::Start(const std::strin
              ReplyJson(res, 200, oip::MetadataJson(m));
              return absl::OkStatus();
            }));
-  http.Get(model + "/ready", route("ModelReady", true, [ctx, probe](const auto& req, auto& res) {
-             return probe(!ctx->draining.load() && ctx->oip->Ready(req.matches[1], req.matches[2]))(res);
+  http.Get(model + "/ready", route("ModelReady", true, [ctx](const auto& req, auto& res) {
+             return Probe(res, !ctx->draining.load() && ctx->oip->Ready(req.matches[1], req.matches[2]));
            }));
   http.Get(model + "/config", route("ModelConfig", true, [ctx](const auto& req, auto& res) -> absl::Status {
              LSTMSERVE_ASSIGN_OR_RETURN(oip::ModelMetadata m, ctx->oip->Metadata(req.matches[1], req.matches[2]));

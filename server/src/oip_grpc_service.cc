@@ -11,8 +11,10 @@ namespace lstmserve::server {
 using inference::ModelInferRequest;
 using inference::ModelInferResponse;
 
+namespace {
+
 // The sequence parameters of a request (Triton's sequence extension).
-static absl::Status SequenceFromProto(const ModelInferRequest& request, oip::InferRequest* out) {
+absl::Status SequenceFromProto(const ModelInferRequest& request, oip::InferRequest* out) {
   const auto& params = request.parameters();
   if (auto it = params.find("sequence_id"); it != params.end()) {
     const inference::InferParameter& id = it->second;
@@ -44,6 +46,8 @@ static absl::Status SequenceFromProto(const ModelInferRequest& request, oip::Inf
   }
   return absl::OkStatus();
 }
+
+}  // namespace
 
 // Moves what a parsed request carries into the protocol-neutral request (its raw bytes are
 // taken, not copied).
@@ -281,16 +285,12 @@ grpc::ServerUnaryReactor* OipGrpcService::ModelInfer(grpc::CallbackServerContext
       call->Reply(log.Done(request.status()));
       return;
     }
-    call->phases = ctx_->metrics;
-    call->MarkValidated();
+    // No phase metrics (Step and Run only): OIP requests are validated inside Infer, so the
+    // hop from parsed to queued is not this handler's to time.
     ModelInferResponse* response = &call->response;
     ctx_->oip->Infer(*std::move(request), GrpcCall(context),
                      [call, response, log = std::move(log)](absl::StatusOr<oip::InferResponse> result) {
-                       if (result.ok()) {
-                         const absl::Time start = absl::Now();
-                         ResponseToProto(*result, response);
-                         call->encode_fill = absl::Now() - start;
-                       }
+                       if (result.ok()) ResponseToProto(*result, response);
                        call->Reply(log.Done(result.status()));
                      });
   });

@@ -32,7 +32,7 @@ namespace lstmserve::server {
 // Protocol's names for them).
 inline constexpr const char* kHttpService = "inference.http";
 inline constexpr const char* kHttpMethods[] = {"ServerLive",    "ServerReady", "ServerMetadata", "ModelReady",
-                                               "ModelMetadata", "ModelConfig", "ModelInfer",     "other"};
+                                               "ModelMetadata", "ModelConfig", "ModelInfer"};
 
 // What the server reports of itself at each scrape. Counters are totals since start.
 struct MetricsSnapshot {

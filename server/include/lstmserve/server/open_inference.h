@@ -58,7 +58,7 @@ struct InferRequest {
   std::vector<Tensor> inputs;
   std::vector<std::string> outputs;  // wanted; empty: all
   // Sequences: `sequence_key` is empty without a sequence id, else "u:<n>" or "s:<text>"
-  // (SequenceKey); `sequence_id_text` names it in messages.
+  // (SequenceKey).
   std::string sequence_key;
   bool sequence_start = false;
   bool sequence_end = false;
