@@ -197,10 +197,18 @@ TEST(WeightStorageTest, EveryPathAgreesOnReducedWeights) {
         // Auto takes the packed GEMMs at every batch size where the CPU has them.
         EXPECT_TRUE(at::allclose(step->h.back(), blas->outputs[0], 0, 2e-6)) << WeightStorageName(storage);
         EXPECT_TRUE(at::allclose(step->h.back(), small->outputs[0], 0, blas_tolerance));
-        // A row's results do not depend on the rows beside it, on any path.
+        // A row's bits do not depend on the rows beside it where the packed GEMMs run (each
+        // row rounded and summed on its own). Without them (no VNNI/BF16: AVX2 CPUs), kBlas
+        // widens the weights and BLAS may sum a row of a larger batch in another order, so
+        // there the promise is float32's: within 1e-6, as for a float32 set (README).
         auto alone = lstm.Run(x.narrow(1, batch - 1, 1).contiguous(), {}, true, LstmPath::kBlas);
         ASSERT_TRUE(alone.ok());
-        EXPECT_TRUE(alone->outputs.equal(blas->outputs.narrow(1, batch - 1, 1))) << WeightStorageName(storage);
+        if (Packed(storage)) {
+          EXPECT_TRUE(alone->outputs.equal(blas->outputs.narrow(1, batch - 1, 1))) << WeightStorageName(storage);
+        } else {
+          EXPECT_LT(MaxAbsDiff(alone->outputs, blas->outputs.narrow(1, batch - 1, 1)), 1e-6)
+              << WeightStorageName(storage) << " H=" << hidden << " B=" << batch;
+        }
       }
       // What auto runs, by name (lstmserve_batch_kernel_total), and what a forced path runs.
       const std::string packed = storage == WeightStorage::kInt8 ? "packed_int8" : "packed_bf16";
