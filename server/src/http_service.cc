@@ -9,9 +9,13 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "lstmserve/core/status.h"
+#include "lstmserve/server/access.h"
 #include "lstmserve/server/log.h"
 #include "lstmserve/server/options.h"
 #include "oip_json.h"
@@ -37,6 +41,26 @@ void ReplyError(httplib::Response& res, const absl::Status& status) {
 }
 
 }  // namespace
+
+absl::string_view HttpRouteName(absl::string_view method, absl::string_view path) {
+  const size_t query = path.find('?');
+  if (query != absl::string_view::npos) path = path.substr(0, query);
+  if (method == "GET" && path == "/v2") return "ServerMetadata";
+  if (method == "GET" && path == "/v2/health/live") return "ServerLive";
+  if (method == "GET" && path == "/v2/health/ready") return "ServerReady";
+  if (!absl::ConsumePrefix(&path, "/v2/models/")) return "";
+  // {name}[/versions/{v}][/ready|/config|/infer]: the name and version hold no '/'.
+  std::vector<absl::string_view> parts = absl::StrSplit(path, '/');
+  size_t next = 1;
+  if (parts[0].empty()) return "";
+  if (parts.size() >= 3 && parts[1] == "versions" && !parts[2].empty()) next = 3;
+  if (parts.size() == next) return method == "GET" ? "ModelMetadata" : "";
+  if (parts.size() != next + 1) return "";
+  if (method == "GET" && parts[next] == "ready") return "ModelReady";
+  if (method == "GET" && parts[next] == "config") return "ModelConfig";
+  if (method == "POST" && parts[next] == "infer") return "ModelInfer";
+  return "";
+}
 
 int HttpStatusFor(absl::StatusCode code) {
   switch (code) {
@@ -83,18 +107,29 @@ absl::StatusOr<std::unique_ptr<HttpService>> HttpService::Start(const std::strin
   // Small answers must not wait for the client's delayed ACK (Nagle): 40 ms per call otherwise.
   http.set_tcp_nodelay(true);
 
-  // Every route: counted and timed under inference.http; all but the probes need a token.
+  // Before routing, before the body is read: the caller's access (access.h), so an
+  // anonymous caller never makes the server read or parse a body.
+  http.set_pre_routing_handler([ctx](const httplib::Request& req, httplib::Response& res) {
+    const absl::Time start = absl::Now();
+    const Method route = FindHttpRoute(HttpRouteName(req.method, req.path));
+    const absl::Status denied = CheckAccess(
+        ctx->auth, route,
+        req.has_header("Authorization") ? std::optional<absl::string_view>(req.get_header_value("Authorization"))
+                                        : std::nullopt);
+    if (denied.ok()) return httplib::Server::HandlerResponse::Unhandled;
+    ReplyError(res, denied);
+    LogError(absl::StrCat("http=", route.name, " peer=", req.remote_addr, " path=", core::ClientText(req.path),
+                          " code=", absl::StatusCodeToString(denied.code()), " message=\"", denied.message(), "\""));
+    if (ctx->metrics != nullptr) ctx->metrics->ObserveRequest(kHttpService, route.name, denied.code(), absl::Now() - start);
+    return httplib::Server::HandlerResponse::Handled;
+  });
+
+  // Every route: counted and timed under inference.http.
   using Body = std::function<absl::Status(const httplib::Request&, httplib::Response&)>;
-  auto route = [ctx](const char* method, bool guarded, Body body) {
-    return [ctx, method, guarded, body = std::move(body)](const httplib::Request& req, httplib::Response& res) {
+  auto route = [ctx](const char* method, Body body) {
+    return [ctx, method, body = std::move(body)](const httplib::Request& req, httplib::Response& res) {
       const absl::Time start = absl::Now();
-      absl::Status status = absl::OkStatus();
-      if (guarded && ctx->auth != nullptr) {
-        status = ctx->auth->Check(req.has_header("Authorization")
-                                      ? std::optional<absl::string_view>(req.get_header_value("Authorization"))
-                                      : std::nullopt);
-      }
-      if (status.ok()) status = body(req, res);
+      absl::Status status = body(req, res);
       if (!status.ok()) {
         ReplyError(res, status);
         if (status.code() != absl::StatusCode::kNotFound) {
@@ -106,29 +141,29 @@ absl::StatusOr<std::unique_ptr<HttpService>> HttpService::Start(const std::strin
       if (ctx->metrics != nullptr) ctx->metrics->ObserveRequest(kHttpService, method, status.code(), absl::Now() - start);
     };
   };
-  http.Get("/v2/health/live", route("ServerLive", false, [](const auto&, auto& res) { return Probe(res, true); }));
-  http.Get("/v2/health/ready", route("ServerReady", false, [ctx](const auto&, auto& res) {
+  http.Get("/v2/health/live", route("ServerLive", [](const auto&, auto& res) { return Probe(res, true); }));
+  http.Get("/v2/health/ready", route("ServerReady", [ctx](const auto&, auto& res) {
              return Probe(res, !ctx->draining.load());
            }));
-  http.Get("/v2", route("ServerMetadata", true, [](const auto&, auto& res) {
+  http.Get("/v2", route("ServerMetadata", [](const auto&, auto& res) {
              ReplyJson(res, 200, {{"name", "lstmserve"}, {"version", LSTMSERVE_VERSION}, {"extensions", oip::Extensions()}});
              return absl::OkStatus();
            }));
   const std::string model = R"(/v2/models/([^/]+)(?:/versions/([^/]+))?)";
-  http.Get(model, route("ModelMetadata", true, [ctx](const auto& req, auto& res) -> absl::Status {
+  http.Get(model, route("ModelMetadata", [ctx](const auto& req, auto& res) -> absl::Status {
              LSTMSERVE_ASSIGN_OR_RETURN(oip::ModelMetadata m, ctx->oip->Metadata(req.matches[1], req.matches[2]));
              ReplyJson(res, 200, oip::MetadataJson(m));
              return absl::OkStatus();
            }));
-  http.Get(model + "/ready", route("ModelReady", true, [ctx](const auto& req, auto& res) {
+  http.Get(model + "/ready", route("ModelReady", [ctx](const auto& req, auto& res) {
              return Probe(res, !ctx->draining.load() && ctx->oip->Ready(req.matches[1], req.matches[2]));
            }));
-  http.Get(model + "/config", route("ModelConfig", true, [ctx](const auto& req, auto& res) -> absl::Status {
+  http.Get(model + "/config", route("ModelConfig", [ctx](const auto& req, auto& res) -> absl::Status {
              LSTMSERVE_ASSIGN_OR_RETURN(oip::ModelMetadata m, ctx->oip->Metadata(req.matches[1], req.matches[2]));
              ReplyJson(res, 200, oip::ConfigJson(m));
              return absl::OkStatus();
            }));
-  http.Post(model + "/infer", route("ModelInfer", true, [ctx](const auto& req, auto& res) -> absl::Status {
+  http.Post(model + "/infer", route("ModelInfer", [ctx](const auto& req, auto& res) -> absl::Status {
               const std::string length = req.get_header_value(oip::kHeaderLength);
               LSTMSERVE_ASSIGN_OR_RETURN(
                   oip::HttpInferRequest parsed,

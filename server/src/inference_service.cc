@@ -17,6 +17,9 @@ using wire::TensorFromProto;
 using wire::TensorToProto;
 namespace {
 
+// This file's service, as the access table (access.h) and the wire name it.
+constexpr const char* kService = "lstmserve.v1.InferenceService";
+
 absl::StatusOr<at::Tensor> Input(ServiceContext* ctx, const SetEntry& entry, const v1::Tensor& t,
                                  absl::string_view field) {
   // Host tensors: the batch worker moves the merged batch to the set's device.
@@ -231,11 +234,10 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
 
 grpc::ServerUnaryReactor* InferenceServiceImpl::Step(grpc::CallbackServerContext* context, const grpc::ByteBuffer* in,
                                                      grpc::ByteBuffer* out) {
-  return ParseUnary<v1::StepRequest, v1::StepResponse>(context, in, out, "Step", [&](auto* call) {
+  return ParseUnary<v1::StepRequest, v1::StepResponse>(ctx_, context, in, out, kService, "Step", [&](auto* call) {
     const v1::StepRequest* request = &call->request;
     RpcLog log(context, "Step", request->parameter_set_id());
     absl::StatusOr<BatchJob> job = [&]() -> absl::StatusOr<BatchJob> {
-      LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
       LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->engine->LstmSet(request->parameter_set_id()));
       if (!request->has_x()) return absl::InvalidArgumentError("x is not set");
       LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor x, Input(ctx_, *entry, request->x(), "x"));
@@ -254,11 +256,10 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Step(grpc::CallbackServerContext
 
 grpc::ServerUnaryReactor* InferenceServiceImpl::Run(grpc::CallbackServerContext* context, const grpc::ByteBuffer* in,
                                                     grpc::ByteBuffer* out) {
-  return ParseUnary<v1::RunRequest, v1::RunResponse>(context, in, out, "Run", [&](auto* call) {
+  return ParseUnary<v1::RunRequest, v1::RunResponse>(ctx_, context, in, out, kService, "Run", [&](auto* call) {
     const v1::RunRequest* request = &call->request;
     RpcLog log(context, "Run", request->parameter_set_id());
     absl::StatusOr<BatchJob> job = [&]() -> absl::StatusOr<BatchJob> {
-      LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
       LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->engine->LstmSet(request->parameter_set_id()));
       if (!request->has_inputs()) return absl::InvalidArgumentError("inputs is not set");
       LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor inputs, Input(ctx_, *entry, request->inputs(), "inputs"));
@@ -276,7 +277,7 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Run(grpc::CallbackServerContext*
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* InferenceServiceImpl::Session(
     grpc::CallbackServerContext* context) {
   RpcLog log(context, "Session", "");
-  if (absl::Status denied = Authorize(ctx_, context); !denied.ok()) {
+  if (absl::Status denied = Authorize(ctx_, context, kService, "Session"); !denied.ok()) {
     return FailedStream<grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>>(log.Done(denied));
   }
   return new SessionReactor(context, ctx_, std::move(log));

@@ -4,6 +4,8 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <system_error>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
@@ -132,7 +134,13 @@ int main(int argc, char** argv) {
   auto blas = lstmserve::core::PrepareBlasEnvironment(absl::GetFlag(FLAGS_blas_coretype));
   if (!blas.ok()) lstmserve::core::UsageErrorExit(blas.status().message());
   if (restart || blas->restart) {
-    execv("/proc/self/exe", argv);  // returns only when it failed: carry on as we are
+    // By the binary's own path, so that ps and top name the restarted process "lstmserve"
+    // (the kernel takes its name from the path executed; "/proc/self/exe" shows as "exe").
+    // /proc/self/exe itself when the path is gone (the binary replaced while running).
+    std::error_code error;
+    const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", error);
+    const bool usable = !error && access(self.c_str(), X_OK) == 0;
+    execv(usable ? self.c_str() : "/proc/self/exe", argv);  // returns only when it failed: carry on as we are
     if (blas->restart) {
       lstmserve::core::AbandonBlasRestart();
       blas->log_line += " (the restart that would apply it failed: OpenBLAS keeps its choice)";

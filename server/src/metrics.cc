@@ -12,7 +12,6 @@
 #include <vector>
 
 #include <CivetServer.h>
-#include <google/protobuf/descriptor.h>
 #include <grpcpp/support/server_interceptor.h>
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
@@ -27,6 +26,7 @@
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "lstmserve/server/access.h"
 #include "lstmserve/server/log.h"
 #include "lstmserve/server/options.h"
 
@@ -34,16 +34,6 @@ namespace lstmserve::server {
 namespace {
 
 constexpr int kNumCodes = 17;  // grpc::StatusCode OK .. UNAUTHENTICATED
-
-// The gRPC services whose methods are counted by name; calls to any other method count as
-// service="other", method="other".
-constexpr const char* kServices[] = {
-    "lstmserve.v1.ParameterService",
-    "lstmserve.v1.InferenceService",
-    "inference.GRPCInferenceService",
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1alpha.ServerReflection",
-};
 
 // Latency of a call, 100 us to 10 s.
 const prometheus::Histogram::BucketBoundaries kLatencyBuckets = {
@@ -337,18 +327,15 @@ Metrics::Metrics(const BuildInfo& build) : impl_(std::make_shared<Impl>()) {
           .Name("lstmserve_request_duration_seconds")
           .Help("Time from a call's arrival to its status, by service and method (for streams: the whole stream).")
           .Register(registry);
-  const auto* pool = google::protobuf::DescriptorPool::generated_pool();
-  for (const char* name : kServices) {
-    const auto* service = pool->FindServiceByName(name);
-    if (service == nullptr) continue;  // not linked in
-    for (int i = 0; i < service->method_count(); ++i) {
-      const std::string method = service->method(i)->name();
-      impl_->methods.emplace(absl::StrCat("/", name, "/", method), MakeMethod(requests, duration, name, method));
-    }
+  // Every method of the access table (access.h) is counted by name; calls to any other
+  // method count as service="other", method="other".
+  for (const Method& method : GrpcMethods()) {
+    impl_->methods.emplace(absl::StrCat("/", method.service, "/", method.name),
+                           MakeMethod(requests, duration, method.service, method.name));
   }
-  for (const char* method : kHttpMethods) {
-    impl_->methods.emplace(absl::StrCat("/", kHttpService, "/", method),
-                           MakeMethod(requests, duration, kHttpService, method));
+  for (const Method& route : HttpRoutes()) {
+    impl_->methods.emplace(absl::StrCat("/", route.service, "/", route.name),
+                           MakeMethod(requests, duration, route.service, route.name));
   }
   impl_->other = MakeMethod(requests, duration, "other", "other");
 

@@ -29,6 +29,9 @@ using wire::SpecFromProto;
 using wire::TensorToProto;
 namespace {
 
+// This file's service, as the access table (access.h) and the wire name it.
+constexpr const char* kService = "lstmserve.v1.ParameterService";
+
 constexpr int kDefaultPageSize = 100;
 constexpr int kMaxPageSize = 1000;
 constexpr int64_t kDefaultChunkBytes = int64_t{1} << 20;
@@ -310,13 +313,10 @@ void EntryToProto(const SetEntry& entry, v1::ParameterSet* out) {
 grpc::ServerUnaryReactor* ParameterServiceImpl::CreateParameterSet(grpc::CallbackServerContext* context,
                                                                    const grpc::ByteBuffer* in, grpc::ByteBuffer* out) {
   return ParseUnary<v1::CreateParameterSetRequest, v1::CreateParameterSetResponse>(
-      context, in, out, "CreateParameterSet", [&](auto* call) {
+      ctx_, context, in, out, kService, "CreateParameterSet", [&](auto* call) {
         const v1::CreateParameterSetRequest* request = &call->request;
         v1::CreateParameterSetResponse* response = &call->response;
         RpcLog log(context, "CreateParameterSet", request->parameter_set_id());
-        if (absl::Status denied = Authorize(ctx_, context); !denied.ok()) {
-          return FinishUnary(context, call, log, [&] { return denied; });
-        }
         FinishUnaryOnPool(context, call, ctx_->compute, std::move(log), [this, request, response]() -> absl::Status {
           if (!request->has_spec()) return absl::InvalidArgumentError("spec is not set");
           LSTMSERVE_ASSIGN_OR_RETURN(std::string id, IdOrNew(request->parameter_set_id()));
@@ -341,12 +341,11 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::CreateParameterSet(grpc::Callbac
 grpc::ServerUnaryReactor* ParameterServiceImpl::GetParameterSet(grpc::CallbackServerContext* context,
                                                                 const grpc::ByteBuffer* in, grpc::ByteBuffer* out) {
   return ParseUnary<v1::GetParameterSetRequest, v1::GetParameterSetResponse>(
-      context, in, out, "GetParameterSet", [&](auto* call) {
+      ctx_, context, in, out, kService, "GetParameterSet", [&](auto* call) {
         const v1::GetParameterSetRequest* request = &call->request;
         v1::GetParameterSetResponse* response = &call->response;
         RpcLog log(context, "GetParameterSet", request->parameter_set_id());
         FinishUnary(context, call, log, [&]() -> absl::Status {
-          LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
           LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->registry->Get(request->parameter_set_id()));
           EntryToProto(*entry, response->mutable_parameter_set());
           if (request->include_tensors()) {
@@ -369,12 +368,11 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::GetParameterSet(grpc::CallbackSe
 grpc::ServerUnaryReactor* ParameterServiceImpl::ListParameterSets(grpc::CallbackServerContext* context,
                                                                   const grpc::ByteBuffer* in, grpc::ByteBuffer* out) {
   return ParseUnary<v1::ListParameterSetsRequest, v1::ListParameterSetsResponse>(
-      context, in, out, "ListParameterSets", [&](auto* call) {
+      ctx_, context, in, out, kService, "ListParameterSets", [&](auto* call) {
         const v1::ListParameterSetsRequest* request = &call->request;
         v1::ListParameterSetsResponse* response = &call->response;
         RpcLog log(context, "ListParameterSets", "");
         FinishUnary(context, call, log, [&]() -> absl::Status {
-          LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
           if (request->page_size() < 0 || request->page_size() > kMaxPageSize) {
             return absl::InvalidArgumentError(absl::StrCat("page_size is ", request->page_size(), "; expected 0 to ",
                                                            kMaxPageSize, " (0 means ", kDefaultPageSize, ")"));
@@ -402,11 +400,10 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::ListParameterSets(grpc::Callback
 grpc::ServerUnaryReactor* ParameterServiceImpl::DeleteParameterSet(grpc::CallbackServerContext* context,
                                                                    const grpc::ByteBuffer* in, grpc::ByteBuffer* out) {
   return ParseUnary<v1::DeleteParameterSetRequest, v1::DeleteParameterSetResponse>(
-      context, in, out, "DeleteParameterSet", [&](auto* call) {
+      ctx_, context, in, out, kService, "DeleteParameterSet", [&](auto* call) {
         const v1::DeleteParameterSetRequest* request = &call->request;
         RpcLog log(context, "DeleteParameterSet", request->parameter_set_id());
         FinishUnary(context, call, log, [&]() -> absl::Status {
-          LSTMSERVE_RETURN_IF_ERROR(Authorize(ctx_, context));
           return ctx_->registry->Delete(request->parameter_set_id());
         });
       });
@@ -415,10 +412,10 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::DeleteParameterSet(grpc::Callbac
 grpc::ServerWriteReactor<grpc::ByteBuffer>* ParameterServiceImpl::ExportParameterSet(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* in) {
   v1::ExportParameterSetRequest parsed;
-  absl::Status status = ParseMessage(*in, &parsed, "the request");
+  absl::Status status = Authorize(ctx_, context, kService, "ExportParameterSet");
+  if (status.ok()) status = ParseMessage(*in, &parsed, "the request");
   const v1::ExportParameterSetRequest* request = &parsed;
   RpcLog log(context, "ExportParameterSet", request->parameter_set_id());
-  if (status.ok()) status = Authorize(ctx_, context);
   // A chunk message is its data plus a few dozen bytes of framing (index, offset, tags); the
   // largest chunk is the one that still fits --max_message_bytes with room to spare.
   const int64_t fits = std::min(kMaxChunkBytes, ctx_->options.max_message_bytes - kChunkFramingBytes);
@@ -438,7 +435,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* ParameterServiceImpl::ExportParamete
 grpc::ServerReadReactor<grpc::ByteBuffer>* ParameterServiceImpl::ImportParameterSet(
     grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
   RpcLog log(context, "ImportParameterSet", "");
-  if (absl::Status denied = Authorize(ctx_, context); !denied.ok()) {
+  if (absl::Status denied = Authorize(ctx_, context, kService, "ImportParameterSet"); !denied.ok()) {
     return FailedStream<grpc::ServerReadReactor<grpc::ByteBuffer>>(log.Done(denied));
   }
   return new ImportReactor(ctx_, response, std::move(log));
@@ -582,13 +579,10 @@ absl::Status Analyze(const core::ParameterSet& set, core::FanConvention conventi
 grpc::ServerUnaryReactor* ParameterServiceImpl::AnalyzeParameterSet(grpc::CallbackServerContext* context,
                                                                     const grpc::ByteBuffer* in, grpc::ByteBuffer* out) {
   return ParseUnary<v1::AnalyzeParameterSetRequest, v1::AnalyzeParameterSetResponse>(
-      context, in, out, "AnalyzeParameterSet", [&](auto* call) {
+      ctx_, context, in, out, kService, "AnalyzeParameterSet", [&](auto* call) {
         const v1::AnalyzeParameterSetRequest* request = &call->request;
         v1::AnalyzeParameterSetResponse* response = &call->response;
         RpcLog log(context, "AnalyzeParameterSet", request->parameter_set_id());
-        if (absl::Status denied = Authorize(ctx_, context); !denied.ok()) {
-          return FinishUnary(context, call, log, [&] { return denied; });
-        }
         // Minutes of compute at most (bounded by the probe's work limit): on the compute pool.
         FinishUnaryOnPool(context, call, ctx_->compute, std::move(log), [this, request, response]() -> absl::Status {
           if (request->has_spec()) {

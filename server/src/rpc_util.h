@@ -24,6 +24,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "lstmserve/core/status.h"
+#include "lstmserve/server/access.h"
 #include "lstmserve/server/compute_pool.h"
 #include "lstmserve/wire/conversions.h"
 #include "lstmserve/server/log.h"
@@ -123,15 +124,32 @@ class UnaryCall final : public UnaryCallBase {
   grpc::ByteBuffer* out_;  // gRPC's, alive until the call is done
 };
 
-// The entry of a raw unary method: parses the request and hands the call to `handler`
-// (which finishes it with Reply), or finishes it with INVALID_ARGUMENT.
+// UNAUTHENTICATED unless the access table (access.h) lets this call of `service`/`method`
+// in: every entry point calls it before it reads or parses a message.
+inline absl::Status Authorize(const ServiceContext* ctx, const grpc::CallbackServerContext* context,
+                              absl::string_view service, absl::string_view method) {
+  const Method entry = FindGrpcMethod(service, method);
+  if (ctx->auth == nullptr || entry.access == Access::kProbe) return absl::OkStatus();
+  const auto& metadata = context->client_metadata();
+  const auto it = metadata.find("authorization");
+  return CheckAccess(ctx->auth, entry,
+                     it == metadata.end()
+                         ? std::nullopt
+                         : std::optional<absl::string_view>(absl::string_view(it->second.data(), it->second.size())));
+}
+
+// The entry of a raw unary method of `service`: checks the caller's access (Authorize),
+// then parses the request and hands the call to `handler` (which finishes it with Reply);
+// or finishes it with UNAUTHENTICATED or INVALID_ARGUMENT.
 template <typename Request, typename Response, typename Handler>
-grpc::ServerUnaryReactor* ParseUnary(grpc::CallbackServerContext* context, const grpc::ByteBuffer* in,
-                                     grpc::ByteBuffer* out, absl::string_view method, Handler&& handler) {
+grpc::ServerUnaryReactor* ParseUnary(const ServiceContext* ctx, grpc::CallbackServerContext* context,
+                                     const grpc::ByteBuffer* in, grpc::ByteBuffer* out, absl::string_view service,
+                                     absl::string_view method, Handler&& handler) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   auto* call = new UnaryCall<Request, Response>(reactor, out);
   call->received = absl::Now();
-  absl::Status parsed = ParseMessage(*in, &call->request, "the request");
+  absl::Status parsed = Authorize(ctx, context, service, method);
+  if (parsed.ok()) parsed = ParseMessage(*in, &call->request, "the request");
   call->decode = absl::Now() - call->received;
   if (!parsed.ok()) {
     call->Reply(RpcLog(context, method, "").Done(parsed));
@@ -184,16 +202,6 @@ inline CallControl GrpcCall(grpc::CallbackServerContext* context) {
   }
   call.cancelled = [context] { return context->IsCancelled(); };
   return call;
-}
-
-// UNAUTHENTICATED unless the call carries a valid bearer token, when the server has tokens.
-inline absl::Status Authorize(const ServiceContext* ctx, const grpc::CallbackServerContext* context) {
-  if (ctx->auth == nullptr) return absl::OkStatus();
-  const auto& metadata = context->client_metadata();
-  const auto it = metadata.find("authorization");
-  return ctx->auth->Check(it == metadata.end() ? std::nullopt
-                                               : std::optional<absl::string_view>(
-                                                     absl::string_view(it->second.data(), it->second.size())));
 }
 
 }  // namespace lstmserve::server

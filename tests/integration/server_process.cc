@@ -62,12 +62,14 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::s
       const auto end = at == std::string::npos ? std::string::npos : buffer.find('\n', at);
       if (end != std::string::npos) {
         server->address_ = buffer.substr(at + 13, end - at - 13);
-        // The server prints both lines in one write.
-        const auto metrics = buffer.find("metrics on ", end);
-        const auto metrics_end = metrics == std::string::npos ? std::string::npos : buffer.find('\n', metrics);
-        if (metrics_end != std::string::npos) {
-          server->metrics_address_ = buffer.substr(metrics + 11, metrics_end - metrics - 11);
-        }
+        // The server prints its lines in one write.
+        auto line = [&](const std::string& prefix) {
+          const auto from = buffer.find(prefix, end);
+          const auto to = from == std::string::npos ? std::string::npos : buffer.find('\n', from);
+          return to == std::string::npos ? std::string() : buffer.substr(from + prefix.size(), to - from - prefix.size());
+        };
+        server->metrics_address_ = line("metrics on ");
+        server->http_address_ = line("http on ");
         close(out[0]);
         return server;
       }

@@ -23,6 +23,8 @@ class ServerProcess {
   const std::string& address() const { return address_; }
   // "HOST:PORT" of /metrics (empty if the flags turned it off).
   const std::string& metrics_address() const { return metrics_address_; }
+  // "HOST:PORT" of the Open Inference Protocol's HTTP API (empty if the flags turned it off).
+  const std::string& http_address() const { return http_address_; }
   // GET /metrics (HTTP/1.0 over a plain socket): the exposition text.
   absl::StatusOr<std::string> ScrapeMetrics() const;
   // The value of one series in a scrape, e.g. "lstmserve_batch_queue_wait_seconds_count";
@@ -41,6 +43,7 @@ class ServerProcess {
   pid_t pid_ = -1;
   std::string address_;
   std::string metrics_address_;
+  std::string http_address_;
   std::string log_path_;
 };
 

@@ -31,6 +31,10 @@ namespace lstmserve::server {
 // The HTTP status a status code answers with (one mapping for the whole HTTP front end).
 int HttpStatusFor(absl::StatusCode code);
 
+// The route (its name in the access table and the metrics: "ServerLive", ..., "ModelInfer")
+// that an HTTP method and path (a query string is ignored) reach; "" for none.
+absl::string_view HttpRouteName(absl::string_view method, absl::string_view path);
+
 class HttpService {
  public:
   // Listens on "HOST:PORT" (port 0 picks one) with `threads` handler threads (each holds one

@@ -28,12 +28,6 @@ class ServerInterceptorFactoryInterface;
 
 namespace lstmserve::server {
 
-// The HTTP front end's methods, counted under service "inference.http" (the Open Inference
-// Protocol's names for them).
-inline constexpr const char* kHttpService = "inference.http";
-inline constexpr const char* kHttpMethods[] = {"ServerLive",    "ServerReady", "ServerMetadata", "ModelReady",
-                                               "ModelMetadata", "ModelConfig", "ModelInfer"};
-
 // What the server reports of itself at each scrape. Counters are totals since start.
 struct MetricsSnapshot {
   int64_t queue_depth = 0;          // inference requests waiting for a batch
@@ -84,7 +78,8 @@ class Metrics {
   std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> MakeInterceptorFactory();
 
   // One call of a front end that is not gRPC (the interceptor counts those): `service` and
-  // `method` among the names made at start (kHttpService, kHttpMethods), else counted as
+  // `method` among the names made at start (access.h: kHttpService, HttpRoutes()), else counted
+  // as
   // "other".
   void ObserveRequest(absl::string_view service, absl::string_view method, absl::StatusCode code,
                       absl::Duration duration);
