@@ -173,7 +173,9 @@ absl::StatusOr<std::unique_ptr<HttpService>> HttpService::Start(const std::strin
               // The handler thread waits for the batcher's answer.
               std::promise<absl::StatusOr<oip::InferResponse>> answer;
               auto future = answer.get_future();
-              ctx->oip->Infer(std::move(parsed.request), CallControl(),
+              CallControl call;
+              if (parsed.timeout) call.deadline = absl::Now() + *parsed.timeout;
+              ctx->oip->Infer(std::move(parsed.request), call,
                               [&answer](absl::StatusOr<oip::InferResponse> r) { answer.set_value(std::move(r)); });
               absl::StatusOr<oip::InferResponse> response = future.get();
               if (!response.ok()) return response.status();

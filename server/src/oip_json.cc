@@ -18,9 +18,16 @@ namespace {
 
 using json = nlohmann::json;
 
-// The values of a JSON "data" (flat, or nested row-major lists) in `out`.
-absl::Status Flatten(const json& data, int depth, std::vector<double>* out, const std::string& name) {
+// The values of a JSON "data" (flat, or nested row-major lists) in `out`; `*leaf_depth`
+// the depth of its numbers (1: a flat list).
+absl::Status Flatten(const json& data, int depth, std::vector<double>* out, const std::string& name,
+                     int* leaf_depth) {
   if (data.is_number()) {
+    if (*leaf_depth == 0) *leaf_depth = depth;
+    if (depth != *leaf_depth) {
+      return absl::InvalidArgumentError(absl::StrCat("input ", core::ClientText(name),
+                                                     ".data mixes numbers and lists at one depth"));
+    }
     out->push_back(data.get<double>());
     return absl::OkStatus();
   }
@@ -28,7 +35,7 @@ absl::Status Flatten(const json& data, int depth, std::vector<double>* out, cons
     return absl::InvalidArgumentError(
         absl::StrCat("input ", core::ClientText(name), ".data must hold numbers (a flat or nested list)"));
   }
-  for (const json& item : data) LSTMSERVE_RETURN_IF_ERROR(Flatten(item, depth + 1, out, name));
+  for (const json& item : data) LSTMSERVE_RETURN_IF_ERROR(Flatten(item, depth + 1, out, name, leaf_depth));
   return absl::OkStatus();
 }
 
@@ -105,8 +112,16 @@ absl::StatusOr<HttpInferRequest> ParseHttpInfer(absl::string_view body, const st
     header = body.substr(0, length);
     binary = body.substr(length);
   }
-  const json doc = json::parse(header.begin(), header.end(), nullptr, /*allow_exceptions=*/false);
-  if (doc.is_discarded() || !doc.is_object()) {
+  json doc;
+  try {
+    doc = json::parse(header.begin(), header.end());
+  } catch (const json::exception& e) {
+    // "[json.exception.parse_error.101] parse error at line 1, column 2: ...": without the tag.
+    absl::string_view what = e.what();
+    if (const size_t tag = what.find("] "); tag != absl::string_view::npos) what.remove_prefix(tag + 2);
+    return absl::InvalidArgumentError(absl::StrCat("the request is not valid JSON: ", core::ClientText(what)));
+  }
+  if (!doc.is_object()) {
     return absl::InvalidArgumentError("the request is not a JSON object (the Open Inference Protocol's inference request)");
   }
   HttpInferRequest parsed;
@@ -118,7 +133,16 @@ absl::StatusOr<HttpInferRequest> ParseHttpInfer(absl::string_view body, const st
   if (auto it = doc.find("parameters"); it != doc.end()) {
     if (!it->is_object()) return absl::InvalidArgumentError("parameters must be an object");
     LSTMSERVE_RETURN_IF_ERROR(SequenceFromJson(*it, &r));
-    if (auto b = it->find("binary_data_output"); b != it->end() && b->is_boolean()) parsed.all_binary = b->get<bool>();
+    if (auto b = it->find("binary_data_output"); b != it->end()) {
+      if (!b->is_boolean()) return absl::InvalidArgumentError("parameters.binary_data_output must be true or false");
+      parsed.all_binary = b->get<bool>();
+    }
+    if (auto t = it->find("timeout"); t != it->end()) {
+      if (!t->is_number_unsigned()) {
+        return absl::InvalidArgumentError("parameters.timeout must be a whole number of microseconds");
+      }
+      parsed.timeout = absl::Microseconds(std::min<uint64_t>(t->get<uint64_t>(), uint64_t{1} << 62));
+    }
   }
   const auto inputs = doc.find("inputs");
   if (inputs == doc.end() || !inputs->is_array()) return absl::InvalidArgumentError("inputs must be a list of tensors");
@@ -141,6 +165,10 @@ absl::StatusOr<HttpInferRequest> ParseHttpInfer(absl::string_view body, const st
     if (auto p = in.find("parameters"); p != in.end() && p->is_object()) {
       if (auto s = p->find("binary_data_size"); s != p->end()) size = &*s;
     }
+    if (size != nullptr && in.contains("data")) {
+      return absl::InvalidArgumentError(absl::StrCat("input ", core::ClientText(t.name),
+                                                     " has both data and parameters.binary_data_size: give one"));
+    }
     if (size != nullptr) {
       if (!size->is_number_unsigned() || size->get<uint64_t>() > binary.size() - offset) {
         return absl::InvalidArgumentError(absl::StrCat(
@@ -156,7 +184,14 @@ absl::StatusOr<HttpInferRequest> ParseHttpInfer(absl::string_view body, const st
                                                        " has no data: give data, or parameters.binary_data_size"));
       }
       std::vector<double> values;
-      LSTMSERVE_RETURN_IF_ERROR(Flatten(*data, 0, &values, t.name));
+      int leaf_depth = 0;
+      LSTMSERVE_RETURN_IF_ERROR(Flatten(*data, 0, &values, t.name, &leaf_depth));
+      // A flat list, or lists nested as deep as the shape has dimensions.
+      if (leaf_depth > 1 && static_cast<size_t>(leaf_depth) != t.shape.size()) {
+        return absl::InvalidArgumentError(absl::StrCat("input ", core::ClientText(t.name), ".data is nested ",
+                                                       leaf_depth, " lists deep but its shape has ", t.shape.size(),
+                                                       " dimensions: nest it as the shape, or give a flat list"));
+      }
       t.data = Encode(values, t.datatype).value_or(std::string());
     }
     r.inputs.push_back(std::move(t));

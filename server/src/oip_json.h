@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "lstmserve/server/open_inference.h"
 
 namespace lstmserve::server::oip {
@@ -24,6 +25,9 @@ struct HttpInferRequest {
   InferRequest request;              // model and version come from the path, not the body
   bool all_binary = false;           // parameters.binary_data_output
   std::vector<std::string> binary;   // outputs asked for with parameters.binary_data
+  // Triton's parameters.timeout (microseconds): the request is answered DEADLINE_EXCEEDED
+  // and never computed when it is still queued after this long.
+  std::optional<absl::Duration> timeout;
 };
 
 // Parses the body of POST /v2/models/{name}/infer: JSON, or, with `header_length` (the

@@ -101,6 +101,11 @@ void OpenInference::Infer(InferRequest request, const CallControl& call,
   const bool sequence = !request.sequence_key.empty();
   auto prepared = [&]() -> absl::StatusOr<Prepared> {
     Prepared p;
+    if (request.sequence_key.size() > kMaxSequenceIdBytes + 2) {  // "s:" + the id
+      return absl::InvalidArgumentError(absl::StrCat("sequence_id is ", request.sequence_key.size() - 2,
+                                                     " bytes long; a string sequence id takes at most ",
+                                                     kMaxSequenceIdBytes));
+    }
     LSTMSERVE_ASSIGN_OR_RETURN(p.set, Model(request.model, request.version));
     const core::StackedLstm& lstm = *p.set->lstm;
     const core::DType dtype = p.set->stored.set.dtype;

@@ -387,7 +387,26 @@ class OpenInferenceHttpTest(unittest.TestCase):
         expected = self.client.infer("oip", [http_input("INPUT", x)]).as_numpy("HN")
         self.assertTrue(np.array_equal(hn, expected))
         for path, payload, code, fragment in [
-                ("/v2/models/oip/infer", b"{not json", 400, "not a JSON object"),
+                ("/v2/models/oip/infer", b"{not json", 400, "not valid JSON: parse error at line 1, column 3: syntax error"),
+                ("/v2/models/oip/infer", b'{"inputs": [1e400]}', 400, "number overflow parsing '1e400'"),
+                ("/v2/models/oip/infer", b"[]", 400, "not a JSON object"),
+                ("/v2/models/oip/infer", json.dumps({**body, "parameters": {"binary_data_output": "true"}}).encode(),
+                 400, "binary_data_output must be true or false"),
+                ("/v2/models/oip/infer", json.dumps({**body, "parameters": {"timeout": -1}}).encode(),
+                 400, "timeout must be a whole number of microseconds"),
+                ("/v2/models/oip/infer", json.dumps({**body, "parameters": {"sequence_id": "s" * 257,
+                                                                            "sequence_start": True}}).encode(),
+                 400, "at most 256"),
+                ("/v2/models/oip/infer", json.dumps({"inputs": [{"name": "INPUT", "datatype": "FP32",
+                                                                 "shape": [1, 2, I], "data": [x.tolist()]}]}).encode(),
+                 400, "nested 4 lists deep but its shape has 3 dimensions"),
+                ("/v2/models/oip/infer", json.dumps({"inputs": [{"name": "INPUT", "datatype": "FP32",
+                                                                 "shape": [1, 1, I], "data": [1.0, [2.0]]}]}).encode(),
+                 400, "mixes numbers and lists"),
+                ("/v2/models/oip/infer", json.dumps({"inputs": [{"name": "INPUT", "datatype": "FP32",
+                                                                 "shape": [1, 1, I], "data": [0.0] * I,
+                                                                 "parameters": {"binary_data_size": 0}}]}).encode(),
+                 400, "has both data and parameters.binary_data_size"),
                 ("/v2/models/oip/infer", b'{"inputs": 3}', 400, "inputs must be a list"),
                 ("/v2/models/oip/infer", json.dumps({"inputs": [{"name": "INPUT", "datatype": "FP32",
                                                                  "shape": [1, 1, I], "data": [1.0]}]}).encode(),
@@ -409,6 +428,24 @@ class OpenInferenceHttpTest(unittest.TestCase):
                              {"Inference-Header-Content-Length": str(len(header))})
         self.assertEqual(status, 400)
         self.assertIn("3 bytes of binary data", reply["error"])
+
+    def test_a_timeout_that_has_passed_is_never_computed(self):
+        # Triton's timeout parameter, in microseconds: 1 us passes before the batcher takes the
+        # request; a generous one does not.
+        x = np.zeros((1, 1, I), np.float32)
+        body = {"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 1, I], "data": x.flatten().tolist()}]}
+        expired = 0
+        for _ in range(20):
+            status, reply = post(self.server, "/v2/models/oip/infer",
+                                 json.dumps({**body, "parameters": {"timeout": 1}}).encode())
+            self.assertIn(status, (200, 504), reply)
+            expired += status == 504
+            if status == 504:
+                self.assertIn("deadline", reply["error"])
+        self.assertGreater(expired, 0)
+        status, reply = post(self.server, "/v2/models/oip/infer",
+                             json.dumps({**body, "parameters": {"timeout": 60_000_000}}).encode())
+        self.assertEqual(status, 200, reply)
 
     def test_http_calls_are_counted(self):
         self.client.is_server_ready()

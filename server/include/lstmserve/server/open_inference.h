@@ -71,6 +71,10 @@ struct InferResponse {
   std::vector<Tensor> outputs;
 };
 
+// The longest string sequence id, in bytes: longer ones are refused (INVALID_ARGUMENT), so
+// that ids cannot hold a server's memory (Triton's clients use ids of a few dozen bytes).
+inline constexpr size_t kMaxSequenceIdBytes = 256;
+
 // A sequence id's key in the SequenceStore: uint64 and string ids never meet. An id of 0 or
 // "" is no sequence (the protocol's convention): the key is empty.
 std::string SequenceKey(uint64_t id);
