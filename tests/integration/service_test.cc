@@ -560,7 +560,17 @@ TEST(ServiceLifecycleTest, DrainLetsEveryCallInFlightFinish) {
   for (int i = 0; i < 4; ++i) {
     calls.push_back(std::async(std::launch::async, [&] { return client->Run("heavy", inputs, {}, true); }));
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(150));  // the calls have reached the server
+  // All four calls have reached the batcher (each is queued, or has started: its queue wait
+  // is observed), besides the reference call: a fixed sleep was too short on a loaded
+  // machine under ASan, where a call still on its way at SIGTERM is refused.
+  for (int tries = 0; tries < 600; ++tries) {
+    auto scrape = (*server)->ScrapeMetrics();
+    ASSERT_TRUE(scrape.ok()) << scrape.status();
+    const double arrived = ServerProcess::MetricValue(*scrape, "lstmserve_batch_queue_wait_seconds_count") +
+                           ServerProcess::MetricValue(*scrape, "lstmserve_batch_queue_depth");
+    if (arrived >= 5) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
   const pid_t pid = (*server)->pid();
   kill(pid, SIGTERM);
   for (auto& call : calls) {
