@@ -2,6 +2,9 @@
 
 #include <ATen/ATen.h>
 
+#include <utility>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "lstmserve/core/status.h"
@@ -186,19 +189,23 @@ void Batcher::Work() {
 }
 
 absl::Duration Batcher::Run(std::vector<BatchJob> batch, core::DeviceRunner& runner) {
-  // Drop what expired or was cancelled while it waited.
+  // Drop what expired or was cancelled while it waited. The statistics count them before their
+  // callers hear back, so a caller that reads them after its answer sees itself counted.
   const absl::Time now = clock_.Now();
   std::vector<BatchJob> live;
+  std::vector<std::pair<BatchJob, absl::Status>> dropped;
   int64_t expired = 0;
   int64_t cancelled = 0;
   for (auto& job : batch) {
     if (metrics_ != nullptr) metrics_->ObserveQueueWait(now - job.enqueued);
     if (job.deadline <= now) {
       ++expired;
-      job.done(absl::DeadlineExceededError("the deadline passed while the request waited for a batch; not computed"));
+      dropped.emplace_back(std::move(job), absl::DeadlineExceededError(
+                                               "the deadline passed while the request waited for a batch; not computed"));
     } else if (job.cancelled && job.cancelled()) {
       ++cancelled;
-      job.done(absl::CancelledError("the call was cancelled while it waited for a batch; not computed"));
+      dropped.emplace_back(std::move(job),
+                           absl::CancelledError("the call was cancelled while it waited for a batch; not computed"));
     } else {
       live.push_back(std::move(job));
     }
@@ -217,6 +224,7 @@ absl::Duration Batcher::Run(std::vector<BatchJob> batch, core::DeviceRunner& run
       stats_.max_rows = std::max(stats_.max_rows, rows);
     }
   }
+  for (auto& [job, status] : dropped) job.done(std::move(status));
   if (live.empty()) return absl::ZeroDuration();
   const core::StackedLstm& lstm = *live.front().set->lstm;
   const absl::Time began = clock_.Now();
