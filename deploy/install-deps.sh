@@ -23,13 +23,13 @@ profile="${1:-build}"
 runtime_pkgs=(
   libtorch1.13 libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623
   libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1
-  libopenblas0-openmp libssl3 ca-certificates libcpp-httplib0.11
+  libopenblas0-openmp libssl3 ca-certificates
 )
 compile_pkgs=(
   build-essential cmake ninja-build pkg-config
   libtorch-dev libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
   libabsl-dev prometheus-cpp-dev libcivetweb-dev libopenblas0-openmp
-  nlohmann-json3-dev libssl-dev libcpp-httplib-dev
+  nlohmann-json3-dev libssl-dev libboost1.74-dev libcpp-httplib-dev
 )
 build_pkgs=(
   "${compile_pkgs[@]}" git

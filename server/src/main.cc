@@ -27,7 +27,12 @@ ABSL_FLAG(std::string, http_listen, kDefaults.http_listen,
           "HOST:PORT to serve the Open Inference Protocol's HTTP/REST API on (/v2/...); port 0 picks a free "
           "port; empty: none");
 ABSL_FLAG(int, http_threads, kDefaults.http_threads,
-          "HTTP handler threads; each serves one keep-alive connection at a time");
+          "HTTP workers that decode inference requests (connections are served by an event loop; any number "
+          "may be open)");
+ABSL_FLAG(absl::Duration, http_idle_timeout, kDefaults.http_idle_timeout,
+          "a kept-alive HTTP connection with no request this long is closed");
+ABSL_FLAG(absl::Duration, http_header_timeout, kDefaults.http_header_timeout,
+          "an HTTP request's line and headers must arrive within this time of its first byte (else 408)");
 ABSL_FLAG(std::string, store_dir, kDefaults.store_dir, "folder of the parameter store (created if missing)");
 ABSL_FLAG(std::string, device, kDefaults.device, "auto | cpu | cuda | cuda:N");
 ABSL_FLAG(int, threads, kDefaults.intra_op_threads, "intra-op threads for inference; 0 = all available cores");
@@ -99,6 +104,8 @@ int main(int argc, char** argv) {
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.http_listen = absl::GetFlag(FLAGS_http_listen);
   options.http_threads = absl::GetFlag(FLAGS_http_threads);
+  options.http_idle_timeout = absl::GetFlag(FLAGS_http_idle_timeout);
+  options.http_header_timeout = absl::GetFlag(FLAGS_http_header_timeout);
   options.store_dir = absl::GetFlag(FLAGS_store_dir);
   options.device = absl::GetFlag(FLAGS_device);
   options.intra_op_threads = absl::GetFlag(FLAGS_threads);

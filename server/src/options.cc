@@ -37,6 +37,12 @@ absl::Status ServerOptions::Validate() const {
     }
   }
   if (http_threads < 1 || http_threads > 4096) return absl::InvalidArgumentError("--http_threads must be in [1, 4096]");
+  if (http_idle_timeout <= absl::ZeroDuration() || http_idle_timeout > absl::Hours(24)) {
+    return absl::InvalidArgumentError("--http_idle_timeout must be in (0, 24h]");
+  }
+  if (http_header_timeout <= absl::ZeroDuration() || http_header_timeout > absl::Hours(1)) {
+    return absl::InvalidArgumentError("--http_header_timeout must be in (0, 1h]");
+  }
   if (store_dir.empty()) return absl::InvalidArgumentError("--store_dir must not be empty");
   if (intra_op_threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
   if (num_batch_threads < 0 || num_batch_threads > 256) {

@@ -59,9 +59,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   LSTMSERVE_RETURN_IF_ERROR(server->StartMetrics());
   LSTMSERVE_RETURN_IF_ERROR(server->StartGrpc(tls));
   if (!options.http_listen.empty()) {
-    LSTMSERVE_ASSIGN_OR_RETURN(server->http_, HttpService::Start(options.http_listen, options.http_threads,
-                                                                 options.max_message_bytes, tls,
-                                                                 server->context_.get()));
+    HttpLimits limits;
+    limits.max_body_bytes = options.max_message_bytes;
+    limits.idle_timeout = options.http_idle_timeout;
+    limits.header_timeout = options.http_header_timeout;
+    LSTMSERVE_ASSIGN_OR_RETURN(server->http_, HttpService::Start(options.http_listen, options.http_threads, limits,
+                                                                 tls, server->context_.get()));
     server->http_address_ = server->http_->address();
   }
   server->server_->GetHealthCheckService()->SetServingStatus(true);
@@ -196,7 +199,7 @@ void Server::Drain() {
                        absl::FormatDuration(options_.drain_timeout), " for calls in flight"));
   server_->GetHealthCheckService()->SetServingStatus(false);
   context_->draining = true;
-  if (http_) http_->Stop();  // answers what it has received first
+  if (http_) http_->Stop(options_.drain_timeout);  // answers what it has received first
   // Shutdown refuses new RPCs at once and lets every call already received finish until
   // the deadline, after which the rest are cancelled.
   const auto deadline = std::chrono::system_clock::now() + absl::ToChronoMilliseconds(options_.drain_timeout);

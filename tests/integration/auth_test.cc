@@ -18,7 +18,7 @@
 
 #include "inference/grpc_service.pb.h"
 #include "lstmserve/server/access.h"
-#include "lstmserve/server/http_service.h"
+#include "lstmserve/server/http_handler.h"
 #include "lstmserve/v1/inference_service.pb.h"
 #include "lstmserve/v1/parameter_service.pb.h"
 #include "server_process.h"

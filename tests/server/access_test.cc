@@ -13,7 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "inference/grpc_service.pb.h"
-#include "lstmserve/server/http_service.h"
+#include "lstmserve/server/http_handler.h"
 #include "lstmserve/v1/inference_service.pb.h"
 #include "lstmserve/v1/parameter_service.pb.h"
 

@@ -16,9 +16,14 @@ struct ServerOptions {
   // empty: no metrics endpoint.
   std::string metrics_listen = "0.0.0.0:9464";
   // HOST:PORT to serve the Open Inference Protocol's HTTP/REST API on (/v2/...); port 0 picks
-  // a free port; empty: none. Its handler threads: each holds one keep-alive connection.
+  // a free port; empty: none. Connections are served by an event loop (any number may be
+  // open); `http_threads` workers decode inference requests and run those computed inline.
   std::string http_listen = "0.0.0.0:8000";
   int http_threads = 64;
+  // A kept-alive HTTP connection with no request this long is closed; a request's line and
+  // headers must arrive within `http_header_timeout` of its first byte (else 408 and close).
+  absl::Duration http_idle_timeout = absl::Seconds(60);
+  absl::Duration http_header_timeout = absl::Seconds(10);
   // Folder of the parameter store (created if missing).
   std::string store_dir = "./lstmserve-data";
   // "auto", "cpu", "cuda" or "cuda:N": where sets live and inference runs.

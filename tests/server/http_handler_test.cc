@@ -1,0 +1,241 @@
+// The HTTP front end's handler without a socket: a request in, an answer out, over a real
+// engine, batcher and store.
+#include "lstmserve/server/http_handler.h"
+
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <random>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "lstmserve/core/parameter_set.h"
+
+namespace lstmserve::server {
+namespace {
+
+using json = nlohmann::json;
+
+class HttpHandlerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() / ("lstmserve-http-" + std::to_string(std::random_device()()));
+    auto store = core::ParameterStore::Open(dir_.string());
+    ASSERT_TRUE(store.ok()) << store.status();
+    registry_ = std::make_unique<SetRegistry>(*std::move(store), c10::Device(c10::kCPU), int64_t{1} << 30);
+    core::ParameterSetSpec spec;
+    spec.lstm = core::LstmTemplate{1, 3, 4};
+    spec.seed = 5;
+    auto set = core::CreateParameterSet(spec, core::CreateLimits());
+    ASSERT_TRUE(set.ok()) << set.status();
+    core::StoredSet stored;
+    stored.id = "m";
+    stored.set = *std::move(set);
+    ASSERT_TRUE(registry_->Add(std::move(stored)).ok());
+    BatchOptions batching;
+    batching.inline_max_work = 0;  // every inference through the queue, where cancellation is seen
+    batcher_ = std::make_unique<Batcher>(batching);
+    sequences_ = std::make_unique<SequenceStore>(16, absl::Minutes(1));
+    engine_ = std::make_unique<InferenceEngine>(registry_.get(), batcher_.get(), sequences_.get(), 1 << 20);
+    oip_ = std::make_unique<oip::OpenInference>(engine_.get(), absl::Minutes(1));
+    ctx_.registry = registry_.get();
+    ctx_.engine = engine_.get();
+    ctx_.oip = oip_.get();
+  }
+  void TearDown() override {
+    oip_.reset();
+    engine_.reset();
+    batcher_.reset();
+    sequences_.reset();
+    registry_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  void UseTokens() {
+    const auto path = dir_ / "tokens";
+    std::ofstream(path) << "a-token-of-twenty-chars\n";
+    auto auth = TokenAuthenticator::FromFile(path.string());
+    ASSERT_TRUE(auth.ok()) << auth.status();
+    auth_ = *std::move(auth);
+    ctx_.auth = auth_.get();
+  }
+
+  static HttpRequest Request(std::string method, std::string target,
+                             std::vector<std::pair<std::string, std::string>> headers = {}, std::string body = "") {
+    HttpRequest r;
+    r.method = std::move(method);
+    r.target = std::move(target);
+    r.headers = std::move(headers);
+    r.body = std::move(body);
+    r.peer = "test";
+    return r;
+  }
+
+  HttpResponse Handle(HttpRequest request) {
+    std::promise<HttpResponse> answer;
+    auto future = answer.get_future();
+    HttpHandler(&ctx_).Handle(std::move(request), [&](HttpResponse r) { answer.set_value(std::move(r)); });
+    return future.get();
+  }
+
+  static std::string Error(const HttpResponse& r) {
+    EXPECT_EQ(r.content_type, "application/json");
+    const json body = json::parse(r.body, nullptr, false);
+    EXPECT_TRUE(body.is_object() && body.contains("error")) << r.body;
+    return body.is_object() && body.contains("error") ? body["error"].get<std::string>() : "";
+  }
+
+  static constexpr const char* kInfer =
+      R"({"inputs": [{"name": "INPUT", "shape": [2, 1, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}]})";
+
+  std::filesystem::path dir_;
+  std::unique_ptr<SetRegistry> registry_;
+  std::unique_ptr<Batcher> batcher_;
+  std::unique_ptr<SequenceStore> sequences_;
+  std::unique_ptr<InferenceEngine> engine_;
+  std::unique_ptr<oip::OpenInference> oip_;
+  std::unique_ptr<TokenAuthenticator> auth_;
+  ServiceContext ctx_;
+};
+
+TEST_F(HttpHandlerTest, FramingAProxyCouldReadAnotherWayIsRefusedBeforeTheBody) {
+  struct Case {
+    std::vector<std::pair<std::string, std::string>> headers;
+    int status;
+    std::string says;
+  };
+  const std::vector<Case> cases = {
+      {{{"Content-Length", "10"}, {"content-length", "10"}}, 400, "more than one Content-Length"},
+      {{{"Content-Length", "10"}, {"Content-Length", "12"}}, 400, "more than one Content-Length"},
+      {{{"Transfer-Encoding", "chunked"}, {"Content-Length", "3"}}, 400, "both Content-Length and Transfer-Encoding"},
+      {{{"Transfer-Encoding", "gzip, chunked"}}, 400, "Transfer-Encoding \"gzip, chunked\" is not supported"},
+      {{{"Transfer-Encoding", "chunked"}, {"Transfer-Encoding", "chunked"}}, 400, "is not supported"},
+      {{{"Inference-Header-Content-Length", "3"}, {"inference-header-content-length", "4"}}, 400,
+       "more than one Inference-Header-Content-Length"},
+      {{{"Content-Encoding", "gzip"}}, 415, "Content-Encoding \"gzip\" is not supported"},
+  };
+  HttpHandler handler(&ctx_);
+  for (const Case& c : cases) {
+    const auto refused = handler.Admit(Request("POST", "/v2/models/m/infer", c.headers));
+    ASSERT_TRUE(refused.has_value()) << c.says;
+    EXPECT_EQ(refused->status, c.status) << c.says;
+    EXPECT_NE(Error(*refused).find(c.says), std::string::npos) << Error(*refused);
+  }
+  EXPECT_FALSE(handler.Admit(Request("POST", "/v2/models/m/infer", {{"Content-Length", "10"}})).has_value());
+  EXPECT_FALSE(handler.Admit(Request("POST", "/v2/models/m/infer", {{"Transfer-Encoding", "Chunked"}})).has_value());
+  EXPECT_FALSE(handler.Admit(Request("POST", "/v2/models/m/infer", {{"Content-Encoding", "identity"}})).has_value());
+}
+
+TEST_F(HttpHandlerTest, TooManyHeadersAndUnknownRoutesAreRefusedWithJson) {
+  HttpHandler handler(&ctx_);
+  std::vector<std::pair<std::string, std::string>> many;
+  for (int i = 0; i <= kMaxHttpHeaders; ++i) many.emplace_back("X-" + std::to_string(i), "1");
+  auto refused = handler.Admit(Request("GET", "/v2", many));
+  ASSERT_TRUE(refused.has_value());
+  EXPECT_EQ(refused->status, 431);
+  EXPECT_NE(Error(*refused).find("at most 100"), std::string::npos);
+  many.pop_back();
+  EXPECT_FALSE(handler.Admit(Request("GET", "/v2", many)).has_value());
+
+  for (const auto& [method, path] : std::vector<std::pair<std::string, std::string>>{
+           {"BREW", "/v2"}, {"GET", "/v3"}, {"DELETE", "/v2/models/m"}, {"GET", "/v2/models/m/infer"}}) {
+    refused = handler.Admit(Request(method, path));
+    ASSERT_TRUE(refused.has_value()) << method << " " << path;
+    EXPECT_EQ(refused->status, 404);
+    EXPECT_NE(Error(*refused).find("no such endpoint: " + method + " " + path), std::string::npos);
+  }
+}
+
+TEST_F(HttpHandlerTest, WithTokensTheTokenIsCheckedFirstAndProbesNeedNone) {
+  UseTokens();
+  HttpHandler handler(&ctx_);
+  // No token: 401 even where the framing or the path is wrong too, so nothing else is told.
+  for (const HttpRequest& r : {Request("POST", "/v2/models/m/infer"),
+                               Request("POST", "/v2/models/m/infer", {{"Content-Length", "1"}, {"Content-Length", "2"}}),
+                               Request("GET", "/nowhere"), Request("GET", "/v2/models/m/ready")}) {
+    const auto refused = handler.Admit(r);
+    ASSERT_TRUE(refused.has_value()) << r.target;
+    EXPECT_EQ(refused->status, 401) << r.target;
+    EXPECT_FALSE(Error(*refused).empty());
+  }
+  EXPECT_EQ(handler.Admit(Request("GET", "/v2", {{"Authorization", "Bearer wrong-token-0123456789"}}))->status, 401);
+  EXPECT_FALSE(handler.Admit(Request("GET", "/v2", {{"authorization", "Bearer a-token-of-twenty-chars"}})).has_value());
+  EXPECT_FALSE(handler.Admit(Request("GET", "/v2/health/live")).has_value());
+  EXPECT_FALSE(handler.Admit(Request("GET", "/v2/health/ready")).has_value());
+}
+
+TEST_F(HttpHandlerTest, ProbesAndMetadataAreAnsweredAtOnce) {
+  for (const char* path : {"/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/m", "/v2/models/m/ready",
+                           "/v2/models/m/versions/1/config"}) {
+    EXPECT_TRUE(HttpHandler::Immediate(Request("GET", path))) << path;
+  }
+  EXPECT_FALSE(HttpHandler::Immediate(Request("POST", "/v2/models/m/infer")));
+
+  EXPECT_EQ(Handle(Request("GET", "/v2/health/live")).status, 200);
+  EXPECT_EQ(Handle(Request("GET", "/v2/health/ready")).status, 200);
+  EXPECT_EQ(Handle(Request("GET", "/v2/models/m/ready")).status, 200);
+  EXPECT_EQ(Handle(Request("GET", "/v2/models/nope/ready")).status, 400);
+  const HttpResponse server = Handle(Request("GET", "/v2?verbose=1"));
+  EXPECT_EQ(server.status, 200);
+  EXPECT_EQ(json::parse(server.body)["name"], "lstmserve");
+  const HttpResponse model = Handle(Request("GET", "/v2/models/m"));
+  EXPECT_EQ(model.status, 200);
+  EXPECT_EQ(json::parse(model.body)["name"], "m");
+  const HttpResponse missing = Handle(Request("GET", "/v2/models/nope"));
+  EXPECT_EQ(missing.status, 404);
+  EXPECT_NE(Error(missing).find("nope"), std::string::npos) << missing.body;
+  const HttpResponse bad_name = Handle(Request("GET", "/v2/models/no%20such"));  // the escape is decoded
+  EXPECT_EQ(bad_name.status, 400);
+  EXPECT_NE(Error(bad_name).find("'no such' has a character outside"), std::string::npos) << bad_name.body;
+  ctx_.draining = true;
+  EXPECT_EQ(Handle(Request("GET", "/v2/health/ready")).status, 400);
+  EXPECT_EQ(Handle(Request("GET", "/v2/models/m/ready")).status, 400);
+  EXPECT_EQ(Handle(Request("GET", "/v2/health/live")).status, 200);
+}
+
+TEST_F(HttpHandlerTest, AnInferenceIsDecodedComputedAndEncoded) {
+  const HttpResponse r = Handle(Request("POST", "/v2/models/m/infer", {}, kInfer));
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.content_type, "application/json");
+  const json body = json::parse(r.body);
+  EXPECT_EQ(body["model_name"], "m");
+  bool found = false;
+  for (const auto& output : body["outputs"]) {
+    if (output["name"] != "OUTPUT") continue;
+    found = true;
+    EXPECT_EQ(output["shape"], json::array({2, 1, 4}));
+    EXPECT_EQ(output["data"].size(), 8u);
+  }
+  EXPECT_TRUE(found) << r.body;
+  EXPECT_EQ(batcher_->stats().requests, 1);
+
+  const HttpResponse bad = Handle(Request("POST", "/v2/models/m/infer", {}, "[[[["));
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_NE(Error(bad).find("not valid JSON"), std::string::npos) << bad.body;
+}
+
+TEST_F(HttpHandlerTest, AnInferenceWhoseClientHasGoneIsNeverComputed) {
+  HttpRequest request = Request("POST", "/v2/models/m/infer", {}, kInfer);
+  request.cancelled = [] { return true; };
+  const HttpResponse r = Handle(std::move(request));
+  EXPECT_EQ(r.status, 499);
+  EXPECT_NE(Error(r).find("cancelled"), std::string::npos) << r.body;
+  EXPECT_EQ(batcher_->stats().cancelled, 1);
+  EXPECT_EQ(batcher_->stats().requests, 0);
+}
+
+TEST_F(HttpHandlerTest, RoutesNameTheirModelAndVersionDecoded) {
+  HttpRoute route = FindHttpRouteOf("POST", "/v2/models/my%2Dmodel/versions/3/infer?x=1");
+  EXPECT_EQ(route.name, "ModelInfer");
+  EXPECT_EQ(route.model, "my-model");
+  EXPECT_EQ(route.version, "3");
+  route = FindHttpRouteOf("GET", "/v2/models/a%zzb");
+  EXPECT_EQ(route.name, "ModelMetadata");
+  EXPECT_EQ(route.model, "a%zzb");  // not an escape: kept as sent
+  EXPECT_EQ(route.version, "");
+  EXPECT_EQ(FindHttpRouteOf("GET", "/v2/models/m/versions//ready").name, "");
+}
+
+}  // namespace
+}  // namespace lstmserve::server
