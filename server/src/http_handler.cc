@@ -15,7 +15,7 @@
 #include "lstmserve/core/status.h"
 #include "lstmserve/server/access.h"
 #include "lstmserve/server/log.h"
-#include "oip_json.h"
+#include "lstmserve/server/oip_json.h"
 
 namespace lstmserve::server {
 namespace {
@@ -75,9 +75,9 @@ HttpRoute FindHttpRouteOf(absl::string_view method, absl::string_view path) {
   HttpRoute route;
   const size_t query = path.find('?');
   if (query != absl::string_view::npos) path = path.substr(0, query);
-  if (method == "GET" && path == "/v2") return {"ServerMetadata"};
-  if (method == "GET" && path == "/v2/health/live") return {"ServerLive"};
-  if (method == "GET" && path == "/v2/health/ready") return {"ServerReady"};
+  if (method == "GET" && path == "/v2") return {"ServerMetadata", "", ""};
+  if (method == "GET" && path == "/v2/health/live") return {"ServerLive", "", ""};
+  if (method == "GET" && path == "/v2/health/ready") return {"ServerReady", "", ""};
   if (!absl::ConsumePrefix(&path, "/v2/models/")) return route;
   // {name}[/versions/{v}][/ready|/config|/infer]: the name and version hold no '/'.
   std::vector<absl::string_view> parts = absl::StrSplit(path, '/');
@@ -213,13 +213,13 @@ void HttpHandler::Handle(HttpRequest request, std::function<void(HttpResponse)> 
     done(*std::move(answer));
   };
   const oip::OpenInference& oip = *ctx_->oip;
-  const bool ready = !ctx_->draining.load();
   if (route.name == "ServerLive") return finish(Probe(true));
-  if (route.name == "ServerReady") return finish(Probe(ready));
+  if (route.name == "ServerReady") return finish(Probe(oip.ServerReady()));
   if (route.name == "ServerMetadata") {
-    return finish(Json(200, {{"name", "lstmserve"}, {"version", LSTMSERVE_VERSION}, {"extensions", oip::Extensions()}}));
+    const oip::ServerMetadata server = oip.Server();
+    return finish(Json(200, {{"name", server.name}, {"version", server.version}, {"extensions", server.extensions}}));
   }
-  if (route.name == "ModelReady") return finish(Probe(ready && oip.Ready(route.model, route.version)));
+  if (route.name == "ModelReady") return finish(Probe(oip.Ready(route.model, route.version)));
   if (route.name == "ModelMetadata" || route.name == "ModelConfig") {
     absl::StatusOr<oip::ModelMetadata> m = oip.Metadata(route.model, route.version);
     if (!m.ok()) return finish(m.status());

@@ -1,4 +1,7 @@
-// lstmserve: the gRPC server. See --help.
+// lstmserve: the server binary. Parses the flags into ServerOptions, starts the Server
+// (lstmserve.v1 and the Open Inference Protocol over gRPC, the protocol's HTTP/REST API, the
+// Prometheus metrics), and drains on SIGTERM/SIGINT. See --help.
+#include <malloc.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -81,6 +84,11 @@ ABSL_FLAG(std::string, auth_tokens_file, "",
           "'authorization: Bearer TOKEN'");
 
 int main(int argc, char** argv) {
+  // Buffers of 4 MiB and more (request bodies, large tensors) get pages of their own, given
+  // back to the system when freed. glibc's default raises this threshold up to 32 MiB as
+  // buffers are freed and then serves them from its per-thread heaps, which keep the pages:
+  // twelve refused 32 MiB HTTP bodies left the server 173 MB larger; with this, under 25 MB.
+  mallopt(M_MMAP_THRESHOLD, 4 << 20);
   // By default libgomp's threads spin for a long time after each parallel region and, on a
   // small machine, take the cores that gRPC and the batcher need; sleeping at once instead
   // (PASSIVE) makes every GEMM of a Run pay a wake-up. A short spin serves both. Measured on

@@ -3,7 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "lstmserve/core/status.h"
 #include "lstmserve/server/services.h"
-#include "oip_grpc_codec.h"
+#include "lstmserve/server/oip_grpc_codec.h"
 #include "rpc_util.h"
 
 namespace lstmserve::server {
@@ -72,11 +72,35 @@ absl::StatusOr<oip::InferRequest> RequestFromProto(ModelInferRequest& request) {
     t.name = in->name();
     t.datatype = in->datatype();
     t.shape.assign(in->shape().begin(), in->shape().end());
+    // Typed contents other than fp32_contents: the field a client filled, for a clear refusal.
+    const auto& c = in->contents();
+    const char* other = c.bool_contents_size() > 0     ? "bool_contents"
+                        : c.int_contents_size() > 0    ? "int_contents"
+                        : c.int64_contents_size() > 0  ? "int64_contents"
+                        : c.uint_contents_size() > 0   ? "uint_contents"
+                        : c.uint64_contents_size() > 0 ? "uint64_contents"
+                        : c.fp64_contents_size() > 0   ? "fp64_contents"
+                        : c.bytes_contents_size() > 0  ? "bytes_contents"
+                                                       : nullptr;
+    const bool typed = other != nullptr || c.fp32_contents_size() > 0;
+    if (raw && typed) {
+      return absl::InvalidArgumentError(absl::StrCat("input ", core::ClientText(t.name),
+                                                     " has both raw_input_contents and typed contents: give one"));
+    }
+    if (other != nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "input ", core::ClientText(t.name), " sends contents.", other,
+          ", which this server does not take: send raw_input_contents, or contents.fp32_contents for FP32"));
+    }
     if (raw) {
       t.data = std::move(*request.mutable_raw_input_contents(i));
-    } else if (t.datatype == "FP32" && in->has_contents()) {
-      const auto& values = in->contents().fp32_contents();
+    } else if (t.datatype == "FP32" && c.fp32_contents_size() > 0) {
+      const auto& values = c.fp32_contents();
       t.data.assign(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
+    } else if (c.fp32_contents_size() > 0) {
+      return absl::InvalidArgumentError(absl::StrCat("input ", core::ClientText(t.name), " is ",
+                                                     core::ClientText(t.datatype),
+                                                     ": contents.fp32_contents holds FP32 only; send raw_input_contents"));
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
           "input ", core::ClientText(t.name), " has no data: send it in raw_input_contents",
@@ -182,7 +206,7 @@ grpc::ServerUnaryReactor* OipGrpcService::ServerReady(grpc::CallbackServerContex
                                                       const grpc::ByteBuffer* in, grpc::ByteBuffer* out) {
   return ParseUnary<inference::ServerReadyRequest, inference::ServerReadyResponse>(
       ctx_, context, in, out, kService, "ServerReady", [&](auto* call) {
-        call->response.set_ready(!ctx_->draining.load());
+        call->response.set_ready(ctx_->oip->ServerReady());
         call->Reply(grpc::Status::OK);
       });
 }
@@ -193,8 +217,7 @@ grpc::ServerUnaryReactor* OipGrpcService::ModelReady(grpc::CallbackServerContext
       ctx_, context, in, out, kService, "ModelReady", [&](auto* call) {
         RpcLog log(context, "ModelReady", call->request.name());
         FinishUnary(context, call, log, [&]() -> absl::Status {
-          call->response.set_ready(!ctx_->draining.load() &&
-                                   ctx_->oip->Ready(call->request.name(), call->request.version()));
+          call->response.set_ready(ctx_->oip->Ready(call->request.name(), call->request.version()));
           return absl::OkStatus();
         });
       });
@@ -206,9 +229,10 @@ grpc::ServerUnaryReactor* OipGrpcService::ServerMetadata(grpc::CallbackServerCon
       ctx_, context, in, out, kService, "ServerMetadata", [&](auto* call) {
         RpcLog log(context, "ServerMetadata", "");
         FinishUnary(context, call, log, [&]() -> absl::Status {
-          call->response.set_name("lstmserve");
-          call->response.set_version(LSTMSERVE_VERSION);
-          for (const auto& e : oip::Extensions()) call->response.add_extensions(e);
+          const oip::ServerMetadata server = ctx_->oip->Server();
+          call->response.set_name(server.name);
+          call->response.set_version(server.version);
+          for (const auto& e : server.extensions) call->response.add_extensions(e);
           return absl::OkStatus();
         });
       });
@@ -250,8 +274,8 @@ grpc::ServerUnaryReactor* OipGrpcService::ModelConfig(grpc::CallbackServerContex
           auto* c = call->response.mutable_config();
           c->set_name(m.name);
           c->set_platform(m.platform);
-          c->set_backend("lstmserve");
-          c->set_max_batch_size(0);  // the shapes carry their batch dimension (B, the second)
+          c->set_backend(m.backend);
+          c->set_max_batch_size(static_cast<int32_t>(m.max_batch_size));
           for (const auto& t : m.inputs) {
             auto* i = c->add_input();
             i->set_name(t.name);

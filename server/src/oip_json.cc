@@ -1,4 +1,4 @@
-#include "oip_json.h"
+#include "lstmserve/server/oip_json.h"
 
 #include <algorithm>
 #include <cstring>
@@ -98,6 +98,173 @@ absl::Status SequenceFromJson(const json& params, InferRequest* out) {
   return absl::OkStatus();
 }
 
+
+// Limits of an infer request's JSON beyond its tensors' data.
+constexpr int kMaxJsonDepth = 32;           // objects and lists nested, outside data
+constexpr int kMaxDataDepth = 8;            // lists nested inside one input's data
+constexpr int64_t kMaxJsonValues = 1 << 16;  // values outside data
+
+// The numbers of one input's "data", kept as they are read: the little-endian bytes of the
+// input's datatype when the input named it (FP32, FP16, BF16) before its data, else doubles
+// (encoded once the datatype is known). At most 8 bytes per number, and a number takes at
+// least 2 bytes of JSON ("0,"): memory is bounded by 4x the body.
+struct DataValues {
+  std::string datatype;  // what `bytes` holds; empty: `doubles`
+  std::string bytes;
+  std::vector<double> doubles;
+  int leaf_depth = 0;  // the depth of its numbers (1: a flat list)
+};
+
+// Builds the request's DOM with nlohmann's SAX interface, in bounded memory: the data of
+// each input goes straight into a DataValues (the DOM holds a binary value, which JSON text
+// cannot produce, naming it); everything else is limited in depth and in count.
+class InferSax {
+ public:
+  using number_integer_t = json::number_integer_t;
+  using number_unsigned_t = json::number_unsigned_t;
+  using number_float_t = json::number_float_t;
+  using string_t = json::string_t;
+  using binary_t = json::binary_t;
+
+  json root;
+  std::vector<DataValues> data;
+  absl::Status status = absl::OkStatus();
+
+  bool null() { return Value(nullptr); }
+  bool boolean(bool v) { return Value(v); }
+  bool number_integer(number_integer_t v) { return in_data_ ? Number(static_cast<double>(v)) : Value(v); }
+  bool number_unsigned(number_unsigned_t v) { return in_data_ ? Number(static_cast<double>(v)) : Value(v); }
+  bool number_float(number_float_t v, const string_t&) { return in_data_ ? Number(v) : Value(v); }
+  bool string(string_t& v) { return Value(std::move(v)); }
+  bool binary(binary_t&) { return Fail("the request is not valid JSON: binary values"); }
+  bool start_object(std::size_t) {
+    if (in_data_) return DataError("must hold numbers (a flat or nested list)");
+    return Open(json::object());
+  }
+  bool key(string_t& k) {
+    key_ = std::move(k);
+    return true;
+  }
+  bool end_object() { return Close(); }
+  bool start_array(std::size_t) {
+    if (in_data_) {
+      if (++data_depth_ > kMaxDataDepth) return DataError(absl::StrCat("is nested over ", kMaxDataDepth, " lists deep"));
+      return true;
+    }
+    // An input's data: ["inputs"][i]["data"].
+    if (stack_.size() == 3 && key_ == "data" && stack_[1].kind == Kind::kInputs && stack_[2].node->is_object()) {
+      in_data_ = true;
+      data_depth_ = 1;
+      DataValues values;
+      if (auto it = stack_[2].node->find("datatype"); it != stack_[2].node->end() && it->is_string()) {
+        const std::string& type = it->get_ref<const std::string&>();
+        if (type == "FP32" || type == "FP16" || type == "BF16") values.datatype = type;
+      }
+      if (auto it = stack_[2].node->find("name"); it != stack_[2].node->end() && it->is_string()) {
+        data_name_ = it->get<std::string>();
+      } else {
+        data_name_ = "";
+      }
+      data.push_back(std::move(values));
+      return true;
+    }
+    return Open(json::array());
+  }
+  bool end_array() {
+    if (in_data_) {
+      if (--data_depth_ == 0) {
+        in_data_ = false;
+        return Value(json::binary(json::binary_t::container_type(), static_cast<std::uint64_t>(data.size() - 1)));
+      }
+      return true;
+    }
+    return Close();
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) {
+    // "[json.exception.parse_error.101] parse error at line 1, column 2: ...": without the tag.
+    absl::string_view what = e.what();
+    if (const size_t tag = what.find("] "); tag != absl::string_view::npos) what.remove_prefix(tag + 2);
+    status = absl::InvalidArgumentError(absl::StrCat("the request is not valid JSON: ", core::ClientText(what)));
+    return false;
+  }
+
+ private:
+  enum class Kind { kOther, kInputs };
+  struct Frame {
+    json* node;
+    Kind kind;
+  };
+
+  bool Fail(std::string message) {
+    status = absl::InvalidArgumentError(std::move(message));
+    return false;
+  }
+  bool DataError(absl::string_view what) {
+    return Fail(absl::StrCat("input ", core::ClientText(data_name_), ".data ", what));
+  }
+  bool Number(double v) {
+    DataValues& d = data.back();
+    if (d.leaf_depth == 0) d.leaf_depth = data_depth_;
+    if (d.leaf_depth != data_depth_) return DataError("mixes numbers and lists at one depth");
+    auto put = [&d](const auto& x) { d.bytes.append(reinterpret_cast<const char*>(&x), sizeof(x)); };
+    if (d.datatype.empty()) {
+      d.doubles.push_back(v);
+    } else if (d.datatype == "FP32") {
+      put(static_cast<float>(v));
+    } else if (d.datatype == "FP16") {
+      put(c10::Half(static_cast<float>(v)));
+    } else {
+      put(c10::BFloat16(static_cast<float>(v)));
+    }
+    return true;
+  }
+  // Places a value where the parser is: the root, the next element of a list, or the
+  // value of the last key.
+  json* Place(json&& v) {
+    if (++values_ > kMaxJsonValues) {
+      Fail(absl::StrCat("the request has over ", kMaxJsonValues, " JSON values outside the inputs' data"));
+      return nullptr;
+    }
+    if (stack_.empty()) {
+      root = std::move(v);
+      return &root;
+    }
+    json& parent = *stack_.back().node;
+    if (parent.is_array()) {
+      parent.push_back(std::move(v));
+      return &parent.back();
+    }
+    json& slot = parent[key_];
+    slot = std::move(v);
+    return &slot;
+  }
+  bool Value(json&& v) {
+    if (in_data_) return DataError("must hold numbers (a flat or nested list)");
+    return Place(std::move(v)) != nullptr;
+  }
+  bool Open(json&& container) {
+    if (stack_.size() >= static_cast<size_t>(kMaxJsonDepth)) {
+      return Fail(absl::StrCat("the request's JSON is nested over ", kMaxJsonDepth, " deep"));
+    }
+    const bool inputs = stack_.size() == 1 && key_ == "inputs" && container.is_array() && stack_[0].node->is_object();
+    json* placed = Place(std::move(container));
+    if (placed == nullptr) return false;
+    stack_.push_back({placed, inputs ? Kind::kInputs : Kind::kOther});
+    return true;
+  }
+  bool Close() {
+    stack_.pop_back();
+    return true;
+  }
+
+  std::vector<Frame> stack_;
+  std::string key_;
+  bool in_data_ = false;
+  int data_depth_ = 0;
+  std::string data_name_;
+  int64_t values_ = 0;
+};
+
 }  // namespace
 
 absl::StatusOr<HttpInferRequest> ParseHttpInfer(absl::string_view body, const std::string* header_length) {
@@ -112,15 +279,13 @@ absl::StatusOr<HttpInferRequest> ParseHttpInfer(absl::string_view body, const st
     header = body.substr(0, length);
     binary = body.substr(length);
   }
-  json doc;
+  InferSax sax;
   try {
-    doc = json::parse(header.begin(), header.end());
+    if (!json::sax_parse(header.begin(), header.end(), &sax)) return sax.status;
   } catch (const json::exception& e) {
-    // "[json.exception.parse_error.101] parse error at line 1, column 2: ...": without the tag.
-    absl::string_view what = e.what();
-    if (const size_t tag = what.find("] "); tag != absl::string_view::npos) what.remove_prefix(tag + 2);
-    return absl::InvalidArgumentError(absl::StrCat("the request is not valid JSON: ", core::ClientText(what)));
+    return absl::InvalidArgumentError(absl::StrCat("the request is not valid JSON: ", core::ClientText(e.what())));
   }
+  const json& doc = sax.root;
   if (!doc.is_object()) {
     return absl::InvalidArgumentError("the request is not a JSON object (the Open Inference Protocol's inference request)");
   }
@@ -183,16 +348,32 @@ absl::StatusOr<HttpInferRequest> ParseHttpInfer(absl::string_view body, const st
         return absl::InvalidArgumentError(absl::StrCat("input ", core::ClientText(t.name),
                                                        " has no data: give data, or parameters.binary_data_size"));
       }
-      std::vector<double> values;
       int leaf_depth = 0;
-      LSTMSERVE_RETURN_IF_ERROR(Flatten(*data, 0, &values, t.name, &leaf_depth));
+      std::optional<std::string> bytes;
+      if (data->is_binary()) {
+        // Read as it came (InferSax): bytes of the datatype the input named, or doubles.
+        DataValues& values = sax.data[data->get_binary().subtype()];
+        leaf_depth = values.leaf_depth == 0 ? 1 : values.leaf_depth;
+        if (values.datatype.empty()) {
+          bytes = Encode(values.doubles, t.datatype);
+        } else if (values.datatype == t.datatype) {
+          bytes = std::move(values.bytes);
+        } else {
+          return absl::InvalidArgumentError(absl::StrCat("input ", core::ClientText(t.name),
+                                                         " names two datatypes: give datatype once"));
+        }
+      } else {
+        std::vector<double> values;
+        LSTMSERVE_RETURN_IF_ERROR(Flatten(*data, 0, &values, t.name, &leaf_depth));
+        bytes = Encode(values, t.datatype);
+      }
       // A flat list, or lists nested as deep as the shape has dimensions.
       if (leaf_depth > 1 && static_cast<size_t>(leaf_depth) != t.shape.size()) {
         return absl::InvalidArgumentError(absl::StrCat("input ", core::ClientText(t.name), ".data is nested ",
                                                        leaf_depth, " lists deep but its shape has ", t.shape.size(),
                                                        " dimensions: nest it as the shape, or give a flat list"));
       }
-      t.data = Encode(values, t.datatype).value_or(std::string());
+      t.data = std::move(bytes).value_or(std::string());
     }
     r.inputs.push_back(std::move(t));
   }
@@ -267,8 +448,8 @@ nlohmann::json ConfigJson(const ModelMetadata& m) {
   };
   return {{"name", m.name},
           {"platform", m.platform},
-          {"backend", "lstmserve"},
-          {"max_batch_size", 0},
+          {"backend", m.backend},
+          {"max_batch_size", m.max_batch_size},
           {"input", tensors(m.inputs, true)},
           {"output", tensors(m.outputs, false)},
           {"sequence_batching",

@@ -86,14 +86,20 @@ absl::StatusOr<ModelMetadata> OpenInference::Metadata(const std::string& model, 
   m.name = model;
   m.versions = {"1"};
   m.platform = "lstmserve_lstm";
+  m.backend = "lstmserve";
+  m.max_batch_size = 0;
   m.inputs = {{kInput, type, {-1, -1, I}, false}, {kC0, type, {L, -1, H}, true}, {kH0, type, {L, -1, H}, true}};
   m.outputs = {{kOutput, type, {-1, -1, H}, false}, {kCn, type, {L, -1, H}, false}, {kHn, type, {L, -1, H}, false}};
   m.sequence_idle_timeout = sequence_idle_timeout_;
   return m;
 }
 
+ServerMetadata OpenInference::Server() const { return {"lstmserve", LSTMSERVE_VERSION, Extensions()}; }
+
+bool OpenInference::ServerReady() const { return draining_ == nullptr || !draining_->load(); }
+
 bool OpenInference::Ready(const std::string& model, const std::string& version) const {
-  return Model(model, version).ok();
+  return ServerReady() && Model(model, version).ok();
 }
 
 void OpenInference::Infer(InferRequest request, const CallControl& call,
@@ -142,11 +148,13 @@ void OpenInference::Infer(InferRequest request, const CallControl& call,
       return absl::InvalidArgumentError("give both C0 and H0 (the initial state), or neither for zeros");
     }
     if (c0.defined()) {
+      const int64_t batch = p.inputs.size(1);
       for (const auto* t : {&c0, &h0}) {
-        if (t->size(0) != lstm.num_layers()) {
+        if (t->size(0) != lstm.num_layers() || t->size(1) != batch || t->size(2) != lstm.hidden_size()) {
           return absl::InvalidArgumentError(absl::StrCat(
-              t == &c0 ? "C0" : "H0", " has shape [", absl::StrJoin(t->sizes(), ", "), "]; expected [",
-              lstm.num_layers(), ", B, ", lstm.hidden_size(), "] (one [B, H] state per layer)"));
+              t == &c0 ? "C0" : "H0", " has shape [", absl::StrJoin(t->sizes(), ", "), "]; expected [L, B, H] = [",
+              lstm.num_layers(), ", ", batch, ", ", lstm.hidden_size(), "] (L layers of model '",
+              model, "', B from INPUT)"));
         }
       }
       p.state.c = c0.unbind(0);
@@ -179,7 +187,20 @@ void OpenInference::Infer(InferRequest request, const CallControl& call,
     }
     // C0/H0 given: they are the state, on any request (load generators send them with every
     // request); else the state the previous request left.
-    if (!request.sequence_start && !prepared->has_state) prepared->state = *std::move(stored);
+    if (!request.sequence_start && !prepared->has_state) {
+      // The stored state fixes the batch size: told in the protocol's terms, not the core's.
+      const int64_t batch = prepared->inputs.size(1);
+      if (!stored->c.empty() && stored->c.front().size(0) != batch) {
+        const absl::Status changed = absl::InvalidArgumentError(absl::StrCat(
+            "sequence ", core::ClientText(request.sequence_key.substr(2)), " runs with batch size B = ",
+            stored->c.front().size(0), "; this request's INPUT has B = ", batch,
+            ": keep B for the whole sequence, or start a new one (sequence_start) or give C0 and H0"));
+        sequences.Release(request.sequence_key, changed, /*end=*/false);
+        done(changed);
+        return;
+      }
+      prepared->state = *std::move(stored);
+    }
   }
   const bool want_outputs =
       std::find(prepared->outputs.begin(), prepared->outputs.end(), kOutput) != prepared->outputs.end();

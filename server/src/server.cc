@@ -108,9 +108,8 @@ absl::Status Server::StartEngine(int batch_threads) {
   sequences_ = std::make_unique<SequenceStore>(options.max_sessions, options.session_idle_timeout);
   engine_ = std::make_unique<InferenceEngine>(registry_.get(), batcher_.get(), sequences_.get(),
                                               options.max_tensor_elements);
-  oip_ = std::make_unique<oip::OpenInference>(engine_.get(), options.session_idle_timeout);
-
   context_ = std::make_unique<ServiceContext>();
+  oip_ = std::make_unique<oip::OpenInference>(engine_.get(), options.session_idle_timeout, &context_->draining);
   context_->registry = registry_.get();
   context_->compute = compute_.get();
   context_->engine = engine_.get();

@@ -13,8 +13,8 @@
 
 #include "lstmserve/core/parameter_set.h"
 #include "lstmserve/server/open_inference.h"
-#include "oip_grpc_codec.h"
-#include "oip_json.h"
+#include "lstmserve/server/oip_grpc_codec.h"
+#include "lstmserve/server/oip_json.h"
 
 namespace {
 

@@ -221,6 +221,38 @@ class HttpTransportTest(unittest.TestCase):
             self.assertEqual(s.recv(1), b"")
             s.close()
 
+    def test_hostile_json_bodies_leave_memory_where_it_was(self):
+        """32 MiB bodies of nested and of wide JSON (the review's case took the server from
+        385 MB to 1,453 MB of RSS): refused, and the RSS stays within 100 MB of where it was."""
+        def rss_mb(pid):
+            with open(f"/proc/{pid}/status") as f:
+                return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1024
+
+        with ServerProcess() as server:
+            from lstmserve_client import Client
+            with Client(server.target) as client:
+                client.create_lstm(1, 3, 4, seed=1, id="m")
+            close = b"Connection: close\r\n"
+            exchange(server.http, post("/v2/models/m/infer", INFER, close))
+            before = rss_mb(server.process.pid)
+            size = 32 << 20
+            bodies = [
+                b"[" * size,
+                b'{"inputs": [{"name": "INPUT", "shape": [1], "datatype": "FP32", "data": ' + b"[" * size,
+                b'{"x": [' + b"[]," * (size // 3) + b"[]]}",
+                b'{"inputs": [{"name": "INPUT", "shape": [1], "datatype": "FP32", "data": ['
+                + b"[]," * (size // 3) + b"[]]}]}",
+            ]
+            peak = before
+            for body in bodies:
+                for _ in range(3):
+                    answers = exchange(server.http, post("/v2/models/m/infer", body, close), timeout=60)
+                    self.assertJsonError(answers[0], 400)
+                    peak = max(peak, rss_mb(server.process.pid))
+            after = rss_mb(server.process.pid)
+            print(f"RSS: {before:.0f} MB before, {after:.0f} MB after 12 hostile 32 MiB bodies")
+            self.assertLess(after - before, 100, server.log())
+
     def test_a_client_that_closes_while_queued_cancels_its_inference(self):
         # One batch thread and nothing computed on the receiving thread: a long request holds the
         # batcher while a second one waits in the queue; the second one's client then leaves.

@@ -269,7 +269,13 @@ class OpenInferenceGrpcTest(unittest.TestCase):
                 (lambda r: (r.raw_input_contents.append(b"\0" * 4 * I), r.parameters["sequence_id"].MergeFrom(
                     service_pb2.InferParameter(double_param=1.5))), "sequence_id must be an int64, uint64 or string"),
                 (lambda r: (r.raw_input_contents.append(b"\0" * 4 * I), r.parameters["sequence_id"].MergeFrom(
-                    service_pb2.InferParameter(int64_param=-3))), "sequence_id is -3")]:
+                    service_pb2.InferParameter(int64_param=-3))), "sequence_id is -3"),
+                # Raw and typed contents together, and typed contents in a field the server never reads.
+                (lambda r: (r.raw_input_contents.append(b"\0" * 4 * I),
+                            r.inputs[0].contents.fp32_contents.extend([0.0] * I)),
+                 "has both raw_input_contents and typed contents"),
+                (lambda r: r.inputs[0].contents.int_contents.extend([0] * I), "sends contents.int_contents"),
+                (lambda r: r.inputs[0].contents.fp64_contents.extend([0.0] * I), "sends contents.fp64_contents")]:
             request = service_pb2.ModelInferRequest(model_name="oip")
             request.inputs.add(name="INPUT", datatype="FP32", shape=[1, 1, I])
             change(request)

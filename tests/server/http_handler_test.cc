@@ -38,7 +38,7 @@ class HttpHandlerTest : public ::testing::Test {
     batcher_ = std::make_unique<Batcher>(batching);
     sequences_ = std::make_unique<SequenceStore>(16, absl::Minutes(1));
     engine_ = std::make_unique<InferenceEngine>(registry_.get(), batcher_.get(), sequences_.get(), 1 << 20);
-    oip_ = std::make_unique<oip::OpenInference>(engine_.get(), absl::Minutes(1));
+    oip_ = std::make_unique<oip::OpenInference>(engine_.get(), absl::Minutes(1), &ctx_.draining);
     ctx_.registry = registry_.get();
     ctx_.engine = engine_.get();
     ctx_.oip = oip_.get();
@@ -213,6 +213,49 @@ TEST_F(HttpHandlerTest, AnInferenceIsDecodedComputedAndEncoded) {
   const HttpResponse bad = Handle(Request("POST", "/v2/models/m/infer", {}, "[[[["));
   EXPECT_EQ(bad.status, 400);
   EXPECT_NE(Error(bad).find("not valid JSON"), std::string::npos) << bad.body;
+}
+
+TEST_F(HttpHandlerTest, TheDecoderRefusesDepthAndBreadthThatWouldCostMemory) {
+  struct Case {
+    std::string body;
+    std::string says;
+  };
+  const std::string deep(1 << 20, '[');
+  std::string wide = R"({"inputs": [], "x": [)";
+  for (int i = 0; i < 70000; ++i) wide += "[],";
+  wide += "[]]}";
+  const std::vector<Case> cases = {
+      {deep, "nested over 32 deep"},
+      {R"({"inputs": [{"name": "INPUT", "shape": [1], "datatype": "FP32", "data": )" + deep, "nested over 8 lists"},
+      {wide, "over 65536 JSON values"},
+      {R"({"inputs": [{"name": "INPUT", "shape": [2], "datatype": "FP32", "data": [1, [2]]}]})", "mixes numbers"},
+      {R"({"inputs": [{"name": "INPUT", "shape": [2], "datatype": "FP32", "data": [1, "2"]}]})",
+       "INPUT.data must hold numbers"},
+      {R"({"inputs": [{"name": "INPUT", "shape": [2], "datatype": "FP32", "data": [1, 2], "datatype": "FP16"}]})",
+       "names two datatypes"},
+  };
+  for (const Case& c : cases) {
+    const HttpResponse r = Handle(Request("POST", "/v2/models/m/infer", {}, c.body));
+    EXPECT_EQ(r.status, 400) << c.says;
+    EXPECT_NE(Error(r).find(c.says), std::string::npos) << Error(r);
+  }
+}
+
+TEST_F(HttpHandlerTest, DataDecodesTheSameWhereverItsDatatypeIs) {
+  // The datatype before the data (decoded straight into its bytes) or after it (kept as
+  // numbers until then), flat or nested: the same answer.
+  const std::vector<std::string> bodies = {
+      kInfer,
+      R"({"inputs": [{"data": [1, 2, 3, 4, 5, 6], "name": "INPUT", "shape": [2, 1, 3], "datatype": "FP32"}]})",
+      R"({"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [2, 1, 3], "data": [[[1, 2, 3]], [[4, 5, 6]]]}]})",
+      R"({"inputs": [{"data": [[[1, 2, 3]], [[4, 5, 6]]], "shape": [2, 1, 3], "datatype": "FP32", "name": "INPUT"}]})",
+  };
+  const std::string expected = Handle(Request("POST", "/v2/models/m/infer", {}, bodies[0])).body;
+  for (const std::string& body : bodies) {
+    const HttpResponse r = Handle(Request("POST", "/v2/models/m/infer", {}, body));
+    EXPECT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.body, expected) << body;
+  }
 }
 
 TEST_F(HttpHandlerTest, AnInferenceWhoseClientHasGoneIsNeverComputed) {

@@ -131,6 +131,17 @@ TEST_F(OpenInferenceTest, BadRequestsNameWhatIsWrong) {
       {[](auto& r) { r.outputs = {"Y"}; }, "unexpected output 'Y'"},
       {[](auto& r) { r.sequence_start = true; }, "need a sequence_id"},
       {[](auto& r) { r.sequence_key = "u:3"; }, "is not open"},
+      // The model m has L = 2, H = 4; INPUT has B = 1. The state in the protocol's terms.
+      {[](auto& r) {
+         r.inputs.push_back(Input("C0", at::zeros({2, 2, 4})));
+         r.inputs.push_back(Input("H0", at::zeros({2, 2, 4})));
+       },
+       "C0 has shape [2, 2, 4]; expected [L, B, H] = [2, 1, 4] (L layers of model 'm', B from INPUT)"},
+      {[](auto& r) {
+         r.inputs.push_back(Input("C0", at::zeros({2, 1, 4})));
+         r.inputs.push_back(Input("H0", at::zeros({2, 1, 5})));
+       },
+       "H0 has shape [2, 1, 5]; expected [L, B, H] = [2, 1, 4]"},
   };
   for (const auto& c : cases) {
     oip::InferRequest r;
@@ -141,6 +152,27 @@ TEST_F(OpenInferenceTest, BadRequestsNameWhatIsWrong) {
     EXPECT_TRUE(absl::IsInvalidArgument(got.status())) << c.fragment << ": " << got.status();
     EXPECT_NE(got.status().message().find(c.fragment), std::string::npos) << got.status().message();
   }
+}
+
+TEST_F(OpenInferenceTest, ASequenceThatChangesItsBatchSizeIsToldSoAndKeepsItsState) {
+  oip::InferRequest first;
+  first.model = "m";
+  first.sequence_key = "s:seq";
+  first.sequence_start = true;
+  first.inputs.push_back(Input("INPUT", at::ones({1, 2, 3})));
+  ASSERT_TRUE(Infer(first).ok());
+  oip::InferRequest wider = first;
+  wider.sequence_start = false;
+  wider.inputs[0] = Input("INPUT", at::ones({1, 3, 3}));
+  auto got = Infer(wider);
+  ASSERT_TRUE(absl::IsInvalidArgument(got.status())) << got.status();
+  EXPECT_NE(got.status().message().find("sequence seq runs with batch size B = 2; this request's INPUT has B = 3"),
+            std::string::npos)
+      << got.status().message();
+  // The sequence is where it was: a request with B = 2 goes on from it.
+  oip::InferRequest next = first;
+  next.sequence_start = false;
+  EXPECT_TRUE(Infer(next).ok());
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 // server in the SequenceStore, under the same limit and idle timeout as v1 Sessions.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -42,10 +43,14 @@ struct TensorMetadata {
   bool optional = false;
 };
 
+// What a model is, decided here once; each front end serializes it for its wire (metadata,
+// and Triton's model configuration).
 struct ModelMetadata {
   std::string name;
   std::vector<std::string> versions;
   std::string platform;
+  std::string backend;
+  int64_t max_batch_size = 0;  // 0: the shapes carry their batch dimension (B, the second)
   std::vector<TensorMetadata> inputs;
   std::vector<TensorMetadata> outputs;
   absl::Duration sequence_idle_timeout;  // a sequence idle this long is ended
@@ -83,16 +88,29 @@ std::string SequenceKey(const std::string& id);
 // The protocol's extensions lstmserve supports (ServerMetadata's `extensions`).
 std::vector<std::string> Extensions();
 
+// The server's metadata (ServerMetadata, GET /v2).
+struct ServerMetadata {
+  std::string name;
+  std::string version;
+  std::vector<std::string> extensions;
+};
+
 // Thread-safe; borrows the engine.
 class OpenInference {
  public:
-  OpenInference(InferenceEngine* engine, absl::Duration sequence_idle_timeout)
-      : engine_(engine), sequence_idle_timeout_(sequence_idle_timeout) {}
+  // While `*draining` (optional) is true, the server and its models are not ready.
+  OpenInference(InferenceEngine* engine, absl::Duration sequence_idle_timeout,
+                const std::atomic<bool>* draining = nullptr)
+      : engine_(engine), sequence_idle_timeout_(sequence_idle_timeout), draining_(draining) {}
+
+  ServerMetadata Server() const;
+  // Ready to serve: false while draining. (Live is always true: the process answers.)
+  bool ServerReady() const;
 
   // NOT_FOUND for an unknown model or a version other than "" and "1"; FAILED_PRECONDITION
   // for a set that is not a stacked LSTM.
   absl::StatusOr<ModelMetadata> Metadata(const std::string& model, const std::string& version) const;
-  // Whether the model exists and can run (not an error when it does not).
+  // Whether the server is ready and the model exists and can run (not an error when not).
   bool Ready(const std::string& model, const std::string& version) const;
 
   // Validates the request and queues it on the batcher; `done` is called once, perhaps
@@ -106,6 +124,7 @@ class OpenInference {
 
   InferenceEngine* const engine_;
   const absl::Duration sequence_idle_timeout_;
+  const std::atomic<bool>* const draining_;
 };
 
 }  // namespace lstmserve::server::oip

@@ -1,6 +1,6 @@
 // The Open Inference Protocol's JSON (HTTP/REST) forms of requests, answers, metadata and
 // Triton's model configuration, with Triton's binary tensor data extension: what
-// http_service.cc sends and receives, apart from the socket (and fuzzed on its own).
+// http_handler.cc sends and receives, apart from the socket (and fuzzed on its own).
 #pragma once
 
 #include <optional>
