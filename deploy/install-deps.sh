@@ -7,7 +7,7 @@
 #
 # Usage: deploy/install-deps.sh [build|compile|runtime|image]
 #   build   (default) compile, plus the test and benchmark tools (Python, Prometheus, clang
-#           for the fuzzers) and the PyPI environment (torch 2.11.0 + its CUDA libraries, buf)
+#           for the fuzzers, clang-format for the style check) and the PyPI environment (torch 2.11.0 + its CUDA libraries, buf)
 #   compile what building the server and CLI alone needs (the image's build stage)
 #   runtime only the shared libraries the server needs to run (for slim images)
 #   image   the tools deploy/image-test.sh uses: buildah, podman, debootstrap
@@ -36,7 +36,7 @@ build_pkgs=(
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 python3-venv python3-torch python3-numpy python3-grpcio python3-protobuf python3-yaml
   prometheus openssl libb64-0d
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev clang-format
 )
 image_pkgs=(buildah podman debootstrap curl iproute2)
 

@@ -34,7 +34,8 @@ absl::StatusOr<v1::Initializer> ParseInitializer(const std::string& text) {
   v1::Initializer init;
   if (!text.empty() && text.front() == '{') {
     auto parsed = google::protobuf::util::JsonStringToMessage(text, &init);
-    if (!parsed.ok()) return absl::InvalidArgumentError(absl::StrCat("'", text, "' is not an Initializer: ", parsed.ToString()));
+    if (!parsed.ok())
+      return absl::InvalidArgumentError(absl::StrCat("'", text, "' is not an Initializer: ", parsed.ToString()));
     return init;
   }
   std::vector<std::string> parts = absl::StrSplit(text, ':');
@@ -42,13 +43,14 @@ absl::StatusOr<v1::Initializer> ParseInitializer(const std::string& text) {
   std::vector<double> args;
   for (size_t i = 1; i < parts.size(); ++i) {
     double v = 0;
-    if (!absl::SimpleAtod(parts[i], &v)) return absl::InvalidArgumentError(absl::StrCat("'", parts[i], "' in '", text, "' is not a number"));
+    if (!absl::SimpleAtod(parts[i], &v))
+      return absl::InvalidArgumentError(absl::StrCat("'", parts[i], "' in '", text, "' is not a number"));
     args.push_back(v);
   }
   const auto need = [&](size_t lo, size_t hi) -> absl::Status {
     if (args.size() < lo || args.size() > hi) {
-      return absl::InvalidArgumentError(absl::StrCat("'", name, "' takes ", lo, lo == hi ? "" : absl::StrCat(" to ", hi),
-                                                     " number(s) after ':'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", name, "' takes ", lo, lo == hi ? "" : absl::StrCat(" to ", hi), " number(s) after ':'"));
     }
     return absl::OkStatus();
   };
@@ -103,7 +105,8 @@ absl::StatusOr<v1::Initializer> ParseInitializer(const std::string& text) {
     if (ok.ok() && args.size() == 2) init.mutable_sparse()->set_std(args[1]);
   } else {
     return absl::InvalidArgumentError(absl::StrCat(
-        "unknown initializer '", name, "'; expected kaiming_normal, kaiming_uniform, xavier_uniform, xavier_normal, "
+        "unknown initializer '", name,
+        "'; expected kaiming_normal, kaiming_uniform, xavier_uniform, xavier_normal, "
         "orthogonal, normal:STD, uniform:A:B, trunc_normal:STD, constant:V, zeros, ones, eye, dirac[:GROUPS], "
         "sparse:SPARSITY[:STD], or JSON"));
   }
@@ -117,11 +120,11 @@ std::string AnalysisTable(const std::string& title, const v1::AnalyzeParameterSe
     absl::StrAppend(&out, absl::StrFormat("%5s %10s %10s %10s %10s %10s %10s %8s %8s\n", "layer", "var(i)", "var(f)",
                                           "var(o)", "var(g)", "var(c)", "var(h)", "sat sig", "sat tanh"));
     for (const auto& l : r.lstm_layers()) {
-      absl::StrAppend(&out, absl::StrFormat("%5d %10.4g %10.4g %10.4g %10.4g %10.4g %10.4g %7.1f%% %7.1f%%\n",
-                                            l.layer(), l.input_gate_variance(), l.forget_gate_variance(),
-                                            l.output_gate_variance(), l.cell_gate_variance(), l.c_variance(),
-                                            l.h_variance(), 100 * l.sigmoid_saturated_fraction(),
-                                            100 * l.tanh_saturated_fraction()));
+      absl::StrAppend(&out,
+                      absl::StrFormat("%5d %10.4g %10.4g %10.4g %10.4g %10.4g %10.4g %7.1f%% %7.1f%%\n", l.layer(),
+                                      l.input_gate_variance(), l.forget_gate_variance(), l.output_gate_variance(),
+                                      l.cell_gate_variance(), l.c_variance(), l.h_variance(),
+                                      100 * l.sigmoid_saturated_fraction(), 100 * l.tanh_saturated_fraction()));
     }
     if (r.weight_storage_errors_size() > 0) {
       absl::StrAppend(&out, "output error of reduced weight storage against float32 (4 rows, top-layer h):\n");
@@ -164,9 +167,12 @@ std::string VariancePlotSvg(const std::string& title, const std::string& y_label
   if (!std::isfinite(lo)) lo = -1, hi = 1;
   lo = std::floor(lo);
   hi = std::max(std::ceil(hi), lo + 1);
-  const auto x_of = [&](size_t i) { return kLeft + (layers > 1 ? plot_w * static_cast<double>(i) / static_cast<double>(layers - 1) : plot_w / 2); };
+  const auto x_of = [&](size_t i) {
+    return kLeft + (layers > 1 ? plot_w * static_cast<double>(i) / static_cast<double>(layers - 1) : plot_w / 2);
+  };
   const auto y_of = [&](double v) { return kTop + plot_h * (hi - std::log10(v)) / (hi - lo); };
-  static const char* kColors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"};
+  static const char* kColors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e",
+                                  "#9467bd", "#8c564b", "#e377c2", "#17becf"};
   std::string svg = absl::StrFormat(
       "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f %.0f\" "
@@ -187,12 +193,14 @@ std::string VariancePlotSvg(const std::string& title, const std::string& y_label
     absl::StrAppend(&svg, absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%d</text>\n", x_of(i),
                                           kTop + plot_h + 18, static_cast<int>(i)));
   }
-  absl::StrAppend(&svg, absl::StrFormat(
-      "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#333\"/>\n"
-      "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">layer</text>\n"
-      "<text x=\"18\" y=\"%.1f\" text-anchor=\"middle\" transform=\"rotate(-90 18 %.1f)\">%s (log scale)</text>\n",
-      kLeft, kTop, plot_w, plot_h, kLeft + plot_w / 2, kHeight - 10, kTop + plot_h / 2, kTop + plot_h / 2,
-      Escape(y_label)));
+  absl::StrAppend(
+      &svg,
+      absl::StrFormat(
+          "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#333\"/>\n"
+          "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">layer</text>\n"
+          "<text x=\"18\" y=\"%.1f\" text-anchor=\"middle\" transform=\"rotate(-90 18 %.1f)\">%s (log scale)</text>\n",
+          kLeft, kTop, plot_w, plot_h, kLeft + plot_w / 2, kHeight - 10, kTop + plot_h / 2, kTop + plot_h / 2,
+          Escape(y_label)));
   for (size_t k = 0; k < series.size(); ++k) {
     const auto& s = series[k];
     const size_t index = s.color >= 0 ? static_cast<size_t>(s.color) : k;
@@ -202,15 +210,16 @@ std::string VariancePlotSvg(const std::string& title, const std::string& y_label
       const double v = s.values[i];
       if (v > 0 && std::isfinite(v)) absl::StrAppend(&points, absl::StrFormat("%.1f,%.1f ", x_of(i), y_of(v)));
     }
-    absl::StrAppend(&svg, absl::StrFormat(
-        "<g class=\"series\" data-name=\"%s\"><polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\"%s points=\"%s\"/></g>\n",
-        Escape(s.name), color, s.dashed ? " stroke-dasharray=\"6 4\"" : "", points));
+    absl::StrAppend(&svg, absl::StrFormat("<g class=\"series\" data-name=\"%s\"><polyline fill=\"none\" stroke=\"%s\" "
+                                          "stroke-width=\"2\"%s points=\"%s\"/></g>\n",
+                                          Escape(s.name), color, s.dashed ? " stroke-dasharray=\"6 4\"" : "", points));
     const double ly = kTop + 10 + 18 * static_cast<double>(k);
-    absl::StrAppend(&svg, absl::StrFormat(
-        "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"2\"%s/>"
-        "<text x=\"%.1f\" y=\"%.1f\">%s</text>\n",
-        kLeft + plot_w + 12, ly, kLeft + plot_w + 36, ly, color, s.dashed ? " stroke-dasharray=\"6 4\"" : "",
-        kLeft + plot_w + 42, ly + 4, Escape(s.name)));
+    absl::StrAppend(
+        &svg,
+        absl::StrFormat("<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"2\"%s/>"
+                        "<text x=\"%.1f\" y=\"%.1f\">%s</text>\n",
+                        kLeft + plot_w + 12, ly, kLeft + plot_w + 36, ly, color,
+                        s.dashed ? " stroke-dasharray=\"6 4\"" : "", kLeft + plot_w + 42, ly + 4, Escape(s.name)));
   }
   absl::StrAppend(&svg, "</svg>\n");
   return svg;

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+
 #include "lstmserve/v1/parameter_service.pb.h"
 
 namespace lstmserve::client {

@@ -13,8 +13,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
-#include "lstmserve/core/status.h"
+
 #include "inference/grpc_service.grpc.pb.h"
+#include "lstmserve/core/status.h"
 #include "lstmserve/v1/inference_service.grpc.pb.h"
 #include "lstmserve/v1/parameter_service.grpc.pb.h"
 #include "lstmserve/wire/conversions.h"
@@ -83,9 +84,9 @@ double Percentile(const std::vector<double>& sorted, double q) {
 void RunClosedLoopAsync(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& options,
                         const Requests& requests, absl::Time measure_from, absl::Time stop_at,
                         std::atomic<int64_t>& measured, std::vector<std::vector<Sample>>& samples);
-void RunThreads(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& options,
-                const Requests& requests, absl::Time start, absl::Time measure_from, absl::Time stop_at,
-                std::atomic<int64_t>& measured, std::vector<std::vector<Sample>>& samples);
+void RunThreads(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& options, const Requests& requests,
+                absl::Time start, absl::Time measure_from, absl::Time stop_at, std::atomic<int64_t>& measured,
+                std::vector<std::vector<Sample>>& samples);
 void RunSessionsAsync(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& options,
                       const v1::SessionRequest& step, absl::Time measure_from, absl::Time stop_at,
                       std::atomic<int64_t>& measured, std::vector<std::vector<Sample>>& samples);
@@ -99,7 +100,8 @@ absl::StatusOr<BenchReport> RunBench(const BenchOptions& requested) {
     return absl::InvalidArgumentError("--rpc is step, run, session or infer");
   }
   if (options.client_api != "callback" && options.client_api != "sync") {
-    return absl::InvalidArgumentError(absl::StrCat("client_api is '", options.client_api, "'; expected callback or sync"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("client_api is '", options.client_api, "'; expected callback or sync"));
   }
   if (options.concurrency < 1 || options.batch < 1 || options.steps < 1 || options.rate < 0) {
     return absl::InvalidArgumentError("--concurrency, --batch and --steps must be >= 1, --rate >= 0");
@@ -178,8 +180,8 @@ void RunClosedLoopAsync(const std::shared_ptr<grpc::Channel>& channel, const Ben
         samples[i].push_back({absl::ToDoubleMilliseconds(now - me.sent), status.error_code()});
         measured.fetch_add(1);
       }
-      const bool more = now < stop_at && (options.requests == 0 || now < measure_from ||
-                                          measured.load() < options.requests);
+      const bool more =
+          now < stop_at && (options.requests == 0 || now < measure_from || measured.load() < options.requests);
       if (more) {
         issue(i);
       } else {
@@ -197,7 +199,8 @@ void RunClosedLoopAsync(const std::shared_ptr<grpc::Channel>& channel, const Ben
   };
   for (int i = 0; i < options.concurrency; ++i) issue(i);
   absl::MutexLock lock(&mu);
-  mu.Await(absl::Condition(+[](int* n) { return *n == 0; }, &running));
+  mu.Await(absl::Condition(
+      +[](int* n) { return *n == 0; }, &running));
 }
 
 // Closed-loop sessions on the callback API: one stream per caller, one step in flight each.
@@ -206,8 +209,13 @@ class SessionCaller final : public grpc::ClientBidiReactor<v1::SessionRequest, v
   SessionCaller(v1::InferenceService::Stub* stub, const BenchOptions& options, const v1::SessionRequest& step,
                 absl::Time measure_from, absl::Time stop_at, std::atomic<int64_t>& measured,
                 std::vector<Sample>& samples, std::function<void()> finished)
-      : options_(options), step_(step), measure_from_(measure_from), stop_at_(stop_at), measured_(measured),
-        samples_(samples), finished_(std::move(finished)) {
+      : options_(options),
+        step_(step),
+        measure_from_(measure_from),
+        stop_at_(stop_at),
+        measured_(measured),
+        samples_(samples),
+        finished_(std::move(finished)) {
     start_.mutable_start()->set_parameter_set_id(options.set_id);
     start_.mutable_start()->set_batch_size(options.batch);
     PrepareContext(options.connection, &context_);
@@ -276,14 +284,15 @@ void RunSessionsAsync(const std::shared_ptr<grpc::Channel>& channel, const Bench
     });
   }
   absl::MutexLock lock(&mu);
-  mu.Await(absl::Condition(+[](int* n) { return *n == 0; }, &running));
+  mu.Await(absl::Condition(
+      +[](int* n) { return *n == 0; }, &running));
 }
 
 // One thread per caller on the sync API: the open loop at a fixed rate, or (rate 0) the
 // closed loop of --client_api=sync.
-void RunThreads(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& options,
-                const Requests& requests, absl::Time start, absl::Time measure_from, absl::Time stop_at,
-                std::atomic<int64_t>& measured, std::vector<std::vector<Sample>>& samples) {
+void RunThreads(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& options, const Requests& requests,
+                absl::Time start, absl::Time measure_from, absl::Time stop_at, std::atomic<int64_t>& measured,
+                std::vector<std::vector<Sample>>& samples) {
   std::vector<std::thread> callers;
   for (int i = 0; i < options.concurrency; ++i) {
     callers.emplace_back([&, i] {
@@ -300,7 +309,8 @@ void RunThreads(const std::shared_ptr<grpc::Channel>& channel, const BenchOption
         open.mutable_start()->set_batch_size(options.batch);
         stream->Write(open);
       }
-      const absl::Duration interval = options.rate > 0 ? absl::Seconds(options.concurrency / options.rate) : absl::ZeroDuration();
+      const absl::Duration interval =
+          options.rate > 0 ? absl::Seconds(options.concurrency / options.rate) : absl::ZeroDuration();
       absl::Time next = start + (options.rate > 0 ? absl::Seconds(i / options.rate) : absl::ZeroDuration());
       while (true) {
         if (options.rate > 0) {
@@ -386,9 +396,9 @@ std::string BenchReport::ToJson(const BenchOptions& o) const {
       "\"batch\":%d,\"steps\":%d,\"concurrency\":%d,\"rate\":%g,\"seconds\":%.3f,\"ok\":%d,"
       "\"requests_per_second\":%.2f,\"latency_ms\":{\"mean\":%.4f,\"p50\":%.4f,\"p90\":%.4f,\"p99\":%.4f,"
       "\"max\":%.4f},\"errors\":{%s}}",
-      o.connection.target, o.rpc, o.set_id, o.layers, o.input_size, o.hidden_size, o.batch, o.rpc == "run" ? o.steps : 1,
-      o.concurrency, o.rate, seconds, ok, requests_per_second, mean_ms, p50_ms, p90_ms, p99_ms, max_ms,
-      absl::StrJoin(errs, ","));
+      o.connection.target, o.rpc, o.set_id, o.layers, o.input_size, o.hidden_size, o.batch,
+      o.rpc == "run" ? o.steps : 1, o.concurrency, o.rate, seconds, ok, requests_per_second, mean_ms, p50_ms, p90_ms,
+      p99_ms, max_ms, absl::StrJoin(errs, ","));
 }
 
 std::string BenchReport::ToText(const BenchOptions& o) const {

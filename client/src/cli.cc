@@ -1,21 +1,22 @@
 // lstmserve-cli: a command-line client for lstmserve. See --help.
 #include <cstdio>
+#include <fstream>
 #include <iostream>
+#include <map>
+#include <optional>
 #include <sstream>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
-#include <fstream>
-#include <map>
-#include <optional>
 #include <google/protobuf/util/json_util.h>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_split.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+
 #include "analyze.h"
 #include "bench.h"
 #include "lstmserve/client/client.h"
@@ -47,7 +48,8 @@ ABSL_FLAG(std::string, weight_storage, "",
 ABSL_FLAG(std::string, weight_init, "",
           "create/analyze: the weights' initializer: a short name (kaiming_normal, xavier_uniform:GAIN, "
           "normal:STD, uniform:A:B, orthogonal, ...) or an Initializer as JSON, e.g. '{\"xavierUniform\":{}}'");
-ABSL_FLAG(int64_t, chain_layers, 0, "create/analyze: a chain of this many [--width, --width] weights instead of an LSTM");
+ABSL_FLAG(int64_t, chain_layers, 0,
+          "create/analyze: a chain of this many [--width, --width] weights instead of an LSTM");
 ABSL_FLAG(int64_t, width, 256, "create/analyze: the chain's width");
 ABSL_FLAG(std::string, activation, "relu", "analyze: the chain's activation: relu, leaky_relu, tanh, sigmoid, linear");
 ABSL_FLAG(uint64_t, probe_seed, 0, "analyze: seed of the N(0, 1) probe inputs");
@@ -161,7 +163,8 @@ void PrintSet(const v1::ParameterSet& set) {
                 static_cast<long long>(set.lstm().hidden_size()), set.lstm().bias() ? "true" : "false");
   }
   if (set.weight_storage() != v1::WEIGHT_STORAGE_UNSPECIFIED) {
-    std::printf("weights:   %s (inputs, states and math float32)\n", v1::WeightStorage_Name(set.weight_storage()).c_str());
+    std::printf("weights:   %s (inputs, states and math float32)\n",
+                v1::WeightStorage_Name(set.weight_storage()).c_str());
   }
   std::printf("tensors:\n");
   for (const auto& t : set.tensors()) {
@@ -175,7 +178,8 @@ void PrintState(const core::LstmState& state, const at::Tensor& outputs) {
     std::vector<std::string> c, h;
     for (const auto& t : state.c) c.push_back(TensorJson(t));
     for (const auto& t : state.h) h.push_back(TensorJson(t));
-    std::printf("{%s\"c\":[%s],\"h\":[%s]}\n", outputs.defined() ? ("\"outputs\":" + TensorJson(outputs) + ",").c_str() : "",
+    std::printf("{%s\"c\":[%s],\"h\":[%s]}\n",
+                outputs.defined() ? ("\"outputs\":" + TensorJson(outputs) + ",").c_str() : "",
                 absl::StrJoin(c, ",").c_str(), absl::StrJoin(h, ",").c_str());
     return;
   }
@@ -284,12 +288,14 @@ int Analyze(Client& client) {
   request.set_samples(absl::GetFlag(FLAGS_samples));
   request.set_steps(absl::GetFlag(FLAGS_analyze_steps));
   request.set_weight_storage_error(absl::GetFlag(FLAGS_weight_storage_error));
-  const std::map<std::string, v1::ChainActivation> activations = {
-      {"relu", v1::CHAIN_ACTIVATION_RELU}, {"leaky_relu", v1::CHAIN_ACTIVATION_LEAKY_RELU},
-      {"tanh", v1::CHAIN_ACTIVATION_TANH}, {"sigmoid", v1::CHAIN_ACTIVATION_SIGMOID},
-      {"linear", v1::CHAIN_ACTIVATION_LINEAR}};
+  const std::map<std::string, v1::ChainActivation> activations = {{"relu", v1::CHAIN_ACTIVATION_RELU},
+                                                                  {"leaky_relu", v1::CHAIN_ACTIVATION_LEAKY_RELU},
+                                                                  {"tanh", v1::CHAIN_ACTIVATION_TANH},
+                                                                  {"sigmoid", v1::CHAIN_ACTIVATION_SIGMOID},
+                                                                  {"linear", v1::CHAIN_ACTIVATION_LINEAR}};
   const auto activation = activations.find(absl::GetFlag(FLAGS_activation));
-  if (activation == activations.end()) core::UsageErrorExit("--activation is relu, leaky_relu, tanh, sigmoid or linear");
+  if (activation == activations.end())
+    core::UsageErrorExit("--activation is relu, leaky_relu, tanh, sigmoid or linear");
   request.set_activation(activation->second);
   // What to analyse: a stored set, or one spec per compared initializer.
   std::vector<std::pair<std::string, v1::AnalyzeParameterSetRequest>> runs;
@@ -413,8 +419,10 @@ int Main(const std::string& command) {
     auto set = client->Export(RequireId(), &meta);
     if (!set.ok()) return Fail(set.status());
     if (auto s = lstmserve::client::WriteTensorFile(absl::GetFlag(FLAGS_out), set->tensors); !s.ok()) return Fail(s);
-    if (!absl::GetFlag(FLAGS_json)) std::printf("wrote %zu tensors to %s\n", set->tensors.size(), absl::GetFlag(FLAGS_out).c_str());
-    else std::printf("%s\n", Json(meta).c_str());
+    if (!absl::GetFlag(FLAGS_json))
+      std::printf("wrote %zu tensors to %s\n", set->tensors.size(), absl::GetFlag(FLAGS_out).c_str());
+    else
+      std::printf("%s\n", Json(meta).c_str());
     return 0;
   }
   if (command == "import") {

@@ -7,10 +7,11 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/jit/serialization/pickle.h>
 
-#include "absl/strings/match.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+
 #include "lstmserve/core/status.h"
 #include "lstmserve/core/store.h"
 #include "lstmserve/wire/conversions.h"
@@ -85,9 +86,8 @@ absl::StatusOr<std::string> ReadText(const std::string& path, const char* flag) 
 
 }  // namespace
 
-absl::Status LoadClientSecurity(const std::string& ca_file, const std::string& cert_file,
-                                const std::string& key_file, const std::string& token_file,
-                                ClientOptions* options) {
+absl::Status LoadClientSecurity(const std::string& ca_file, const std::string& cert_file, const std::string& key_file,
+                                const std::string& token_file, ClientOptions* options) {
   if (cert_file.empty() != key_file.empty()) {
     return absl::InvalidArgumentError("--tls_cert_file and --tls_key_file go together");
   }
@@ -146,7 +146,8 @@ std::unique_ptr<grpc::ClientContext> Client::NewContext() const {
 
 absl::StatusOr<v1::AnalyzeParameterSetResponse> Client::Analyze(const v1::AnalyzeParameterSetRequest& request) {
   v1::AnalyzeParameterSetResponse response;
-  LSTMSERVE_RETURN_IF_ERROR(wire::FromGrpcStatus(parameters_->AnalyzeParameterSet(NewContext().get(), request, &response)));
+  LSTMSERVE_RETURN_IF_ERROR(
+      wire::FromGrpcStatus(parameters_->AnalyzeParameterSet(NewContext().get(), request, &response)));
   return response;
 }
 
@@ -155,7 +156,8 @@ absl::StatusOr<v1::ParameterSet> Client::Create(const v1::ParameterSetSpec& spec
   request.set_parameter_set_id(id);
   *request.mutable_spec() = spec;
   v1::CreateParameterSetResponse response;
-  LSTMSERVE_RETURN_IF_ERROR(wire::FromGrpcStatus(parameters_->CreateParameterSet(NewContext().get(), request, &response)));
+  LSTMSERVE_RETURN_IF_ERROR(
+      wire::FromGrpcStatus(parameters_->CreateParameterSet(NewContext().get(), request, &response)));
   return response.parameter_set();
 }
 
@@ -173,7 +175,8 @@ absl::StatusOr<std::vector<v1::ParameterSet>> Client::List(int page_size) {
   request.set_page_size(page_size);
   while (true) {
     v1::ListParameterSetsResponse response;
-    LSTMSERVE_RETURN_IF_ERROR(wire::FromGrpcStatus(parameters_->ListParameterSets(NewContext().get(), request, &response)));
+    LSTMSERVE_RETURN_IF_ERROR(
+        wire::FromGrpcStatus(parameters_->ListParameterSets(NewContext().get(), request, &response)));
     out.insert(out.end(), response.parameter_sets().begin(), response.parameter_sets().end());
     if (response.next_page_token().empty()) return out;
     request.set_page_token(response.next_page_token());
@@ -225,7 +228,8 @@ absl::StatusOr<core::ParameterSet> Client::Export(const std::string& id, v1::Par
       context->TryCancel();
       break;
     }
-    std::memcpy(static_cast<char*>(set.tensors[i].value.data_ptr()) + filled[i], chunk.data().data(), chunk.data().size());
+    std::memcpy(static_cast<char*>(set.tensors[i].value.data_ptr()) + filled[i], chunk.data().data(),
+                chunk.data().size());
     filled[i] += static_cast<int64_t>(chunk.data().size());
   }
   const absl::Status status = wire::FromGrpcStatus(reader->Finish());
@@ -237,7 +241,8 @@ absl::StatusOr<core::ParameterSet> Client::Export(const std::string& id, v1::Par
     }
   }
   if (core::ComputeChecksum(set) != meta.checksum()) {
-    return absl::DataLossError(absl::StrCat("exported data hashes to ", core::ComputeChecksum(set), ", not ", meta.checksum()));
+    return absl::DataLossError(
+        absl::StrCat("exported data hashes to ", core::ComputeChecksum(set), ", not ", meta.checksum()));
   }
   if (metadata != nullptr) *metadata = meta;
   return set;
@@ -356,10 +361,10 @@ absl::StatusOr<std::vector<core::NamedTensor>> ReadTensorFile(const std::string&
     return out;
   });
   if (!read.ok() && absl::IsInternal(read.status())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": not readable as a dict of tensors (", read.status().message(),
-        "). LibTorch 1.13's unpickler reads torch.save'd dicts of 2 or more tensors only; "
-        "for a single tensor, save it as .safetensors"));  // 2.x reads both
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": not readable as a dict of tensors (", read.status().message(),
+                     "). LibTorch 1.13's unpickler reads torch.save'd dicts of 2 or more tensors only; "
+                     "for a single tensor, save it as .safetensors"));  // 2.x reads both
   }
   return read;
 }

@@ -150,7 +150,9 @@ absl::StatusOr<BlasCoreChoice> ChooseOpenBlasCore(absl::string_view requested, c
   }
   choice.coretype = best == Family::kAvx512 ? "SkylakeX" : best == Family::kAvx2 ? "Haswell" : "Sandybridge";
   choice.reason = absl::StrCat("OpenBLAS had chosen ", running, ", whose kernels use narrower vectors than this CPU's ",
-                               best == Family::kAvx512 ? "AVX-512" : best == Family::kAvx2 ? "AVX2" : "AVX",
+                               best == Family::kAvx512 ? "AVX-512"
+                               : best == Family::kAvx2 ? "AVX2"
+                                                       : "AVX",
                                " (a CPU it does not know): set OPENBLAS_CORETYPE=", choice.coretype,
                                " (--blas_coretype=keep to leave it)");
   return choice;

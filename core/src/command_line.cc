@@ -7,8 +7,8 @@
 
 #include "absl/flags/commandlineflag.h"
 #include "absl/flags/reflection.h"
-#include "absl/strings/match.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 
@@ -30,8 +30,8 @@ void PrintHelp(absl::string_view usage, const std::vector<std::string>& own_flag
   }
   std::sort(flags.begin(), flags.end(), [](auto* a, auto* b) { return a->Name() < b->Name(); });
   for (const auto* flag : flags) {
-    std::printf("  --%s (%s)\n      default: %s\n", std::string(flag->Name()).c_str(),
-                flag->Help().c_str(), flag->DefaultValue().c_str());
+    std::printf("  --%s (%s)\n      default: %s\n", std::string(flag->Name()).c_str(), flag->Help().c_str(),
+                flag->DefaultValue().c_str());
   }
 }
 
@@ -69,8 +69,7 @@ void UsageErrorExit(absl::string_view message) {
 }
 
 ParsedCommandLine ParseCommandLineOrExit(int argc, char** argv, absl::string_view usage,
-                                         const std::vector<std::string>& own_flag_files,
-                                         int max_positional) {
+                                         const std::vector<std::string>& own_flag_files, int max_positional) {
   if (argc > 0) {
     program_name = argv[0];
     const auto slash = program_name.rfind('/');

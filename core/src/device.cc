@@ -19,8 +19,7 @@ absl::StatusOr<DType> ParseDType(absl::string_view name) {
   if (n == "float32" || n == "fp32" || n == "float") return DType::kFloat32;
   if (n == "float16" || n == "fp16" || n == "half") return DType::kFloat16;
   if (n == "bfloat16" || n == "bf16") return DType::kBFloat16;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown dtype '", name, "'; expected float32, float16 or bfloat16"));
+  return absl::InvalidArgumentError(absl::StrCat("unknown dtype '", name, "'; expected float32, float16 or bfloat16"));
 }
 
 absl::string_view DTypeName(DType dtype) {
@@ -50,9 +49,8 @@ absl::StatusOr<DType> FromScalarType(c10::ScalarType type) {
     case c10::kBFloat16: return DType::kBFloat16;
     case c10::kChar: return DType::kInt8;
     default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("unsupported tensor dtype ", c10::toString(type),
-                       "; expected float32, float16, bfloat16 or int8"));
+      return absl::InvalidArgumentError(absl::StrCat("unsupported tensor dtype ", c10::toString(type),
+                                                     "; expected float32, float16, bfloat16 or int8"));
   }
 }
 
@@ -76,22 +74,20 @@ absl::StatusOr<c10::Device> ResolveDevice(absl::string_view spec) {
   }
   absl::string_view rest = s;
   if (!absl::ConsumePrefix(&rest, "cuda")) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown device '", spec, "'; expected auto, cpu, cuda or cuda:N"));
+    return absl::InvalidArgumentError(absl::StrCat("unknown device '", spec, "'; expected auto, cpu, cuda or cuda:N"));
   }
   int index = 0;
   if (!rest.empty()) {
-    if (!absl::ConsumePrefix(&rest, ":") || !absl::SimpleAtoi(rest, &index) || index < 0 ||
-        index > 127) {
+    if (!absl::ConsumePrefix(&rest, ":") || !absl::SimpleAtoi(rest, &index) || index < 0 || index > 127) {
       return absl::InvalidArgumentError(
           absl::StrCat("malformed device '", spec, "'; expected cuda or cuda:N with N >= 0"));
     }
   }
   if (!at::hasCUDA()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "device '", spec,
-        "' requested, but this build of lstmserve has no CUDA (LibTorch is CPU-only or no "
-        "driver is present); use --device=cpu or a CUDA build"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("device '", spec,
+                     "' requested, but this build of lstmserve has no CUDA (LibTorch is CPU-only or no "
+                     "driver is present); use --device=cpu or a CUDA build"));
   }
   const int64_t gpus = static_cast<int64_t>(at::getNumGPUs());
   if (index >= gpus) {
@@ -115,7 +111,8 @@ absl::Status CheckDTypeOnDevice(DType dtype, const c10::Device& device) {
   if (dtype != DType::kFloat32 && !device.is_cuda()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "dtype ", DTypeName(dtype), " is supported on CUDA only; use float32 on ", DeviceName(device),
-        dtype == DType::kBFloat16 ? " (a float32 LSTM set can store its weights in bfloat16 there: weight_storage)" : ""));
+        dtype == DType::kBFloat16 ? " (a float32 LSTM set can store its weights in bfloat16 there: weight_storage)"
+                                  : ""));
   }
   return absl::OkStatus();
 }

@@ -10,6 +10,7 @@
 #endif
 
 #include "absl/strings/str_cat.h"
+
 #include "lstmserve/core/device.h"
 #include "lstmserve/core/status.h"
 

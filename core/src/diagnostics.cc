@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
+
 #include "lstmserve/core/status.h"
 
 namespace lstmserve::core {
@@ -28,8 +29,8 @@ absl::Status CheckOptions(const ProbeOptions& o, int64_t parameters, int64_t ste
   const double work = static_cast<double>(o.samples) * static_cast<double>(steps) * static_cast<double>(parameters);
   if (work > static_cast<double>(o.max_work)) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "the probe would take ", static_cast<int64_t>(work), " multiply-adds (samples ", o.samples, " x steps ",
-        steps, " x ", parameters, " parameters); the limit is ", o.max_work, ": use fewer samples or steps"));
+        "the probe would take ", static_cast<int64_t>(work), " multiply-adds (samples ", o.samples, " x steps ", steps,
+        " x ", parameters, " parameters); the limit is ", o.max_work, ": use fewer samples or steps"));
   }
   return absl::OkStatus();
 }
@@ -117,8 +118,9 @@ absl::StatusOr<std::vector<LstmLayerStats>> AnalyzeLstm(const StackedLstm& lstm,
         s.sigmoid_saturated += (sig.abs() > kSigmoidEdge).to(at::kDouble).mean().item<double>();
         c[l] = at::sigmoid(gates[1]) * c[l] + at::sigmoid(gates[0]) * at::tanh(gates[3]);
         h[l] = at::sigmoid(gates[2]) * at::tanh(c[l]);
-        const double tanh_out = ((gates[3].abs() > kTanhEdge).to(at::kDouble).sum() +
-                                 (c[l].abs() > kTanhEdge).to(at::kDouble).sum()).item<double>();
+        const double tanh_out =
+            ((gates[3].abs() > kTanhEdge).to(at::kDouble).sum() + (c[l].abs() > kTanhEdge).to(at::kDouble).sum())
+                .item<double>();
         s.tanh_saturated += tanh_out / static_cast<double>(2 * batch * hidden);
         s.c_variance += Var(c[l]);
         s.h_variance += Var(h[l]);
@@ -159,8 +161,8 @@ absl::StatusOr<std::vector<ChainLayerStats>> AnalyzeChain(const std::vector<Name
   for (const auto& named : weights) {
     const at::Tensor& w = named.value;
     if (w.dim() != 2) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", named.name, "' is ", w.dim(),
-                                                     "-D; a chain takes 2-D weights"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", named.name, "' is ", w.dim(), "-D; a chain takes 2-D weights"));
     }
     const bool out_in_fits = width < 0 || w.size(1) == width;
     const bool in_out_fits = width < 0 || w.size(0) == width;

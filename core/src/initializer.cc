@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+
 #include "lstmserve/core/status.h"
 #include "lstmserve/core/threads.h"
 
@@ -55,8 +56,8 @@ constexpr std::pair<Nonlinearity, absl::string_view> kNonlinearityNames[] = {
 };
 
 template <typename Enum, size_t N>
-absl::StatusOr<Enum> ParseName(const std::pair<Enum, absl::string_view> (&table)[N],
-                               absl::string_view name, absl::string_view what) {
+absl::StatusOr<Enum> ParseName(const std::pair<Enum, absl::string_view> (&table)[N], absl::string_view name,
+                               absl::string_view what) {
   std::string n = absl::AsciiStrToLower(absl::StripAsciiWhitespace(name));
   if (!n.empty() && n.back() == '_') n.pop_back();  // accept torch's "kaiming_normal_"
   for (const auto& [value, text] : table) {
@@ -64,8 +65,8 @@ absl::StatusOr<Enum> ParseName(const std::pair<Enum, absl::string_view> (&table)
   }
   std::vector<absl::string_view> known;
   for (const auto& entry : table) known.push_back(entry.second);
-  return absl::InvalidArgumentError(absl::StrCat("unknown ", what, " '", name,
-                                                 "'; expected one of ", absl::StrJoin(known, ", ")));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown ", what, " '", name, "'; expected one of ", absl::StrJoin(known, ", ")));
 }
 
 template <typename Enum, size_t N>
@@ -80,8 +81,8 @@ absl::string_view NameOf(const std::pair<Enum, absl::string_view> (&table)[N], E
 double NormCdf(double x) { return (1. + std::erf(x / std::sqrt(2.))) / 2.; }
 
 bool NeedsFans(InitKind kind) {
-  return kind == InitKind::kXavierUniform || kind == InitKind::kXavierNormal ||
-         kind == InitKind::kKaimingUniform || kind == InitKind::kKaimingNormal;
+  return kind == InitKind::kXavierUniform || kind == InitKind::kXavierNormal || kind == InitKind::kKaimingUniform ||
+         kind == InitKind::kKaimingNormal;
 }
 
 // Every parameter must be finite and at most 1e30 in magnitude: the draws are float32
@@ -134,9 +135,7 @@ class SingleThreadedLinearAlgebra {
   int saved_mkl_ = 0;
 };
 
-int64_t Fan(const Fans& fans, FanMode mode) {
-  return mode == FanMode::kFanIn ? fans.fan_in : fans.fan_out;
-}
+int64_t Fan(const Fans& fans, FanMode mode) { return mode == FanMode::kFanIn ? fans.fan_in : fans.fan_out; }
 
 }  // namespace
 
@@ -228,14 +227,10 @@ Initializer Initializer::Sparse(double sparsity, double std) {
   i.std = std;
   return i;
 }
-Initializer Initializer::DefaultWeight() {
-  return KaimingNormal(0.0, FanMode::kFanIn, Nonlinearity::kRelu);
-}
+Initializer Initializer::DefaultWeight() { return KaimingNormal(0.0, FanMode::kFanIn, Nonlinearity::kRelu); }
 Initializer Initializer::DefaultBias() { return Constant(0.0); }
 
-absl::StatusOr<InitKind> ParseInitKind(absl::string_view name) {
-  return ParseName(kInitNames, name, "initializer");
-}
+absl::StatusOr<InitKind> ParseInitKind(absl::string_view name) { return ParseName(kInitNames, name, "initializer"); }
 absl::string_view InitKindName(InitKind kind) { return NameOf(kInitNames, kind); }
 absl::StatusOr<Nonlinearity> ParseNonlinearity(absl::string_view name) {
   return ParseName(kNonlinearityNames, name, "nonlinearity");
@@ -246,22 +241,16 @@ absl::StatusOr<FanMode> ParseFanMode(absl::string_view name) {
   const std::string n = absl::AsciiStrToLower(name);
   if (n == "fan_in") return FanMode::kFanIn;
   if (n == "fan_out") return FanMode::kFanOut;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown fan mode '", name, "'; expected fan_in or fan_out"));
+  return absl::InvalidArgumentError(absl::StrCat("unknown fan mode '", name, "'; expected fan_in or fan_out"));
 }
-absl::string_view FanModeName(FanMode mode) {
-  return mode == FanMode::kFanIn ? "fan_in" : "fan_out";
-}
+absl::string_view FanModeName(FanMode mode) { return mode == FanMode::kFanIn ? "fan_in" : "fan_out"; }
 absl::StatusOr<FanConvention> ParseFanConvention(absl::string_view name) {
   const std::string n = absl::AsciiStrToLower(name);
   if (n == "torch") return FanConvention::kTorch;
   if (n == "matmul") return FanConvention::kMatmul;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown fan convention '", name, "'; expected torch or matmul"));
+  return absl::InvalidArgumentError(absl::StrCat("unknown fan convention '", name, "'; expected torch or matmul"));
 }
-absl::string_view FanConventionName(FanConvention c) {
-  return c == FanConvention::kTorch ? "torch" : "matmul";
-}
+absl::string_view FanConventionName(FanConvention c) { return c == FanConvention::kTorch ? "torch" : "matmul"; }
 
 double CalculateGain(Nonlinearity nonlinearity, std::optional<double> param) {
   switch (nonlinearity) {
@@ -272,33 +261,29 @@ double CalculateGain(Nonlinearity nonlinearity, std::optional<double> param) {
     case Nonlinearity::kConvTranspose1d:
     case Nonlinearity::kConvTranspose2d:
     case Nonlinearity::kConvTranspose3d:
-    case Nonlinearity::kSigmoid:
-      return 1.0;
-    case Nonlinearity::kTanh:
-      return 5.0 / 3;
-    case Nonlinearity::kRelu:
-      return std::sqrt(2.0);
+    case Nonlinearity::kSigmoid: return 1.0;
+    case Nonlinearity::kTanh: return 5.0 / 3;
+    case Nonlinearity::kRelu: return std::sqrt(2.0);
     case Nonlinearity::kLeakyRelu: {
       const double slope = param.value_or(0.01);
       return std::sqrt(2.0 / (1 + std::pow(slope, 2.0)));
     }
-    case Nonlinearity::kSelu:
-      return 3.0 / 4;
+    case Nonlinearity::kSelu: return 3.0 / 4;
   }
   return 1.0;
 }
 
 absl::StatusOr<Fans> ComputeFans(absl::Span<const int64_t> shape, FanConvention convention) {
   if (shape.size() < 2) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "fan_in and fan_out need a tensor of at least 2 dimensions, got ", shape.size(),
-        " (use uniform, normal, constant or trunc_normal for biases)"));
+    return absl::InvalidArgumentError(absl::StrCat("fan_in and fan_out need a tensor of at least 2 dimensions, got ",
+                                                   shape.size(),
+                                                   " (use uniform, normal, constant or trunc_normal for biases)"));
   }
   int64_t receptive = 1;
   for (size_t d = 0; d < shape.size(); ++d) {
     if (shape[d] <= 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "fan of 0: dimension ", d, " has size ", shape[d], "; every size must be >= 1"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("fan of 0: dimension ", d, " has size ", shape[d], "; every size must be >= 1"));
     }
     if (d >= 2 && __builtin_mul_overflow(receptive, shape[d], &receptive)) {
       return absl::InvalidArgumentError("receptive field size overflows int64");
@@ -307,39 +292,32 @@ absl::StatusOr<Fans> ComputeFans(absl::Span<const int64_t> shape, FanConvention 
   const int64_t rows = convention == FanConvention::kTorch ? shape[1] : shape[0];
   const int64_t cols = convention == FanConvention::kTorch ? shape[0] : shape[1];
   Fans fans;
-  if (__builtin_mul_overflow(rows, receptive, &fans.fan_in) ||
-      __builtin_mul_overflow(cols, receptive, &fans.fan_out)) {
+  if (__builtin_mul_overflow(rows, receptive, &fans.fan_in) || __builtin_mul_overflow(cols, receptive, &fans.fan_out)) {
     return absl::InvalidArgumentError("fan overflows int64");
   }
   return fans;
 }
 
-absl::Status ValidateInitializer(const Initializer& init, absl::Span<const int64_t> shape,
-                                 FanConvention convention) {
+absl::Status ValidateInitializer(const Initializer& init, absl::Span<const int64_t> shape, FanConvention convention) {
   const absl::string_view name = InitKindName(init.kind);
   switch (init.kind) {
     case InitKind::kUniform:
       LSTMSERVE_RETURN_IF_ERROR(CheckFinite(init.low, "a", init));
       LSTMSERVE_RETURN_IF_ERROR(CheckFinite(init.high, "b", init));
       if (init.low > init.high) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "uniform: a must be <= b, got a=", init.low, " b=", init.high));
+        return absl::InvalidArgumentError(absl::StrCat("uniform: a must be <= b, got a=", init.low, " b=", init.high));
       }
       break;
     case InitKind::kNormal:
       LSTMSERVE_RETURN_IF_ERROR(CheckFinite(init.mean, "mean", init));
       LSTMSERVE_RETURN_IF_ERROR(CheckFinite(init.std, "std", init));
       if (init.std < 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("normal: std must be >= 0, got ", init.std));
+        return absl::InvalidArgumentError(absl::StrCat("normal: std must be >= 0, got ", init.std));
       }
       break;
-    case InitKind::kConstant:
-      LSTMSERVE_RETURN_IF_ERROR(CheckFinite(init.value, "value", init));
-      break;
+    case InitKind::kConstant: LSTMSERVE_RETURN_IF_ERROR(CheckFinite(init.value, "value", init)); break;
     case InitKind::kZeros:
-    case InitKind::kOnes:
-      break;
+    case InitKind::kOnes: break;
     case InitKind::kXavierUniform:
     case InitKind::kXavierNormal:
       LSTMSERVE_RETURN_IF_ERROR(CheckFinite(init.gain, "gain", init));
@@ -349,9 +327,7 @@ absl::Status ValidateInitializer(const Initializer& init, absl::Span<const int64
         return absl::InvalidArgumentError(absl::StrCat(name, ": gain must be >= 0, got ", init.gain));
       }
       break;
-    case InitKind::kOrthogonal:
-      LSTMSERVE_RETURN_IF_ERROR(CheckFinite(init.gain, "gain", init));
-      break;
+    case InitKind::kOrthogonal: LSTMSERVE_RETURN_IF_ERROR(CheckFinite(init.gain, "gain", init)); break;
     case InitKind::kKaimingUniform:
     case InitKind::kKaimingNormal:
       LSTMSERVE_RETURN_IF_ERROR(CheckFinite(init.negative_slope, "a (negative slope)", init));
@@ -362,12 +338,11 @@ absl::Status ValidateInitializer(const Initializer& init, absl::Span<const int64
       LSTMSERVE_RETURN_IF_ERROR(CheckFinite(init.low, "a", init));
       LSTMSERVE_RETURN_IF_ERROR(CheckFinite(init.high, "b", init));
       if (init.std <= 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("trunc_normal: std must be > 0, got ", init.std));
+        return absl::InvalidArgumentError(absl::StrCat("trunc_normal: std must be > 0, got ", init.std));
       }
       if (init.low >= init.high) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "trunc_normal: a must be < b, got a=", init.low, " b=", init.high));
+        return absl::InvalidArgumentError(
+            absl::StrCat("trunc_normal: a must be < b, got a=", init.low, " b=", init.high));
       }
       break;
     case InitKind::kEye:
@@ -381,16 +356,16 @@ absl::Status ValidateInitializer(const Initializer& init, absl::Span<const int64
             absl::StrCat("dirac needs a tensor of 3, 4 or 5 dimensions, got ", shape.size()));
       }
       if (init.groups < 1 || shape[0] % init.groups != 0) {
-        return absl::InvalidArgumentError(absl::StrCat("dirac: groups must be >= 1 and divide size(0) = ", shape[0],
-                                                       ", got ", init.groups));
+        return absl::InvalidArgumentError(
+            absl::StrCat("dirac: groups must be >= 1 and divide size(0) = ", shape[0], ", got ", init.groups));
       }
       break;
     case InitKind::kSparse:
       LSTMSERVE_RETURN_IF_ERROR(CheckFinite(init.std, "std", init));
       if (init.std < 0) return absl::InvalidArgumentError(absl::StrCat("sparse: std must be >= 0, got ", init.std));
       if (!(init.sparsity >= 0 && init.sparsity <= 1)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("sparse: sparsity (the fraction of each column zeroed) must be in [0, 1], got ", init.sparsity));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "sparse: sparsity (the fraction of each column zeroed) must be in [0, 1], got ", init.sparsity));
       }
       if (shape.size() != 2) {
         return absl::InvalidArgumentError(absl::StrCat("sparse needs a tensor of 2 dimensions, got ", shape.size()));
@@ -398,8 +373,8 @@ absl::Status ValidateInitializer(const Initializer& init, absl::Span<const int64
       break;
   }
   if (init.kind == InitKind::kOrthogonal && shape.size() < 2) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "orthogonal needs a tensor of at least 2 dimensions, got ", shape.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("orthogonal needs a tensor of at least 2 dimensions, got ", shape.size()));
   }
   if (NeedsFans(init.kind)) {
     auto fans = ComputeFans(shape, convention);
@@ -410,8 +385,8 @@ absl::Status ValidateInitializer(const Initializer& init, absl::Span<const int64
   return absl::OkStatus();
 }
 
-absl::Status ApplyInitializer(at::Tensor& tensor, const Initializer& init,
-                              FanConvention convention, at::Generator& generator) {
+absl::Status ApplyInitializer(at::Tensor& tensor, const Initializer& init, FanConvention convention,
+                              at::Generator& generator) {
   const std::vector<int64_t> shape = tensor.sizes().vec();
   LSTMSERVE_RETURN_IF_ERROR(ValidateInitializer(init, shape, convention));
   if (tensor.scalar_type() != at::kFloat || !tensor.device().is_cpu() || !tensor.is_contiguous()) {
@@ -421,26 +396,15 @@ absl::Status ApplyInitializer(at::Tensor& tensor, const Initializer& init,
     c10::NoGradGuard no_grad;
     // Each branch repeats torch/nn/init.py (1.13) operation for operation, in double.
     switch (init.kind) {
-      case InitKind::kUniform:
-        tensor.uniform_(init.low, init.high, generator);
-        break;
-      case InitKind::kNormal:
-        tensor.normal_(init.mean, init.std, generator);
-        break;
-      case InitKind::kConstant:
-        tensor.fill_(init.value);
-        break;
-      case InitKind::kZeros:
-        tensor.zero_();
-        break;
-      case InitKind::kOnes:
-        tensor.fill_(1);
-        break;
+      case InitKind::kUniform: tensor.uniform_(init.low, init.high, generator); break;
+      case InitKind::kNormal: tensor.normal_(init.mean, init.std, generator); break;
+      case InitKind::kConstant: tensor.fill_(init.value); break;
+      case InitKind::kZeros: tensor.zero_(); break;
+      case InitKind::kOnes: tensor.fill_(1); break;
       case InitKind::kXavierUniform:
       case InitKind::kXavierNormal: {
         const Fans fans = *ComputeFans(shape, convention);
-        const double std =
-            init.gain * std::sqrt(2.0 / static_cast<double>(fans.fan_in + fans.fan_out));
+        const double std = init.gain * std::sqrt(2.0 / static_cast<double>(fans.fan_in + fans.fan_out));
         if (init.kind == InitKind::kXavierUniform) {
           const double a = std::sqrt(3.0) * std;
           tensor.uniform_(-a, a, generator);
@@ -489,9 +453,7 @@ absl::Status ApplyInitializer(at::Tensor& tensor, const Initializer& init,
         tensor.clamp_(init.low, init.high);
         break;
       }
-      case InitKind::kEye:
-        at::eye_out(tensor, shape[0], shape[1]);
-        break;
+      case InitKind::kEye: at::eye_out(tensor, shape[0], shape[1]); break;
       case InitKind::kDirac: {
         // tensor[g * per_group + d, d, k2 / 2, (k3 / 2, (k4 / 2))] = 1, all else 0.
         tensor.zero_();
@@ -532,32 +494,23 @@ absl::Status ApplyInitializer(at::Tensor& tensor, const Initializer& init,
 std::string DescribeInitializer(const Initializer& init) {
   const absl::string_view name = InitKindName(init.kind);
   switch (init.kind) {
-    case InitKind::kUniform:
-      return absl::StrFormat("%s(a=%g, b=%g)", name, init.low, init.high);
-    case InitKind::kNormal:
-      return absl::StrFormat("%s(mean=%g, std=%g)", name, init.mean, init.std);
-    case InitKind::kConstant:
-      return absl::StrFormat("%s(value=%g)", name, init.value);
+    case InitKind::kUniform: return absl::StrFormat("%s(a=%g, b=%g)", name, init.low, init.high);
+    case InitKind::kNormal: return absl::StrFormat("%s(mean=%g, std=%g)", name, init.mean, init.std);
+    case InitKind::kConstant: return absl::StrFormat("%s(value=%g)", name, init.value);
     case InitKind::kZeros:
-    case InitKind::kOnes:
-      return std::string(name);
+    case InitKind::kOnes: return std::string(name);
     case InitKind::kXavierUniform:
     case InitKind::kXavierNormal:
-    case InitKind::kOrthogonal:
-      return absl::StrFormat("%s(gain=%g)", name, init.gain);
+    case InitKind::kOrthogonal: return absl::StrFormat("%s(gain=%g)", name, init.gain);
     case InitKind::kKaimingUniform:
     case InitKind::kKaimingNormal:
-      return absl::StrFormat("%s(a=%g, mode=%s, nonlinearity=%s)", name, init.negative_slope,
-                             FanModeName(init.mode), NonlinearityName(init.nonlinearity));
+      return absl::StrFormat("%s(a=%g, mode=%s, nonlinearity=%s)", name, init.negative_slope, FanModeName(init.mode),
+                             NonlinearityName(init.nonlinearity));
     case InitKind::kTruncNormal:
-      return absl::StrFormat("%s(mean=%g, std=%g, a=%g, b=%g)", name, init.mean, init.std,
-                             init.low, init.high);
-    case InitKind::kEye:
-      return std::string(name);
-    case InitKind::kDirac:
-      return absl::StrFormat("%s(groups=%d)", name, init.groups);
-    case InitKind::kSparse:
-      return absl::StrFormat("%s(sparsity=%g, std=%g)", name, init.sparsity, init.std);
+      return absl::StrFormat("%s(mean=%g, std=%g, a=%g, b=%g)", name, init.mean, init.std, init.low, init.high);
+    case InitKind::kEye: return std::string(name);
+    case InitKind::kDirac: return absl::StrFormat("%s(groups=%d)", name, init.groups);
+    case InitKind::kSparse: return absl::StrFormat("%s(sparsity=%g, std=%g)", name, init.sparsity, init.std);
   }
   return std::string(name);
 }

@@ -1,9 +1,10 @@
 #include "lstm_kernels.h"
-#include "small_gemm.h"
 
 #include <algorithm>
 #include <cstring>
 #include <vector>
+
+#include "small_gemm.h"
 
 // Each exported kernel is compiled three times, for x86-64-v4 (AVX-512), x86-64-v3 (AVX2 +
 // FMA) and the baseline; the loader picks the best clone for the machine (GCC function
@@ -45,8 +46,8 @@ inline float Tanh(float x) { return 2.0f / (1.0f + Exp(-2.0f * x)) - 1.0f; }
 }  // namespace
 
 LSTMSERVE_MULTIVERSION
-void SmallGemm(const float* a, int64_t lda, const float* w, int64_t ldw, int64_t k, int64_t n, float* out,
-               int64_t ldo, int64_t rows, bool accumulate) {
+void SmallGemm(const float* a, int64_t lda, const float* w, int64_t ldw, int64_t k, int64_t n, float* out, int64_t ldo,
+               int64_t rows, bool accumulate) {
   SmallGemmT<PortableLoad>(a, lda, w, ldw, k, n, out, ldo, rows, accumulate);
 }
 
@@ -103,8 +104,8 @@ void Int8Sums(const float* a, int64_t lda, const int8_t* w, int64_t ldw, int64_t
 using Int8SumsFn = void (*)(const float*, int64_t, const int8_t*, int64_t, int64_t, int64_t, float*, int64_t);
 
 // The integer-weighted sums first (with `sums_fn`), then one multiply by the column's scale.
-void ScaledInt8Gemm(Int8SumsFn sums_fn, const float* a, int64_t lda, const int8_t* w, const float* scale,
-                    int64_t ldw, int64_t k, int64_t n, float* out, int64_t ldo, int64_t rows, bool accumulate) {
+void ScaledInt8Gemm(Int8SumsFn sums_fn, const float* a, int64_t lda, const int8_t* w, const float* scale, int64_t ldw,
+                    int64_t k, int64_t n, float* out, int64_t ldo, int64_t rows, bool accumulate) {
   thread_local std::vector<float> sums;
   sums.assign(static_cast<size_t>(rows * n), 0.0f);
   sums_fn(a, lda, w, ldw, k, n, sums.data(), rows);
@@ -113,8 +114,8 @@ void ScaledInt8Gemm(Int8SumsFn sums_fn, const float* a, int64_t lda, const int8_
 
 }  // namespace
 
-void SmallGemmInt8(const float* a, int64_t lda, const int8_t* w, const float* scale, int64_t ldw, int64_t k,
-                   int64_t n, float* out, int64_t ldo, int64_t rows, bool accumulate) {
+void SmallGemmInt8(const float* a, int64_t lda, const int8_t* w, const float* scale, int64_t ldw, int64_t k, int64_t n,
+                   float* out, int64_t ldo, int64_t rows, bool accumulate) {
 #ifdef LSTMSERVE_REDUCED_AVX512
   const Int8SumsFn sums_fn = HasAvx512() ? &Int8SumsAvx512 : &Int8Sums;
 #else
@@ -179,8 +180,8 @@ void PackBf16(const uint16_t* w, int64_t ldw, int64_t k, int64_t n, uint16_t* pa
 }
 
 LSTMSERVE_MULTIVERSION
-void LstmGates(const float* __restrict gates, const float* __restrict bias, float* __restrict c,
-               bool c_is_zero, float* __restrict h_out, int64_t rows, int64_t h) {
+void LstmGates(const float* __restrict gates, const float* __restrict bias, float* __restrict c, bool c_is_zero,
+               float* __restrict h_out, int64_t rows, int64_t h) {
   // One pass per row; __restrict and a single in/out c keep GCC from versioning the loop
   // on 11 possibly aliasing streams (it then refuses to vectorise).
   for (int64_t r = 0; r < rows; ++r) {

@@ -11,8 +11,8 @@ namespace lstmserve::core::kernels {
 // stride ldo. Meant for few rows (a batch of 1 to 8): it streams w once per block of 4
 // rows, in column tiles that keep the block's outputs in L1. Callers split columns across
 // threads.
-void SmallGemm(const float* a, int64_t lda, const float* w, int64_t ldw, int64_t k, int64_t n, float* out,
-               int64_t ldo, int64_t rows, bool accumulate);
+void SmallGemm(const float* a, int64_t lda, const float* w, int64_t ldw, int64_t k, int64_t n, float* out, int64_t ldo,
+               int64_t rows, bool accumulate);
 
 // SmallGemm with w in reduced storage, accumulating in float32:
 //  - bfloat16 (its bits as uint16): out (=|+=) a @ float32(w);
@@ -20,8 +20,8 @@ void SmallGemm(const float* a, int64_t lda, const float* w, int64_t ldw, int64_t
 //    points at the scale of w's first column.
 void SmallGemmBf16(const float* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k, int64_t n, float* out,
                    int64_t ldo, int64_t rows, bool accumulate);
-void SmallGemmInt8(const float* a, int64_t lda, const int8_t* w, const float* scale, int64_t ldw, int64_t k,
-                   int64_t n, float* out, int64_t ldo, int64_t rows, bool accumulate);
+void SmallGemmInt8(const float* a, int64_t lda, const int8_t* w, const float* scale, int64_t ldw, int64_t k, int64_t n,
+                   float* out, int64_t ldo, int64_t rows, bool accumulate);
 
 // The AVX-512 builds of SmallGemmBf16 and of SmallGemmInt8's loop (sums[rows, n] += a @ w,
 // unscaled), in lstm_kernels_avx512.cc: x86-64 with GCC only (LSTMSERVE_REDUCED_AVX512), to
@@ -32,8 +32,8 @@ void SmallGemmBf16Portable(const float* a, int64_t lda, const uint16_t* w, int64
                            float* out, int64_t ldo, int64_t rows, bool accumulate);
 void SmallGemmInt8Portable(const float* a, int64_t lda, const int8_t* w, const float* scale, int64_t ldw, int64_t k,
                            int64_t n, float* out, int64_t ldo, int64_t rows, bool accumulate);
-void SmallGemmBf16Avx512(const float* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k, int64_t n,
-                         float* out, int64_t ldo, int64_t rows, bool accumulate);
+void SmallGemmBf16Avx512(const float* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k, int64_t n, float* out,
+                         int64_t ldo, int64_t rows, bool accumulate);
 void Int8SumsAvx512(const float* a, int64_t lda, const int8_t* w, int64_t ldw, int64_t k, int64_t n, float* sums,
                     int64_t rows);
 
@@ -56,7 +56,9 @@ constexpr int64_t kBf16Group = 2;
 constexpr int64_t kMaxPackedInt8K = 65536;
 inline int64_t Panels(int64_t n) { return (n + kPanelColumns - 1) / kPanelColumns; }
 inline int64_t RowStride(int64_t k, int64_t group) { return (k + group - 1) / group * group; }
-inline int64_t PackedElements(int64_t k, int64_t n, int64_t group) { return Panels(n) * RowStride(k, group) * kPanelColumns; }
+inline int64_t PackedElements(int64_t k, int64_t n, int64_t group) {
+  return Panels(n) * RowStride(k, group) * kPanelColumns;
+}
 // w [k, n] with row stride ldw into packed[PackedElements(k, n, G)]; PackInt8 also writes
 // column_sums[n] = sum over k of w[:, j] (the kernel's correction for its unsigned activations).
 void PackInt8(const int8_t* w, int64_t ldw, int64_t k, int64_t n, int8_t* packed, int32_t* column_sums);
@@ -69,8 +71,8 @@ void PackBf16(const uint16_t* w, int64_t ldw, int64_t k, int64_t n, uint16_t* pa
 // row terms * r: qh + 128 (then ql + 128; unsigned, for vpdpbusd), the rest of each row's
 // stride 128; row_scale[terms * r] = s (then s_lo). A row of zeros gets scales 0; a row with
 // a NaN or an infinity gets scales NaN (its outputs are NaN, as they would be in float32).
-void QuantizeRowsInt8Avx512(const float* a, int64_t lda, int64_t rows, int64_t k, int terms, uint8_t* q,
-                            int64_t ldq, float* row_scale);
+void QuantizeRowsInt8Avx512(const float* a, int64_t lda, int64_t rows, int64_t k, int terms, uint8_t* q, int64_t ldq,
+                            float* row_scale);
 // q[r, i] = bf16(a[r, i]), round to nearest even; the rest of the row's stride 0.
 void RoundRowsBf16Avx512(const float* a, int64_t lda, int64_t rows, int64_t k, uint16_t* q, int64_t ldq);
 // For the panels [p0, p1) (columns 16 p0 .. min(n, 16 p1)) and every row r < rows:
@@ -90,8 +92,7 @@ void Bf16GemmPackedAvx512(const uint16_t* q, int64_t ldq, int64_t rows, const ui
 //   the set has none); c [rows, h] is read (unless c_is_zero) and overwritten with the new
 //   c; h_out [rows, h] gets the new h. No argument may overlap another.
 //   Max abs error against exact math is ~3e-7.
-void LstmGates(const float* gates, const float* bias, float* c, bool c_is_zero, float* h_out,
-               int64_t rows, int64_t h);
+void LstmGates(const float* gates, const float* bias, float* c, bool c_is_zero, float* h_out, int64_t rows, int64_t h);
 
 // Vectorisable sigmoid and tanh over arrays, exposed for tests.
 void SigmoidArray(const float* x, float* y, int64_t n);

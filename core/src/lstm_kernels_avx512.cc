@@ -32,8 +32,8 @@ struct Bf16Avx512Load {
 
 }  // namespace
 
-void SmallGemmBf16Avx512(const float* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k, int64_t n,
-                         float* out, int64_t ldo, int64_t rows, bool accumulate) {
+void SmallGemmBf16Avx512(const float* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k, int64_t n, float* out,
+                         int64_t ldo, int64_t rows, bool accumulate) {
   SmallGemmT<Bf16Avx512Load>(a, lda, w, ldw, k, n, out, ldo, rows, accumulate);
 }
 

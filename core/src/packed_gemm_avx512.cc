@@ -74,8 +74,8 @@ inline __attribute__((always_inline)) void Accumulate(const uint8_t* q, int64_t 
 // panels; each output row gets (s * acc[hi] (+ s_lo * acc[lo])) * column_scale.
 template <int TERMS, int MP, int NB>
 void Int8Tile(const uint8_t* q, int64_t ldq, const float* row_scale, const int8_t* panels, int64_t panel_bytes,
-              int64_t groups, const int32_t* column_sums, const float* column_scale, int64_t j0, int64_t n,
-              float* out, int64_t ldo, bool accumulate) {
+              int64_t groups, const int32_t* column_sums, const float* column_scale, int64_t j0, int64_t n, float* out,
+              int64_t ldo, bool accumulate) {
   __m512i acc[TERMS * MP][NB];
   Accumulate<Int8Dot>(q, ldq, reinterpret_cast<const uint8_t*>(panels), panel_bytes, groups, acc);
   // q holds x / s + 128 as unsigned bytes: subtract 128 * (the column's sum of weights).
@@ -126,12 +126,13 @@ using Int8TileFn = void (*)(const uint8_t*, int64_t, const float*, const int8_t*
 using Bf16TileFn = void (*)(const uint16_t*, int64_t, const uint16_t*, int64_t, int64_t, int64_t, int64_t, float*,
                             int64_t, bool);
 
-#define LSTMSERVE_TILE_ROW(T, r) {&T<r, 1>, &T<r, 2>, &T<r, 3>, &T<r, 4>}
+#define LSTMSERVE_TILE_ROW(T, r) \
+  { &T<r, 1>, &T<r, 2>, &T<r, 3>, &T<r, 4> }
 #define LSTMSERVE_INT8_ROW(terms, r) \
-  {&Int8Tile<terms, r, 1>, &Int8Tile<terms, r, 2>, &Int8Tile<terms, r, 3>, &Int8Tile<terms, r, 4>}
-constexpr Int8TileFn kInt8Tiles1[kRowsPerTile][kPanelsPerTile] = {
-    LSTMSERVE_INT8_ROW(1, 1), LSTMSERVE_INT8_ROW(1, 2), LSTMSERVE_INT8_ROW(1, 3),
-    LSTMSERVE_INT8_ROW(1, 4), LSTMSERVE_INT8_ROW(1, 5), LSTMSERVE_INT8_ROW(1, 6)};
+  { &Int8Tile<terms, r, 1>, &Int8Tile<terms, r, 2>, &Int8Tile<terms, r, 3>, &Int8Tile<terms, r, 4> }
+constexpr Int8TileFn kInt8Tiles1[kRowsPerTile][kPanelsPerTile] = {LSTMSERVE_INT8_ROW(1, 1), LSTMSERVE_INT8_ROW(1, 2),
+                                                                  LSTMSERVE_INT8_ROW(1, 3), LSTMSERVE_INT8_ROW(1, 4),
+                                                                  LSTMSERVE_INT8_ROW(1, 5), LSTMSERVE_INT8_ROW(1, 6)};
 constexpr Int8TileFn kInt8Tiles2[kRowsPerTile / 2][kPanelsPerTile] = {
     LSTMSERVE_INT8_ROW(2, 1), LSTMSERVE_INT8_ROW(2, 2), LSTMSERVE_INT8_ROW(2, 3)};
 #undef LSTMSERVE_INT8_ROW
@@ -151,8 +152,8 @@ bool RowIsFinite(const float* x, int64_t k) {
 
 }  // namespace
 
-void QuantizeRowsInt8Avx512(const float* a, int64_t lda, int64_t rows, int64_t k, int terms, uint8_t* q,
-                            int64_t ldq, float* row_scale) {
+void QuantizeRowsInt8Avx512(const float* a, int64_t lda, int64_t rows, int64_t k, int terms, uint8_t* q, int64_t ldq,
+                            float* row_scale) {
   const __m512i offset = _mm512_set1_epi32(128), low = _mm512_set1_epi32(-127), high = _mm512_set1_epi32(127);
   for (int64_t r = 0; r < rows; ++r) {
     const float* x = a + r * lda;
@@ -218,8 +219,8 @@ void Int8GemmPackedAvx512(const uint8_t* q, int64_t ldq, const float* row_scale,
     for (int64_t r = 0; r < rows; r += tile_rows) {
       const int64_t mp = std::min<int64_t>(tile_rows, rows - r);
       const Int8TileFn tile = terms == 1 ? kInt8Tiles1[mp - 1][nb - 1] : kInt8Tiles2[mp - 1][nb - 1];
-      tile(q + terms * r * ldq, ldq, row_scale + terms * r, packed + p * panel_bytes, panel_bytes, groups,
-           column_sums, column_scale, p * 16, n, out + r * ldo, ldo, accumulate);
+      tile(q + terms * r * ldq, ldq, row_scale + terms * r, packed + p * panel_bytes, panel_bytes, groups, column_sums,
+           column_scale, p * 16, n, out + r * ldo, ldo, accumulate);
     }
   }
 }

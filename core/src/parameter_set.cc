@@ -5,10 +5,11 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
-#include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
 #include "lstmserve/core/status.h"
 
 namespace lstmserve::core {
@@ -17,15 +18,14 @@ namespace {
 constexpr size_t kMaxNameBytes = 128;
 
 bool NameChar(char ch) {
-  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-         ch == '_' || ch == '.' || ch == ':' || ch == '/' || ch == '-';
+  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' || ch == '.' ||
+         ch == ':' || ch == '/' || ch == '-';
 }
 
 absl::Status ValidateTemplate(const LstmTemplate& t, const CreateLimits& limits) {
   auto positive = [](int64_t v, absl::string_view field) -> absl::Status {
     if (v < 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("lstm template: ", field, " must be >= 1, got ", v));
+      return absl::InvalidArgumentError(absl::StrCat("lstm template: ", field, " must be >= 1, got ", v));
     }
     return absl::OkStatus();
   };
@@ -33,8 +33,8 @@ absl::Status ValidateTemplate(const LstmTemplate& t, const CreateLimits& limits)
   LSTMSERVE_RETURN_IF_ERROR(positive(t.input_size, "input_size"));
   LSTMSERVE_RETURN_IF_ERROR(positive(t.hidden_size, "hidden_size"));
   if (t.num_layers > limits.max_layers) {
-    return absl::ResourceExhaustedError(absl::StrCat("lstm template: num_layers ", t.num_layers,
-                                                   " exceeds the limit of ", limits.max_layers));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("lstm template: num_layers ", t.num_layers, " exceeds the limit of ", limits.max_layers));
   }
   // 4 * H and in + H must not overflow before the per-tensor checks multiply them.
   int64_t gates = 0;
@@ -86,12 +86,12 @@ absl::StatusOr<ParameterSet> ReduceWeights(const ParameterSet& set, WeightStorag
     return absl::InvalidArgumentError("the set's weights are already stored reduced");
   }
   if (set.dtype != DType::kFloat32 || set.tensors.empty() || !set.tensors.front().value.device().is_cpu()) {
-    return absl::InvalidArgumentError(absl::StrCat("weight storage ", WeightStorageName(storage),
-                                                   " needs a float32 set on the CPU"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("weight storage ", WeightStorageName(storage), " needs a float32 set on the CPU"));
   }
   if (set.Find(LstmWeightName(0)) == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("weight storage ", WeightStorageName(storage),
-                                                   " needs a stacked-LSTM set (tensors w_0, ...)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("weight storage ", WeightStorageName(storage), " needs a stacked-LSTM set (tensors w_0, ...)"));
   }
   return GuardTorch("reduce weights", [&]() -> absl::StatusOr<ParameterSet> {
     ParameterSet out;
@@ -128,12 +128,13 @@ absl::StatusOr<ParameterSet> ReduceWeights(const ParameterSet& set, WeightStorag
 
 absl::Status ValidateWeightStorage(const ParameterSet& set) {
   if (set.weight_storage == WeightStorage::kDType) {
-    if (set.dtype == DType::kInt8) return absl::InvalidArgumentError("int8 is not a set dtype; use weight storage int8");
+    if (set.dtype == DType::kInt8)
+      return absl::InvalidArgumentError("int8 is not a set dtype; use weight storage int8");
     for (const auto& t : set.tensors) {
       if (t.value.scalar_type() != ToScalarType(set.dtype)) {
-        return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' is ", c10::toString(t.value.scalar_type()),
-                                                       "; every tensor of the set must be ", DTypeName(set.dtype),
-                                                       " (or give the set a weight storage)"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor '", t.name, "' is ", c10::toString(t.value.scalar_type()), "; every tensor of the set must be ",
+            DTypeName(set.dtype), " (or give the set a weight storage)"));
       }
     }
     return absl::OkStatus();
@@ -141,12 +142,13 @@ absl::Status ValidateWeightStorage(const ParameterSet& set) {
   const absl::string_view storage = WeightStorageName(set.weight_storage);
   const at::ScalarType weight_type = set.weight_storage == WeightStorage::kInt8 ? at::kChar : at::kBFloat16;
   if (set.dtype != DType::kFloat32) {
-    return absl::InvalidArgumentError(absl::StrCat("weight storage ", storage, " needs a float32 set, not ",
-                                                   DTypeName(set.dtype)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("weight storage ", storage, " needs a float32 set, not ", DTypeName(set.dtype)));
   }
   const at::Tensor* w0 = set.Find(LstmWeightName(0));
   if (w0 == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("weight storage ", storage, " needs a stacked-LSTM set; w_0 is missing"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("weight storage ", storage, " needs a stacked-LSTM set; w_0 is missing"));
   }
   std::unordered_set<std::string> weights;
   for (int64_t l = 0; const at::Tensor* w = set.Find(LstmWeightName(l)); ++l) {
@@ -175,8 +177,9 @@ absl::Status ValidateWeightStorage(const ParameterSet& set) {
                                                      t.name, "' is on ", DeviceName(t.value.device())));
     }
     if (weights.count(t.name) == 0 && t.value.scalar_type() != at::kFloat) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' is ", c10::toString(t.value.scalar_type()),
-                                                     "; only the weights w_<l> are stored reduced, the rest is float32"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", t.name, "' is ", c10::toString(t.value.scalar_type()),
+                       "; only the weights w_<l> are stored reduced, the rest is float32"));
     }
   }
   return absl::OkStatus();
@@ -202,8 +205,7 @@ std::vector<TensorSpec> ExpandLstmTemplate(const LstmTemplate& lstm) {
   std::vector<TensorSpec> specs;
   const int64_t h = lstm.hidden_size;
   for (int64_t l = 0; l < lstm.num_layers; ++l) {
-    specs.push_back({LstmWeightName(l), {(l == 0 ? lstm.input_size : h) + h, 4 * h},
-                     lstm.weight_init});
+    specs.push_back({LstmWeightName(l), {(l == 0 ? lstm.input_size : h) + h, 4 * h}, lstm.weight_init});
   }
   if (lstm.bias) {
     for (int64_t l = 0; l < lstm.num_layers; ++l) {
@@ -216,14 +218,13 @@ std::vector<TensorSpec> ExpandLstmTemplate(const LstmTemplate& lstm) {
 absl::Status ValidateTensorName(absl::string_view name) {
   if (name.empty()) return absl::InvalidArgumentError("tensor name must not be empty");
   if (name.size() > kMaxNameBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor name '", ClientText(name, 32),
-                                                   "' is longer than ", kMaxNameBytes,
-                                                   " bytes"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor name '", ClientText(name, 32), "' is longer than ", kMaxNameBytes, " bytes"));
   }
   for (char ch : name) {
     if (!NameChar(ch)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor name '", ClientText(name), "' has a character outside [A-Za-z0-9_.:/-]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor name '", ClientText(name), "' has a character outside [A-Za-z0-9_.:/-]"));
     }
   }
   if (absl::StrContains(name, "..")) {
@@ -232,8 +233,7 @@ absl::Status ValidateTensorName(absl::string_view name) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<TensorSpec>> ValidateSpec(const ParameterSetSpec& spec,
-                                                     const CreateLimits& limits) {
+absl::StatusOr<std::vector<TensorSpec>> ValidateSpec(const ParameterSetSpec& spec, const CreateLimits& limits) {
   if (spec.lstm.has_value() == !spec.tensors.empty()) {
     return absl::InvalidArgumentError(
         "a parameter set spec needs exactly one of: the lstm template, or a list of tensors");
@@ -241,19 +241,20 @@ absl::StatusOr<std::vector<TensorSpec>> ValidateSpec(const ParameterSetSpec& spe
   if (spec.lstm) LSTMSERVE_RETURN_IF_ERROR(ValidateTemplate(*spec.lstm, limits));
   if (spec.weight_storage != WeightStorage::kDType) {
     if (!spec.lstm) {
-      return absl::InvalidArgumentError(absl::StrCat("weight storage ", WeightStorageName(spec.weight_storage),
-                                                     " is for stacked-LSTM sets (the lstm template), not tensor lists"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("weight storage ", WeightStorageName(spec.weight_storage),
+                       " is for stacked-LSTM sets (the lstm template), not tensor lists"));
     }
     if (spec.dtype != DType::kFloat32) {
-      return absl::InvalidArgumentError(absl::StrCat("weight storage ", WeightStorageName(spec.weight_storage),
-                                                     " needs dtype float32 (inputs, states and math stay float32), not ",
-                                                     DTypeName(spec.dtype)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("weight storage ", WeightStorageName(spec.weight_storage),
+                       " needs dtype float32 (inputs, states and math stay float32), not ", DTypeName(spec.dtype)));
     }
   }
   std::vector<TensorSpec> tensors = spec.lstm ? ExpandLstmTemplate(*spec.lstm) : spec.tensors;
   if (static_cast<int64_t>(tensors.size()) > limits.max_tensors) {
-    return absl::ResourceExhaustedError(absl::StrCat("the set has ", tensors.size(),
-                                                   " tensors; the limit is ", limits.max_tensors));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the set has ", tensors.size(), " tensors; the limit is ", limits.max_tensors));
   }
   std::unordered_set<std::string> names;
   const int64_t element_size = DTypeSize(spec.dtype);
@@ -264,31 +265,26 @@ absl::StatusOr<std::vector<TensorSpec>> ValidateSpec(const ParameterSetSpec& spe
       return absl::InvalidArgumentError(absl::StrCat("tensor name '", t.name, "' is used twice"));
     }
     if (t.shape.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor '", t.name, "': shape must have at least 1 dimension"));
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "': shape must have at least 1 dimension"));
     }
     if (static_cast<int64_t>(t.shape.size()) > limits.max_rank) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "': rank ",
-                                                     t.shape.size(), " exceeds the limit of ",
-                                                     limits.max_rank));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", t.name, "': rank ", t.shape.size(), " exceeds the limit of ", limits.max_rank));
     }
     int64_t bytes = element_size;
     for (size_t d = 0; d < t.shape.size(); ++d) {
       if (t.shape[d] < 1) {
-        return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "': dimension ", d,
-                                                       " has size ", t.shape[d],
+        return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "': dimension ", d, " has size ", t.shape[d],
                                                        "; every size must be >= 1"));
       }
       if (__builtin_mul_overflow(bytes, t.shape[d], &bytes)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "tensor '", t.name, "': shape [", absl::StrJoin(t.shape, ", "), "] overflows int64"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor '", t.name, "': shape [", absl::StrJoin(t.shape, ", "), "] overflows int64"));
       }
     }
-    if (__builtin_add_overflow(total_bytes, bytes, &total_bytes) ||
-        total_bytes > limits.max_set_bytes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "the set would exceed the limit of ", limits.max_set_bytes, " bytes (at tensor '",
-          t.name, "' of ", bytes, " bytes)"));
+    if (__builtin_add_overflow(total_bytes, bytes, &total_bytes) || total_bytes > limits.max_set_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat("the set would exceed the limit of ", limits.max_set_bytes,
+                                                       " bytes (at tensor '", t.name, "' of ", bytes, " bytes)"));
     }
     absl::Status init_ok = ValidateInitializer(t.init, t.shape, spec.fan_convention);
     if (!init_ok.ok()) {
@@ -298,8 +294,7 @@ absl::StatusOr<std::vector<TensorSpec>> ValidateSpec(const ParameterSetSpec& spe
   return tensors;
 }
 
-absl::StatusOr<ParameterSet> CreateParameterSet(const ParameterSetSpec& spec,
-                                                const CreateLimits& limits,
+absl::StatusOr<ParameterSet> CreateParameterSet(const ParameterSetSpec& spec, const CreateLimits& limits,
                                                 const c10::Device& device) {
   LSTMSERVE_RETURN_IF_ERROR(CheckDTypeOnDevice(spec.dtype, device));
   LSTMSERVE_ASSIGN_OR_RETURN(std::vector<TensorSpec> tensors, ValidateSpec(spec, limits));

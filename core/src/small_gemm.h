@@ -30,8 +30,8 @@ inline float WeightValue(int8_t w) { return static_cast<float>(w); }
 
 // out[r, 0:n] += a[r, :] @ w[:, 0:n] for kRows rows; w and out have row strides ldw, ldo.
 template <int kRows, class T>
-inline void GemmBlock(const float* a, int64_t lda, const T* w, int64_t ldw, int64_t k, int64_t n,
-                      float* out, int64_t ldo) {
+inline void GemmBlock(const float* a, int64_t lda, const T* w, int64_t ldw, int64_t k, int64_t n, float* out,
+                      int64_t ldo) {
   for (int64_t kk = 0; kk < k; ++kk) {
     const T* wr = w + kk * ldw;
     float av[kRows];
@@ -91,13 +91,12 @@ V16 PortableLoad::Get(const T* p) {
   return LoadW(p);
 }
 
-
 // out[r, 0:16C] += a[r, :] @ w[:, 0:16C] for kR rows, with the kR x C accumulators held in
 // registers over the whole k loop (GemmBlock loads and stores its outputs once per k).
 // C independent FMA chains per row hide the FMA latency: 8 for one row, 4 for several.
 template <int kR, int kC, class Load, class T>
 LSTMSERVE_INLINE void RegisterBlock(const float* a, int64_t lda, const T* w, int64_t ldw, int64_t k, float* out,
-                          int64_t ldo) {
+                                    int64_t ldo) {
   V16 acc[kR][kC];
 #pragma GCC unroll 8
   for (int r = 0; r < kR; ++r) {
@@ -162,9 +161,10 @@ constexpr int64_t kRegisterBlockMaxFloats = int64_t{1} << 18;
 
 template <class Load, class T>
 LSTMSERVE_INLINE void SmallGemmT(const float* a, int64_t lda, const T* w, int64_t ldw, int64_t k, int64_t n, float* out,
-                                int64_t ldo, int64_t rows, bool accumulate) {
+                                 int64_t ldo, int64_t rows, bool accumulate) {
   if (!accumulate) {
-    for (int64_t r = 0; r < rows; ++r) for (int64_t j = 0; j < n; ++j) out[r * ldo + j] = 0.0f;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < n; ++j) out[r * ldo + j] = 0.0f;
   }
   if (k * n <= kRegisterBlockMaxFloats) {
     // Register-blocked: S (I = H = 64, B = 1) one step 7.8 -> 6.3 us, 32 steps 124 -> 68 us

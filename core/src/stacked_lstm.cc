@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+
 #include "lstm_kernels.h"
 #include "lstmserve/core/blas.h"
 #include "lstmserve/core/status.h"
@@ -72,9 +73,7 @@ struct WeightView {
 void SmallGemm(const float* a, int64_t lda, const WeightView& w, int64_t ldw, int64_t k, int64_t n, float* out,
                int64_t ldo, int64_t rows, bool accumulate) {
   switch (w.storage) {
-    case WeightStorage::kDType:
-      kernels::SmallGemm(a, lda, w.Floats(), ldw, k, n, out, ldo, rows, accumulate);
-      return;
+    case WeightStorage::kDType: kernels::SmallGemm(a, lda, w.Floats(), ldw, k, n, out, ldo, rows, accumulate); return;
     case WeightStorage::kBFloat16:
       kernels::SmallGemmBf16(a, lda, static_cast<const uint16_t*>(w.data), ldw, k, n, out, ldo, rows, accumulate);
       return;
@@ -88,8 +87,8 @@ void SmallGemm(const float* a, int64_t lda, const WeightView& w, int64_t ldw, in
 // Row-major out[rows, n] (=|+=) a[rows, k] @ w[k, n], all contiguous. The small kernel for
 // small batches (any storage); otherwise LibTorch's GEMM (BLAS, float32 weights only) on
 // tensor headers that borrow the buffers.
-void Gemm(bool small, const float* a, int64_t rows, int64_t k, const WeightView& w, int64_t n,
-          float* out, bool accumulate) {
+void Gemm(bool small, const float* a, int64_t rows, int64_t k, const WeightView& w, int64_t n, float* out,
+          bool accumulate) {
   if (small) {
     constexpr int64_t kParallelMin = int64_t{1} << 18, kParallelMax = int64_t{1} << 21;
     const int threads = at::get_num_threads();
@@ -170,20 +169,18 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
   const uint16_t* const w16 = int8 ? nullptr : reinterpret_cast<const uint16_t*>(packed.data_ptr());
   const auto round_rows = [&](int64_t r0, int64_t r1) {
     if (int8) {
-      kernels::QuantizeRowsInt8Avx512(a + r0 * k, k, r1 - r0, k, int8_terms,
-                                      reinterpret_cast<uint8_t*>(q + r0 * ldq), ldq, row_scale + 2 * r0);
+      kernels::QuantizeRowsInt8Avx512(a + r0 * k, k, r1 - r0, k, int8_terms, reinterpret_cast<uint8_t*>(q + r0 * ldq),
+                                      ldq, row_scale + 2 * r0);
     } else {
       kernels::RoundRowsBf16Avx512(a + r0 * k, k, r1 - r0, k, q + r0 * ldq, ldq);
     }
   };
   const auto multiply = [&](int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
     if (int8) {
-      kernels::Int8GemmPackedAvx512(reinterpret_cast<const uint8_t*>(q + r0 * ldq), ldq,
-                                    row_scale + 2 * r0, r1 - r0, int8_terms, w8, column_sums, scale, k, n, p0, p1,
-                                    out + r0 * n, n, accumulate);
+      kernels::Int8GemmPackedAvx512(reinterpret_cast<const uint8_t*>(q + r0 * ldq), ldq, row_scale + 2 * r0, r1 - r0,
+                                    int8_terms, w8, column_sums, scale, k, n, p0, p1, out + r0 * n, n, accumulate);
     } else {
-      kernels::Bf16GemmPackedAvx512(q + r0 * ldq, ldq, r1 - r0, w16, k, n, p0, p1, out + r0 * n, n,
-                                    accumulate);
+      kernels::Bf16GemmPackedAvx512(q + r0 * ldq, ldq, r1 - r0, w16, k, n, p0, p1, out + r0 * n, n, accumulate);
     }
   };
   const int64_t panels = kernels::Panels(n);
@@ -210,16 +207,15 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
 #endif
 }
 
-void Gates(const float* gates, const float* bias, float* c, bool c_is_zero, float* h_out,
-           int64_t batch, int64_t hidden, bool parallel) {
+void Gates(const float* gates, const float* bias, float* c, bool c_is_zero, float* h_out, int64_t batch, int64_t hidden,
+           bool parallel) {
   if (!parallel) {
     kernels::LstmGates(gates, bias, c, c_is_zero, h_out, batch, hidden);
     return;
   }
   const int64_t grain = std::max<int64_t>(1, kGateUnitsPerTask / hidden);
   at::parallel_for(0, batch, grain, [&](int64_t b0, int64_t b1) {
-    kernels::LstmGates(gates + b0 * 4 * hidden, bias, c + b0 * hidden, c_is_zero,
-                       h_out + b0 * hidden, b1 - b0, hidden);
+    kernels::LstmGates(gates + b0 * 4 * hidden, bias, c + b0 * hidden, c_is_zero, h_out + b0 * hidden, b1 - b0, hidden);
   });
 }
 
@@ -302,22 +298,19 @@ SequenceResult StackedLstm::RunCuda(const at::Tensor&, const LstmState&, bool, b
 }
 #endif
 
-absl::StatusOr<StackedLstm> StackedLstm::Create(std::vector<at::Tensor> weights,
-                                                std::vector<at::Tensor> biases, WeightStorage storage,
-                                                std::vector<at::Tensor> scales) {
+absl::StatusOr<StackedLstm> StackedLstm::Create(std::vector<at::Tensor> weights, std::vector<at::Tensor> biases,
+                                                WeightStorage storage, std::vector<at::Tensor> scales) {
   if (weights.empty()) return absl::InvalidArgumentError("a stacked LSTM needs at least 1 layer");
   const at::Tensor& w0 = weights[0];
   if (!w0.defined() || w0.dim() != 2 || w0.size(1) < 4 || w0.size(1) % 4 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "w_0 must be 2-D [input_size + hidden, 4 * hidden], got ",
-        w0.defined() ? ShapeString(w0) : "an undefined tensor"));
+    return absl::InvalidArgumentError(absl::StrCat("w_0 must be 2-D [input_size + hidden, 4 * hidden], got ",
+                                                   w0.defined() ? ShapeString(w0) : "an undefined tensor"));
   }
   const int64_t hidden = w0.size(1) / 4;
   const int64_t input = w0.size(0) - hidden;
   if (input < 1) {
     return absl::InvalidArgumentError(absl::StrCat("w_0 ", ShapeString(w0), " has ", w0.size(0),
-                                                   " rows; it needs input_size + ", hidden,
-                                                   " with input_size >= 1"));
+                                                   " rows; it needs input_size + ", hidden, " with input_size >= 1"));
   }
   LSTMSERVE_RETURN_IF_ERROR(FromScalarType(w0.scalar_type()).status());
   const bool reduced = storage != WeightStorage::kDType;
@@ -348,17 +341,16 @@ absl::StatusOr<StackedLstm> StackedLstm::Create(std::vector<at::Tensor> weights,
     const at::Tensor& w = weights[l];
     const int64_t rows = (l == 0 ? input : hidden) + hidden;
     if (!w.defined() || w.dim() != 2 || w.size(0) != rows || w.size(1) != 4 * hidden) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "w_", l, " must be [", rows, ", ", 4 * hidden, "], got ",
-          w.defined() ? ShapeString(w) : "an undefined tensor"));
+      return absl::InvalidArgumentError(absl::StrCat("w_", l, " must be [", rows, ", ", 4 * hidden, "], got ",
+                                                     w.defined() ? ShapeString(w) : "an undefined tensor"));
     }
     if (w.scalar_type() != w0.scalar_type() || w.device() != w0.device()) {
       return absl::InvalidArgumentError(absl::StrCat("w_", l, " differs from w_0 in dtype or device"));
     }
   }
   if (!biases.empty() && biases.size() != weights.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("got ", biases.size(), " biases for ",
-                                                   weights.size(), " layers; give one per layer or none"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("got ", biases.size(), " biases for ", weights.size(), " layers; give one per layer or none"));
   }
   for (size_t l = 0; l < biases.size(); ++l) {
     const at::Tensor& b = biases[l];
@@ -401,12 +393,11 @@ absl::StatusOr<StackedLstm> StackedLstm::FromParameterSet(const ParameterSet& se
     }
   }
   if (weights.empty()) {
-    return absl::FailedPreconditionError(
-        "the parameter set has no tensor w_0; it is not a stacked-LSTM set");
+    return absl::FailedPreconditionError("the parameter set has no tensor w_0; it is not a stacked-LSTM set");
   }
   if (!biases.empty() && biases.size() != weights.size()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the parameter set has ", biases.size(), " of ", weights.size(), " biases b_<l>"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("the parameter set has ", biases.size(), " of ", weights.size(), " biases b_<l>"));
   }
   return Create(std::move(weights), std::move(biases), set.weight_storage, std::move(scales));
 }
@@ -418,10 +409,8 @@ at::Tensor StackedLstm::FloatWeight(int64_t layer) const {
 
 bool StackedLstm::UsesPackedGemm() const {
   switch (storage_) {
-    case WeightStorage::kDType:
-      return false;
-    case WeightStorage::kBFloat16:
-      return kernels::HasPackedBf16();
+    case WeightStorage::kDType: return false;
+    case WeightStorage::kBFloat16: return kernels::HasPackedBf16();
     case WeightStorage::kInt8:
       return kernels::HasPackedInt8() && input_size_ <= kernels::kMaxPackedInt8K &&
              hidden_size_ <= kernels::kMaxPackedInt8K;
@@ -439,7 +428,8 @@ const StackedLstm::PackedLayout& StackedLstm::Packed() const {
       at::Tensor packed = at::empty({kernels::PackedElements(k, n, group)}, w.options());
       if (int8) {
         at::Tensor sums = at::empty({n}, w.options().dtype(at::kInt));
-        kernels::PackInt8(w.data_ptr<int8_t>() + row0 * n, n, k, n, packed.data_ptr<int8_t>(), sums.data_ptr<int32_t>());
+        kernels::PackInt8(w.data_ptr<int8_t>() + row0 * n, n, k, n, packed.data_ptr<int8_t>(),
+                          sums.data_ptr<int32_t>());
         sums_into.push_back(std::move(sums));
       } else {
         kernels::PackBf16(reinterpret_cast<const uint16_t*>(w.data_ptr()) + row0 * n, n, k, n,
@@ -477,22 +467,20 @@ absl::Status StackedLstm::ValidateState(const LstmState& state, int64_t batch, a
     const char* name = part == &state.c ? "c" : "h";
     if (part->empty()) continue;
     if (static_cast<int64_t>(part->size()) != num_layers()) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": ", part->size(), " ", name,
-                                                     " states for ", num_layers(),
+      return absl::InvalidArgumentError(absl::StrCat(what, ": ", part->size(), " ", name, " states for ", num_layers(),
                                                      " layers; give one per layer or none"));
     }
     for (size_t l = 0; l < part->size(); ++l) {
       const at::Tensor& t = (*part)[l];
       if (!t.defined() || t.dim() != 2 || t.size(0) != batch || t.size(1) != hidden_size_) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            what, ": ", name, "[", l, "] must be [", batch, ", ", hidden_size_, "], got ",
-            t.defined() ? ShapeString(t) : "an undefined tensor"));
+        return absl::InvalidArgumentError(absl::StrCat(what, ": ", name, "[", l, "] must be [", batch, ", ",
+                                                       hidden_size_, "], got ",
+                                                       t.defined() ? ShapeString(t) : "an undefined tensor"));
       }
       if (t.scalar_type() != scalar_type() || (check_device && t.device() != device())) {
         return absl::InvalidArgumentError(absl::StrCat(
-            what, ": ", name, "[", l, "] is ", c10::toString(t.scalar_type()), " on ",
-            DeviceName(t.device()), "; the set is ", c10::toString(scalar_type()), " on ",
-            DeviceName(device())));
+            what, ": ", name, "[", l, "] is ", c10::toString(t.scalar_type()), " on ", DeviceName(t.device()),
+            "; the set is ", c10::toString(scalar_type()), " on ", DeviceName(device())));
       }
     }
   }
@@ -518,14 +506,13 @@ LstmPath StackedLstm::ChoosePath(int64_t batch, int64_t steps, LstmPath requeste
   const int64_t small_max = largest > kLargeLayerElements ? 1 : kSmallBatchMax;
   if (batch <= small_max) return LstmPath::kSmallBatch;
   return OneDnnLstmAvailable() && batch >= kOneDnnMinBatch && steps >= kOneDnnMinSteps ? LstmPath::kOneDnn
-                                                                                      : LstmPath::kBlas;
+                                                                                       : LstmPath::kBlas;
 }
 
-absl::StatusOr<LstmState> StackedLstm::Step(const at::Tensor& x, const LstmState& prev,
-                                            LstmPath path) const {
+absl::StatusOr<LstmState> StackedLstm::Step(const at::Tensor& x, const LstmState& prev, LstmPath path) const {
   if (!x.defined() || x.dim() != 2) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "x must be 2-D [batch, input_size], got ", x.defined() ? ShapeString(x) : "nothing"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("x must be 2-D [batch, input_size], got ", x.defined() ? ShapeString(x) : "nothing"));
   }
   // The float32 CPU paths take x as it is: a step then makes no view of it (x.unsqueeze(0)
   // and Run's checks of a 3-D tensor cost about half a microsecond of a 4 us S step).
@@ -537,12 +524,10 @@ absl::StatusOr<LstmState> StackedLstm::Step(const at::Tensor& x, const LstmState
     return GuardTorch("stacked LSTM", [&]() -> absl::StatusOr<LstmState> {
       InitThreadsOnThisThread();  // as in Run
       c10::InferenceMode inference;
-      return RunFloatCpu(x, 1, x.size(0), prev, /*want_outputs=*/false, chosen == LstmPath::kSmallBatch)
-          .final_state;
+      return RunFloatCpu(x, 1, x.size(0), prev, /*want_outputs=*/false, chosen == LstmPath::kSmallBatch).final_state;
     });
   }
-  LSTMSERVE_ASSIGN_OR_RETURN(SequenceResult result,
-                             Run(x.unsqueeze(0), prev, /*want_outputs=*/false, path));
+  LSTMSERVE_ASSIGN_OR_RETURN(SequenceResult result, Run(x.unsqueeze(0), prev, /*want_outputs=*/false, path));
   return std::move(result.final_state);
 }
 
@@ -554,47 +539,46 @@ absl::Status StackedLstm::CheckRunShapes(const at::Tensor& inputs, const LstmSta
   return CheckInputs(inputs, initial, /*check_device=*/false);
 }
 
-absl::Status StackedLstm::CheckInputs(const at::Tensor& inputs, const LstmState& initial,
-                                      bool check_device) const {
+absl::Status StackedLstm::CheckInputs(const at::Tensor& inputs, const LstmState& initial, bool check_device) const {
   if (!inputs.defined() || inputs.dim() != 3) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "inputs must be 3-D [steps, batch, input_size], got ",
-        inputs.defined() ? ShapeString(inputs) : "nothing"));
+    return absl::InvalidArgumentError(absl::StrCat("inputs must be 3-D [steps, batch, input_size], got ",
+                                                   inputs.defined() ? ShapeString(inputs) : "nothing"));
   }
   if (inputs.size(0) < 1 || inputs.size(1) < 1 || inputs.size(2) != input_size_) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "inputs ", ShapeString(inputs), " must be [steps >= 1, batch >= 1, ", input_size_, "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("inputs ", ShapeString(inputs), " must be [steps >= 1, batch >= 1, ", input_size_, "]"));
   }
   if (inputs.scalar_type() != scalar_type() || (check_device && inputs.device() != device())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "inputs are ", c10::toString(inputs.scalar_type()), " on ", DeviceName(inputs.device()),
-        "; the set is ", c10::toString(scalar_type()), " on ", DeviceName(device())));
+    return absl::InvalidArgumentError(absl::StrCat("inputs are ", c10::toString(inputs.scalar_type()), " on ",
+                                                   DeviceName(inputs.device()), "; the set is ",
+                                                   c10::toString(scalar_type()), " on ", DeviceName(device())));
   }
   return ValidateState(initial, inputs.size(1), "initial state", check_device);
 }
 
-absl::StatusOr<SequenceResult> StackedLstm::Run(const at::Tensor& inputs, const LstmState& initial,
-                                                bool want_outputs, LstmPath path) const {
+absl::StatusOr<SequenceResult> StackedLstm::Run(const at::Tensor& inputs, const LstmState& initial, bool want_outputs,
+                                                LstmPath path) const {
   LSTMSERVE_RETURN_IF_ERROR(CheckRunInputs(inputs, initial));
   const LstmPath chosen = ChoosePath(inputs.size(1), inputs.size(0), path);
   const bool cuda_path = chosen == LstmPath::kCudaFused || chosen == LstmPath::kCudaGemm;
   if (cuda_path) {
     if (!BuiltWithCuda()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "path ", LstmPathName(chosen), " needs a CUDA build of lstmserve (LibTorch with CUDA)"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("path ", LstmPathName(chosen), " needs a CUDA build of lstmserve (LibTorch with CUDA)"));
     }
     if (!device().is_cuda()) {
-      return absl::FailedPreconditionError(absl::StrCat("path ", LstmPathName(chosen), " needs a set on a CUDA device"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("path ", LstmPathName(chosen), " needs a set on a CUDA device"));
     }
     if (chosen == LstmPath::kCudaFused && inputs.size(1) > kCudaFusedMaxBatch) {
-      return absl::InvalidArgumentError(absl::StrCat("path cuda_fused takes a batch of at most ", kCudaFusedMaxBatch,
-                                                     ", got ", inputs.size(1)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("path cuda_fused takes a batch of at most ", kCudaFusedMaxBatch, ", got ", inputs.size(1)));
     }
   } else if (chosen != LstmPath::kGeneric && (scalar_type() != at::kFloat || !device().is_cpu())) {
     return absl::FailedPreconditionError("the small-batch, BLAS and oneDNN paths need float32 on the CPU");
   } else if (chosen == LstmPath::kOneDnn && storage_ != WeightStorage::kDType) {
-    return absl::FailedPreconditionError(absl::StrCat("path onednn reads float32 weights; this set stores them in ",
-                                                      WeightStorageName(storage_)));
+    return absl::FailedPreconditionError(
+        absl::StrCat("path onednn reads float32 weights; this set stores them in ", WeightStorageName(storage_)));
   } else if (chosen == LstmPath::kOneDnn && !OneDnnLstmAvailable()) {
     return absl::FailedPreconditionError(
         "path onednn needs LibTorch 2.x with oneDNN (this build has LibTorch " TORCH_VERSION ")");
@@ -608,8 +592,7 @@ absl::StatusOr<SequenceResult> StackedLstm::Run(const at::Tensor& inputs, const 
     if (chosen == LstmPath::kGeneric) return RunGeneric(inputs, initial, want_outputs);
     if (cuda_path) return RunCuda(inputs, initial, want_outputs, chosen == LstmPath::kCudaFused);
     if (chosen == LstmPath::kOneDnn) return RunOneDnn(inputs, initial, want_outputs);
-    return RunFloatCpu(inputs, inputs.size(0), inputs.size(1), initial, want_outputs,
-                       chosen == LstmPath::kSmallBatch);
+    return RunFloatCpu(inputs, inputs.size(0), inputs.size(1), initial, want_outputs, chosen == LstmPath::kSmallBatch);
   });
 }
 
@@ -622,8 +605,7 @@ SequenceResult StackedLstm::RunFloatCpu(const at::Tensor& inputs, int64_t steps,
   const int64_t hidden = hidden_size_;
   const int64_t layers = num_layers();
   const bool parallel_gates = !small && batch * hidden >= 2 * kGateUnitsPerTask;
-  const int64_t chunk_steps =
-      std::clamp<int64_t>(kProjectionChunkBytes / (batch * 4 * hidden * 4), 1, steps);
+  const int64_t chunk_steps = std::clamp<int64_t>(kProjectionChunkBytes / (batch * 4 * hidden * 4), 1, steps);
   const int64_t gate_floats = chunk_steps * batch * 4 * hidden;
   const int64_t seq_floats = steps * batch * hidden;
 
@@ -649,10 +631,9 @@ SequenceResult StackedLstm::RunFloatCpu(const at::Tensor& inputs, int64_t steps,
     // them widened, per call.
     const at::Tensor widened =
         small || packed != nullptr || storage_ == WeightStorage::kDType ? at::Tensor() : FloatWeight(l);
-    const WeightView w_x =
-        widened.defined() ? WeightView{widened.data_ptr(), WeightStorage::kDType, nullptr}
-                          : WeightView{weights_[l].data_ptr(), storage_,
-                                       scales_.empty() ? nullptr : scales_[l].data_ptr<float>()};
+    const WeightView w_x = widened.defined() ? WeightView{widened.data_ptr(), WeightStorage::kDType, nullptr}
+                                             : WeightView{weights_[l].data_ptr(), storage_,
+                                                          scales_.empty() ? nullptr : scales_[l].data_ptr<float>()};
     const WeightView w_h = w_x.Rows(in, 4 * hidden);
     const float* bias = (has_bias() ? biases_[l] : zero_bias_).data_ptr<float>();
     // rows [rows, k] (=|+=) times the layer's input weights (x_part) or hidden weights.
@@ -660,13 +641,14 @@ SequenceResult StackedLstm::RunFloatCpu(const at::Tensor& inputs, int64_t steps,
       const int64_t k = x_part ? in : hidden;
       if (packed == nullptr) return Gemm(small, rows_in, rows, k, x_part ? w_x : w_h, 4 * hidden, out, accumulate);
       const float* scale = scales_.empty() ? nullptr : scales_[l].data_ptr<float>();
-      const int32_t* sums = storage_ != WeightStorage::kInt8 ? nullptr
-                            : (x_part ? packed->x_sums[l] : packed->h_sums[l]).data_ptr<int32_t>();
+      const int32_t* sums = storage_ != WeightStorage::kInt8
+                                ? nullptr
+                                : (x_part ? packed->x_sums[l] : packed->h_sums[l]).data_ptr<int32_t>();
       // int8: the set's inputs (any range, outliers) in two terms; the states h in (-1, 1),
       // which are also the inputs of layers past the first, in one.
       const int int8_terms = x_part && l == 0 ? 2 : 1;
-      PackedGemm(storage_, int8_terms, rows_in, rows, k, x_part ? packed->x[l] : packed->h[l], sums, scale,
-                 4 * hidden, out, accumulate);
+      PackedGemm(storage_, int8_terms, rows_in, rows, k, x_part ? packed->x[l] : packed->h[l], sums, scale, 4 * hidden,
+                 out, accumulate);
     };
     float* output = (l == layers - 1 && want_outputs) ? result.outputs.data_ptr<float>() : sequences[l % 2];
 
@@ -710,8 +692,7 @@ SequenceResult StackedLstm::RunFloatCpu(const at::Tensor& inputs, int64_t steps,
 // at::lstm, which LibTorch 2.x runs through oneDNN's RNN primitive on the CPU. Its layout:
 // per layer w_ih [4H, in] and w_hh [4H, H] with gate rows i, f, g, o (ours: [in + H, 4H] with
 // columns i, f, o, g), b_ih + b_hh (ours: one bias), states stacked [L, B, H].
-SequenceResult StackedLstm::RunOneDnn(const at::Tensor& inputs, const LstmState& initial,
-                                      bool want_outputs) const {
+SequenceResult StackedLstm::RunOneDnn(const at::Tensor& inputs, const LstmState& initial, bool want_outputs) const {
   const int64_t hidden = hidden_size_, layers = num_layers(), batch = inputs.size(1);
   std::call_once(torch_layout_->once, [&] {
     const auto reorder = [&](const at::Tensor& t, int64_t dim) {  // blocks i, f, o, g -> i, f, g, o
@@ -744,8 +725,7 @@ SequenceResult StackedLstm::RunOneDnn(const at::Tensor& inputs, const LstmState&
 }
 
 // Any device and dtype, with LibTorch ops; the same algorithm as RunFloatCpu.
-SequenceResult StackedLstm::RunGeneric(const at::Tensor& inputs, const LstmState& initial,
-                                       bool want_outputs) const {
+SequenceResult StackedLstm::RunGeneric(const at::Tensor& inputs, const LstmState& initial, bool want_outputs) const {
   const int64_t batch = inputs.size(1);
   const int64_t hidden = hidden_size_;
   SequenceResult result;

@@ -67,8 +67,8 @@ SequenceResult StackedLstm::RunCuda(const at::Tensor& inputs, const LstmState& i
       for (int64_t t = 0; t < steps; ++t) {
         at::Tensor h_out = output[t];
         C10_CUDA_CHECK(cuda::FusedLstmStep(elem, layer_input[t].data_ptr(), in,
-                                           h_prev.defined() ? h_prev.data_ptr() : nullptr, hidden, w.data_ptr(),
-                                           bias, c.data_ptr<float>(), c_is_zero, h_out.data_ptr(), batch,
+                                           h_prev.defined() ? h_prev.data_ptr() : nullptr, hidden, w.data_ptr(), bias,
+                                           c.data_ptr<float>(), c_is_zero, h_out.data_ptr(), batch,
                                            partials.data_ptr<float>(), counters.data_ptr<int>(), sm_count, stream));
         c_is_zero = false;
         h_prev = h_out;
@@ -82,9 +82,10 @@ SequenceResult StackedLstm::RunCuda(const at::Tensor& inputs, const LstmState& i
       for (int64_t t = 0; t < steps; ++t) {
         if (h_prev.defined()) at::mm_out(recurrent, h_prev, w_h);
         at::Tensor h_out = output[t];
-        C10_CUDA_CHECK(cuda::LstmGates(elem, static_cast<char*>(projection.data_ptr()) + t * batch * 4 * hidden * w.element_size(),
-                                       h_prev.defined() ? recurrent.data_ptr() : nullptr, c.data_ptr<float>(),
-                                       c_is_zero, h_out.data_ptr(), batch, hidden, stream));
+        C10_CUDA_CHECK(
+            cuda::LstmGates(elem, static_cast<char*>(projection.data_ptr()) + t * batch * 4 * hidden * w.element_size(),
+                            h_prev.defined() ? recurrent.data_ptr() : nullptr, c.data_ptr<float>(), c_is_zero,
+                            h_out.data_ptr(), batch, hidden, stream));
         c_is_zero = false;
         h_prev = h_out;
       }

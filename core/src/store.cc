@@ -23,6 +23,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+
 #include "lstmserve/core/status.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors data is little-endian");
@@ -74,8 +75,12 @@ absl::Status ErrnoStatus(absl::string_view what, const std::string& path, int er
           "the parameter store is read-only or not writable by the server (", reason,
           "); sets can be read, but nothing can be created, imported or deleted until an operator fixes it"));
       break;
-    case ENOENT: status = absl::NotFoundError(absl::StrCat("a file of the parameter store is missing (", reason, ")")); break;
-    case EEXIST: status = absl::AlreadyExistsError(absl::StrCat("a file of the parameter store exists (", reason, ")")); break;
+    case ENOENT:
+      status = absl::NotFoundError(absl::StrCat("a file of the parameter store is missing (", reason, ")"));
+      break;
+    case EEXIST:
+      status = absl::AlreadyExistsError(absl::StrCat("a file of the parameter store exists (", reason, ")"));
+      break;
     default:
       status = absl::UnavailableError(
           absl::StrCat("the parameter store failed (", reason, "); retry, or use another replica"));
@@ -117,9 +122,9 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
 
 absl::Status ValidateSetId(absl::string_view id) {
   auto bad = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "parameter_set_id '", ClientText(id), "' ", why,
-        "; ids are 1 to 63 characters of [a-z0-9._-], starting with [a-z0-9]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("parameter_set_id '", ClientText(id), "' ", why,
+                     "; ids are 1 to 63 characters of [a-z0-9._-], starting with [a-z0-9]"));
   };
   if (id.empty()) return bad("is empty");
   if (id.size() > 63) return bad("is too long");
@@ -233,8 +238,8 @@ absl::StatusOr<StoredSet> DecodeSafetensors(absl::string_view bytes) {
   uint64_t header_size = 0;
   std::memcpy(&header_size, bytes.data(), 8);
   if (header_size > kMaxHeaderBytes || header_size > bytes.size() - 8) {
-    return absl::DataLossError(absl::StrCat("safetensors: header length ", header_size,
-                                            " does not fit the file of ", bytes.size(), " bytes"));
+    return absl::DataLossError(
+        absl::StrCat("safetensors: header length ", header_size, " does not fit the file of ", bytes.size(), " bytes"));
   }
   Json header;
   try {
@@ -259,7 +264,9 @@ absl::StatusOr<StoredSet> DecodeSafetensors(absl::string_view bytes) {
       if (it.key() == "__metadata__") {
         const Json& m = it.value();
         if (!m.is_object()) return absl::DataLossError("safetensors: __metadata__ is not an object");
-        auto text = [&](const char* key) { return m.contains(key) && m[key].is_string() ? m[key].get<std::string>() : std::string(); };
+        auto text = [&](const char* key) {
+          return m.contains(key) && m[key].is_string() ? m[key].get<std::string>() : std::string();
+        };
         stored.id = text("lstmserve.id");
         stored.origin = text("lstmserve.origin");
         stored.checksum = text("lstmserve.checksum");
@@ -270,7 +277,8 @@ absl::StatusOr<StoredSet> DecodeSafetensors(absl::string_view bytes) {
       }
       const Json& t = it.value();
       if (!t.is_object() || !t.contains("dtype") || !t.contains("shape") || !t.contains("data_offsets")) {
-        return absl::DataLossError(absl::StrCat("safetensors: tensor '", it.key(), "' lacks dtype, shape or data_offsets"));
+        return absl::DataLossError(
+            absl::StrCat("safetensors: tensor '", it.key(), "' lacks dtype, shape or data_offsets"));
       }
       LSTMSERVE_RETURN_IF_ERROR(ValidateTensorName(it.key()));
       LSTMSERVE_ASSIGN_OR_RETURN(DType dtype, FromSafetensorsDtype(t["dtype"].get<std::string>()));
@@ -302,9 +310,8 @@ absl::StatusOr<StoredSet> DecodeSafetensors(absl::string_view bytes) {
       }
       if (e.begin != expected_begin || e.end < e.begin || e.end - e.begin != static_cast<uint64_t>(bytes) ||
           e.end > data.size()) {
-        return absl::DataLossError(absl::StrCat("safetensors: tensor '", e.name, "' has data_offsets [", e.begin,
-                                                ", ", e.end, ") that do not tile the ", data.size(),
-                                                "-byte data"));
+        return absl::DataLossError(absl::StrCat("safetensors: tensor '", e.name, "' has data_offsets [", e.begin, ", ",
+                                                e.end, ") that do not tile the ", data.size(), "-byte data"));
       }
       at::Tensor value = at::empty(e.shape, at::TensorOptions().dtype(ToScalarType(e.dtype)));
       std::memcpy(value.data_ptr(), data.data() + e.begin, static_cast<size_t>(bytes));
@@ -314,13 +321,14 @@ absl::StatusOr<StoredSet> DecodeSafetensors(absl::string_view bytes) {
       expected_begin = e.end;
     }
     if (expected_begin != data.size()) {
-      return absl::DataLossError(absl::StrCat("safetensors: ", data.size() - expected_begin,
-                                              " trailing bytes after the last tensor"));
+      return absl::DataLossError(
+          absl::StrCat("safetensors: ", data.size() - expected_begin, " trailing bytes after the last tensor"));
     }
     // The dtypes against the weight storage: one dtype for the whole set, or the layout of
     // reduced weights (whose set dtype is float32).
     auto storage = ParseWeightStorage(weight_storage);
-    if (!storage.ok()) return absl::DataLossError(absl::StrCat("safetensors: lstmserve.weight_storage: ", storage.status().message()));
+    if (!storage.ok())
+      return absl::DataLossError(absl::StrCat("safetensors: lstmserve.weight_storage: ", storage.status().message()));
     stored.set.weight_storage = *storage;
     if (*storage != WeightStorage::kDType) stored.set.dtype = DType::kFloat32;
     if (absl::Status layout = ValidateWeightStorage(stored.set); !layout.ok()) {
@@ -329,8 +337,8 @@ absl::StatusOr<StoredSet> DecodeSafetensors(absl::string_view bytes) {
     if (!stored.checksum.empty()) {
       const std::string actual = ComputeChecksum(stored.set);
       if (actual != stored.checksum) {
-        return absl::DataLossError(absl::StrCat("checksum mismatch: file says ", stored.checksum,
-                                                ", data hashes to ", actual));
+        return absl::DataLossError(
+            absl::StrCat("checksum mismatch: file says ", stored.checksum, ", data hashes to ", actual));
       }
     }
     return std::move(stored);
@@ -342,7 +350,8 @@ absl::StatusOr<std::unique_ptr<ParameterStore>> ParameterStore::Open(const std::
   fs::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create store folder ", dir, ": ", ec.message()));
   if (::access(dir.c_str(), W_OK) != 0) {
-    return absl::FailedPreconditionError(absl::StrCat("store folder ", dir, " is not writable: ", std::strerror(errno)));
+    return absl::FailedPreconditionError(
+        absl::StrCat("store folder ", dir, " is not writable: ", std::strerror(errno)));
   }
   // Temporary files older than a minute were left by a crash (newer ones may belong to
   // another server sharing the folder).
@@ -357,9 +366,7 @@ absl::StatusOr<std::unique_ptr<ParameterStore>> ParameterStore::Open(const std::
   return std::unique_ptr<ParameterStore>(new ParameterStore(dir));
 }
 
-std::string ParameterStore::PathOf(absl::string_view id) const {
-  return absl::StrCat(dir_, "/", id, kSuffix);
-}
+std::string ParameterStore::PathOf(absl::string_view id) const { return absl::StrCat(dir_, "/", id, kSuffix); }
 
 absl::StatusOr<FileVersion> ParameterStore::Version(absl::string_view id) const {
   LSTMSERVE_RETURN_IF_ERROR(ValidateSetId(id));
@@ -433,14 +440,15 @@ absl::StatusOr<StoredSet> ParameterStore::Load(absl::string_view id) const {
   auto version = Version(id);
   auto bytes = ReadFile(PathOf(id));
   if (!bytes.ok()) {
-    if (absl::IsNotFound(bytes.status())) return absl::NotFoundError(absl::StrCat("parameter set '", id, "' not found"));
+    if (absl::IsNotFound(bytes.status()))
+      return absl::NotFoundError(absl::StrCat("parameter set '", id, "' not found"));
     return bytes.status();
   }
   LSTMSERVE_ASSIGN_OR_RETURN(StoredSet stored, DecodeSafetensors(*bytes));
   if (stored.id != id) {
-    return WithServerDetail(absl::DataLossError(absl::StrCat("the stored file of set '", id, "' holds set '",
-                                                             ClientText(stored.id), "'")),
-                            PathOf(id));
+    return WithServerDetail(
+        absl::DataLossError(absl::StrCat("the stored file of set '", id, "' holds set '", ClientText(stored.id), "'")),
+        PathOf(id));
   }
   if (version.ok()) stored.version = *version;
   return stored;
@@ -453,9 +461,9 @@ ParameterStore::LoadReport ParameterStore::LoadAll() {
   if (!problem.empty()) report.problems.push_back(problem);
   std::error_code ec;
   for (const std::string& id : ids) {
-    absl::StatusOr<StoredSet> stored = ValidateSetId(id).ok()
-                                           ? Load(id)
-                                           : absl::StatusOr<StoredSet>(absl::DataLossError("file name is not a valid set id"));
+    absl::StatusOr<StoredSet> stored =
+        ValidateSetId(id).ok() ? Load(id)
+                               : absl::StatusOr<StoredSet>(absl::DataLossError("file name is not a valid set id"));
     if (stored.ok()) {
       report.sets.push_back(*std::move(stored));
       continue;

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+
 #include "lstmserve/core/status.h"
 
 namespace lstmserve::core {
@@ -27,8 +28,7 @@ absl::StatusOr<int64_t> CheckShape(absl::Span<const int64_t> shape, absl::string
   }
   if (count > max_elements) {
     return absl::ResourceExhaustedError(absl::StrCat(field, ".shape [", absl::StrJoin(shape, ", "), "] has ", count,
-                                                     " elements; it exceeds the limit of ", max_elements,
-                                                     " elements"));
+                                                     " elements; it exceeds the limit of ", max_elements, " elements"));
   }
   return count;
 }
@@ -43,8 +43,8 @@ absl::StatusOr<at::Tensor> TensorFromBytes(DType dtype, absl::Span<const int64_t
                                                    expected_bytes));
   }
   return GuardTorch(field, [&]() -> absl::StatusOr<at::Tensor> {
-    at::Tensor out = at::empty(std::vector<int64_t>(shape.begin(), shape.end()),
-                               at::TensorOptions().dtype(ToScalarType(dtype)));
+    at::Tensor out =
+        at::empty(std::vector<int64_t>(shape.begin(), shape.end()), at::TensorOptions().dtype(ToScalarType(dtype)));
     std::memcpy(out.data_ptr(), bytes.data(), bytes.size());
     bool finite = true;
     if (dtype == DType::kFloat32) {

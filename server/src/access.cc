@@ -35,9 +35,9 @@ constexpr Method kGrpc[] = {
 };
 
 constexpr Method kHttp[] = {
-    {kHttpService, "ServerLive", Access::kProbe},        {kHttpService, "ServerReady", Access::kProbe},
-    {kHttpService, "ServerMetadata", Access::kGuarded},  {kHttpService, "ModelReady", Access::kGuarded},
-    {kHttpService, "ModelMetadata", Access::kGuarded},   {kHttpService, "ModelConfig", Access::kGuarded},
+    {kHttpService, "ServerLive", Access::kProbe},       {kHttpService, "ServerReady", Access::kProbe},
+    {kHttpService, "ServerMetadata", Access::kGuarded}, {kHttpService, "ModelReady", Access::kGuarded},
+    {kHttpService, "ModelMetadata", Access::kGuarded},  {kHttpService, "ModelConfig", Access::kGuarded},
     {kHttpService, "ModelInfer", Access::kGuarded},
 };
 

@@ -5,6 +5,7 @@
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+
 #include "lstmserve/core/status.h"
 
 namespace lstmserve::server {

@@ -13,6 +13,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+
 #include "lstmserve/core/blas.h"
 #include "lstmserve/core/command_line.h"
 #include "lstmserve/core/status.h"

@@ -1,9 +1,10 @@
 #include "lstmserve/server/metrics.h"
 
+#include <CivetServer.h>
 #include <dirent.h>
 #include <netdb.h>
-#include <sys/socket.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <array>
@@ -15,7 +16,6 @@
 #include <thread>
 #include <vector>
 
-#include <CivetServer.h>
 #include <grpcpp/support/server_interceptor.h>
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
@@ -30,6 +30,7 @@
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+
 #include "lstmserve/server/access.h"
 #include "lstmserve/server/log.h"
 #include "lstmserve/server/options.h"
@@ -43,21 +44,21 @@ constexpr int kNumCodes = 17;  // grpc::StatusCode OK .. UNAUTHENTICATED
 const prometheus::Histogram::BucketBoundaries kLatencyBuckets = {
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
 // Batch waits and compute times, 10 us to 10 s.
-const prometheus::Histogram::BucketBoundaries kBatchTimeBuckets = {
-    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
-    0.01,    0.025,    0.05,    0.1,    0.25,    0.5,    1,     2.5,    10};
+const prometheus::Histogram::BucketBoundaries kBatchTimeBuckets = {0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
+                                                                   0.001,   0.0025,   0.005,   0.01,   0.025,   0.05,
+                                                                   0.1,     0.25,     0.5,     1,      2.5,     10};
 // The server's own hops of a call: 1 us to 10 ms.
-const prometheus::Histogram::BucketBoundaries kPhaseBuckets = {0.000001, 0.0000025, 0.000005, 0.00001, 0.000025,
-                                                               0.00005,  0.0001,    0.00025,  0.0005,  0.001,
-                                                               0.0025,   0.01};
+const prometheus::Histogram::BucketBoundaries kPhaseBuckets = {
+    0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01};
 // Rows in a batch: powers of two.
 const prometheus::Histogram::BucketBoundaries kBatchRowBuckets = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
 
 std::string CodeName(int code) {
   static const std::array<const char*, kNumCodes> kNames = {
-      "OK",        "CANCELLED",         "UNKNOWN",        "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-      "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
-      "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+      "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
+      "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+      "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
+      "DATA_LOSS", "UNAUTHENTICATED"};
   return kNames[static_cast<size_t>(code)];
 }
 
@@ -162,14 +163,14 @@ class ScrapeCollector final : public prometheus::Collectable {
     const std::pair<const char*, std::pair<const char*, double>> process[] = {
         {"process_resident_memory_bytes", {"Resident memory size in bytes.", p.resident_bytes}},
         {"process_virtual_memory_bytes", {"Virtual memory size in bytes.", p.virtual_bytes}},
-        {"process_start_time_seconds", {"Start time of the process since unix epoch in seconds.",
-                                        p.start_time_seconds}},
+        {"process_start_time_seconds",
+         {"Start time of the process since unix epoch in seconds.", p.start_time_seconds}},
         {"process_open_fds", {"Number of open file descriptors.", p.open_fds}},
         {"process_max_fds", {"Maximum number of open file descriptors.", p.max_fds}},
         {"process_threads", {"Number of OS threads in the process.", p.threads}},
     };
-    out.push_back(Family("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
-                         MetricType::Counter));
+    out.push_back(
+        Family("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", MetricType::Counter));
     AddValue(out.back(), p.cpu_seconds);
     for (const auto& [name, rest] : process) {
       out.push_back(Family(name, rest.first, MetricType::Gauge));
@@ -207,8 +208,7 @@ class ScrapeCollector final : public prometheus::Collectable {
     gauge("lstmserve_sessions_active",
           "Session streams and Open Inference Protocol sequences open now (one --max_sessions for both).",
           static_cast<double>(s.sessions_active));
-    counter("lstmserve_session_steps_total",
-            "Session steps and sequence requests (Open Inference Protocol) computed.",
+    counter("lstmserve_session_steps_total", "Session steps and sequence requests (Open Inference Protocol) computed.",
             static_cast<double>(s.session_steps));
     out.push_back(Family("lstmserve_session_rejections_total",
                          "Session streams and sequences refused or ended by the server, by reason: "
@@ -324,8 +324,9 @@ Metrics::Metrics(const BuildInfo& build) : impl_(std::make_shared<Impl>()) {
   auto& registry = *impl_->registry;
   auto& requests = prometheus::BuildCounter()
                        .Name("lstmserve_requests_total")
-                       .Help("Calls handled (gRPC, and HTTP as service inference.http), by service, method "
-                             "and status code.")
+                       .Help(
+                           "Calls handled (gRPC, and HTTP as service inference.http), by service, method "
+                           "and status code.")
                        .Register(registry);
   auto& duration =
       prometheus::BuildHistogram()
@@ -356,9 +357,10 @@ Metrics::Metrics(const BuildInfo& build) : impl_(std::make_shared<Impl>()) {
                               .Add({}, kBatchTimeBuckets);
   auto& kernels = prometheus::BuildCounter()
                       .Name("lstmserve_batch_kernel_total")
-                      .Help("Batches computed, by the core kernel that ran them: the path (small_batch, blas, onednn, "
-                            "generic, cuda_fused, cuda_gemm), or for int8/bf16 weights on the BLAS path packed_int8, "
-                            "packed_bf16 or blas_widened.")
+                      .Help(
+                          "Batches computed, by the core kernel that ran them: the path (small_batch, blas, onednn, "
+                          "generic, cuda_fused, cuda_gemm), or for int8/bf16 weights on the BLAS path packed_int8, "
+                          "packed_bf16 or blas_widened.")
                       .Register(registry);
   for (const char* name : {"small_batch", "blas", "onednn", "generic", "cuda_fused", "cuda_gemm", "packed_int8",
                            "packed_bf16", "blas_widened"}) {
@@ -370,18 +372,20 @@ Metrics::Metrics(const BuildInfo& build) : impl_(std::make_shared<Impl>()) {
                            .Register(registry)
                            .Add({}, kBatchTimeBuckets);
   auto& phases = prometheus::BuildHistogram()
-                    .Name("lstmserve_inference_phase_seconds")
-                    .Help("The server's hops of each Step and Run call besides the queue wait and the compute: "
-                          "decode (request bytes to message), validate (message to queued job), encode "
-                          "(result to response bytes).")
-                    .Register(registry);
+                     .Name("lstmserve_inference_phase_seconds")
+                     .Help(
+                         "The server's hops of each Step and Run call besides the queue wait and the compute: "
+                         "decode (request bytes to message), validate (message to queued job), encode "
+                         "(result to response bytes).")
+                     .Register(registry);
   impl_->phase_decode = &phases.Add({{"phase", "decode"}}, kPhaseBuckets);
   impl_->phase_validate = &phases.Add({{"phase", "validate"}}, kPhaseBuckets);
   impl_->phase_encode = &phases.Add({{"phase", "encode"}}, kPhaseBuckets);
   auto& store_ops = prometheus::BuildCounter()
                         .Name("lstmserve_store_operations_total")
-                        .Help("Parameter store operations by kind (load at start, read on a miss, write, delete) "
-                              "and result (ok, error).")
+                        .Help(
+                            "Parameter store operations by kind (load at start, read on a miss, write, delete) "
+                            "and result (ok, error).")
                         .Register(registry);
   const char* operations[] = {"load", "read", "write", "delete"};
   for (size_t op = 0; op < 4; ++op) {
@@ -493,7 +497,9 @@ void Metrics::StopServing() {
   waker.join();
 }
 
-void Metrics::SetSnapshotSource(std::function<MetricsSnapshot()> source) { impl_->scrape->SetSource(std::move(source)); }
+void Metrics::SetSnapshotSource(std::function<MetricsSnapshot()> source) {
+  impl_->scrape->SetSource(std::move(source));
+}
 
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> Metrics::MakeInterceptorFactory() {
   return std::make_unique<InterceptorFactory>(impl_);

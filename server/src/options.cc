@@ -2,6 +2,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+
 #include "lstmserve/core/stacked_lstm.h"
 
 namespace lstmserve::server {

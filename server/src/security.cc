@@ -1,13 +1,13 @@
 #include "lstmserve/server/security.h"
 
+#include <fstream>
+#include <iterator>
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>
-
-#include <fstream>
-#include <iterator>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -31,8 +31,8 @@ absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
 // The first certificate of the chain and the key, parsed, and the key the certificate's:
 // gRPC would only fail to listen, which reads like a port in use.
 absl::Status CheckKeyPair(const std::string& cert_pem, const std::string& key_pem, const TlsFiles& files) {
-  std::unique_ptr<BIO, decltype(&BIO_free)> cert_bio(BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size())),
-                                                     &BIO_free);
+  std::unique_ptr<BIO, decltype(&BIO_free)> cert_bio(
+      BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size())), &BIO_free);
   std::unique_ptr<X509, decltype(&X509_free)> cert(PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr),
                                                    &X509_free);
   if (!cert) {
@@ -44,13 +44,12 @@ absl::Status CheckKeyPair(const std::string& cert_pem, const std::string& key_pe
   std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(
       PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr), &EVP_PKEY_free);
   if (!key) {
-    return absl::InvalidArgumentError(absl::StrCat("--tls_key_file ", files.key_file,
-                                                   " holds no unencrypted PEM private key OpenSSL can read"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls_key_file ", files.key_file, " holds no unencrypted PEM private key OpenSSL can read"));
   }
   if (X509_check_private_key(cert.get(), key.get()) != 1) {
-    return absl::InvalidArgumentError(absl::StrCat("--tls_key_file ", files.key_file,
-                                                   " is not the key of the certificate in --tls_cert_file ",
-                                                   files.cert_file));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--tls_key_file ", files.key_file, " is not the key of the certificate in --tls_cert_file ", files.cert_file));
   }
   return absl::OkStatus();
 }

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+
 #include "lstmserve/core/blas.h"
 #include "lstmserve/core/device.h"
 #include "lstmserve/core/status.h"
@@ -46,7 +47,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   const int batch_threads = options.num_batch_threads > 0 ? options.num_batch_threads : device.is_cuda() ? 2 : 1;
   LogInfo(absl::StrCat("lstmserve starting: device=", core::DeviceName(device), " threads=", threads,
                        " batch_threads=", batch_threads, " store_dir=", options.store_dir, " transport=",
-                       options.tls_cert_file.empty()            ? "plaintext"
+                       options.tls_cert_file.empty()        ? "plaintext"
                        : options.tls_client_ca_file.empty() ? "tls"
                                                             : "mutual-tls",
                        " auth=", options.auth_tokens_file.empty() ? "none" : "bearer-token"));
@@ -63,8 +64,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     limits.max_body_bytes = options.max_message_bytes;
     limits.idle_timeout = options.http_idle_timeout;
     limits.header_timeout = options.http_header_timeout;
-    LSTMSERVE_ASSIGN_OR_RETURN(server->http_, HttpService::Start(options.http_listen, options.http_threads, limits,
-                                                                 tls, server->context_.get()));
+    LSTMSERVE_ASSIGN_OR_RETURN(server->http_, HttpService::Start(options.http_listen, options.http_threads, limits, tls,
+                                                                 server->context_.get()));
     server->http_address_ = server->http_->address();
   }
   server->server_->GetHealthCheckService()->SetServingStatus(true);
@@ -106,8 +107,8 @@ absl::Status Server::StartEngine(int batch_threads) {
   LogInfo(absl::StrCat("lstm kernels: ", core::DescribeCpuKernels(), "; path ", options.lstm_path));
   batcher_ = std::make_unique<Batcher>(batching, metrics_.get());
   sequences_ = std::make_unique<SequenceStore>(options.max_sessions, options.session_idle_timeout);
-  engine_ = std::make_unique<InferenceEngine>(registry_.get(), batcher_.get(), sequences_.get(),
-                                              options.max_tensor_elements);
+  engine_ =
+      std::make_unique<InferenceEngine>(registry_.get(), batcher_.get(), sequences_.get(), options.max_tensor_elements);
   context_ = std::make_unique<ServiceContext>();
   oip_ = std::make_unique<oip::OpenInference>(engine_.get(), options.session_idle_timeout, &context_->draining);
   context_->registry = registry_.get();
@@ -178,7 +179,8 @@ absl::Status Server::StartGrpc(const TlsFiles& tls) {
   builder.RegisterService(oip_grpc_service_.get());
   server_ = builder.BuildAndStart();
   if (!server_ || port == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.listen, " (in use, or not a local address?)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options_.listen, " (in use, or not a local address?)"));
   }
   std::string host;
   int unused = 0;
@@ -207,12 +209,11 @@ void Server::Drain() {
   server_.reset();
   const BatchStats stats = batcher_->stats();
   const SequenceStore::Stats sessions = sequences_->stats();
-  LogInfo(absl::StrCat("stopped; inference: ", stats.requests, " requests in ", stats.batches,
-                       " batches (", stats.batches > 0 ? stats.rows / stats.batches : 0, " rows on average, largest ",
-                       stats.max_rows, "; ", stats.inlined, " computed on the receiving thread), ", stats.rejected,
-                       " rejected (queue full), ",
-                       stats.expired, " expired and ", stats.cancelled, " cancelled in the queue; ",
-                       sessions.steps, " session steps, ", sessions.idle_cancelled,
+  LogInfo(absl::StrCat("stopped; inference: ", stats.requests, " requests in ", stats.batches, " batches (",
+                       stats.batches > 0 ? stats.rows / stats.batches : 0, " rows on average, largest ", stats.max_rows,
+                       "; ", stats.inlined, " computed on the receiving thread), ", stats.rejected,
+                       " rejected (queue full), ", stats.expired, " expired and ", stats.cancelled,
+                       " cancelled in the queue; ", sessions.steps, " session steps, ", sessions.idle_cancelled,
                        " idle sessions cancelled"));
 }
 

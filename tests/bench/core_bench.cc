@@ -43,11 +43,9 @@ struct Workload {
   int64_t batch, input, hidden, layers, steps;
 };
 constexpr Workload kWorkloads[] = {
-    {"S", 1, 64, 64, 2, 1},
-    {"S32", 1, 64, 64, 2, 32},
-    {"M", 64, 128, 256, 2, 100},
-    {"L", 256, 1024, 1024, 4, 20},
-    {"L1", 1, 1024, 1024, 4, 1},  // one step of L at B=1: reads 134 MB of weights, bandwidth-bound
+    {"S", 1, 64, 64, 2, 1},        {"S32", 1, 64, 64, 2, 32},   {"M", 64, 128, 256, 2, 100},
+    {"L", 256, 1024, 1024, 4, 20}, {"L1", 1, 1024, 1024, 4, 1},  // one step of L at B=1: reads 134 MB of weights,
+                                                                 // bandwidth-bound
 };
 // The batch sweep of L, on CUDA only (on 2 CPU cores B=1024 takes seconds per call).
 constexpr int64_t kSweepBatches[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
@@ -88,8 +86,8 @@ Fixture MakeFixture(const Workload& w, core::WeightStorage storage = core::Weigh
 void Sync() { core::SynchronizeDevice(g_device); }
 
 void SetFlops(benchmark::State& state, const Fixture& f, const Workload& w) {
-  state.counters["FLOPS"] = benchmark::Counter(f.lstm.StepFlops(w.batch) * w.steps,
-                                               benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOPS"] =
+      benchmark::Counter(f.lstm.StepFlops(w.batch) * w.steps, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void BenchCore(benchmark::State& state, Workload w, core::LstmPath path, core::WeightStorage storage) {
@@ -131,8 +129,7 @@ void BenchGemm(benchmark::State& state, Workload w) {
     benchmark::DoNotOptimize(out.data_ptr());
     Sync();
   }
-  state.counters["FLOPS"] =
-      benchmark::Counter(2.0 * w.batch * k * n, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOPS"] = benchmark::Counter(2.0 * w.batch * k * n, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 }  // namespace
@@ -206,14 +203,15 @@ int main(int argc, char** argv) {
     const std::string name = w.name;
     benchmark::RegisterBenchmark(("core/" + name).c_str(), BenchCore, w, core::LstmPath::kAuto,
                                  core::WeightStorage::kDType)
-        ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        ->Unit(benchmark::kMicrosecond)
+        ->UseRealTime();
     const bool sweep = name.rfind("L_B", 0) == 0;  // the sweep: core and the CUDA paths only
     if (w.steps > 1 && !sweep) {
       benchmark::RegisterBenchmark(("core_steps/" + name).c_str(), BenchSteps, w)
-          ->Unit(benchmark::kMicrosecond)->UseRealTime();
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
     }
-    std::vector<core::LstmPath> paths = {core::LstmPath::kSmallBatch, core::LstmPath::kBlas,
-                                         core::LstmPath::kGeneric};
+    std::vector<core::LstmPath> paths = {core::LstmPath::kSmallBatch, core::LstmPath::kBlas, core::LstmPath::kGeneric};
     if (core::OneDnnLstmAvailable()) paths.push_back(core::LstmPath::kOneDnn);
     if (g_device.is_cuda()) {
       paths = {core::LstmPath::kCudaGemm};
@@ -222,19 +220,21 @@ int main(int argc, char** argv) {
     }
     for (core::LstmPath path : paths) {
       const std::string path_name = core::LstmPathName(path);
-      benchmark::RegisterBenchmark(("core_" + std::string(path_name) + "/" + name).c_str(), BenchCore, w, path, core::WeightStorage::kDType)
-          ->Unit(benchmark::kMicrosecond)->UseRealTime();
+      benchmark::RegisterBenchmark(("core_" + std::string(path_name) + "/" + name).c_str(), BenchCore, w, path,
+                                   core::WeightStorage::kDType)
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
     }
     // The same set with reduced weight storage (CPU, float32 sets).
     if (g_device.is_cpu() && g_dtype == core::DType::kFloat32) {
       for (auto [storage, label] : {std::pair{core::WeightStorage::kBFloat16, "core_bf16/"},
                                     std::pair{core::WeightStorage::kInt8, "core_int8/"}}) {
         benchmark::RegisterBenchmark((label + name).c_str(), BenchCore, w, core::LstmPath::kAuto, storage)
-            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+            ->Unit(benchmark::kMicrosecond)
+            ->UseRealTime();
       }
     }
-    benchmark::RegisterBenchmark(("gemm/" + name).c_str(), BenchGemm, w)
-        ->Unit(benchmark::kMicrosecond)->UseRealTime();
+    benchmark::RegisterBenchmark(("gemm/" + name).c_str(), BenchGemm, w)->Unit(benchmark::kMicrosecond)->UseRealTime();
   }
   int n = static_cast<int>(args.size());
   benchmark::Initialize(&n, args.data());

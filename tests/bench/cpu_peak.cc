@@ -159,9 +159,10 @@ int main(int argc, char** argv) {
     if (std::strncmp(argv[i], "--threads=", 10) == 0) {
       threads = std::atoi(argv[i] + 10);
     } else {
-      std::printf("lstmserve-cpu-peak: float32 FMA, bf16 and int8 dot-product peaks and memory bandwidth of this "
-                  "machine.\n  --threads=N  threads (default: %d, the cores available)\n",
-                  lstmserve::core::AvailableCores());
+      std::printf(
+          "lstmserve-cpu-peak: float32 FMA, bf16 and int8 dot-product peaks and memory bandwidth of this "
+          "machine.\n  --threads=N  threads (default: %d, the cores available)\n",
+          lstmserve::core::AvailableCores());
       return std::strcmp(argv[i], "--help") == 0 ? 0 : 2;
     }
   }
@@ -170,7 +171,8 @@ int main(int argc, char** argv) {
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
     Measure("256-bit (AVX2+FMA)", 2.0 * 8, "GFLOP/s float32 FMA peak", Chains256, threads);
   }
-  if (__builtin_cpu_supports("avx512f")) Measure("512-bit (AVX-512F)", 2.0 * 16, "GFLOP/s float32 FMA peak", Chains512, threads);
+  if (__builtin_cpu_supports("avx512f"))
+    Measure("512-bit (AVX-512F)", 2.0 * 16, "GFLOP/s float32 FMA peak", Chains512, threads);
   if (__builtin_cpu_supports("avx512bf16")) {
     Measure("512-bit bf16 dot (AVX512_BF16)", 2.0 * 32, "GFLOP/s bf16 dot-product peak", ChainsBf16, threads);
   }

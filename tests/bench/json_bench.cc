@@ -12,7 +12,8 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
-#include "lstmserve/server/oip_json.h"
+
+#include "lstmserve/server/oip/oip_json.h"
 
 namespace {
 
@@ -60,8 +61,8 @@ std::string DomDecode(const std::string& body) {
 }
 
 void Run(benchmark::State& state, bool sax) {
-  const std::string body = Body(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)), 64,
-                                state.range(2) != 0);
+  const std::string body =
+      Body(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)), 64, state.range(2) != 0);
   for (auto _ : state) {
     if (sax) {
       auto parsed = lstmserve::server::oip::ParseHttpInfer(body, nullptr);

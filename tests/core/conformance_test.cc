@@ -7,11 +7,12 @@
 #include <vector>
 
 #include <ATen/ATen.h>
-#include <torch/version.h>
 #include <gtest/gtest.h>
+#include <torch/version.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+
 #include "lstmserve/core/device.h"
 #include "lstmserve/core/parameter_set.h"
 #include "lstmserve/core/stacked_lstm.h"
@@ -66,9 +67,7 @@ class ConformanceTest : public ::testing::Test {
     delete reference_;
     reference_ = nullptr;
   }
-  void SetUp() override {
-    ASSERT_NE(reference_, nullptr) << "reference values unavailable: " << *load_error_;
-  }
+  void SetUp() override { ASSERT_NE(reference_, nullptr) << "reference values unavailable: " << *load_error_; }
   static c10::IValue* reference_;
   static std::string* load_error_;
 };
@@ -95,8 +94,7 @@ TEST_F(ConformanceTest, EveryInitializerIsBitExactWithTorchNnInit) {
 
     if (testing::Has(item, "error")) {
       EXPECT_EQ(set.status().code(), absl::StatusCode::kInvalidArgument)
-          << label << ": torch refuses (" << Field(item, "error").toStringRef()
-          << ") so the core must refuse too";
+          << label << ": torch refuses (" << Field(item, "error").toStringRef() << ") so the core must refuse too";
       ++refused;
       continue;
     }
@@ -120,9 +118,8 @@ TEST_F(ConformanceTest, StackedLstmSetIsBitExactWithCreateWeightAndCreateBias) {
     core::ParameterSetSpec spec;
     spec.lstm = lstm;
     spec.seed = testing::Seed(Field(item, "seed"));
-    const std::string label = absl::StrCat("L=", lstm.num_layers, " I=", lstm.input_size,
-                                           " H=", lstm.hidden_size, " bias=", lstm.bias,
-                                           " seed=", spec.seed);
+    const std::string label = absl::StrCat("L=", lstm.num_layers, " I=", lstm.input_size, " H=", lstm.hidden_size,
+                                           " bias=", lstm.bias, " seed=", spec.seed);
     auto set = core::CreateParameterSet(spec, core::CreateLimits{});
     ASSERT_TRUE(set.ok()) << label << ": " << set.status();
     const auto weights = Tensors(Field(item, "weights"));
@@ -151,9 +148,9 @@ TEST_P(LstmRunTest, StepAndSequenceMatchStackLstm) {
     GTEST_SKIP() << "no oneDNN RNN in LibTorch " << TORCH_VERSION;
   }
   for (const auto& item : testing::Items(Field(*reference_, "lstm_runs"))) {
-    const std::string label = absl::StrCat(
-        PathName(path), " L=", Field(item, "layers").toInt(), " I=", Field(item, "input_size").toInt(),
-        " H=", Field(item, "hidden_size").toInt(), " B=", Field(item, "batch").toInt());
+    const std::string label =
+        absl::StrCat(PathName(path), " L=", Field(item, "layers").toInt(), " I=", Field(item, "input_size").toInt(),
+                     " H=", Field(item, "hidden_size").toInt(), " B=", Field(item, "batch").toInt());
     auto lstm = core::StackedLstm::Create(Tensors(Field(item, "weights")), Tensors(Field(item, "biases")));
     ASSERT_TRUE(lstm.ok()) << label << ": " << lstm.status();
     // A zero initial state is passed as "no state" to check that missing states mean zeros.
@@ -190,8 +187,7 @@ TEST_P(LstmRunTest, StepAndSequenceMatchStackLstm) {
     ASSERT_TRUE(first.ok()) << label << ": " << first.status();
     auto second = lstm->Run(x.narrow(0, 20, x.size(0) - 20), first->final_state, true, path);
     ASSERT_TRUE(second.ok()) << label << ": " << second.status();
-    EXPECT_LE(MaxAbsDiff(at::cat({first->outputs, second->outputs}), run->outputs), 1e-6)
-        << label << " split run";
+    EXPECT_LE(MaxAbsDiff(at::cat({first->outputs, second->outputs}), run->outputs), 1e-6) << label << " split run";
     core::LstmState state = initial;
     for (int64_t t = 0; t < x.size(0); ++t) {
       auto next = lstm->Step(x[t], state, path);
@@ -206,8 +202,8 @@ TEST_P(LstmRunTest, StepAndSequenceMatchStackLstm) {
 }
 
 INSTANTIATE_TEST_SUITE_P(EveryPath, LstmRunTest,
-                         ::testing::Values(LstmPath::kAuto, LstmPath::kSmallBatch, LstmPath::kBlas,
-                                           LstmPath::kGeneric, LstmPath::kOneDnn),
+                         ::testing::Values(LstmPath::kAuto, LstmPath::kSmallBatch, LstmPath::kBlas, LstmPath::kGeneric,
+                                           LstmPath::kOneDnn),
                          [](const auto& info) { return std::string(PathName(info.param)); });
 
 // The GPU paths against the same reference values: float32 within 1e-5 like the CPU paths;
@@ -234,10 +230,11 @@ TEST_P(CudaLstmRunTest, StepAndSequenceMatchStackLstm) {
   for (const auto& item : testing::Items(Field(*reference_, "lstm_runs"))) {
     const int64_t batch = Field(item, "batch").toInt();
     if (param.path == LstmPath::kCudaFused && batch > 8) continue;
-    const std::string label = absl::StrCat(
-        PathName(param.path), " ", c10::toString(param.dtype), " L=", Field(item, "layers").toInt(),
-        " I=", Field(item, "input_size").toInt(), " H=", Field(item, "hidden_size").toInt(), " B=", batch);
-    auto lstm = core::StackedLstm::Create(on_gpu(Tensors(Field(item, "weights"))), on_gpu(Tensors(Field(item, "biases"))));
+    const std::string label =
+        absl::StrCat(PathName(param.path), " ", c10::toString(param.dtype), " L=", Field(item, "layers").toInt(),
+                     " I=", Field(item, "input_size").toInt(), " H=", Field(item, "hidden_size").toInt(), " B=", batch);
+    auto lstm =
+        core::StackedLstm::Create(on_gpu(Tensors(Field(item, "weights"))), on_gpu(Tensors(Field(item, "biases"))));
     ASSERT_TRUE(lstm.ok()) << label << ": " << lstm.status();
     core::LstmState initial;
     if (!Field(item, "zero_state").toBool()) {
@@ -277,19 +274,18 @@ TEST_P(CudaLstmRunTest, StepAndSequenceMatchStackLstm) {
               c10::toString(param.dtype), worst, checked, param.tolerance);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    EveryCudaPath, CudaLstmRunTest,
-    ::testing::Values(CudaCase{LstmPath::kAuto, at::kFloat, kLstmTolerance},
-                      CudaCase{LstmPath::kCudaFused, at::kFloat, kLstmTolerance},
-                      CudaCase{LstmPath::kCudaGemm, at::kFloat, kLstmTolerance},
-                      CudaCase{LstmPath::kGeneric, at::kFloat, kLstmTolerance},
-                      CudaCase{LstmPath::kCudaFused, at::kHalf, 2e-2},
-                      CudaCase{LstmPath::kCudaGemm, at::kHalf, 2e-2},
-                      CudaCase{LstmPath::kCudaFused, at::kBFloat16, 1e-1},
-                      CudaCase{LstmPath::kCudaGemm, at::kBFloat16, 1e-1}),
-    [](const auto& info) {
-      return absl::StrCat(PathName(info.param.path), "_", c10::toString(info.param.dtype));
-    });
+INSTANTIATE_TEST_SUITE_P(EveryCudaPath, CudaLstmRunTest,
+                         ::testing::Values(CudaCase{LstmPath::kAuto, at::kFloat, kLstmTolerance},
+                                           CudaCase{LstmPath::kCudaFused, at::kFloat, kLstmTolerance},
+                                           CudaCase{LstmPath::kCudaGemm, at::kFloat, kLstmTolerance},
+                                           CudaCase{LstmPath::kGeneric, at::kFloat, kLstmTolerance},
+                                           CudaCase{LstmPath::kCudaFused, at::kHalf, 2e-2},
+                                           CudaCase{LstmPath::kCudaGemm, at::kHalf, 2e-2},
+                                           CudaCase{LstmPath::kCudaFused, at::kBFloat16, 1e-1},
+                                           CudaCase{LstmPath::kCudaGemm, at::kBFloat16, 1e-1}),
+                         [](const auto& info) {
+                           return absl::StrCat(PathName(info.param.path), "_", c10::toString(info.param.dtype));
+                         });
 
 }  // namespace
 }  // namespace lstmserve

@@ -1,9 +1,9 @@
 // Initialization diagnostics of the core against what the variance formulas predict.
+#include "lstmserve/core/diagnostics.h"
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
-
-#include "lstmserve/core/diagnostics.h"
 
 namespace lstmserve::core {
 namespace {

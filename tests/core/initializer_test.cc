@@ -50,14 +50,12 @@ TEST(ComputeFansTest, RejectsOneDimensionAZeroFanAndOverflow) {
   EXPECT_EQ(zero.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(zero.status().message().find("fan of 0"), std::string::npos) << zero.status();
   const int64_t big = int64_t{1} << 40;
-  EXPECT_EQ(ComputeFans({2, big, big}, FanConvention::kTorch).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ComputeFans({2, big, big}, FanConvention::kTorch).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(NamesTest, ParseAndPrintRoundTrip) {
-  for (const char* name : {"uniform", "normal", "constant", "zeros", "ones", "xavier_uniform",
-                           "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal",
-                           "trunc_normal"}) {
+  for (const char* name : {"uniform", "normal", "constant", "zeros", "ones", "xavier_uniform", "xavier_normal",
+                           "kaiming_uniform", "kaiming_normal", "orthogonal", "trunc_normal"}) {
     auto kind = ParseInitKind(name);
     ASSERT_TRUE(kind.ok()) << name;
     EXPECT_EQ(InitKindName(*kind), name);
@@ -157,10 +155,12 @@ TEST(ApplyInitializerTest, StatisticsFollowTheFormulas) {
   at::Generator gen = at::detail::createCPUGenerator(7);
   at::Tensor t = at::empty({512, 256});
   ASSERT_TRUE(ApplyInitializer(t, Initializer::KaimingNormal(0, FanMode::kFanIn, Nonlinearity::kRelu),
-                               FanConvention::kTorch, gen).ok());
+                               FanConvention::kTorch, gen)
+                  .ok());
   EXPECT_NEAR(t.std().item<double>(), std::sqrt(2.0 / 256), 0.02 * std::sqrt(2.0 / 256));
   ASSERT_TRUE(ApplyInitializer(t, Initializer::KaimingNormal(0, FanMode::kFanIn, Nonlinearity::kRelu),
-                               FanConvention::kMatmul, gen).ok());
+                               FanConvention::kMatmul, gen)
+                  .ok());
   EXPECT_NEAR(t.std().item<double>(), std::sqrt(2.0 / 512), 0.02 * std::sqrt(2.0 / 512));
   ASSERT_TRUE(ApplyInitializer(t, Initializer::XavierUniform(), FanConvention::kTorch, gen).ok());
   const double bound = std::sqrt(6.0 / (512 + 256));
@@ -214,8 +214,7 @@ TEST(ApplyInitializerTest, OrthogonalFirstCallOnAFreshThreadIsPinnedToo) {
 }
 
 TEST(DescribeInitializerTest, NamesKindAndParameters) {
-  EXPECT_EQ(DescribeInitializer(Initializer::DefaultWeight()),
-            "kaiming_normal(a=0, mode=fan_in, nonlinearity=relu)");
+  EXPECT_EQ(DescribeInitializer(Initializer::DefaultWeight()), "kaiming_normal(a=0, mode=fan_in, nonlinearity=relu)");
   EXPECT_EQ(DescribeInitializer(Initializer::DefaultBias()), "constant(value=0)");
 }
 

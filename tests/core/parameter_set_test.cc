@@ -25,8 +25,7 @@ void ExpectError(absl::StatusCode code, const ParameterSetSpec& spec, const std:
                  const CreateLimits& limits = {}) {
   auto set = CreateParameterSet(spec, limits);
   EXPECT_EQ(set.status().code(), code) << part;
-  EXPECT_NE(set.status().message().find(part), std::string::npos)
-      << "expected '" << part << "' in: " << set.status();
+  EXPECT_NE(set.status().message().find(part), std::string::npos) << "expected '" << part << "' in: " << set.status();
 }
 
 void ExpectInvalid(const ParameterSetSpec& spec, const std::string& part, const CreateLimits& limits = {}) {

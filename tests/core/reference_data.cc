@@ -11,6 +11,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+
 #include "lstmserve/core/status.h"
 
 namespace lstmserve::testing {
@@ -25,23 +26,21 @@ absl::StatusOr<c10::IValue> LoadReference() {
     if (fd < 0) return absl::InternalError("mkstemp failed");
     close(fd);
     path = tmpl;
-    const std::string cmd = absl::StrCat(LSTMSERVE_PYTHON, " ", LSTMSERVE_MAKE_REFERENCE,
-                                         " --reference-dir '", LSTMSERVE_REFERENCE_DIR,
-                                         "' --out '", path, "'");
+    const std::string cmd = absl::StrCat(LSTMSERVE_PYTHON, " ", LSTMSERVE_MAKE_REFERENCE, " --reference-dir '",
+                                         LSTMSERVE_REFERENCE_DIR, "' --out '", path, "'");
     if (std::system(cmd.c_str()) != 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "could not make reference values with: ", cmd,
-          "\n(needs /usr/bin/python3 with python3-torch, and ../shared/reference/common_ops.py;"
-          " or set LSTMSERVE_REFERENCE_FILE)"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("could not make reference values with: ", cmd,
+                       "\n(needs /usr/bin/python3 with python3-torch, and ../shared/reference/common_ops.py;"
+                       " or set LSTMSERVE_REFERENCE_FILE)"));
     }
   }
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
   std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (!std::getenv("LSTMSERVE_REFERENCE_FILE")) std::remove(path.c_str());
-  return core::GuardTorch("pickle_load", [&]() -> absl::StatusOr<c10::IValue> {
-    return torch::jit::pickle_load(bytes);
-  });
+  return core::GuardTorch("pickle_load",
+                          [&]() -> absl::StatusOr<c10::IValue> { return torch::jit::pickle_load(bytes); });
 }
 
 bool Has(const c10::IValue& dict, const std::string& key) {
@@ -87,8 +86,7 @@ uint64_t Seed(const c10::IValue& v) {
   return seed;
 }
 
-absl::StatusOr<core::Initializer> InitializerFromTorchCall(const std::string& name,
-                                                           const c10::IValue& kwargs) {
+absl::StatusOr<core::Initializer> InitializerFromTorchCall(const std::string& name, const c10::IValue& kwargs) {
   LSTMSERVE_ASSIGN_OR_RETURN(core::InitKind kind, core::ParseInitKind(name));
   core::Initializer init;
   switch (kind) {

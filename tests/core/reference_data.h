@@ -8,6 +8,7 @@
 #include <ATen/core/ivalue.h>
 
 #include "absl/status/statusor.h"
+
 #include "lstmserve/core/initializer.h"
 
 namespace lstmserve::testing {
@@ -29,7 +30,6 @@ uint64_t Seed(const c10::IValue& v);
 
 // Maps torch.nn.init's name and keyword arguments ("a", "b", "mean", "std", "val", "gain",
 // "mode", "nonlinearity") to the core's Initializer, with torch's defaults.
-absl::StatusOr<core::Initializer> InitializerFromTorchCall(const std::string& name,
-                                                           const c10::IValue& kwargs);
+absl::StatusOr<core::Initializer> InitializerFromTorchCall(const std::string& name, const c10::IValue& kwargs);
 
 }  // namespace lstmserve::testing

@@ -40,12 +40,10 @@ TEST(StackedLstmCreateTest, RejectsMalformedWeights) {
       << "input size 0";
   auto wrong_layer = StackedLstm::Create({at::zeros({5, 8}), at::zeros({5, 8})});
   EXPECT_EQ(wrong_layer.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(wrong_layer.status().message().find("w_1 must be [4, 8]"), std::string::npos)
-      << wrong_layer.status();
+  EXPECT_NE(wrong_layer.status().message().find("w_1 must be [4, 8]"), std::string::npos) << wrong_layer.status();
   EXPECT_EQ(StackedLstm::Create({at::zeros({5, 8})}, {at::zeros({4})}).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(StackedLstm::Create({at::zeros({5, 8}, at::kDouble)}).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(StackedLstm::Create({at::zeros({5, 8}, at::kDouble)}).status().code(), absl::StatusCode::kInvalidArgument);
   auto ok = StackedLstm::Create({at::zeros({5, 8}), at::zeros({4, 8})}, {at::zeros({8}), at::zeros({8})});
   ASSERT_TRUE(ok.ok()) << ok.status();
   EXPECT_EQ(ok->input_size(), 3);
@@ -75,8 +73,7 @@ TEST(StackedLstmInputTest, RejectsBadInputsAndStatesWithPreciseMessages) {
   expect(lstm.Step(at::zeros({2, 4}), one_layer).status(), absl::StatusCode::kInvalidArgument,
          "1 c states for 2 layers");
   LstmState wrong_batch{{}, {at::zeros({3, 3}), at::zeros({3, 3})}};
-  expect(lstm.Step(at::zeros({2, 4}), wrong_batch).status(), absl::StatusCode::kInvalidArgument,
-         "h[0] must be [2, 3]");
+  expect(lstm.Step(at::zeros({2, 4}), wrong_batch).status(), absl::StatusCode::kInvalidArgument, "h[0] must be [2, 3]");
 }
 
 TEST(StackedLstmPathTest, AllPathsAgreeOnLargerBatchesAndLongChunkedSequences) {
@@ -197,8 +194,8 @@ TEST(LstmKernelTest, GatesMatchLibTorchIncludingSaturatedInputs) {
     kernels::LstmGates(gates.data_ptr<float>(), bias.data_ptr<float>(), c.data_ptr<float>(), zero,
                        h_out.data_ptr<float>(), rows, h);
     const auto ifog = (gates + bias).chunk(4, 1);
-    const at::Tensor c_ref = at::sigmoid(ifog[0]) * at::tanh(ifog[3]) +
-                             (zero ? at::zeros_like(c_prev) : at::sigmoid(ifog[1]) * c_prev);
+    const at::Tensor c_ref =
+        at::sigmoid(ifog[0]) * at::tanh(ifog[3]) + (zero ? at::zeros_like(c_prev) : at::sigmoid(ifog[1]) * c_prev);
     const at::Tensor h_ref = at::sigmoid(ifog[2]) * at::tanh(c_ref);
     EXPECT_LE(MaxAbsDiff(c, c_ref), 2e-6) << "zero state " << zero;
     EXPECT_LE(MaxAbsDiff(h_out, h_ref), 1e-6) << "zero state " << zero;
@@ -212,8 +209,8 @@ TEST(LstmKernelTest, SmallGemmOnAColumnSliceWithStridesAndManyTiles) {
   const at::Tensor w = at::empty({40, 1300}).normal_(0, 1, gen);  // 3 column tiles, the last partial
   at::Tensor out = at::zeros({5, 1300});
   // Columns [100, 1250) only, as a thread's share would be.
-  kernels::SmallGemm(a.data_ptr<float>(), 40, w.data_ptr<float>() + 100, 1300, 40, 1150,
-                     out.data_ptr<float>() + 100, 1300, 5, false);
+  kernels::SmallGemm(a.data_ptr<float>(), 40, w.data_ptr<float>() + 100, 1300, 40, 1150, out.data_ptr<float>() + 100,
+                     1300, 5, false);
   EXPECT_LE(MaxAbsDiff(out.narrow(1, 100, 1150), at::mm(a, w).narrow(1, 100, 1150)), 1e-4);
   EXPECT_TRUE(at::all(out.narrow(1, 0, 100) == 0).item<bool>()) << "wrote outside its columns";
   EXPECT_TRUE(at::all(out.narrow(1, 1250, 50) == 0).item<bool>()) << "wrote outside its columns";
@@ -245,7 +242,8 @@ TEST(LstmKernelTest, SmallGemmMatchesMatmulForEveryRowRemainder) {
     at::Tensor out = at::full({rows, 20}, 1.0f);
     kernels::SmallGemm(a.data_ptr<float>(), 37, w.data_ptr<float>(), 20, 37, 20, out.data_ptr<float>(), 20, rows, true);
     EXPECT_LE(MaxAbsDiff(out, at::mm(a, w) + 1), 1e-4) << rows << " rows";
-    kernels::SmallGemm(a.data_ptr<float>(), 37, w.data_ptr<float>(), 20, 37, 20, out.data_ptr<float>(), 20, rows, false);
+    kernels::SmallGemm(a.data_ptr<float>(), 37, w.data_ptr<float>(), 20, 37, 20, out.data_ptr<float>(), 20, rows,
+                       false);
     EXPECT_LE(MaxAbsDiff(out, at::mm(a, w)), 1e-4) << rows << " rows";
   }
 }
@@ -266,8 +264,8 @@ TEST(GpuStackedLstmTest, CudaMatchesCpuInEveryDtype) {
   auto expected = cpu.Run(x, {});
   ASSERT_TRUE(expected.ok());
   const c10::Device cuda = *ResolveDevice("cuda");
-  for (auto [dtype, tolerance] : {std::pair{at::kFloat, 1e-4}, std::pair{at::kHalf, 2e-2},
-                                  std::pair{at::kBFloat16, 1e-1}}) {
+  for (auto [dtype, tolerance] :
+       {std::pair{at::kFloat, 1e-4}, std::pair{at::kHalf, 2e-2}, std::pair{at::kBFloat16, 1e-1}}) {
     ParameterSetSpec spec;
     spec.lstm = LstmTemplate{};
     spec.lstm->num_layers = 2;

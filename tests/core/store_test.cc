@@ -48,7 +48,8 @@ class TempDir {
 };
 
 TEST(SetIdTest, AcceptsSafeIdsAndRejectsEverythingElse) {
-  for (const std::string& ok : std::vector<std::string>{"a", "0", "enas-controller.v2", "x_y-z.1", std::string(63, 'a')}) {
+  for (const std::string& ok :
+       std::vector<std::string>{"a", "0", "enas-controller.v2", "x_y-z.1", std::string(63, 'a')}) {
     EXPECT_TRUE(ValidateSetId(ok).ok()) << ok;
   }
   for (const char* bad : {"", "../x", "a/b", "A", "-a", ".hidden", "a b", "x.tmp", "x.corrupt", "é"}) {
@@ -103,19 +104,34 @@ TEST(SafetensorsTest, MalformedFilesAreDataLossNeverACrash) {
     const uint64_t n = json.size();
     return std::string(reinterpret_cast<const char*>(&n), 8) + json + data;
   };
-  cases.push_back({"overlapping offsets",
-                   with_header(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
-                               std::string(8, '\0'))});
-  cases.push_back({"unknown dtype", with_header(R"({"a":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}})", std::string(8, '\0'))});
-  cases.push_back({"shape and size disagree", with_header(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,4]}})", std::string(4, '\0'))});
-  cases.push_back({"negative size", with_header(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", std::string(4, '\0'))});
-  cases.push_back({"bad tensor name", with_header(R"({"../a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", std::string(4, '\0'))});
-  cases.push_back({"shape not a list", with_header(R"({"a":{"dtype":"F32","shape":"x","data_offsets":[0,4]}})", std::string(4, '\0'))});
+  cases.push_back(
+      {"overlapping offsets",
+       with_header(
+           R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+           std::string(8, '\0'))});
+  cases.push_back({"unknown dtype",
+                   with_header(R"({"a":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}})", std::string(8, '\0'))});
+  cases.push_back({"shape and size disagree",
+                   with_header(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,4]}})", std::string(4, '\0'))});
+  cases.push_back({"negative size",
+                   with_header(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", std::string(4, '\0'))});
+  cases.push_back({"bad tensor name",
+                   with_header(R"({"../a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", std::string(4, '\0'))});
+  cases.push_back({"shape not a list",
+                   with_header(R"({"a":{"dtype":"F32","shape":"x","data_offsets":[0,4]}})", std::string(4, '\0'))});
   // Found by fuzz_safetensors under UBSan: numbers that are not int64s.
-  cases.push_back({"offset of 1e81", with_header(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,1222222222222222222222222222222222222222222222222222222222222222222222222222222260]}})", std::string(4, '\0'))});
-  cases.push_back({"offset past int64", with_header(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,18446744073709551615]}})", std::string(4, '\0'))});
-  cases.push_back({"fractional size", with_header(R"({"a":{"dtype":"F32","shape":[1.5],"data_offsets":[0,4]}})", std::string(4, '\0'))});
-  cases.push_back({"negative offset", with_header(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]}})", std::string(4, '\0'))});
+  cases.push_back(
+      {"offset of 1e81",
+       with_header(
+           R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,1222222222222222222222222222222222222222222222222222222222222222222222222222222260]}})",
+           std::string(4, '\0'))});
+  cases.push_back(
+      {"offset past int64", with_header(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,18446744073709551615]}})",
+                                        std::string(4, '\0'))});
+  cases.push_back({"fractional size",
+                   with_header(R"({"a":{"dtype":"F32","shape":[1.5],"data_offsets":[0,4]}})", std::string(4, '\0'))});
+  cases.push_back({"negative offset",
+                   with_header(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]}})", std::string(4, '\0'))});
   for (const auto& [what, bytes] : cases) {
     auto decoded = DecodeSafetensors(bytes);
     EXPECT_FALSE(decoded.ok()) << what;
@@ -175,7 +191,9 @@ TEST(ParameterStoreTest, OpenRemovesStaleTemporaryFilesOnly) {
   const std::string fresh = dir.path() + "/.y.1.0.tmp";
   std::ofstream(stale) << "partial";
   std::ofstream(fresh) << "partial";
-  struct utimbuf old_time {1000, 1000};
+  struct utimbuf old_time {
+    1000, 1000
+  };
   ASSERT_EQ(utime(stale.c_str(), &old_time), 0);
   ASSERT_TRUE(ParameterStore::Open(dir.path()).ok());
   EXPECT_FALSE(fs::exists(stale));
@@ -186,9 +204,8 @@ TEST(ParameterStoreTest, FilesAreReadableByAnIndependentPythonReader) {
   TempDir dir;
   auto store = *ParameterStore::Open(dir.path());
   ASSERT_TRUE(store->Save(MakeStored("interop", 42, 3)).ok());
-  const std::string cmd = absl::StrCat(LSTMSERVE_PYTHON, " ", LSTMSERVE_READ_SAFETENSORS, " ",
-                                       store->PathOf("interop"), " --reference-dir '",
-                                       LSTMSERVE_REFERENCE_DIR, "' --seed 42 --lstm 3,5,3");
+  const std::string cmd = absl::StrCat(LSTMSERVE_PYTHON, " ", LSTMSERVE_READ_SAFETENSORS, " ", store->PathOf("interop"),
+                                       " --reference-dir '", LSTMSERVE_REFERENCE_DIR, "' --seed 42 --lstm 3,5,3");
   EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
 }
 

@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
+
 #include "lstmserve/core/parameter_set.h"
 #include "lstmserve/core/threads.h"
 
@@ -50,8 +51,8 @@ class VariancePropertyTest : public ::testing::TestWithParam<uint64_t> {
 };
 
 TEST_P(VariancePropertyTest, HeKeepsReluStackVarianceNearOne) {
-  const auto v = ForwardVariances(Initializer::KaimingNormal(0, FanMode::kFanIn, Nonlinearity::kRelu),
-                                  GetParam(), Relu);
+  const auto v =
+      ForwardVariances(Initializer::KaimingNormal(0, FanMode::kFanIn, Nonlinearity::kRelu), GetParam(), Relu);
   for (int l = 0; l < kDepth; ++l) {
     EXPECT_GE(v[l], 0.25) << "layer " << l;
     EXPECT_LE(v[l], 4.0) << "layer " << l;
@@ -60,8 +61,8 @@ TEST_P(VariancePropertyTest, HeKeepsReluStackVarianceNearOne) {
 
 TEST_P(VariancePropertyTest, HeWithoutTheReluGainHalvesVariancePerLayer) {
   // gain 1 (kaiming 'linear') ignores ReLU's halving: 20 layers lose about 2^-19.
-  const auto v = ForwardVariances(Initializer::KaimingNormal(0, FanMode::kFanIn, Nonlinearity::kLinear),
-                                  GetParam(), Relu);
+  const auto v =
+      ForwardVariances(Initializer::KaimingNormal(0, FanMode::kFanIn, Nonlinearity::kLinear), GetParam(), Relu);
   EXPECT_LT(v.back(), 1e-4);
 }
 
@@ -73,8 +74,7 @@ TEST_P(VariancePropertyTest, StandardNormalExplodesAndSmallNormalVanishes) {
 }
 
 TEST_P(VariancePropertyTest, XavierWithTanhGainKeepsTanhStackVarianceNearOne) {
-  const auto v = ForwardVariances(Initializer::XavierUniform(CalculateGain(Nonlinearity::kTanh)),
-                                  GetParam(), Tanh);
+  const auto v = ForwardVariances(Initializer::XavierUniform(CalculateGain(Nonlinearity::kTanh)), GetParam(), Tanh);
   for (int l = 0; l < kDepth; ++l) {
     EXPECT_GE(v[l], 0.25) << "layer " << l;
     EXPECT_LE(v[l], 4.0) << "layer " << l;

@@ -41,11 +41,13 @@ TEST(WeightStorageTest, ParsesPathNames) {
   EXPECT_EQ(lstm.KernelName(64, 1), std::string("blas"));
   // The startup log line says what this CPU runs.
   const std::string kernels_line = DescribeCpuKernels();
-  EXPECT_NE(kernels_line.find(std::string("packed int8 GEMM (AVX512-VNNI) ") + (kernels::HasPackedInt8() ? "yes" : "no")),
-            std::string::npos)
+  EXPECT_NE(
+      kernels_line.find(std::string("packed int8 GEMM (AVX512-VNNI) ") + (kernels::HasPackedInt8() ? "yes" : "no")),
+      std::string::npos)
       << kernels_line;
-  EXPECT_NE(kernels_line.find(std::string("packed bf16 GEMM (AVX512-BF16) ") + (kernels::HasPackedBf16() ? "yes" : "no")),
-            std::string::npos)
+  EXPECT_NE(
+      kernels_line.find(std::string("packed bf16 GEMM (AVX512-BF16) ") + (kernels::HasPackedBf16() ? "yes" : "no")),
+      std::string::npos)
       << kernels_line;
 }
 
@@ -83,7 +85,8 @@ TEST(WeightStorageTest, RoundsAsDocumented) {
       for (int64_t k = 0; k < w.size(0); ++k) largest = std::max(largest, std::abs(w[k][j].item<float>()));
       EXPECT_EQ(scale[j].item<float>(), largest / 127.0f);
       for (int64_t k = 0; k < w.size(0); ++k) {
-        EXPECT_EQ(q[k][j].item<int8_t>(), static_cast<int8_t>(std::nearbyint(w[k][j].item<float>() / (largest / 127.0f))));
+        EXPECT_EQ(q[k][j].item<int8_t>(),
+                  static_cast<int8_t>(std::nearbyint(w[k][j].item<float>() / (largest / 127.0f))));
       }
     }
     // Biases are not reduced.
@@ -239,8 +242,8 @@ TEST(WeightStorageTest, EveryKernelBuildMatchesMatmulOnWidenedWeights) {
       const auto* bits = reinterpret_cast<const uint16_t*>(bf16.data_ptr());
       for (bool portable : {false, true}) {
         at::Tensor out = base.clone();
-        (portable ? kernels::SmallGemmBf16Portable : kernels::SmallGemmBf16)(
-            a.data_ptr<float>(), k, bits, n, k, n, out.data_ptr<float>(), n, rows, true);
+        (portable ? kernels::SmallGemmBf16Portable : kernels::SmallGemmBf16)(a.data_ptr<float>(), k, bits, n, k, n,
+                                                                             out.data_ptr<float>(), n, rows, true);
         EXPECT_LT(MaxAbsDiff(out, want_bf16), 1e-4) << "bf16 rows " << rows << " n " << n << " portable " << portable;
         out = base.clone();
         (portable ? kernels::SmallGemmInt8Portable : kernels::SmallGemmInt8)(
@@ -272,7 +275,8 @@ TEST(WeightStorageTest, PackedGemmsMatchTheirDefinition) {
         a[0].zero_();
         const at::Tensor w = at::empty({k, n}).normal_(0, 0.1, gen);
         const at::Tensor base = at::empty({rows, n}).normal_(0, 1, gen);
-        const std::string where = "rows " + std::to_string(rows) + " n " + std::to_string(n) + " k " + std::to_string(k);
+        const std::string where =
+            "rows " + std::to_string(rows) + " n " + std::to_string(n) + " k " + std::to_string(k);
         const int64_t panels = kernels::Panels(n);
         if (kernels::HasPackedInt8()) {
           const at::Tensor scale = w.abs().amax(0) / 127;
@@ -321,11 +325,10 @@ TEST(WeightStorageTest, PackedGemmsMatchTheirDefinition) {
               at::Tensor last = base.narrow(0, rows - 1, 1).clone();
               const int64_t half = panels / 2;
               for (auto [p0, p1] : {std::pair<int64_t, int64_t>{0, half}, {half, panels}}) {
-                kernels::Int8GemmPackedAvx512(qa[rows - 1].data_ptr<uint8_t>(), ldq,
-                                              row_scale[rows - 1].data_ptr<float>(), 1, terms,
-                                              packed.data_ptr<int8_t>(), sums.data_ptr<int32_t>(),
-                                              scale.data_ptr<float>(), k, n, p0, p1, last.data_ptr<float>(), n,
-                                              accumulate);
+                kernels::Int8GemmPackedAvx512(
+                    qa[rows - 1].data_ptr<uint8_t>(), ldq, row_scale[rows - 1].data_ptr<float>(), 1, terms,
+                    packed.data_ptr<int8_t>(), sums.data_ptr<int32_t>(), scale.data_ptr<float>(), k, n, p0, p1,
+                    last.data_ptr<float>(), n, accumulate);
               }
               EXPECT_TRUE(last.equal(out.narrow(0, rows - 1, 1))) << "int8 " << how;
             }
@@ -376,7 +379,8 @@ TEST(WeightStorageTest, PackedGemmsMatchTheirDefinition) {
 // short run (rows are rounded and summed on their own).
 TEST(WeightStorageTest, LongSequencesRoundTheirInputsInACallBuffer) {
   for (WeightStorage storage : {WeightStorage::kBFloat16, WeightStorage::kInt8}) {
-    StackedLstm lstm = *StackedLstm::FromParameterSet(*CreateParameterSet(TestLstmSpec(1, 600, 4, true, 8, storage), {}));
+    StackedLstm lstm =
+        *StackedLstm::FromParameterSet(*CreateParameterSet(TestLstmSpec(1, 600, 4, true, 8, storage), {}));
     at::Generator gen = at::detail::createCPUGenerator(8);
     const at::Tensor x = at::empty({2000, 1, 600}).normal_(0, 1, gen);
     auto whole = lstm.Run(x, {});
@@ -390,7 +394,8 @@ TEST(WeightStorageTest, LongSequencesRoundTheirInputsInACallBuffer) {
 // A large layer (past the size where B=1 splits rows across threads) at B=1..4.
 TEST(WeightStorageTest, LargeLayersSplitAcrossThreadsAgree) {
   for (WeightStorage storage : {WeightStorage::kBFloat16, WeightStorage::kInt8}) {
-    StackedLstm lstm = *StackedLstm::FromParameterSet(*CreateParameterSet(TestLstmSpec(1, 600, 600, false, 9, storage), {}));
+    StackedLstm lstm =
+        *StackedLstm::FromParameterSet(*CreateParameterSet(TestLstmSpec(1, 600, 600, false, 9, storage), {}));
     for (int64_t batch : {1, 4}) {
       at::Generator gen = at::detail::createCPUGenerator(batch);
       const at::Tensor x = at::empty({2, batch, 600}).normal_(0, 1, gen);
@@ -437,10 +442,11 @@ TEST(WeightStorageTest, ErrorAgainstFloat32IsBounded) {
     uint64_t seed;
     int64_t steps, batch;
   };
-  for (const Case& c : {Case{"S", 2, 64, 64, false, 1, 1000, 1}, Case{"S", 2, 64, 64, false, 2, 1000, 1},
-                        Case{"M", 2, 256, 512, true, 1, 1000, 1}, Case{"H=1024", 2, 128, 1024, true, 3, 100, 1},
-                        Case{"S", 2, 64, 64, false, 4, 1000, 16}, Case{"M", 2, 128, 256, true, 5, 100, 64},
-                        Case{"H=1024", 1, 1024, 1024, true, 6, 100, 8}, Case{"H=1024", 1, 1024, 1024, true, 6, 100, 1}}) {
+  for (const Case& c :
+       {Case{"S", 2, 64, 64, false, 1, 1000, 1}, Case{"S", 2, 64, 64, false, 2, 1000, 1},
+        Case{"M", 2, 256, 512, true, 1, 1000, 1}, Case{"H=1024", 2, 128, 1024, true, 3, 100, 1},
+        Case{"S", 2, 64, 64, false, 4, 1000, 16}, Case{"M", 2, 128, 256, true, 5, 100, 64},
+        Case{"H=1024", 1, 1024, 1024, true, 6, 100, 8}, Case{"H=1024", 1, 1024, 1024, true, 6, 100, 1}}) {
     ParameterSetSpec spec = TestLstmSpec(c.layers, c.input, c.hidden, c.bias, c.seed);
     spec.lstm->bias_init = Initializer::DefaultBias();
     at::Generator gen = at::detail::createCPUGenerator(c.seed + 100);
@@ -448,13 +454,13 @@ TEST(WeightStorageTest, ErrorAgainstFloat32IsBounded) {
     const at::Tensor full = StackedLstm::FromParameterSet(*CreateParameterSet(spec, {}))->Run(x, {})->outputs;
     for (WeightStorage storage : {WeightStorage::kBFloat16, WeightStorage::kInt8}) {
       const ErrorRow row = MeasureError(full, spec, storage, x);
-      std::printf("%-7s B=%-3lld seed %llu %-8s %s max abs error after 1/100/%lld steps %.1e %.1e %.1e, mean %.1e %.1e "
-                  "%.1e\n",
-                  c.name, static_cast<long long>(c.batch), static_cast<unsigned long long>(c.seed),
-                  std::string(WeightStorageName(storage)).c_str(),
-                  Packed(storage) ? "(packed)" : "        ", static_cast<long long>(c.steps),
-                  row.max[0], row.max[1], row.max[c.steps >= 1000 ? 2 : 1], row.mean[0], row.mean[1],
-                  row.mean[c.steps >= 1000 ? 2 : 1]);
+      std::printf(
+          "%-7s B=%-3lld seed %llu %-8s %s max abs error after 1/100/%lld steps %.1e %.1e %.1e, mean %.1e %.1e "
+          "%.1e\n",
+          c.name, static_cast<long long>(c.batch), static_cast<unsigned long long>(c.seed),
+          std::string(WeightStorageName(storage)).c_str(), Packed(storage) ? "(packed)" : "        ",
+          static_cast<long long>(c.steps), row.max[0], row.max[1], row.max[c.steps >= 1000 ? 2 : 1], row.mean[0],
+          row.mean[1], row.mean[c.steps >= 1000 ? 2 : 1]);
       const double bound = storage == WeightStorage::kInt8 ? 2e-2 : 1e-2;
       EXPECT_LT(row.max[1], bound) << c.name << " " << WeightStorageName(storage);
       EXPECT_GT(row.max[1], 0.0) << "the reduced set must differ from float32 at all";

@@ -12,9 +12,9 @@
 #include <string>
 
 #include "lstmserve/core/parameter_set.h"
-#include "lstmserve/server/open_inference.h"
-#include "lstmserve/server/oip_grpc_codec.h"
-#include "lstmserve/server/oip_json.h"
+#include "lstmserve/server/grpc/oip_grpc_codec.h"
+#include "lstmserve/server/oip/oip_json.h"
+#include "lstmserve/server/oip/open_inference.h"
 
 namespace {
 

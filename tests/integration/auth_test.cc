@@ -18,7 +18,7 @@
 
 #include "inference/grpc_service.pb.h"
 #include "lstmserve/server/access.h"
-#include "lstmserve/server/http_handler.h"
+#include "lstmserve/server/http/http_handler.h"
 #include "lstmserve/v1/inference_service.pb.h"
 #include "lstmserve/v1/parameter_service.pb.h"
 #include "server_process.h"
@@ -39,10 +39,12 @@ class AuthTest : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new TempDir();
     std::ofstream(dir_->path() + "/tokens") << kToken << "\n";
-    auto server = ServerProcess::Start(dir_->path() + "/store", {"--auth_tokens_file=" + dir_->path() + "/tokens"},
-                                       dir_->path());
-    if (server.ok()) server_ = server->release();
-    else error_ = new std::string(server.status().ToString());
+    auto server =
+        ServerProcess::Start(dir_->path() + "/store", {"--auth_tokens_file=" + dir_->path() + "/tokens"}, dir_->path());
+    if (server.ok())
+      server_ = server->release();
+    else
+      error_ = new std::string(server.status().ToString());
   }
   static void TearDownTestSuite() {
     delete server_;
@@ -85,7 +87,8 @@ class AuthTest : public ::testing::Test {
         if (i == 0 && first_reply != nullptr) {
           std::vector<grpc::Slice> slices;
           (void)reply.Dump(&slices);
-          for (const auto& slice : slices) first_reply->append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+          for (const auto& slice : slices)
+            first_reply->append(reinterpret_cast<const char*>(slice.begin()), slice.size());
         }
       }
     }
@@ -147,7 +150,8 @@ TEST_F(AuthTest, EveryGrpcMethodChecksItsTokenBeforeItParses) {
 }
 
 TEST_F(AuthTest, GrpcHealthAndReflectionAreProbes) {
-  for (const char* path : {"/grpc.health.v1.Health/Check", "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"}) {
+  for (const char* path :
+       {"/grpc.health.v1.Health/Check", "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"}) {
     EXPECT_NE(Call(path, std::nullopt).error_code(), grpc::StatusCode::UNAUTHENTICATED) << path;
   }
   // A method no service has never reaches the server's code: gRPC answers it itself.

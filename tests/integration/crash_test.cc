@@ -21,6 +21,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+
 #include "lstmserve/client/client.h"
 #include "server_process.h"
 
@@ -52,7 +53,7 @@ v1::ParameterSetSpec Spec(int64_t hidden, uint64_t seed) {
 struct Ledger {
   std::mutex mu;
   std::map<std::string, std::string> acknowledged;
-  std::set<std::string> deleted;          // acknowledged
+  std::set<std::string> deleted;           // acknowledged
   std::set<std::string> delete_attempted;  // sent, acknowledged or not
   std::set<std::string> attempted;         // every id a write was sent for
 };

@@ -2,16 +2,15 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <sys/socket.h>
-
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -27,8 +26,9 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::s
                                                                     const std::string& log_dir) {
   int out[2];
   if (pipe(out) != 0) return absl::InternalError("pipe failed");
-  std::vector<std::string> args = {LSTMSERVE_SERVER_BINARY, "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
-                                   "--http_listen=127.0.0.1:0", "--store_dir=" + store_dir, "--threads=1"};
+  std::vector<std::string> args = {LSTMSERVE_SERVER_BINARY,        "--listen=127.0.0.1:0",
+                                   "--metrics_listen=127.0.0.1:0", "--http_listen=127.0.0.1:0",
+                                   "--store_dir=" + store_dir,     "--threads=1"};
   args.insert(args.end(), flags.begin(), flags.end());
   std::filesystem::create_directories(store_dir);
   const std::string log_path = (log_dir.empty() ? store_dir : log_dir) + "/server.log";
@@ -66,7 +66,8 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::s
         auto line = [&](const std::string& prefix) {
           const auto from = buffer.find(prefix, end);
           const auto to = from == std::string::npos ? std::string::npos : buffer.find('\n', from);
-          return to == std::string::npos ? std::string() : buffer.substr(from + prefix.size(), to - from - prefix.size());
+          return to == std::string::npos ? std::string()
+                                         : buffer.substr(from + prefix.size(), to - from - prefix.size());
         };
         server->metrics_address_ = line("metrics on ");
         server->http_address_ = line("http on ");

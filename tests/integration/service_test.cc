@@ -17,6 +17,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+
 #include "lstmserve/client/client.h"
 #include "lstmserve/wire/conversions.h"
 #include "reference_data.h"
@@ -66,8 +67,10 @@ class ServiceTest : public ::testing::Test {
   static void SetUpTestSuite() {
     store_ = new TempDir();
     auto server = ServerProcess::Start(store_->path(), {"--max_set_bytes=100000000"});
-    if (server.ok()) server_ = server->release();
-    else start_error_ = new std::string(server.status().ToString());
+    if (server.ok())
+      server_ = server->release();
+    else
+      start_error_ = new std::string(server.status().ToString());
   }
   static void TearDownTestSuite() {
     delete server_;
@@ -94,7 +97,10 @@ TEST_F(ServiceTest, HealthIsServing) {
 }
 
 TEST_F(ServiceTest, CreatedSetsAreBitIdenticalToTheReference) {
-  struct Case { int64_t layers, input, hidden; uint64_t seed; };
+  struct Case {
+    int64_t layers, input, hidden;
+    uint64_t seed;
+  };
   for (const Case& c : {Case{1, 3, 2, 0}, Case{2, 64, 64, 42}, Case{3, 10, 20, 123456789}}) {
     const std::string id = absl::StrCat("ref-", c.layers, "-", c.input, "-", c.hidden, "-", c.seed);
     auto created = client_->Create(LstmSpec(c.layers, c.input, c.hidden, c.seed), id);
@@ -108,9 +114,9 @@ TEST_F(ServiceTest, CreatedSetsAreBitIdenticalToTheReference) {
     TempDir dir;
     const std::string file = dir.path() + "/set.safetensors";
     ASSERT_TRUE(client::WriteTensorFile(file, exported->tensors).ok());
-    const std::string cmd = absl::StrCat(LSTMSERVE_PYTHON, " ", LSTMSERVE_READ_SAFETENSORS, " ", file,
-                                         " --reference-dir '", LSTMSERVE_REFERENCE_DIR, "' --seed ", c.seed,
-                                         " --lstm ", c.layers, ",", c.input, ",", c.hidden);
+    const std::string cmd =
+        absl::StrCat(LSTMSERVE_PYTHON, " ", LSTMSERVE_READ_SAFETENSORS, " ", file, " --reference-dir '",
+                     LSTMSERVE_REFERENCE_DIR, "' --seed ", c.seed, " --lstm ", c.layers, ",", c.input, ",", c.hidden);
     EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
   }
 }
@@ -206,7 +212,8 @@ TEST_F(ServiceTest, ExportImportRoundTripAndDelete) {
   EXPECT_EQ(imported->origin(), v1::SET_ORIGIN_IMPORTED);
   auto wrong = client_->Import(exported->tensors, "round-wrong", "sha256:00");
   EXPECT_EQ(wrong.status().code(), absl::StatusCode::kInvalidArgument) << wrong.status();
-  EXPECT_EQ(client_->Get("round-wrong").status().code(), absl::StatusCode::kNotFound) << "a refused import stored something";
+  EXPECT_EQ(client_->Get("round-wrong").status().code(), absl::StatusCode::kNotFound)
+      << "a refused import stored something";
   ASSERT_TRUE(client_->Delete("round-copy").ok());
   EXPECT_EQ(client_->Get("round-copy").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(client_->Delete("round-copy").code(), absl::StatusCode::kNotFound);
@@ -259,74 +266,310 @@ TEST_F(ServiceTest, BadInputGetsTheRightCodeAndAUsefulMessage) {
     std::string message_part;
   };
   std::vector<Case> cases = {
-      {"create without spec", [&] { return create([](auto& r) { r.clear_spec(); }); }, grpc::INVALID_ARGUMENT, "spec is not set"},
-      {"create without layout", [&] { return create([](auto& r) { r.mutable_spec()->clear_lstm(); }); }, grpc::INVALID_ARGUMENT, "no layout"},
-      {"create 0 layers", [&] { return create([](auto& r) { r.mutable_spec()->mutable_lstm()->set_num_layers(0); }); }, grpc::INVALID_ARGUMENT, "num_layers must be >= 1"},
-      {"create negative hidden", [&] { return create([](auto& r) { r.mutable_spec()->mutable_lstm()->set_hidden_size(-4); }); }, grpc::INVALID_ARGUMENT, "hidden_size must be >= 1"},
-      {"create overflowing sizes", [&] { return create([](auto& r) { r.mutable_spec()->mutable_lstm()->set_hidden_size(int64_t{1} << 62); }); }, grpc::INVALID_ARGUMENT, "overflow"},
-      {"create over the set limit", [&] { return create([](auto& r) { r.mutable_spec()->mutable_lstm()->set_hidden_size(4096); }); }, grpc::RESOURCE_EXHAUSTED, "limit"},
-      {"create id ../x", [&] { return create([](auto& r) { r.set_parameter_set_id("../x"); }); }, grpc::INVALID_ARGUMENT, "parameter_set_id"},
-      {"create duplicate id", [&] { return create([](auto& r) { r.set_parameter_set_id("bad-input-set"); }); }, grpc::ALREADY_EXISTS, "already exists"},
-      {"create bfloat16 on CPU", [&] { return create([](auto& r) { r.mutable_spec()->set_dtype(v1::DATA_TYPE_BFLOAT16); }); }, grpc::INVALID_ARGUMENT, "CUDA only"},
-      {"create unknown fan convention", [&] { return create([](auto& r) { r.mutable_spec()->set_fan_convention(static_cast<v1::FanConvention>(9)); }); }, grpc::INVALID_ARGUMENT, "fan_convention"},
-      {"create trunc_normal a > b", [&] { return create([](auto& r) {
-         auto* tn = r.mutable_spec()->mutable_lstm()->mutable_weight_initializer()->mutable_trunc_normal();
-         tn->set_a(1); tn->set_b(-1); }); }, grpc::INVALID_ARGUMENT, "a must be < b"},
-      {"create normal std < 0", [&] { return create([](auto& r) {
-         r.mutable_spec()->mutable_lstm()->mutable_weight_initializer()->mutable_normal()->set_std(-1); }); }, grpc::INVALID_ARGUMENT, "std must be >= 0"},
-      {"create orthogonal bias", [&] { return create([](auto& r) {
-         r.mutable_spec()->mutable_lstm()->set_bias(true);
-         r.mutable_spec()->mutable_lstm()->mutable_bias_initializer()->mutable_orthogonal(); }); }, grpc::INVALID_ARGUMENT, "orthogonal needs"},
-      {"create duplicate tensor names", [&] { return create([](auto& r) {
-         r.mutable_spec()->clear_lstm();
-         for (int i = 0; i < 2; ++i) { auto* x = r.mutable_spec()->mutable_tensor_list()->add_tensors(); x->set_name("a"); x->add_shape(2); x->mutable_initializer()->mutable_zeros(); } }); },
+      {"create without spec", [&] { return create([](auto& r) { r.clear_spec(); }); }, grpc::INVALID_ARGUMENT,
+       "spec is not set"},
+      {"create without layout", [&] { return create([](auto& r) { r.mutable_spec()->clear_lstm(); }); },
+       grpc::INVALID_ARGUMENT, "no layout"},
+      {"create 0 layers", [&] { return create([](auto& r) { r.mutable_spec()->mutable_lstm()->set_num_layers(0); }); },
+       grpc::INVALID_ARGUMENT, "num_layers must be >= 1"},
+      {"create negative hidden",
+       [&] { return create([](auto& r) { r.mutable_spec()->mutable_lstm()->set_hidden_size(-4); }); },
+       grpc::INVALID_ARGUMENT, "hidden_size must be >= 1"},
+      {"create overflowing sizes",
+       [&] { return create([](auto& r) { r.mutable_spec()->mutable_lstm()->set_hidden_size(int64_t{1} << 62); }); },
+       grpc::INVALID_ARGUMENT, "overflow"},
+      {"create over the set limit",
+       [&] { return create([](auto& r) { r.mutable_spec()->mutable_lstm()->set_hidden_size(4096); }); },
+       grpc::RESOURCE_EXHAUSTED, "limit"},
+      {"create id ../x", [&] { return create([](auto& r) { r.set_parameter_set_id("../x"); }); },
+       grpc::INVALID_ARGUMENT, "parameter_set_id"},
+      {"create duplicate id", [&] { return create([](auto& r) { r.set_parameter_set_id("bad-input-set"); }); },
+       grpc::ALREADY_EXISTS, "already exists"},
+      {"create bfloat16 on CPU",
+       [&] { return create([](auto& r) { r.mutable_spec()->set_dtype(v1::DATA_TYPE_BFLOAT16); }); },
+       grpc::INVALID_ARGUMENT, "CUDA only"},
+      {"create unknown fan convention",
+       [&] { return create([](auto& r) { r.mutable_spec()->set_fan_convention(static_cast<v1::FanConvention>(9)); }); },
+       grpc::INVALID_ARGUMENT, "fan_convention"},
+      {"create trunc_normal a > b",
+       [&] {
+         return create([](auto& r) {
+           auto* tn = r.mutable_spec()->mutable_lstm()->mutable_weight_initializer()->mutable_trunc_normal();
+           tn->set_a(1);
+           tn->set_b(-1);
+         });
+       },
+       grpc::INVALID_ARGUMENT, "a must be < b"},
+      {"create normal std < 0",
+       [&] {
+         return create([](auto& r) {
+           r.mutable_spec()->mutable_lstm()->mutable_weight_initializer()->mutable_normal()->set_std(-1);
+         });
+       },
+       grpc::INVALID_ARGUMENT, "std must be >= 0"},
+      {"create orthogonal bias",
+       [&] {
+         return create([](auto& r) {
+           r.mutable_spec()->mutable_lstm()->set_bias(true);
+           r.mutable_spec()->mutable_lstm()->mutable_bias_initializer()->mutable_orthogonal();
+         });
+       },
+       grpc::INVALID_ARGUMENT, "orthogonal needs"},
+      {"create duplicate tensor names",
+       [&] {
+         return create([](auto& r) {
+           r.mutable_spec()->clear_lstm();
+           for (int i = 0; i < 2; ++i) {
+             auto* x = r.mutable_spec()->mutable_tensor_list()->add_tensors();
+             x->set_name("a");
+             x->add_shape(2);
+             x->mutable_initializer()->mutable_zeros();
+           }
+         });
+       },
        grpc::INVALID_ARGUMENT, "used twice"},
-      {"create empty tensor list", [&] { return create([](auto& r) { r.mutable_spec()->mutable_tensor_list(); }); }, grpc::INVALID_ARGUMENT, "tensor_list.tensors is empty"},
-      {"get unknown", [&] { v1::GetParameterSetRequest r; r.set_parameter_set_id("nope"); v1::GetParameterSetResponse o; grpc::ClientContext c; return params->GetParameterSet(&c, r, &o); }, grpc::NOT_FOUND, "not found"},
-      {"get empty id", [&] { v1::GetParameterSetRequest r; v1::GetParameterSetResponse o; grpc::ClientContext c; return params->GetParameterSet(&c, r, &o); }, grpc::INVALID_ARGUMENT, "is empty"},
-      {"list negative page", [&] { v1::ListParameterSetsRequest r; r.set_page_size(-1); v1::ListParameterSetsResponse o; grpc::ClientContext c; return params->ListParameterSets(&c, r, &o); }, grpc::INVALID_ARGUMENT, "page_size"},
-      {"list bad token", [&] { v1::ListParameterSetsRequest r; r.set_page_token("garbage"); v1::ListParameterSetsResponse o; grpc::ClientContext c; return params->ListParameterSets(&c, r, &o); }, grpc::INVALID_ARGUMENT, "page_token"},
-      {"delete unknown", [&] { v1::DeleteParameterSetRequest r; r.set_parameter_set_id("nope"); v1::DeleteParameterSetResponse o; grpc::ClientContext c; return params->DeleteParameterSet(&c, r, &o); }, grpc::NOT_FOUND, "not found"},
-      {"step unknown set", [&] { return step([](auto& r) { r.set_parameter_set_id("nope"); }); }, grpc::NOT_FOUND, "not found"},
-      {"step on a non-LSTM set", [&] { return step([](auto& r) { r.set_parameter_set_id("not-an-lstm"); }); }, grpc::FAILED_PRECONDITION, "not a stacked LSTM"},
+      {"create empty tensor list", [&] { return create([](auto& r) { r.mutable_spec()->mutable_tensor_list(); }); },
+       grpc::INVALID_ARGUMENT, "tensor_list.tensors is empty"},
+      {"get unknown",
+       [&] {
+         v1::GetParameterSetRequest r;
+         r.set_parameter_set_id("nope");
+         v1::GetParameterSetResponse o;
+         grpc::ClientContext c;
+         return params->GetParameterSet(&c, r, &o);
+       },
+       grpc::NOT_FOUND, "not found"},
+      {"get empty id",
+       [&] {
+         v1::GetParameterSetRequest r;
+         v1::GetParameterSetResponse o;
+         grpc::ClientContext c;
+         return params->GetParameterSet(&c, r, &o);
+       },
+       grpc::INVALID_ARGUMENT, "is empty"},
+      {"list negative page",
+       [&] {
+         v1::ListParameterSetsRequest r;
+         r.set_page_size(-1);
+         v1::ListParameterSetsResponse o;
+         grpc::ClientContext c;
+         return params->ListParameterSets(&c, r, &o);
+       },
+       grpc::INVALID_ARGUMENT, "page_size"},
+      {"list bad token",
+       [&] {
+         v1::ListParameterSetsRequest r;
+         r.set_page_token("garbage");
+         v1::ListParameterSetsResponse o;
+         grpc::ClientContext c;
+         return params->ListParameterSets(&c, r, &o);
+       },
+       grpc::INVALID_ARGUMENT, "page_token"},
+      {"delete unknown",
+       [&] {
+         v1::DeleteParameterSetRequest r;
+         r.set_parameter_set_id("nope");
+         v1::DeleteParameterSetResponse o;
+         grpc::ClientContext c;
+         return params->DeleteParameterSet(&c, r, &o);
+       },
+       grpc::NOT_FOUND, "not found"},
+      {"step unknown set", [&] { return step([](auto& r) { r.set_parameter_set_id("nope"); }); }, grpc::NOT_FOUND,
+       "not found"},
+      {"step on a non-LSTM set", [&] { return step([](auto& r) { r.set_parameter_set_id("not-an-lstm"); }); },
+       grpc::FAILED_PRECONDITION, "not a stacked LSTM"},
       {"step without x", [&] { return step([](auto& r) { r.clear_x(); }); }, grpc::INVALID_ARGUMENT, "x is not set"},
-      {"step dtype unset", [&] { return step([](auto& r) { r.mutable_x()->set_dtype(v1::DATA_TYPE_UNSPECIFIED); }); }, grpc::INVALID_ARGUMENT, "x.dtype is not set"},
-      {"step dtype differs", [&] { return step([](auto& r) { r.mutable_x()->set_dtype(v1::DATA_TYPE_FLOAT16); }); }, grpc::INVALID_ARGUMENT, "the parameter set is float32"},
-      {"step data length", [&] { return step([](auto& r) { r.mutable_x()->mutable_data()->pop_back(); }); }, grpc::INVALID_ARGUMENT, "x.data has 31 bytes"},
-      {"step negative size", [&] { return step([](auto& r) { r.mutable_x()->set_shape(0, -2); }); }, grpc::INVALID_ARGUMENT, "sizes must be >= 1"},
-      {"step empty batch", [&] { return step([](auto& r) { r.mutable_x()->set_shape(0, 0); r.mutable_x()->clear_data(); }); }, grpc::INVALID_ARGUMENT, "sizes must be >= 1"},
-      {"step overflowing shape", [&] { return step([](auto& r) { r.mutable_x()->set_shape(0, int64_t{1} << 40); r.mutable_x()->set_shape(1, int64_t{1} << 40); }); }, grpc::INVALID_ARGUMENT, "more elements than an int64"},
-      {"step over --max_tensor_elements", [&] { return step([](auto& r) { r.mutable_x()->set_shape(0, int64_t{1} << 40); }); }, grpc::RESOURCE_EXHAUSTED, "exceeds the limit of"},
-      {"step wrong input size", [&] { return step([](auto& r) { wire::TensorToProto(at::zeros({2, 5}), r.mutable_x()); }); }, grpc::INVALID_ARGUMENT, "x is [2, 5]; the set's x must be [batch, 4] (its input_size)"},
-      {"step NaN input", [&] { return step([&](auto& r) { auto x = at::zeros({2, 4}); x[0][1] = nan; wire::TensorToProto(x, r.mutable_x()); }); }, grpc::INVALID_ARGUMENT, "NaN or infinity"},
-      {"step wrong number of layers", [&] { return step([](auto& r) { wire::TensorToProto(at::zeros({2, 3}), r.add_c()); }); }, grpc::INVALID_ARGUMENT, "c has 1 tensors; the set has 2 layers"},
-      {"step state of wrong batch", [&] { return step([](auto& r) { for (int l = 0; l < 2; ++l) wire::TensorToProto(at::zeros({5, 3}), r.add_h()); }); }, grpc::INVALID_ARGUMENT, "h[0] must be [2, 3]"},
-      {"run 2-D inputs", [&] { return run([](auto& r) { wire::TensorToProto(at::zeros({2, 4}), r.mutable_inputs()); }); }, grpc::INVALID_ARGUMENT, "3-D"},
-      {"run without inputs", [&] { return run([](auto& r) { r.clear_inputs(); }); }, grpc::INVALID_ARGUMENT, "inputs is not set"},
-      {"run infinite input", [&] { return run([](auto& r) { auto x = at::zeros({3, 2, 4}); x[2][1][3] = INFINITY; wire::TensorToProto(x, r.mutable_inputs()); }); }, grpc::INVALID_ARGUMENT, "NaN or infinity"},
-      {"run rank 9", [&] { return run([](auto& r) { r.mutable_inputs()->clear_shape(); for (int i = 0; i < 9; ++i) r.mutable_inputs()->add_shape(1); }); }, grpc::INVALID_ARGUMENT, "rank 9"},
-      {"run huge T", [&] { return run([](auto& r) { r.mutable_inputs()->set_shape(0, int64_t{1} << 50); }); }, grpc::RESOURCE_EXHAUSTED, "exceeds the limit"},
-      {"run T past int64", [&] { return run([](auto& r) { r.mutable_inputs()->set_shape(0, int64_t{1} << 62); }); }, grpc::INVALID_ARGUMENT, "more elements than an int64"},
-      {"run negative T", [&] { return run([](auto& r) { r.mutable_inputs()->set_shape(0, -3); }); }, grpc::INVALID_ARGUMENT, "sizes must be >= 1"},
-      {"run wrong dtype", [&] { return run([](auto& r) { r.mutable_inputs()->set_dtype(v1::DATA_TYPE_BFLOAT16); }); }, grpc::INVALID_ARGUMENT, "the parameter set is float32"},
-      {"run dtype out of range", [&] { return run([](auto& r) { r.mutable_inputs()->set_dtype(static_cast<v1::DataType>(77)); }); }, grpc::INVALID_ARGUMENT, "dtype"},
-      {"run unknown set", [&] { return run([](auto& r) { r.set_parameter_set_id("gone"); }); }, grpc::NOT_FOUND, "not found"},
-      {"run id ../x", [&] { return run([](auto& r) { r.set_parameter_set_id("../x"); }); }, grpc::INVALID_ARGUMENT, "parameter_set_id"},
-      {"step 3-D x", [&] { return step([](auto& r) { wire::TensorToProto(at::zeros({1, 2, 4}), r.mutable_x()); }); }, grpc::INVALID_ARGUMENT, "x must be [batch, 4]"},
-      {"step 3 h for 2 layers", [&] { return step([](auto& r) { for (int l = 0; l < 3; ++l) wire::TensorToProto(at::zeros({2, 3}), r.add_h()); }); }, grpc::INVALID_ARGUMENT, "h has 3 tensors; the set has 2 layers"},
-      {"step state of wrong dtype", [&] { return step([](auto& r) { for (int l = 0; l < 2; ++l) { wire::TensorToProto(at::zeros({2, 3}), r.add_c()); wire::TensorToProto(at::zeros({2, 3}).to(at::kHalf), r.add_h()); } }); }, grpc::INVALID_ARGUMENT, "h[0]"},
-      {"step oversized message", [&] { return step([](auto& r) { wire::TensorToProto(at::zeros({2, 9'000'000}), r.mutable_x()); }); }, grpc::RESOURCE_EXHAUSTED, "larger than max"},
-      {"create id too long", [&] { return create([](auto& r) { r.set_parameter_set_id(std::string(64, 'a')); }); }, grpc::INVALID_ARGUMENT, "too long"},
-      {"create id with a slash", [&] { return create([](auto& r) { r.set_parameter_set_id("a/b"); }); }, grpc::INVALID_ARGUMENT, "parameter_set_id"},
-      {"create dtype out of range", [&] { return create([](auto& r) { r.mutable_spec()->set_dtype(static_cast<v1::DataType>(42)); }); }, grpc::INVALID_ARGUMENT, "dtype"},
-      {"create constant past float32", [&] { return create([](auto& r) { r.mutable_spec()->mutable_lstm()->mutable_weight_initializer()->mutable_constant()->set_value(9e307); }); }, grpc::INVALID_ARGUMENT, "magnitude at most 1e30"},
-      {"create empty Initializer", [&] { return create([](auto& r) { r.mutable_spec()->mutable_lstm()->mutable_weight_initializer(); }); }, grpc::INVALID_ARGUMENT, "spec.lstm.weight_initializer is set but names no initializer"},
-      {"create sparse on 1-D", [&] { return create([](auto& r) { r.mutable_spec()->clear_lstm(); auto* x = r.mutable_spec()->mutable_tensor_list()->add_tensors(); x->set_name("v"); x->add_shape(4); x->mutable_initializer()->mutable_sparse()->set_sparsity(0.5); }); }, grpc::INVALID_ARGUMENT, "sparse needs a tensor of 2 dimensions"},
-      {"create tensor of rank 0", [&] { return create([](auto& r) { r.mutable_spec()->clear_lstm(); r.mutable_spec()->mutable_tensor_list()->add_tensors()->set_name("scalar"); }); }, grpc::INVALID_ARGUMENT, "shape"},
-      {"create tensor name ../w", [&] { return create([](auto& r) { r.mutable_spec()->clear_lstm(); auto* x = r.mutable_spec()->mutable_tensor_list()->add_tensors(); x->set_name("../w"); x->add_shape(2); }); }, grpc::INVALID_ARGUMENT, "name"},
-      {"get id ../x", [&] { v1::GetParameterSetRequest r; r.set_parameter_set_id("../x"); v1::GetParameterSetResponse o; grpc::ClientContext c; return params->GetParameterSet(&c, r, &o); }, grpc::INVALID_ARGUMENT, "parameter_set_id"},
-      {"delete id ../../etc", [&] { v1::DeleteParameterSetRequest r; r.set_parameter_set_id("../../etc"); v1::DeleteParameterSetResponse o; grpc::ClientContext c; return params->DeleteParameterSet(&c, r, &o); }, grpc::INVALID_ARGUMENT, "parameter_set_id"},
-      {"list page too large", [&] { v1::ListParameterSetsRequest r; r.set_page_size(1 << 30); v1::ListParameterSetsResponse o; grpc::ClientContext c; return params->ListParameterSets(&c, r, &o); }, grpc::INVALID_ARGUMENT, "page_size"},
+      {"step dtype unset", [&] { return step([](auto& r) { r.mutable_x()->set_dtype(v1::DATA_TYPE_UNSPECIFIED); }); },
+       grpc::INVALID_ARGUMENT, "x.dtype is not set"},
+      {"step dtype differs", [&] { return step([](auto& r) { r.mutable_x()->set_dtype(v1::DATA_TYPE_FLOAT16); }); },
+       grpc::INVALID_ARGUMENT, "the parameter set is float32"},
+      {"step data length", [&] { return step([](auto& r) { r.mutable_x()->mutable_data()->pop_back(); }); },
+       grpc::INVALID_ARGUMENT, "x.data has 31 bytes"},
+      {"step negative size", [&] { return step([](auto& r) { r.mutable_x()->set_shape(0, -2); }); },
+       grpc::INVALID_ARGUMENT, "sizes must be >= 1"},
+      {"step empty batch",
+       [&] {
+         return step([](auto& r) {
+           r.mutable_x()->set_shape(0, 0);
+           r.mutable_x()->clear_data();
+         });
+       },
+       grpc::INVALID_ARGUMENT, "sizes must be >= 1"},
+      {"step overflowing shape",
+       [&] {
+         return step([](auto& r) {
+           r.mutable_x()->set_shape(0, int64_t{1} << 40);
+           r.mutable_x()->set_shape(1, int64_t{1} << 40);
+         });
+       },
+       grpc::INVALID_ARGUMENT, "more elements than an int64"},
+      {"step over --max_tensor_elements",
+       [&] { return step([](auto& r) { r.mutable_x()->set_shape(0, int64_t{1} << 40); }); }, grpc::RESOURCE_EXHAUSTED,
+       "exceeds the limit of"},
+      {"step wrong input size",
+       [&] { return step([](auto& r) {
+               wire::TensorToProto(at::zeros({2, 5}), r.mutable_x());
+             }); },
+       grpc::INVALID_ARGUMENT, "x is [2, 5]; the set's x must be [batch, 4] (its input_size)"},
+      {"step NaN input",
+       [&] {
+         return step([&](auto& r) {
+           auto x = at::zeros({2, 4});
+           x[0][1] = nan;
+           wire::TensorToProto(x, r.mutable_x());
+         });
+       },
+       grpc::INVALID_ARGUMENT, "NaN or infinity"},
+      {"step wrong number of layers",
+       [&] { return step([](auto& r) {
+               wire::TensorToProto(at::zeros({2, 3}), r.add_c());
+             }); }, grpc::INVALID_ARGUMENT,
+       "c has 1 tensors; the set has 2 layers"},
+      {"step state of wrong batch",
+       [&] {
+         return step([](auto& r) {
+           for (int l = 0; l < 2; ++l) wire::TensorToProto(at::zeros({5, 3}), r.add_h());
+         });
+       },
+       grpc::INVALID_ARGUMENT, "h[0] must be [2, 3]"},
+      {"run 2-D inputs",
+       [&] { return run([](auto& r) {
+               wire::TensorToProto(at::zeros({2, 4}), r.mutable_inputs());
+             }); },
+       grpc::INVALID_ARGUMENT, "3-D"},
+      {"run without inputs", [&] { return run([](auto& r) { r.clear_inputs(); }); }, grpc::INVALID_ARGUMENT,
+       "inputs is not set"},
+      {"run infinite input",
+       [&] {
+         return run([](auto& r) {
+           auto x = at::zeros({3, 2, 4});
+           x[2][1][3] = INFINITY;
+           wire::TensorToProto(x, r.mutable_inputs());
+         });
+       },
+       grpc::INVALID_ARGUMENT, "NaN or infinity"},
+      {"run rank 9",
+       [&] {
+         return run([](auto& r) {
+           r.mutable_inputs()->clear_shape();
+           for (int i = 0; i < 9; ++i) r.mutable_inputs()->add_shape(1);
+         });
+       },
+       grpc::INVALID_ARGUMENT, "rank 9"},
+      {"run huge T", [&] { return run([](auto& r) { r.mutable_inputs()->set_shape(0, int64_t{1} << 50); }); },
+       grpc::RESOURCE_EXHAUSTED, "exceeds the limit"},
+      {"run T past int64", [&] { return run([](auto& r) { r.mutable_inputs()->set_shape(0, int64_t{1} << 62); }); },
+       grpc::INVALID_ARGUMENT, "more elements than an int64"},
+      {"run negative T", [&] { return run([](auto& r) { r.mutable_inputs()->set_shape(0, -3); }); },
+       grpc::INVALID_ARGUMENT, "sizes must be >= 1"},
+      {"run wrong dtype", [&] { return run([](auto& r) { r.mutable_inputs()->set_dtype(v1::DATA_TYPE_BFLOAT16); }); },
+       grpc::INVALID_ARGUMENT, "the parameter set is float32"},
+      {"run dtype out of range",
+       [&] { return run([](auto& r) { r.mutable_inputs()->set_dtype(static_cast<v1::DataType>(77)); }); },
+       grpc::INVALID_ARGUMENT, "dtype"},
+      {"run unknown set", [&] { return run([](auto& r) { r.set_parameter_set_id("gone"); }); }, grpc::NOT_FOUND,
+       "not found"},
+      {"run id ../x", [&] { return run([](auto& r) { r.set_parameter_set_id("../x"); }); }, grpc::INVALID_ARGUMENT,
+       "parameter_set_id"},
+      {"step 3-D x", [&] { return step([](auto& r) {
+                             wire::TensorToProto(at::zeros({1, 2, 4}), r.mutable_x());
+                           }); },
+       grpc::INVALID_ARGUMENT, "x must be [batch, 4]"},
+      {"step 3 h for 2 layers",
+       [&] {
+         return step([](auto& r) {
+           for (int l = 0; l < 3; ++l) wire::TensorToProto(at::zeros({2, 3}), r.add_h());
+         });
+       },
+       grpc::INVALID_ARGUMENT, "h has 3 tensors; the set has 2 layers"},
+      {"step state of wrong dtype",
+       [&] {
+         return step([](auto& r) {
+           for (int l = 0; l < 2; ++l) {
+             wire::TensorToProto(at::zeros({2, 3}), r.add_c());
+             wire::TensorToProto(at::zeros({2, 3}).to(at::kHalf), r.add_h());
+           }
+         });
+       },
+       grpc::INVALID_ARGUMENT, "h[0]"},
+      {"step oversized message",
+       [&] { return step([](auto& r) {
+               wire::TensorToProto(at::zeros({2, 9'000'000}), r.mutable_x());
+             }); },
+       grpc::RESOURCE_EXHAUSTED, "larger than max"},
+      {"create id too long", [&] { return create([](auto& r) { r.set_parameter_set_id(std::string(64, 'a')); }); },
+       grpc::INVALID_ARGUMENT, "too long"},
+      {"create id with a slash", [&] { return create([](auto& r) { r.set_parameter_set_id("a/b"); }); },
+       grpc::INVALID_ARGUMENT, "parameter_set_id"},
+      {"create dtype out of range",
+       [&] { return create([](auto& r) { r.mutable_spec()->set_dtype(static_cast<v1::DataType>(42)); }); },
+       grpc::INVALID_ARGUMENT, "dtype"},
+      {"create constant past float32",
+       [&] {
+         return create([](auto& r) {
+           r.mutable_spec()->mutable_lstm()->mutable_weight_initializer()->mutable_constant()->set_value(9e307);
+         });
+       },
+       grpc::INVALID_ARGUMENT, "magnitude at most 1e30"},
+      {"create empty Initializer",
+       [&] { return create([](auto& r) { r.mutable_spec()->mutable_lstm()->mutable_weight_initializer(); }); },
+       grpc::INVALID_ARGUMENT, "spec.lstm.weight_initializer is set but names no initializer"},
+      {"create sparse on 1-D",
+       [&] {
+         return create([](auto& r) {
+           r.mutable_spec()->clear_lstm();
+           auto* x = r.mutable_spec()->mutable_tensor_list()->add_tensors();
+           x->set_name("v");
+           x->add_shape(4);
+           x->mutable_initializer()->mutable_sparse()->set_sparsity(0.5);
+         });
+       },
+       grpc::INVALID_ARGUMENT, "sparse needs a tensor of 2 dimensions"},
+      {"create tensor of rank 0",
+       [&] {
+         return create([](auto& r) {
+           r.mutable_spec()->clear_lstm();
+           r.mutable_spec()->mutable_tensor_list()->add_tensors()->set_name("scalar");
+         });
+       },
+       grpc::INVALID_ARGUMENT, "shape"},
+      {"create tensor name ../w",
+       [&] {
+         return create([](auto& r) {
+           r.mutable_spec()->clear_lstm();
+           auto* x = r.mutable_spec()->mutable_tensor_list()->add_tensors();
+           x->set_name("../w");
+           x->add_shape(2);
+         });
+       },
+       grpc::INVALID_ARGUMENT, "name"},
+      {"get id ../x",
+       [&] {
+         v1::GetParameterSetRequest r;
+         r.set_parameter_set_id("../x");
+         v1::GetParameterSetResponse o;
+         grpc::ClientContext c;
+         return params->GetParameterSet(&c, r, &o);
+       },
+       grpc::INVALID_ARGUMENT, "parameter_set_id"},
+      {"delete id ../../etc",
+       [&] {
+         v1::DeleteParameterSetRequest r;
+         r.set_parameter_set_id("../../etc");
+         v1::DeleteParameterSetResponse o;
+         grpc::ClientContext c;
+         return params->DeleteParameterSet(&c, r, &o);
+       },
+       grpc::INVALID_ARGUMENT, "parameter_set_id"},
+      {"list page too large",
+       [&] {
+         v1::ListParameterSetsRequest r;
+         r.set_page_size(1 << 30);
+         v1::ListParameterSetsResponse o;
+         grpc::ClientContext c;
+         return params->ListParameterSets(&c, r, &o);
+       },
+       grpc::INVALID_ARGUMENT, "page_size"},
   };
   const auto run_cases = [&] {
     for (const Case& c : cases) {
@@ -349,8 +592,9 @@ TEST_F(ServiceTest, BadInputGetsTheRightCodeAndAUsefulMessage) {
   run_cases();  // warm-up: gRPC's and the allocator's pools
   // The 72 MB oversized message is left out of the repeats: its transient buffers move
   // glibc's mmap threshold, and resident memory then shows the allocator's cache, not a leak.
-  cases.erase(std::remove_if(cases.begin(), cases.end(), [](const Case& c) { return c.what == "step oversized message"; }),
-              cases.end());
+  cases.erase(
+      std::remove_if(cases.begin(), cases.end(), [](const Case& c) { return c.what == "step oversized message"; }),
+      cases.end());
   run_cases();
   const long before = rss();
   for (int round = 0; round < 20; ++round) run_cases();
@@ -369,20 +613,23 @@ TEST_F(ServiceTest, BadInputGetsTheRightCodeAndAUsefulMessage) {
     grpc::ClientContext ctx;
     auto reader = params->ExportParameterSet(&ctx, r);
     v1::ExportParameterSetResponse m;
-    while (reader->Read(&m)) {}
+    while (reader->Read(&m)) {
+    }
     EXPECT_EQ(reader->Finish().error_code(), grpc::NOT_FOUND);
     r.set_parameter_set_id("bad-input-set");
     r.set_chunk_bytes(int64_t{1} << 40);
     grpc::ClientContext ctx2;
     auto reader2 = params->ExportParameterSet(&ctx2, r);
-    while (reader2->Read(&m)) {}
+    while (reader2->Read(&m)) {
+    }
     EXPECT_EQ(reader2->Finish().error_code(), grpc::INVALID_ARGUMENT);
   }
   auto import = [&](std::vector<v1::ImportParameterSetRequest> messages) {
     grpc::ClientContext ctx;
     v1::ImportParameterSetResponse resp;
     auto writer = params->ImportParameterSet(&ctx, &resp);
-    for (const auto& m : messages) if (!writer->Write(m)) break;
+    for (const auto& m : messages)
+      if (!writer->Write(m)) break;
     writer->WritesDone();
     return writer->Finish();
   };
@@ -400,7 +647,8 @@ TEST_F(ServiceTest, BadInputGetsTheRightCodeAndAUsefulMessage) {
   EXPECT_EQ(import({half}).error_code(), grpc::INVALID_ARGUMENT) << "chunk before header";
   EXPECT_EQ(import({header, half}).error_code(), grpc::INVALID_ARGUMENT) << "stream ended halfway";
   EXPECT_EQ(import({header, overrun}).error_code(), grpc::INVALID_ARGUMENT) << "chunk overruns";
-  EXPECT_EQ(client_->Get("broken-import").status().code(), absl::StatusCode::kNotFound) << "a broken import stored something";
+  EXPECT_EQ(client_->Get("broken-import").status().code(), absl::StatusCode::kNotFound)
+      << "a broken import stored something";
   {  // a client that goes away in the middle of an import: nothing is stored
     grpc::ClientContext ctx;
     v1::ImportParameterSetResponse resp;
@@ -431,7 +679,8 @@ TEST_F(ServiceTest, BadInputGetsTheRightCodeAndAUsefulMessage) {
   v1::ImportParameterSetRequest no_dtype = header;
   no_dtype.mutable_header()->mutable_tensors(0)->set_dtype(v1::DATA_TYPE_UNSPECIFIED);
   EXPECT_EQ(import({no_dtype}).error_code(), grpc::INVALID_ARGUMENT) << "import tensor without dtype";
-  EXPECT_EQ(client_->Get("broken-import").status().code(), absl::StatusCode::kNotFound) << "a broken import stored something";
+  EXPECT_EQ(client_->Get("broken-import").status().code(), absl::StatusCode::kNotFound)
+      << "a broken import stored something";
   EXPECT_FALSE(std::filesystem::exists(store_->path() + "/../escape.safetensors"));
   {  // an export of a set deleted while it streams: the export completes with the whole set
     ASSERT_TRUE(client_->Create(LstmSpec(2, 64, 64, 9), "doomed").ok());
@@ -595,7 +844,8 @@ TEST(ServiceLifecycleTest, ACallWhoseDeadlinePassesWhileQueuedGetsDeadlineExceed
   // Wait until the heavy call holds the compute thread: the batcher has taken it from the
   // queue (its queue wait is observed when its batch starts).
   ASSERT_TRUE((*server)->WaitForMetric("lstmserve_batch_queue_wait_seconds_count", 1));
-  auto stub = v1::InferenceService::NewStub(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::InferenceService::NewStub(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
   v1::StepRequest request;
   request.set_parameter_set_id("slow");
   wire::TensorToProto(at::zeros({1, 256}), request.mutable_x());
@@ -627,14 +877,16 @@ TEST(ExportLimitsTest, ChunksFitTheMessageLimitAndLargerChunkBytesAreRefused) {
   ASSERT_EQ(exported->tensors.size(), 2u);
   EXPECT_EQ(exported->tensors[0].value.sizes(), (std::vector<int64_t>{512, 1024}));
 
-  auto params = v1::ParameterService::NewStub(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
+  auto params =
+      v1::ParameterService::NewStub(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
   v1::ExportParameterSetRequest r;
   r.set_parameter_set_id("big");
   r.set_chunk_bytes(int64_t{1} << 20);
   grpc::ClientContext ctx;
   auto reader = params->ExportParameterSet(&ctx, r);
   v1::ExportParameterSetResponse m;
-  while (reader->Read(&m)) {}
+  while (reader->Read(&m)) {
+  }
   const grpc::Status refused = reader->Finish();
   EXPECT_EQ(refused.error_code(), grpc::INVALID_ARGUMENT);
   EXPECT_NE(refused.error_message().find("--max_message_bytes"), std::string::npos) << refused.error_message();
@@ -695,13 +947,15 @@ TEST(ScaleOutTest, TwoServersSharingAStoreServeEachOthersSetsAndSeeDeletes) {
 
 TEST(OverloadTest, PastTheQueueLimitRequestsAreRefusedAtOnceAndTheMemoryBudgetHolds) {
   TempDir store;
-  auto server = ServerProcess::Start(store.path(), {"--max_queued_requests=1", "--max_total_set_bytes=6000000",
-                                                    "--max_set_bytes=5000000"});
+  auto server = ServerProcess::Start(
+      store.path(), {"--max_queued_requests=1", "--max_total_set_bytes=6000000", "--max_set_bytes=5000000"});
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = Connect(**server);
   ASSERT_TRUE(client->Create(LstmSpec(2, 256, 256, 1), "busy").ok());  // 4 MiB (budget: 6 MB)
   // One call computing, one waiting: the queue (1) is full.
-  auto computing = std::async(std::launch::async, [&] { return client->Run("busy", Randn({400, 64, 256}, 5), {}, true); });
+  auto computing = std::async(std::launch::async, [&] {
+    return client->Run("busy", Randn({400, 64, 256}, 5), {}, true);
+  });
   ASSERT_TRUE((*server)->WaitForMetric("lstmserve_batch_queue_wait_seconds_count", 1));
   auto waiting = std::async(std::launch::async, [&] { return client->Run("busy", Randn({2, 1, 256}, 6)); });
   ASSERT_TRUE((*server)->WaitForMetric("lstmserve_batch_queue_depth", 1));

@@ -13,7 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "inference/grpc_service.pb.h"
-#include "lstmserve/server/http_handler.h"
+#include "lstmserve/server/http/http_handler.h"
 #include "lstmserve/v1/inference_service.pb.h"
 #include "lstmserve/v1/parameter_service.pb.h"
 
@@ -91,10 +91,10 @@ TEST(AccessTest, CheckAccessAsksForATokenOnlyWhereDeclared) {
   EXPECT_TRUE(CheckAccess(nullptr, infer, std::nullopt).ok()) << "a server without tokens";
   EXPECT_TRUE(CheckAccess(auth.get(), live, std::nullopt).ok());
   EXPECT_TRUE(CheckAccess(auth.get(), infer, std::string("Bearer ") + kToken).ok());
-  for (const auto& value : {std::optional<std::string>(), std::optional<std::string>("Bearer wrong-token-of-20-chars"),
-                            std::optional<std::string>(kToken), std::optional<std::string>("Basic abc"),
-                            std::optional<std::string>(std::string("Bearer ") + kToken + "x"),
-                            std::optional<std::string>("")}) {
+  for (const auto& value :
+       {std::optional<std::string>(), std::optional<std::string>("Bearer wrong-token-of-20-chars"),
+        std::optional<std::string>(kToken), std::optional<std::string>("Basic abc"),
+        std::optional<std::string>(std::string("Bearer ") + kToken + "x"), std::optional<std::string>("")}) {
     const absl::Status s =
         CheckAccess(auth.get(), infer, value ? std::optional<absl::string_view>(*value) : std::nullopt);
     EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated) << (value ? *value : "(none)");

@@ -1,12 +1,13 @@
 // The batcher on a manual clock: deadlines and waits without sleeping.
-#include "lstmserve/server/batcher.h"
+#include "lstmserve/server/engine/batcher.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include "absl/synchronization/notification.h"
+
 #include "lstmserve/core/parameter_set.h"
-#include "lstmserve/server/clock.h"
+#include "lstmserve/server/engine/clock.h"
 
 namespace lstmserve::server {
 namespace {
@@ -26,7 +27,8 @@ std::shared_ptr<const SetEntry> SmallSet() {
   return entry;
 }
 
-BatchJob Job(const std::shared_ptr<const SetEntry>& set, std::function<void(absl::StatusOr<core::SequenceResult>)> done) {
+BatchJob Job(const std::shared_ptr<const SetEntry>& set,
+             std::function<void(absl::StatusOr<core::SequenceResult>)> done) {
   BatchJob job;
   job.set = set;
   job.inputs = at::ones({1, 1, 3});

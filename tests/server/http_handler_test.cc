@@ -1,6 +1,6 @@
 // The HTTP front end's handler without a socket: a request in, an answer out, over a real
 // engine, batcher and store.
-#include "lstmserve/server/http_handler.h"
+#include "lstmserve/server/http/http_handler.h"
 
 #include <filesystem>
 #include <fstream>
@@ -111,7 +111,8 @@ TEST_F(HttpHandlerTest, FramingAProxyCouldReadAnotherWayIsRefusedBeforeTheBody) 
       {{{"Transfer-Encoding", "chunked"}, {"Content-Length", "3"}}, 400, "both Content-Length and Transfer-Encoding"},
       {{{"Transfer-Encoding", "gzip, chunked"}}, 400, "Transfer-Encoding \"gzip, chunked\" is not supported"},
       {{{"Transfer-Encoding", "chunked"}, {"Transfer-Encoding", "chunked"}}, 400, "is not supported"},
-      {{{"Inference-Header-Content-Length", "3"}, {"inference-header-content-length", "4"}}, 400,
+      {{{"Inference-Header-Content-Length", "3"}, {"inference-header-content-length", "4"}},
+       400,
        "more than one Inference-Header-Content-Length"},
       {{{"Content-Encoding", "gzip"}}, 415, "Content-Encoding \"gzip\" is not supported"},
   };
@@ -151,9 +152,10 @@ TEST_F(HttpHandlerTest, WithTokensTheTokenIsCheckedFirstAndProbesNeedNone) {
   UseTokens();
   HttpHandler handler(&ctx_);
   // No token: 401 even where the framing or the path is wrong too, so nothing else is told.
-  for (const HttpRequest& r : {Request("POST", "/v2/models/m/infer"),
-                               Request("POST", "/v2/models/m/infer", {{"Content-Length", "1"}, {"Content-Length", "2"}}),
-                               Request("GET", "/nowhere"), Request("GET", "/v2/models/m/ready")}) {
+  for (const HttpRequest& r :
+       {Request("POST", "/v2/models/m/infer"),
+        Request("POST", "/v2/models/m/infer", {{"Content-Length", "1"}, {"Content-Length", "2"}}),
+        Request("GET", "/nowhere"), Request("GET", "/v2/models/m/ready")}) {
     const auto refused = handler.Admit(r);
     ASSERT_TRUE(refused.has_value()) << r.target;
     EXPECT_EQ(refused->status, 401) << r.target;

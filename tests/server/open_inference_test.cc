@@ -1,6 +1,6 @@
 // The Open Inference Protocol's logic (oip::OpenInference) over a real engine, batcher and
 // store, without a socket: what both of its front ends (gRPC and HTTP) rely on.
-#include "lstmserve/server/open_inference.h"
+#include "lstmserve/server/oip/open_inference.h"
 
 #include <filesystem>
 #include <future>

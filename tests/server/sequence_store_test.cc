@@ -1,4 +1,4 @@
-#include "lstmserve/server/sequence_store.h"
+#include "lstmserve/server/engine/sequence_store.h"
 
 #include <atomic>
 

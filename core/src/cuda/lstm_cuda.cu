@@ -1,10 +1,10 @@
 // CUDA kernels of the core's GPU path; see lstm_cuda.h.
-#include "lstm_cuda.h"
-
 #include <algorithm>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include "lstm_cuda.h"
 
 namespace lstmserve::core::cuda {
 namespace {
@@ -12,20 +12,32 @@ namespace {
 template <typename T>
 __device__ __forceinline__ float Load(const T* p);
 template <>
-__device__ __forceinline__ float Load<float>(const float* p) { return *p; }
+__device__ __forceinline__ float Load<float>(const float* p) {
+  return *p;
+}
 template <>
-__device__ __forceinline__ float Load<__half>(const __half* p) { return __half2float(*p); }
+__device__ __forceinline__ float Load<__half>(const __half* p) {
+  return __half2float(*p);
+}
 template <>
-__device__ __forceinline__ float Load<__nv_bfloat16>(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ float Load<__nv_bfloat16>(const __nv_bfloat16* p) {
+  return __bfloat162float(*p);
+}
 
 template <typename T>
 __device__ __forceinline__ void Store(T* p, float v);
 template <>
-__device__ __forceinline__ void Store<float>(float* p, float v) { *p = v; }
+__device__ __forceinline__ void Store<float>(float* p, float v) {
+  *p = v;
+}
 template <>
-__device__ __forceinline__ void Store<__half>(__half* p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void Store<__half>(__half* p, float v) {
+  *p = __float2half_rn(v);
+}
 template <>
-__device__ __forceinline__ void Store<__nv_bfloat16>(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void Store<__nv_bfloat16>(__nv_bfloat16* p, float v) {
+  *p = __float2bfloat16_rn(v);
+}
 
 // Accurate float32 functions (not the fast intrinsics): the GPU path answers to the same
 // 1e-5 bound against the reference as the CPU paths.
@@ -56,8 +68,8 @@ __global__ void GatesKernel(const T* proj, const T* rec, float* c, bool c_is_zer
   }
 }
 
-constexpr int kTile = 32;   // hidden units per block (one per lane: coalesced weight rows)
-constexpr int kWarps = 8;   // warps per block, each a slice of the K rows
+constexpr int kTile = 32;             // hidden units per block (one per lane: coalesced weight rows)
+constexpr int kWarps = 8;             // warps per block, each a slice of the K rows
 constexpr int kMinRowsPerBlock = 64;  // fewest K rows a block takes when K is split
 
 // Blocks along K: enough blocks in all for about two per SM, each with >= 64 rows of K.
@@ -74,7 +86,7 @@ int KBlocks(int64_t k, int64_t hidden, int sm_count) {
 // sums in `partials`, and the last block of a tile to finish (counted in `counters`) adds
 // them up and applies the cell.
 template <typename T, int kRows>
-__global__ void __launch_bounds__(kTile * kWarps)
+__global__ void __launch_bounds__(kTile* kWarps)
     FusedStepKernel(const T* __restrict__ x, int64_t in, const T* __restrict__ h_prev, int64_t hidden,
                     const T* __restrict__ w, const T* __restrict__ bias, float* __restrict__ c, bool c_is_zero,
                     T* __restrict__ h_out, int rows, float* __restrict__ partials, int* __restrict__ counters) {
@@ -175,17 +187,18 @@ cudaError_t LaunchGates(const void* proj, const void* rec, float* c, bool c_is_z
   if (n == 0) return cudaSuccess;
   constexpr int kThreads = 256;
   const int blocks = static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65535));
-  GatesKernel<T><<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(proj), static_cast<const T*>(rec), c,
-                                                  c_is_zero, static_cast<T*>(h_out), rows, hidden);
+  GatesKernel<T><<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(proj), static_cast<const T*>(rec), c, c_is_zero,
+                                                  static_cast<T*>(h_out), rows, hidden);
   return cudaGetLastError();
 }
 
 template <typename T, int kRows>
 cudaError_t LaunchFusedRows(const void* x, int64_t in, const void* h_prev, int64_t hidden, const void* w,
-                            const void* bias, float* c, bool c_is_zero, void* h_out, int64_t rows,
-                            float* partials, int* counters, int sm_count, cudaStream_t stream) {
+                            const void* bias, float* c, bool c_is_zero, void* h_out, int64_t rows, float* partials,
+                            int* counters, int sm_count, cudaStream_t stream) {
   const int64_t k = h_prev != nullptr ? in + hidden : in;
-  const dim3 grid(static_cast<unsigned>((hidden + kTile - 1) / kTile), static_cast<unsigned>(KBlocks(k, hidden, sm_count)));
+  const dim3 grid(static_cast<unsigned>((hidden + kTile - 1) / kTile),
+                  static_cast<unsigned>(KBlocks(k, hidden, sm_count)));
   const dim3 block(kTile, kWarps);
   FusedStepKernel<T, kRows><<<grid, block, 0, stream>>>(
       static_cast<const T*>(x), in, static_cast<const T*>(h_prev), hidden, static_cast<const T*>(w),
@@ -194,19 +207,26 @@ cudaError_t LaunchFusedRows(const void* x, int64_t in, const void* h_prev, int64
 }
 
 template <typename T>
-cudaError_t LaunchFused(const void* x, int64_t in, const void* h_prev, int64_t hidden, const void* w,
-                        const void* bias, float* c, bool c_is_zero, void* h_out, int64_t rows, float* partials,
-                        int* counters, int sm_count, cudaStream_t stream) {
-  if (rows <= 1) return LaunchFusedRows<T, 1>(x, in, h_prev, hidden, w, bias, c, c_is_zero, h_out, rows, partials, counters, sm_count, stream);
-  if (rows <= 2) return LaunchFusedRows<T, 2>(x, in, h_prev, hidden, w, bias, c, c_is_zero, h_out, rows, partials, counters, sm_count, stream);
-  if (rows <= 4) return LaunchFusedRows<T, 4>(x, in, h_prev, hidden, w, bias, c, c_is_zero, h_out, rows, partials, counters, sm_count, stream);
-  return LaunchFusedRows<T, 8>(x, in, h_prev, hidden, w, bias, c, c_is_zero, h_out, rows, partials, counters, sm_count, stream);
+cudaError_t LaunchFused(const void* x, int64_t in, const void* h_prev, int64_t hidden, const void* w, const void* bias,
+                        float* c, bool c_is_zero, void* h_out, int64_t rows, float* partials, int* counters,
+                        int sm_count, cudaStream_t stream) {
+  if (rows <= 1)
+    return LaunchFusedRows<T, 1>(x, in, h_prev, hidden, w, bias, c, c_is_zero, h_out, rows, partials, counters,
+                                 sm_count, stream);
+  if (rows <= 2)
+    return LaunchFusedRows<T, 2>(x, in, h_prev, hidden, w, bias, c, c_is_zero, h_out, rows, partials, counters,
+                                 sm_count, stream);
+  if (rows <= 4)
+    return LaunchFusedRows<T, 4>(x, in, h_prev, hidden, w, bias, c, c_is_zero, h_out, rows, partials, counters,
+                                 sm_count, stream);
+  return LaunchFusedRows<T, 8>(x, in, h_prev, hidden, w, bias, c, c_is_zero, h_out, rows, partials, counters, sm_count,
+                               stream);
 }
 
 }  // namespace
 
-cudaError_t LstmGates(Elem elem, const void* proj, const void* rec, float* c, bool c_is_zero, void* h_out,
-                      int64_t rows, int64_t hidden, cudaStream_t stream) {
+cudaError_t LstmGates(Elem elem, const void* proj, const void* rec, float* c, bool c_is_zero, void* h_out, int64_t rows,
+                      int64_t hidden, cudaStream_t stream) {
   switch (elem) {
     case Elem::kFloat32: return LaunchGates<float>(proj, rec, c, c_is_zero, h_out, rows, hidden, stream);
     case Elem::kFloat16: return LaunchGates<__half>(proj, rec, c, c_is_zero, h_out, rows, hidden, stream);
@@ -226,9 +246,15 @@ cudaError_t FusedLstmStep(Elem elem, const void* x, int64_t in, const void* h_pr
                           int* counters, int sm_count, cudaStream_t stream) {
   if (rows < 1 || rows > kFusedMaxRows) return cudaErrorInvalidValue;
   switch (elem) {
-    case Elem::kFloat32: return LaunchFused<float>(x, in, h_prev, hidden, w, bias, c, c_is_zero, h_out, rows, partials, counters, sm_count, stream);
-    case Elem::kFloat16: return LaunchFused<__half>(x, in, h_prev, hidden, w, bias, c, c_is_zero, h_out, rows, partials, counters, sm_count, stream);
-    case Elem::kBFloat16: return LaunchFused<__nv_bfloat16>(x, in, h_prev, hidden, w, bias, c, c_is_zero, h_out, rows, partials, counters, sm_count, stream);
+    case Elem::kFloat32:
+      return LaunchFused<float>(x, in, h_prev, hidden, w, bias, c, c_is_zero, h_out, rows, partials, counters, sm_count,
+                                stream);
+    case Elem::kFloat16:
+      return LaunchFused<__half>(x, in, h_prev, hidden, w, bias, c, c_is_zero, h_out, rows, partials, counters,
+                                 sm_count, stream);
+    case Elem::kBFloat16:
+      return LaunchFused<__nv_bfloat16>(x, in, h_prev, hidden, w, bias, c, c_is_zero, h_out, rows, partials, counters,
+                                        sm_count, stream);
   }
   return cudaErrorInvalidValue;
 }

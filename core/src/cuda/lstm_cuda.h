@@ -19,8 +19,8 @@ enum class Elem { kFloat32, kFloat16, kBFloat16 };
 //   h_out[r, j] = sigmoid(o) * tanh(c[r, j])
 // proj and rec are [rows, 4 * hidden] (row stride 4 * hidden), c is float32 [rows, hidden],
 // h_out is [rows, hidden]. proj, rec and h_out have element type `elem`.
-cudaError_t LstmGates(Elem elem, const void* proj, const void* rec, float* c, bool c_is_zero,
-                      void* h_out, int64_t rows, int64_t hidden, cudaStream_t stream);
+cudaError_t LstmGates(Elem elem, const void* proj, const void* rec, float* c, bool c_is_zero, void* h_out, int64_t rows,
+                      int64_t hidden, cudaStream_t stream);
 
 // One layer of one step for a small batch, fused: the GEMV [x, h_prev] @ w, the bias and the
 // cell math in one kernel that reads w once (the step is bound by the weights' bytes).
@@ -33,9 +33,8 @@ cudaError_t LstmGates(Elem elem, const void* proj, const void* rec, float* c, bo
 constexpr int kFusedMaxRows = 8;
 int64_t FusedStepScratchFloats(int64_t in, int64_t hidden, int64_t rows, int sm_count);
 int64_t FusedStepCounters(int64_t hidden);
-cudaError_t FusedLstmStep(Elem elem, const void* x, int64_t in, const void* h_prev, int64_t hidden,
-                          const void* w, const void* bias, float* c, bool c_is_zero, void* h_out,
-                          int64_t rows, float* partials, int* counters, int sm_count,
-                          cudaStream_t stream);
+cudaError_t FusedLstmStep(Elem elem, const void* x, int64_t in, const void* h_prev, int64_t hidden, const void* w,
+                          const void* bias, float* c, bool c_is_zero, void* h_out, int64_t rows, float* partials,
+                          int* counters, int sm_count, cudaStream_t stream);
 
 }  // namespace lstmserve::core::cuda

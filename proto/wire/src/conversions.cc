@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+
 #include "lstmserve/core/status.h"
 #include "lstmserve/core/tensor_bytes.h"
 
@@ -45,8 +46,7 @@ absl::StatusOr<core::Nonlinearity> NonlinearityFromProto(v1::Nonlinearity n, abs
 
 // `present`: the field was sent. Absent gives `fallback`; present, it must name one kind.
 absl::StatusOr<core::Initializer> InitializerFromProto(bool present, const v1::Initializer& init,
-                                                       const core::Initializer& fallback,
-                                                       absl::string_view field) {
+                                                       const core::Initializer& fallback, absl::string_view field) {
   using I = core::Initializer;
   switch (init.kind_case()) {
     case v1::Initializer::KIND_NOT_SET:
@@ -82,8 +82,8 @@ absl::StatusOr<core::Initializer> InitializerFromProto(bool present, const v1::I
       return I::Orthogonal(init.orthogonal().has_gain() ? init.orthogonal().gain() : 1.0);
     case v1::Initializer::kTruncNormal: {
       const auto& t = init.trunc_normal();
-      return I::TruncNormal(t.has_mean() ? t.mean() : 0.0, t.has_std() ? t.std() : 1.0,
-                            t.has_a() ? t.a() : -2.0, t.has_b() ? t.b() : 2.0);
+      return I::TruncNormal(t.has_mean() ? t.mean() : 0.0, t.has_std() ? t.std() : 1.0, t.has_a() ? t.a() : -2.0,
+                            t.has_b() ? t.b() : 2.0);
     }
     case v1::Initializer::kEye: return I::Eye();
     case v1::Initializer::kDirac: return I::Dirac(init.dirac().has_groups() ? init.dirac().groups() : 1);
@@ -112,10 +112,11 @@ absl::StatusOr<core::DType> DTypeFromProto(v1::DataType dtype, absl::string_view
     case v1::DATA_TYPE_BFLOAT16: return core::DType::kBFloat16;
     case v1::DATA_TYPE_INT8: return core::DType::kInt8;
     case v1::DATA_TYPE_UNSPECIFIED:
-      return absl::InvalidArgumentError(absl::StrCat(field, ".dtype is not set; expected DATA_TYPE_FLOAT32, "
-                                                     "DATA_TYPE_FLOAT16 or DATA_TYPE_BFLOAT16 (DATA_TYPE_INT8 for int8 weights)"));
-    default:
-      return absl::InvalidArgumentError(absl::StrCat(field, ".dtype: unknown value ", dtype));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field,
+                       ".dtype is not set; expected DATA_TYPE_FLOAT32, "
+                       "DATA_TYPE_FLOAT16 or DATA_TYPE_BFLOAT16 (DATA_TYPE_INT8 for int8 weights)"));
+    default: return absl::InvalidArgumentError(absl::StrCat(field, ".dtype: unknown value ", dtype));
   }
 }
 
@@ -149,16 +150,15 @@ v1::WeightStorage WeightStorageToProto(core::WeightStorage storage) {
   return v1::WEIGHT_STORAGE_UNSPECIFIED;
 }
 
-absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor, absl::string_view field,
-                                           core::DType expected, int64_t max_elements,
-                                           const c10::Device& device) {
+absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor, absl::string_view field, core::DType expected,
+                                           int64_t max_elements, const c10::Device& device) {
   LSTMSERVE_ASSIGN_OR_RETURN(core::DType dtype, DTypeFromProto(tensor.dtype(), field));
   if (dtype != expected) {
     return absl::InvalidArgumentError(absl::StrCat(field, ".dtype is ", core::DTypeName(dtype),
                                                    "; the parameter set is ", core::DTypeName(expected)));
   }
-  LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor out, core::TensorFromBytes(dtype, tensor.shape(), tensor.data(),
-                                                                   field, max_elements));
+  LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor out,
+                             core::TensorFromBytes(dtype, tensor.shape(), tensor.data(), field, max_elements));
   if (device.is_cpu()) return out;
   return core::GuardTorch(field, [&]() -> absl::StatusOr<at::Tensor> { return out.to(device); });
 }
@@ -177,7 +177,8 @@ absl::StatusOr<core::ParameterSetSpec> SpecFromProto(const v1::ParameterSetSpec&
     case v1::FAN_CONVENTION_UNSPECIFIED:
     case v1::FAN_CONVENTION_TORCH: out.fan_convention = core::FanConvention::kTorch; break;
     case v1::FAN_CONVENTION_MATMUL: out.fan_convention = core::FanConvention::kMatmul; break;
-    default: return absl::InvalidArgumentError(absl::StrCat("spec.fan_convention: unknown value ", spec.fan_convention()));
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("spec.fan_convention: unknown value ", spec.fan_convention()));
   }
   if (spec.dtype() == v1::DATA_TYPE_UNSPECIFIED) {
     out.dtype = core::DType::kFloat32;
@@ -193,10 +194,12 @@ absl::StatusOr<core::ParameterSetSpec> SpecFromProto(const v1::ParameterSetSpec&
       t.input_size = l.input_size();
       t.hidden_size = l.hidden_size();
       t.bias = l.bias();
-      LSTMSERVE_ASSIGN_OR_RETURN(t.weight_init, InitializerFromProto(l.has_weight_initializer(), l.weight_initializer(), core::Initializer::DefaultWeight(),
-                                                                     "spec.lstm.weight_initializer"));
-      LSTMSERVE_ASSIGN_OR_RETURN(t.bias_init, InitializerFromProto(l.has_bias_initializer(), l.bias_initializer(), core::Initializer::DefaultBias(),
-                                                                   "spec.lstm.bias_initializer"));
+      LSTMSERVE_ASSIGN_OR_RETURN(
+          t.weight_init, InitializerFromProto(l.has_weight_initializer(), l.weight_initializer(),
+                                              core::Initializer::DefaultWeight(), "spec.lstm.weight_initializer"));
+      LSTMSERVE_ASSIGN_OR_RETURN(t.bias_init,
+                                 InitializerFromProto(l.has_bias_initializer(), l.bias_initializer(),
+                                                      core::Initializer::DefaultBias(), "spec.lstm.bias_initializer"));
       out.lstm = t;
       break;
     }
@@ -207,8 +210,9 @@ absl::StatusOr<core::ParameterSetSpec> SpecFromProto(const v1::ParameterSetSpec&
       for (int i = 0; i < spec.tensor_list().tensors_size(); ++i) {
         const auto& t = spec.tensor_list().tensors(i);
         const std::string field = absl::StrCat("spec.tensor_list.tensors[", i, "].initializer");
-        LSTMSERVE_ASSIGN_OR_RETURN(core::Initializer init,
-                                   InitializerFromProto(t.has_initializer(), t.initializer(), core::Initializer::DefaultWeight(), field));
+        LSTMSERVE_ASSIGN_OR_RETURN(
+            core::Initializer init,
+            InitializerFromProto(t.has_initializer(), t.initializer(), core::Initializer::DefaultWeight(), field));
         out.tensors.push_back({t.name(), {t.shape().begin(), t.shape().end()}, init});
       }
       break;

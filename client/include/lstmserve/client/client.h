@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+
 #include "lstmserve/core/parameter_set.h"
 #include "lstmserve/core/stacked_lstm.h"
 #include "lstmserve/v1/inference_service.grpc.pb.h"
@@ -19,7 +20,7 @@
 namespace lstmserve::client {
 
 struct ClientOptions {
-  std::string target = "localhost:50051";   // gRPC target, e.g. "dns:///lstmserve:50051"
+  std::string target = "localhost:50051";      // gRPC target, e.g. "dns:///lstmserve:50051"
   absl::Duration timeout = absl::Seconds(60);  // deadline of each call
   int64_t max_message_bytes = int64_t{64} << 20;
   // Spreads calls over every address the target resolves to (a headless Service's pods);
@@ -38,9 +39,8 @@ struct ClientOptions {
 // Fills the TLS and token fields from files (the CLI's flags): `ca_file` turns TLS on;
 // `cert_file` and `key_file` (both or neither) add a client certificate; `token_file`
 // holds the token on its first line. INVALID_ARGUMENT naming an unreadable file.
-absl::Status LoadClientSecurity(const std::string& ca_file, const std::string& cert_file,
-                                const std::string& key_file, const std::string& token_file,
-                                ClientOptions* options);
+absl::Status LoadClientSecurity(const std::string& ca_file, const std::string& cert_file, const std::string& key_file,
+                                const std::string& token_file, ClientOptions* options);
 // A channel with the options' target, message limits, balancing and credentials.
 std::shared_ptr<grpc::Channel> MakeChannel(const ClientOptions& options);
 // Adds what every call carries (the bearer token) to a context.

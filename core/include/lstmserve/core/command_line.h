@@ -18,13 +18,11 @@ struct ParsedCommandLine {
 
 // Parses --name=value, --name value, --bool_flag, --nobool_flag and "--" (end of flags)
 // into the ABSL_FLAG definitions linked in. --flagfile=PATH reads more arguments from PATH,
-// one per line ('#' starts a comment line), in its place: later flags win. --help prints `usage` and the flags defined in
-// files whose path contains one of `own_flag_files`, then exits 0. Any unknown flag or bad
-// value prints "PROGRAM: error: ..." on one line and exits 2. At most `max_positional`
-// positional arguments are accepted.
+// one per line ('#' starts a comment line), in its place: later flags win. --help prints `usage` and the flags defined
+// in files whose path contains one of `own_flag_files`, then exits 0. Any unknown flag or bad value prints "PROGRAM:
+// error: ..." on one line and exits 2. At most `max_positional` positional arguments are accepted.
 ParsedCommandLine ParseCommandLineOrExit(int argc, char** argv, absl::string_view usage,
-                                         const std::vector<std::string>& own_flag_files,
-                                         int max_positional);
+                                         const std::vector<std::string>& own_flag_files, int max_positional);
 
 // Prints "PROGRAM: error: MESSAGE" on stderr and exits with status 2 (a usage error).
 [[noreturn]] void UsageErrorExit(absl::string_view message);

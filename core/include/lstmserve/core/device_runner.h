@@ -13,6 +13,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
+
 #include "lstmserve/core/stacked_lstm.h"
 
 namespace lstmserve::core {

@@ -15,6 +15,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
+
 #include "lstmserve/core/parameter_set.h"
 #include "lstmserve/core/stacked_lstm.h"
 

@@ -42,8 +42,18 @@ enum class InitKind {
 
 // Nonlinearities known to calculate_gain.
 enum class Nonlinearity {
-  kLinear, kConv1d, kConv2d, kConv3d, kConvTranspose1d, kConvTranspose2d, kConvTranspose3d,
-  kSigmoid, kTanh, kRelu, kLeakyRelu, kSelu,
+  kLinear,
+  kConv1d,
+  kConv2d,
+  kConv3d,
+  kConvTranspose1d,
+  kConvTranspose2d,
+  kConvTranspose3d,
+  kSigmoid,
+  kTanh,
+  kRelu,
+  kLeakyRelu,
+  kSelu,
 };
 
 // Which fan kaiming_* uses.
@@ -60,16 +70,16 @@ enum class FanConvention { kTorch, kMatmul };
 // named constructors carry torch.nn.init's defaults.
 struct Initializer {
   InitKind kind = InitKind::kKaimingNormal;
-  double low = 0.0;             // uniform: a; trunc_normal: a (cut-off)
-  double high = 1.0;            // uniform: b; trunc_normal: b (cut-off)
-  double mean = 0.0;            // normal, trunc_normal
-  double std = 1.0;             // normal, trunc_normal, sparse
-  double value = 0.0;           // constant
-  double gain = 1.0;            // xavier_*, orthogonal
-  double negative_slope = 0.0;  // kaiming_*: torch's `a`
-  double sparsity = 0.0;        // sparse: the fraction of each column zeroed
-  int64_t groups = 1;           // dirac
-  FanMode mode = FanMode::kFanIn;                       // kaiming_*
+  double low = 0.0;                                      // uniform: a; trunc_normal: a (cut-off)
+  double high = 1.0;                                     // uniform: b; trunc_normal: b (cut-off)
+  double mean = 0.0;                                     // normal, trunc_normal
+  double std = 1.0;                                      // normal, trunc_normal, sparse
+  double value = 0.0;                                    // constant
+  double gain = 1.0;                                     // xavier_*, orthogonal
+  double negative_slope = 0.0;                           // kaiming_*: torch's `a`
+  double sparsity = 0.0;                                 // sparse: the fraction of each column zeroed
+  int64_t groups = 1;                                    // dirac
+  FanMode mode = FanMode::kFanIn;                        // kaiming_*
   Nonlinearity nonlinearity = Nonlinearity::kLeakyRelu;  // kaiming_*
 
   static Initializer Uniform(double a = 0.0, double b = 1.0);
@@ -84,8 +94,7 @@ struct Initializer {
   static Initializer KaimingNormal(double a = 0.0, FanMode mode = FanMode::kFanIn,
                                    Nonlinearity nonlinearity = Nonlinearity::kLeakyRelu);
   static Initializer Orthogonal(double gain = 1.0);
-  static Initializer TruncNormal(double mean = 0.0, double std = 1.0, double a = -2.0,
-                                 double b = 2.0);
+  static Initializer TruncNormal(double mean = 0.0, double std = 1.0, double a = -2.0, double b = 2.0);
   static Initializer Eye();
   static Initializer Dirac(int64_t groups = 1);
   static Initializer Sparse(double sparsity, double std = 0.01);
@@ -122,13 +131,12 @@ absl::StatusOr<Fans> ComputeFans(absl::Span<const int64_t> shape, FanConvention 
 // (> 0 for trunc_normal), low <= high for uniform, low < high for trunc_normal, at least 2
 // dimensions for xavier_*, kaiming_* and orthogonal, and a positive fan; exactly 2 for eye
 // and sparse (sparsity in [0, 1]); 3 to 5 for dirac, whose groups (>= 1) divide size(0).
-absl::Status ValidateInitializer(const Initializer& init, absl::Span<const int64_t> shape,
-                                 FanConvention convention);
+absl::Status ValidateInitializer(const Initializer& init, absl::Span<const int64_t> shape, FanConvention convention);
 
 // Fills `tensor` (float32, CPU, contiguous) in place, drawing from `generator` exactly as
 // torch.nn.init does from the default generator. Validates first; never throws.
-absl::Status ApplyInitializer(at::Tensor& tensor, const Initializer& init,
-                              FanConvention convention, at::Generator& generator);
+absl::Status ApplyInitializer(at::Tensor& tensor, const Initializer& init, FanConvention convention,
+                              at::Generator& generator);
 
 // A one-line description, e.g. "kaiming_normal(a=0, mode=fan_in, nonlinearity=relu)".
 std::string DescribeInitializer(const Initializer& init);

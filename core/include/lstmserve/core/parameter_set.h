@@ -20,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+
 #include "lstmserve/core/device.h"
 #include "lstmserve/core/initializer.h"
 
@@ -130,13 +131,11 @@ absl::Status ValidateTensorName(absl::string_view name);
 // Validates the whole spec: sizes (>= 1, no overflow), names (valid, unique), ranks and
 // initializers give INVALID_ARGUMENT; exceeding `limits` (bytes, tensors, layers) gives
 // RESOURCE_EXHAUSTED. Returns the expanded tensor list.
-absl::StatusOr<std::vector<TensorSpec>> ValidateSpec(const ParameterSetSpec& spec,
-                                                     const CreateLimits& limits);
+absl::StatusOr<std::vector<TensorSpec>> ValidateSpec(const ParameterSetSpec& spec, const CreateLimits& limits);
 
 // Creates the set on `device`. Thread-safe: concurrent calls share no RNG state. A reduced
 // weight storage needs the CPU (INVALID_ARGUMENT otherwise).
-absl::StatusOr<ParameterSet> CreateParameterSet(const ParameterSetSpec& spec,
-                                                const CreateLimits& limits,
+absl::StatusOr<ParameterSet> CreateParameterSet(const ParameterSetSpec& spec, const CreateLimits& limits,
                                                 const c10::Device& device = c10::Device(c10::kCPU));
 
 }  // namespace lstmserve::core

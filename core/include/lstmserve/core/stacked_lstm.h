@@ -17,6 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+
 #include "lstmserve/core/parameter_set.h"
 
 namespace lstmserve::core {
@@ -76,21 +77,18 @@ class StackedLstm {
   // dtype and device. With kBFloat16 or kInt8 the weights are bfloat16 or int8 on the CPU,
   // biases float32, and for int8 `scales` holds one float32 [4H] per layer (the scale of
   // each column); inputs, states and outputs are then float32.
-  static absl::StatusOr<StackedLstm> Create(std::vector<at::Tensor> weights,
-                                            std::vector<at::Tensor> biases = {},
+  static absl::StatusOr<StackedLstm> Create(std::vector<at::Tensor> weights, std::vector<at::Tensor> biases = {},
                                             WeightStorage storage = WeightStorage::kDType,
                                             std::vector<at::Tensor> scales = {});
   // From a set with the template's names (w_0.., b_0.. when present, w_0.scale.. for int8).
   static absl::StatusOr<StackedLstm> FromParameterSet(const ParameterSet& set);
 
   // One step: x [B, I] -> new per-layer c and h (each [B, H]).
-  absl::StatusOr<LstmState> Step(const at::Tensor& x, const LstmState& prev,
-                                 LstmPath path = LstmPath::kAuto) const;
+  absl::StatusOr<LstmState> Step(const at::Tensor& x, const LstmState& prev, LstmPath path = LstmPath::kAuto) const;
 
   // A sequence: inputs [T, B, I] -> top-layer outputs [T, B, H] (when `want_outputs`) and
   // the final states. Equal to T calls of Step carrying the state.
-  absl::StatusOr<SequenceResult> Run(const at::Tensor& inputs, const LstmState& initial,
-                                     bool want_outputs = true,
+  absl::StatusOr<SequenceResult> Run(const at::Tensor& inputs, const LstmState& initial, bool want_outputs = true,
                                      LstmPath path = LstmPath::kAuto) const;
 
   // The checks Run makes before computing (shapes, dtype, device, states): OK means Run
@@ -123,26 +121,23 @@ class StackedLstm {
  private:
   StackedLstm() = default;
 
-  absl::Status ValidateState(const LstmState& state, int64_t batch, absl::string_view what,
-                             bool check_device) const;
+  absl::Status ValidateState(const LstmState& state, int64_t batch, absl::string_view what, bool check_device) const;
   absl::Status CheckInputs(const at::Tensor& inputs, const LstmState& initial, bool check_device) const;
   LstmPath ChoosePath(int64_t batch, int64_t steps, LstmPath requested) const;
   // `inputs` holds steps x batch rows of input_size ([T, B, I], or [B, I] for one step).
   SequenceResult RunFloatCpu(const at::Tensor& inputs, int64_t steps, int64_t batch, const LstmState& initial,
                              bool want_outputs, bool small_batch) const;
-  SequenceResult RunGeneric(const at::Tensor& inputs, const LstmState& initial,
-                            bool want_outputs) const;
+  SequenceResult RunGeneric(const at::Tensor& inputs, const LstmState& initial, bool want_outputs) const;
   SequenceResult RunOneDnn(const at::Tensor& inputs, const LstmState& initial, bool want_outputs) const;
   // stacked_lstm_cuda.cc; only in CUDA builds.
-  SequenceResult RunCuda(const at::Tensor& inputs, const LstmState& initial, bool want_outputs,
-                         bool fused) const;
+  SequenceResult RunCuda(const at::Tensor& inputs, const LstmState& initial, bool want_outputs, bool fused) const;
 
   std::vector<at::Tensor> weights_;  // [in_l + H, 4H], contiguous
   std::vector<at::Tensor> biases_;   // [4H] or empty
   std::vector<at::Tensor> scales_;   // int8 storage: [4H] float32 per layer
   WeightStorage storage_ = WeightStorage::kDType;
   c10::ScalarType scalar_type_ = c10::kFloat;
-  at::Tensor zero_bias_;             // [4H] zeros for float32 CPU sets without biases
+  at::Tensor zero_bias_;  // [4H] zeros for float32 CPU sets without biases
   // at::lstm's parameters (w_ih, w_hh[, b_ih, b_hh] per layer, gates i, f, g, o), made on the
   // first kOneDnn call: the set's weights once more in memory, for sets that run it.
   struct TorchLayout {

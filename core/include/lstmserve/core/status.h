@@ -3,8 +3,8 @@
 #pragma once
 
 #include <exception>
-#include <string>
 #include <new>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -20,9 +20,9 @@
 #define LSTMSERVE_STATUS_CONCAT_(a, b) LSTMSERVE_STATUS_CONCAT_INNER_(a, b)
 
 // Returns from the enclosing function if `expr` (an absl::Status) is not OK.
-#define LSTMSERVE_RETURN_IF_ERROR(expr)                 \
-  do {                                                  \
-    ::absl::Status lstmserve_status_ = (expr);          \
+#define LSTMSERVE_RETURN_IF_ERROR(expr)                    \
+  do {                                                     \
+    ::absl::Status lstmserve_status_ = (expr);             \
     if (!lstmserve_status_.ok()) return lstmserve_status_; \
   } while (0)
 

@@ -22,6 +22,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+
 #include "lstmserve/core/parameter_set.h"
 
 namespace lstmserve::core {
@@ -41,9 +42,7 @@ struct FileVersion {
   uint64_t inode = 0;
   int64_t mtime_ns = 0;
   int64_t size = 0;
-  bool operator==(const FileVersion& o) const {
-    return inode == o.inode && mtime_ns == o.mtime_ns && size == o.size;
-  }
+  bool operator==(const FileVersion& o) const { return inode == o.inode && mtime_ns == o.mtime_ns && size == o.size; }
   bool operator!=(const FileVersion& o) const { return !(*this == o); }
 };
 
@@ -87,7 +86,7 @@ class ParameterStore {
   std::vector<std::string> ListIds(std::string* problem = nullptr) const;
 
   struct LoadReport {
-    std::vector<StoredSet> sets;       // every valid set, in id order
+    std::vector<StoredSet> sets;        // every valid set, in id order
     std::vector<std::string> problems;  // one line per file skipped, with the reason
   };
   // Reads every set. A corrupt or unreadable file is renamed to "<file>.corrupt", reported

@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+
 #include "lstmserve/server/security.h"
 
 namespace lstmserve::server {

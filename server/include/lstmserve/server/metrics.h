@@ -37,7 +37,7 @@ struct MetricsSnapshot {
   int64_t expired_cancelled = 0;    // cancelled in the queue; not computed
   int64_t sessions_active = 0;
   int64_t session_steps = 0;
-  int64_t sessions_rejected = 0;       // past --max_sessions
+  int64_t sessions_rejected = 0;        // past --max_sessions
   int64_t sessions_idle_cancelled = 0;  // past --session_idle_timeout
   int64_t parameter_sets = 0;
   int64_t parameter_set_bytes = 0;

@@ -35,10 +35,10 @@ struct ServerOptions {
   // a GPU (each has its own CUDA stream: one's copies overlap the other's compute).
   bool enable_batching = true;
   int num_batch_threads = 0;
-  int64_t max_batch_size = 256;        // rows (sum of B) per core call
-  int64_t batch_timeout_micros = 10000;  // under load, the longest a batch waits to fill
+  int64_t max_batch_size = 256;                // rows (sum of B) per core call
+  int64_t batch_timeout_micros = 10000;        // under load, the longest a batch waits to fill
   int64_t inline_max_work = int64_t{1} << 21;  // lone small CPU requests run on gRPC's thread (0: never)
-  int64_t max_queued_requests = 4096;  // beyond: RESOURCE_EXHAUSTED at once
+  int64_t max_queued_requests = 4096;          // beyond: RESOURCE_EXHAUSTED at once
   // The core path every inference call takes (core::LstmPathName): "auto" picks per call by
   // batch size, steps, dtype and storage; another name forces it (a set it cannot serve
   // answers FAILED_PRECONDITION).

@@ -27,8 +27,8 @@ struct TlsFiles {
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const TlsFiles& files);
 
 // Bearer tokens: a call must carry the header (gRPC metadata) "authorization: Bearer <token>"
-// with one of the tokens; the same for every protocol. Tokens are kept as SHA-256 digests and compared in constant time (every
-// digest, every byte), so neither the time taken nor memory reveals them. Thread-safe.
+// with one of the tokens; the same for every protocol. Tokens are kept as SHA-256 digests and compared in constant time
+// (every digest, every byte), so neither the time taken nor memory reveals them. Thread-safe.
 class TokenAuthenticator {
  public:
   // Reads one token per line (blank lines and lines starting with '#' skipped; at least

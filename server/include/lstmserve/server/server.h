@@ -1,5 +1,12 @@
-// The lstmserve server: the gRPC services (lstmserve.v1, the Open Inference Protocol, health,
-// reflection) and the protocol's HTTP/REST API over one inference engine and set registry.
+// The lstmserve server: owns and joins the parts under lstmserve/server/.
+//   engine/  the protocol-neutral engine: set registry, batcher, sequences, compute pool, clock
+//   oip/     the Open Inference Protocol's logic (OpenInference) and its JSON form
+//   grpc/    the gRPC front ends: lstmserve.v1 (ParameterService, InferenceService) and
+//            inference.GRPCInferenceService, thin adapters over the engine and oip/
+//   http/    the protocol's HTTP/REST front end: the handler (no socket) and its transport
+//   access.h, security.h, options.h, metrics.h, log.h: what every part shares
+// Start opens the store and starts the engine, the metrics, gRPC (with health and
+// reflection) and HTTP; Drain stops them in order.
 #pragma once
 
 #include <memory>
@@ -8,12 +15,13 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
-#include "lstmserve/server/compute_pool.h"
-#include "lstmserve/server/http_service.h"
+
+#include "lstmserve/server/engine/compute_pool.h"
+#include "lstmserve/server/engine/set_registry.h"
+#include "lstmserve/server/grpc/services.h"
+#include "lstmserve/server/http/http_service.h"
 #include "lstmserve/server/metrics.h"
 #include "lstmserve/server/options.h"
-#include "lstmserve/server/services.h"
-#include "lstmserve/server/set_registry.h"
 
 namespace lstmserve::server {
 

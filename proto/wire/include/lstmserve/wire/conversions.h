@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+
 #include "lstmserve/core/device.h"
 #include "lstmserve/core/parameter_set.h"
 #include "lstmserve/v1/parameter_service.pb.h"
@@ -30,9 +31,8 @@ v1::WeightStorage WeightStorageToProto(core::WeightStorage storage);
 // not `expected`, a size is < 1, the data length disagrees with shape and dtype, or a value
 // is NaN or infinite (inputs must be finite); RESOURCE_EXHAUSTED when the element count
 // exceeds `max_elements` (a server limit).
-absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor, absl::string_view field,
-                                           core::DType expected, int64_t max_elements,
-                                           const c10::Device& device);
+absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor, absl::string_view field, core::DType expected,
+                                           int64_t max_elements, const c10::Device& device);
 
 // Encodes a tensor (any device) as row-major little-endian bytes.
 void TensorToProto(const at::Tensor& tensor, v1::Tensor* out);

@@ -12,7 +12,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "lstmserve/server/open_inference.h"
+
+#include "lstmserve/server/oip/open_inference.h"
 
 namespace lstmserve::server::oip {
 
@@ -22,9 +23,9 @@ inline constexpr const char* kHeaderLength = "Inference-Header-Content-Length";
 
 // An infer request as its body said it, with how the answer's outputs should travel.
 struct HttpInferRequest {
-  InferRequest request;              // model and version come from the path, not the body
-  bool all_binary = false;           // parameters.binary_data_output
-  std::vector<std::string> binary;   // outputs asked for with parameters.binary_data
+  InferRequest request;             // model and version come from the path, not the body
+  bool all_binary = false;          // parameters.binary_data_output
+  std::vector<std::string> binary;  // outputs asked for with parameters.binary_data
   // Triton's parameters.timeout (microseconds): the request is answered DEADLINE_EXCEEDED
   // and never computed when it is still queued after this long.
   std::optional<absl::Duration> timeout;

@@ -1,4 +1,4 @@
-#include "lstmserve/server/http_handler.h"
+#include "lstmserve/server/http/http_handler.h"
 
 #include <memory>
 #include <utility>
@@ -12,10 +12,11 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+
 #include "lstmserve/core/status.h"
 #include "lstmserve/server/access.h"
 #include "lstmserve/server/log.h"
-#include "lstmserve/server/oip_json.h"
+#include "lstmserve/server/oip/oip_json.h"
 
 namespace lstmserve::server {
 namespace {
@@ -163,17 +164,19 @@ std::optional<HttpResponse> HttpHandler::Admit(const HttpRequest& head) const {
     return refuse(0, absl::InvalidArgumentError("the request has more than one Content-Length header"));
   }
   if (const auto te = head.Header("Transfer-Encoding"); te.has_value()) {
-    if (head.HeaderCount("Transfer-Encoding") > 1 || !absl::EqualsIgnoreCase(absl::StripAsciiWhitespace(*te), "chunked")) {
-      return refuse(0, absl::InvalidArgumentError(absl::StrCat("Transfer-Encoding \"", core::ClientText(*te),
-                                                               "\" is not supported; send chunked or a Content-Length")));
+    if (head.HeaderCount("Transfer-Encoding") > 1 ||
+        !absl::EqualsIgnoreCase(absl::StripAsciiWhitespace(*te), "chunked")) {
+      return refuse(0,
+                    absl::InvalidArgumentError(absl::StrCat("Transfer-Encoding \"", core::ClientText(*te),
+                                                            "\" is not supported; send chunked or a Content-Length")));
     }
     if (head.HeaderCount("Content-Length") > 0) {
       return refuse(0, absl::InvalidArgumentError("the request has both Content-Length and Transfer-Encoding"));
     }
   }
   if (head.HeaderCount(oip::kHeaderLength) > 1) {
-    return refuse(0, absl::InvalidArgumentError(absl::StrCat("the request has more than one ", oip::kHeaderLength,
-                                                             " header")));
+    return refuse(
+        0, absl::InvalidArgumentError(absl::StrCat("the request has more than one ", oip::kHeaderLength, " header")));
   }
   if (head.headers.size() > static_cast<size_t>(kMaxHttpHeaders)) {
     return refuse(431, absl::InvalidArgumentError(absl::StrCat("the request has ", head.headers.size(),
@@ -186,9 +189,9 @@ std::optional<HttpResponse> HttpHandler::Admit(const HttpRequest& head) const {
     }
   }
   if (route.name.empty()) {
-    return refuse(0, absl::NotFoundError(absl::StrCat("no such endpoint: ", core::ClientText(head.method), " ",
-                                                      core::ClientText(head.target),
-                                                      " (see /v2 and /v2/models/{name})")));
+    return refuse(0,
+                  absl::NotFoundError(absl::StrCat("no such endpoint: ", core::ClientText(head.method), " ",
+                                                   core::ClientText(head.target), " (see /v2 and /v2/models/{name})")));
   }
   return std::nullopt;
 }
@@ -204,8 +207,8 @@ void HttpHandler::Handle(HttpRequest request, std::function<void(HttpResponse)> 
     const absl::StatusCode code = answer.ok() ? absl::StatusCode::kOk : answer.status().code();
     if (!answer.ok()) {
       if (code != absl::StatusCode::kNotFound) {
-        LogError(absl::StrCat("http=", name, " peer=", peer, " path=", core::ClientText(target),
-                              " code=", absl::StatusCodeToString(code), " message=\"", answer.status().message(), "\""));
+        LogError(absl::StrCat("http=", name, " peer=", peer, " path=", core::ClientText(target), " code=",
+                              absl::StatusCodeToString(code), " message=\"", answer.status().message(), "\""));
       }
       answer = HttpError(answer.status());
     }
@@ -226,13 +229,12 @@ void HttpHandler::Handle(HttpRequest request, std::function<void(HttpResponse)> 
     return finish(Json(200, route.name == "ModelMetadata" ? oip::MetadataJson(*m) : oip::ConfigJson(*m)));
   }
   if (route.name != "ModelInfer") {
-    return finish(absl::NotFoundError(absl::StrCat("no such endpoint: ", core::ClientText(request.method), " ",
-                                                   core::ClientText(request.target))));
+    return finish(absl::NotFoundError(
+        absl::StrCat("no such endpoint: ", core::ClientText(request.method), " ", core::ClientText(request.target))));
   }
   const std::optional<absl::string_view> length_header = request.Header(oip::kHeaderLength);
   const std::string length = length_header ? std::string(*length_header) : std::string();
-  absl::StatusOr<oip::HttpInferRequest> parsed =
-      oip::ParseHttpInfer(request.body, length_header ? &length : nullptr);
+  absl::StatusOr<oip::HttpInferRequest> parsed = oip::ParseHttpInfer(request.body, length_header ? &length : nullptr);
   if (!parsed.ok()) return finish(parsed.status());
   // The body is no longer needed: its memory goes before the computation.
   std::string().swap(request.body);

@@ -35,20 +35,21 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+
 #include "lstmserve/core/device_runner.h"
 #include "lstmserve/core/stacked_lstm.h"
-#include "lstmserve/server/clock.h"
+#include "lstmserve/server/engine/clock.h"
+#include "lstmserve/server/engine/set_registry.h"
 #include "lstmserve/server/metrics.h"
-#include "lstmserve/server/set_registry.h"
 
 namespace lstmserve::server {
 
 struct BatchOptions {
-  bool enabled = true;                                      // false: one request per core call
-  int64_t max_batch_size = 256;                             // rows (sum of B) per core call
-  absl::Duration batch_timeout = absl::Milliseconds(10);    // most a batch waits to fill, under load
-  int num_batch_threads = 1;                                // workers; x intra-op threads <= cores
-  int64_t max_queued_requests = 4096;                       // beyond: RESOURCE_EXHAUSTED
+  bool enabled = true;                                    // false: one request per core call
+  int64_t max_batch_size = 256;                           // rows (sum of B) per core call
+  absl::Duration batch_timeout = absl::Milliseconds(10);  // most a batch waits to fill, under load
+  int num_batch_threads = 1;                              // workers; x intra-op threads <= cores
+  int64_t max_queued_requests = 4096;                     // beyond: RESOURCE_EXHAUSTED
   // Lone requests of at most this many multiply-adds (batch x steps x weights) run on the
   // submitting thread (see above); 0 turns that off. The default is about 50 us of compute.
   int64_t inline_max_work = int64_t{1} << 21;
@@ -75,14 +76,14 @@ struct BatchJob {
 // Statistics since start, for tests and metrics.
 struct BatchStats {
   int64_t batches = 0;
-  int64_t requests = 0;      // computed
-  int64_t rows = 0;          // sum of batch rows computed
-  int64_t max_rows = 0;      // largest batch
-  int64_t rejected = 0;      // queue full
-  int64_t expired = 0;       // deadline passed while queued
-  int64_t cancelled = 0;     // cancelled while queued
-  int64_t queued = 0;        // waiting now
-  int64_t inlined = 0;       // computed on the submitting thread (a batch of one)
+  int64_t requests = 0;   // computed
+  int64_t rows = 0;       // sum of batch rows computed
+  int64_t max_rows = 0;   // largest batch
+  int64_t rejected = 0;   // queue full
+  int64_t expired = 0;    // deadline passed while queued
+  int64_t cancelled = 0;  // cancelled while queued
+  int64_t queued = 0;     // waiting now
+  int64_t inlined = 0;    // computed on the submitting thread (a batch of one)
 };
 
 // Thread-safe.
@@ -120,7 +121,7 @@ class Batcher {
   const Clock& clock_;
   mutable absl::Mutex mu_;
   std::deque<BatchJob> queue_ ABSL_GUARDED_BY(mu_);
-  int busy_ ABSL_GUARDED_BY(mu_) = 0;  // batches computing now (workers' and inline)
+  int busy_ ABSL_GUARDED_BY(mu_) = 0;                     // batches computing now (workers' and inline)
   int64_t last_batch_requests_ ABSL_GUARDED_BY(mu_) = 1;  // requests in the last batch computed
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   BatchStats stats_ ABSL_GUARDED_BY(mu_);

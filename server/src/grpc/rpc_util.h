@@ -23,13 +23,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+
 #include "lstmserve/core/status.h"
 #include "lstmserve/server/access.h"
-#include "lstmserve/server/compute_pool.h"
-#include "lstmserve/wire/conversions.h"
+#include "lstmserve/server/engine/compute_pool.h"
+#include "lstmserve/server/grpc/services.h"
 #include "lstmserve/server/log.h"
 #include "lstmserve/server/metrics.h"
-#include "lstmserve/server/services.h"
+#include "lstmserve/wire/conversions.h"
 
 namespace lstmserve::server {
 
@@ -66,9 +67,9 @@ absl::Status ParseMessage(const grpc::ByteBuffer& bytes, Message* out, absl::str
   grpc::ProtoBufferReader reader(&view);
   if (!out->ParseFromZeroCopyStream(&reader)) {
     out->Clear();  // nothing of a message that did not parse is used, not even in a log line
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, " (", bytes.Length(), " bytes) is not a valid ", Message::descriptor()->full_name(),
-        ": it could not be parsed as that protobuf message; use the messages of proto/"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " (", bytes.Length(), " bytes) is not a valid ", Message::descriptor()->full_name(),
+                     ": it could not be parsed as that protobuf message; use the messages of proto/"));
   }
   return absl::OkStatus();
 }
@@ -93,10 +94,10 @@ class UnaryCallBase {
   // MarkValidated() when the job is queued; Reply then times the encoding and reports all
   // three (of successful calls only).
   Metrics* phases = nullptr;
-  absl::Time received;             // before the request was parsed
-  absl::Duration decode;           // parsing it
-  absl::Duration validate;         // from parsed to queued
-  absl::Duration encode_fill;      // the result written into the response message
+  absl::Time received;         // before the request was parsed
+  absl::Duration decode;       // parsing it
+  absl::Duration validate;     // from parsed to queued
+  absl::Duration encode_fill;  // the result written into the response message
   void MarkValidated() { validate = absl::Now() - received - decode; }
 };
 

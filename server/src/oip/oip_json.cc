@@ -1,4 +1,4 @@
-#include "lstmserve/server/oip_json.h"
+#include "lstmserve/server/oip/oip_json.h"
 
 #include <algorithm>
 #include <cstring>
@@ -11,6 +11,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+
 #include "lstmserve/core/status.h"
 
 namespace lstmserve::server::oip {
@@ -20,13 +21,12 @@ using json = nlohmann::json;
 
 // The values of a JSON "data" (flat, or nested row-major lists) in `out`; `*leaf_depth`
 // the depth of its numbers (1: a flat list).
-absl::Status Flatten(const json& data, int depth, std::vector<double>* out, const std::string& name,
-                     int* leaf_depth) {
+absl::Status Flatten(const json& data, int depth, std::vector<double>* out, const std::string& name, int* leaf_depth) {
   if (data.is_number()) {
     if (*leaf_depth == 0) *leaf_depth = depth;
     if (depth != *leaf_depth) {
-      return absl::InvalidArgumentError(absl::StrCat("input ", core::ClientText(name),
-                                                     ".data mixes numbers and lists at one depth"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("input ", core::ClientText(name), ".data mixes numbers and lists at one depth"));
     }
     out->push_back(data.get<double>());
     return absl::OkStatus();
@@ -98,10 +98,9 @@ absl::Status SequenceFromJson(const json& params, InferRequest* out) {
   return absl::OkStatus();
 }
 
-
 // Limits of an infer request's JSON beyond its tensors' data.
-constexpr int kMaxJsonDepth = 32;           // objects and lists nested, outside data
-constexpr int kMaxDataDepth = 8;            // lists nested inside one input's data
+constexpr int kMaxJsonDepth = 32;            // objects and lists nested, outside data
+constexpr int kMaxDataDepth = 8;             // lists nested inside one input's data
 constexpr int64_t kMaxJsonValues = 1 << 16;  // values outside data
 
 // The numbers of one input's "data", kept as they are read: the little-endian bytes of the
@@ -148,7 +147,8 @@ class InferSax {
   bool end_object() { return Close(); }
   bool start_array(std::size_t) {
     if (in_data_) {
-      if (++data_depth_ > kMaxDataDepth) return DataError(absl::StrCat("is nested over ", kMaxDataDepth, " lists deep"));
+      if (++data_depth_ > kMaxDataDepth)
+        return DataError(absl::StrCat("is nested over ", kMaxDataDepth, " lists deep"));
       return true;
     }
     // An input's data: ["inputs"][i]["data"].
@@ -273,8 +273,8 @@ absl::StatusOr<HttpInferRequest> ParseHttpInfer(absl::string_view body, const st
   if (header_length != nullptr) {
     size_t length = 0;
     if (!absl::SimpleAtoi(*header_length, &length) || length > body.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(kHeaderLength, " must be the JSON's length in bytes, at most the body's ",
-                                                     body.size()));
+      return absl::InvalidArgumentError(
+          absl::StrCat(kHeaderLength, " must be the JSON's length in bytes, at most the body's ", body.size()));
     }
     header = body.substr(0, length);
     binary = body.substr(length);
@@ -287,7 +287,8 @@ absl::StatusOr<HttpInferRequest> ParseHttpInfer(absl::string_view body, const st
   }
   const json& doc = sax.root;
   if (!doc.is_object()) {
-    return absl::InvalidArgumentError("the request is not a JSON object (the Open Inference Protocol's inference request)");
+    return absl::InvalidArgumentError(
+        "the request is not a JSON object (the Open Inference Protocol's inference request)");
   }
   HttpInferRequest parsed;
   InferRequest& r = parsed.request;
@@ -322,7 +323,8 @@ absl::StatusOr<HttpInferRequest> ParseHttpInfer(absl::string_view body, const st
     t.datatype = in["datatype"].get<std::string>();
     for (const json& d : in["shape"]) {
       if (!d.is_number_integer()) {
-        return absl::InvalidArgumentError(absl::StrCat("input ", core::ClientText(t.name), ".shape must hold integers"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("input ", core::ClientText(t.name), ".shape must hold integers"));
       }
       t.shape.push_back(d.get<int64_t>());
     }
@@ -331,14 +333,14 @@ absl::StatusOr<HttpInferRequest> ParseHttpInfer(absl::string_view body, const st
       if (auto s = p->find("binary_data_size"); s != p->end()) size = &*s;
     }
     if (size != nullptr && in.contains("data")) {
-      return absl::InvalidArgumentError(absl::StrCat("input ", core::ClientText(t.name),
-                                                     " has both data and parameters.binary_data_size: give one"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("input ", core::ClientText(t.name), " has both data and parameters.binary_data_size: give one"));
     }
     if (size != nullptr) {
       if (!size->is_number_unsigned() || size->get<uint64_t>() > binary.size() - offset) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "input ", core::ClientText(t.name), ": binary_data_size must be a byte count within the ",
-            binary.size() - offset, " bytes of binary data left after the JSON (", kHeaderLength, ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("input ", core::ClientText(t.name), ": binary_data_size must be a byte count within the ",
+                         binary.size() - offset, " bytes of binary data left after the JSON (", kHeaderLength, ")"));
       }
       t.data = std::string(binary.substr(offset, size->get<uint64_t>()));
       offset += size->get<uint64_t>();
@@ -359,8 +361,8 @@ absl::StatusOr<HttpInferRequest> ParseHttpInfer(absl::string_view body, const st
         } else if (values.datatype == t.datatype) {
           bytes = std::move(values.bytes);
         } else {
-          return absl::InvalidArgumentError(absl::StrCat("input ", core::ClientText(t.name),
-                                                         " names two datatypes: give datatype once"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("input ", core::ClientText(t.name), " names two datatypes: give datatype once"));
         }
       } else {
         std::vector<double> values;
@@ -378,8 +380,8 @@ absl::StatusOr<HttpInferRequest> ParseHttpInfer(absl::string_view body, const st
     r.inputs.push_back(std::move(t));
   }
   if (offset != binary.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(binary.size() - offset,
-                                                   " bytes of binary data after the JSON belong to no input"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(binary.size() - offset, " bytes of binary data after the JSON belong to no input"));
   }
   if (auto outputs = doc.find("outputs"); outputs != doc.end()) {
     if (!outputs->is_array()) return absl::InvalidArgumentError("outputs must be a list");
@@ -446,14 +448,14 @@ nlohmann::json ConfigJson(const ModelMetadata& m) {
     }
     return out;
   };
-  return {{"name", m.name},
-          {"platform", m.platform},
-          {"backend", m.backend},
-          {"max_batch_size", m.max_batch_size},
-          {"input", tensors(m.inputs, true)},
-          {"output", tensors(m.outputs, false)},
-          {"sequence_batching",
-           {{"max_sequence_idle_microseconds", absl::ToInt64Microseconds(m.sequence_idle_timeout)}}}};
+  return {
+      {"name", m.name},
+      {"platform", m.platform},
+      {"backend", m.backend},
+      {"max_batch_size", m.max_batch_size},
+      {"input", tensors(m.inputs, true)},
+      {"output", tensors(m.outputs, false)},
+      {"sequence_batching", {{"max_sequence_idle_microseconds", absl::ToInt64Microseconds(m.sequence_idle_timeout)}}}};
 }
 
 }  // namespace lstmserve::server::oip

@@ -1,10 +1,11 @@
 // The Open Inference Protocol's gRPC messages to and from the protocol-neutral values of
-// open_inference.h (used by oip_grpc_service.cc, and fuzzed on their own).
+// oip/open_inference.h (used by server/src/grpc/oip_grpc_service.cc, and fuzzed on their own).
 #pragma once
 
 #include "absl/status/statusor.h"
+
 #include "inference/grpc_service.pb.h"
-#include "lstmserve/server/open_inference.h"
+#include "lstmserve/server/oip/open_inference.h"
 
 namespace lstmserve::server {
 

@@ -1,9 +1,10 @@
-#include "lstmserve/server/open_inference.h"
+#include "lstmserve/server/oip/open_inference.h"
 
 #include <ATen/ATen.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+
 #include "lstmserve/core/status.h"
 #include "lstmserve/core/tensor_bytes.h"
 
@@ -122,22 +123,21 @@ void OpenInference::Infer(InferRequest request, const CallControl& call,
       at::Tensor* slot = t.name == kInput ? &p.inputs : t.name == kC0 ? &c0 : t.name == kH0 ? &h0 : nullptr;
       if (slot == nullptr) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "unexpected input '", core::ClientText(t.name), "' for model '", model,
-            "'; its inputs are INPUT [T, B, ", lstm.input_size(), "] and, optionally, C0 and H0 [",
-            lstm.num_layers(), ", B, ", lstm.hidden_size(), "]"));
+            "unexpected input '", core::ClientText(t.name), "' for model '", model, "'; its inputs are INPUT [T, B, ",
+            lstm.input_size(), "] and, optionally, C0 and H0 [", lstm.num_layers(), ", B, ", lstm.hidden_size(), "]"));
       }
       if (slot->defined()) return absl::InvalidArgumentError(absl::StrCat("input ", t.name, " is given twice"));
       if (t.datatype != type) {
         return absl::InvalidArgumentError(absl::StrCat("input ", t.name, " has datatype ", core::ClientText(t.datatype),
                                                        "; model '", model, "' takes ", type));
       }
-      LSTMSERVE_ASSIGN_OR_RETURN(*slot, core::TensorFromBytes(dtype, t.shape, t.data, t.name,
-                                                              engine_->max_tensor_elements()));
+      LSTMSERVE_ASSIGN_OR_RETURN(*slot,
+                                 core::TensorFromBytes(dtype, t.shape, t.data, t.name, engine_->max_tensor_elements()));
       if (slot->dim() != 3) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "input ", t.name, " has shape [", absl::StrJoin(t.shape, ", "), "]; expected ",
-            slot == &p.inputs ? absl::StrCat("[T, B, ", lstm.input_size(), "]")
-                              : absl::StrCat("[", lstm.num_layers(), ", B, ", lstm.hidden_size(), "]")));
+        return absl::InvalidArgumentError(
+            absl::StrCat("input ", t.name, " has shape [", absl::StrJoin(t.shape, ", "), "]; expected ",
+                         slot == &p.inputs ? absl::StrCat("[T, B, ", lstm.input_size(), "]")
+                                           : absl::StrCat("[", lstm.num_layers(), ", B, ", lstm.hidden_size(), "]")));
       }
       std::string().swap(t.data);  // decoded: the bytes are not needed any more
     }
@@ -151,10 +151,10 @@ void OpenInference::Infer(InferRequest request, const CallControl& call,
       const int64_t batch = p.inputs.size(1);
       for (const auto* t : {&c0, &h0}) {
         if (t->size(0) != lstm.num_layers() || t->size(1) != batch || t->size(2) != lstm.hidden_size()) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              t == &c0 ? "C0" : "H0", " has shape [", absl::StrJoin(t->sizes(), ", "), "]; expected [L, B, H] = [",
-              lstm.num_layers(), ", ", batch, ", ", lstm.hidden_size(), "] (L layers of model '",
-              model, "', B from INPUT)"));
+          return absl::InvalidArgumentError(absl::StrCat(t == &c0 ? "C0" : "H0", " has shape [",
+                                                         absl::StrJoin(t->sizes(), ", "), "]; expected [L, B, H] = [",
+                                                         lstm.num_layers(), ", ", batch, ", ", lstm.hidden_size(),
+                                                         "] (L layers of model '", model, "', B from INPUT)"));
         }
       }
       p.state.c = c0.unbind(0);
@@ -163,13 +163,14 @@ void OpenInference::Infer(InferRequest request, const CallControl& call,
     }
     for (const std::string& name : request.outputs) {
       if (name != kOutput && name != kCn && name != kHn) {
-        return absl::InvalidArgumentError(absl::StrCat("unexpected output '", core::ClientText(name),
-                                                       "'; the outputs are OUTPUT, CN and HN"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("unexpected output '", core::ClientText(name), "'; the outputs are OUTPUT, CN and HN"));
       }
     }
     p.outputs = request.outputs.empty() ? std::vector<std::string>{kOutput, kCn, kHn} : request.outputs;
     if (!sequence && (request.sequence_start || request.sequence_end)) {
-      return absl::InvalidArgumentError("sequence_start and sequence_end need a sequence_id (a nonzero uint64 or a string)");
+      return absl::InvalidArgumentError(
+          "sequence_start and sequence_end need a sequence_id (a nonzero uint64 or a string)");
     }
     return p;
   }();
@@ -192,8 +193,8 @@ void OpenInference::Infer(InferRequest request, const CallControl& call,
       const int64_t batch = prepared->inputs.size(1);
       if (!stored->c.empty() && stored->c.front().size(0) != batch) {
         const absl::Status changed = absl::InvalidArgumentError(absl::StrCat(
-            "sequence ", core::ClientText(request.sequence_key.substr(2)), " runs with batch size B = ",
-            stored->c.front().size(0), "; this request's INPUT has B = ", batch,
+            "sequence ", core::ClientText(request.sequence_key.substr(2)),
+            " runs with batch size B = ", stored->c.front().size(0), "; this request's INPUT has B = ", batch,
             ": keep B for the whole sequence, or start a new one (sequence_start) or give C0 and H0"));
         sequences.Release(request.sequence_key, changed, /*end=*/false);
         done(changed);
@@ -204,8 +205,8 @@ void OpenInference::Infer(InferRequest request, const CallControl& call,
   }
   const bool want_outputs =
       std::find(prepared->outputs.begin(), prepared->outputs.end(), kOutput) != prepared->outputs.end();
-  absl::StatusOr<BatchJob> job = engine_->MakeJob(call, prepared->set, std::move(prepared->inputs),
-                                                  std::move(prepared->state), want_outputs);
+  absl::StatusOr<BatchJob> job =
+      engine_->MakeJob(call, prepared->set, std::move(prepared->inputs), std::move(prepared->state), want_outputs);
   if (!job.ok()) {
     if (sequence) sequences.Release(request.sequence_key, job.status(), request.sequence_end);
     done(job.status());
@@ -219,8 +220,7 @@ void OpenInference::Infer(InferRequest request, const CallControl& call,
                end = request.sequence_end, &sequences,
                done = std::move(done)](absl::StatusOr<core::SequenceResult> result) mutable {
     if (!key.empty()) {
-      sequences.Release(key, result.ok() ? absl::StatusOr<core::LstmState>(result->final_state) : result.status(),
-                        end);
+      sequences.Release(key, result.ok() ? absl::StatusOr<core::LstmState>(result->final_state) : result.status(), end);
       if (result.ok()) sequences.StepDone();
     }
     if (!result.ok()) {

@@ -3,16 +3,16 @@
 
 #include <atomic>
 
+#include "inference/grpc_service.grpc.pb.h"
 #include "lstmserve/core/parameter_set.h"
-#include "lstmserve/server/batcher.h"
+#include "lstmserve/server/engine/batcher.h"
+#include "lstmserve/server/engine/compute_pool.h"
+#include "lstmserve/server/engine/inference_engine.h"
+#include "lstmserve/server/engine/set_registry.h"
 #include "lstmserve/server/metrics.h"
-#include "lstmserve/server/compute_pool.h"
-#include "lstmserve/server/inference_engine.h"
+#include "lstmserve/server/oip/open_inference.h"
 #include "lstmserve/server/options.h"
 #include "lstmserve/server/security.h"
-#include "lstmserve/server/set_registry.h"
-#include "inference/grpc_service.grpc.pb.h"
-#include "lstmserve/server/open_inference.h"
 #include "lstmserve/v1/inference_service.grpc.pb.h"
 #include "lstmserve/v1/parameter_service.grpc.pb.h"
 
@@ -21,11 +21,11 @@ namespace lstmserve::server {
 // What the services share. Outlives the services.
 struct ServiceContext {
   SetRegistry* registry = nullptr;
-  ComputePool* compute = nullptr;  // runs Create (set initialization)
-  InferenceEngine* engine = nullptr;  // runs Step, Run, Session steps and OIP inferences
+  ComputePool* compute = nullptr;            // runs Create (set initialization)
+  InferenceEngine* engine = nullptr;         // runs Step, Run, Session steps and OIP inferences
   const TokenAuthenticator* auth = nullptr;  // null: no token needed
   Metrics* metrics = nullptr;                // null in tests without one
-  const oip::OpenInference* oip = nullptr;  // the Open Inference Protocol's front ends
+  const oip::OpenInference* oip = nullptr;   // the Open Inference Protocol's front ends
   ServerOptions options;
   core::CreateLimits create_limits;
   std::atomic<bool> draining{false};  // set by Server::Drain: not ready any more

@@ -1,12 +1,13 @@
-#include "lstmserve/server/batcher.h"
-
-#include <ATen/ATen.h>
+#include "lstmserve/server/engine/batcher.h"
 
 #include <utility>
 #include <vector>
 
+#include <ATen/ATen.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+
 #include "lstmserve/core/status.h"
 
 namespace lstmserve::server {
@@ -73,8 +74,7 @@ void Batcher::Submit(BatchJob job) {
     job.enqueued = clock_.Now();
     // Not under load: after a batch of several requests, their callers are about to send
     // again, and the first of them would run alone while the others queue behind it.
-    if (queue_.empty() && busy_ < options_.num_batch_threads && last_batch_requests_ <= 1 && !stopping_ &&
-        Small(job)) {
+    if (queue_.empty() && busy_ < options_.num_batch_threads && last_batch_requests_ <= 1 && !stopping_ && Small(job)) {
       ++busy_;  // a compute slot, as a worker takes one
       ++stats_.inlined;
       here = true;
@@ -94,9 +94,9 @@ void Batcher::Submit(BatchJob job) {
     --busy_;
     return;
   }
-  job.done(absl::ResourceExhaustedError(absl::StrCat(
-      "the inference queue is full (", options_.max_queued_requests,
-      " requests, --max_queued_requests); retry later or on another replica")));
+  job.done(absl::ResourceExhaustedError(
+      absl::StrCat("the inference queue is full (", options_.max_queued_requests,
+                   " requests, --max_queued_requests); retry later or on another replica")));
 }
 
 bool Batcher::Small(const BatchJob& job) const {
@@ -148,11 +148,12 @@ std::vector<BatchJob> Batcher::TakeBatch(int64_t previous_rows, absl::Duration p
       Batcher* self;
       size_t size;
     } seen{this, queue_.size()};
-    const bool arrived = clock_.AwaitWithDeadline(mu_, absl::Condition(
-                                                   +[](Seen* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->self->mu_) {
-                                                     return s->self->queue_.size() != s->size || s->self->stopping_;
-                                                   },
-                                                   &seen),
+    const bool arrived = clock_.AwaitWithDeadline(mu_,
+                                                  absl::Condition(
+                                                      +[](Seen* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->self->mu_) {
+                                                        return s->self->queue_.size() != s->size || s->self->stopping_;
+                                                      },
+                                                      &seen),
                                                   std::min(fill_until, clock_.Now() + quiet_gap));
     if (!arrived) break;  // quiet: no one else is coming soon
     rows = Fill(batch, rows);
@@ -177,7 +178,7 @@ void Batcher::Work() {
           },
           this));
       if (queue_.empty()) return;  // stopping, and nothing left
-      ++busy_;  // before collecting: no request may run inline while this batch fills
+      ++busy_;                     // before collecting: no request may run inline while this batch fills
       batch = TakeBatch(previous_rows, previous_compute);
     }
     previous_rows = 0;
@@ -200,8 +201,9 @@ absl::Duration Batcher::Run(std::vector<BatchJob> batch, core::DeviceRunner& run
     if (metrics_ != nullptr) metrics_->ObserveQueueWait(now - job.enqueued);
     if (job.deadline <= now) {
       ++expired;
-      dropped.emplace_back(std::move(job), absl::DeadlineExceededError(
-                                               "the deadline passed while the request waited for a batch; not computed"));
+      dropped.emplace_back(
+          std::move(job),
+          absl::DeadlineExceededError("the deadline passed while the request waited for a batch; not computed"));
     } else if (job.cancelled && job.cancelled()) {
       ++cancelled;
       dropped.emplace_back(std::move(job),
@@ -234,8 +236,7 @@ absl::Duration Batcher::Run(std::vector<BatchJob> batch, core::DeviceRunner& run
     metrics_->ObserveKernel(lstm.KernelName(rows, live.front().inputs.size(0), options_.path));
   };
   if (live.size() == 1) {
-    auto result =
-        runner.Run(lstm, live.front().inputs, live.front().state, live.front().want_outputs, options_.path);
+    auto result = runner.Run(lstm, live.front().inputs, live.front().state, live.front().want_outputs, options_.path);
     const absl::Duration compute = clock_.Now() - began;
     observe(compute);
     live.front().done(std::move(result));

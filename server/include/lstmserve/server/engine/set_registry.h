@@ -13,6 +13,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+
 #include "lstmserve/core/stacked_lstm.h"
 #include "lstmserve/core/store.h"
 #include "lstmserve/server/metrics.h"
@@ -30,8 +31,8 @@ struct SetEntry {
 class SetRegistry {
  public:
   // `metrics` (optional) counts store operations; it must outlive the registry.
-  SetRegistry(std::unique_ptr<core::ParameterStore> store, c10::Device device,
-              int64_t max_total_bytes, Metrics* metrics = nullptr);
+  SetRegistry(std::unique_ptr<core::ParameterStore> store, c10::Device device, int64_t max_total_bytes,
+              Metrics* metrics = nullptr);
 
   // Loads every set in the store (a set that does not fit the memory budget is skipped).
   // Returns one line per file skipped.

@@ -1,6 +1,7 @@
-#include "lstmserve/server/inference_engine.h"
+#include "lstmserve/server/engine/inference_engine.h"
 
 #include "absl/strings/str_cat.h"
+
 #include "lstmserve/core/status.h"
 
 namespace lstmserve::server {
@@ -8,9 +9,10 @@ namespace lstmserve::server {
 absl::StatusOr<std::shared_ptr<const SetEntry>> InferenceEngine::LstmSet(const std::string& id) const {
   LSTMSERVE_ASSIGN_OR_RETURN(auto entry, registry_->Get(id));
   if (!entry->lstm) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "parameter set '", id, "' is not a stacked LSTM: it needs tensors w_0.. of shape [in + H, 4H] "
-        "(and optionally b_0..); create it with spec.lstm"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("parameter set '", id,
+                     "' is not a stacked LSTM: it needs tensors w_0.. of shape [in + H, 4H] "
+                     "(and optionally b_0..); create it with spec.lstm"));
   }
   return entry;
 }

@@ -13,10 +13,11 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+
 #include "lstmserve/core/stacked_lstm.h"
-#include "lstmserve/server/batcher.h"
-#include "lstmserve/server/sequence_store.h"
-#include "lstmserve/server/set_registry.h"
+#include "lstmserve/server/engine/batcher.h"
+#include "lstmserve/server/engine/sequence_store.h"
+#include "lstmserve/server/engine/set_registry.h"
 
 namespace lstmserve::server {
 

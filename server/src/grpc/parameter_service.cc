@@ -12,12 +12,13 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+
 #include "lstmserve/core/diagnostics.h"
 #include "lstmserve/core/status.h"
 #include "lstmserve/core/tensor_bytes.h"
-#include "lstmserve/wire/conversions.h"
+#include "lstmserve/server/grpc/services.h"
 #include "lstmserve/server/log.h"
-#include "lstmserve/server/services.h"
+#include "lstmserve/wire/conversions.h"
 #include "rpc_util.h"
 
 namespace lstmserve::server {
@@ -149,8 +150,8 @@ class ImportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     if (!request_.has_chunk()) return absl::InvalidArgumentError("after the header, every message must be a chunk");
     const auto& chunk = request_.chunk();
     if (chunk.tensor_index() < 0 || chunk.tensor_index() >= static_cast<int>(buffers_.size())) {
-      return absl::InvalidArgumentError(absl::StrCat("chunk.tensor_index ", chunk.tensor_index(), " is not in [0, ",
-                                                     buffers_.size(), ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk.tensor_index ", chunk.tensor_index(), " is not in [0, ", buffers_.size(), ")"));
     }
     const size_t i = static_cast<size_t>(chunk.tensor_index());
     if (i < next_tensor_ || (i == next_tensor_ && chunk.offset() != received_[i])) {
@@ -160,8 +161,9 @@ class ImportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     }
     while (next_tensor_ < i) {
       if (received_[next_tensor_] != static_cast<int64_t>(buffers_[next_tensor_].nbytes())) {
-        return absl::InvalidArgumentError(absl::StrCat("tensor ", next_tensor_, " ended after ", received_[next_tensor_],
-                                                       " of ", buffers_[next_tensor_].nbytes(), " bytes"));
+        return absl::InvalidArgumentError(absl::StrCat("tensor ", next_tensor_, " ended after ",
+                                                       received_[next_tensor_], " of ", buffers_[next_tensor_].nbytes(),
+                                                       " bytes"));
       }
       ++next_tensor_;
     }
@@ -184,7 +186,8 @@ class ImportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     }
     checksum_ = header.checksum();
     LSTMSERVE_ASSIGN_OR_RETURN(storage_, wire::WeightStorageFromProto(header.weight_storage(), "header"));
-    const core::DType weight_dtype = storage_ == core::WeightStorage::kInt8 ? core::DType::kInt8 : core::DType::kBFloat16;
+    const core::DType weight_dtype =
+        storage_ == core::WeightStorage::kInt8 ? core::DType::kInt8 : core::DType::kBFloat16;
     std::set<std::string> names;
     int64_t total = 0;
     for (int i = 0; i < header.tensors_size(); ++i) {
@@ -198,19 +201,21 @@ class ImportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       }
       LSTMSERVE_ASSIGN_OR_RETURN(core::DType dtype, DTypeFromProto(info.dtype(), field));
       if (storage_ == core::WeightStorage::kDType) {
-        if (i > 0 && dtype != dtypes_[0]) return absl::InvalidArgumentError(absl::StrCat(field, ".dtype differs from tensor 0's"));
+        if (i > 0 && dtype != dtypes_[0])
+          return absl::InvalidArgumentError(absl::StrCat(field, ".dtype differs from tensor 0's"));
         LSTMSERVE_RETURN_IF_ERROR(core::CheckDTypeOnDevice(dtype, ctx_->registry->device()));
       } else if (dtype != core::DType::kFloat32 && dtype != weight_dtype) {
         // The layout (which tensor has which dtype) is checked once all data is in.
-        return absl::InvalidArgumentError(absl::StrCat(field, ".dtype is ", core::DTypeName(dtype), "; a set with weight storage ",
-                                                       core::WeightStorageName(storage_), " has ",
-                                                       core::DTypeName(weight_dtype), " weights and float32 otherwise"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ".dtype is ", core::DTypeName(dtype), "; a set with weight storage ",
+                         core::WeightStorageName(storage_), " has ", core::DTypeName(weight_dtype),
+                         " weights and float32 otherwise"));
       }
       dtypes_.push_back(dtype);
       LSTMSERVE_ASSIGN_OR_RETURN(int64_t count, CheckShape(info.shape(), field, std::numeric_limits<int64_t>::max()));
       int64_t bytes = 0;
-      if (__builtin_mul_overflow(count, core::DTypeSize(dtype), &bytes) || __builtin_add_overflow(total, bytes, &total) ||
-          total > ctx_->options.max_set_bytes) {
+      if (__builtin_mul_overflow(count, core::DTypeSize(dtype), &bytes) ||
+          __builtin_add_overflow(total, bytes, &total) || total > ctx_->options.max_set_bytes) {
         return absl::ResourceExhaustedError(absl::StrCat("the header declares more than the server's limit of ",
                                                          ctx_->options.max_set_bytes, " bytes per set (", field,
                                                          " is [", absl::StrJoin(info.shape(), ", "), "])"));
@@ -255,8 +260,9 @@ class ImportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     }));
     stored.checksum = core::ComputeChecksum(stored.set);
     if (!checksum_.empty() && checksum_ != stored.checksum) {
-      return absl::InvalidArgumentError(absl::StrCat("header.checksum is ", core::ClientText(checksum_, 80), " but the data hashes to ",
-                                                     stored.checksum, "; nothing was stored"));
+      return absl::InvalidArgumentError(absl::StrCat("header.checksum is ", core::ClientText(checksum_, 80),
+                                                     " but the data hashes to ", stored.checksum,
+                                                     "; nothing was stored"));
     }
     LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->registry->Add(std::move(stored)));
     EntryToProto(*entry, response_.mutable_parameter_set());
@@ -403,9 +409,8 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::DeleteParameterSet(grpc::Callbac
       ctx_, context, in, out, kService, "DeleteParameterSet", [&](auto* call) {
         const v1::DeleteParameterSetRequest* request = &call->request;
         RpcLog log(context, "DeleteParameterSet", request->parameter_set_id());
-        FinishUnary(context, call, log, [&]() -> absl::Status {
-          return ctx_->registry->Delete(request->parameter_set_id());
-        });
+        FinishUnary(context, call, log,
+                    [&]() -> absl::Status { return ctx_->registry->Delete(request->parameter_set_id()); });
       });
 }
 
@@ -421,10 +426,10 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* ParameterServiceImpl::ExportParamete
   const int64_t fits = std::min(kMaxChunkBytes, ctx_->options.max_message_bytes - kChunkFramingBytes);
   const int64_t chunk_bytes = request->chunk_bytes() == 0 ? std::min(kDefaultChunkBytes, fits) : request->chunk_bytes();
   if (status.ok() && (chunk_bytes < 0 || chunk_bytes > fits)) {
-    status = absl::InvalidArgumentError(absl::StrCat(
-        "chunk_bytes is ", request->chunk_bytes(), "; expected 0 to ", fits, " (0 means ",
-        std::min(kDefaultChunkBytes, fits), "; at most ", kMaxChunkBytes, ", and ", kChunkFramingBytes,
-        " bytes under the server's --max_message_bytes of ", ctx_->options.max_message_bytes, ")"));
+    status = absl::InvalidArgumentError(
+        absl::StrCat("chunk_bytes is ", request->chunk_bytes(), "; expected 0 to ", fits, " (0 means ",
+                     std::min(kDefaultChunkBytes, fits), "; at most ", kMaxChunkBytes, ", and ", kChunkFramingBytes,
+                     " bytes under the server's --max_message_bytes of ", ctx_->options.max_message_bytes, ")"));
   }
   absl::StatusOr<std::shared_ptr<const SetEntry>> entry =
       status.ok() ? ctx_->registry->Get(request->parameter_set_id()) : status;
@@ -451,7 +456,8 @@ absl::StatusOr<core::Activation> ActivationFromProto(v1::ChainActivation a) {
     case v1::CHAIN_ACTIVATION_TANH: return core::Activation::kTanh;
     case v1::CHAIN_ACTIVATION_SIGMOID: return core::Activation::kSigmoid;
     case v1::CHAIN_ACTIVATION_LINEAR: return core::Activation::kLinear;
-    default: return absl::InvalidArgumentError(absl::StrCat("activation ", static_cast<int>(a), " is not a ChainActivation"));
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("activation ", static_cast<int>(a), " is not a ChainActivation"));
   }
 }
 
@@ -473,8 +479,8 @@ absl::Status AnalyzeStorageError(const core::ParameterSet& set, const std::optio
   std::vector<core::ParameterSet> reduced;
   if (set.weight_storage == core::WeightStorage::kDType) {
     if (set.dtype != core::DType::kFloat32) {
-      return absl::FailedPreconditionError(absl::StrCat("weight_storage_error compares with float32 weights; the set is ",
-                                                        core::DTypeName(set.dtype)));
+      return absl::FailedPreconditionError(
+          absl::StrCat("weight_storage_error compares with float32 weights; the set is ", core::DTypeName(set.dtype)));
     }
     full = set;
     LSTMSERVE_RETURN_IF_ERROR(core::GuardTorch("weight storage error", [&]() -> absl::Status {
@@ -499,7 +505,8 @@ absl::Status AnalyzeStorageError(const core::ParameterSet& set, const std::optio
   LSTMSERVE_ASSIGN_OR_RETURN(core::StackedLstm full_lstm, core::StackedLstm::FromParameterSet(full));
   for (const auto& r : reduced) {
     LSTMSERVE_ASSIGN_OR_RETURN(core::StackedLstm reduced_lstm, core::StackedLstm::FromParameterSet(r));
-    LSTMSERVE_ASSIGN_OR_RETURN(core::StorageError error, core::MeasureStorageError(full_lstm, reduced_lstm, probe_seed));
+    LSTMSERVE_ASSIGN_OR_RETURN(core::StorageError error,
+                               core::MeasureStorageError(full_lstm, reduced_lstm, probe_seed));
     auto* out = response->add_weight_storage_errors();
     out->set_weight_storage(wire::WeightStorageToProto(error.storage));
     out->mutable_steps()->Assign(error.steps.begin(), error.steps.end());
@@ -549,14 +556,16 @@ absl::Status Analyze(const core::ParameterSet& set, core::FanConvention conventi
     case v1::WEIGHT_LAYOUT_IN_OUT: chain.layout = core::WeightLayout::kInOut; break;
     default: return absl::InvalidArgumentError("layout is not a WeightLayout");
   }
-  chain.preferred = convention == core::FanConvention::kMatmul ? core::WeightLayout::kInOut : core::WeightLayout::kOutIn;
+  chain.preferred =
+      convention == core::FanConvention::kMatmul ? core::WeightLayout::kInOut : core::WeightLayout::kOutIn;
   std::vector<core::NamedTensor> weights;
   if (request.tensors().empty()) {
     weights = set.tensors;
   } else {
     for (const auto& name : request.tensors()) {
       auto it = std::find_if(set.tensors.begin(), set.tensors.end(), [&](const auto& t) { return t.name == name; });
-      if (it == set.tensors.end()) return absl::InvalidArgumentError(absl::StrCat("tensors: the set has no '", core::ClientText(name), "'"));
+      if (it == set.tensors.end())
+        return absl::InvalidArgumentError(absl::StrCat("tensors: the set has no '", core::ClientText(name), "'"));
       weights.push_back(*it);
     }
   }

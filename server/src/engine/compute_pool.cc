@@ -1,4 +1,4 @@
-#include "lstmserve/server/compute_pool.h"
+#include "lstmserve/server/engine/compute_pool.h"
 
 namespace lstmserve::server {
 

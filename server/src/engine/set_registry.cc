@@ -1,17 +1,18 @@
-#include "lstmserve/server/set_registry.h"
-
-#include <ATen/ATen.h>
+#include "lstmserve/server/engine/set_registry.h"
 
 #include <algorithm>
 
+#include <ATen/ATen.h>
+
 #include "absl/strings/str_cat.h"
+
 #include "lstmserve/core/status.h"
 #include "lstmserve/server/log.h"
 
 namespace lstmserve::server {
 
-SetRegistry::SetRegistry(std::unique_ptr<core::ParameterStore> store, c10::Device device,
-                         int64_t max_total_bytes, Metrics* metrics)
+SetRegistry::SetRegistry(std::unique_ptr<core::ParameterStore> store, c10::Device device, int64_t max_total_bytes,
+                         Metrics* metrics)
     : store_(std::move(store)), device_(device), max_total_bytes_(max_total_bytes), metrics_(metrics) {}
 
 absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::MakeEntry(core::StoredSet stored) const {
@@ -40,8 +41,8 @@ std::vector<std::string> SetRegistry::LoadAll() {
     const std::string id = stored.id;
     const int64_t size = stored.set.byte_size;
     if (bytes_ + size > max_total_bytes_) {
-      report.problems.push_back(absl::StrCat(store_->PathOf(id), ": not loaded, ", size,
-                                             " bytes would exceed --max_total_set_bytes"));
+      report.problems.push_back(
+          absl::StrCat(store_->PathOf(id), ": not loaded, ", size, " bytes would exceed --max_total_set_bytes"));
       continue;
     }
     auto entry = MakeEntry(std::move(stored));
@@ -109,9 +110,9 @@ void SetRegistry::Forget(const std::string& id, const std::shared_ptr<const SetE
 }
 
 absl::Status SetRegistry::OverBudget(int64_t size) const {
-  return absl::ResourceExhaustedError(absl::StrCat(
-      "the server holds ", bytes_, " bytes of sets; ", size, " more would exceed --max_total_set_bytes=",
-      max_total_bytes_, "; delete sets or raise the limit"));
+  return absl::ResourceExhaustedError(absl::StrCat("the server holds ", bytes_, " bytes of sets; ", size,
+                                                   " more would exceed --max_total_set_bytes=", max_total_bytes_,
+                                                   "; delete sets or raise the limit"));
 }
 
 absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::Add(core::StoredSet stored) {

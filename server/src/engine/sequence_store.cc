@@ -1,7 +1,8 @@
-#include "lstmserve/server/sequence_store.h"
+#include "lstmserve/server/engine/sequence_store.h"
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+
 #include "lstmserve/core/status.h"
 
 namespace lstmserve::server {
@@ -57,8 +58,7 @@ void SequenceStore::Close(const std::string& key) {
   open_.erase(key);
 }
 
-absl::StatusOr<core::LstmState> SequenceStore::Acquire(const std::string& key, const std::string& set_id,
-                                                       bool start) {
+absl::StatusOr<core::LstmState> SequenceStore::Acquire(const std::string& key, const std::string& set_id, bool start) {
   absl::MutexLock lock(&mu_);
   auto it = open_.find(key);
   if (it != open_.end() && it->second.busy) {
@@ -79,9 +79,9 @@ absl::StatusOr<core::LstmState> SequenceStore::Acquire(const std::string& key, c
     return core::LstmState();
   }
   if (it == open_.end() || it->second.stream) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sequence ", Shown(key),
-        " is not open: start it with sequence_start=true (it may have ended, or idled out after --session_idle_timeout)"));
+    return absl::InvalidArgumentError(absl::StrCat("sequence ", Shown(key),
+                                                   " is not open: start it with sequence_start=true (it may have "
+                                                   "ended, or idled out after --session_idle_timeout)"));
   }
   Sequence& s = it->second;
   if (s.set_id != set_id) {

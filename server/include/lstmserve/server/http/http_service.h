@@ -18,9 +18,10 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "lstmserve/server/http_handler.h"
+
+#include "lstmserve/server/grpc/services.h"
+#include "lstmserve/server/http/http_handler.h"
 #include "lstmserve/server/security.h"
-#include "lstmserve/server/services.h"
 
 namespace lstmserve::server {
 
@@ -28,12 +29,12 @@ namespace lstmserve::server {
 inline constexpr int64_t kMaxHttpHeadBytes = 32 << 10;
 
 struct HttpLimits {
-  int64_t max_body_bytes = 64 << 20;                   // 413 past it
-  absl::Duration idle_timeout = absl::Seconds(60);     // a kept-alive connection waiting for a request
-  absl::Duration header_timeout = absl::Seconds(10);   // from a request's first byte to its last header
-  absl::Duration body_timeout = absl::Seconds(120);    // to read a body
-  absl::Duration write_timeout = absl::Seconds(120);   // to write an answer
-  int max_connections = 10000;                         // more are answered 503 and closed
+  int64_t max_body_bytes = 64 << 20;                  // 413 past it
+  absl::Duration idle_timeout = absl::Seconds(60);    // a kept-alive connection waiting for a request
+  absl::Duration header_timeout = absl::Seconds(10);  // from a request's first byte to its last header
+  absl::Duration body_timeout = absl::Seconds(120);   // to read a body
+  absl::Duration write_timeout = absl::Seconds(120);  // to write an answer
+  int max_connections = 10000;                        // more are answered 503 and closed
 };
 
 class HttpService {

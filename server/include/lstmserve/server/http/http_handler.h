@@ -22,7 +22,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
-#include "lstmserve/server/services.h"
+
+#include "lstmserve/server/grpc/services.h"
 
 namespace lstmserve::server {
 
@@ -45,8 +46,8 @@ HttpRoute FindHttpRouteOf(absl::string_view method, absl::string_view path);
 inline constexpr int kMaxHttpHeaders = 100;
 
 struct HttpRequest {
-  std::string method;  // "GET", "POST", ...
-  std::string target;  // the path, with its query string if any
+  std::string method;                                        // "GET", "POST", ...
+  std::string target;                                        // the path, with its query string if any
   std::vector<std::pair<std::string, std::string>> headers;  // as received, in order
   std::string body;
   std::string peer;  // for the log
@@ -61,7 +62,7 @@ struct HttpRequest {
 
 struct HttpResponse {
   int status = 200;
-  std::string content_type;  // empty with an empty body
+  std::string content_type;                                  // empty with an empty body
   std::vector<std::pair<std::string, std::string>> headers;  // besides Content-Type and -Length
   std::string body;
 };

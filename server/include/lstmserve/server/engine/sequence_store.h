@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+
 #include "lstmserve/core/stacked_lstm.h"
 
 namespace lstmserve::server {
@@ -52,7 +53,7 @@ class SequenceStore {
 
   // Totals since start and the number open now, for metrics and logs.
   struct Stats {
-    int64_t active = 0;          // streams and stored sequences
+    int64_t active = 0;  // streams and stored sequences
     int64_t steps = 0;
     int64_t rejected = 0;        // refused past max_sequences
     int64_t idle_cancelled = 0;  // ended by the reaper

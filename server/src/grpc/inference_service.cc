@@ -2,13 +2,13 @@
 
 #include <ATen/ATen.h>
 
-#include "absl/time/clock.h"
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+
 #include "lstmserve/core/status.h"
+#include "lstmserve/server/grpc/services.h"
 #include "lstmserve/wire/conversions.h"
-#include "lstmserve/server/services.h"
 #include "rpc_util.h"
 
 namespace lstmserve::server {
@@ -23,8 +23,7 @@ constexpr const char* kService = "lstmserve.v1.InferenceService";
 absl::StatusOr<at::Tensor> Input(ServiceContext* ctx, const SetEntry& entry, const v1::Tensor& t,
                                  absl::string_view field) {
   // Host tensors: the batch worker moves the merged batch to the set's device.
-  return TensorFromProto(t, field, entry.stored.set.dtype, ctx->options.max_tensor_elements,
-                         c10::Device(c10::kCPU));
+  return TensorFromProto(t, field, entry.stored.set.dtype, ctx->options.max_tensor_elements, c10::Device(c10::kCPU));
 }
 
 absl::StatusOr<std::vector<at::Tensor>> States(ServiceContext* ctx, const SetEntry& entry,
@@ -32,7 +31,8 @@ absl::StatusOr<std::vector<at::Tensor>> States(ServiceContext* ctx, const SetEnt
                                                absl::string_view field) {
   if (!states.empty() && states.size() != entry.lstm->num_layers()) {
     return absl::InvalidArgumentError(absl::StrCat(field, " has ", states.size(), " tensors; the set has ",
-                                                   entry.lstm->num_layers(), " layers (give one per layer, or none for zeros)"));
+                                                   entry.lstm->num_layers(),
+                                                   " layers (give one per layer, or none for zeros)"));
   }
   std::vector<at::Tensor> out;
   for (int l = 0; l < states.size(); ++l) {
@@ -85,7 +85,9 @@ void SubmitUnary(ServiceContext* ctx, UnaryCallBase* call, RpcLog log, absl::Sta
 class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   SessionReactor(grpc::CallbackServerContext* context, ServiceContext* ctx, RpcLog log)
-      : context_(context), ctx_(ctx), log_(std::move(log)),
+      : context_(context),
+        ctx_(ctx),
+        log_(std::move(log)),
         key_(absl::StrCat("stream:", reinterpret_cast<uintptr_t>(this))) {
     StartRead(&read_);
   }
@@ -173,8 +175,8 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
     if (start.batch_size() > ctx_->options.max_tensor_elements) {
       entry_.reset();
       return absl::ResourceExhaustedError(absl::StrCat("start.batch_size is ", start.batch_size(),
-                                                       "; it exceeds the limit of ",
-                                                       ctx_->options.max_tensor_elements, " elements per tensor"));
+                                                       "; it exceeds the limit of ", ctx_->options.max_tensor_elements,
+                                                       " elements per tensor"));
     }
     batch_ = start.batch_size();
     return_state_ = start.return_state();
@@ -206,9 +208,9 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
     if (!request_.has_x()) return absl::InvalidArgumentError("after start, every SessionRequest must carry x");
     LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor x, Input(ctx_, *entry_, request_.x(), "x"));
     if (x.dim() != 2 || x.size(0) != batch_ || x.size(1) != entry_->lstm->input_size()) {
-      return absl::InvalidArgumentError(absl::StrCat("x is [", absl::StrJoin(x.sizes(), ", "), "]; the session's x must be [",
-                                                     batch_, ", ", entry_->lstm->input_size(),
-                                                     "] (its batch_size, the set's input_size)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("x is [", absl::StrJoin(x.sizes(), ", "), "]; the session's x must be [", batch_, ", ",
+                       entry_->lstm->input_size(), "] (its batch_size, the set's input_size)"));
     }
     return ctx_->engine->MakeJob(GrpcCall(context_), entry_, x.unsqueeze(0), state_, /*want_outputs=*/false);
   }
@@ -242,11 +244,13 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Step(grpc::CallbackServerContext
       if (!request->has_x()) return absl::InvalidArgumentError("x is not set");
       LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor x, Input(ctx_, *entry, request->x(), "x"));
       if (x.dim() != 2 || x.size(1) != entry->lstm->input_size()) {
-        return absl::InvalidArgumentError(absl::StrCat("x is [", absl::StrJoin(x.sizes(), ", "), "]; the set's x must be [batch, ",
-                                                       entry->lstm->input_size(), "] (its input_size)"));
+        return absl::InvalidArgumentError(absl::StrCat("x is [", absl::StrJoin(x.sizes(), ", "),
+                                                       "]; the set's x must be [batch, ", entry->lstm->input_size(),
+                                                       "] (its input_size)"));
       }
       LSTMSERVE_ASSIGN_OR_RETURN(core::LstmState state, RequestState(ctx_, *entry, *request, ""));
-      return ctx_->engine->MakeJob(GrpcCall(context), std::move(entry), x.unsqueeze(0), std::move(state), /*want_outputs=*/false);
+      return ctx_->engine->MakeJob(GrpcCall(context), std::move(entry), x.unsqueeze(0), std::move(state),
+                                   /*want_outputs=*/false);
     }();
     v1::StepResponse* response = &call->response;
     SubmitUnary(ctx_, call, std::move(log), std::move(job),
@@ -264,7 +268,8 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Run(grpc::CallbackServerContext*
       if (!request->has_inputs()) return absl::InvalidArgumentError("inputs is not set");
       LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor inputs, Input(ctx_, *entry, request->inputs(), "inputs"));
       LSTMSERVE_ASSIGN_OR_RETURN(core::LstmState state, RequestState(ctx_, *entry, *request, ""));
-      return ctx_->engine->MakeJob(GrpcCall(context), std::move(entry), std::move(inputs), std::move(state), !request->final_state_only());
+      return ctx_->engine->MakeJob(GrpcCall(context), std::move(entry), std::move(inputs), std::move(state),
+                                   !request->final_state_only());
     }();
     v1::RunResponse* response = &call->response;
     SubmitUnary(ctx_, call, std::move(log), std::move(job), [response](const core::SequenceResult& result) {

@@ -23,7 +23,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "lstmserve/server/inference_engine.h"
+
+#include "lstmserve/server/engine/inference_engine.h"
 
 namespace lstmserve::server::oip {
 
@@ -59,7 +60,7 @@ struct ModelMetadata {
 struct InferRequest {
   std::string model;
   std::string version;
-  std::string id;                    // echoed
+  std::string id;  // echoed
   std::vector<Tensor> inputs;
   std::vector<std::string> outputs;  // wanted; empty: all
   // Sequences: `sequence_key` is empty without a sequence id, else "u:<n>" or "s:<text>"

@@ -1,4 +1,4 @@
-#include "lstmserve/server/http_service.h"
+#include "lstmserve/server/http/http_service.h"
 
 #include <sys/socket.h>
 
@@ -25,6 +25,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+
 #include "lstmserve/core/status.h"
 #include "lstmserve/server/log.h"
 #include "lstmserve/server/options.h"
@@ -90,8 +91,8 @@ HttpResponse ParseFailure(const beast::error_code& ec, const HttpLimits& limits)
     return TransportError(431, absl::StrCat("the request line and headers are over ", kMaxHttpHeadBytes, " bytes"));
   }
   if (ec == http::error::body_limit) {
-    return TransportError(413, absl::StrCat("the body is over ", limits.max_body_bytes,
-                                            " bytes (the server's --max_message_bytes)"));
+    return TransportError(
+        413, absl::StrCat("the body is over ", limits.max_body_bytes, " bytes (the server's --max_message_bytes)"));
   }
   if (ec == beast::error::timeout) {
     return TransportError(408, "the request did not arrive in time; the connection is closed");
@@ -239,10 +240,9 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     parser_->header_limit(static_cast<std::uint32_t>(kMaxHttpHeadBytes));
     parser_->body_limit(static_cast<std::uint64_t>(impl_->limits.max_body_bytes));
     Arm(impl_->limits.header_timeout);
-    http::async_read_header(stream_, buffer_, *parser_,
-                            [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
-                              self->OnHead(self->Disarm(ec));
-                            });
+    http::async_read_header(
+        stream_, buffer_, *parser_,
+        [self = this->shared_from_this()](beast::error_code ec, std::size_t) { self->OnHead(self->Disarm(ec)); });
   }
 
   void OnHead(beast::error_code ec) {
@@ -314,9 +314,8 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
         std::shared_ptr<Session> session = std::move(*holder);
         if (session != nullptr) {
           auto executor = session->stream_.get_executor();
-          asio::post(executor, [session = std::move(session), r = std::move(r)]() mutable {
-            session->Write(std::move(r));
-          });
+          asio::post(executor,
+                     [session = std::move(session), r = std::move(r)]() mutable { session->Write(std::move(r)); });
         }
         impl->InferenceEnds();
       });
@@ -372,9 +371,10 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
   }
 
   void Discard() {
-    Lowest().async_read_some(asio::buffer(discard_), [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
-      if (!ec) self->Discard();
-    });
+    Lowest().async_read_some(asio::buffer(discard_),
+                             [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
+                               if (!ec) self->Discard();
+                             });
   }
 
   HttpService::Impl* impl_;
@@ -428,12 +428,12 @@ void HttpService::Impl::OnAccept(tcp::socket socket) {
   if (tls) {
     using TlsStream = beast::ssl_stream<beast::tcp_stream>;
     auto session = std::make_shared<Session<TlsStream>>(this, TlsStream(beast::tcp_stream(std::move(socket)), *tls),
-                                                         std::move(peer));
+                                                        std::move(peer));
     Register(session);
     session->Start();
   } else {
-    auto session = std::make_shared<Session<beast::tcp_stream>>(this, beast::tcp_stream(std::move(socket)),
-                                                                std::move(peer));
+    auto session =
+        std::make_shared<Session<beast::tcp_stream>>(this, beast::tcp_stream(std::move(socket)), std::move(peer));
     Register(session);
     session->Start();
   }
@@ -469,8 +469,8 @@ absl::StatusOr<std::unique_ptr<HttpService>> HttpService::Start(const std::strin
   tcp::resolver resolver(impl->ioc);
   const auto endpoints = resolver.resolve(std::string(bare), std::to_string(port), tcp::resolver::passive, ec);
   const auto cannot = [&](const beast::error_code& why) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", listen, " for HTTP: ", why.message(),
-                                               " (in use, or not a local address?)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", listen, " for HTTP: ", why.message(), " (in use, or not a local address?)"));
   };
   if (ec || endpoints.empty()) return cannot(ec);
   const tcp::endpoint endpoint = endpoints.begin()->endpoint();

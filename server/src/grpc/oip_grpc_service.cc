@@ -1,9 +1,10 @@
 // The Open Inference Protocol over gRPC: converts inference.* messages to the protocol-neutral
 // values of open_inference.h and back; everything else is OpenInference's.
 #include "absl/strings/str_cat.h"
+
 #include "lstmserve/core/status.h"
-#include "lstmserve/server/services.h"
-#include "lstmserve/server/oip_grpc_codec.h"
+#include "lstmserve/server/grpc/oip_grpc_codec.h"
+#include "lstmserve/server/grpc/services.h"
 #include "rpc_util.h"
 
 namespace lstmserve::server {
@@ -28,14 +29,9 @@ absl::Status SequenceFromProto(const ModelInferRequest& request, oip::InferReque
         }
         out->sequence_key = oip::SequenceKey(static_cast<uint64_t>(id.int64_param()));
         break;
-      case inference::InferParameter::kUint64Param:
-        out->sequence_key = oip::SequenceKey(id.uint64_param());
-        break;
-      case inference::InferParameter::kStringParam:
-        out->sequence_key = oip::SequenceKey(id.string_param());
-        break;
-      default:
-        return absl::InvalidArgumentError("sequence_id must be an int64, uint64 or string parameter");
+      case inference::InferParameter::kUint64Param: out->sequence_key = oip::SequenceKey(id.uint64_param()); break;
+      case inference::InferParameter::kStringParam: out->sequence_key = oip::SequenceKey(id.string_param()); break;
+      default: return absl::InvalidArgumentError("sequence_id must be an int64, uint64 or string parameter");
     }
   }
   for (const auto& [name, flag] : {std::pair<const char*, bool*>{"sequence_start", &out->sequence_start},
@@ -98,13 +94,13 @@ absl::StatusOr<oip::InferRequest> RequestFromProto(ModelInferRequest& request) {
       const auto& values = c.fp32_contents();
       t.data.assign(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
     } else if (c.fp32_contents_size() > 0) {
-      return absl::InvalidArgumentError(absl::StrCat("input ", core::ClientText(t.name), " is ",
-                                                     core::ClientText(t.datatype),
-                                                     ": contents.fp32_contents holds FP32 only; send raw_input_contents"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("input ", core::ClientText(t.name), " is ", core::ClientText(t.datatype),
+                       ": contents.fp32_contents holds FP32 only; send raw_input_contents"));
     } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "input ", core::ClientText(t.name), " has no data: send it in raw_input_contents",
-          t.datatype == "FP32" ? " or contents.fp32_contents" : " (typed contents exist for FP32 only)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("input ", core::ClientText(t.name), " has no data: send it in raw_input_contents",
+                       t.datatype == "FP32" ? " or contents.fp32_contents" : " (typed contents exist for FP32 only)"));
     }
     out.inputs.push_back(std::move(t));
   }
@@ -193,17 +189,17 @@ class StreamInferReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer
 
 }  // namespace
 
-grpc::ServerUnaryReactor* OipGrpcService::ServerLive(grpc::CallbackServerContext* context,
-                                                     const grpc::ByteBuffer* in, grpc::ByteBuffer* out) {
-  return ParseUnary<inference::ServerLiveRequest, inference::ServerLiveResponse>(
-      ctx_, context, in, out, kService, "ServerLive", [&](auto* call) {
-        call->response.set_live(true);
-        call->Reply(grpc::Status::OK);
-      });
+grpc::ServerUnaryReactor* OipGrpcService::ServerLive(grpc::CallbackServerContext* context, const grpc::ByteBuffer* in,
+                                                     grpc::ByteBuffer* out) {
+  return ParseUnary<inference::ServerLiveRequest, inference::ServerLiveResponse>(ctx_, context, in, out, kService,
+                                                                                 "ServerLive", [&](auto* call) {
+                                                                                   call->response.set_live(true);
+                                                                                   call->Reply(grpc::Status::OK);
+                                                                                 });
 }
 
-grpc::ServerUnaryReactor* OipGrpcService::ServerReady(grpc::CallbackServerContext* context,
-                                                      const grpc::ByteBuffer* in, grpc::ByteBuffer* out) {
+grpc::ServerUnaryReactor* OipGrpcService::ServerReady(grpc::CallbackServerContext* context, const grpc::ByteBuffer* in,
+                                                      grpc::ByteBuffer* out) {
   return ParseUnary<inference::ServerReadyRequest, inference::ServerReadyResponse>(
       ctx_, context, in, out, kService, "ServerReady", [&](auto* call) {
         call->response.set_ready(ctx_->oip->ServerReady());
@@ -211,8 +207,8 @@ grpc::ServerUnaryReactor* OipGrpcService::ServerReady(grpc::CallbackServerContex
       });
 }
 
-grpc::ServerUnaryReactor* OipGrpcService::ModelReady(grpc::CallbackServerContext* context,
-                                                     const grpc::ByteBuffer* in, grpc::ByteBuffer* out) {
+grpc::ServerUnaryReactor* OipGrpcService::ModelReady(grpc::CallbackServerContext* context, const grpc::ByteBuffer* in,
+                                                     grpc::ByteBuffer* out) {
   return ParseUnary<inference::ModelReadyRequest, inference::ModelReadyResponse>(
       ctx_, context, in, out, kService, "ModelReady", [&](auto* call) {
         RpcLog log(context, "ModelReady", call->request.name());
@@ -263,8 +259,8 @@ grpc::ServerUnaryReactor* OipGrpcService::ModelMetadata(grpc::CallbackServerCont
       });
 }
 
-grpc::ServerUnaryReactor* OipGrpcService::ModelConfig(grpc::CallbackServerContext* context,
-                                                      const grpc::ByteBuffer* in, grpc::ByteBuffer* out) {
+grpc::ServerUnaryReactor* OipGrpcService::ModelConfig(grpc::CallbackServerContext* context, const grpc::ByteBuffer* in,
+                                                      grpc::ByteBuffer* out) {
   return ParseUnary<inference::ModelConfigRequest, inference::ModelConfigResponse>(
       ctx_, context, in, out, kService, "ModelConfig", [&](auto* call) {
         RpcLog log(context, "ModelConfig", call->request.name());
@@ -296,26 +292,27 @@ grpc::ServerUnaryReactor* OipGrpcService::ModelConfig(grpc::CallbackServerContex
       });
 }
 
-grpc::ServerUnaryReactor* OipGrpcService::ModelInfer(grpc::CallbackServerContext* context,
-                                                     const grpc::ByteBuffer* in, grpc::ByteBuffer* out) {
-  return ParseUnary<ModelInferRequest, ModelInferResponse>(ctx_, context, in, out, kService, "ModelInfer", [&](auto* call) {
-    RpcLog log(context, "ModelInfer", call->request.model_name());
-    absl::StatusOr<oip::InferRequest> request = [&]() -> absl::StatusOr<oip::InferRequest> {
-      return RequestFromProto(call->request);
-    }();
-    if (!request.ok()) {
-      call->Reply(log.Done(request.status()));
-      return;
-    }
-    // No phase metrics (Step and Run only): OIP requests are validated inside Infer, so the
-    // hop from parsed to queued is not this handler's to time.
-    ModelInferResponse* response = &call->response;
-    ctx_->oip->Infer(*std::move(request), GrpcCall(context),
-                     [call, response, log = std::move(log)](absl::StatusOr<oip::InferResponse> result) {
-                       if (result.ok()) ResponseToProto(*result, response);
-                       call->Reply(log.Done(result.status()));
-                     });
-  });
+grpc::ServerUnaryReactor* OipGrpcService::ModelInfer(grpc::CallbackServerContext* context, const grpc::ByteBuffer* in,
+                                                     grpc::ByteBuffer* out) {
+  return ParseUnary<ModelInferRequest, ModelInferResponse>(
+      ctx_, context, in, out, kService, "ModelInfer", [&](auto* call) {
+        RpcLog log(context, "ModelInfer", call->request.model_name());
+        absl::StatusOr<oip::InferRequest> request = [&]() -> absl::StatusOr<oip::InferRequest> {
+          return RequestFromProto(call->request);
+        }();
+        if (!request.ok()) {
+          call->Reply(log.Done(request.status()));
+          return;
+        }
+        // No phase metrics (Step and Run only): OIP requests are validated inside Infer, so the
+        // hop from parsed to queued is not this handler's to time.
+        ModelInferResponse* response = &call->response;
+        ctx_->oip->Infer(*std::move(request), GrpcCall(context),
+                         [call, response, log = std::move(log)](absl::StatusOr<oip::InferResponse> result) {
+                           if (result.ok()) ResponseToProto(*result, response);
+                           call->Reply(log.Done(result.status()));
+                         });
+      });
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* OipGrpcService::ModelStreamInfer(
