@@ -10,47 +10,24 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "lstmserve/core/parameter_set.h"
+#include "engine_fixture.h"
 
 namespace lstmserve::server {
 namespace {
 
 using json = nlohmann::json;
 
-class HttpHandlerTest : public ::testing::Test {
+class HttpHandlerTest : public ::testing::Test, protected EngineWithOneSet {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() / ("lstmserve-http-" + std::to_string(std::random_device()()));
-    auto store = core::ParameterStore::Open(dir_.string());
-    ASSERT_TRUE(store.ok()) << store.status();
-    registry_ = std::make_unique<SetRegistry>(*std::move(store), c10::Device(c10::kCPU), int64_t{1} << 30);
-    core::ParameterSetSpec spec;
-    spec.lstm = core::LstmTemplate{1, 3, 4};
-    spec.seed = 5;
-    auto set = core::CreateParameterSet(spec, core::CreateLimits());
-    ASSERT_TRUE(set.ok()) << set.status();
-    core::StoredSet stored;
-    stored.id = "m";
-    stored.set = *std::move(set);
-    ASSERT_TRUE(registry_->Add(std::move(stored)).ok());
     BatchOptions batching;
     batching.inline_max_work = 0;  // every inference through the queue, where cancellation is seen
-    batcher_ = std::make_unique<Batcher>(batching);
-    sequences_ = std::make_unique<SequenceStore>(16, absl::Minutes(1));
-    engine_ = std::make_unique<InferenceEngine>(registry_.get(), batcher_.get(), sequences_.get(), 1 << 20);
-    oip_ = std::make_unique<oip::OpenInference>(engine_.get(), absl::Minutes(1), &ctx_.draining);
+    StartEngine(core::LstmTemplate{1, 3, 4}, batching, &ctx_.draining);
     ctx_.registry = registry_.get();
     ctx_.engine = engine_.get();
     ctx_.oip = oip_.get();
   }
-  void TearDown() override {
-    oip_.reset();
-    engine_.reset();
-    batcher_.reset();
-    sequences_.reset();
-    registry_.reset();
-    std::filesystem::remove_all(dir_);
-  }
+  void TearDown() override { StopEngine(); }
 
   void UseTokens() {
     const auto path = dir_ / "tokens";
@@ -89,12 +66,6 @@ class HttpHandlerTest : public ::testing::Test {
   static constexpr const char* kInfer =
       R"({"inputs": [{"name": "INPUT", "shape": [2, 1, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}]})";
 
-  std::filesystem::path dir_;
-  std::unique_ptr<SetRegistry> registry_;
-  std::unique_ptr<Batcher> batcher_;
-  std::unique_ptr<SequenceStore> sequences_;
-  std::unique_ptr<InferenceEngine> engine_;
-  std::unique_ptr<oip::OpenInference> oip_;
   std::unique_ptr<TokenAuthenticator> auth_;
   ServiceContext ctx_;
 };

@@ -9,41 +9,17 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include "engine_fixture.h"
 #include "lstmserve/core/parameter_set.h"
 #include "lstmserve/core/tensor_bytes.h"
 
 namespace lstmserve::server {
 namespace {
 
-class OpenInferenceTest : public ::testing::Test {
+class OpenInferenceTest : public ::testing::Test, protected EngineWithOneSet {
  protected:
-  void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() / ("lstmserve-oip-" + std::to_string(std::random_device()()));
-    auto store = core::ParameterStore::Open(dir_.string());
-    ASSERT_TRUE(store.ok()) << store.status();
-    registry_ = std::make_unique<SetRegistry>(*std::move(store), c10::Device(c10::kCPU), int64_t{1} << 30);
-    core::ParameterSetSpec spec;
-    spec.lstm = core::LstmTemplate{2, 3, 4};
-    spec.seed = 5;
-    auto set = core::CreateParameterSet(spec, core::CreateLimits());
-    ASSERT_TRUE(set.ok()) << set.status();
-    core::StoredSet stored;
-    stored.id = "m";
-    stored.set = *std::move(set);
-    ASSERT_TRUE(registry_->Add(std::move(stored)).ok());
-    batcher_ = std::make_unique<Batcher>(BatchOptions());
-    sequences_ = std::make_unique<SequenceStore>(16, absl::Minutes(1));
-    engine_ = std::make_unique<InferenceEngine>(registry_.get(), batcher_.get(), sequences_.get(), 1 << 20);
-    oip_ = std::make_unique<oip::OpenInference>(engine_.get(), absl::Minutes(1));
-  }
-  void TearDown() override {
-    oip_.reset();
-    engine_.reset();
-    batcher_.reset();
-    sequences_.reset();
-    registry_.reset();
-    std::filesystem::remove_all(dir_);
-  }
+  void SetUp() override { StartEngine(core::LstmTemplate{2, 3, 4}, BatchOptions()); }
+  void TearDown() override { StopEngine(); }
 
   static oip::Tensor Input(const std::string& name, const at::Tensor& t) {
     oip::Tensor out;
@@ -68,13 +44,6 @@ class OpenInferenceTest : public ::testing::Test {
     }
     return at::Tensor();
   }
-
-  std::filesystem::path dir_;
-  std::unique_ptr<SetRegistry> registry_;
-  std::unique_ptr<Batcher> batcher_;
-  std::unique_ptr<SequenceStore> sequences_;
-  std::unique_ptr<InferenceEngine> engine_;
-  std::unique_ptr<oip::OpenInference> oip_;
 };
 
 TEST_F(OpenInferenceTest, MetadataDescribesTheSetAsAModel) {

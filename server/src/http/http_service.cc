@@ -74,6 +74,9 @@ struct GrowingBody {
 
 using Parser = http::request_parser<GrowingBody>;
 
+// Inference bodies up to this size are decoded on the I/O thread that read them.
+constexpr size_t kInlineDecodeBytes = 16 << 10;
+
 std::string Str(beast::string_view s) { return std::string(s.data(), s.size()); }
 
 std::chrono::nanoseconds Chrono(absl::Duration d) { return absl::ToChronoNanoseconds(d); }
@@ -304,7 +307,11 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     request.cancelled = [fd] { return PeerClosed(fd); };
     HttpService::Impl* impl = impl_;
     impl->InferenceBegins();
-    asio::post(impl->workers, [impl, self, request = std::move(request)]() mutable {
+    // A small request is decoded and queued here: a hop to a worker costs more than its
+    // decoding (perf_analyzer, S at c64: see README). A large one goes to a worker, so that
+    // its decoding never holds the connections of this I/O thread.
+    const bool small = request.body.size() <= kInlineDecodeBytes;
+    auto run = [impl, self, request = std::move(request)]() mutable {
       // The answer may come on the batcher's thread, after Stop has stopped the I/O threads
       // (then it is dropped with the io_context). The callback keeps no reference to the
       // session once called, so the session never ends on that thread after Stop returned.
@@ -319,7 +326,12 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
         }
         impl->InferenceEnds();
       });
-    });
+    };
+    if (small) {
+      run();
+    } else {
+      asio::post(impl->workers, std::move(run));
+    }
   }
 
   // An answer the transport gives on its own; the connection closes after it.
