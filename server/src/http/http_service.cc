@@ -223,9 +223,11 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
   void Arm(absl::Duration limit) {
     Lowest().expires_never();
     timed_out_ = false;
+    const uint64_t armed = ++armed_;
     timer_.expires_after(Chrono(limit));
-    timer_.async_wait([self = this->shared_from_this()](beast::error_code ec) {
-      if (ec) return;  // disarmed
+    timer_.async_wait([self = this->shared_from_this(), armed](beast::error_code ec) {
+      // Disarmed, or fired for a read that has ended since (its handler was already queued).
+      if (ec || armed != self->armed_) return;
       self->timed_out_ = true;
       beast::error_code ignored;
       self->Lowest().socket().cancel(ignored);
@@ -233,8 +235,9 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
   }
   // The error a read ended with, with a cancellation by Arm's timer told as a timeout.
   beast::error_code Disarm(beast::error_code ec) {
+    ++armed_;
     timer_.cancel();
-    if (timed_out_ && (ec == asio::error::operation_aborted || !ec)) return beast::error::timeout;
+    if (timed_out_ && ec == asio::error::operation_aborted) return beast::error::timeout;
     return ec;
   }
 
@@ -397,6 +400,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
   HttpRequest head_;
   std::shared_ptr<http::response<http::string_body>> response_;
   asio::steady_timer timer_;
+  uint64_t armed_ = 0;  // which Arm the timer serves
   bool timed_out_ = false;
   bool idle_ = false;
   bool linger_ = false;
