@@ -37,6 +37,8 @@ ABSL_FLAG(int, http_threads, kDefaults.http_threads,
           "may be open)");
 ABSL_FLAG(absl::Duration, http_idle_timeout, kDefaults.http_idle_timeout,
           "a kept-alive HTTP connection with no request this long is closed");
+ABSL_FLAG(int, http_max_connections, kDefaults.http_max_connections,
+          "HTTP connections open at once; past it a new one is answered 503 and closed");
 ABSL_FLAG(absl::Duration, http_header_timeout, kDefaults.http_header_timeout,
           "an HTTP request's line and headers must arrive within this time of its first byte (else 408)");
 ABSL_FLAG(std::string, store_dir, kDefaults.store_dir, "folder of the parameter store (created if missing)");
@@ -117,6 +119,7 @@ int main(int argc, char** argv) {
   options.http_threads = absl::GetFlag(FLAGS_http_threads);
   options.http_idle_timeout = absl::GetFlag(FLAGS_http_idle_timeout);
   options.http_header_timeout = absl::GetFlag(FLAGS_http_header_timeout);
+  options.http_max_connections = absl::GetFlag(FLAGS_http_max_connections);
   options.store_dir = absl::GetFlag(FLAGS_store_dir);
   options.device = absl::GetFlag(FLAGS_device);
   options.intra_op_threads = absl::GetFlag(FLAGS_threads);

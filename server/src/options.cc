@@ -41,6 +41,9 @@ absl::Status ServerOptions::Validate() const {
   if (http_idle_timeout <= absl::ZeroDuration() || http_idle_timeout > absl::Hours(24)) {
     return absl::InvalidArgumentError("--http_idle_timeout must be in (0, 24h]");
   }
+  if (http_max_connections < 1 || http_max_connections > 1000000) {
+    return absl::InvalidArgumentError("--http_max_connections must be in [1, 1000000]");
+  }
   if (http_header_timeout <= absl::ZeroDuration() || http_header_timeout > absl::Hours(1)) {
     return absl::InvalidArgumentError("--http_header_timeout must be in (0, 1h]");
   }

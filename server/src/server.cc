@@ -64,6 +64,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     limits.max_body_bytes = options.max_message_bytes;
     limits.idle_timeout = options.http_idle_timeout;
     limits.header_timeout = options.http_header_timeout;
+    limits.max_connections = options.http_max_connections;
     LSTMSERVE_ASSIGN_OR_RETURN(server->http_, HttpService::Start(options.http_listen, options.http_threads, limits, tls,
                                                                  server->context_.get()));
     server->http_address_ = server->http_->address();

@@ -221,6 +221,26 @@ class HttpTransportTest(unittest.TestCase):
             self.assertEqual(s.recv(1), b"")
             s.close()
 
+    def test_past_the_connection_limit_a_new_connection_is_answered_503(self):
+        with ServerProcess("--http_max_connections=3") as server:
+            held = [connect(server.http) for _ in range(3)]
+            try:
+                time.sleep(0.2)  # the server has accepted the three
+                # The answer comes at once, before any request (none is sent: nothing to reset).
+                answers = exchange(server.http, b"")
+                self.assertJsonError(answers[0], 503, "too many connections")
+            finally:
+                for s in held:
+                    s.close()
+            # Once they are gone, connections are served again.
+            deadline = time.monotonic() + 10
+            while True:
+                answers = exchange(server.http, b"GET /v2/health/live HTTP/1.1\r\nConnection: close\r\n\r\n")
+                if answers and answers[0][0] == 200:
+                    break
+                self.assertLess(time.monotonic(), deadline, answers)
+                time.sleep(0.1)
+
     def test_hostile_json_bodies_leave_memory_where_it_was(self):
         """32 MiB bodies of nested and of wide JSON (the review's case took the server from
         385 MB to 1,453 MB of RSS): refused, and the RSS stays within 100 MB of where it was."""

@@ -64,10 +64,16 @@ std::string PercentDecoded(absl::string_view s) {
   return out;
 }
 
-void LogRefusal(absl::string_view route, const HttpRequest& request, const absl::Status& status) {
-  LogError(absl::StrCat("http=", route.empty() ? "none" : route, " peer=", request.peer,
-                        " path=", core::ClientText(request.target), " code=", absl::StatusCodeToString(status.code()),
-                        " message=\"", status.message(), "\""));
+// What every answer of the HTTP front end reports: its error in the log (but NOT_FOUND, a
+// lookup's answer), and the call counted and timed under inference.http.
+void Report(const ServiceContext& ctx, absl::string_view route, absl::string_view peer, absl::string_view target,
+            const absl::Status& status, absl::Time start) {
+  if (route.empty()) route = "none";
+  if (!status.ok() && status.code() != absl::StatusCode::kNotFound) {
+    LogError(absl::StrCat("http=", route, " peer=", peer, " path=", core::ClientText(target),
+                          " code=", absl::StatusCodeToString(status.code()), " message=\"", status.message(), "\""));
+  }
+  if (ctx.metrics != nullptr) ctx.metrics->ObserveRequest(kHttpService, route, status.code(), absl::Now() - start);
 }
 
 }  // namespace
@@ -147,11 +153,7 @@ std::optional<HttpResponse> HttpHandler::Admit(const HttpRequest& head) const {
   const auto refuse = [&](int http_status, absl::Status status) {
     HttpResponse response = HttpError(status);
     if (http_status != 0) response.status = http_status;
-    if (status.code() != absl::StatusCode::kNotFound) LogRefusal(route.name, head, status);
-    if (ctx_->metrics != nullptr) {
-      ctx_->metrics->ObserveRequest(kHttpService, route.name.empty() ? "none" : route.name, status.code(),
-                                    absl::Now() - start);
-    }
+    Report(*ctx_, route.name, head.peer, head.target, status, start);
     return std::optional<HttpResponse>(std::move(response));
   };
   // Who may call what (access.h), first: an anonymous caller learns nothing more.
@@ -204,16 +206,8 @@ void HttpHandler::Handle(HttpRequest request, std::function<void(HttpResponse)> 
   // Every answer: counted and timed under inference.http, errors logged.
   auto finish = [ctx = ctx_, start, name = route.name, peer = request.peer, target = request.target,
                  done = std::move(done)](absl::StatusOr<HttpResponse> answer) {
-    const absl::StatusCode code = answer.ok() ? absl::StatusCode::kOk : answer.status().code();
-    if (!answer.ok()) {
-      if (code != absl::StatusCode::kNotFound) {
-        LogError(absl::StrCat("http=", name, " peer=", peer, " path=", core::ClientText(target), " code=",
-                              absl::StatusCodeToString(code), " message=\"", answer.status().message(), "\""));
-      }
-      answer = HttpError(answer.status());
-    }
-    if (ctx->metrics != nullptr) ctx->metrics->ObserveRequest(kHttpService, name, code, absl::Now() - start);
-    done(*std::move(answer));
+    Report(*ctx, name, peer, target, answer.status(), start);
+    done(answer.ok() ? *std::move(answer) : HttpError(answer.status()));
   };
   const oip::OpenInference& oip = *ctx_->oip;
   if (route.name == "ServerLive") return finish(Probe(true));

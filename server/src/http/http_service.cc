@@ -122,9 +122,8 @@ class SessionBase {
 
 struct HttpService::Impl {
   Impl(ServiceContext* context, const HttpLimits& l, int threads)
-      : ctx(context), handler(context), limits(l), workers(static_cast<size_t>(threads)) {}
+      : handler(context), limits(l), workers(static_cast<size_t>(threads)) {}
 
-  ServiceContext* ctx;
   HttpHandler handler;
   HttpLimits limits;
   std::string address;
@@ -434,10 +433,15 @@ void HttpService::Impl::OnAccept(tcp::socket socket) {
   const auto remote = socket.remote_endpoint(ec);
   std::string peer = ec ? "unknown" : absl::StrCat(remote.address().to_string(), ":", remote.port());
   if (Open() >= static_cast<size_t>(limits.max_connections)) {
-    static constexpr char kBusy[] =
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
-        "Content-Length: 61\r\n\r\n{\"error\": \"the server has too many connections; try again\"}\n";
-    (void)::send(socket.native_handle(), kBusy, sizeof(kBusy) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+    // Plain HTTP is told why in a best-effort write; a TLS client only sees the close.
+    if (!tls) {
+      const HttpResponse busy =
+          HttpError(absl::UnavailableError("the server has too many connections open; try again"));
+      const std::string answer =
+          absl::StrCat("HTTP/1.1 503 Service Unavailable\r\nContent-Type: ", busy.content_type,
+                       "\r\nConnection: close\r\nContent-Length: ", busy.body.size(), "\r\n\r\n", busy.body);
+      (void)::send(socket.native_handle(), answer.data(), answer.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
     socket.shutdown(tcp::socket::shutdown_both, ec);
     return;
   }

@@ -19,40 +19,28 @@ namespace {
 
 using json = nlohmann::json;
 
-// The values of a JSON "data" (flat, or nested row-major lists) in `out`; `*leaf_depth`
-// the depth of its numbers (1: a flat list).
-absl::Status Flatten(const json& data, int depth, std::vector<double>* out, const std::string& name, int* leaf_depth) {
-  if (data.is_number()) {
-    if (*leaf_depth == 0) *leaf_depth = depth;
-    if (depth != *leaf_depth) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("input ", core::ClientText(name), ".data mixes numbers and lists at one depth"));
-    }
-    out->push_back(data.get<double>());
-    return absl::OkStatus();
+// The datatypes whose values JSON carries as numbers (the others the server never takes;
+// OpenInference then names the type it wants).
+bool Encodable(const std::string& datatype) { return datatype == "FP32" || datatype == "FP16" || datatype == "BF16"; }
+
+// Appends `v` to `out` as the little-endian bytes of `datatype` (one that is Encodable).
+void AppendAs(const std::string& datatype, double v, std::string* out) {
+  auto put = [out](const auto& x) { out->append(reinterpret_cast<const char*>(&x), sizeof(x)); };
+  const float f = static_cast<float>(v);
+  if (datatype == "FP32") {
+    put(f);
+  } else if (datatype == "FP16") {
+    put(c10::Half(f));
+  } else {
+    put(c10::BFloat16(f));
   }
-  if (!data.is_array() || depth > 8) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("input ", core::ClientText(name), ".data must hold numbers (a flat or nested list)"));
-  }
-  for (const json& item : data) LSTMSERVE_RETURN_IF_ERROR(Flatten(item, depth + 1, out, name, leaf_depth));
-  return absl::OkStatus();
 }
 
-// The little-endian bytes of `values` as `datatype`; nullopt for a type the server never
-// takes (OpenInference then names the type it wants).
+// The bytes of `values` as `datatype`; nullopt for one that is not Encodable.
 std::optional<std::string> Encode(const std::vector<double>& values, const std::string& datatype) {
+  if (!Encodable(datatype)) return std::nullopt;
   std::string out;
-  auto put = [&out](const auto& v) { out.append(reinterpret_cast<const char*>(&v), sizeof(v)); };
-  if (datatype == "FP32") {
-    for (double v : values) put(static_cast<float>(v));
-  } else if (datatype == "FP16") {
-    for (double v : values) put(c10::Half(static_cast<float>(v)));
-  } else if (datatype == "BF16") {
-    for (double v : values) put(c10::BFloat16(static_cast<float>(v)));
-  } else {
-    return std::nullopt;
-  }
+  for (double v : values) AppendAs(datatype, v, &out);
   return out;
 }
 
@@ -158,7 +146,7 @@ class InferSax {
       DataValues values;
       if (auto it = stack_[2].node->find("datatype"); it != stack_[2].node->end() && it->is_string()) {
         const std::string& type = it->get_ref<const std::string&>();
-        if (type == "FP32" || type == "FP16" || type == "BF16") values.datatype = type;
+        if (Encodable(type)) values.datatype = type;
       }
       if (auto it = stack_[2].node->find("name"); it != stack_[2].node->end() && it->is_string()) {
         data_name_ = it->get<std::string>();
@@ -206,15 +194,10 @@ class InferSax {
     DataValues& d = data.back();
     if (d.leaf_depth == 0) d.leaf_depth = data_depth_;
     if (d.leaf_depth != data_depth_) return DataError("mixes numbers and lists at one depth");
-    auto put = [&d](const auto& x) { d.bytes.append(reinterpret_cast<const char*>(&x), sizeof(x)); };
     if (d.datatype.empty()) {
       d.doubles.push_back(v);
-    } else if (d.datatype == "FP32") {
-      put(static_cast<float>(v));
-    } else if (d.datatype == "FP16") {
-      put(c10::Half(static_cast<float>(v)));
     } else {
-      put(c10::BFloat16(static_cast<float>(v)));
+      AppendAs(d.datatype, v, &d.bytes);
     }
     return true;
   }
@@ -350,24 +333,22 @@ absl::StatusOr<HttpInferRequest> ParseHttpInfer(absl::string_view body, const st
         return absl::InvalidArgumentError(absl::StrCat("input ", core::ClientText(t.name),
                                                        " has no data: give data, or parameters.binary_data_size"));
       }
-      int leaf_depth = 0;
+      // A list was read as it came (InferSax): bytes of the datatype the input named, or
+      // doubles; anything else in the DOM is not a list.
+      if (!data->is_binary()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("input ", core::ClientText(t.name), ".data must hold numbers (a flat or nested list)"));
+      }
+      DataValues& values = sax.data[data->get_binary().subtype()];
+      const int leaf_depth = values.leaf_depth == 0 ? 1 : values.leaf_depth;
       std::optional<std::string> bytes;
-      if (data->is_binary()) {
-        // Read as it came (InferSax): bytes of the datatype the input named, or doubles.
-        DataValues& values = sax.data[data->get_binary().subtype()];
-        leaf_depth = values.leaf_depth == 0 ? 1 : values.leaf_depth;
-        if (values.datatype.empty()) {
-          bytes = Encode(values.doubles, t.datatype);
-        } else if (values.datatype == t.datatype) {
-          bytes = std::move(values.bytes);
-        } else {
-          return absl::InvalidArgumentError(
-              absl::StrCat("input ", core::ClientText(t.name), " names two datatypes: give datatype once"));
-        }
+      if (values.datatype.empty()) {
+        bytes = Encode(values.doubles, t.datatype);
+      } else if (values.datatype == t.datatype) {
+        bytes = std::move(values.bytes);
       } else {
-        std::vector<double> values;
-        LSTMSERVE_RETURN_IF_ERROR(Flatten(*data, 0, &values, t.name, &leaf_depth));
-        bytes = Encode(values, t.datatype);
+        return absl::InvalidArgumentError(
+            absl::StrCat("input ", core::ClientText(t.name), " names two datatypes: give datatype once"));
       }
       // A flat list, or lists nested as deep as the shape has dimensions.
       if (leaf_depth > 1 && static_cast<size_t>(leaf_depth) != t.shape.size()) {

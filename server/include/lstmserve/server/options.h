@@ -24,6 +24,8 @@ struct ServerOptions {
   // headers must arrive within `http_header_timeout` of its first byte (else 408 and close).
   absl::Duration http_idle_timeout = absl::Seconds(60);
   absl::Duration http_header_timeout = absl::Seconds(10);
+  // HTTP connections open at once; past it a new one is answered 503 and closed.
+  int http_max_connections = 10000;
   // Folder of the parameter store (created if missing).
   std::string store_dir = "./lstmserve-data";
   // "auto", "cpu", "cuda" or "cuda:N": where sets live and inference runs.
