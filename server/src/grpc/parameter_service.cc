@@ -1,21 +1,13 @@
 #include <algorithm>
-#include <cstring>
-#include <limits>
 #include <optional>
-#include <random>
-#include <set>
 
 #include <ATen/ATen.h>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
-#include "absl/strings/strip.h"
-#include "absl/time/clock.h"
 
-#include "lstmserve/core/diagnostics.h"
 #include "lstmserve/core/status.h"
-#include "lstmserve/core/tensor_bytes.h"
+#include "lstmserve/server/engine/set_operations.h"
 #include "lstmserve/server/grpc/services.h"
 #include "lstmserve/server/log.h"
 #include "lstmserve/wire/conversions.h"
@@ -23,7 +15,6 @@
 
 namespace lstmserve::server {
 
-using core::CheckShape;
 using wire::DTypeFromProto;
 using wire::DTypeToProto;
 using wire::SpecFromProto;
@@ -33,23 +24,9 @@ namespace {
 // This file's service, as the access table (access.h) and the wire name it.
 constexpr const char* kService = "lstmserve.v1.ParameterService";
 
-constexpr int kDefaultPageSize = 100;
-constexpr int kMaxPageSize = 1000;
 constexpr int64_t kDefaultChunkBytes = int64_t{1} << 20;
 constexpr int64_t kMaxChunkBytes = int64_t{4} << 20;
 constexpr int64_t kChunkFramingBytes = 256;  // room left for a chunk's framing under the message limit
-constexpr absl::string_view kPageTokenPrefix = "after:";
-
-std::string NewSetId() {
-  thread_local std::mt19937_64 rng(std::random_device{}());
-  return absl::StrCat("ps-", absl::Hex(rng() & 0xffffffffffffULL, absl::kZeroPad12));
-}
-
-absl::StatusOr<std::string> IdOrNew(const std::string& requested) {
-  if (requested.empty()) return NewSetId();
-  LSTMSERVE_RETURN_IF_ERROR(core::ValidateSetId(requested));
-  return requested;
-}
 
 // Export: metadata first, then each tensor's bytes in chunks, one write in flight at a time.
 class ExportReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
@@ -140,131 +117,39 @@ class ImportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   }
 
   absl::Status Handle() {
-    if (!header_seen_) {
+    if (import_ == nullptr) {
       if (!request_.has_header()) {
         return absl::InvalidArgumentError("the first ImportParameterSetRequest must carry the header");
       }
-      header_seen_ = true;
-      return ReadHeader(request_.header());
+      LSTMSERVE_ASSIGN_OR_RETURN(ImportHeader header, HeaderFromProto(request_.header()));
+      LSTMSERVE_ASSIGN_OR_RETURN(
+          import_, SetImport::Begin(ctx_->registry, {ctx_->options.max_tensors_per_set, ctx_->options.max_set_bytes},
+                                    std::move(header)));
+      return absl::OkStatus();
     }
     if (!request_.has_chunk()) return absl::InvalidArgumentError("after the header, every message must be a chunk");
     const auto& chunk = request_.chunk();
-    if (chunk.tensor_index() < 0 || chunk.tensor_index() >= static_cast<int>(buffers_.size())) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("chunk.tensor_index ", chunk.tensor_index(), " is not in [0, ", buffers_.size(), ")"));
-    }
-    const size_t i = static_cast<size_t>(chunk.tensor_index());
-    if (i < next_tensor_ || (i == next_tensor_ && chunk.offset() != received_[i])) {
-      return absl::InvalidArgumentError(absl::StrCat("chunk for tensor ", i, " at offset ", chunk.offset(),
-                                                     " is out of order; expected tensor ", next_tensor_, " offset ",
-                                                     received_[std::min(next_tensor_, received_.size() - 1)]));
-    }
-    while (next_tensor_ < i) {
-      if (received_[next_tensor_] != static_cast<int64_t>(buffers_[next_tensor_].nbytes())) {
-        return absl::InvalidArgumentError(absl::StrCat("tensor ", next_tensor_, " ended after ",
-                                                       received_[next_tensor_], " of ", buffers_[next_tensor_].nbytes(),
-                                                       " bytes"));
-      }
-      ++next_tensor_;
-    }
-    const int64_t total = static_cast<int64_t>(buffers_[i].nbytes());
-    if (chunk.offset() != received_[i] || received_[i] + static_cast<int64_t>(chunk.data().size()) > total) {
-      return absl::InvalidArgumentError(absl::StrCat("chunk for tensor ", i, " at offset ", chunk.offset(), " with ",
-                                                     chunk.data().size(), " bytes overruns its ", total, " bytes"));
-    }
-    std::memcpy(static_cast<char*>(buffers_[i].data_ptr()) + received_[i], chunk.data().data(), chunk.data().size());
-    received_[i] += static_cast<int64_t>(chunk.data().size());
-    return absl::OkStatus();
+    return import_->Append(chunk.tensor_index(), chunk.offset(), chunk.data());
   }
 
-  absl::Status ReadHeader(const v1::ImportHeader& header) {
-    LSTMSERVE_ASSIGN_OR_RETURN(id_, IdOrNew(header.parameter_set_id()));
-    if (header.tensors().empty()) return absl::InvalidArgumentError("header.tensors is empty");
-    if (header.tensors_size() > ctx_->options.max_tensors_per_set) {
-      return absl::ResourceExhaustedError(absl::StrCat("header.tensors has ", header.tensors_size(),
-                                                       " tensors; the limit is ", ctx_->options.max_tensors_per_set));
+  static absl::StatusOr<ImportHeader> HeaderFromProto(const v1::ImportHeader& in) {
+    ImportHeader header;
+    header.requested_id = in.parameter_set_id();
+    header.checksum = in.checksum();
+    LSTMSERVE_ASSIGN_OR_RETURN(header.storage, wire::WeightStorageFromProto(in.weight_storage(), "header"));
+    for (int i = 0; i < in.tensors_size(); ++i) {
+      const auto& info = in.tensors(i);
+      ImportTensor& t = header.tensors.emplace_back();
+      t.name = info.name();
+      LSTMSERVE_ASSIGN_OR_RETURN(t.dtype, DTypeFromProto(info.dtype(), absl::StrCat("header.tensors[", i, "]")));
+      t.shape.assign(info.shape().begin(), info.shape().end());
     }
-    checksum_ = header.checksum();
-    LSTMSERVE_ASSIGN_OR_RETURN(storage_, wire::WeightStorageFromProto(header.weight_storage(), "header"));
-    const core::DType weight_dtype =
-        storage_ == core::WeightStorage::kInt8 ? core::DType::kInt8 : core::DType::kBFloat16;
-    std::set<std::string> names;
-    int64_t total = 0;
-    for (int i = 0; i < header.tensors_size(); ++i) {
-      const auto& info = header.tensors(i);
-      const std::string field = absl::StrCat("header.tensors[", i, "]");
-      if (auto s = core::ValidateTensorName(info.name()); !s.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat(field, ".name: ", s.message()));
-      }
-      if (!names.insert(info.name()).second) {
-        return absl::InvalidArgumentError(absl::StrCat(field, ".name '", info.name(), "' is used twice"));
-      }
-      LSTMSERVE_ASSIGN_OR_RETURN(core::DType dtype, DTypeFromProto(info.dtype(), field));
-      if (storage_ == core::WeightStorage::kDType) {
-        if (i > 0 && dtype != dtypes_[0])
-          return absl::InvalidArgumentError(absl::StrCat(field, ".dtype differs from tensor 0's"));
-        LSTMSERVE_RETURN_IF_ERROR(core::CheckDTypeOnDevice(dtype, ctx_->registry->device()));
-      } else if (dtype != core::DType::kFloat32 && dtype != weight_dtype) {
-        // The layout (which tensor has which dtype) is checked once all data is in.
-        return absl::InvalidArgumentError(
-            absl::StrCat(field, ".dtype is ", core::DTypeName(dtype), "; a set with weight storage ",
-                         core::WeightStorageName(storage_), " has ", core::DTypeName(weight_dtype),
-                         " weights and float32 otherwise"));
-      }
-      dtypes_.push_back(dtype);
-      LSTMSERVE_ASSIGN_OR_RETURN(int64_t count, CheckShape(info.shape(), field, std::numeric_limits<int64_t>::max()));
-      int64_t bytes = 0;
-      if (__builtin_mul_overflow(count, core::DTypeSize(dtype), &bytes) ||
-          __builtin_add_overflow(total, bytes, &total) || total > ctx_->options.max_set_bytes) {
-        return absl::ResourceExhaustedError(absl::StrCat("the header declares more than the server's limit of ",
-                                                         ctx_->options.max_set_bytes, " bytes per set (", field,
-                                                         " is [", absl::StrJoin(info.shape(), ", "), "])"));
-      }
-    }
-    return core::GuardTorch("import", [&]() -> absl::Status {
-      for (int i = 0; i < header.tensors_size(); ++i) {
-        const auto& info = header.tensors(i);
-        buffers_.push_back(at::empty(std::vector<int64_t>(info.shape().begin(), info.shape().end()),
-                                     at::TensorOptions().dtype(core::ToScalarType(dtypes_[i]))));
-        names_.push_back(info.name());
-      }
-      received_.assign(buffers_.size(), 0);
-      return absl::OkStatus();
-    });
+    return header;
   }
 
   absl::Status Complete() {
-    if (!header_seen_) return absl::InvalidArgumentError("the import stream ended before its header");
-    for (size_t i = 0; i < buffers_.size(); ++i) {
-      if (received_[i] != static_cast<int64_t>(buffers_[i].nbytes())) {
-        return absl::InvalidArgumentError(absl::StrCat("the import stream ended with tensor '", names_[i], "' at ",
-                                                       received_[i], " of ", buffers_[i].nbytes(),
-                                                       " bytes; nothing was stored"));
-      }
-    }
-    core::StoredSet stored;
-    stored.id = id_;
-    stored.origin = "imported";
-    stored.create_time_micros = absl::ToUnixMicros(absl::Now());
-    stored.set.dtype = storage_ == core::WeightStorage::kDType ? dtypes_.front() : core::DType::kFloat32;
-    stored.set.weight_storage = storage_;
-    LSTMSERVE_RETURN_IF_ERROR(core::GuardTorch("import", [&]() -> absl::Status {
-      for (size_t i = 0; i < buffers_.size(); ++i) {
-        if (!at::isfinite(buffers_[i]).all().item<bool>()) {
-          return absl::InvalidArgumentError(absl::StrCat("tensor '", names_[i], "' contains NaN or infinity"));
-        }
-        stored.set.byte_size += static_cast<int64_t>(buffers_[i].nbytes());
-        stored.set.tensors.push_back({names_[i], buffers_[i]});
-      }
-      return core::ValidateWeightStorage(stored.set);
-    }));
-    stored.checksum = core::ComputeChecksum(stored.set);
-    if (!checksum_.empty() && checksum_ != stored.checksum) {
-      return absl::InvalidArgumentError(absl::StrCat("header.checksum is ", core::ClientText(checksum_, 80),
-                                                     " but the data hashes to ", stored.checksum,
-                                                     "; nothing was stored"));
-    }
-    LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->registry->Add(std::move(stored)));
+    if (import_ == nullptr) return absl::InvalidArgumentError("the import stream ended before its header");
+    LSTMSERVE_ASSIGN_OR_RETURN(auto entry, import_->Finish());
     EntryToProto(*entry, response_.mutable_parameter_set());
     return absl::OkStatus();
   }
@@ -276,15 +161,7 @@ class ImportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   int64_t messages_ = 0;  // read so far
   v1::ImportParameterSetRequest request_;
   v1::ImportParameterSetResponse response_;
-  bool header_seen_ = false;
-  std::string id_;
-  std::string checksum_;
-  core::WeightStorage storage_ = core::WeightStorage::kDType;
-  std::vector<core::DType> dtypes_;  // per tensor
-  std::vector<std::string> names_;
-  std::vector<at::Tensor> buffers_;
-  std::vector<int64_t> received_;
-  size_t next_tensor_ = 0;
+  std::unique_ptr<SetImport> import_;  // once the header is in
 };
 
 }  // namespace
@@ -325,19 +202,10 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::CreateParameterSet(grpc::Callbac
         RpcLog log(context, "CreateParameterSet", request->parameter_set_id());
         FinishUnaryOnPool(context, call, ctx_->compute, std::move(log), [this, request, response]() -> absl::Status {
           if (!request->has_spec()) return absl::InvalidArgumentError("spec is not set");
-          LSTMSERVE_ASSIGN_OR_RETURN(std::string id, IdOrNew(request->parameter_set_id()));
           LSTMSERVE_ASSIGN_OR_RETURN(core::ParameterSetSpec spec, SpecFromProto(request->spec()));
-          LSTMSERVE_RETURN_IF_ERROR(core::CheckDTypeOnDevice(spec.dtype, ctx_->registry->device()));
-          auto created = core::CreateParameterSet(spec, ctx_->create_limits);
-          LSTMSERVE_RETURN_IF_ERROR(created.status());
-          core::StoredSet stored;
-          stored.id = id;
-          stored.origin = "created";
-          stored.create_time_micros = absl::ToUnixMicros(absl::Now());
-          stored.spec = absl::Base64Escape(request->spec().SerializeAsString());
-          stored.set = *std::move(created);
-          stored.checksum = core::ComputeChecksum(stored.set);
-          LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->registry->Add(std::move(stored)));
+          LSTMSERVE_ASSIGN_OR_RETURN(auto entry,
+                                     CreateSet(*ctx_->registry, ctx_->create_limits, request->parameter_set_id(), spec,
+                                               absl::Base64Escape(request->spec().SerializeAsString())));
           EntryToProto(*entry, response->mutable_parameter_set());
           return absl::OkStatus();
         });
@@ -379,25 +247,10 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::ListParameterSets(grpc::Callback
         v1::ListParameterSetsResponse* response = &call->response;
         RpcLog log(context, "ListParameterSets", "");
         FinishUnary(context, call, log, [&]() -> absl::Status {
-          if (request->page_size() < 0 || request->page_size() > kMaxPageSize) {
-            return absl::InvalidArgumentError(absl::StrCat("page_size is ", request->page_size(), "; expected 0 to ",
-                                                           kMaxPageSize, " (0 means ", kDefaultPageSize, ")"));
-          }
-          std::string after;
-          if (!request->page_token().empty()) {
-            absl::string_view token = request->page_token();
-            if (!absl::ConsumePrefix(&token, kPageTokenPrefix) || !core::ValidateSetId(token).ok()) {
-              return absl::InvalidArgumentError("page_token is not a next_page_token this server returned");
-            }
-            after = std::string(token);
-          }
-          bool more = false;
-          const int limit = request->page_size() == 0 ? kDefaultPageSize : request->page_size();
-          for (const auto& entry : ctx_->registry->List(after, limit, &more)) {
-            EntryToProto(*entry, response->add_parameter_sets());
-          }
-          if (more)
-            response->set_next_page_token(absl::StrCat(kPageTokenPrefix, response->parameter_sets().rbegin()->id()));
+          LSTMSERVE_ASSIGN_OR_RETURN(SetPage page,
+                                     ListSets(*ctx_->registry, request->page_size(), request->page_token()));
+          for (const auto& entry : page.sets) EntryToProto(*entry, response->add_parameter_sets());
+          response->set_next_page_token(std::move(page.next_page_token));
           return absl::OkStatus();
         });
       });
@@ -461,116 +314,47 @@ absl::StatusOr<core::Activation> ActivationFromProto(v1::ChainActivation a) {
   }
 }
 
-core::ProbeOptions ProbeFromProto(const v1::AnalyzeParameterSetRequest& request) {
-  core::ProbeOptions probe;
-  probe.seed = request.probe_seed();
-  if (request.samples() != 0) probe.samples = request.samples();
-  if (request.steps() != 0) probe.steps = request.steps();
-  return probe;
+absl::StatusOr<AnalyzeOptions> AnalyzeOptionsFromProto(const v1::AnalyzeParameterSetRequest& request) {
+  AnalyzeOptions options;
+  options.probe.seed = request.probe_seed();
+  if (request.samples() != 0) options.probe.samples = request.samples();
+  if (request.steps() != 0) options.probe.steps = request.steps();
+  options.tensors.assign(request.tensors().begin(), request.tensors().end());
+  options.weight_storage_error = request.weight_storage_error();
+  LSTMSERVE_ASSIGN_OR_RETURN(options.chain.activation, ActivationFromProto(request.activation()));
+  if (request.negative_slope() != 0) options.chain.negative_slope = request.negative_slope();
+  switch (request.layout()) {
+    case v1::WEIGHT_LAYOUT_UNSPECIFIED: options.chain.layout = core::WeightLayout::kAuto; break;
+    case v1::WEIGHT_LAYOUT_OUT_IN: options.chain.layout = core::WeightLayout::kOutIn; break;
+    case v1::WEIGHT_LAYOUT_IN_OUT: options.chain.layout = core::WeightLayout::kInOut; break;
+    default: return absl::InvalidArgumentError("layout is not a WeightLayout");
+  }
+  return options;
 }
 
-// The weight-storage errors of an LSTM set (AnalyzeParameterSetRequest.weight_storage_error):
-// for a float32 set both reduced storages, for a reduced one its own against the float32 set
-// that `spec` (the set's, when known) makes.
-absl::Status AnalyzeStorageError(const core::ParameterSet& set, const std::optional<core::ParameterSetSpec>& spec,
-                                 const core::CreateLimits& limits, uint64_t probe_seed,
-                                 v1::AnalyzeParameterSetResponse* response) {
-  core::ParameterSet full;
-  std::vector<core::ParameterSet> reduced;
-  if (set.weight_storage == core::WeightStorage::kDType) {
-    if (set.dtype != core::DType::kFloat32) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("weight_storage_error compares with float32 weights; the set is ", core::DTypeName(set.dtype)));
-    }
-    full = set;
-    LSTMSERVE_RETURN_IF_ERROR(core::GuardTorch("weight storage error", [&]() -> absl::Status {
-      for (auto& t : full.tensors) t.value = t.value.cpu();  // a CUDA server's set
-      return absl::OkStatus();
-    }));
-    for (auto storage : {core::WeightStorage::kBFloat16, core::WeightStorage::kInt8}) {
-      LSTMSERVE_ASSIGN_OR_RETURN(core::ParameterSet r, core::ReduceWeights(full, storage));
-      reduced.push_back(std::move(r));
-    }
-  } else {
-    if (!spec.has_value()) {
-      return absl::FailedPreconditionError(
-          "weight_storage_error needs the set's float32 weights, and this set was imported with reduced weights: "
-          "analyze the float32 set it came from (its bfloat16 and int8 errors are both measured)");
-    }
-    core::ParameterSetSpec full_spec = *spec;
-    full_spec.weight_storage = core::WeightStorage::kDType;
-    LSTMSERVE_ASSIGN_OR_RETURN(full, core::CreateParameterSet(full_spec, limits));
-    reduced.push_back(set);
+void AnalysisToProto(const SetAnalysis& analysis, v1::AnalyzeParameterSetResponse* response) {
+  for (size_t l = 0; l < analysis.lstm_layers.size(); ++l) {
+    auto* out = response->add_lstm_layers();
+    const auto& s = analysis.lstm_layers[l];
+    out->set_layer(static_cast<int64_t>(l));
+    out->set_input_gate_variance(s.gate_variance[0]);
+    out->set_forget_gate_variance(s.gate_variance[1]);
+    out->set_output_gate_variance(s.gate_variance[2]);
+    out->set_cell_gate_variance(s.gate_variance[3]);
+    out->set_preactivation_variance(s.preactivation_variance);
+    out->set_c_variance(s.c_variance);
+    out->set_h_variance(s.h_variance);
+    out->set_sigmoid_saturated_fraction(s.sigmoid_saturated);
+    out->set_tanh_saturated_fraction(s.tanh_saturated);
   }
-  LSTMSERVE_ASSIGN_OR_RETURN(core::StackedLstm full_lstm, core::StackedLstm::FromParameterSet(full));
-  for (const auto& r : reduced) {
-    LSTMSERVE_ASSIGN_OR_RETURN(core::StackedLstm reduced_lstm, core::StackedLstm::FromParameterSet(r));
-    LSTMSERVE_ASSIGN_OR_RETURN(core::StorageError error,
-                               core::MeasureStorageError(full_lstm, reduced_lstm, probe_seed));
+  for (const auto& error : analysis.storage_errors) {
     auto* out = response->add_weight_storage_errors();
     out->set_weight_storage(wire::WeightStorageToProto(error.storage));
     out->mutable_steps()->Assign(error.steps.begin(), error.steps.end());
     out->mutable_max_abs_error()->Assign(error.max_abs_error.begin(), error.max_abs_error.end());
     out->mutable_mean_abs_error()->Assign(error.mean_abs_error.begin(), error.mean_abs_error.end());
   }
-  return absl::OkStatus();
-}
-
-// The analysis of a set's tensors (a stacked LSTM, or a chain of weights). `spec`: the spec
-// the set was made from, when known.
-absl::Status Analyze(const core::ParameterSet& set, core::FanConvention convention,
-                     const std::optional<core::ParameterSetSpec>& spec, const core::CreateLimits& limits,
-                     const v1::AnalyzeParameterSetRequest& request, v1::AnalyzeParameterSetResponse* response) {
-  const core::ProbeOptions probe = ProbeFromProto(request);
-  auto lstm = core::StackedLstm::FromParameterSet(set);
-  if (lstm.ok() && request.tensors().empty()) {
-    LSTMSERVE_ASSIGN_OR_RETURN(auto layers, core::AnalyzeLstm(*lstm, probe));
-    for (size_t l = 0; l < layers.size(); ++l) {
-      auto* out = response->add_lstm_layers();
-      const auto& s = layers[l];
-      out->set_layer(static_cast<int64_t>(l));
-      out->set_input_gate_variance(s.gate_variance[0]);
-      out->set_forget_gate_variance(s.gate_variance[1]);
-      out->set_output_gate_variance(s.gate_variance[2]);
-      out->set_cell_gate_variance(s.gate_variance[3]);
-      out->set_preactivation_variance(s.preactivation_variance);
-      out->set_c_variance(s.c_variance);
-      out->set_h_variance(s.h_variance);
-      out->set_sigmoid_saturated_fraction(s.sigmoid_saturated);
-      out->set_tanh_saturated_fraction(s.tanh_saturated);
-    }
-    if (request.weight_storage_error()) {
-      return AnalyzeStorageError(set, spec, limits, request.probe_seed(), response);
-    }
-    return absl::OkStatus();
-  }
-  if (request.weight_storage_error()) {
-    return absl::InvalidArgumentError("weight_storage_error is for stacked-LSTM sets (w_0, ...) analysed as such");
-  }
-  core::ChainOptions chain;
-  LSTMSERVE_ASSIGN_OR_RETURN(chain.activation, ActivationFromProto(request.activation()));
-  if (request.negative_slope() != 0) chain.negative_slope = request.negative_slope();
-  switch (request.layout()) {
-    case v1::WEIGHT_LAYOUT_UNSPECIFIED: chain.layout = core::WeightLayout::kAuto; break;
-    case v1::WEIGHT_LAYOUT_OUT_IN: chain.layout = core::WeightLayout::kOutIn; break;
-    case v1::WEIGHT_LAYOUT_IN_OUT: chain.layout = core::WeightLayout::kInOut; break;
-    default: return absl::InvalidArgumentError("layout is not a WeightLayout");
-  }
-  chain.preferred =
-      convention == core::FanConvention::kMatmul ? core::WeightLayout::kInOut : core::WeightLayout::kOutIn;
-  std::vector<core::NamedTensor> weights;
-  if (request.tensors().empty()) {
-    weights = set.tensors;
-  } else {
-    for (const auto& name : request.tensors()) {
-      auto it = std::find_if(set.tensors.begin(), set.tensors.end(), [&](const auto& t) { return t.name == name; });
-      if (it == set.tensors.end())
-        return absl::InvalidArgumentError(absl::StrCat("tensors: the set has no '", core::ClientText(name), "'"));
-      weights.push_back(*it);
-    }
-  }
-  LSTMSERVE_ASSIGN_OR_RETURN(auto layers, core::AnalyzeChain(weights, chain, probe));
-  for (const auto& s : layers) {
+  for (const auto& s : analysis.chain_layers) {
     auto* out = response->add_chain_layers();
     out->set_tensor(s.name);
     out->set_fan_in(s.fan_in);
@@ -580,7 +364,18 @@ absl::Status Analyze(const core::ParameterSet& set, core::FanConvention conventi
     out->set_gradient_variance(s.gradient_variance);
     out->set_dead_fraction(s.dead_fraction);
   }
-  return absl::OkStatus();
+}
+
+// The spec a set was created from here (kept as the serialized v1 message), when it parses.
+std::optional<core::ParameterSetSpec> StoredSpec(const SetEntry& entry) {
+  std::string raw;
+  v1::ParameterSetSpec stored;
+  if (entry.stored.spec.empty() || !absl::Base64Unescape(entry.stored.spec, &raw) || !stored.ParseFromString(raw)) {
+    return std::nullopt;
+  }
+  auto parsed = SpecFromProto(stored);
+  if (!parsed.ok()) return std::nullopt;
+  return *std::move(parsed);
 }
 
 }  // namespace
@@ -594,34 +389,20 @@ grpc::ServerUnaryReactor* ParameterServiceImpl::AnalyzeParameterSet(grpc::Callba
         RpcLog log(context, "AnalyzeParameterSet", request->parameter_set_id());
         // Minutes of compute at most (bounded by the probe's work limit): on the compute pool.
         FinishUnaryOnPool(context, call, ctx_->compute, std::move(log), [this, request, response]() -> absl::Status {
+          LSTMSERVE_ASSIGN_OR_RETURN(AnalyzeOptions options, AnalyzeOptionsFromProto(*request));
           if (request->has_spec()) {
             LSTMSERVE_ASSIGN_OR_RETURN(core::ParameterSetSpec spec, SpecFromProto(request->spec()));
-            // The cost bound before any tensor is made.
-            LSTMSERVE_ASSIGN_OR_RETURN(auto tensors, core::ValidateSpec(spec, ctx_->create_limits));
-            int64_t parameters = 0;
-            for (const auto& t : tensors) {
-              int64_t n = 1;
-              for (int64_t d : t.shape) n *= d;
-              parameters += n;
-            }
-            LSTMSERVE_RETURN_IF_ERROR(core::CheckProbeCost(ProbeFromProto(*request), parameters,
-                                                           spec.lstm.has_value() && request->tensors().empty()));
-            LSTMSERVE_ASSIGN_OR_RETURN(core::ParameterSet set, core::CreateParameterSet(spec, ctx_->create_limits));
-            return Analyze(set, spec.fan_convention, spec, ctx_->create_limits, *request, response);
+            LSTMSERVE_ASSIGN_OR_RETURN(SetAnalysis analysis,
+                                       AnalyzeSpec(spec, ctx_->create_limits, std::move(options)));
+            AnalysisToProto(analysis, response);
+            return absl::OkStatus();
           }
           if (request->parameter_set_id().empty()) return absl::InvalidArgumentError("give parameter_set_id or spec");
           LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->registry->Get(request->parameter_set_id()));
-          // The convention the set was created with, when it was created from a spec here.
-          core::FanConvention convention = core::FanConvention::kTorch;
-          std::optional<core::ParameterSetSpec> spec;
-          std::string raw;
-          v1::ParameterSetSpec stored_spec;
-          if (!entry->stored.spec.empty() && absl::Base64Unescape(entry->stored.spec, &raw) &&
-              stored_spec.ParseFromString(raw)) {
-            if (stored_spec.fan_convention() == v1::FAN_CONVENTION_MATMUL) convention = core::FanConvention::kMatmul;
-            if (auto parsed = SpecFromProto(stored_spec); parsed.ok()) spec = *std::move(parsed);
-          }
-          return Analyze(entry->stored.set, convention, spec, ctx_->create_limits, *request, response);
+          LSTMSERVE_ASSIGN_OR_RETURN(SetAnalysis analysis, AnalyzeSet(entry->stored.set, StoredSpec(*entry),
+                                                                      ctx_->create_limits, std::move(options)));
+          AnalysisToProto(analysis, response);
+          return absl::OkStatus();
         });
       });
 }
