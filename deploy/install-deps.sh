@@ -23,19 +23,19 @@ profile="${1:-build}"
 runtime_pkgs=(
   libtorch1.13 libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623
   libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1
-  libopenblas0-openmp libssl3 ca-certificates
+  libopenblas0-openmp libssl3 ca-certificates libhiredis0.14
 )
 compile_pkgs=(
   build-essential cmake ninja-build pkg-config
   libtorch-dev libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
   libabsl-dev prometheus-cpp-dev libcivetweb-dev libopenblas0-openmp
-  nlohmann-json3-dev libssl-dev libboost1.74-dev libcpp-httplib-dev
+  nlohmann-json3-dev libssl-dev libboost1.74-dev libcpp-httplib-dev libhiredis-dev
 )
 build_pkgs=(
   "${compile_pkgs[@]}" git
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 python3-venv python3-torch python3-numpy python3-grpcio python3-protobuf python3-yaml
-  prometheus openssl libb64-0d
+  prometheus openssl libb64-0d redis-server
   clang libclang-rt-14-dev clang-format
 )
 image_pkgs=(buildah podman debootstrap curl iproute2)

@@ -64,9 +64,24 @@ ABSL_FLAG(std::string, lstm_path, kDefaults.lstm_path,
           "FAILED_PRECONDITION; on int8/bf16 sets, small_batch computes on float32 activations)");
 ABSL_FLAG(int64_t, max_queued_requests, kDefaults.max_queued_requests,
           "queued inference requests beyond which new ones get RESOURCE_EXHAUSTED at once");
-ABSL_FLAG(int64_t, max_sessions, kDefaults.max_sessions, "most Session streams open at once");
-ABSL_FLAG(absl::Duration, session_idle_timeout, kDefaults.session_idle_timeout,
-          "a Session stream with no message for this long is cancelled (e.g. 5m)");
+ABSL_FLAG(int64_t, max_sequences, kDefaults.max_sequences,
+          "most sequences open at once: v1 Session streams on this server, and stored sequences (Open "
+          "Inference Protocol) in the sequence store (with a shared store: across all replicas)");
+ABSL_FLAG(absl::Duration, sequence_idle_timeout, kDefaults.sequence_idle_timeout,
+          "a sequence not stepped for this long is ended: a Session stream cancelled, a stored sequence "
+          "expired (e.g. 5m)");
+ABSL_FLAG(int64_t, max_sessions, kDefaults.max_sequences, "the old name of --max_sequences");
+ABSL_FLAG(absl::Duration, session_idle_timeout, kDefaults.sequence_idle_timeout,
+          "the old name of --sequence_idle_timeout");
+ABSL_FLAG(std::string, sequence_store, kDefaults.sequence_store,
+          "where stored sequences live: memory (this process; a sequence stays on the replica that "
+          "started it) or redis://HOST:PORT[/DB] (a Redis 7 or Valkey that every replica shares: any "
+          "replica continues any sequence, and sequences survive a replica's death)");
+ABSL_FLAG(std::string, sequence_store_password_file, kDefaults.sequence_store_password_file,
+          "a file holding the Redis password (its first line), when the store needs one");
+ABSL_FLAG(absl::Duration, sequence_store_timeout, kDefaults.sequence_store_timeout,
+          "the longest one sequence-store operation (or connection) may take before the request gets "
+          "UNAVAILABLE");
 ABSL_FLAG(int64_t, max_message_bytes, kDefaults.max_message_bytes, "largest gRPC message, in bytes");
 ABSL_FLAG(int64_t, max_tensor_elements, kDefaults.max_tensor_elements, "largest tensor in a request, in elements");
 ABSL_FLAG(int64_t, max_set_bytes, kDefaults.max_set_bytes, "largest parameter set, in bytes");
@@ -130,8 +145,20 @@ int main(int argc, char** argv) {
   options.inline_max_work = absl::GetFlag(FLAGS_inline_max_work);
   options.lstm_path = absl::GetFlag(FLAGS_lstm_path);
   options.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
-  options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
-  options.session_idle_timeout = absl::GetFlag(FLAGS_session_idle_timeout);
+  options.max_sequences = absl::GetFlag(FLAGS_max_sequences);
+  options.sequence_idle_timeout = absl::GetFlag(FLAGS_sequence_idle_timeout);
+  // The old names, when given (and the new ones are not).
+  if (absl::GetFlag(FLAGS_max_sessions) != kDefaults.max_sequences &&
+      options.max_sequences == kDefaults.max_sequences) {
+    options.max_sequences = absl::GetFlag(FLAGS_max_sessions);
+  }
+  if (absl::GetFlag(FLAGS_session_idle_timeout) != kDefaults.sequence_idle_timeout &&
+      options.sequence_idle_timeout == kDefaults.sequence_idle_timeout) {
+    options.sequence_idle_timeout = absl::GetFlag(FLAGS_session_idle_timeout);
+  }
+  options.sequence_store = absl::GetFlag(FLAGS_sequence_store);
+  options.sequence_store_password_file = absl::GetFlag(FLAGS_sequence_store_password_file);
+  options.sequence_store_timeout = absl::GetFlag(FLAGS_sequence_store_timeout);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.max_tensor_elements = absl::GetFlag(FLAGS_max_tensor_elements);
   options.max_set_bytes = absl::GetFlag(FLAGS_max_set_bytes);

@@ -206,14 +206,40 @@ class ScrapeCollector final : public prometheus::Collectable {
     AddValue(out.back(), static_cast<double>(s.expired_deadline), {{"reason", "deadline_exceeded"}});
     AddValue(out.back(), static_cast<double>(s.expired_cancelled), {{"reason", "cancelled"}});
     gauge("lstmserve_sessions_active",
-          "Session streams and Open Inference Protocol sequences open now (one --max_sessions for both).",
+          "Session streams open on this server plus the Open Inference Protocol sequences open in the sequence "
+          "store (with a shared store: on every replica); -1 while the store does not answer.",
           static_cast<double>(s.sessions_active));
+    out.push_back(Family("lstmserve_sequence_store_operations_total",
+                         "Operations on the sequence store (--sequence_store), by operation (load: a record read; "
+                         "commit: a step's new record written) and result (ok, error: the store failed or was "
+                         "unreachable, conflict: another replica had stepped the sequence; copy: a load answered "
+                         "by this server's copy of what it wrote last).",
+                         MetricType::Counter));
+    auto labels = [&](const char* operation, const char* result) {
+      std::vector<prometheus::ClientMetric::Label> l = {{"operation", operation}};
+      if (absl::string_view(result) != "all") l.push_back({"result", result});
+      l.push_back({"store", s.sequence_store});
+      return l;
+    };
+    AddValue(out.back(), static_cast<double>(s.sequence_loads - s.sequence_load_errors), labels("load", "ok"));
+    AddValue(out.back(), static_cast<double>(s.sequence_load_errors), labels("load", "error"));
+    AddValue(out.back(), static_cast<double>(s.sequence_copies_used), labels("load", "copy"));
+    AddValue(out.back(), static_cast<double>(s.sequence_commits - s.sequence_commit_errors - s.sequence_conflicts),
+             labels("commit", "ok"));
+    AddValue(out.back(), static_cast<double>(s.sequence_commit_errors), labels("commit", "error"));
+    AddValue(out.back(), static_cast<double>(s.sequence_conflicts), labels("commit", "conflict"));
+    out.push_back(Family("lstmserve_sequence_store_seconds_total",
+                         "Seconds spent in sequence store operations, by operation (divide by "
+                         "lstmserve_sequence_store_operations_total for the mean latency).",
+                         MetricType::Counter));
+    AddValue(out.back(), s.sequence_load_seconds, labels("load", "all"));
+    AddValue(out.back(), s.sequence_commit_seconds, labels("commit", "all"));
     counter("lstmserve_session_steps_total", "Session steps and sequence requests (Open Inference Protocol) computed.",
             static_cast<double>(s.session_steps));
     out.push_back(Family("lstmserve_session_rejections_total",
                          "Session streams and sequences refused or ended by the server, by reason: "
-                         "max_sessions (refused at start, --max_sessions) and idle_timeout (cancelled or "
-                         "dropped, --session_idle_timeout).",
+                         "max_sessions (refused at start, --max_sequences) and idle_timeout (streams "
+                         "cancelled, --sequence_idle_timeout).",
                          MetricType::Counter));
     AddValue(out.back(), static_cast<double>(s.sessions_rejected), {{"reason", "max_sessions"}});
     AddValue(out.back(), static_cast<double>(s.sessions_idle_cancelled), {{"reason", "idle_timeout"}});

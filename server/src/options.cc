@@ -1,5 +1,6 @@
 #include "lstmserve/server/options.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
@@ -61,9 +62,20 @@ absl::Status ServerOptions::Validate() const {
   if (auto path = core::ParseLstmPath(lstm_path); !path.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--lstm_path: ", path.status().message()));
   }
-  if (max_sessions < 0) return absl::InvalidArgumentError("--max_sessions must be >= 0");
-  if (session_idle_timeout <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("--session_idle_timeout must be > 0");
+  if (max_sequences < 0) return absl::InvalidArgumentError("--max_sequences must be >= 0");
+  if (sequence_idle_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--sequence_idle_timeout must be > 0");
+  }
+  if (sequence_store != "memory" && !absl::StartsWith(sequence_store, "redis://") &&
+      !absl::StartsWith(sequence_store, "rediss://")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--sequence_store is '", sequence_store, "'; expected memory or redis://HOST:PORT[/DB]"));
+  }
+  if (sequence_store == "memory" && !sequence_store_password_file.empty()) {
+    return absl::InvalidArgumentError("--sequence_store_password_file is for a redis:// --sequence_store");
+  }
+  if (sequence_store_timeout <= absl::ZeroDuration() || sequence_store_timeout > absl::Minutes(1)) {
+    return absl::InvalidArgumentError("--sequence_store_timeout must be in (0, 1m]");
   }
   if (max_message_bytes < 1024 || max_message_bytes > (int64_t{2} << 30) - 1) {
     return absl::InvalidArgumentError("--max_message_bytes must be in [1024, 2^31 - 1]");

@@ -123,4 +123,15 @@ absl::Status TokenAuthenticator::Check(std::optional<absl::string_view> authoriz
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::string> ReadSecretFile(const std::string& path, const char* flag) {
+  std::ifstream in(path);
+  std::string line;
+  if (!in || !std::getline(in, line)) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot read ", flag, " ", path));
+  }
+  std::string secret(absl::StripAsciiWhitespace(line));
+  if (secret.empty()) return absl::InvalidArgumentError(absl::StrCat(flag, " ", path, ": its first line is empty"));
+  return secret;
+}
+
 }  // namespace lstmserve::server

@@ -17,6 +17,7 @@
 #include "lstmserve/core/status.h"
 #include "lstmserve/core/threads.h"
 #include "lstmserve/server/log.h"
+#include "lstmserve/server/security.h"
 
 namespace lstmserve::server {
 namespace {
@@ -107,11 +108,33 @@ absl::Status Server::StartEngine(int batch_threads) {
   batching.max_queued_requests = options.max_queued_requests;
   LogInfo(absl::StrCat("lstm kernels: ", core::DescribeCpuKernels(), "; path ", options.lstm_path));
   batcher_ = std::make_unique<Batcher>(batching, metrics_.get());
-  sequences_ = std::make_unique<SequenceStore>(options.max_sessions, options.session_idle_timeout);
+  std::unique_ptr<SequenceBackend> backend;
+  if (options.sequence_store == "memory") {
+    backend = NewMemorySequenceBackend();
+  } else {
+    RedisOptions redis;
+    redis.url = options.sequence_store;
+    redis.timeout = options.sequence_store_timeout;
+    if (!options.sequence_store_password_file.empty()) {
+      LSTMSERVE_ASSIGN_OR_RETURN(
+          redis.password, ReadSecretFile(options.sequence_store_password_file, "--sequence_store_password_file"));
+    }
+    LSTMSERVE_ASSIGN_OR_RETURN(backend, NewRedisSequenceBackend(redis));
+    // Reached at start when it can be (a store that is down is not fatal: sequence requests
+    // get UNAVAILABLE until it is back, and everything else is served).
+    if (absl::StatusOr<int64_t> open = backend->Count(); open.ok()) {
+      LogInfo(absl::StrCat("sequence store ", backend->Describe(), ": ", *open, " sequences open"));
+    } else {
+      LogError(absl::StrCat("sequence store not reached at start (sequence requests get UNAVAILABLE until it is): ",
+                            open.status().message()));
+    }
+  }
+  sequences_ =
+      std::make_unique<SequenceStore>(std::move(backend), options.max_sequences, options.sequence_idle_timeout);
   engine_ =
       std::make_unique<InferenceEngine>(registry_.get(), batcher_.get(), sequences_.get(), options.max_tensor_elements);
   context_ = std::make_unique<ServiceContext>();
-  oip_ = std::make_unique<oip::OpenInference>(engine_.get(), options.session_idle_timeout, &context_->draining);
+  oip_ = std::make_unique<oip::OpenInference>(engine_.get(), options.sequence_idle_timeout, &context_->draining);
   context_->registry = registry_.get();
   context_->compute = compute_.get();
   context_->engine = engine_.get();
@@ -141,6 +164,16 @@ absl::Status Server::StartMetrics() {
     snapshot.session_steps = sessions.steps;
     snapshot.sessions_rejected = sessions.rejected;
     snapshot.sessions_idle_cancelled = sessions.idle_cancelled;
+    const SequenceStore::BackendStats store = sequences_->backend_stats();
+    snapshot.sequence_loads = store.loads;
+    snapshot.sequence_load_errors = store.load_errors;
+    snapshot.sequence_commits = store.commits;
+    snapshot.sequence_commit_errors = store.commit_errors;
+    snapshot.sequence_conflicts = store.conflicts;
+    snapshot.sequence_copies_used = store.copies_used;
+    snapshot.sequence_load_seconds = store.load_seconds;
+    snapshot.sequence_commit_seconds = store.commit_seconds;
+    snapshot.sequence_store = sequences_->backend().Describe();
     snapshot.parameter_sets = registry_->count();
     snapshot.parameter_set_bytes = registry_->total_bytes();
     if (auto memory = core::DeviceMemoryStats(registry_->device())) {

@@ -14,7 +14,7 @@ import unittest
 import yaml
 
 DEPLOY = os.environ["LSTMSERVE_DEPLOY_DIR"]
-OVERLAYS = ["cpu", "gpu"]
+OVERLAYS = ["cpu", "gpu", "cpu-redis"]
 
 
 def render(overlay):
@@ -111,7 +111,8 @@ class OverlayTest(unittest.TestCase):
                 self.assertIn("/tmp", mounts)  # writable scratch under a read-only root
 
                 # Services: one with a virtual IP, one headless for round_robin; both select the pods.
-                services = [d for d in docs if d["kind"] == "Service"]
+                services = [d for d in docs if d["kind"] == "Service"
+                            and d["spec"]["selector"].get("app.kubernetes.io/name") == "lstmserve"]
                 self.assertEqual(len(services), 2)
                 headless = [s for s in services if s["spec"].get("clusterIP") == "None"]
                 self.assertEqual(len(headless), 1)
@@ -146,6 +147,28 @@ class OverlayTest(unittest.TestCase):
                     self.assertEqual(flags["device"], "cpu")
                     self.assertIsNone(gpus)
 
+    def test_the_redis_overlay_points_every_pod_at_a_durable_redis(self):
+        docs = self.rendered["cpu-redis"]
+        flags = self.container_flags(docs)
+        self.assertNotIn("sequence_store", self.container_flags(self.rendered["cpu"]))  # memory by default
+        match = re.fullmatch(r"redis://([\w.-]+):(\d+)/0", flags["sequence_store"])
+        self.assertIsNotNone(match, flags["sequence_store"])
+        service = self.one(docs, "Service", match.group(1))
+        self.assertEqual([p["port"] for p in service["spec"]["ports"]], [int(match.group(2))])
+        redis = self.one(docs, "StatefulSet", "lstmserve-redis")
+        pod = redis["spec"]["template"]
+        self.assertEqual(service["spec"]["selector"].items() - pod["metadata"]["labels"].items(), set())
+        # Not the lstmserve pods' labels: the lstmserve Services must not select Redis.
+        self.assertNotEqual(pod["metadata"]["labels"]["app.kubernetes.io/name"], "lstmserve")
+        args = pod["spec"]["containers"][0]["args"]
+        settings = dict(zip(args[::2], args[1::2]))
+        self.assertEqual(settings["--appendonly"], "yes")
+        self.assertEqual(settings["--appendfsync"], "always")  # acknowledged steps survive a crash
+        self.assertEqual(settings["--maxmemory-policy"], "noeviction")
+        mount = pod["spec"]["containers"][0]["volumeMounts"][0]
+        self.assertEqual(mount["mountPath"], settings["--dir"])
+        self.assertEqual(redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"], mount["name"])
+
     def test_adapter_rule_serves_the_hpa_metric(self):
         with open(os.path.join(DEPLOY, "k8s", "prometheus-adapter", "rules.yaml")) as f:
             rule = yaml.safe_load(f)["rules"]["custom"][0]
@@ -159,7 +182,11 @@ class ComposeTest(unittest.TestCase):
         with open(os.path.join(DEPLOY, "compose.yaml")) as f:
             compose = yaml.safe_load(f)
         services = compose["services"]
-        self.assertEqual(set(services), {"lstmserve", "prometheus", "grafana"})
+        self.assertEqual(set(services), {"lstmserve", "redis", "prometheus", "grafana"})
+        # Sequences in the stack's Redis, by its service name.
+        self.assertIn("--sequence_store=redis://redis:6379/0", services["lstmserve"]["command"])
+        self.assertIn("redis", services["lstmserve"]["depends_on"])
+        self.assertIn("--appendonly", services["redis"]["command"])
         self.assertIn("9464:9464", services["lstmserve"]["ports"])
         for name in ["prometheus", "grafana"]:
             for volume in services[name]["volumes"]:

@@ -187,7 +187,8 @@ class OpenInferenceGrpcTest(unittest.TestCase):
             self.assertLessEqual(np.abs(last.as_numpy("CN") - cn).max(), TOL)
             self.assertLessEqual(np.abs(last.as_numpy("HN") - hn).max(), TOL)
             # Ended: the next request without sequence_start is refused, and says how to start.
-            self.assertRefused("INVALID_ARGUMENT", "sequence_start",
+            self.assertRefused("FAILED_PRECONDITION", "ended after 6 steps (sequence_end); start it again with "
+                               "sequence_start=true",
                                lambda: self.client.infer("oip", [tensor("INPUT", steps[0])], sequence_id=sequence_id))
 
     def test_sequences_with_the_same_text_as_uint64_and_string_are_apart(self):

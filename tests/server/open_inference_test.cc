@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <future>
+#include <optional>
 #include <random>
 
 #include <ATen/ATen.h>
@@ -99,7 +100,6 @@ TEST_F(OpenInferenceTest, BadRequestsNameWhatIsWrong) {
       {[](auto& r) { r.inputs.push_back(r.inputs[0]); }, "given twice"},
       {[](auto& r) { r.outputs = {"Y"}; }, "unexpected output 'Y'"},
       {[](auto& r) { r.sequence_start = true; }, "need a sequence_id"},
-      {[](auto& r) { r.sequence_key = "u:3"; }, "is not open"},
       // The model m has L = 2, H = 4; INPUT has B = 1. The state in the protocol's terms.
       {[](auto& r) {
          r.inputs.push_back(Input("C0", at::zeros({2, 2, 4})));
@@ -121,6 +121,14 @@ TEST_F(OpenInferenceTest, BadRequestsNameWhatIsWrong) {
     EXPECT_TRUE(absl::IsInvalidArgument(got.status())) << c.fragment << ": " << got.status();
     EXPECT_NE(got.status().message().find(c.fragment), std::string::npos) << got.status().message();
   }
+  // A sequence that was never started: a lifecycle error, saying how to start it.
+  oip::InferRequest r;
+  r.model = "m";
+  r.inputs.push_back(Input("INPUT", at::zeros({2, 1, 3})));
+  r.sequence_key = "u:3";
+  auto got = Infer(r);
+  EXPECT_TRUE(absl::IsFailedPrecondition(got.status())) << got.status();
+  EXPECT_NE(got.status().message().find("sequence 3 was never started"), std::string::npos) << got.status();
 }
 
 TEST_F(OpenInferenceTest, ASequenceThatChangesItsBatchSizeIsToldSoAndKeepsItsState) {
@@ -142,6 +150,103 @@ TEST_F(OpenInferenceTest, ASequenceThatChangesItsBatchSizeIsToldSoAndKeepsItsSta
   oip::InferRequest next = first;
   next.sequence_start = false;
   EXPECT_TRUE(Infer(next).ok());
+}
+
+// A request of sequence "s:q" on m of T steps with inputs filled with `value`.
+oip::InferRequest SequenceRequest(float value, int64_t steps, std::optional<uint64_t> step, bool start = false,
+                                  bool end = false) {
+  oip::InferRequest r;
+  r.model = "m";
+  r.sequence_key = "s:q";
+  r.sequence_start = start;
+  r.sequence_end = end;
+  r.sequence_step = step;
+  oip::Tensor t;
+  t.name = "INPUT";
+  t.datatype = "FP32";
+  t.shape = {steps, 1, 3};
+  t.data = core::TensorBytes(at::full({steps, 1, 3}, value));
+  r.inputs.push_back(std::move(t));
+  return r;
+}
+
+TEST_F(OpenInferenceTest, WithSequenceStepARetryIsAnsweredAgainBitForBitAndNeverAppliedTwice) {
+  auto first = Infer(SequenceRequest(0.5f, 2, 0, /*start=*/true));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->sequence_step, 2u);
+  auto second = Infer(SequenceRequest(-0.25f, 3, 2));
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->sequence_step, 5u);
+  // The second request again (its answer lost): the same bytes, the sequence still at 5.
+  auto retry = Infer(SequenceRequest(-0.25f, 3, 2));
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  EXPECT_EQ(retry->sequence_step, 5u);
+  ASSERT_EQ(retry->outputs.size(), second->outputs.size());
+  for (size_t i = 0; i < retry->outputs.size(); ++i) EXPECT_EQ(retry->outputs[i].data, second->outputs[i].data);
+  // The start again is an old request now, and not the last one: refused, naming both counts.
+  auto old = Infer(SequenceRequest(0.5f, 2, 0, /*start=*/false));
+  EXPECT_TRUE(absl::IsFailedPrecondition(old.status())) << old.status();
+  EXPECT_NE(old.status().message().find("has taken 5 steps, and this request's sequence_step is 0"), std::string::npos)
+      << old.status();
+  // Different inputs under the last request's step: not a retry.
+  auto other = Infer(SequenceRequest(0.75f, 3, 2));
+  EXPECT_TRUE(absl::IsFailedPrecondition(other.status())) << other.status();
+  // A gap.
+  auto gap = Infer(SequenceRequest(0.5f, 1, 9));
+  EXPECT_NE(gap.status().message().find("sequence_step is 9 (steps are missing in between)"), std::string::npos)
+      << gap.status();
+  // The next one goes on from 5, and equals the whole sequence in one request.
+  auto third = Infer(SequenceRequest(1.0f, 1, 5, false, /*end=*/true));
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_EQ(third->sequence_step, 6u);
+  // The ending request again: answered from the ended sequence's trace.
+  auto third_again = Infer(SequenceRequest(1.0f, 1, 5, false, /*end=*/true));
+  ASSERT_TRUE(third_again.ok()) << third_again.status();
+  EXPECT_EQ(Output(*third_again, "OUTPUT").equal(Output(*third, "OUTPUT")), true);
+  auto after_end = Infer(SequenceRequest(1.0f, 1, 6));
+  EXPECT_TRUE(absl::IsFailedPrecondition(after_end.status()));
+  EXPECT_NE(after_end.status().message().find("ended after 6 steps"), std::string::npos) << after_end.status();
+
+  oip::InferRequest whole;
+  whole.model = "m";
+  at::Tensor x = at::cat({at::full({2, 1, 3}, 0.5f), at::full({3, 1, 3}, -0.25f), at::full({1, 1, 3}, 1.0f)});
+  whole.inputs.push_back(Input("INPUT", x));
+  auto one = Infer(whole);
+  ASSERT_TRUE(one.ok());
+  EXPECT_TRUE(Output(*one, "OUTPUT").slice(0, 5, 6).equal(Output(*third, "OUTPUT")));
+  EXPECT_EQ(sequences_->stats().steps, 3);  // retries are not computed
+}
+
+TEST_F(OpenInferenceTest, ASetReCreatedUnderTheSameIdNeverContinuesAnOldSequence) {
+  ASSERT_TRUE(Infer(SequenceRequest(0.5f, 1, std::nullopt, /*start=*/true)).ok());
+  ASSERT_TRUE(registry_->Delete("m").ok());
+  core::ParameterSetSpec spec;
+  spec.lstm = core::LstmTemplate{2, 3, 4};
+  spec.seed = 6;  // other weights
+  auto set = core::CreateParameterSet(spec, core::CreateLimits());
+  ASSERT_TRUE(set.ok());
+  core::StoredSet stored;
+  stored.id = "m";
+  stored.set = *std::move(set);
+  stored.checksum = core::ComputeChecksum(stored.set);
+  ASSERT_TRUE(registry_->Add(std::move(stored)).ok());
+  auto got = Infer(SequenceRequest(0.5f, 1, std::nullopt));
+  EXPECT_TRUE(absl::IsFailedPrecondition(got.status())) << got.status();
+  EXPECT_NE(got.status().message().find("model 'm' was deleted and re-created since sequence q started"),
+            std::string::npos)
+      << got.status();
+  // Started again, it runs on the new set.
+  EXPECT_TRUE(Infer(SequenceRequest(0.5f, 1, std::nullopt, /*start=*/true)).ok());
+  EXPECT_TRUE(Infer(SequenceRequest(0.5f, 1, std::nullopt)).ok());
+}
+
+TEST_F(OpenInferenceTest, SequenceStepIsForSequencesAndAStartsIsZero) {
+  oip::InferRequest lone = SequenceRequest(0.5f, 1, 0);
+  lone.sequence_key.clear();
+  EXPECT_TRUE(absl::IsInvalidArgument(Infer(lone).status()));
+  auto start = Infer(SequenceRequest(0.5f, 1, 4, /*start=*/true));
+  EXPECT_TRUE(absl::IsInvalidArgument(start.status())) << start.status();
+  EXPECT_NE(start.status().message().find("a start's sequence_step is 0"), std::string::npos) << start.status();
 }
 
 }  // namespace

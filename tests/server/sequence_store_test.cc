@@ -1,10 +1,22 @@
+// The sequence store and its backends: records, versions, traces, limits and expiry, on the
+// process's memory and on a real Redis (redis-server, started here on 127.0.0.1).
 #include "lstmserve/server/engine/sequence_store.h"
 
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <filesystem>
+#include <random>
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
 namespace lstmserve::server {
@@ -12,78 +24,299 @@ namespace {
 
 core::LstmState StateOf(float v) {
   core::LstmState s;
-  s.c = {at::full({1, 2}, v)};
-  s.h = {at::full({1, 2}, -v)};
+  s.c = {at::full({1, 2}, v), at::full({1, 2}, v + 1)};
+  s.h = {at::full({1, 2}, -v), at::full({1, 2}, -v - 1)};
   return s;
 }
 
-TEST(SequenceStoreTest, AStartedSequenceKeepsTheStateItsLastRequestLeft) {
-  SequenceStore store(8, absl::Minutes(1));
-  auto first = store.Acquire("u:1", "set", /*start=*/true);
-  ASSERT_TRUE(first.ok()) << first.status();
-  EXPECT_TRUE(first->c.empty());  // zeros (or the request's own)
-  store.Release("u:1", StateOf(1), /*end=*/false);
-  auto second = store.Acquire("u:1", "set", false);
-  ASSERT_TRUE(second.ok()) << second.status();
-  EXPECT_EQ(second->c[0][0][0].item<float>(), 1);
-  store.Release("u:1", StateOf(2), /*end=*/true);
-  auto after_end = store.Acquire("u:1", "set", false);
-  EXPECT_TRUE(absl::IsInvalidArgument(after_end.status())) << after_end.status();
-  EXPECT_NE(after_end.status().message().find("sequence 1 is not open"), std::string::npos)
-      << after_end.status().message();
-  EXPECT_EQ(store.stats().active, 0);
+SequenceRecord RecordOf(float v, uint64_t steps) {
+  SequenceRecord r;
+  r.set_id = "set";
+  r.set_checksum = "sha256:abc";
+  r.steps = steps;
+  r.state = StateOf(v);
+  r.last_step = steps - 1;
+  r.last_request = std::string("\x01\x02\0\x03", 4);
+  r.last_outputs = at::arange(6, at::kFloat).reshape({3, 1, 2});
+  return r;
 }
 
-TEST(SequenceStoreTest, OneRequestAtATimeOneSetAndAFailureKeepsThePreviousState) {
-  SequenceStore store(8, absl::Minutes(1));
-  ASSERT_TRUE(store.Acquire("s:a", "set", true).ok());
-  EXPECT_TRUE(absl::IsFailedPrecondition(store.Acquire("s:a", "set", false).status()));
-  EXPECT_TRUE(absl::IsFailedPrecondition(store.Acquire("s:a", "set", true).status()));
-  store.Release("s:a", StateOf(3), false);
-  EXPECT_TRUE(absl::IsInvalidArgument(store.Acquire("s:a", "other", false).status()));
-  ASSERT_TRUE(store.Acquire("s:a", "set", false).ok());
-  store.Release("s:a", absl::InvalidArgumentError("bad input"), false);
-  auto kept = store.Acquire("s:a", "set", false);
-  ASSERT_TRUE(kept.ok());
-  EXPECT_EQ(kept->c[0][0][0].item<float>(), 3);
-  store.Release("s:a", *kept, false);
-  // A start that fails leaves nothing behind.
-  ASSERT_TRUE(store.Acquire("s:b", "set", true).ok());
-  store.Release("s:b", absl::InvalidArgumentError("bad input"), false);
-  EXPECT_TRUE(absl::IsInvalidArgument(store.Acquire("s:b", "set", false).status()));
-  EXPECT_EQ(store.stats().active, 1);
+TEST(SequenceRecordTest, EncodesAndDecodesEveryFieldBitForBit) {
+  const SequenceRecord r = RecordOf(1.5f, 7);
+  auto back = DecodeSequenceRecord(EncodeSequenceRecord(r));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->set_id, r.set_id);
+  EXPECT_EQ(back->set_checksum, r.set_checksum);
+  EXPECT_EQ(back->steps, 7u);
+  EXPECT_EQ(back->last_step, 6u);
+  EXPECT_EQ(back->last_request, r.last_request);
+  ASSERT_EQ(back->state.c.size(), 2u);
+  for (size_t l = 0; l < 2; ++l) {
+    EXPECT_TRUE(at::equal(back->state.c[l], r.state.c[l]));
+    EXPECT_TRUE(at::equal(back->state.h[l], r.state.h[l]));
+  }
+  EXPECT_TRUE(at::equal(back->last_outputs, r.last_outputs));
+  SequenceRecord no_outputs = r;
+  no_outputs.last_outputs = at::Tensor();
+  auto again = DecodeSequenceRecord(EncodeSequenceRecord(no_outputs));
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(again->last_outputs.defined());
 }
 
-TEST(SequenceStoreTest, StreamsAndSequencesShareOneLimit) {
+TEST(SequenceRecordTest, DamagedBytesAreDataLossNeverACrash) {
+  const std::string bytes = EncodeSequenceRecord(RecordOf(2, 3));
+  for (size_t cut = 0; cut < bytes.size(); cut += 3) {
+    EXPECT_EQ(DecodeSequenceRecord(bytes.substr(0, cut)).status().code(), absl::StatusCode::kDataLoss) << cut;
+  }
+  EXPECT_EQ(DecodeSequenceRecord(bytes + "x").status().code(), absl::StatusCode::kDataLoss);
+  std::mt19937 rng(1);
+  for (int i = 0; i < 500; ++i) {
+    std::string damaged = bytes;
+    damaged[rng() % damaged.size()] = static_cast<char>(rng());
+    (void)DecodeSequenceRecord(damaged);  // any status, no crash, no huge allocation
+  }
+}
+
+// A redis-server of its own, on a free port of 127.0.0.1, in a temporary folder.
+class RedisProcess {
+ public:
+  explicit RedisProcess(int port = 0) {
+    dir_ = std::filesystem::temp_directory_path() / absl::StrCat("lstmserve-redis-", std::random_device()());
+    std::filesystem::create_directories(dir_);
+    port_ = port != 0 ? port : FreePort();
+    pid_ = fork();
+    if (pid_ == 0) {
+      const std::string port = std::to_string(port_);
+      execlp("redis-server", "redis-server", "--bind", "127.0.0.1", "--port", port.c_str(), "--dir", dir_.c_str(),
+             "--save", "", "--appendonly", "no", "--loglevel", "warning", static_cast<char*>(nullptr));
+      _exit(127);
+    }
+  }
+  ~RedisProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    std::filesystem::remove_all(dir_);
+  }
+  std::string url() const { return absl::StrCat("redis://127.0.0.1:", port_); }
+  int port() const { return port_; }
+
+  // Waits until the server answers (through a backend).
+  bool WaitReady(SequenceBackend& backend) const {
+    for (int i = 0; i < 200; ++i) {
+      if (backend.Count().ok()) return true;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return false;
+  }
+
+  static int FreePort() {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    socklen_t n = sizeof a;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &n);
+    close(fd);
+    return ntohs(a.sin_port);
+  }
+
+ private:
+  std::filesystem::path dir_;
+  int port_ = 0;
+  pid_t pid_ = -1;
+};
+
+// The same cases on both backends.
+class SequenceBackendTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == "memory") {
+      backend_ = NewMemorySequenceBackend();
+      return;
+    }
+    redis_ = std::make_unique<RedisProcess>();
+    RedisOptions options;
+    options.url = redis_->url();
+    auto made = NewRedisSequenceBackend(options);
+    ASSERT_TRUE(made.ok()) << made.status();
+    backend_ = *std::move(made);
+    ASSERT_TRUE(redis_->WaitReady(*backend_)) << "redis-server did not start";
+  }
+
+  std::unique_ptr<RedisProcess> redis_;
+  std::unique_ptr<SequenceBackend> backend_;
+};
+
+TEST_P(SequenceBackendTest, WritesCompareTheVersionAndEndsLeaveATrace) {
+  SequenceBackend& b = *backend_;
+  auto empty = b.Get("u:1");
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_TRUE(empty->version.empty());
+  EXPECT_TRUE(empty->trace.empty());
+  ASSERT_TRUE(*b.Put("u:1", "", "v1", std::string("a\0b", 3), absl::Minutes(1), "L1", 10));
+  EXPECT_FALSE(*b.Put("u:1", "", "v9", "lost", absl::Minutes(1), "L9", 10));  // already there
+  EXPECT_FALSE(*b.Put("u:1", "v0", "v9", "lost", absl::Minutes(1), "L9", 10));
+  auto got = b.Get("u:1");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->version, "v1");
+  EXPECT_EQ(got->bytes, std::string("a\0b", 3));
+  ASSERT_TRUE(*b.Put("u:1", "v1", "v2", "second", absl::Minutes(1), "L2", 10));
+  EXPECT_EQ(*b.Count(), 1);
+  EXPECT_FALSE(*b.End("u:1", "v1", "Estale"));
+  ASSERT_TRUE(*b.End("u:1", "v2", "Efinal"));
+  auto ended = b.Get("u:1");
+  ASSERT_TRUE(ended.ok());
+  EXPECT_TRUE(ended->version.empty());
+  EXPECT_EQ(ended->trace, "Efinal");
+  EXPECT_EQ(*b.Count(), 0);
+}
+
+TEST_P(SequenceBackendTest, ARecordExpiresAfterItsTtlButItsTraceStays) {
+  SequenceBackend& b = *backend_;
+  ASSERT_TRUE(*b.Put("s:x", "", "v1", "r", absl::Milliseconds(300), "L4", 10));
+  absl::SleepFor(absl::Milliseconds(600));
+  auto got = b.Get("s:x");
+  ASSERT_TRUE(got.ok());
+  EXPECT_TRUE(got->version.empty());
+  EXPECT_EQ(got->trace, "L4");
+  EXPECT_EQ(*b.Count(), 0);
+  // Expired, it can be started again.
+  EXPECT_TRUE(*b.Put("s:x", "", "v2", "r", absl::Minutes(1), "L0", 10));
+}
+
+TEST_P(SequenceBackendTest, NewRecordsPastTheLimitAreRefusedAndUpdatesAreNot) {
+  SequenceBackend& b = *backend_;
+  ASSERT_TRUE(*b.Put("u:1", "", "a", "r", absl::Minutes(1), "L1", 2));
+  ASSERT_TRUE(*b.Put("u:2", "", "b", "r", absl::Minutes(1), "L1", 2));
+  auto third = b.Put("u:3", "", "c", "r", absl::Minutes(1), "L1", 2);
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted) << third.status();
+  EXPECT_TRUE(*b.Put("u:2", "b", "b2", "r", absl::Minutes(1), "L2", 2));
+  ASSERT_TRUE(*b.End("u:1", "a", "E"));
+  EXPECT_TRUE(*b.Put("u:3", "", "c", "r", absl::Minutes(1), "L1", 2));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, SequenceBackendTest, ::testing::Values("memory", "redis"));
+
+TEST(RedisSequenceBackendTest, AnUnreachableStoreIsUnavailableNamedWithoutItsPassword) {
+  const int port = RedisProcess::FreePort();
+  RedisOptions options;
+  options.url = absl::StrCat("redis://127.0.0.1:", port, "/2");
+  options.password = "s3cret-password";
+  auto made = NewRedisSequenceBackend(options);
+  ASSERT_TRUE(made.ok());
+  auto got = (*made)->Get("u:1");
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kUnavailable) << got.status();
+  EXPECT_TRUE(absl::StrContains(got.status().message(), absl::StrCat("redis://127.0.0.1:", port, "/2")))
+      << got.status();
+  EXPECT_FALSE(absl::StrContains(got.status().message(), "s3cret")) << got.status();
+  EXPECT_EQ((*made)->Describe(), absl::StrCat("redis://127.0.0.1:", port, "/2"));
+}
+
+TEST(RedisSequenceBackendTest, MalformedAddressesAreRefusedWithTheReason) {
+  for (const char* url : {"http://x:1", "redis://", "redis://h:0", "redis://h:70000", "redis://h:1/x",
+                          "redis://user:pw@h:1", "rediss://h:1"}) {
+    RedisOptions options;
+    options.url = url;
+    auto made = NewRedisSequenceBackend(options);
+    EXPECT_EQ(made.status().code(), absl::StatusCode::kInvalidArgument) << url;
+  }
+}
+
+TEST(RedisSequenceBackendTest, ARestartedServerIsReconnectedAndItsScriptsLoadedAgain) {
+  auto redis = std::make_unique<RedisProcess>();
+  RedisOptions options;
+  options.url = redis->url();
+  auto made = NewRedisSequenceBackend(options);
+  ASSERT_TRUE(made.ok());
+  SequenceBackend& b = **made;
+  ASSERT_TRUE(redis->WaitReady(b));
+  ASSERT_TRUE(*b.Put("u:1", "", "v1", "r", absl::Minutes(1), "L1", 10));
+  // Gone: the pooled connections are dead; a call fails, and calls during the backoff fail fast.
+  const int port = redis->port();
+  redis.reset();
+  EXPECT_EQ(b.Get("u:1").status().code(), absl::StatusCode::kUnavailable);
+  const absl::Time began = absl::Now();
+  EXPECT_EQ(b.Get("u:1").status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_LT(absl::Now() - began, absl::Milliseconds(500));
+  // A new server on the same port (nothing persisted, no scripts loaded): reached again.
+  redis = std::make_unique<RedisProcess>(port);
+  ASSERT_TRUE(redis->WaitReady(b));
+  auto fresh = b.Get("u:1");
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  EXPECT_TRUE(fresh->version.empty());
+  EXPECT_TRUE(*b.Put("u:1", "", "v2", "r", absl::Minutes(1), "L1", 10));
+}
+
+TEST(SequenceStoreTest, CommitsCompareVersionsAndAnEndLeavesTheFinalRecordInItsTrace) {
+  SequenceStore store(8, absl::Minutes(1));
+  auto none = store.Load("u:1");
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->record.has_value());
+  auto v1 = store.Commit("u:1", "", RecordOf(1, 1), false);
+  ASSERT_TRUE(v1.ok() && v1->has_value()) << v1.status();
+  auto stale = store.Commit("u:1", "", RecordOf(9, 1), false);
+  ASSERT_TRUE(stale.ok());
+  EXPECT_FALSE(stale->has_value());  // another version is there
+  auto loaded = store.Load("u:1");
+  ASSERT_TRUE(loaded.ok() && loaded->record.has_value());
+  EXPECT_EQ(loaded->version, **v1);
+  EXPECT_EQ(loaded->record->state.c[0][0][0].item<float>(), 1);
+  auto ended = store.Commit("u:1", **v1, RecordOf(2, 2), true);
+  ASSERT_TRUE(ended.ok() && ended->has_value());
+  auto after = store.Load("u:1");
+  ASSERT_TRUE(after.ok());
+  EXPECT_FALSE(after->record.has_value());
+  const SequenceStore::Trace trace = SequenceStore::ReadTrace(after->trace);
+  EXPECT_TRUE(trace.ended);
+  EXPECT_EQ(trace.steps, 2u);
+  ASSERT_TRUE(trace.final_record.has_value());
+  EXPECT_EQ(trace.final_record->state.c[0][0][0].item<float>(), 2);
+  EXPECT_EQ(store.backend_stats().conflicts, 1);
+}
+
+TEST(SequenceStoreTest, OneRequestOfASequenceAtATime) {
+  SequenceStore store(8, absl::Minutes(1));
+  ASSERT_TRUE(store.Claim("s:a", "a").ok());
+  auto again = store.Claim("s:a", "a");
+  EXPECT_TRUE(absl::IsFailedPrecondition(again)) << again;
+  EXPECT_TRUE(absl::StrContains(again.message(), "in flight")) << again;
+  EXPECT_TRUE(store.Claim("s:b", "b").ok());
+  store.Unclaim("s:a");
+  EXPECT_TRUE(store.Claim("s:a", "a").ok());
+}
+
+TEST(SequenceStoreTest, StreamsAndStoredSequencesHaveOneLimitEach) {
   SequenceStore store(2, absl::Minutes(1));
   ASSERT_TRUE(store.Open("stream:1", [] {}).ok());
-  ASSERT_TRUE(store.Acquire("u:7", "set", true).ok());
-  EXPECT_TRUE(absl::IsResourceExhausted(store.Open("stream:2", [] {})));
-  EXPECT_TRUE(absl::IsResourceExhausted(store.Acquire("u:8", "set", true).status()));
+  ASSERT_TRUE(store.Open("stream:2", [] {}).ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(store.Open("stream:3", [] {})));
+  ASSERT_TRUE(store.Commit("u:1", "", RecordOf(1, 1), false).ok());
+  ASSERT_TRUE(store.Commit("u:2", "", RecordOf(1, 1), false).ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(store.Commit("u:3", "", RecordOf(1, 1), false).status()));
   EXPECT_EQ(store.stats().rejected, 2);
+  EXPECT_EQ(store.stats().active, 4);
   store.Close("stream:1");
-  EXPECT_TRUE(store.Acquire("u:8", "set", true).ok());
-  // A stream's key is not a sequence that requests can continue.
-  store.Release("u:8", StateOf(1), /*end=*/true);
-  ASSERT_TRUE(store.Open("stream:3", [] {}).ok());
-  EXPECT_TRUE(absl::IsInvalidArgument(store.Acquire("stream:3", "set", false).status()));
+  EXPECT_TRUE(store.Open("stream:3", [] {}).ok());
 }
 
-TEST(SequenceStoreTest, IdleOnesAreEndedButNotWhileARequestIsInFlight) {
+TEST(SequenceStoreTest, IdleStreamsAreCancelledOnceAndIdleRecordsExpire) {
   SequenceStore store(8, absl::Milliseconds(200));
   std::atomic<int> idle_calls{0};
   ASSERT_TRUE(store.Open("stream:1", [&] { ++idle_calls; }).ok());
-  ASSERT_TRUE(store.Acquire("u:1", "set", true).ok());
-  store.Release("u:1", StateOf(1), false);
-  ASSERT_TRUE(store.Acquire("u:2", "set", true).ok());  // in flight throughout
+  ASSERT_TRUE(store.Commit("u:1", "", RecordOf(1, 5), false).ok());
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (store.stats().idle_cancelled < 2 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
+  while (store.stats().idle_cancelled < 1 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
   absl::SleepFor(absl::Milliseconds(300));
   EXPECT_EQ(idle_calls.load(), 1);  // once, however long it stays
-  EXPECT_EQ(store.stats().idle_cancelled, 2);
-  EXPECT_TRUE(absl::IsInvalidArgument(store.Acquire("u:1", "set", false).status()));
-  store.Release("u:2", StateOf(2), false);  // the in-flight one survived
-  EXPECT_TRUE(store.Acquire("u:2", "set", false).ok());
+  auto expired = store.Load("u:1");
+  ASSERT_TRUE(expired.ok());
+  EXPECT_FALSE(expired->record.has_value());
+  const SequenceStore::Trace trace = SequenceStore::ReadTrace(expired->trace);
+  EXPECT_FALSE(trace.ended);
+  EXPECT_EQ(trace.steps, 5u);
 }
 
 }  // namespace

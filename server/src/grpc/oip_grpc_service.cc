@@ -43,6 +43,18 @@ absl::Status SequenceFromProto(const ModelInferRequest& request, oip::InferReque
       *flag = it->second.bool_param();
     }
   }
+  if (auto it = params.find("sequence_step"); it != params.end()) {
+    const inference::InferParameter& step = it->second;
+    if (step.parameter_choice_case() == inference::InferParameter::kUint64Param) {
+      out->sequence_step = step.uint64_param();
+    } else if (step.parameter_choice_case() == inference::InferParameter::kInt64Param && step.int64_param() >= 0) {
+      out->sequence_step = static_cast<uint64_t>(step.int64_param());
+    } else {
+      return absl::InvalidArgumentError(
+          "sequence_step must be a uint64 (or non-negative int64) parameter: the steps the sequence has taken "
+          "before this request");
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -111,6 +123,9 @@ absl::StatusOr<oip::InferRequest> RequestFromProto(ModelInferRequest& request) {
 void ResponseToProto(oip::InferResponse& response, ModelInferResponse* out) {
   out->set_model_name(std::move(response.model));
   out->set_model_version(std::move(response.version));
+  if (response.sequence_step.has_value()) {
+    (*out->mutable_parameters())["sequence_step"].set_uint64_param(*response.sequence_step);
+  }
   out->set_id(std::move(response.id));
   for (oip::Tensor& t : response.outputs) {
     auto* o = out->add_outputs();

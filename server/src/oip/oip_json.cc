@@ -83,6 +83,14 @@ absl::Status SequenceFromJson(const json& params, InferRequest* out) {
       *flag = it->get<bool>();
     }
   }
+  if (auto it = params.find("sequence_step"); it != params.end()) {
+    if (!it->is_number_unsigned()) {
+      return absl::InvalidArgumentError(
+          "parameters.sequence_step must be an unsigned integer: the steps the sequence has taken before this "
+          "request");
+    }
+    out->sequence_step = it->get<uint64_t>();
+  }
   return absl::OkStatus();
 }
 
@@ -384,6 +392,7 @@ absl::StatusOr<HttpInferRequest> ParseHttpInfer(absl::string_view body, const st
 HttpBody EncodeHttpInfer(const InferResponse& r, const HttpInferRequest& parsed) {
   json body = {{"model_name", r.model}, {"model_version", r.version}, {"outputs", json::array()}};
   if (!r.id.empty()) body["id"] = r.id;
+  if (r.sequence_step.has_value()) body["parameters"] = {{"sequence_step", *r.sequence_step}};
   std::string tail;
   for (const Tensor& t : r.outputs) {
     json out = {{"name", t.name}, {"datatype", t.datatype}, {"shape", t.shape}};

@@ -172,61 +172,29 @@ void OpenInference::Infer(InferRequest request, const CallControl& call,
       return absl::InvalidArgumentError(
           "sequence_start and sequence_end need a sequence_id (a nonzero uint64 or a string)");
     }
+    if (!sequence && request.sequence_step.has_value()) {
+      return absl::InvalidArgumentError("sequence_step needs a sequence_id (a nonzero uint64 or a string)");
+    }
     return p;
   }();
   if (!prepared.ok()) {
     done(prepared.status());
     return;
   }
-  SequenceStore& sequences = engine_->sequences();
-  if (sequence) {
-    absl::StatusOr<core::LstmState> stored =
-        sequences.Acquire(request.sequence_key, request.model, request.sequence_start);
-    if (!stored.ok()) {
-      done(stored.status());
-      return;
-    }
-    // C0/H0 given: they are the state, on any request (load generators send them with every
-    // request); else the state the previous request left.
-    if (!request.sequence_start && !prepared->has_state) {
-      // The stored state fixes the batch size: told in the protocol's terms, not the core's.
-      const int64_t batch = prepared->inputs.size(1);
-      if (!stored->c.empty() && stored->c.front().size(0) != batch) {
-        const absl::Status changed = absl::InvalidArgumentError(absl::StrCat(
-            "sequence ", core::ClientText(request.sequence_key.substr(2)),
-            " runs with batch size B = ", stored->c.front().size(0), "; this request's INPUT has B = ", batch,
-            ": keep B for the whole sequence, or start a new one (sequence_start) or give C0 and H0"));
-        sequences.Release(request.sequence_key, changed, /*end=*/false);
-        done(changed);
-        return;
-      }
-      prepared->state = *std::move(stored);
-    }
-  }
   const bool want_outputs =
       std::find(prepared->outputs.begin(), prepared->outputs.end(), kOutput) != prepared->outputs.end();
-  absl::StatusOr<BatchJob> job =
-      engine_->MakeJob(call, prepared->set, std::move(prepared->inputs), std::move(prepared->state), want_outputs);
-  if (!job.ok()) {
-    if (sequence) sequences.Release(request.sequence_key, job.status(), request.sequence_end);
-    done(job.status());
-    return;
-  }
   InferResponse head;
   head.model = std::move(request.model);
   head.version = "1";
   head.id = std::move(request.id);
-  job->done = [head = std::move(head), outputs = std::move(prepared->outputs), key = std::move(request.sequence_key),
-               end = request.sequence_end, &sequences,
-               done = std::move(done)](absl::StatusOr<core::SequenceResult> result) mutable {
-    if (!key.empty()) {
-      sequences.Release(key, result.ok() ? absl::StatusOr<core::LstmState>(result->final_state) : result.status(), end);
-      if (result.ok()) sequences.StepDone();
-    }
+  // The response from a computed (or, for a retried sequence request, a recorded) result.
+  auto respond = [head = std::move(head), outputs = std::move(prepared->outputs), done = std::move(done)](
+                     absl::StatusOr<core::SequenceResult> result, std::optional<uint64_t> steps) mutable {
     if (!result.ok()) {
       done(result.status());
       return;
     }
+    head.sequence_step = steps;
     absl::StatusOr<InferResponse> response = core::GuardTorch("the response", [&]() -> absl::StatusOr<InferResponse> {
       for (const std::string& name : outputs) {
         if (name == kOutput) head.outputs.push_back(ToTensor(kOutput, result->outputs));
@@ -236,6 +204,40 @@ void OpenInference::Infer(InferRequest request, const CallControl& call,
       return std::move(head);
     });
     done(std::move(response));
+  };
+  if (sequence) {
+    SequenceStep step;
+    step.key = std::move(request.sequence_key);
+    step.shown = core::ClientText(step.key.substr(2));
+    step.set = std::move(prepared->set);
+    step.inputs = std::move(prepared->inputs);
+    // C0/H0 given: they are the state, on any request (load generators send them with every
+    // request); else the state the previous request left.
+    if (prepared->has_state) step.state = std::move(prepared->state);
+    step.start = request.sequence_start;
+    step.end = request.sequence_end;
+    step.expected_step = request.sequence_step;
+    step.want_outputs = want_outputs;
+    step.inputs_name = "INPUT";
+    step.state_name = "C0 and H0";
+    engine_->SubmitSequenceStep(call, std::move(step),
+                                [respond = std::move(respond)](absl::StatusOr<SequenceAnswer> answer) mutable {
+                                  if (!answer.ok()) {
+                                    respond(answer.status(), std::nullopt);
+                                    return;
+                                  }
+                                  respond(std::move(answer->result), answer->steps);
+                                });
+    return;
+  }
+  absl::StatusOr<BatchJob> job =
+      engine_->MakeJob(call, prepared->set, std::move(prepared->inputs), std::move(prepared->state), want_outputs);
+  if (!job.ok()) {
+    respond(job.status(), std::nullopt);
+    return;
+  }
+  job->done = [respond = std::move(respond)](absl::StatusOr<core::SequenceResult> result) mutable {
+    respond(std::move(result), std::nullopt);
   };
   engine_->Submit(*std::move(job));
 }

@@ -37,8 +37,13 @@ struct MetricsSnapshot {
   int64_t expired_cancelled = 0;    // cancelled in the queue; not computed
   int64_t sessions_active = 0;
   int64_t session_steps = 0;
-  int64_t sessions_rejected = 0;        // past --max_sessions
-  int64_t sessions_idle_cancelled = 0;  // past --session_idle_timeout
+  int64_t sessions_rejected = 0;        // past --max_sequences
+  int64_t sessions_idle_cancelled = 0;  // past --sequence_idle_timeout
+  // The sequence store's operations (SequenceStore::BackendStats).
+  int64_t sequence_loads = 0, sequence_load_errors = 0, sequence_commits = 0, sequence_commit_errors = 0;
+  int64_t sequence_conflicts = 0, sequence_copies_used = 0;
+  double sequence_load_seconds = 0, sequence_commit_seconds = 0;
+  std::string sequence_store;  // SequenceBackend::Describe()
   int64_t parameter_sets = 0;
   int64_t parameter_set_bytes = 0;
   // Only on CUDA: the caching allocator's current figures.

@@ -45,9 +45,16 @@ struct ServerOptions {
   // batch size, steps, dtype and storage; another name forces it (a set it cannot serve
   // answers FAILED_PRECONDITION).
   std::string lstm_path = "auto";
-  // Session streams: at most this many open; one with no message this long is cancelled.
-  int64_t max_sessions = 1024;
-  absl::Duration session_idle_timeout = absl::Minutes(5);
+  // Sequences: Session streams open here, and stored sequences (the Open Inference
+  // Protocol's) in the sequence store: at most this many of each; one not stepped this long
+  // is ended (a stream cancelled, a stored one expired).
+  int64_t max_sequences = 1024;
+  absl::Duration sequence_idle_timeout = absl::Minutes(5);
+  // Where stored sequences live: "memory" (this process) or "redis://HOST:PORT[/DB]" (a
+  // Redis or Valkey every replica shares; then any replica continues any sequence).
+  std::string sequence_store = "memory";
+  std::string sequence_store_password_file;                  // the Redis password (AUTH), when it needs one
+  absl::Duration sequence_store_timeout = absl::Seconds(1);  // per store operation
   // Largest gRPC message in either direction.
   int64_t max_message_bytes = int64_t{64} << 20;
   // Largest tensor in a request, in elements.

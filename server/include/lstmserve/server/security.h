@@ -44,4 +44,8 @@ class TokenAuthenticator {
   std::vector<std::string> digests_;  // 32 bytes each
 };
 
+// The secret a file holds on its first line (surrounding blanks stripped), for `flag`'s
+// messages. INVALID_ARGUMENT when the file cannot be read or its first line is empty.
+absl::StatusOr<std::string> ReadSecretFile(const std::string& path, const char* flag);
+
 }  // namespace lstmserve::server

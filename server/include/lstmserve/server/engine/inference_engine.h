@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <ATen/core/Tensor.h>
@@ -27,6 +28,31 @@ struct CallControl {
   std::function<bool()> cancelled;  // optional; true once the caller has gone
 };
 
+// One request of a stored sequence (SequenceStore): its record is loaded, the request is
+// computed from the record's state, and the new record is committed before the answer.
+struct SequenceStep {
+  std::string key;    // in the store ("u:7", "s:abc")
+  std::string shown;  // the id as the client gave it, for messages
+  std::shared_ptr<const SetEntry> set;
+  at::Tensor inputs;                     // [T, B, I]
+  std::optional<core::LstmState> state;  // given by the client: the state to go on from
+  bool start = false;                    // (re)start the sequence: from `state`, or zeros
+  bool end = false;                      // end it after this request
+  // The steps the sequence has taken before this request, when the client says (its
+  // sequence_step): a request that was already applied is answered again, bit for bit,
+  // without advancing; any other mismatch is FAILED_PRECONDITION.
+  std::optional<uint64_t> expected_step;
+  bool want_outputs = true;
+  // How the front end names the inputs and the state, for messages.
+  std::string inputs_name = "inputs";
+  std::string state_name = "an initial state";
+};
+struct SequenceAnswer {
+  core::SequenceResult result;
+  uint64_t steps = 0;     // the sequence's steps after this request
+  bool replayed = false;  // a retry of the last request, answered from its record
+};
+
 // Thread-safe. Borrows everything it is given, which must outlive it.
 class InferenceEngine {
  public:
@@ -44,6 +70,15 @@ class InferenceEngine {
                                    core::LstmState state, bool want_outputs) const;
   // Queues a job; its `done` is called once (perhaps before Submit returns).
   void Submit(BatchJob job) const { batcher_->Submit(std::move(job)); }
+
+  // Runs one request of a stored sequence; `done` is called once, perhaps before this
+  // returns, after the sequence's new record is written. Lifecycle errors name what became
+  // of the sequence (never started, ended, expired, on another set, its set re-created) as
+  // FAILED_PRECONDITION (INVALID_ARGUMENT for another set); UNAVAILABLE when the sequence
+  // store cannot be reached (nothing was applied); ABORTED when other replicas kept
+  // advancing the sequence while this one computed.
+  void SubmitSequenceStep(const CallControl& call, SequenceStep step,
+                          std::function<void(absl::StatusOr<SequenceAnswer>)> done) const;
 
   SequenceStore& sequences() const { return *sequences_; }
   int64_t max_tensor_elements() const { return max_tensor_elements_; }

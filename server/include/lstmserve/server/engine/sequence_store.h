@@ -1,14 +1,24 @@
-// Open sequences, whatever the protocol: lstmserve.v1 Session streams, and the Open
-// Inference Protocol's stateful sequences (Triton's sequence extension) whose LSTM state the
-// store keeps between requests, keyed by id. One cap on their number, one idle timeout.
+// Open sequences, whatever the protocol.
+//  - Stored sequences (the Open Inference Protocol's sequence extension): records in a
+//    SequenceBackend (this process's memory, or a Redis every replica shares), each the
+//    sequence's set and its checksum, its step count, its state and its last answer. The
+//    engine (InferenceEngine::SubmitSequenceStep) loads a record, computes, and commits the
+//    new record under a compare-and-set of its version.
+//  - lstmserve.v1 Session streams, which hold their state themselves: counted here, under
+//    the same limit, and ended by the same idle timeout.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <thread>
+
+#include <ATen/core/Tensor.h>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -17,16 +27,36 @@
 #include "absl/time/time.h"
 
 #include "lstmserve/core/stacked_lstm.h"
+#include "lstmserve/server/engine/sequence_backend.h"
 
 namespace lstmserve::server {
 
-// Thread-safe. A reaper thread ends sequences idle for `idle_timeout`: a stream's `on_idle`
-// is called (once, under the store's lock, so a stream that Closes under the same lock before
-// it is freed is alive when it is called); a stored sequence is dropped, unless one of its
-// requests is in flight.
+// A stored sequence, as every replica reads it.
+struct SequenceRecord {
+  std::string set_id;
+  std::string set_checksum;  // the set's when the sequence started: a set re-created since differs
+  uint64_t steps = 0;        // time steps taken
+  core::LstmState state;     // after them: per layer, [B, H] host tensors of the set's dtype
+  // The last acknowledged request, answered again to an exact retry of it:
+  uint64_t last_step = 0;    // steps before it
+  std::string last_request;  // its fingerprint (SHA-256 of its inputs and flags)
+  at::Tensor last_outputs;   // its OUTPUT [T, B, H], when it asked for it
+};
+
+// A compact binary form (little-endian, versioned); Decode gives DATA_LOSS for bytes that
+// are not one.
+std::string EncodeSequenceRecord(const SequenceRecord& record);
+absl::StatusOr<SequenceRecord> DecodeSequenceRecord(const std::string& bytes);
+
+// Thread-safe.
 class SequenceStore {
  public:
-  SequenceStore(int64_t max_sequences, absl::Duration idle_timeout);
+  // `max_sequences`: open streams here, and records in the backend; `idle_timeout`: a
+  // sequence not stepped for this long is ended.
+  SequenceStore(std::unique_ptr<SequenceBackend> backend, int64_t max_sequences, absl::Duration idle_timeout);
+  // In memory (tests).
+  SequenceStore(int64_t max_sequences, absl::Duration idle_timeout)
+      : SequenceStore(NewMemorySequenceBackend(), max_sequences, idle_timeout) {}
   ~SequenceStore();
   SequenceStore(const SequenceStore&) = delete;
   SequenceStore& operator=(const SequenceStore&) = delete;
@@ -37,49 +67,81 @@ class SequenceStore {
   void Touch(const std::string& key);  // a message arrived
   void Close(const std::string& key);  // the stream is done
 
-  // --- Stored sequences, one request at a time each.
-  // Takes the state of sequence `key` on set `set_id` for one request. With `start`, the
-  // sequence is (re)started and the state returned is empty (zeros, or the request's own);
-  // RESOURCE_EXHAUSTED when max_sequences are open. Without: the state its last request left;
-  // INVALID_ARGUMENT when it was never started or has ended (or idled out), or belongs to
-  // another set. FAILED_PRECONDITION while another request of it is in flight.
-  absl::StatusOr<core::LstmState> Acquire(const std::string& key, const std::string& set_id, bool start);
-  // Ends the request Acquire began: stores `state` (or, when `end`, drops the sequence). A
-  // failed request (`state` not OK) leaves the sequence at its previous state, or drops a
-  // sequence that it was starting.
-  void Release(const std::string& key, absl::StatusOr<core::LstmState> state, bool end);
+  // --- Stored sequences.
+  // One request of a sequence at a time in this process: FAILED_PRECONDITION while another
+  // holds `key`. (Across replicas, Commit's compare-and-set keeps them apart.)
+  absl::Status Claim(const std::string& key, const std::string& shown);
+  void Unclaim(const std::string& key);
+
+  // A sequence's record as loaded: `version` empty when there is none (then `trace` says
+  // what the last write or end left, if it is still kept).
+  struct Loaded {
+    std::string version;
+    std::optional<SequenceRecord> record;
+    std::string trace;
+    bool from_copy = false;  // this process's copy: another replica may have moved on since
+  };
+  // The copy this process committed last when the backend is its own or `trust_copy`, else
+  // the backend's. UNAVAILABLE when the backend cannot be reached; DATA_LOSS for a record
+  // that does not decode.
+  absl::StatusOr<Loaded> Load(const std::string& key, bool trust_copy = true);
+  // Writes `record` if the sequence is still at `expected` (empty: none), or, with `end`,
+  // removes it; returns the new version ("" after an end), or nullopt when another version
+  // is there now (this process's copy is dropped). RESOURCE_EXHAUSTED past max_sequences.
+  absl::StatusOr<std::optional<std::string>> Commit(const std::string& key, const std::string& expected,
+                                                    const SequenceRecord& record, bool end);
+
+  // What a trace says (SequenceStore writes them): "L<steps>" while live, "E" + the final
+  // record once ended.
+  struct Trace {
+    bool ended = false;
+    uint64_t steps = 0;
+    std::optional<SequenceRecord> final_record;  // ended: the record as it ended
+  };
+  static Trace ReadTrace(const std::string& trace);
 
   void StepDone() { steps_.fetch_add(1, std::memory_order_relaxed); }  // a step was answered
 
+  const SequenceBackend& backend() const { return *backend_; }
+  absl::Duration idle_timeout() const { return idle_timeout_; }
+
   // Totals since start and the number open now, for metrics and logs.
   struct Stats {
-    int64_t active = 0;  // streams and stored sequences
+    int64_t active = 0;  // streams here, and stored sequences (-1: the backend did not answer)
     int64_t steps = 0;
     int64_t rejected = 0;        // refused past max_sequences
-    int64_t idle_cancelled = 0;  // ended by the reaper
+    int64_t idle_cancelled = 0;  // streams ended by the reaper
   };
   Stats stats() const;
 
- private:
-  struct Sequence {
-    absl::Time last_seen;
-    std::function<void()> on_idle;  // streams only
-    bool stream = false;
-    // Stored sequences:
-    std::string set_id;
-    core::LstmState state;
-    bool busy = false;     // a request is in flight
-    bool started = false;  // false until its first request succeeded
+  // Per backend operation (load, commit), for metrics: calls, failures, seconds in them.
+  struct BackendStats {
+    int64_t loads = 0, load_errors = 0, commits = 0, commit_errors = 0, conflicts = 0, copies_used = 0;
+    double load_seconds = 0, commit_seconds = 0;
   };
-  absl::Status Admit() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  BackendStats backend_stats() const;
+
+ private:
+  struct Stream {
+    absl::Time last_seen;
+    std::function<void()> on_idle;
+  };
+  struct Copy {
+    std::string version;
+    SequenceRecord record;
+  };
   void Reap();
 
+  const std::unique_ptr<SequenceBackend> backend_;
   const int64_t max_sequences_;
   const absl::Duration idle_timeout_;
   mutable absl::Mutex mu_;
-  std::map<std::string, Sequence> open_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, Stream> streams_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> claimed_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, Copy> copies_ ABSL_GUARDED_BY(mu_);  // what this process committed last
   int64_t idle_cancelled_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t rejected_ ABSL_GUARDED_BY(mu_) = 0;
+  BackendStats backend_stats_ ABSL_GUARDED_BY(mu_);
   std::atomic<int64_t> steps_{0};
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread reaper_;

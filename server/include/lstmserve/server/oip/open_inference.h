@@ -11,14 +11,18 @@
 // Sequences (Triton's sequence extension): a request with a sequence id (uint64 or string)
 // continues that sequence from the state its previous request left (or from C0/H0 when the
 // request gives them); sequence_start begins it (from C0/H0 or zeros), sequence_end ends it
-// after this request. The state stays on the
-// server in the SequenceStore, under the same limit and idle timeout as v1 Sessions.
+// after this request. The state stays in the SequenceStore (this server's memory, or a Redis
+// every replica shares), under the same limit and idle timeout as v1 Sessions. With the
+// request parameter sequence_step (the steps taken before it), a request is applied exactly
+// once: its retry is answered again without advancing; responses carry sequence_step, the
+// steps taken after them.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -68,6 +72,9 @@ struct InferRequest {
   std::string sequence_key;
   bool sequence_start = false;
   bool sequence_end = false;
+  // The steps the sequence has taken before this request (the `sequence_step` parameter):
+  // applied exactly once (see SequenceStep).
+  std::optional<uint64_t> sequence_step;
 };
 
 struct InferResponse {
@@ -75,6 +82,7 @@ struct InferResponse {
   std::string version;
   std::string id;
   std::vector<Tensor> outputs;
+  std::optional<uint64_t> sequence_step;  // a sequence's steps after this request (parameter sequence_step)
 };
 
 // The longest string sequence id, in bytes: longer ones are refused (INVALID_ARGUMENT), so
