@@ -35,7 +35,7 @@ build_pkgs=(
   "${compile_pkgs[@]}" git
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 python3-venv python3-torch python3-numpy python3-grpcio python3-protobuf python3-yaml
-  prometheus openssl libb64-0d redis-server
+  prometheus openssl libb64-0d redis-server curl
   clang libclang-rt-14-dev clang-format
 )
 image_pkgs=(buildah podman debootstrap curl iproute2)

@@ -35,7 +35,7 @@ void PutTensor(std::string* out, const at::Tensor& t) {
   PutU64(out, static_cast<uint64_t>(c.dim()) + 1);
   PutU64(out, static_cast<uint64_t>(core::FromScalarType(c.scalar_type()).value_or(core::DType::kFloat32)));
   for (int64_t d : c.sizes()) PutU64(out, static_cast<uint64_t>(d));
-  out->append(static_cast<const char*>(c.data_ptr()), c.nbytes());
+  if (c.nbytes() > 0) out->append(static_cast<const char*>(c.data_ptr()), c.nbytes());
 }
 
 // Reads what the Put* wrote; any shortfall or nonsense is DATA_LOSS.
@@ -71,7 +71,7 @@ class Reader {
     const uint64_t bytes = static_cast<uint64_t>(count) * core::DTypeSize(static_cast<core::DType>(dtype));
     if (static_cast<uint64_t>(end_ - p_) < bytes) return Loss();
     at::Tensor t = at::empty(shape, at::TensorOptions().dtype(core::ToScalarType(static_cast<core::DType>(dtype))));
-    std::memcpy(t.data_ptr(), p_, bytes);
+    if (bytes > 0) std::memcpy(t.data_ptr(), p_, bytes);
     p_ += bytes;
     return t;
   }

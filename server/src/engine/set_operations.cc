@@ -145,7 +145,9 @@ absl::Status SetImport::Append(int64_t index, int64_t offset, absl::string_view 
     return absl::InvalidArgumentError(absl::StrCat("chunk for tensor ", i, " at offset ", offset, " with ", data.size(),
                                                    " bytes overruns its ", total, " bytes"));
   }
-  std::memcpy(static_cast<char*>(buffers_[i].data_ptr()) + received_[i], data.data(), data.size());
+  if (!data.empty()) {
+    std::memcpy(static_cast<char*>(buffers_[i].data_ptr()) + received_[i], data.data(), data.size());
+  }
   received_[i] += static_cast<int64_t>(data.size());
   return absl::OkStatus();
 }
