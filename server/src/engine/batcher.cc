@@ -162,7 +162,14 @@ std::vector<BatchJob> Batcher::TakeBatch(int64_t previous_rows, absl::Duration p
   return batch;
 }
 
+namespace {
+thread_local bool on_batch_thread = false;
+}  // namespace
+
+bool Batcher::OnBatchThread() { return on_batch_thread; }
+
 void Batcher::Work() {
+  on_batch_thread = true;
   core::DeviceRunner runner;  // this worker's CUDA stream, when the sets live on a GPU
   int64_t previous_rows = 1;
   absl::Duration previous_compute = absl::ZeroDuration();

@@ -167,6 +167,9 @@ struct StepRun {
   }
 };
 
+void Commit(const std::shared_ptr<StepRun>& run, int attempt, const std::string& version, uint64_t before,
+            core::SequenceResult result);
+
 // `committed_from`: after a commit that found another version, the steps this request was
 // committed from: a write of its own that landed (its reply lost) shows as a retry of it.
 void Attempt(const std::shared_ptr<StepRun>& run, int attempt, bool trust_copy,
@@ -212,37 +215,45 @@ void Attempt(const std::shared_ptr<StepRun>& run, int attempt, bool trust_copy,
       run->Finish(result.status());
       return;
     }
-    const SequenceStep& step = run->step;
-    SequenceRecord record;
-    record.set_id = step.set->stored.id;
-    record.set_checksum = step.set->stored.checksum;
-    record.steps = before + static_cast<uint64_t>(step.inputs.size(0));
-    record.state = result->final_state;
-    record.last_step = before;
-    record.last_request = run->fingerprint;
-    if (step.want_outputs) record.last_outputs = result->outputs;
-    absl::StatusOr<std::optional<std::string>> committed =
-        run->engine->sequences().Commit(step.key, version, record, step.end);
-    if (!committed.ok()) {
-      run->Finish(committed.status());
-      return;
-    }
-    if (!committed->has_value()) {  // another version is there now
-      if (attempt + 1 >= kMaxAttempts) {
-        run->Finish(absl::AbortedError(absl::StrCat("sequence ", step.shown,
-                                                    " was advanced by other requests while this one was computed (",
-                                                    kMaxAttempts, " times); retry it with its sequence_step")));
-        return;
-      }
-      Attempt(run, attempt + 1, /*trust_copy=*/false, before);
-      return;
-    }
-    SequenceAnswer answer;
-    answer.result = *std::move(result);
-    answer.steps = record.steps;
-    run->Finish(std::move(answer));
+    run->engine->sequences().RunCommit([run, attempt, version, before, result = *std::move(result)]() mutable {
+      Commit(run, attempt, version, before, std::move(result));
+    });
   };
   run->engine->Submit(*std::move(job));
+}
+
+// Writes the step's new record and answers (or, on another version, decides again).
+void Commit(const std::shared_ptr<StepRun>& run, int attempt, const std::string& version, uint64_t before,
+            core::SequenceResult result) {
+  const SequenceStep& step = run->step;
+  SequenceRecord record;
+  record.set_id = step.set->stored.id;
+  record.set_checksum = step.set->stored.checksum;
+  record.steps = before + static_cast<uint64_t>(step.inputs.size(0));
+  record.state = result.final_state;
+  record.last_step = before;
+  record.last_request = run->fingerprint;
+  if (step.want_outputs) record.last_outputs = result.outputs;
+  absl::StatusOr<std::optional<std::string>> committed =
+      run->engine->sequences().Commit(step.key, version, record, step.end);
+  if (!committed.ok()) {
+    run->Finish(committed.status());
+    return;
+  }
+  if (!committed->has_value()) {  // another version is there now
+    if (attempt + 1 >= kMaxAttempts) {
+      run->Finish(absl::AbortedError(absl::StrCat("sequence ", step.shown,
+                                                  " was advanced by other requests while this one was computed (",
+                                                  kMaxAttempts, " times); retry it with its sequence_step")));
+      return;
+    }
+    Attempt(run, attempt + 1, /*trust_copy=*/false, before);
+    return;
+  }
+  SequenceAnswer answer;
+  answer.result = std::move(result);
+  answer.steps = record.steps;
+  run->Finish(std::move(answer));
 }
 
 }  // namespace

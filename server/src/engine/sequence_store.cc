@@ -11,6 +11,7 @@
 
 #include "lstmserve/core/status.h"
 #include "lstmserve/core/tensor_bytes.h"
+#include "lstmserve/server/engine/batcher.h"
 
 namespace lstmserve::server {
 namespace {
@@ -139,9 +140,22 @@ SequenceStore::SequenceStore(std::unique_ptr<SequenceBackend> backend, int64_t m
     : backend_(std::move(backend)),
       max_sequences_(max_sequences),
       idle_timeout_(idle_timeout),
-      reaper_([this] { Reap(); }) {}
+      reaper_([this] { Reap(); }) {
+  if (backend_->shared()) committers_ = std::make_unique<ComputePool>(kSequenceCommitThreads);
+}
+
+void SequenceStore::RunCommit(std::function<void()> task) {
+  // A step computed on its caller's thread (a lone small request) commits there too: no
+  // batch waits behind it, and a thread hop is saved.
+  if (committers_ == nullptr || !Batcher::OnBatchThread()) {
+    task();
+    return;
+  }
+  committers_->Submit(std::move(task));
+}
 
 SequenceStore::~SequenceStore() {
+  committers_.reset();  // the commits queued run first
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;

@@ -97,6 +97,10 @@ class Batcher {
   Batcher(const Batcher&) = delete;
   Batcher& operator=(const Batcher&) = delete;
 
+  // Whether the calling thread is one of a batcher's (where jobs' `done` run, one after the
+  // other, for a whole batch), rather than the thread that submitted an inline job.
+  static bool OnBatchThread();
+
   // Queues a job, or answers it RESOURCE_EXHAUSTED when the queue is full.
   void Submit(BatchJob job);
 

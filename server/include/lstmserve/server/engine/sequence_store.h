@@ -27,6 +27,7 @@
 #include "absl/time/time.h"
 
 #include "lstmserve/core/stacked_lstm.h"
+#include "lstmserve/server/engine/compute_pool.h"
 #include "lstmserve/server/engine/sequence_backend.h"
 
 namespace lstmserve::server {
@@ -103,6 +104,12 @@ class SequenceStore {
   void StepDone() { steps_.fetch_add(1, std::memory_order_relaxed); }  // a step was answered
 
   const SequenceBackend& backend() const { return *backend_; }
+  // Runs `task` where a step's commit should run: at once with the process's own store, or
+  // on a thread that is not a batcher's; with a shared store on a batcher's thread, on threads
+  // of the store's (a round trip each), so that a batch's steps are committed side by side
+  // and the batch thread goes on (Redis fsyncs what one pass of its event loop wrote
+  // together, so concurrent commits also share their fsync).
+  void RunCommit(std::function<void()> task);
   absl::Duration idle_timeout() const { return idle_timeout_; }
 
   // Totals since start and the number open now, for metrics and logs.
@@ -133,6 +140,7 @@ class SequenceStore {
   void Reap();
 
   const std::unique_ptr<SequenceBackend> backend_;
+  std::unique_ptr<ComputePool> committers_;  // shared backends only
   const int64_t max_sequences_;
   const absl::Duration idle_timeout_;
   mutable absl::Mutex mu_;
@@ -146,5 +154,8 @@ class SequenceStore {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread reaper_;
 };
+
+// Threads that commit steps to a shared sequence store.
+inline constexpr int kSequenceCommitThreads = 16;
 
 }  // namespace lstmserve::server
