@@ -59,6 +59,7 @@ absl::StatusOr<at::Tensor> Session::Step(const at::Tensor& x, core::LstmState* s
     stream_->WritesDone();
     return wire::FromGrpcStatus(stream_->Finish());
   }
+  last_step_ = response.step();
   if (state != nullptr) {
     LSTMSERVE_ASSIGN_OR_RETURN(*state, DecodeState(response));
   }
@@ -312,7 +313,8 @@ absl::StatusOr<core::SequenceResult> Client::Run(const std::string& id, const at
 }
 
 absl::StatusOr<std::unique_ptr<Session>> Client::OpenSession(const std::string& id, int64_t batch_size,
-                                                             const core::LstmState& state, bool return_state) {
+                                                             const core::LstmState& state, bool return_state,
+                                                             const std::string& sequence_id) {
   std::unique_ptr<Session> session(new Session());
   session->context_ = std::make_unique<grpc::ClientContext>();  // sessions have no deadline
   PrepareContext(options_, session->context_.get());
@@ -321,12 +323,19 @@ absl::StatusOr<std::unique_ptr<Session>> Client::OpenSession(const std::string& 
   start.mutable_start()->set_parameter_set_id(id);
   start.mutable_start()->set_batch_size(batch_size);
   start.mutable_start()->set_return_state(return_state);
+  start.mutable_start()->set_sequence_id(sequence_id);
   EncodeState(state, start.mutable_start());
   if (!session->stream_->Write(start)) {
     session->closed_ = true;
     return wire::FromGrpcStatus(session->stream_->Finish());
   }
   return session;
+}
+
+absl::StatusOr<v1::GetSequenceResponse> Client::GetSequence(const v1::GetSequenceRequest& request) {
+  v1::GetSequenceResponse response;
+  LSTMSERVE_RETURN_IF_ERROR(wire::FromGrpcStatus(inference_->GetSequence(NewContext().get(), request, &response)));
+  return response;
 }
 
 absl::StatusOr<std::string> Client::Health() {

@@ -20,6 +20,7 @@ constexpr Method kGrpc[] = {
     {kInference, "Step", Access::kGuarded},
     {kInference, "Run", Access::kGuarded},
     {kInference, "Session", Access::kGuarded},
+    {kInference, "GetSequence", Access::kGuarded},
     {kOip, "ServerLive", Access::kProbe},
     {kOip, "ServerReady", Access::kProbe},
     {kOip, "ModelReady", Access::kGuarded},

@@ -234,13 +234,17 @@ void Server::Drain() {
                        absl::FormatDuration(options_.drain_timeout), " for calls in flight"));
   server_->GetHealthCheckService()->SetServingStatus(false);
   context_->draining = true;
+  const absl::Time began = absl::Now();
   if (http_) http_->Stop(options_.drain_timeout);  // answers what it has received first
+  const absl::Time http_done = absl::Now();
   // Shutdown refuses new RPCs at once and lets every call already received finish until
   // the deadline, after which the rest are cancelled.
   const auto deadline = std::chrono::system_clock::now() + absl::ToChronoMilliseconds(options_.drain_timeout);
   server_->Shutdown(deadline);
   server_->Wait();
   server_.reset();
+  LogInfo(absl::StrCat("drained: HTTP in ", absl::FormatDuration(http_done - began), ", gRPC in ",
+                       absl::FormatDuration(absl::Now() - http_done)));
   const BatchStats stats = batcher_->stats();
   const SequenceStore::Stats sessions = sequences_->stats();
   LogInfo(absl::StrCat("stopped; inference: ", stats.requests, " requests in ", stats.batches, " batches (",

@@ -146,7 +146,7 @@ TEST_F(AuthTest, EveryGrpcMethodChecksItsTokenBeforeItParses) {
       }
     }
   }
-  EXPECT_EQ(guarded, 16);
+  EXPECT_EQ(guarded, 17);
 }
 
 TEST_F(AuthTest, GrpcHealthAndReflectionAreProbes) {

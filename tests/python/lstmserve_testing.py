@@ -11,10 +11,10 @@ class ServerProcess:
     """lstmserve on 127.0.0.1:0 with metrics and the HTTP API on 127.0.0.1:0; `target`,
     `metrics` and `http` are the HOST:PORT it printed. Use as a context manager, or call stop()."""
 
-    def __init__(self, *flags, store=None):
+    def __init__(self, *flags, store=None, log_name="server.log"):
         self._own_store = store is None
         self.store = store or tempfile.mkdtemp(prefix="lstmserve-py-")
-        self.log_path = os.path.join(self.store, "server.log")
+        self.log_path = os.path.join(self.store, log_name)
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [os.environ["LSTMSERVE_SERVER_BINARY"], "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",

@@ -80,6 +80,27 @@ class ServerTest(unittest.TestCase):
             self.assertTrue(torch.equal(out, h[-1]))
         session.close()
 
+    def test_a_session_on_a_sequence_id_is_resumed_and_read_back(self):
+        """On the server's own (memory) store: a second Session naming the id goes on from
+        where the first ended; get_sequence reads its step count and state."""
+        self.client.create_lstm(1, 3, 4, seed=2, id="py-seq")
+        xs = [torch.randn(1, 3) for _ in range(4)]
+        with self.client.session("py-seq", batch_size=1, sequence_id="py-conversation") as first:
+            for x in xs[:2]:
+                first.step(x)
+        seen = self.client.get_sequence("py-conversation", include_state=True)
+        self.assertEqual((seen.parameter_set_id, seen.sequence_step, seen.batch_size), ("py-seq", 2, 1))
+        self.assertEqual(len(seen.h), 1)
+        with self.client.session("py-seq", batch_size=1, sequence_id="py-conversation") as second:
+            for x in xs[2:]:
+                out = second.step(x)
+        outputs, _, _ = self.client.run("py-seq", torch.stack(xs))
+        self.assertTrue(torch.allclose(out, outputs[-1], atol=1e-6))
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.client.get_sequence(12345)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.NOT_FOUND)
+        self.assertIn("was never started", caught.exception.details())
+
     def test_errors_carry_codes(self):
         with self.assertRaises(grpc.RpcError) as caught:
             self.client.get("does-not-exist")

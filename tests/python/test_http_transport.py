@@ -4,6 +4,7 @@ Pipelining, ambiguous framing, limits on the head and the body, slow and idle co
 Expect: 100-continue, and a client that closes while its inference waits in the queue."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -275,6 +276,29 @@ class HttpTransportTest(unittest.TestCase):
                 if "libasan" in f.read():
                     return  # AddressSanitizer keeps freed memory in quarantine: RSS says nothing here
             self.assertLess(after - before, 100, server.log())
+
+    def test_sigterm_answers_the_inference_in_flight_and_exits_when_it_is_done(self):
+        # The only connection's request is in the engine when the drain closes the acceptor:
+        # nothing else is pending on the I/O threads, which must still write its answer.
+        with ServerProcess("--num_batch_threads=1", "--inline_max_work=0", "--drain_timeout=30s") as server:
+            from lstmserve_client import Client
+            with Client(server.target) as client:
+                client.create_lstm(1, 1, 512, seed=1, id="long")
+            steps = 20000
+            body = json.dumps({"inputs": [{"name": "INPUT", "shape": [steps, 1, 1], "datatype": "FP32",
+                                           "data": [0.5] * steps}]}).encode()
+            done = []
+            holder = threading.Thread(target=lambda: done.append(exchange(
+                server.http, post("/v2/models/long/infer", body, b"Connection: close\r\n"), timeout=120)))
+            holder.start()
+            time.sleep(0.5)  # being computed (it takes seconds)
+            began = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            self.assertEqual(server.process.wait(timeout=60), 0)
+            took = time.monotonic() - began
+            holder.join(60)
+            self.assertEqual(done[0][0][0], 200, server.log())
+            self.assertLess(took, 20, server.log())  # not the drain's 30 s: it ended with the answer
 
     def test_a_client_that_closes_while_queued_cancels_its_inference(self):
         # One batch thread and nothing computed on the receiving thread: a long request holds the

@@ -1,7 +1,7 @@
 """Sequences across replicas: three lstmserve replicas on one parameter store and one real Redis
 (redis-server, started here on 127.0.0.1 with an append-only file), spoken to by Triton's client
 (gRPC) and plain HTTP/JSON. Every request goes to a random replica with its sequence_step; a
-replica is SIGKILLed and restarted every 0.5 s, Redis is restarted once, and failed
+replica is SIGKILLed or SIGTERMed (drained) and restarted every 0.5 s, Redis is restarted once, and failed
 requests are retried elsewhere. Every sequence must equal one uninterrupted run of its inputs,
 with no step lost or applied twice, and every deliberate retry must be answered bit for bit.
 """
@@ -101,21 +101,36 @@ class Replicas:
 
     def __init__(self, redis_url, count=3, *flags):
         self.store = tempfile.mkdtemp(prefix="lstmserve-replicas-")
-        self.flags = (f"--sequence_store={redis_url}", "--sequence_store_timeout=2s", *flags)
+        self.flags = (f"--sequence_store={redis_url}", "--sequence_store_timeout=2s", "--drain_timeout=20s", *flags)
         self.lock = threading.Lock()
-        self.servers = [ServerProcess(*self.flags, store=self.store) for _ in range(count)]
+        self.started = 0
+        self.servers = [self.start() for _ in range(count)]
+        self.drain_seconds = []
+
+    def start(self):
+        self.started += 1  # each its own log: replicas share the store folder
+        return ServerProcess(*self.flags, store=self.store, log_name=f"server-{self.started}.log")
 
     def pick(self):
         with self.lock:
             return random.choice(self.servers)
 
-    def kill_one(self):
+    def kill_one(self, graceful=False):
+        """SIGKILL (a crash), or SIGTERM (a rolling update: the replica drains, its steps in
+        flight finish and are written), then a new replica in its place."""
         with self.lock:
             i = random.randrange(len(self.servers))
             victim = self.servers[i]
-        victim.process.send_signal(signal.SIGKILL)
-        victim.stop()
-        replacement = ServerProcess(*self.flags, store=self.store)
+        if graceful:
+            began = time.monotonic()
+            self.assertion_status = victim.stop()
+            self.drain_seconds.append(time.monotonic() - began)
+            if self.drain_seconds[-1] > 5:
+                print("slow drain; the replica's log:\n" + victim.log()[-3000:])
+        else:
+            victim.process.send_signal(signal.SIGKILL)
+            victim.stop()
+        replacement = self.start()
         with self.lock:
             self.servers[i] = replacement
 
@@ -167,8 +182,9 @@ class SequenceFailoverTest(unittest.TestCase):
                             retriable = e.code in (409, 503, 504)  # ABORTED, UNAVAILABLE, DEADLINE_EXCEEDED
                         elif isinstance(e, InferenceServerException):
                             text = f"{e.status()}: {e.message()}"
+                            # CANCELLED: a draining replica's gRPC server cancels what it will not run.
                             retriable = any(code in str(e.status()) for code in
-                                            ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED"))
+                                            ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "CANCELLED"))
                         else:  # the connection failed or was reset: the replica died
                             text, retriable = repr(e), True
                         with count_lock:
@@ -201,11 +217,14 @@ class SequenceFailoverTest(unittest.TestCase):
                     errors.append(e)
 
             chaos_done = threading.Event()
+            drained = []  # the exit statuses of the replicas stopped with SIGTERM
 
-            def killer():  # a replica every 0.5 s; Redis once, after the second
+            def killer():  # a replica every 0.5 s, SIGKILL and SIGTERM in turn; Redis once, after the second
                 nonlocal redis
                 while not stop.wait(0.5):
-                    replicas.kill_one()
+                    replicas.kill_one(graceful=counts["kills"] % 2 == 1)
+                    if counts["kills"] % 2 == 1:
+                        drained.append(replicas.assertion_status)
                     with count_lock:
                         counts["kills"] += 1
                     if counts["kills"] == 2:
@@ -234,6 +253,10 @@ class SequenceFailoverTest(unittest.TestCase):
                   f"{counts['kills']} replicas killed, Redis restarted once; {counts['failures']} failed attempts "
                   f"retried; {counts['retries_checked']} deliberate retries answered bit for bit")
             self.assertGreaterEqual(counts["kills"], 4)
+            self.assertEqual(drained, [0] * len(drained))  # each drained and exited 0
+            print("SIGTERM to exit: " + ", ".join(f"{d:.2f} s" for d in replicas.drain_seconds))
+            # A drain ends when the calls in flight are answered, not at --drain_timeout (20 s).
+            self.assertLess(max(replicas.drain_seconds), 10)
             self.assertEqual(counts["redis_restarts"], 1)
 
             # Every sequence equals one uninterrupted run of its inputs (no sequence: one request).

@@ -2,14 +2,7 @@
 // process's memory and on a real Redis (redis-server, started here on 127.0.0.1).
 #include "lstmserve/server/engine/sequence_store.h"
 
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <atomic>
-#include <filesystem>
 #include <random>
 
 #include <ATen/ATen.h>
@@ -19,8 +12,21 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
+#include "redis_process.h"
+
 namespace lstmserve::server {
 namespace {
+
+using test_support::RedisProcess;
+
+// Waits (up to 10 s) until `backend` reaches its server (past any reconnect backoff).
+bool Reaches(SequenceBackend& backend) {
+  for (int i = 0; i < 200; ++i) {
+    if (backend.Count().ok()) return true;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return false;
+}
 
 core::LstmState StateOf(float v) {
   core::LstmState s;
@@ -77,58 +83,6 @@ TEST(SequenceRecordTest, DamagedBytesAreDataLossNeverACrash) {
   }
 }
 
-// A redis-server of its own, on a free port of 127.0.0.1, in a temporary folder.
-class RedisProcess {
- public:
-  explicit RedisProcess(int port = 0) {
-    dir_ = std::filesystem::temp_directory_path() / absl::StrCat("lstmserve-redis-", std::random_device()());
-    std::filesystem::create_directories(dir_);
-    port_ = port != 0 ? port : FreePort();
-    pid_ = fork();
-    if (pid_ == 0) {
-      const std::string port = std::to_string(port_);
-      execlp("redis-server", "redis-server", "--bind", "127.0.0.1", "--port", port.c_str(), "--dir", dir_.c_str(),
-             "--save", "", "--appendonly", "no", "--loglevel", "warning", static_cast<char*>(nullptr));
-      _exit(127);
-    }
-  }
-  ~RedisProcess() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    std::filesystem::remove_all(dir_);
-  }
-  std::string url() const { return absl::StrCat("redis://127.0.0.1:", port_); }
-  int port() const { return port_; }
-
-  // Waits until the server answers (through a backend).
-  bool WaitReady(SequenceBackend& backend) const {
-    for (int i = 0; i < 200; ++i) {
-      if (backend.Count().ok()) return true;
-      absl::SleepFor(absl::Milliseconds(50));
-    }
-    return false;
-  }
-
-  static int FreePort() {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    socklen_t n = sizeof a;
-    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &n);
-    close(fd);
-    return ntohs(a.sin_port);
-  }
-
- private:
-  std::filesystem::path dir_;
-  int port_ = 0;
-  pid_t pid_ = -1;
-};
-
 // The same cases on both backends.
 class SequenceBackendTest : public ::testing::TestWithParam<std::string> {
  protected:
@@ -143,7 +97,7 @@ class SequenceBackendTest : public ::testing::TestWithParam<std::string> {
     auto made = NewRedisSequenceBackend(options);
     ASSERT_TRUE(made.ok()) << made.status();
     backend_ = *std::move(made);
-    ASSERT_TRUE(redis_->WaitReady(*backend_)) << "redis-server did not start";
+    ASSERT_TRUE(Reaches(*backend_)) << "redis-server did not start";
   }
 
   std::unique_ptr<RedisProcess> redis_;
@@ -232,7 +186,7 @@ TEST(RedisSequenceBackendTest, ARestartedServerIsReconnectedAndItsScriptsLoadedA
   auto made = NewRedisSequenceBackend(options);
   ASSERT_TRUE(made.ok());
   SequenceBackend& b = **made;
-  ASSERT_TRUE(redis->WaitReady(b));
+  ASSERT_TRUE(Reaches(b));
   ASSERT_TRUE(*b.Put("u:1", "", "v1", "r", absl::Minutes(1), "L1", 10));
   // Gone: the pooled connections are dead; a call fails, and calls during the backoff fail fast.
   const int port = redis->port();
@@ -243,7 +197,7 @@ TEST(RedisSequenceBackendTest, ARestartedServerIsReconnectedAndItsScriptsLoadedA
   EXPECT_LT(absl::Now() - began, absl::Milliseconds(500));
   // A new server on the same port (nothing persisted, no scripts loaded): reached again.
   redis = std::make_unique<RedisProcess>(port);
-  ASSERT_TRUE(redis->WaitReady(b));
+  ASSERT_TRUE(Reaches(b));
   auto fresh = b.Get("u:1");
   ASSERT_TRUE(fresh.ok()) << fresh.status();
   EXPECT_TRUE(fresh->version.empty());

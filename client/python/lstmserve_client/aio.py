@@ -144,8 +144,15 @@ class AsyncClient:
                                              **self._options())
         return calls.run_result(response, self._as_numpy)
 
-    async def session(self, id: str, batch_size: int, c=None, h=None, return_state: bool = False) -> AsyncSession:
-        """Opens a session (the start message is sent before it returns)."""
+    async def session(self, id: str, batch_size: int, c=None, h=None, return_state: bool = False,
+                      sequence_id: str = "") -> AsyncSession:
+        """Opens a session (the start message is sent before it returns); with `sequence_id`,
+        on that stored sequence (see Client.session)."""
         call = self._inference.Session(metadata=self._metadata)
-        await call.write(calls.session_start(id, batch_size, c, h, return_state))
+        await call.write(calls.session_start(id, batch_size, c, h, return_state, sequence_id))
         return AsyncSession(call, self._as_numpy)
+
+    async def get_sequence(self, sequence_id, include_state: bool = False):
+        """A stored sequence (see Client.get_sequence)."""
+        return await self._inference.GetSequence(calls.get_sequence_request(sequence_id, include_state),
+                                                 **self._options())

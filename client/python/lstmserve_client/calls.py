@@ -160,13 +160,24 @@ def run_result(response, numpy_out: bool):
     return outputs, c, h
 
 
-def session_start(set_id: str, batch_size: int, c, h, return_state: bool) -> inference_pb2.SessionRequest:
+def session_start(set_id: str, batch_size: int, c, h, return_state: bool,
+                  sequence_id: str = "") -> inference_pb2.SessionRequest:
     start = inference_pb2.SessionRequest()
     start.start.parameter_set_id = set_id
     start.start.batch_size = batch_size
     start.start.return_state = return_state
+    start.start.sequence_id = sequence_id
     _add_states(start.start, c, h)
     return start
+
+
+def get_sequence_request(sequence_id, include_state: bool) -> inference_pb2.GetSequenceRequest:
+    request = inference_pb2.GetSequenceRequest(include_state=include_state)
+    if isinstance(sequence_id, int):
+        request.uint64_id = sequence_id
+    else:
+        request.string_id = sequence_id
+    return request
 
 
 def session_output(response, numpy_out: bool):

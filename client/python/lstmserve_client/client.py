@@ -22,10 +22,10 @@ class Session:
     """A server-side stateful session (InferenceService.Session): one x in, top-layer h out."""
 
     def __init__(self, stub, set_id: str, batch_size: int, c=None, h=None, return_state: bool = False,
-                 metadata=None, as_numpy: bool = False):
+                 metadata=None, as_numpy: bool = False, sequence_id: str = ""):
         self._as_numpy = as_numpy
         self._queue: "queue.Queue" = queue.Queue()  # requests; None ends the stream
-        self._queue.put(calls.session_start(set_id, batch_size, c, h, return_state))
+        self._queue.put(calls.session_start(set_id, batch_size, c, h, return_state, sequence_id))
         self._responses = stub.Session(iter(self._queue.get, None), metadata=metadata)
 
     def step(self, x: TensorLike):
@@ -155,6 +155,16 @@ class Client:
         response = self._inference.Run(calls.run_request(id, inputs, c, h, final_state_only), **self._options())
         return calls.run_result(response, self._as_numpy)
 
-    def session(self, id: str, batch_size: int, c=None, h=None, return_state: bool = False) -> Session:
+    def session(self, id: str, batch_size: int, c=None, h=None, return_state: bool = False,
+                sequence_id: str = "") -> Session:
+        """A Session stream. With `sequence_id`, its steps are that stored sequence's: resumed
+        when it is open (on any replica with a shared store), started otherwise."""
         return Session(self._inference, id, batch_size, c, h, return_state, metadata=self._metadata,
-                       as_numpy=self._as_numpy)
+                       as_numpy=self._as_numpy, sequence_id=sequence_id)
+
+    def get_sequence(self, sequence_id, include_state: bool = False):
+        """A stored sequence (an int or str id, as the Open Inference Protocol's sequence_id):
+        a GetSequenceResponse with its set, sequence_step (steps taken), batch_size and, with
+        include_state, c and h per layer."""
+        return self._inference.GetSequence(calls.get_sequence_request(sequence_id, include_state),
+                                           **self._options())

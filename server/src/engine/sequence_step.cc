@@ -48,6 +48,24 @@ std::string Fingerprint(const SequenceStep& step) {
   return std::string(reinterpret_cast<const char*>(md), n);
 }
 
+// Why sequence `id` has no record, from its trace.
+absl::Status NotOpen(absl::StatusCode code, const std::string& id, const std::string& trace_text,
+                     absl::Duration idle_timeout) {
+  const SequenceStore::Trace trace = SequenceStore::ReadTrace(trace_text);
+  if (trace.ended) {
+    return absl::Status(code, absl::StrCat("sequence ", id, " ended after ", trace.steps,
+                                           " steps (sequence_end); start it again with sequence_start=true"));
+  }
+  if (!trace_text.empty()) {
+    return absl::Status(code, absl::StrCat("sequence ", id, " expired: it was idle for more than ",
+                                           absl::FormatDuration(idle_timeout), " (--sequence_idle_timeout) after ",
+                                           trace.steps, " steps; start it again with sequence_start=true"));
+  }
+  return absl::Status(code, absl::StrCat("sequence ", id,
+                                         " was never started (or it ended or expired over an hour ago): start it "
+                                         "with sequence_start=true"));
+}
+
 // What to do with a request, given the record.
 struct Plan {
   std::optional<SequenceAnswer> replay;  // answer this again
@@ -81,24 +99,12 @@ absl::StatusOr<Plan> Decide(const SequenceStep& step, const std::string& fingerp
   if (!loaded.record.has_value()) {
     if (!step.start) {
       const SequenceStore::Trace trace = SequenceStore::ReadTrace(loaded.trace);
-      if (trace.ended) {
-        if (trace.final_record && step.expected_step &&
-            IsRetryOf(*trace.final_record, *step.expected_step, fingerprint, set)) {
-          plan.replay = Replay(*trace.final_record);
-          return plan;
-        }
-        return absl::FailedPreconditionError(absl::StrCat("sequence ", id, " ended after ", trace.steps,
-                                                          " steps (sequence_end); start it again with "
-                                                          "sequence_start=true"));
+      if (trace.ended && trace.final_record && step.expected_step &&
+          IsRetryOf(*trace.final_record, *step.expected_step, fingerprint, set)) {
+        plan.replay = Replay(*trace.final_record);
+        return plan;
       }
-      if (!loaded.trace.empty()) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "sequence ", id, " expired: it was idle for more than ", absl::FormatDuration(idle_timeout),
-            " (--sequence_idle_timeout) after ", trace.steps, " steps; start it again with sequence_start=true"));
-      }
-      return absl::FailedPreconditionError(absl::StrCat("sequence ", id,
-                                                        " was never started (or it ended or expired over an hour "
-                                                        "ago): start it with sequence_start=true"));
+      return NotOpen(absl::StatusCode::kFailedPrecondition, id, loaded.trace, idle_timeout);
     }
     plan.state = step.state.value_or(core::LstmState());
     return plan;
@@ -257,6 +263,14 @@ void Commit(const std::shared_ptr<StepRun>& run, int attempt, const std::string&
 }
 
 }  // namespace
+
+absl::StatusOr<SequenceRecord> InferenceEngine::GetSequence(const std::string& key, const std::string& shown) const {
+  LSTMSERVE_ASSIGN_OR_RETURN(SequenceStore::Loaded loaded, sequences_->Load(key, /*trust_copy=*/false));
+  if (!loaded.record.has_value()) {
+    return NotOpen(absl::StatusCode::kNotFound, shown, loaded.trace, sequences_->idle_timeout());
+  }
+  return *std::move(loaded.record);
+}
 
 void InferenceEngine::SubmitSequenceStep(const CallControl& call, SequenceStep step,
                                          std::function<void(absl::StatusOr<SequenceAnswer>)> done) const {

@@ -8,6 +8,7 @@
 
 #include "lstmserve/core/status.h"
 #include "lstmserve/server/grpc/services.h"
+#include "lstmserve/server/oip/open_inference.h"
 #include "lstmserve/wire/conversions.h"
 #include "rpc_util.h"
 
@@ -114,6 +115,10 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
       }
       return;
     }
+    if (!sequence_key_.empty()) {
+      SequenceStepOfStream();
+      return;
+    }
     // The step goes through the batcher, merged with other sessions' steps on the same set;
     // the write starts from the batch thread.
     absl::StatusOr<BatchJob> job = StepJob();
@@ -128,15 +133,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
       }
       state_ = std::move(result->final_state);
       ctx_->engine->sequences().StepDone();
-      response_.Clear();
-      response_.set_step(step_++);
-      TensorToProto(state_.h.back(), response_.mutable_output());
-      if (return_state_) StatesToProto(state_, &response_);
-      if (grpc::Status s = SerializeMessage(response_, &write_); !s.ok()) {
-        End(wire::FromGrpcStatus(s));
-        return;
-      }
-      StartWrite(&write_);
+      Respond(step_++);
     };
     ctx_->engine->Submit(*std::move(job));
   }
@@ -192,6 +189,12 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
       return state.status();
     }
     state_ = *std::move(state);
+    if (!start.sequence_id().empty()) {
+      if (absl::Status s = OpenSequence(start); !s.ok()) {
+        entry_.reset();
+        return s;
+      }
+    }
     const int64_t hidden = entry_->lstm->hidden_size();
     for (const auto* part : {&state_.c, &state_.h}) {
       for (const auto& t : *part) {
@@ -204,7 +207,85 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
     return absl::OkStatus();
   }
 
-  absl::StatusOr<BatchJob> StepJob() {
+  // A session on a stored sequence: resumes it when it is open (its state, its step count),
+  // else its first step starts it.
+  absl::Status OpenSequence(const v1::SessionStart& start) {
+    if (start.sequence_id().size() > oip::kMaxSequenceIdBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("start.sequence_id is ", start.sequence_id().size(),
+                                                     " bytes long; a sequence id takes at most ",
+                                                     oip::kMaxSequenceIdBytes));
+    }
+    sequence_key_ = oip::SequenceKey(start.sequence_id());
+    sequence_shown_ = core::ClientText(start.sequence_id());
+    absl::StatusOr<SequenceRecord> record = ctx_->engine->GetSequence(sequence_key_, sequence_shown_);
+    if (absl::IsNotFound(record.status())) return absl::OkStatus();  // the first step starts it
+    if (!record.ok()) return record.status();
+    if (record->set_id != start.parameter_set_id()) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", sequence_shown_, " runs on set '",
+                                                     core::ClientText(record->set_id), "', not '",
+                                                     core::ClientText(start.parameter_set_id()), "'"));
+    }
+    if (!state_.c.empty() || !state_.h.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", sequence_shown_, " is open at step ", record->steps,
+                                                     ": a session that resumes it goes on from its state; give no "
+                                                     "start.c and start.h"));
+    }
+    const int64_t batch = record->state.c.empty() ? batch_ : record->state.c.front().size(0);
+    if (batch != batch_) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", sequence_shown_, " runs with batch size ", batch,
+                                                     "; start.batch_size is ", batch_));
+    }
+    sequence_started_ = true;
+    step_ = static_cast<int64_t>(record->steps);
+    return absl::OkStatus();
+  }
+
+  // One step of a session on a stored sequence: through the sequence store, exactly once
+  // (its sequence_step is the count this stream knows).
+  void SequenceStepOfStream() {
+    absl::StatusOr<at::Tensor> x = StepInput();
+    if (!x.ok()) {
+      End(x.status());
+      return;
+    }
+    SequenceStep step;
+    step.key = sequence_key_;
+    step.shown = sequence_shown_;
+    step.set = entry_;
+    step.inputs = x->unsqueeze(0);
+    step.start = !sequence_started_;
+    if (step.start && !state_.c.empty()) step.state = state_;
+    step.expected_step = static_cast<uint64_t>(step_);
+    step.want_outputs = false;
+    step.inputs_name = "x";
+    step.state_name = "start.c and start.h";
+    ctx_->engine->SubmitSequenceStep(GrpcCall(context_), std::move(step),
+                                     [this](absl::StatusOr<SequenceAnswer> answer) {
+                                       if (!answer.ok()) {
+                                         End(answer.status());
+                                         return;
+                                       }
+                                       sequence_started_ = true;
+                                       state_ = std::move(answer->result.final_state);
+                                       const int64_t before = step_;
+                                       step_ = static_cast<int64_t>(answer->steps);
+                                       Respond(before);
+                                     });
+  }
+
+  void Respond(int64_t step) {
+    response_.Clear();
+    response_.set_step(step);
+    TensorToProto(state_.h.back(), response_.mutable_output());
+    if (return_state_) StatesToProto(state_, &response_);
+    if (grpc::Status s = SerializeMessage(response_, &write_); !s.ok()) {
+      End(wire::FromGrpcStatus(s));
+      return;
+    }
+    StartWrite(&write_);
+  }
+
+  absl::StatusOr<at::Tensor> StepInput() {
     if (!request_.has_x()) return absl::InvalidArgumentError("after start, every SessionRequest must carry x");
     LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor x, Input(ctx_, *entry_, request_.x(), "x"));
     if (x.dim() != 2 || x.size(0) != batch_ || x.size(1) != entry_->lstm->input_size()) {
@@ -212,6 +293,11 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
           absl::StrCat("x is [", absl::StrJoin(x.sizes(), ", "), "]; the session's x must be [", batch_, ", ",
                        entry_->lstm->input_size(), "] (its batch_size, the set's input_size)"));
     }
+    return x;
+  }
+
+  absl::StatusOr<BatchJob> StepJob() {
+    LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor x, StepInput());
     return ctx_->engine->MakeJob(GrpcCall(context_), entry_, x.unsqueeze(0), state_, /*want_outputs=*/false);
   }
 
@@ -230,6 +316,10 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   bool return_state_ = false;
   const std::string key_;  // in the sequence store
   bool tracked_ = false;   // open in the sequence store
+  // With start.sequence_id: the stored sequence the steps go to.
+  std::string sequence_key_;
+  std::string sequence_shown_;
+  bool sequence_started_ = false;  // it is open (resumed, or started by a step of this stream)
 };
 
 }  // namespace
@@ -286,6 +376,43 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* InferenceServiceImp
     return FailedStream<grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>>(log.Done(denied));
   }
   return new SessionReactor(context, ctx_, std::move(log));
+}
+
+grpc::ServerUnaryReactor* InferenceServiceImpl::GetSequence(grpc::CallbackServerContext* context,
+                                                            const grpc::ByteBuffer* in, grpc::ByteBuffer* out) {
+  return ParseUnary<v1::GetSequenceRequest, v1::GetSequenceResponse>(
+      ctx_, context, in, out, kService, "GetSequence", [&](auto* call) {
+        const v1::GetSequenceRequest* request = &call->request;
+        v1::GetSequenceResponse* response = &call->response;
+        RpcLog log(context, "GetSequence", "");
+        FinishUnary(context, call, log, [&]() -> absl::Status {
+          std::string key, shown;
+          switch (request->sequence_id_case()) {
+            case v1::GetSequenceRequest::kUint64Id:
+              key = oip::SequenceKey(request->uint64_id());
+              shown = absl::StrCat(request->uint64_id());
+              break;
+            case v1::GetSequenceRequest::kStringId:
+              if (request->string_id().size() > oip::kMaxSequenceIdBytes) {
+                return absl::InvalidArgumentError(absl::StrCat("string_id is ", request->string_id().size(),
+                                                               " bytes long; a sequence id takes at most ",
+                                                               oip::kMaxSequenceIdBytes));
+              }
+              key = oip::SequenceKey(request->string_id());
+              shown = core::ClientText(request->string_id());
+              break;
+            default: break;
+          }
+          if (key.empty()) return absl::InvalidArgumentError("give uint64_id (nonzero) or string_id (not empty)");
+          LSTMSERVE_ASSIGN_OR_RETURN(SequenceRecord record, ctx_->engine->GetSequence(key, shown));
+          response->set_parameter_set_id(record.set_id);
+          response->set_parameter_set_checksum(record.set_checksum);
+          response->set_sequence_step(record.steps);
+          if (!record.state.c.empty()) response->set_batch_size(record.state.c.front().size(0));
+          if (request->include_state()) StatesToProto(record.state, response);
+          return absl::OkStatus();
+        });
+      });
 }
 
 }  // namespace lstmserve::server

@@ -116,6 +116,8 @@ class SessionBase {
   virtual ~SessionBase() = default;
   // On the session's strand: closes the connection if it waits for a request.
   virtual void StopIfIdle() = 0;
+  // What it is doing, for the log of a drain that ran out of time.
+  std::atomic<const char*> phase{"accepted"};
 };
 
 }  // namespace
@@ -138,6 +140,11 @@ struct HttpService::Impl {
 
   std::optional<ssl::context> tls;
   asio::io_context ioc;
+  // Keeps the I/O threads in ioc.run() until Stop: a connection whose request is in the
+  // engine has no operation pending on the io_context, and once the acceptor is closed
+  // (draining) nothing else may be; without it run() would return and the answer, posted
+  // later, would never be written (the drain then waited its whole grace).
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work{ioc.get_executor()};
   std::optional<tcp::acceptor> acceptor;
   std::optional<asio::steady_timer> accept_retry;
   asio::thread_pool workers;  // inferences: decoding, and the batcher's inline runs
@@ -206,6 +213,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
   void ReadRequest() {
     if (impl_->stopping) return Close();
     if (buffer_.size() > 0) return ReadHead();
+    this->phase = "idle";
     idle_ = true;
     Lowest().expires_after(Chrono(impl_->limits.idle_timeout));
     stream_.async_read_some(buffer_.prepare(16 << 10),
@@ -241,6 +249,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
   }
 
   void ReadHead() {
+    this->phase = "reading a head";
     parser_.emplace();
     parser_->header_limit(static_cast<std::uint32_t>(kMaxHttpHeadBytes));
     parser_->body_limit(static_cast<std::uint64_t>(impl_->limits.max_body_bytes));
@@ -282,6 +291,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
   }
 
   void ReadBody() {
+    this->phase = "reading a body";
     Arm(impl_->limits.body_timeout);
     http::async_read(stream_, buffer_, *parser_, [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
       self->OnBody(self->Disarm(ec));
@@ -305,6 +315,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
       // Probes and metadata: answered here, on the I/O thread, never behind an inference.
       return impl_->handler.Handle(std::move(request), [self](HttpResponse r) { self->Write(std::move(r)); });
     }
+    this->phase = "inferring";
     const int fd = Lowest().socket().native_handle();
     request.cancelled = [fd] { return PeerClosed(fd); };
     HttpService::Impl* impl = impl_;
@@ -346,6 +357,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
   }
 
   void Write(HttpResponse answer) {
+    this->phase = "writing";
     if (impl_->stopping) keep_alive_ = false;
     response_ = std::make_shared<http::response<http::string_body>>();
     auto& r = *response_;
@@ -380,6 +392,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     } else {
       stream_.next_layer().socket().shutdown(tcp::socket::shutdown_send, ignored);
     }
+    this->phase = "lingering";
     Lowest().expires_after(std::chrono::seconds(2));
     Discard();
   }
@@ -538,8 +551,16 @@ void HttpService::Stop(absl::Duration grace) {
   {
     // What is being read or handled is answered (with Connection: close), up to `grace`.
     std::unique_lock<std::mutex> lock(impl_->mu);
-    impl_->changed.wait_for(lock, absl::ToChronoMilliseconds(grace), [&] { return impl_->sessions.empty(); });
+    if (!impl_->changed.wait_for(lock, absl::ToChronoMilliseconds(grace), [&] { return impl_->sessions.empty(); })) {
+      std::map<std::string, int> phases;
+      for (auto& [raw, weak] : impl_->sessions) ++phases[raw->phase.load()];
+      std::string text;
+      for (const auto& [phase, n] : phases) absl::StrAppend(&text, text.empty() ? "" : ", ", n, " ", phase);
+      LogError(absl::StrCat("http: ", impl_->sessions.size(), " connections still open after the drain's ",
+                            absl::FormatDuration(grace), " (", text, "); closed"));
+    }
   }
+  impl_->work.reset();
   impl_->ioc.stop();
   for (auto& thread : impl_->io_threads) thread.join();
   impl_->workers.join();

@@ -54,6 +54,9 @@ class Session {
   absl::StatusOr<at::Tensor> Step(const at::Tensor& x, core::LstmState* state = nullptr);
   // Closes the stream and returns its final status.
   absl::Status Close();
+  // The index the server gave the last step answered (SessionResponse.step): with a
+  // sequence id, the sequence's steps before it.
+  int64_t last_step() const { return last_step_; }
 
  private:
   friend class Client;
@@ -61,6 +64,7 @@ class Session {
   std::unique_ptr<grpc::ClientContext> context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionResponse>> stream_;
   bool closed_ = false;
+  int64_t last_step_ = -1;
 };
 
 // Thread-safe; one channel shared by every call.
@@ -89,8 +93,13 @@ class Client {
   absl::StatusOr<core::LstmState> Step(const std::string& id, const at::Tensor& x, const core::LstmState& state = {});
   absl::StatusOr<core::SequenceResult> Run(const std::string& id, const at::Tensor& inputs,
                                            const core::LstmState& state = {}, bool final_state_only = false);
+  // `sequence_id` (optional): the session's steps are that stored sequence's, resumed when
+  // it is open (SessionStart.sequence_id).
   absl::StatusOr<std::unique_ptr<Session>> OpenSession(const std::string& id, int64_t batch_size,
-                                                       const core::LstmState& state = {}, bool return_state = false);
+                                                       const core::LstmState& state = {}, bool return_state = false,
+                                                       const std::string& sequence_id = "");
+  // A stored sequence's set, step count and (with include_state) state.
+  absl::StatusOr<v1::GetSequenceResponse> GetSequence(const v1::GetSequenceRequest& request);
 
   // grpc.health.v1 status of the server: "SERVING", "NOT_SERVING", ...
   absl::StatusOr<std::string> Health();

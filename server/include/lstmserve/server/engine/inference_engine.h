@@ -80,6 +80,11 @@ class InferenceEngine {
   void SubmitSequenceStep(const CallControl& call, SequenceStep step,
                           std::function<void(absl::StatusOr<SequenceAnswer>)> done) const;
 
+  // The record of stored sequence `key` (`shown`: its id for messages), read from the store
+  // itself: NOT_FOUND saying why when it is not open, UNAVAILABLE when the store is not
+  // reached.
+  absl::StatusOr<SequenceRecord> GetSequence(const std::string& key, const std::string& shown) const;
+
   SequenceStore& sequences() const { return *sequences_; }
   int64_t max_tensor_elements() const { return max_tensor_elements_; }
 

@@ -41,8 +41,8 @@ using ParameterService = PS::WithRawCallbackMethod_CreateParameterSet<PS::WithRa
         PS::WithRawCallbackMethod_ExportParameterSet<PS::WithRawCallbackMethod_ImportParameterSet<
             PS::WithRawCallbackMethod_AnalyzeParameterSet<PS::Service>>>>>>>;
 using IS = v1::InferenceService;
-using InferenceService =
-    IS::WithRawCallbackMethod_Step<IS::WithRawCallbackMethod_Run<IS::WithRawCallbackMethod_Session<IS::Service>>>;
+using InferenceService = IS::WithRawCallbackMethod_Step<IS::WithRawCallbackMethod_Run<
+    IS::WithRawCallbackMethod_Session<IS::WithRawCallbackMethod_GetSequence<IS::Service>>>>;
 using GIS = inference::GRPCInferenceService;
 using OipService = GIS::WithRawCallbackMethod_ServerLive<GIS::WithRawCallbackMethod_ServerReady<
     GIS::WithRawCallbackMethod_ModelReady<GIS::WithRawCallbackMethod_ServerMetadata<
@@ -82,6 +82,8 @@ class InferenceServiceImpl final : public raw::InferenceService {
   grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                                 grpc::ByteBuffer* response) override;
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Session(grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* GetSequence(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response) override;
 
  private:
   ServiceContext* ctx_;

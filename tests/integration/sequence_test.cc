@@ -1,0 +1,144 @@
+// Stored sequences through the v1 API, across two real servers that share a parameter store and
+// a real Redis: GetSequence from any replica, and a Session that names a sequence id resumed on
+// the other replica after its stream ended, equal to one uninterrupted run.
+#include <filesystem>
+#include <random>
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+#include "../server/redis_process.h"
+#include "lstmserve/client/client.h"
+#include "server_process.h"
+
+namespace lstmserve {
+namespace {
+
+using test_support::RedisProcess;
+
+v1::ParameterSetSpec LstmSpec(int64_t layers, int64_t input, int64_t hidden, uint64_t seed) {
+  v1::ParameterSetSpec spec;
+  spec.set_seed(seed);
+  auto* lstm = spec.mutable_lstm();
+  lstm->set_num_layers(layers);
+  lstm->set_input_size(input);
+  lstm->set_hidden_size(hidden);
+  lstm->set_bias(true);
+  return spec;
+}
+
+class SharedSequenceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(redis_.WaitReady()) << "redis-server did not start";
+    store_ = std::filesystem::temp_directory_path() / absl::StrCat("lstmserve-seq-", std::random_device()());
+    std::filesystem::create_directories(store_);
+    for (int i = 0; i < 2; ++i) {
+      auto server = testing::ServerProcess::Start(store_.string(), {absl::StrCat("--sequence_store=", redis_.url())},
+                                                  (store_ / absl::StrCat("log-", i)).string());
+      ASSERT_TRUE(server.ok()) << server.status();
+      servers_.push_back(*std::move(server));
+      client::ClientOptions options;
+      options.target = servers_.back()->address();
+      clients_.push_back(client::Client::Connect(options));
+    }
+  }
+  void TearDown() override {
+    clients_.clear();
+    servers_.clear();
+    std::filesystem::remove_all(store_);
+  }
+
+  static at::Tensor Randn(std::vector<int64_t> shape, uint64_t seed) {
+    at::Generator gen = at::detail::createCPUGenerator(seed);
+    return at::empty(shape).normal_(0, 1, gen);
+  }
+
+  RedisProcess redis_;
+  std::filesystem::path store_;
+  std::vector<std::unique_ptr<testing::ServerProcess>> servers_;
+  std::vector<std::unique_ptr<client::Client>> clients_;
+};
+
+TEST_F(SharedSequenceTest, ASessionNamingASequenceIsResumedOnAnotherReplicaAndEqualsOneRun) {
+  ASSERT_TRUE(clients_[0]->Create(LstmSpec(2, 3, 5, 4), "m").ok());
+  std::vector<at::Tensor> xs;
+  for (int t = 0; t < 5; ++t) xs.push_back(Randn({2, 3}, 10 + t));
+
+  v1::GetSequenceRequest get;
+  get.set_string_id("conversation-1");
+  auto none = clients_[1]->GetSequence(get);
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kNotFound) << none.status();
+  EXPECT_TRUE(absl::StrContains(none.status().message(), "was never started")) << none.status();
+
+  // Three steps on replica 0; the stream ends (as a dropped connection would end it).
+  at::Tensor last;
+  {
+    auto session = clients_[0]->OpenSession("m", 2, {}, /*return_state=*/false, "conversation-1");
+    ASSERT_TRUE(session.ok()) << session.status();
+    for (int t = 0; t < 3; ++t) {
+      auto out = (*session)->Step(xs[t]);
+      ASSERT_TRUE(out.ok()) << out.status();
+      EXPECT_EQ((*session)->last_step(), t);
+    }
+    ASSERT_TRUE((*session)->Close().ok());
+  }
+  // Replica 1 sees it: its set, 3 steps, B = 2, its state.
+  get.set_include_state(true);
+  auto seen = clients_[1]->GetSequence(get);
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  EXPECT_EQ(seen->parameter_set_id(), "m");
+  EXPECT_EQ(seen->sequence_step(), 3u);
+  EXPECT_EQ(seen->batch_size(), 2);
+  EXPECT_EQ(seen->c_size(), 2);
+  EXPECT_EQ(seen->h_size(), 2);
+  EXPECT_TRUE(absl::StartsWith(seen->parameter_set_checksum(), "sha256:")) << seen->parameter_set_checksum();
+
+  // Resumed on replica 1: its steps are numbered on from 3, and the whole equals one Run.
+  {
+    auto session = clients_[1]->OpenSession("m", 2, {}, false, "conversation-1");
+    ASSERT_TRUE(session.ok()) << session.status();
+    for (int t = 3; t < 5; ++t) {
+      auto out = (*session)->Step(xs[t]);
+      ASSERT_TRUE(out.ok()) << out.status();
+      EXPECT_EQ((*session)->last_step(), t);
+      last = *out;
+    }
+    ASSERT_TRUE((*session)->Close().ok());
+  }
+  auto run = clients_[0]->Run("m", at::stack(xs));
+  ASSERT_TRUE(run.ok()) << run.status();
+  EXPECT_TRUE(at::allclose(last, run->outputs[4], 1e-5, 1e-6)) << (last - run->outputs[4]).abs().max();
+
+  // A resume that brings its own state, or another batch size, is refused with the reason.
+  core::LstmState state;
+  state.c = {at::zeros({2, 5}), at::zeros({2, 5})};
+  state.h = state.c;
+  for (auto [batch, given] : {std::pair<int64_t, bool>{2, true}, {3, false}}) {
+    auto session = clients_[0]->OpenSession("m", batch, given ? state : core::LstmState(), false, "conversation-1");
+    ASSERT_TRUE(session.ok()) << session.status();
+    auto out = (*session)->Step(Randn({batch, 3}, 1));
+    EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument) << out.status();
+    EXPECT_TRUE(absl::StrContains(out.status().message(), given ? "give no start.c and start.h" : "batch size 2"))
+        << out.status();
+  }
+}
+
+TEST_F(SharedSequenceTest, GetSequenceRefusesAnIdItCannotTake) {
+  v1::GetSequenceRequest none;
+  EXPECT_EQ(clients_[0]->GetSequence(none).status().code(), absl::StatusCode::kInvalidArgument);
+  v1::GetSequenceRequest zero;
+  zero.set_uint64_id(0);
+  EXPECT_EQ(clients_[0]->GetSequence(zero).status().code(), absl::StatusCode::kInvalidArgument);
+  v1::GetSequenceRequest long_id;
+  long_id.set_string_id(std::string(300, 'x'));
+  auto got = clients_[0]->GetSequence(long_id);
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(got.status().message(), "at most 256")) << got.status();
+}
+
+}  // namespace
+}  // namespace lstmserve
