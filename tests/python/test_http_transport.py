@@ -71,6 +71,24 @@ def scrape(server, name, **labels):
     return 0.0
 
 
+def start_long_inference(server):
+    """Creates the set "long" (H = 512) and sends it 20,000 steps in one request on a thread of
+    its own; returns (the thread, a list that gets exchange()'s answers) once it is being
+    computed (it takes seconds)."""
+    from lstmserve_client import Client
+    with Client(server.target) as client:
+        client.create_lstm(1, 1, 512, seed=1, id="long")
+    steps = 20000
+    body = json.dumps({"inputs": [{"name": "INPUT", "shape": [steps, 1, 1], "datatype": "FP32",
+                                   "data": [0.5] * steps}]}).encode()
+    done = []
+    holder = threading.Thread(target=lambda: done.append(exchange(
+        server.http, post("/v2/models/long/infer", body, b"Connection: close\r\n"), timeout=120)))
+    holder.start()
+    time.sleep(0.5)
+    return holder, done
+
+
 class HttpTransportTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -281,17 +299,7 @@ class HttpTransportTest(unittest.TestCase):
         # The only connection's request is in the engine when the drain closes the acceptor:
         # nothing else is pending on the I/O threads, which must still write its answer.
         with ServerProcess("--num_batch_threads=1", "--inline_max_work=0", "--drain_timeout=30s") as server:
-            from lstmserve_client import Client
-            with Client(server.target) as client:
-                client.create_lstm(1, 1, 512, seed=1, id="long")
-            steps = 20000
-            body = json.dumps({"inputs": [{"name": "INPUT", "shape": [steps, 1, 1], "datatype": "FP32",
-                                           "data": [0.5] * steps}]}).encode()
-            done = []
-            holder = threading.Thread(target=lambda: done.append(exchange(
-                server.http, post("/v2/models/long/infer", body, b"Connection: close\r\n"), timeout=120)))
-            holder.start()
-            time.sleep(0.5)  # being computed (it takes seconds)
+            holder, done = start_long_inference(server)
             began = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
             self.assertEqual(server.process.wait(timeout=60), 0)
@@ -304,17 +312,7 @@ class HttpTransportTest(unittest.TestCase):
         # One batch thread and nothing computed on the receiving thread: a long request holds the
         # batcher while a second one waits in the queue; the second one's client then leaves.
         with ServerProcess("--num_batch_threads=1", "--inline_max_work=0") as server:
-            from lstmserve_client import Client
-            with Client(server.target) as client:
-                client.create_lstm(1, 1, 512, seed=1, id="long")
-            steps = 20000
-            long_body = json.dumps({"inputs": [{"name": "INPUT", "shape": [steps, 1, 1], "datatype": "FP32",
-                                                "data": [0.5] * steps}]}).encode()
-            done = []
-            holder = threading.Thread(target=lambda: done.append(exchange(
-                server.http, post("/v2/models/long/infer", long_body, b"Connection: close\r\n"), timeout=120)))
-            holder.start()
-            time.sleep(0.5)  # the long one is being computed (it takes seconds)
+            holder, done = start_long_inference(server)
             short_body = json.dumps({"inputs": [{"name": "INPUT", "shape": [1, 1, 1], "datatype": "FP32",
                                                  "data": [0.5]}]}).encode()
             s = connect(server.http)

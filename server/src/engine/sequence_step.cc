@@ -136,8 +136,9 @@ absl::StatusOr<Plan> Decide(const SequenceStep& step, const std::string& fingerp
     }
     return absl::FailedPreconditionError(absl::StrCat(
         "sequence ", id, " has taken ", r.steps, " steps, and this request's sequence_step is ", *step.expected_step,
-        *step.expected_step < r.steps ? " (an old request, and not the last one: it is not applied again)"
-                                      : " (steps are missing in between)"));
+        *step.expected_step < r.steps
+            ? " (an earlier step, and not a retry of the last request: it is not applied again)"
+            : " (steps are missing in between)"));
   }
   if (step.state.has_value()) {
     plan.state = *step.state;
