@@ -77,6 +77,10 @@ ABSL_FLAG(int, concurrency, 1, "bench: callers, each with one call in flight");
 ABSL_FLAG(absl::Duration, duration, absl::Seconds(10), "bench: measured time, after the warm-up");
 ABSL_FLAG(int64_t, requests, 0, "bench: stop after this many measured requests (0: by --duration)");
 ABSL_FLAG(absl::Duration, warmup, absl::Seconds(1), "bench: unmeasured time first");
+ABSL_FLAG(std::string, sequence_id, "",
+          "sequence: a stored sequence's string id (the Open Inference Protocol's string sequence_id)");
+ABSL_FLAG(uint64_t, sequence_uint64, 0, "sequence: a stored sequence's uint64 id (instead of --sequence_id)");
+ABSL_FLAG(bool, state, false, "sequence: print its state (c and h per layer) too");
 ABSL_FLAG(double, rate, 0, "bench: total requests per second, open loop (0: closed loop)");
 ABSL_FLAG(std::string, client_api, "callback",
           "bench: the closed loop's gRPC API: callback (all callers on gRPC's threads, like ghz) or sync (a thread "
@@ -107,6 +111,8 @@ constexpr char kUsage[] =
     "          [--weight_storage_error]\n"
     "                                  per-layer variance diagnostics of a set or spec (no set is stored);\n"
     "                                  with --weight_storage_error also the output error of bf16/int8 weights\n"
+    "  sequence --sequence_id ID | --sequence_uint64 N [--state]\n"
+    "                                  a stored sequence: its set, steps taken (its next sequence_step), B\n"
     "  bench --id ID [--rpc step|run|session|infer] [--concurrency N] [--duration 10s | --requests N] [--warmup 1s]\n"
     "        [--rate R] [--batch B] [--steps T]   load generator; creates the set from the template flags\n"
     "        (--layers --input_size --hidden_size) if it does not exist; reports requests/s, latency\n"
@@ -146,6 +152,14 @@ std::string Summary(const at::Tensor& t) {
       << (f.numel() > 1 ? f.std().item<double>() : 0.0) << "  first:";
   for (int64_t i = 0; i < std::min<int64_t>(f.numel(), 6); ++i) out << " " << f[i].item<float>();
   return out.str();
+}
+
+// A state tensor of GetSequence's response, as JSON values (or why it does not decode).
+std::string StateText(const v1::Tensor& t) {
+  auto dtype = lstmserve::wire::DTypeFromProto(t.dtype(), "state");
+  if (!dtype.ok()) return std::string(dtype.status().message());
+  auto value = lstmserve::wire::TensorFromProto(t, "state", *dtype, int64_t{1} << 30, c10::Device(c10::kCPU));
+  return value.ok() ? TensorJson(*value) : std::string(value.status().message());
 }
 
 void PrintSet(const v1::ParameterSet& set) {
@@ -380,6 +394,33 @@ int Main(const std::string& command) {
     auto set = client->Create(spec, absl::GetFlag(FLAGS_id));
     if (!set.ok()) return Fail(set.status());
     PrintSet(*set);
+    return 0;
+  }
+  if (command == "sequence") {
+    v1::GetSequenceRequest request;
+    if (!absl::GetFlag(FLAGS_sequence_id).empty() == (absl::GetFlag(FLAGS_sequence_uint64) != 0)) {
+      core::UsageErrorExit("sequence needs one of --sequence_id and --sequence_uint64");
+    }
+    if (!absl::GetFlag(FLAGS_sequence_id).empty()) {
+      request.set_string_id(absl::GetFlag(FLAGS_sequence_id));
+    } else {
+      request.set_uint64_id(absl::GetFlag(FLAGS_sequence_uint64));
+    }
+    request.set_include_state(absl::GetFlag(FLAGS_state));
+    auto sequence = client->GetSequence(request);
+    if (!sequence.ok()) return Fail(sequence.status());
+    if (absl::GetFlag(FLAGS_json)) {
+      std::printf("%s\n", Json(*sequence).c_str());
+      return 0;
+    }
+    std::printf("set:       %s\nchecksum:  %s\nsteps:     %llu\nbatch:     %lld\n",
+                sequence->parameter_set_id().c_str(), sequence->parameter_set_checksum().c_str(),
+                static_cast<unsigned long long>(sequence->sequence_step()),
+                static_cast<long long>(sequence->batch_size()));
+    for (int l = 0; l < sequence->c_size() && l < sequence->h_size(); ++l) {
+      std::printf("c[%d]:      %s\nh[%d]:      %s\n", l, StateText(sequence->c(l)).c_str(), l,
+                  StateText(sequence->h(l)).c_str());
+    }
     return 0;
   }
   if (command == "get") {

@@ -66,6 +66,16 @@ check bench-session 0 "${c[@]}" bench --id=cli-set --rpc=session --concurrency=2
 contains bench-session "errors: none"
 check bench-run-creates 0 "${c[@]}" bench --id=cli-bench-new --layers=1 --input_size=4 --hidden_size=4 --rpc=run --steps=3 --requests=20 --warmup=0s
 contains bench-run-creates "run on cli-bench-new (L=1 I=4 H=4, B=1, T=3)"
+# A stored sequence (started over HTTP, as an Open Inference Protocol client would), read back.
+http=$(sed -n 's/^http on \([^ ]*\).*/\1/p' "$work/out")
+body='"inputs": [{"name": "INPUT", "shape": [1, 1, 16], "datatype": "FP32", "data": [0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5]}]'
+curl -sf "$http/v2/models/cli-set/infer" -d "{$body, \"parameters\": {\"sequence_id\": \"cli-seq\", \"sequence_start\": true}}" >/dev/null
+curl -sf "$http/v2/models/cli-set/infer" -d "{$body, \"parameters\": {\"sequence_id\": \"cli-seq\", \"sequence_step\": 1}}" >/dev/null
+check sequence 0 "${c[@]}" sequence --sequence_id=cli-seq --state;  contains sequence "steps:     2"
+contains sequence "c[1]:"
+check sequence-json 0 "${c[@]}" --json sequence --sequence_id=cli-seq; contains sequence-json '"sequenceStep":"2"'
+check sequence-none 1 "${c[@]}" sequence --sequence_uint64=99;      contains sequence-none "was never started"
+check sequence-usage 2 "${c[@]}" sequence;                          contains sequence-usage "needs one of"
 check help 0 "$cli" --help;                                         contains help "Commands:"
 check server-help 0 "$server_bin" --help;                           contains server-help "--store_dir"
 check server-bad-flag 2 "$server_bin" --listen=nonsense;            contains server-bad-flag "is not HOST:PORT"
