@@ -117,22 +117,24 @@ class Replicas:
 
     def kill_one(self, graceful=False):
         """SIGKILL (a crash), or SIGTERM (a rolling update: the replica drains, its steps in
-        flight finish and are written), then a new replica in its place."""
+        flight finish and are written), then a new replica in its place. Returns the stopped
+        replica's exit status."""
         with self.lock:
             i = random.randrange(len(self.servers))
             victim = self.servers[i]
         if graceful:
             began = time.monotonic()
-            self.assertion_status = victim.stop()
+            status = victim.stop()
             self.drain_seconds.append(time.monotonic() - began)
             if self.drain_seconds[-1] > 5:
                 print("slow drain; the replica's log:\n" + victim.log()[-3000:])
         else:
             victim.process.send_signal(signal.SIGKILL)
-            victim.stop()
+            status = victim.stop()
         replacement = self.start()
         with self.lock:
             self.servers[i] = replacement
+        return status
 
     def close(self):
         for s in self.servers:
@@ -222,9 +224,10 @@ class SequenceFailoverTest(unittest.TestCase):
             def killer():  # a replica every 0.5 s, SIGKILL and SIGTERM in turn; Redis once, after the second
                 nonlocal redis
                 while not stop.wait(0.5):
-                    replicas.kill_one(graceful=counts["kills"] % 2 == 1)
-                    if counts["kills"] % 2 == 1:
-                        drained.append(replicas.assertion_status)
+                    graceful = counts["kills"] % 2 == 1
+                    status = replicas.kill_one(graceful)
+                    if graceful:
+                        drained.append(status)
                     with count_lock:
                         counts["kills"] += 1
                     if counts["kills"] == 2:

@@ -152,6 +152,22 @@ TEST_P(SequenceBackendTest, NewRecordsPastTheLimitAreRefusedAndUpdatesAreNot) {
   EXPECT_TRUE(*b.Put("u:3", "", "c", "r", absl::Minutes(1), "L1", 2));
 }
 
+TEST(MemorySequenceBackendTest, TracesOfEndedSequencesStayWithinTheirBound) {
+  auto b = NewMemorySequenceBackend();
+  const std::string big(1 << 20, 'r');  // an ended sequence's trace holds its final record
+  const int ended = static_cast<int>(kMemoryTraceBytes / big.size()) + 16;
+  for (int i = 0; i < ended; ++i) {
+    const std::string key = absl::StrCat("s:", i);
+    ASSERT_TRUE(*b->Put(key, "", "v", "r", absl::Minutes(1), "L1", 1 << 20));
+    ASSERT_TRUE(*b->End(key, "v", big));
+  }
+  int64_t kept = 0;
+  for (int i = 0; i < ended; ++i) kept += b->Get(absl::StrCat("s:", i))->trace.size();
+  EXPECT_LE(kept, kMemoryTraceBytes);
+  EXPECT_GT(kept, kMemoryTraceBytes / 2);
+  EXPECT_EQ(b->Get(absl::StrCat("s:", ended - 1))->trace, big);  // the newest is kept
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, SequenceBackendTest, ::testing::Values("memory", "redis"));
 
 TEST(RedisSequenceBackendTest, AnUnreachableStoreIsUnavailableNamedWithoutItsPassword) {

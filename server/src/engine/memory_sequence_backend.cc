@@ -28,7 +28,7 @@ class MemorySequenceBackend final : public SequenceBackend {
       if (it->second.expires > now) {
         out.trace = it->second.text;
       } else {
-        traces_.erase(it);
+        EraseTrace(it);
       }
     }
     return out;
@@ -54,7 +54,7 @@ class MemorySequenceBackend final : public SequenceBackend {
       it = records_.emplace(key, Record()).first;
     }
     it->second = Record{version, bytes, now + ttl};
-    traces_[key] = Trace{trace, now + ttl + kSequenceTraceTime};
+    SetTrace(key, trace, now + ttl + kSequenceTraceTime);
     if (++writes_ % 4096 == 0) Sweep(now);
     return true;
   }
@@ -64,7 +64,7 @@ class MemorySequenceBackend final : public SequenceBackend {
     auto it = records_.find(key);
     if (it == records_.end() || it->second.version != expected) return false;
     records_.erase(it);
-    traces_[key] = Trace{trace, absl::Now() + kSequenceTraceTime};
+    SetTrace(key, trace, absl::Now() + kSequenceTraceTime);
     return true;
   }
 
@@ -93,8 +93,28 @@ class MemorySequenceBackend final : public SequenceBackend {
       it = it->second.expires <= now ? records_.erase(it) : std::next(it);
     }
     for (auto it = traces_.begin(); it != traces_.end();) {
-      it = it->second.expires <= now ? traces_.erase(it) : std::next(it);
+      it = it->second.expires <= now ? EraseTrace(it) : std::next(it);
     }
+  }
+
+  // Traces (an ended sequence's holds its final record) take at most kMemoryTraceBytes:
+  // past it, the expired go, then others, so that ending sequences fast cannot grow the
+  // process; a client whose trace went is told its sequence was never started or is gone.
+  void SetTrace(const std::string& key, const std::string& text, absl::Time expires)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (auto old = traces_.find(key); old != traces_.end()) EraseTrace(old);
+    trace_bytes_ += static_cast<int64_t>(key.size() + text.size());
+    traces_[key] = Trace{text, expires};
+    if (trace_bytes_ <= kMemoryTraceBytes) return;
+    Sweep(absl::Now());
+    for (auto it = traces_.begin(); it != traces_.end() && trace_bytes_ > kMemoryTraceBytes * 3 / 4;) {
+      it = it->first == key ? std::next(it) : EraseTrace(it);
+    }
+  }
+  std::map<std::string, Trace>::iterator EraseTrace(std::map<std::string, Trace>::iterator it)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    trace_bytes_ -= static_cast<int64_t>(it->first.size() + it->second.text.size());
+    return traces_.erase(it);
   }
 
   inline static const std::string kNone;
@@ -102,6 +122,7 @@ class MemorySequenceBackend final : public SequenceBackend {
   std::map<std::string, Record> records_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Trace> traces_ ABSL_GUARDED_BY(mu_);
   int64_t writes_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t trace_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace

@@ -55,7 +55,9 @@ class SequenceBackend {
 // or expired, rather than that it was never started.
 inline constexpr absl::Duration kSequenceTraceTime = absl::Hours(1);
 
-// The process's own store.
+// The process's own store. Its traces take at most kMemoryTraceBytes: past it, the expired
+// ones go, then others (any), so that sequences ended fast cannot grow the process.
+inline constexpr int64_t kMemoryTraceBytes = int64_t{64} << 20;
 std::unique_ptr<SequenceBackend> NewMemorySequenceBackend();
 
 struct RedisOptions {
