@@ -60,6 +60,7 @@ absl::StatusOr<at::Tensor> Session::Step(const at::Tensor& x, core::LstmState* s
     return wire::FromGrpcStatus(stream_->Finish());
   }
   last_step_ = response.step();
+  sequence_id_ = response.sequence_id();
   if (state != nullptr) {
     LSTMSERVE_ASSIGN_OR_RETURN(*state, DecodeState(response));
   }

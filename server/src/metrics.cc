@@ -206,8 +206,8 @@ class ScrapeCollector final : public prometheus::Collectable {
     AddValue(out.back(), static_cast<double>(s.expired_deadline), {{"reason", "deadline_exceeded"}});
     AddValue(out.back(), static_cast<double>(s.expired_cancelled), {{"reason", "cancelled"}});
     gauge("lstmserve_sessions_active",
-          "Session streams open on this server plus the Open Inference Protocol sequences open in the sequence "
-          "store (with a shared store: on every replica); -1 while the store does not answer.",
+          "Sequences open in the sequence store (Sessions' and the Open Inference Protocol's; with a shared "
+          "store: on every replica); -1 while the store does not answer.",
           static_cast<double>(s.sessions_active));
     out.push_back(Family("lstmserve_sequence_store_operations_total",
                          "Operations on the sequence store (--sequence_store), by operation (load: a record read; "
@@ -238,8 +238,8 @@ class ScrapeCollector final : public prometheus::Collectable {
             static_cast<double>(s.session_steps));
     out.push_back(Family("lstmserve_session_rejections_total",
                          "Session streams and sequences refused or ended by the server, by reason: "
-                         "max_sessions (refused at start, --max_sequences) and idle_timeout (streams "
-                         "cancelled, --sequence_idle_timeout).",
+                         "max_sessions (a new sequence refused at its first step, --max_sequences) and idle_timeout "
+                         "(Session streams cancelled, --sequence_idle_timeout).",
                          MetricType::Counter));
     AddValue(out.back(), static_cast<double>(s.sessions_rejected), {{"reason", "max_sessions"}});
     AddValue(out.back(), static_cast<double>(s.sessions_idle_cancelled), {{"reason", "idle_timeout"}});

@@ -237,6 +237,8 @@ void Server::Drain() {
   const absl::Time began = absl::Now();
   if (http_) http_->Stop(options_.drain_timeout);  // answers what it has received first
   const absl::Time http_done = absl::Now();
+  // Session streams end at their next step boundary (their sequences stay in the store).
+  sequences_->DrainStreams();
   // Shutdown refuses new RPCs at once and lets every call already received finish until
   // the deadline, after which the rest are cancelled.
   const auto deadline = std::chrono::system_clock::now() + absl::ToChronoMilliseconds(options_.drain_timeout);

@@ -1,6 +1,7 @@
 // Stored sequences through the v1 API, across two real servers that share a parameter store and
 // a real Redis: GetSequence from any replica, and a Session that names a sequence id resumed on
 // the other replica after its stream ended, equal to one uninterrupted run.
+#include <csignal>
 #include <filesystem>
 #include <random>
 
@@ -9,6 +10,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 #include "../server/redis_process.h"
 #include "lstmserve/client/client.h"
@@ -37,6 +39,7 @@ class SharedSequenceTest : public ::testing::Test {
     store_ = std::filesystem::temp_directory_path() / absl::StrCat("lstmserve-seq-", std::random_device()());
     std::filesystem::create_directories(store_);
     for (int i = 0; i < 2; ++i) {
+      std::filesystem::create_directories(store_ / absl::StrCat("log-", i));
       auto server = testing::ServerProcess::Start(store_.string(), {absl::StrCat("--sequence_store=", redis_.url())},
                                                   (store_ / absl::StrCat("log-", i)).string());
       ASSERT_TRUE(server.ok()) << server.status();
@@ -125,6 +128,107 @@ TEST_F(SharedSequenceTest, ASessionNamingASequenceIsResumedOnAnotherReplicaAndEq
     EXPECT_TRUE(absl::StrContains(out.status().message(), given ? "give no start.c and start.h" : "batch size 2"))
         << out.status();
   }
+}
+
+// A Session that names no sequence is kept in the store under an id the server names: when
+// its replica dies, a new Session naming that id goes on from the last acknowledged step on
+// the other replica; a session its client closes ends its sequence.
+TEST_F(SharedSequenceTest, ASessionWithoutAnIdSurvivesItsReplicaUnderTheIdTheServerNamed) {
+  ASSERT_TRUE(clients_[1]->Create(LstmSpec(1, 3, 4, 8), "m").ok());
+  std::vector<at::Tensor> xs;
+  for (int t = 0; t < 5; ++t) xs.push_back(Randn({1, 3}, 30 + t));
+  std::string id;
+  {
+    auto session = clients_[0]->OpenSession("m", 1);
+    ASSERT_TRUE(session.ok()) << session.status();
+    for (int t = 0; t < 3; ++t) {
+      ASSERT_TRUE((*session)->Step(xs[t]).ok());
+      if (t == 0) id = (*session)->sequence_id();
+      EXPECT_EQ((*session)->sequence_id(), id) << "one id for the whole session";
+    }
+    EXPECT_TRUE(absl::StartsWith(id, "session-") && id.size() == 8 + 32) << id;
+    servers_[0]->Stop(SIGKILL);  // the replica dies with the stream open
+    EXPECT_FALSE((*session)->Step(xs[3]).ok());
+  }
+  v1::GetSequenceRequest get;
+  get.set_string_id(id);
+  auto seen = clients_[1]->GetSequence(get);
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  EXPECT_EQ(seen->sequence_step(), 3u);
+  at::Tensor last;
+  {
+    auto session = clients_[1]->OpenSession("m", 1, {}, false, id);
+    ASSERT_TRUE(session.ok()) << session.status();
+    for (int t = 3; t < 5; ++t) {
+      auto out = (*session)->Step(xs[t]);
+      ASSERT_TRUE(out.ok()) << out.status();
+      EXPECT_EQ((*session)->last_step(), t);
+      last = *out;
+    }
+  }
+  auto run = clients_[1]->Run("m", at::stack(xs));
+  ASSERT_TRUE(run.ok()) << run.status();
+  EXPECT_TRUE(at::allclose(last, run->outputs[4], 1e-5, 1e-6)) << (last - run->outputs[4]).abs().max();
+
+  // Closed by its client: the sequence the server named ends with it.
+  std::string closed;
+  {
+    auto session = clients_[1]->OpenSession("m", 1);
+    ASSERT_TRUE(session.ok()) << session.status();
+    ASSERT_TRUE((*session)->Step(xs[0]).ok());
+    ASSERT_TRUE((*session)->Step(xs[1]).ok());
+    closed = (*session)->sequence_id();
+    EXPECT_NE(closed, id);
+    ASSERT_TRUE((*session)->Close().ok());
+  }
+  get.set_string_id(closed);
+  auto gone = clients_[1]->GetSequence(get);
+  EXPECT_EQ(gone.status().code(), absl::StatusCode::kNotFound) << gone.status();
+  EXPECT_TRUE(absl::StrContains(gone.status().message(), "ended after 2 steps")) << gone.status();
+}
+
+// SIGTERM ends an open Session at its step boundary (not after --drain_timeout) with
+// UNAVAILABLE naming its sequence, which goes on from the other replica.
+TEST_F(SharedSequenceTest, ADrainEndsAnOpenSessionAtOnceAndItsSequenceGoesOnElsewhere) {
+  clients_[0].reset();
+  servers_[0].reset();
+  auto draining = testing::ServerProcess::Start(
+      store_.string(), {absl::StrCat("--sequence_store=", redis_.url()), "--drain_timeout=60s"},
+      (store_ / "log-0").string());
+  ASSERT_TRUE(draining.ok()) << draining.status();
+  servers_[0] = *std::move(draining);
+  client::ClientOptions options;
+  options.target = servers_[0]->address();
+  clients_[0] = client::Client::Connect(options);
+  ASSERT_TRUE(clients_[1]->Create(LstmSpec(1, 3, 4, 9), "m").ok());
+  std::vector<at::Tensor> xs;
+  for (int t = 0; t < 4; ++t) xs.push_back(Randn({1, 3}, 40 + t));
+  auto session = clients_[0]->OpenSession("m", 1);
+  ASSERT_TRUE(session.ok()) << session.status();
+  ASSERT_TRUE((*session)->Step(xs[0]).ok());
+  ASSERT_TRUE((*session)->Step(xs[1]).ok());
+  const std::string id = (*session)->sequence_id();
+  const absl::Time began = absl::Now();
+  EXPECT_EQ(servers_[0]->Stop(SIGTERM, 90), 0);
+  // (gRPC's own shutdown waits about 4 s for the client's idle connection to close.)
+  EXPECT_LT(absl::Now() - began, absl::Seconds(30)) << "the drain waited for the open session:\n" << servers_[0]->Log();
+  auto refused = (*session)->Step(xs[2]);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), absl::StrCat("sequence ", id, " is kept at 2 steps")))
+      << refused.status();
+  session->reset();
+
+  auto resumed = clients_[1]->OpenSession("m", 1, {}, false, id);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  at::Tensor last;
+  for (int t = 2; t < 4; ++t) {
+    auto out = (*resumed)->Step(xs[t]);
+    ASSERT_TRUE(out.ok()) << out.status();
+    last = *out;
+  }
+  auto run = clients_[1]->Run("m", at::stack(xs));
+  ASSERT_TRUE(run.ok()) << run.status();
+  EXPECT_TRUE(at::allclose(last, run->outputs[3], 1e-5, 1e-6)) << (last - run->outputs[3]).abs().max();
 }
 
 TEST_F(SharedSequenceTest, GetSequenceRefusesAnIdItCannotTake) {

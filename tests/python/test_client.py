@@ -78,7 +78,13 @@ class ServerTest(unittest.TestCase):
             out = session.step(x)
             c, h = self.client.step("py-session", x, c, h)
             self.assertTrue(torch.equal(out, h[-1]))
+        # Its steps are stored under an id the server named, readable until the client closes.
+        self.assertRegex(session.sequence_id, r"^session-[0-9a-f]{32}$")
+        self.assertEqual(self.client.get_sequence(session.sequence_id).sequence_step, 4)
         session.close()
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.client.get_sequence(session.sequence_id)
+        self.assertIn("ended after 4 steps", caught.exception.details())
 
     def test_a_session_on_a_sequence_id_is_resumed_and_read_back(self):
         """On the server's own (memory) store: a second Session naming the id goes on from

@@ -52,6 +52,7 @@ async def main():
         out["async_equal"] = bool(np.array_equal(a_outputs, outputs))
         session = await aclient.session("pip-sync", batch_size=3)
         steps = [await session.step(x[t]) for t in range(6)]
+        out["session_named"] = session.sequence_id.startswith("session-")
         await session.close()
         out["session_equal"] = bool(np.array_equal(np.stack(steps), outputs))
         await aclient.import_tensors({"w_0": weights["w_0"]}, id="pip-async")
@@ -118,6 +119,7 @@ class PipInstallTest(unittest.TestCase):
         self.assertEqual(out["health"], "SERVING")
         self.assertTrue(out["async_equal"])
         self.assertTrue(out["session_equal"])
+        self.assertTrue(out["session_named"])
         self.assertEqual(out["listed"], ["pip-async", "pip-sync"])
         self.assertTrue(out["deleted"])
 

@@ -258,24 +258,26 @@ TEST(SequenceStoreTest, OneRequestOfASequenceAtATime) {
   EXPECT_TRUE(store.Claim("s:a", "a").ok());
 }
 
-TEST(SequenceStoreTest, StreamsAndStoredSequencesHaveOneLimitEach) {
+TEST(SequenceStoreTest, StoredSequencesHaveOneLimitAndStreamsAreNotCounted) {
   SequenceStore store(2, absl::Minutes(1));
-  ASSERT_TRUE(store.Open("stream:1", [] {}).ok());
-  ASSERT_TRUE(store.Open("stream:2", [] {}).ok());
-  EXPECT_TRUE(absl::IsResourceExhausted(store.Open("stream:3", [] {})));
+  store.Open("stream:1", [] {});
+  store.Open("stream:2", [] {});
+  store.Open("stream:3", [] {});
   ASSERT_TRUE(store.Commit("u:1", "", RecordOf(1, 1), false).ok());
   ASSERT_TRUE(store.Commit("u:2", "", RecordOf(1, 1), false).ok());
   EXPECT_TRUE(absl::IsResourceExhausted(store.Commit("u:3", "", RecordOf(1, 1), false).status()));
-  EXPECT_EQ(store.stats().rejected, 2);
-  EXPECT_EQ(store.stats().active, 4);
-  store.Close("stream:1");
-  EXPECT_TRUE(store.Open("stream:3", [] {}).ok());
+  EXPECT_EQ(store.stats().rejected, 1);
+  EXPECT_EQ(store.stats().active, 2);
+  auto loaded = store.Load("u:1");
+  ASSERT_TRUE(loaded.ok() && loaded->record.has_value());
+  ASSERT_TRUE(store.Commit("u:1", loaded->version, *loaded->record, /*end=*/true).ok());
+  EXPECT_TRUE(store.Commit("u:3", "", RecordOf(1, 1), false).ok()) << "an ended sequence frees its place";
 }
 
 TEST(SequenceStoreTest, IdleStreamsAreCancelledOnceAndIdleRecordsExpire) {
   SequenceStore store(8, absl::Milliseconds(200));
   std::atomic<int> idle_calls{0};
-  ASSERT_TRUE(store.Open("stream:1", [&] { ++idle_calls; }).ok());
+  store.Open("stream:1", [&] { ++idle_calls; });
   ASSERT_TRUE(store.Commit("u:1", "", RecordOf(1, 5), false).ok());
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
   while (store.stats().idle_cancelled < 1 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));

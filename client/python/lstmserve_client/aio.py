@@ -27,9 +27,11 @@ from .tensors import TensorLike, to_wire
 class AsyncSession:
     """A server-side stateful session on an asyncio stream: one x in, top-layer h out."""
 
-    def __init__(self, call, as_numpy: bool):
+    def __init__(self, call, as_numpy: bool, sequence_id: str = ""):
         self._call = call
         self._as_numpy = as_numpy
+        self.sequence_id = sequence_id
+        """The stored sequence the steps are kept in (see Session.sequence_id)."""
 
     async def step(self, x: TensorLike):
         """Returns the top layer's new h, or (h, c_list, h_list) with return_state."""
@@ -40,6 +42,7 @@ class AsyncSession:
         if response is aio.EOF:
             await self._call  # raises the status the server ended the stream with
             raise ConnectionError("the session ended")
+        self.sequence_id = response.sequence_id
         return calls.session_output(response, self._as_numpy)
 
     async def close(self) -> None:
@@ -150,7 +153,7 @@ class AsyncClient:
         on that stored sequence (see Client.session)."""
         call = self._inference.Session(metadata=self._metadata)
         await call.write(calls.session_start(id, batch_size, c, h, return_state, sequence_id))
-        return AsyncSession(call, self._as_numpy)
+        return AsyncSession(call, self._as_numpy, sequence_id)
 
     async def get_sequence(self, sequence_id, include_state: bool = False):
         """A stored sequence (see Client.get_sequence)."""

@@ -27,13 +27,18 @@ class Session:
         self._queue: "queue.Queue" = queue.Queue()  # requests; None ends the stream
         self._queue.put(calls.session_start(set_id, batch_size, c, h, return_state, sequence_id))
         self._responses = stub.Session(iter(self._queue.get, None), metadata=metadata)
+        self.sequence_id = sequence_id
+        """The stored sequence the steps are kept in: the one named, or the one the server
+        named (known once a step is answered). A new session naming it resumes it."""
 
     def step(self, x: TensorLike):
         """Returns the top layer's new h, or (h, c_list, h_list) with return_state."""
         request = inference_pb2.SessionRequest()
         to_wire(x, request.x)
         self._queue.put(request)
-        return calls.session_output(next(self._responses), self._as_numpy)
+        response = next(self._responses)
+        self.sequence_id = response.sequence_id
+        return calls.session_output(response, self._as_numpy)
 
     def close(self) -> None:
         self._queue.put(None)

@@ -273,6 +273,25 @@ absl::StatusOr<SequenceRecord> InferenceEngine::GetSequence(const std::string& k
   return *std::move(loaded.record);
 }
 
+absl::Status InferenceEngine::EndSequence(const std::string& key, const std::string& shown) const {
+  LSTMSERVE_RETURN_IF_ERROR(sequences_->Claim(key, shown));
+  absl::Status status;
+  for (int attempt = 0; attempt < kMaxAttempts; ++attempt) {
+    absl::StatusOr<SequenceStore::Loaded> loaded = sequences_->Load(key, /*trust_copy=*/attempt == 0);
+    if (!loaded.ok() || !loaded->record.has_value()) {
+      status = loaded.status();
+      break;
+    }
+    absl::StatusOr<std::optional<std::string>> ended =
+        sequences_->Commit(key, loaded->version, *loaded->record, /*end=*/true);
+    status = ended.status();
+    if (!ended.ok() || ended->has_value()) break;
+    status = absl::AbortedError(absl::StrCat("sequence ", shown, " kept being advanced while it was ended"));
+  }
+  sequences_->Unclaim(key);
+  return status;
+}
+
 void InferenceEngine::SubmitSequenceStep(const CallControl& call, SequenceStep step,
                                          std::function<void(absl::StatusOr<SequenceAnswer>)> done) const {
   if (absl::Status claimed = sequences_->Claim(step.key, step.shown); !claimed.ok()) {

@@ -163,16 +163,16 @@ SequenceStore::~SequenceStore() {
   reaper_.join();
 }
 
-absl::Status SequenceStore::Open(const std::string& key, std::function<void()> on_idle) {
+void SequenceStore::Open(const std::string& key, std::function<void()> on_idle, std::function<void()> on_drain) {
   absl::MutexLock lock(&mu_);
-  if (static_cast<int64_t>(streams_.size()) >= max_sequences_) {
-    ++rejected_;
-    return absl::ResourceExhaustedError(absl::StrCat(max_sequences_,
-                                                     " sessions are open on this server (--max_sequences); end one "
-                                                     "or retry on another replica"));
+  streams_[key] = Stream{absl::Now(), std::move(on_idle), std::move(on_drain)};
+}
+
+void SequenceStore::DrainStreams() {
+  absl::MutexLock lock(&mu_);
+  for (auto& [key, stream] : streams_) {
+    if (stream.on_drain) stream.on_drain();
   }
-  streams_[key] = Stream{absl::Now(), std::move(on_idle)};
-  return absl::OkStatus();
 }
 
 void SequenceStore::Touch(const std::string& key) {
@@ -279,7 +279,7 @@ SequenceStore::Stats SequenceStore::stats() const {
   absl::StatusOr<int64_t> stored = backend_->Count();
   absl::MutexLock lock(&mu_);
   Stats stats;
-  stats.active = stored.ok() ? static_cast<int64_t>(streams_.size()) + *stored : -1;
+  stats.active = stored.ok() ? *stored : -1;
   stats.steps = steps_.load(std::memory_order_relaxed);
   stats.rejected = rejected_;
   stats.idle_cancelled = idle_cancelled_;

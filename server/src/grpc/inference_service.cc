@@ -1,13 +1,17 @@
 #include <chrono>
+#include <random>
 
 #include <ATen/ATen.h>
+#include <openssl/rand.h>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 
 #include "lstmserve/core/status.h"
 #include "lstmserve/server/grpc/services.h"
+#include "lstmserve/server/log.h"
 #include "lstmserve/server/oip/open_inference.h"
 #include "lstmserve/wire/conversions.h"
 #include "rpc_util.h"
@@ -80,9 +84,21 @@ void SubmitUnary(ServiceContext* ctx, UnaryCallBase* call, RpcLog log, absl::Sta
   ctx->engine->Submit(*std::move(job));
 }
 
+// A new sequence id for a Session that names none: "session-" and 128 random bits in hex.
+std::string NewSessionSequenceId() {
+  unsigned char bits[16];
+  if (RAND_bytes(bits, sizeof(bits)) != 1) {
+    thread_local std::mt19937_64 rng(std::random_device{}());
+    for (auto& b : bits) b = static_cast<unsigned char>(rng());
+  }
+  return absl::StrCat("session-", absl::BytesToHexString(absl::string_view(reinterpret_cast<char*>(bits), 16)));
+}
+
 // A Session stream: start, then one step per x; strictly one read or write in flight. Its
 // messages are parsed here (a raw method): one that does not parse ends the stream with
 // INVALID_ARGUMENT, where gRPC's parsing would have looked like the client's half-close.
+// When the server drains, the stream is finished with UNAVAILABLE as soon as it waits for
+// its next message (a step in flight is answered first); its sequence stays in the store.
 class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   SessionReactor(grpc::CallbackServerContext* context, ServiceContext* ctx, RpcLog log)
@@ -90,11 +106,20 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
         ctx_(ctx),
         log_(std::move(log)),
         key_(absl::StrCat("stream:", reinterpret_cast<uintptr_t>(this))) {
-    StartRead(&read_);
+    ctx_->engine->sequences().Open(
+        key_, [context = context_] { context->TryCancel(); }, [this] { Drain(); });
+    tracked_ = true;
+    Read();
   }
 
   void OnReadDone(bool ok) override {
+    {
+      absl::MutexLock lock(&mu_);
+      reading_ = false;
+      if (finished_) return;  // finished by a drain while this read waited
+    }
     if (!ok) {  // the client closed its side, or the session was cancelled (idle, or draining)
+      EndNamedByServer();
       End(absl::OkStatus());
       return;
     }
@@ -111,38 +136,18 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
       if (!status.ok()) {
         End(status);
       } else {
-        StartRead(&read_);
+        Read();
       }
       return;
     }
-    if (!sequence_key_.empty()) {
-      SequenceStepOfStream();
-      return;
-    }
-    // The step goes through the batcher, merged with other sessions' steps on the same set;
-    // the write starts from the batch thread.
-    absl::StatusOr<BatchJob> job = StepJob();
-    if (!job.ok()) {
-      End(job.status());
-      return;
-    }
-    job->done = [this](absl::StatusOr<core::SequenceResult> result) {
-      if (!result.ok()) {
-        End(result.status());
-        return;
-      }
-      state_ = std::move(result->final_state);
-      ctx_->engine->sequences().StepDone();
-      Respond(step_++);
-    };
-    ctx_->engine->Submit(*std::move(job));
+    SequenceStepOfStream();
   }
   void OnWriteDone(bool ok) override {
     if (!ok) {
       End(absl::CancelledError("the client stopped reading the session"));
       return;
     }
-    StartRead(&read_);
+    Read();
   }
   void OnDone() override {
     if (tracked_) ctx_->engine->sequences().Close(key_);  // before the context goes away
@@ -150,14 +155,69 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   }
 
  private:
-  // Leaves the tracker before finishing, so that a client that sees the stream end can
-  // open a new session at once.
+  // Finishes the stream, once. Leaves the tracker first, so that a client that sees the
+  // stream end can open a new session at once.
   void End(const absl::Status& status) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_) return;
+      finished_ = true;
+    }
     if (tracked_) {
       ctx_->engine->sequences().Close(key_);
       tracked_ = false;
     }
     Finish(log_.Done(status));
+  }
+
+  // The next message, unless the server drains.
+  void Read() {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!draining_ && !ctx_->draining.load()) {  // (a stream opened as the drain began)
+        reading_ = true;
+        StartRead(&read_);  // its OnReadDone never runs inline
+        return;
+      }
+    }
+    End(DrainStatus());
+  }
+
+  // From the sequence store, under its lock, when the server starts draining (the tracker is
+  // left in OnDone). A read pending is given up: its message, if one comes, is not applied.
+  void Drain() {
+    absl::MutexLock lock(&mu_);
+    draining_ = true;
+    if (!reading_ || finished_) return;  // a step in flight: finished after its answer
+    finished_ = true;
+    Finish(log_.Done(DrainStatus()));  // OnReadDone(false) and OnDone follow, never inline
+  }
+
+  absl::Status DrainStatus() const {
+    if (sequence_key_.empty() || !sequence_started_) {
+      return absl::UnavailableError("this server is shutting down; open the session on another replica");
+    }
+    if (!ctx_->engine->sequences().backend().shared()) {
+      return absl::UnavailableError(absl::StrCat(
+          "this server is shutting down after ", step_, " steps of sequence ", sequence_shown_,
+          "; its state is lost with this server's memory (--sequence_store=memory; a shared store keeps it)"));
+    }
+    return absl::UnavailableError(absl::StrCat("this server is shutting down; sequence ", sequence_shown_,
+                                               " is kept at ", step_,
+                                               " steps: resume it on another replica with a Session whose "
+                                               "start.sequence_id names it"));
+  }
+
+  // A sequence the server named ends when its client closes its side of the stream; one
+  // whose stream was cancelled (a broken connection, an idle or draining server) stays to be
+  // resumed until it expires.
+  void EndNamedByServer() {
+    if (named_by_client_ || !sequence_started_ || context_->IsCancelled()) return;
+    if (absl::Status ended = ctx_->engine->EndSequence(sequence_key_, sequence_shown_); !ended.ok()) {
+      LogError(absl::StrCat("session: sequence ", sequence_shown_, " was not ended (it expires after ",
+                            absl::FormatDuration(ctx_->engine->sequences().idle_timeout()),
+                            " idle): ", ended.message()));
+    }
   }
 
   absl::Status Start() {
@@ -177,12 +237,6 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
     }
     batch_ = start.batch_size();
     return_state_ = start.return_state();
-    if (absl::Status admitted = ctx_->engine->sequences().Open(key_, [context = context_] { context->TryCancel(); });
-        !admitted.ok()) {
-      entry_.reset();
-      return admitted;
-    }
-    tracked_ = true;
     auto state = RequestState(ctx_, *entry_, start, "start.");
     if (!state.ok()) {
       entry_.reset();
@@ -194,6 +248,10 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
         entry_.reset();
         return s;
       }
+    } else {
+      sequence_id_ = NewSessionSequenceId();
+      sequence_key_ = oip::SequenceKey(sequence_id_);
+      sequence_shown_ = sequence_id_;
     }
     const int64_t hidden = entry_->lstm->hidden_size();
     for (const auto* part : {&state_.c, &state_.h}) {
@@ -215,6 +273,8 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
                                                      " bytes long; a sequence id takes at most ",
                                                      oip::kMaxSequenceIdBytes));
     }
+    named_by_client_ = true;
+    sequence_id_ = start.sequence_id();
     sequence_key_ = oip::SequenceKey(start.sequence_id());
     sequence_shown_ = core::ClientText(start.sequence_id());
     absl::StatusOr<SequenceRecord> record = ctx_->engine->GetSequence(sequence_key_, sequence_shown_);
@@ -276,6 +336,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   void Respond(int64_t step) {
     response_.Clear();
     response_.set_step(step);
+    response_.set_sequence_id(sequence_id_);
     TensorToProto(state_.h.back(), response_.mutable_output());
     if (return_state_) StatesToProto(state_, &response_);
     if (grpc::Status s = SerializeMessage(response_, &write_); !s.ok()) {
@@ -296,11 +357,6 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
     return x;
   }
 
-  absl::StatusOr<BatchJob> StepJob() {
-    LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor x, StepInput());
-    return ctx_->engine->MakeJob(GrpcCall(context_), entry_, x.unsqueeze(0), state_, /*want_outputs=*/false);
-  }
-
   grpc::CallbackServerContext* context_;
   ServiceContext* ctx_;
   RpcLog log_;
@@ -314,9 +370,15 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   int64_t batch_ = 0;
   int64_t step_ = 0;
   bool return_state_ = false;
-  const std::string key_;  // in the sequence store
-  bool tracked_ = false;   // open in the sequence store
-  // With start.sequence_id: the stored sequence the steps go to.
+  const std::string key_;  // the stream's, in the sequence store's idle tracking
+  bool tracked_ = false;   // tracked there
+  absl::Mutex mu_;         // between the stream's callbacks and a drain
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // The stored sequence the steps go to: start.sequence_id, or one the server named.
+  bool named_by_client_ = false;
+  std::string sequence_id_;
   std::string sequence_key_;
   std::string sequence_shown_;
   bool sequence_started_ = false;  // it is open (resumed, or started by a step of this stream)

@@ -57,6 +57,10 @@ class Session {
   // The index the server gave the last step answered (SessionResponse.step): with a
   // sequence id, the sequence's steps before it.
   int64_t last_step() const { return last_step_; }
+  // The stored sequence the session's steps are kept in (SessionResponse.sequence_id): the
+  // one it named, or the one the server named; empty before the first step is answered. A
+  // new session naming it resumes the sequence (Client::OpenSession's `sequence_id`).
+  const std::string& sequence_id() const { return sequence_id_; }
 
  private:
   friend class Client;
@@ -65,6 +69,7 @@ class Session {
   std::unique_ptr<grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionResponse>> stream_;
   bool closed_ = false;
   int64_t last_step_ = -1;
+  std::string sequence_id_;
 };
 
 // Thread-safe; one channel shared by every call.

@@ -85,6 +85,12 @@ class InferenceEngine {
   // reached.
   absl::StatusOr<SequenceRecord> GetSequence(const std::string& key, const std::string& shown) const;
 
+  // Ends stored sequence `key` without a step (a Session the server named, closed by its
+  // client): its record goes, its trace says it ended. OK when it is not open;
+  // FAILED_PRECONDITION while a request of it is in flight here; UNAVAILABLE when the store
+  // is not reached (the record then expires after the idle timeout).
+  absl::Status EndSequence(const std::string& key, const std::string& shown) const;
+
   SequenceStore& sequences() const { return *sequences_; }
   int64_t max_tensor_elements() const { return max_tensor_elements_; }
 

@@ -4,8 +4,10 @@
 //    sequence's set and its checksum, its step count, its state and its last answer. The
 //    engine (InferenceEngine::SubmitSequenceStep) loads a record, computes, and commits the
 //    new record under a compare-and-set of its version.
-//  - lstmserve.v1 Session streams, which hold their state themselves: counted here, under
-//    the same limit, and ended by the same idle timeout.
+//    lstmserve.v1 Sessions' steps are stored sequences' too (named by the client, or by the
+//    server when it names none).
+//  - The Session streams themselves, tracked here so that one idle for the idle timeout is
+//    cancelled (its record expires then too).
 #pragma once
 
 #include <atomic>
@@ -52,8 +54,8 @@ absl::StatusOr<SequenceRecord> DecodeSequenceRecord(const std::string& bytes);
 // Thread-safe.
 class SequenceStore {
  public:
-  // `max_sequences`: open streams here, and records in the backend; `idle_timeout`: a
-  // sequence not stepped for this long is ended.
+  // `max_sequences`: records in the backend; `idle_timeout`: a sequence not stepped for
+  // this long expires, and a stream that long silent is cancelled.
   SequenceStore(std::unique_ptr<SequenceBackend> backend, int64_t max_sequences, absl::Duration idle_timeout);
   // In memory (tests).
   SequenceStore(int64_t max_sequences, absl::Duration idle_timeout)
@@ -62,11 +64,13 @@ class SequenceStore {
   SequenceStore(const SequenceStore&) = delete;
   SequenceStore& operator=(const SequenceStore&) = delete;
 
-  // --- Streams, which hold their state themselves. `key` is unique among open ones.
-  // RESOURCE_EXHAUSTED when max_sequences are open.
-  absl::Status Open(const std::string& key, std::function<void()> on_idle);
+  // --- Session streams: `on_idle` runs (once) when one is silent for the idle timeout,
+  // `on_drain` when the server drains (DrainStreams); both under the store's lock. `key` is
+  // unique among open ones.
+  void Open(const std::string& key, std::function<void()> on_idle, std::function<void()> on_drain = {});
   void Touch(const std::string& key);  // a message arrived
   void Close(const std::string& key);  // the stream is done
+  void DrainStreams();                 // the server is draining: each open stream's on_drain
 
   // --- Stored sequences.
   // One request of a sequence at a time in this process: FAILED_PRECONDITION while another
@@ -114,7 +118,7 @@ class SequenceStore {
 
   // Totals since start and the number open now, for metrics and logs.
   struct Stats {
-    int64_t active = 0;  // streams here, and stored sequences (-1: the backend did not answer)
+    int64_t active = 0;  // stored sequences (-1: the backend did not answer)
     int64_t steps = 0;
     int64_t rejected = 0;        // refused past max_sequences
     int64_t idle_cancelled = 0;  // streams ended by the reaper
@@ -132,6 +136,7 @@ class SequenceStore {
   struct Stream {
     absl::Time last_seen;
     std::function<void()> on_idle;
+    std::function<void()> on_drain;
   };
   struct Copy {
     std::string version;
