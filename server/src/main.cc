@@ -76,7 +76,15 @@ ABSL_FLAG(absl::Duration, session_idle_timeout, kDefaults.sequence_idle_timeout,
 ABSL_FLAG(std::string, sequence_store, kDefaults.sequence_store,
           "where stored sequences live: memory (this process; a sequence stays on the replica that "
           "started it) or redis://HOST:PORT[/DB] (a Redis 7 or Valkey that every replica shares: any "
-          "replica continues any sequence, and sequences survive a replica's death)");
+          "replica continues any sequence, and sequences survive a replica's death); rediss:// for "
+          "Redis over TLS");
+ABSL_FLAG(std::string, sequence_store_ca_file, "",
+          "rediss:// only: a PEM file of the CA that signed the Redis server's certificate (default: the "
+          "system's CAs); the certificate must name the store's host");
+ABSL_FLAG(std::string, sequence_store_cert_file, "",
+          "rediss:// only: a PEM client certificate to present (Redis asks for one unless tls-auth-clients "
+          "is no); with --sequence_store_key_file");
+ABSL_FLAG(std::string, sequence_store_key_file, "", "rediss:// only: the PEM key of --sequence_store_cert_file");
 ABSL_FLAG(std::string, sequence_store_password_file, kDefaults.sequence_store_password_file,
           "a file holding the Redis password (its first line), when the store needs one");
 ABSL_FLAG(absl::Duration, sequence_store_timeout, kDefaults.sequence_store_timeout,
@@ -158,6 +166,9 @@ int main(int argc, char** argv) {
   }
   options.sequence_store = absl::GetFlag(FLAGS_sequence_store);
   options.sequence_store_password_file = absl::GetFlag(FLAGS_sequence_store_password_file);
+  options.sequence_store_ca_file = absl::GetFlag(FLAGS_sequence_store_ca_file);
+  options.sequence_store_cert_file = absl::GetFlag(FLAGS_sequence_store_cert_file);
+  options.sequence_store_key_file = absl::GetFlag(FLAGS_sequence_store_key_file);
   options.sequence_store_timeout = absl::GetFlag(FLAGS_sequence_store_timeout);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.max_tensor_elements = absl::GetFlag(FLAGS_max_tensor_elements);

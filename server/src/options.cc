@@ -69,10 +69,21 @@ absl::Status ServerOptions::Validate() const {
   if (sequence_store != "memory" && !absl::StartsWith(sequence_store, "redis://") &&
       !absl::StartsWith(sequence_store, "rediss://")) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--sequence_store is '", sequence_store, "'; expected memory or redis://HOST:PORT[/DB]"));
+        absl::StrCat("--sequence_store is '", sequence_store,
+                     "'; expected memory, redis://HOST:PORT[/DB] or rediss://HOST:PORT[/DB]"));
   }
   if (sequence_store == "memory" && !sequence_store_password_file.empty()) {
     return absl::InvalidArgumentError("--sequence_store_password_file is for a redis:// --sequence_store");
+  }
+  if (!absl::StartsWith(sequence_store, "rediss://") &&
+      (!sequence_store_ca_file.empty() || !sequence_store_cert_file.empty() || !sequence_store_key_file.empty())) {
+    return absl::InvalidArgumentError(
+        "--sequence_store_ca_file, --sequence_store_cert_file and --sequence_store_key_file are for a rediss:// "
+        "(TLS) --sequence_store");
+  }
+  if (sequence_store_cert_file.empty() != sequence_store_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--sequence_store_cert_file and --sequence_store_key_file go together: give both or neither");
   }
   if (sequence_store_timeout <= absl::ZeroDuration() || sequence_store_timeout > absl::Minutes(1)) {
     return absl::InvalidArgumentError("--sequence_store_timeout must be in (0, 1m]");

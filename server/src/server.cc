@@ -115,6 +115,7 @@ absl::Status Server::StartEngine(int batch_threads) {
     RedisOptions redis;
     redis.url = options.sequence_store;
     redis.timeout = options.sequence_store_timeout;
+    redis.tls = {options.sequence_store_ca_file, options.sequence_store_cert_file, options.sequence_store_key_file};
     if (!options.sequence_store_password_file.empty()) {
       LSTMSERVE_ASSIGN_OR_RETURN(
           redis.password, ReadSecretFile(options.sequence_store_password_file, "--sequence_store_password_file"));

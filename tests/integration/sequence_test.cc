@@ -244,5 +244,33 @@ TEST_F(SharedSequenceTest, GetSequenceRefusesAnIdItCannotTake) {
   EXPECT_TRUE(absl::StrContains(got.status().message(), "at most 256")) << got.status();
 }
 
+// The server over rediss://, with the CA and a client certificate from its flags.
+TEST(SharedSequenceTlsTest, AServerKeepsItsSequencesInARedisOverTls) {
+  RedisProcess redis(0, RedisProcess::Transport::kTls);
+  ASSERT_TRUE(redis.WaitReady()) << "redis-server with TLS did not start";
+  testing::TempDir store;
+  auto server = testing::ServerProcess::Start(
+      store.path(),
+      {absl::StrCat("--sequence_store=", redis.url()), absl::StrCat("--sequence_store_ca_file=", redis.path("ca.crt")),
+       absl::StrCat("--sequence_store_cert_file=", redis.path("client.crt")),
+       absl::StrCat("--sequence_store_key_file=", redis.path("client.key"))});
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_TRUE(absl::StrContains((*server)->Log(), absl::StrCat("sequence store ", redis.url(), "/0: 0 sequences open")))
+      << (*server)->Log();
+  client::ClientOptions options;
+  options.target = (*server)->address();
+  auto client = client::Client::Connect(options);
+  ASSERT_TRUE(client->Create(LstmSpec(1, 2, 3, 5), "m").ok());
+  auto session = client->OpenSession("m", 1);
+  ASSERT_TRUE(session.ok()) << session.status();
+  ASSERT_TRUE((*session)->Step(at::ones({1, 2})).ok());
+  ASSERT_TRUE((*session)->Step(at::ones({1, 2})).ok());
+  v1::GetSequenceRequest get;
+  get.set_string_id((*session)->sequence_id());
+  auto seen = client->GetSequence(get);
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  EXPECT_EQ(seen->sequence_step(), 2u);
+}
+
 }  // namespace
 }  // namespace lstmserve

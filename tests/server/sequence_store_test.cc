@@ -91,9 +91,11 @@ class SequenceBackendTest : public ::testing::TestWithParam<std::string> {
       backend_ = NewMemorySequenceBackend();
       return;
     }
-    redis_ = std::make_unique<RedisProcess>();
+    const bool tls = GetParam() == "rediss";
+    redis_ = std::make_unique<RedisProcess>(0, tls ? RedisProcess::Transport::kTls : RedisProcess::Transport::kTcp);
     RedisOptions options;
     options.url = redis_->url();
+    if (tls) options.tls = {redis_->path("ca.crt"), redis_->path("client.crt"), redis_->path("client.key")};
     auto made = NewRedisSequenceBackend(options);
     ASSERT_TRUE(made.ok()) << made.status();
     backend_ = *std::move(made);
@@ -168,7 +170,66 @@ TEST(MemorySequenceBackendTest, TracesOfEndedSequencesStayWithinTheirBound) {
   EXPECT_EQ(b->Get(absl::StrCat("s:", ended - 1))->trace, big);  // the newest is kept
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, SequenceBackendTest, ::testing::Values("memory", "redis"));
+INSTANTIATE_TEST_SUITE_P(Backends, SequenceBackendTest, ::testing::Values("memory", "redis", "rediss"));
+
+// rediss://: the server's certificate is checked against the CA and the host, and the
+// client's is presented; whatever fails is UNAVAILABLE with the reason.
+TEST(RedisSequenceBackendTest, TlsChecksTheServersCertificateAndPresentsTheClients) {
+  RedisProcess redis(0, RedisProcess::Transport::kTls);
+  ASSERT_TRUE(redis.WaitReady()) << "redis-server with TLS did not start";
+  auto connect = [&](RedisOptions::Tls tls, const std::string& url) {
+    RedisOptions options;
+    options.url = url;
+    options.tls = std::move(tls);
+    auto made = NewRedisSequenceBackend(options);
+    EXPECT_TRUE(made.ok()) << made.status();
+    return made.ok() ? (*made)->Get("u:1").status() : made.status();
+  };
+  const std::string ca = redis.path("ca.crt"), cert = redis.path("client.crt"), key = redis.path("client.key");
+  absl::Status other_ca = connect({redis.path("other-ca.crt"), cert, key}, redis.url());
+  EXPECT_EQ(other_ca.code(), absl::StatusCode::kUnavailable) << other_ca;
+  EXPECT_TRUE(absl::StrContains(other_ca.message(), "not trusted")) << other_ca;
+  const std::string by_name = absl::StrCat("rediss://localhost:", redis.port());  // the certificate names 127.0.0.1
+  absl::Status wrong_host = connect({ca, cert, key}, by_name);
+  EXPECT_EQ(wrong_host.code(), absl::StatusCode::kUnavailable) << wrong_host;
+  EXPECT_TRUE(absl::StrContains(wrong_host.message(), "not trusted for localhost")) << wrong_host;
+  absl::Status no_client_cert = connect({ca, "", ""}, redis.url());
+  EXPECT_EQ(no_client_cert.code(), absl::StatusCode::kUnavailable) << no_client_cert;
+  EXPECT_TRUE(connect({ca, cert, key}, redis.url()).ok());
+
+  // A plain Redis asked for TLS: no handshake.
+  RedisProcess plain;
+  ASSERT_TRUE(plain.WaitReady());
+  absl::Status not_tls = connect({ca, cert, key}, absl::StrCat("rediss://127.0.0.1:", plain.port()));
+  EXPECT_EQ(not_tls.code(), absl::StatusCode::kUnavailable) << not_tls;
+}
+
+TEST(RedisSequenceBackendTest, TlsFilesAreCheckedAtStart) {
+  RedisProcess redis(0, RedisProcess::Transport::kTls);  // for its files
+  const std::string ca = redis.path("ca.crt"), cert = redis.path("client.crt"), key = redis.path("client.key");
+  struct Case {
+    std::string url;
+    RedisOptions::Tls tls;
+    const char* says;
+  };
+  for (const Case& c : std::vector<Case>{{"redis://h:1", {ca, "", ""}, "are for a rediss://"},
+                                         {"rediss://h:1", {"/nonexistent/ca.pem", "", ""}, "--sequence_store_ca_file"},
+                                         {"rediss://h:1", {ca, cert, ""}, "give both or neither"},
+                                         {"rediss://h:1", {ca, cert, ca}, "--sequence_store_key_file"}}) {
+    RedisOptions options;
+    options.url = c.url;
+    options.tls = c.tls;
+    auto made = NewRedisSequenceBackend(options);
+    EXPECT_EQ(made.status().code(), absl::StatusCode::kInvalidArgument) << c.url << " " << c.says;
+    EXPECT_TRUE(absl::StrContains(made.status().message(), c.says)) << made.status();
+  }
+  RedisOptions fine;
+  fine.url = "rediss://h:1";
+  fine.tls = {ca, cert, key};
+  auto made = NewRedisSequenceBackend(fine);
+  ASSERT_TRUE(made.ok()) << made.status();
+  EXPECT_EQ((*made)->Describe(), "rediss://h:1/0");
+}
 
 TEST(RedisSequenceBackendTest, AnUnreachableStoreIsUnavailableNamedWithoutItsPassword) {
   const int port = RedisProcess::FreePort();
@@ -187,7 +248,7 @@ TEST(RedisSequenceBackendTest, AnUnreachableStoreIsUnavailableNamedWithoutItsPas
 
 TEST(RedisSequenceBackendTest, MalformedAddressesAreRefusedWithTheReason) {
   for (const char* url : {"http://x:1", "redis://", "redis://h:0", "redis://h:70000", "redis://h:1/x",
-                          "redis://user:pw@h:1", "rediss://h:1"}) {
+                          "redis://user:pw@h:1", "rediss://user:pw@h:1", "redis2://h:1"}) {
     RedisOptions options;
     options.url = url;
     auto made = NewRedisSequenceBackend(options);

@@ -1,4 +1,5 @@
-// Sequences in Redis (or Valkey), through hiredis' synchronous API. Per sequence key K:
+// Sequences in Redis (or Valkey), over redis::Connection (plain TCP or TLS; hiredis' protocol
+// functions). Per sequence key K:
 //   lstmserve:seq:{K}    a hash: v (the record's version), b (the record); its TTL is the idle
 //                        timeout, renewed by every write
 //   lstmserve:trace:{K}  a string the last write or end left; lives an hour past the record
@@ -6,14 +7,10 @@
 //                        --max_sequences, across replicas)
 // Writes are Lua scripts that compare the version and write in one step (Redis runs a
 // script alone), so two replicas never both advance one sequence from the same version.
-#include <sys/time.h>
-
 #include <algorithm>
-#include <cerrno>
+#include <csignal>
 #include <map>
 #include <vector>
-
-#include <hiredis/hiredis.h>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
@@ -26,6 +23,7 @@
 
 #include "lstmserve/core/status.h"
 #include "lstmserve/server/engine/sequence_backend.h"
+#include "redis_connection.h"
 
 namespace lstmserve::server {
 namespace {
@@ -74,19 +72,13 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(t[1]) * 1000 + math.flo
 return redis.call('ZCARD', KEYS[1])
 )lua";
 
-struct ReplyFree {
-  void operator()(redisReply* r) const { freeReplyObject(r); }
-};
-using Reply = std::unique_ptr<redisReply, ReplyFree>;
-struct ContextFree {
-  void operator()(redisContext* c) const { redisFree(c); }
-};
-using Context = std::unique_ptr<redisContext, ContextFree>;
+using redis::Reply;
+using Context = std::unique_ptr<redis::Connection>;
 
 class RedisSequenceBackend final : public SequenceBackend {
  public:
-  RedisSequenceBackend(RedisOptions options, std::string host, int port, int db)
-      : options_(std::move(options)), host_(std::move(host)), port_(port), db_(db) {}
+  RedisSequenceBackend(RedisOptions options, std::string host, int port, int db, std::shared_ptr<redis::TlsContext> tls)
+      : options_(std::move(options)), host_(std::move(host)), port_(port), db_(db), tls_(std::move(tls)) {}
 
   absl::StatusOr<BackendRecord> Get(const std::string& key) override {
     LSTMSERVE_ASSIGN_OR_RETURN(Reply reply, (Eval(kGetScript, {RecordKey(key), TraceKey(key)}, {})));
@@ -128,7 +120,9 @@ class RedisSequenceBackend final : public SequenceBackend {
     return static_cast<int64_t>(reply->integer);
   }
 
-  std::string Describe() const override { return absl::StrCat("redis://", host_, ":", port_, "/", db_); }
+  std::string Describe() const override {
+    return absl::StrCat(tls_ ? "rediss://" : "redis://", host_, ":", port_, "/", db_);
+  }
   bool shared() const override { return true; }
 
  private:
@@ -140,17 +134,8 @@ class RedisSequenceBackend final : public SequenceBackend {
         absl::StrCat("the sequence store ", Describe(), " gave an unexpected reply to ", what));
   }
 
-  // One command on a connection; nullptr and a message when the connection failed.
-  static Reply Command(redisContext* c, const std::vector<std::string>& args) {
-    std::vector<const char*> argv;
-    std::vector<size_t> lens;
-    for (const auto& a : args) {
-      argv.push_back(a.data());
-      lens.push_back(a.size());
-    }
-    return Reply(
-        static_cast<redisReply*>(redisCommandArgv(c, static_cast<int>(args.size()), argv.data(), lens.data())));
-  }
+  // One command on a connection; nullptr when the connection failed.
+  static Reply Command(redis::Connection* c, const std::vector<std::string>& args) { return c->Command(args); }
 
   absl::StatusOr<Context> Connect() {
     {
@@ -160,13 +145,14 @@ class RedisSequenceBackend final : public SequenceBackend {
                                                    "); retrying the connection"));
       }
     }
-    Context c(redisConnectWithTimeout(host_.c_str(), port_, absl::ToTimeval(options_.timeout)));
+    absl::StatusOr<Context> opened = redis::Connection::Open(host_, port_, options_.timeout, tls_);
+    Context c;
     absl::Status status;
-    if (c == nullptr || c->err != 0) {
-      status = absl::UnavailableError(absl::StrCat("cannot connect to the sequence store ", Describe(), ": ",
-                                                   c == nullptr ? "out of memory" : c->errstr));
+    if (!opened.ok()) {
+      status = absl::UnavailableError(
+          absl::StrCat("cannot connect to the sequence store ", Describe(), ": ", opened.status().message()));
     } else {
-      redisSetTimeout(c.get(), absl::ToTimeval(options_.timeout));
+      c = *std::move(opened);
       if (!options_.password.empty()) status = Check(c.get(), Command(c.get(), {"AUTH", options_.password}), "AUTH");
       if (status.ok() && db_ != 0) status = Check(c.get(), Command(c.get(), {"SELECT", absl::StrCat(db_)}), "SELECT");
     }
@@ -181,7 +167,7 @@ class RedisSequenceBackend final : public SequenceBackend {
     return c;
   }
 
-  absl::Status Check(redisContext* c, const Reply& reply, const char* what) const {
+  absl::Status Check(redis::Connection* c, const Reply& reply, const char* what) const {
     if (reply == nullptr) return ConnectionError(c, what);
     if (reply->type == REDIS_REPLY_ERROR) {
       return absl::UnavailableError(absl::StrCat("the sequence store ", Describe(), " refused ", what, ": ",
@@ -190,9 +176,9 @@ class RedisSequenceBackend final : public SequenceBackend {
     return absl::OkStatus();
   }
 
-  absl::Status ConnectionError(redisContext* c, const char* what) const {
-    const std::string detail = c->errstr[0] != 0 ? c->errstr : "connection lost";
-    if (c->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+  absl::Status ConnectionError(redis::Connection* c, const char* what) const {
+    const std::string detail = c->broken() ? c->error() : "connection lost";
+    if (c->timed_out()) {
       return absl::DeadlineExceededError(absl::StrCat("the sequence store ", Describe(), " did not answer ", what,
                                                       " within ", absl::FormatDuration(options_.timeout)));
     }
@@ -226,7 +212,7 @@ class RedisSequenceBackend final : public SequenceBackend {
         if (static_cast<int>(idle_.size()) < options_.connections) idle_.push_back(std::move(c));
         return reply;
       }
-      if (c->err == 0) {  // the server answered with an error: the connection is fine
+      if (!c->broken()) {  // the server answered with an error: the connection is fine
         absl::MutexLock lock(&mu_);
         if (static_cast<int>(idle_.size()) < options_.connections) idle_.push_back(std::move(c));
         return reply.status();
@@ -235,7 +221,7 @@ class RedisSequenceBackend final : public SequenceBackend {
     }
   }
 
-  absl::StatusOr<Reply> EvalOn(redisContext* c, const char* script, const std::vector<std::string>& keys,
+  absl::StatusOr<Reply> EvalOn(redis::Connection* c, const char* script, const std::vector<std::string>& keys,
                                const std::vector<std::string>& args) {
     std::string sha;
     {
@@ -269,6 +255,7 @@ class RedisSequenceBackend final : public SequenceBackend {
   const std::string host_;
   const int port_;
   const int db_;
+  const std::shared_ptr<redis::TlsContext> tls_;  // rediss:// only
   absl::Mutex mu_;
   std::vector<Context> idle_ ABSL_GUARDED_BY(mu_);
   std::map<const char*, std::string> shas_ ABSL_GUARDED_BY(mu_);
@@ -281,14 +268,17 @@ class RedisSequenceBackend final : public SequenceBackend {
 
 absl::StatusOr<std::unique_ptr<SequenceBackend>> NewRedisSequenceBackend(const RedisOptions& options) {
   absl::string_view rest = options.url;
-  if (absl::ConsumePrefix(&rest, "rediss://")) {
-    return absl::InvalidArgumentError(
-        "rediss:// (TLS) needs hiredis 1.0 with TLS, and this build links Debian 12's hiredis 0.14, which has none: "
-        "reach Redis over a TLS sidecar (stunnel, Envoy) at a redis:// address on localhost");
+  const bool tls = absl::ConsumePrefix(&rest, "rediss://");
+  if (!tls && !absl::ConsumePrefix(&rest, "redis://")) {
+    return absl::InvalidArgumentError(absl::StrCat("--sequence_store is '", options.url,
+                                                   "'; expected memory, redis://HOST:PORT[/DB] or rediss://..."));
   }
-  if (!absl::ConsumePrefix(&rest, "redis://")) {
+  const bool tls_files =
+      !options.tls.ca_file.empty() || !options.tls.cert_file.empty() || !options.tls.key_file.empty();
+  if (!tls && tls_files) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--sequence_store is '", options.url, "'; expected memory or redis://HOST:PORT[/DB]"));
+        "--sequence_store_ca_file, --sequence_store_cert_file and --sequence_store_key_file are for a rediss:// "
+        "(TLS) --sequence_store");
   }
   if (absl::StrContains(rest, '@')) {
     return absl::InvalidArgumentError(
@@ -315,7 +305,16 @@ absl::StatusOr<std::unique_ptr<SequenceBackend>> NewRedisSequenceBackend(const R
     }
   }
   if (host.empty()) return absl::InvalidArgumentError(absl::StrCat("--sequence_store '", options.url, "' has no host"));
-  return std::unique_ptr<SequenceBackend>(new RedisSequenceBackend(options, std::move(host), port, db));
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);  // [::1]
+  std::shared_ptr<redis::TlsContext> context;
+  if (tls) {
+    LSTMSERVE_ASSIGN_OR_RETURN(context, redis::TlsContext::Create(options.tls));
+  }
+  // A write to a connection the server closed must fail, not end the process.
+  struct sigaction old {};
+  if (sigaction(SIGPIPE, nullptr, &old) == 0 && old.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
+  return std::unique_ptr<SequenceBackend>(
+      new RedisSequenceBackend(options, std::move(host), port, db, std::move(context)));
 }
 
 }  // namespace lstmserve::server

@@ -54,6 +54,9 @@ struct ServerOptions {
   // Redis or Valkey every replica shares; then any replica continues any sequence).
   std::string sequence_store = "memory";
   std::string sequence_store_password_file;                  // the Redis password (AUTH), when it needs one
+  std::string sequence_store_ca_file;                        // rediss://: the CA to trust (empty: the system's)
+  std::string sequence_store_cert_file;                      // rediss://: a client certificate
+  std::string sequence_store_key_file;                       //   and its key
   absl::Duration sequence_store_timeout = absl::Seconds(1);  // per store operation
   // Largest gRPC message in either direction.
   int64_t max_message_bytes = int64_t{64} << 20;

@@ -61,8 +61,12 @@ inline constexpr int64_t kMemoryTraceBytes = int64_t{64} << 20;
 std::unique_ptr<SequenceBackend> NewMemorySequenceBackend();
 
 struct RedisOptions {
-  std::string url;                            // redis://HOST:PORT[/DB]
-  std::string password;                       // empty: none (AUTH otherwise)
+  std::string url;       // redis://HOST:PORT[/DB], or rediss:// for TLS
+  std::string password;  // empty: none (AUTH otherwise)
+  // rediss:// only: the CA to trust (empty: the system's), and a client certificate and key.
+  struct Tls {
+    std::string ca_file, cert_file, key_file;
+  } tls;
   absl::Duration timeout = absl::Seconds(1);  // per operation, and to connect
   int connections = 8;                        // kept open at most
 };
