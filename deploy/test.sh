@@ -6,7 +6,7 @@
 #   2. every test again against Debian's LibTorch 1.13 (build-debian/);
 #   3. every test again under AddressSanitizer and UndefinedBehaviorSanitizer (the `asan`
 #      CMake preset, build-asan/, Debian's LibTorch);
-#   4. each libFuzzer harness for about a minute (tests/fuzz/run.sh, build-fuzz/);
+#   4. each libFuzzer harness for 40 s (tests/fuzz/run.sh, build-fuzz/);
 #   5. the GPU script's rehearsal (deploy/gpu-check.sh stage, then rehearse: everything the
 #      GPU machine will run, with the CPU in place of the GPU), unless --quick.
 # Usage: deploy/test.sh [--quick]     (--quick: steps 1 and 2 only)
@@ -25,8 +25,8 @@ echo "test: the suite under ASan + UBSan"
 cmake --preset asan >/dev/null
 cmake --build --preset asan
 ctest --preset asan --parallel "$(nproc)"
-echo "test: fuzzers, 60 s each"
-tests/fuzz/run.sh 60
+echo "test: fuzzers, 40 s each"
+tests/fuzz/run.sh 40
 echo "test: the GPU script's rehearsal"
 deploy/gpu-check.sh stage
 OUT="$(mktemp -d)" deploy/gpu-check.sh rehearse
