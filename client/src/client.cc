@@ -15,6 +15,7 @@
 #include "lstmserve/core/status.h"
 #include "lstmserve/core/store.h"
 #include "lstmserve/wire/conversions.h"
+#include "torch_save.h"
 
 namespace lstmserve::client {
 namespace {
@@ -391,13 +392,8 @@ absl::Status WriteTensorFile(const std::string& path, const std::vector<core::Na
     stored.checksum = core::ComputeChecksum(stored.set);
     LSTMSERVE_ASSIGN_OR_RETURN(bytes, core::EncodeSafetensors(stored));
   } else if (absl::EndsWith(path, ".pt")) {
-    LSTMSERVE_RETURN_IF_ERROR(core::GuardTorch(path, [&]() -> absl::Status {
-      c10::Dict<std::string, at::Tensor> dict;
-      for (const auto& t : tensors) dict.insert(t.name, t.value.cpu());
-      const std::vector<char> data = torch::jit::pickle_save(c10::IValue(dict));
-      bytes.assign(data.begin(), data.end());
-      return absl::OkStatus();
-    }));
+    // As torch.save(state_dict) writes it, so that torch.load reads it with its defaults.
+    LSTMSERVE_ASSIGN_OR_RETURN(bytes, TorchSaveStateDict(tensors));
   } else {
     return absl::InvalidArgumentError(absl::StrCat(path, ": expected a .safetensors or .pt file name"));
   }

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # lstmserve-cli against the real server on 127.0.0.1:0: every command, readable and --json
-# output, exit codes, and a .pt export that torch.load reads bit-equal to create_weight.
-# Usage: test_cli.sh SERVER_BINARY CLI_BINARY PYTHON REFERENCE_DIR
+# output, exit codes, and .pt exports that torch.load reads with its defaults (PyTorch 1.13
+# and 2.11, where weights_only is the default) bit-equal to create_weight.
+# Usage: test_cli.sh SERVER_BINARY CLI_BINARY PYTHON REFERENCE_DIR TOOLS_PYTHON
 set -u
-server_bin=$1 cli=$2 python=$3 reference_dir=$4
+server_bin=$1 cli=$2 python=$3 reference_dir=$4 tools_python=$5
 work=$(mktemp -d /tmp/lstmserve-cli-XXXXXX)
 "$server_bin" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 --http_listen=127.0.0.1:0 --store_dir="$work/store" --threads=1 >"$work/out" 2>"$work/err" &
 server_pid=$!
@@ -31,11 +32,35 @@ check run 0 "${c[@]}" run --id=cli-set --batch=3 --steps=4 --out="$work/run.safe
 contains run "outputs  [4, 3, 8]"
 check step-json 0 "${c[@]}" --json step --id=cli-set --batch=2;    contains step-json '"h":[{"shape":[2,8]'
 check export 0 "${c[@]}" export --id=cli-set --out="$work/set.pt"
-check torch-load 0 "$python" -c "
+for py in "$python" "$tools_python"; do  # torch.load with its defaults: weights_only=True in 2.11
+  check "torch-load $py" 0 "$py" -c "
 import sys, torch; sys.path.insert(0, '$reference_dir'); import common_ops
 d = torch.load('$work/set.pt'); torch.manual_seed(42)
 w = [common_ops.create_weight('w', [(16 if l == 0 else 8) + 8, 32]) for l in range(2)]
-assert list(d) == ['w_0', 'w_1'] and all(torch.equal(d[f'w_{l}'], w[l].detach()) for l in range(2))"
+assert type(d) is dict and list(d) == ['w_0', 'w_1'], d
+assert all(torch.equal(d[f'w_{l}'], w[l].detach()) for l in range(2))"
+done
+# Reduced weights: bfloat16, and int8 with its float32 scales, equal to the .safetensors export.
+check create-int8 0 "${c[@]}" create --id=cli-int8 --layers=1 --input_size=4 --hidden_size=3 --weight_storage=int8
+check create-bf16 0 "${c[@]}" create --id=cli-bf16 --layers=1 --input_size=4 --hidden_size=3 --weight_storage=bfloat16
+for id in cli-int8 cli-bf16; do
+  check "export-$id" 0 "${c[@]}" export --id=$id --out="$work/$id.pt"
+  check "export-st-$id" 0 "${c[@]}" export --id=$id --out="$work/$id.safetensors"
+  check "torch-load-$id" 0 "$tools_python" -c "
+import json, struct, torch
+d = torch.load('$work/$id.pt')
+raw = open('$work/$id.safetensors', 'rb').read(); n = struct.unpack('<Q', raw[:8])[0]
+head = {k: v for k, v in json.loads(raw[8:8 + n]).items() if k != '__metadata__'}
+kinds = {'BF16': torch.bfloat16, 'I8': torch.int8, 'F32': torch.float32}
+assert sorted(d) == sorted(head), (list(d), list(head))
+for k, h in head.items():
+    b, e = h['data_offsets']
+    want = torch.frombuffer(bytearray(raw[8 + n + b:8 + n + e]), dtype=kinds[h['dtype']]).reshape(h['shape'])
+    assert d[k].dtype == want.dtype and torch.equal(d[k], want), k"
+  check "import-$id" 0 "${c[@]}" import --in="$work/$id.pt" --id=$id-copy --weight_storage=$([[ $id == cli-bf16 ]] && echo bfloat16 || echo int8)
+done
+contains import-cli-bf16 "WEIGHT_STORAGE_BFLOAT16"
+check get-cli-int8-copy 0 "${c[@]}" get --id=cli-int8-copy;         contains get-cli-int8-copy "WEIGHT_STORAGE_INT8"
 check import 0 "${c[@]}" import --in="$work/set.pt" --id=cli-copy;  contains import "SET_ORIGIN_IMPORTED"
 check make-inputs 0 "$python" -c "
 import torch; g = torch.Generator().manual_seed(1)

@@ -123,7 +123,8 @@ class Client {
 // LibTorch 1.13's unpickler reads torch.save'd dicts of 2 or more tensors only (a
 // one-entry dict uses the SETITEM opcode it lacks): INVALID_ARGUMENT saying so.
 absl::StatusOr<std::vector<core::NamedTensor>> ReadTensorFile(const std::string& path);
-// Writes tensors as .safetensors or .pt (which torch.load reads), by the path's suffix.
+// Writes tensors as .safetensors or .pt, by the path's suffix. A .pt is a state_dict as
+// torch.save writes it: torch.load reads it with its defaults (weights_only included).
 absl::Status WriteTensorFile(const std::string& path, const std::vector<core::NamedTensor>& tensors);
 
 }  // namespace lstmserve::client
