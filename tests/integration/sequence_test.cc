@@ -55,6 +55,26 @@ class SharedSequenceTest : public ::testing::Test {
     std::filesystem::remove_all(store_);
   }
 
+  // Steps xs[from, to) of set "m" on a Session that names sequence `id` (starting it, or
+  // resuming it), through `client`; the responses' step numbers must go on from `from`. Returns the last output
+  // (undefined after a failure, which is reported).
+  static at::Tensor ResumeAndStep(client::Client& client, int64_t batch, const std::string& id,
+                                  const std::vector<at::Tensor>& xs, int from, int to) {
+    auto session = client.OpenSession("m", batch, {}, /*return_state=*/false, id);
+    EXPECT_TRUE(session.ok()) << session.status();
+    if (!session.ok()) return {};
+    at::Tensor last;
+    for (int t = from; t < to; ++t) {
+      auto out = (*session)->Step(xs[t]);
+      EXPECT_TRUE(out.ok()) << out.status();
+      if (!out.ok()) return {};
+      EXPECT_EQ((*session)->last_step(), t);
+      last = *out;
+    }
+    EXPECT_TRUE((*session)->Close().ok());
+    return last;
+  }
+
   static at::Tensor Randn(std::vector<int64_t> shape, uint64_t seed) {
     at::Generator gen = at::detail::createCPUGenerator(seed);
     return at::empty(shape).normal_(0, 1, gen);
@@ -78,17 +98,7 @@ TEST_F(SharedSequenceTest, ASessionNamingASequenceIsResumedOnAnotherReplicaAndEq
   EXPECT_TRUE(absl::StrContains(none.status().message(), "was never started")) << none.status();
 
   // Three steps on replica 0; the stream ends (as a dropped connection would end it).
-  at::Tensor last;
-  {
-    auto session = clients_[0]->OpenSession("m", 2, {}, /*return_state=*/false, "conversation-1");
-    ASSERT_TRUE(session.ok()) << session.status();
-    for (int t = 0; t < 3; ++t) {
-      auto out = (*session)->Step(xs[t]);
-      ASSERT_TRUE(out.ok()) << out.status();
-      EXPECT_EQ((*session)->last_step(), t);
-    }
-    ASSERT_TRUE((*session)->Close().ok());
-  }
+  ASSERT_TRUE(ResumeAndStep(*clients_[0], 2, "conversation-1", xs, 0, 3).defined());
   // Replica 1 sees it: its set, 3 steps, B = 2, its state.
   get.set_include_state(true);
   auto seen = clients_[1]->GetSequence(get);
@@ -101,17 +111,8 @@ TEST_F(SharedSequenceTest, ASessionNamingASequenceIsResumedOnAnotherReplicaAndEq
   EXPECT_TRUE(absl::StartsWith(seen->parameter_set_checksum(), "sha256:")) << seen->parameter_set_checksum();
 
   // Resumed on replica 1: its steps are numbered on from 3, and the whole equals one Run.
-  {
-    auto session = clients_[1]->OpenSession("m", 2, {}, false, "conversation-1");
-    ASSERT_TRUE(session.ok()) << session.status();
-    for (int t = 3; t < 5; ++t) {
-      auto out = (*session)->Step(xs[t]);
-      ASSERT_TRUE(out.ok()) << out.status();
-      EXPECT_EQ((*session)->last_step(), t);
-      last = *out;
-    }
-    ASSERT_TRUE((*session)->Close().ok());
-  }
+  const at::Tensor last = ResumeAndStep(*clients_[1], 2, "conversation-1", xs, 3, 5);
+  ASSERT_TRUE(last.defined());
   auto run = clients_[0]->Run("m", at::stack(xs));
   ASSERT_TRUE(run.ok()) << run.status();
   EXPECT_TRUE(at::allclose(last, run->outputs[4], 1e-5, 1e-6)) << (last - run->outputs[4]).abs().max();
@@ -155,17 +156,8 @@ TEST_F(SharedSequenceTest, ASessionWithoutAnIdSurvivesItsReplicaUnderTheIdTheSer
   auto seen = clients_[1]->GetSequence(get);
   ASSERT_TRUE(seen.ok()) << seen.status();
   EXPECT_EQ(seen->sequence_step(), 3u);
-  at::Tensor last;
-  {
-    auto session = clients_[1]->OpenSession("m", 1, {}, false, id);
-    ASSERT_TRUE(session.ok()) << session.status();
-    for (int t = 3; t < 5; ++t) {
-      auto out = (*session)->Step(xs[t]);
-      ASSERT_TRUE(out.ok()) << out.status();
-      EXPECT_EQ((*session)->last_step(), t);
-      last = *out;
-    }
-  }
+  const at::Tensor last = ResumeAndStep(*clients_[1], 1, id, xs, 3, 5);
+  ASSERT_TRUE(last.defined());
   auto run = clients_[1]->Run("m", at::stack(xs));
   ASSERT_TRUE(run.ok()) << run.status();
   EXPECT_TRUE(at::allclose(last, run->outputs[4], 1e-5, 1e-6)) << (last - run->outputs[4]).abs().max();
@@ -218,14 +210,8 @@ TEST_F(SharedSequenceTest, ADrainEndsAnOpenSessionAtOnceAndItsSequenceGoesOnElse
       << refused.status();
   session->reset();
 
-  auto resumed = clients_[1]->OpenSession("m", 1, {}, false, id);
-  ASSERT_TRUE(resumed.ok()) << resumed.status();
-  at::Tensor last;
-  for (int t = 2; t < 4; ++t) {
-    auto out = (*resumed)->Step(xs[t]);
-    ASSERT_TRUE(out.ok()) << out.status();
-    last = *out;
-  }
+  const at::Tensor last = ResumeAndStep(*clients_[1], 1, id, xs, 2, 4);
+  ASSERT_TRUE(last.defined());
   auto run = clients_[1]->Run("m", at::stack(xs));
   ASSERT_TRUE(run.ok()) << run.status();
   EXPECT_TRUE(at::allclose(last, run->outputs[3], 1e-5, 1e-6)) << (last - run->outputs[3]).abs().max();
