@@ -141,13 +141,13 @@ SequenceStore::SequenceStore(std::unique_ptr<SequenceBackend> backend, int64_t m
       max_sequences_(max_sequences),
       idle_timeout_(idle_timeout),
       reaper_([this] { Reap(); }) {
-  if (backend_->shared()) committers_ = std::make_unique<ComputePool>(kSequenceCommitThreads);
+  committers_ = std::make_unique<ComputePool>(kSequenceCommitThreads);
 }
 
 void SequenceStore::RunCommit(std::function<void()> task) {
   // A step computed on its caller's thread (a lone small request) commits there too: no
   // batch waits behind it, and a thread hop is saved.
-  if (committers_ == nullptr || !Batcher::OnBatchThread()) {
+  if (!Batcher::OnBatchThread()) {
     task();
     return;
   }

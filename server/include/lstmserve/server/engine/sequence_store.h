@@ -108,11 +108,11 @@ class SequenceStore {
   void StepDone() { steps_.fetch_add(1, std::memory_order_relaxed); }  // a step was answered
 
   const SequenceBackend& backend() const { return *backend_; }
-  // Runs `task` where a step's commit should run: at once with the process's own store, or
-  // on a thread that is not a batcher's; with a shared store on a batcher's thread, on threads
-  // of the store's (a round trip each), so that a batch's steps are committed side by side
-  // and the batch thread goes on (Redis fsyncs what one pass of its event loop wrote
-  // together, so concurrent commits also share their fsync).
+  // Runs `task` where a step's commit should run: at once on a thread that is not a
+  // batcher's; on a batcher's thread, on threads of the store's, so that the batch thread
+  // goes on to the next batch while this one's steps are committed side by side (with Redis
+  // a round trip each, and Redis fsyncs what one pass of its event loop wrote together, so
+  // concurrent commits also share their fsync; in memory, a record's encoding each).
   void RunCommit(std::function<void()> task);
   absl::Duration idle_timeout() const { return idle_timeout_; }
 
@@ -145,7 +145,7 @@ class SequenceStore {
   void Reap();
 
   const std::unique_ptr<SequenceBackend> backend_;
-  std::unique_ptr<ComputePool> committers_;  // shared backends only
+  std::unique_ptr<ComputePool> committers_;
   const int64_t max_sequences_;
   const absl::Duration idle_timeout_;
   mutable absl::Mutex mu_;
@@ -160,7 +160,7 @@ class SequenceStore {
   std::thread reaper_;
 };
 
-// Threads that commit steps to a shared sequence store.
+// Threads that commit the steps of a batch to the sequence store.
 inline constexpr int kSequenceCommitThreads = 16;
 
 }  // namespace lstmserve::server
