@@ -29,6 +29,10 @@ constexpr Method kGrpc[] = {
     {kOip, "ModelInfer", Access::kGuarded},
     {kOip, "ModelStreamInfer", Access::kGuarded},
     {kOip, "ModelConfig", Access::kGuarded},
+    {kOip, "ModelStatistics", Access::kGuarded},
+    {kOip, "RepositoryIndex", Access::kGuarded},
+    {kOip, "RepositoryModelLoad", Access::kGuarded},
+    {kOip, "RepositoryModelUnload", Access::kGuarded},
     // gRPC's own: Kubernetes' grpc probes and grpcurl call them without a token.
     {"grpc.health.v1.Health", "Check", Access::kProbe},
     {"grpc.health.v1.Health", "Watch", Access::kProbe},
@@ -36,10 +40,17 @@ constexpr Method kGrpc[] = {
 };
 
 constexpr Method kHttp[] = {
-    {kHttpService, "ServerLive", Access::kProbe},       {kHttpService, "ServerReady", Access::kProbe},
-    {kHttpService, "ServerMetadata", Access::kGuarded}, {kHttpService, "ModelReady", Access::kGuarded},
-    {kHttpService, "ModelMetadata", Access::kGuarded},  {kHttpService, "ModelConfig", Access::kGuarded},
+    {kHttpService, "ServerLive", Access::kProbe},
+    {kHttpService, "ServerReady", Access::kProbe},
+    {kHttpService, "ServerMetadata", Access::kGuarded},
+    {kHttpService, "ModelReady", Access::kGuarded},
+    {kHttpService, "ModelMetadata", Access::kGuarded},
+    {kHttpService, "ModelConfig", Access::kGuarded},
     {kHttpService, "ModelInfer", Access::kGuarded},
+    {kHttpService, "ModelStatistics", Access::kGuarded},
+    {kHttpService, "RepositoryIndex", Access::kGuarded},
+    {kHttpService, "RepositoryModelLoad", Access::kGuarded},
+    {kHttpService, "RepositoryModelUnload", Access::kGuarded},
 };
 
 }  // namespace

@@ -279,6 +279,7 @@ struct Metrics::Impl {
   prometheus::Histogram* phase_encode = nullptr;
   std::array<std::array<prometheus::Counter*, 2>, 4> store_ops{};  // [operation][ok]
   prometheus::Gauge* store_load_seconds = nullptr;
+  std::array<prometheus::Counter*, 2> set_unloads{};  // [memory (least recently used), request]
   absl::Mutex exposer_mu;
   std::unique_ptr<prometheus::Exposer> exposer ABSL_GUARDED_BY(exposer_mu);
   std::string address ABSL_GUARDED_BY(exposer_mu);  // "HOST:PORT" it listens on
@@ -418,6 +419,15 @@ Metrics::Metrics(const BuildInfo& build) : impl_(std::make_shared<Impl>()) {
     impl_->store_ops[op][0] = &store_ops.Add({{"operation", operations[op]}, {"result", "error"}});
     impl_->store_ops[op][1] = &store_ops.Add({{"operation", operations[op]}, {"result", "ok"}});
   }
+  auto& unloads = prometheus::BuildCounter()
+                      .Name("lstmserve_set_unloads_total")
+                      .Help(
+                          "Parameter sets dropped from memory (their files stay): reason=\"memory\" for the least "
+                          "recently used, to make room under --max_total_set_bytes; reason=\"request\" for the "
+                          "model-repository extension's unload.")
+                      .Register(registry);
+  impl_->set_unloads[0] = &unloads.Add({{"reason", "memory"}});
+  impl_->set_unloads[1] = &unloads.Add({{"reason", "request"}});
   impl_->store_load_seconds = &prometheus::BuildGauge()
                                    .Name("lstmserve_store_load_duration_seconds")
                                    .Help("Time the server took to load its store at start.")
@@ -564,6 +574,8 @@ void Metrics::ObserveInferencePhases(absl::Duration decode, absl::Duration valid
 void Metrics::ObserveStore(StoreOperation operation, bool ok) {
   impl_->store_ops[static_cast<size_t>(operation)][ok ? 1 : 0]->Increment();
 }
+
+void Metrics::ObserveSetUnload(bool memory) { impl_->set_unloads[memory ? 0 : 1]->Increment(); }
 
 void Metrics::SetStoreLoadTime(absl::Duration load) { impl_->store_load_seconds->Set(absl::ToDoubleSeconds(load)); }
 

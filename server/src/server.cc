@@ -107,7 +107,8 @@ absl::Status Server::StartEngine(int batch_threads) {
   batching.path = *core::ParseLstmPath(options.lstm_path);  // validated with the options
   batching.max_queued_requests = options.max_queued_requests;
   LogInfo(absl::StrCat("lstm kernels: ", core::DescribeCpuKernels(), "; path ", options.lstm_path));
-  batcher_ = std::make_unique<Batcher>(batching, metrics_.get());
+  statistics_ = std::make_unique<ModelStatistics>();
+  batcher_ = std::make_unique<Batcher>(batching, metrics_.get(), nullptr, statistics_.get());
   std::unique_ptr<SequenceBackend> backend;
   if (options.sequence_store == "memory") {
     backend = NewMemorySequenceBackend();
@@ -132,8 +133,8 @@ absl::Status Server::StartEngine(int batch_threads) {
   }
   sequences_ =
       std::make_unique<SequenceStore>(std::move(backend), options.max_sequences, options.sequence_idle_timeout);
-  engine_ =
-      std::make_unique<InferenceEngine>(registry_.get(), batcher_.get(), sequences_.get(), options.max_tensor_elements);
+  engine_ = std::make_unique<InferenceEngine>(registry_.get(), batcher_.get(), sequences_.get(),
+                                              options.max_tensor_elements, statistics_.get());
   context_ = std::make_unique<ServiceContext>();
   oip_ = std::make_unique<oip::OpenInference>(engine_.get(), options.sequence_idle_timeout, &context_->draining);
   context_->registry = registry_.get();

@@ -146,7 +146,7 @@ TEST_F(AuthTest, EveryGrpcMethodChecksItsTokenBeforeItParses) {
       }
     }
   }
-  EXPECT_EQ(guarded, 17);
+  EXPECT_EQ(guarded, 21);
 }
 
 TEST_F(AuthTest, GrpcHealthAndReflectionAreProbes) {
@@ -173,6 +173,10 @@ TEST_F(AuthTest, EveryHttpRouteChecksItsTokenBeforeItReadsTheBody) {
       {"ModelReady", {"GET", "/v2/models/none/ready", 400}},
       {"ModelConfig", {"GET", "/v2/models/none/config", 404}},
       {"ModelInfer", {"POST", "/v2/models/none/infer", 400}},  // the garbage body does not parse
+      {"ModelStatistics", {"GET", "/v2/models/none/stats", 404}},
+      {"RepositoryIndex", {"POST", "/v2/repository/index", 400}},
+      {"RepositoryModelLoad", {"POST", "/v2/repository/models/none/load", 400}},
+      {"RepositoryModelUnload", {"POST", "/v2/repository/models/none/unload", 400}},
   };
   const std::string& address = server_->http_address();
   ASSERT_FALSE(address.empty());

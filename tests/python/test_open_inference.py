@@ -464,6 +464,114 @@ class OpenInferenceHttpTest(unittest.TestCase):
                                        method="ServerReady", code="OK"), 1)
 
 
+class StatisticsAndRepositoryTest(unittest.TestCase):
+    """Triton's statistics and model-repository extensions, through tritonclient's own calls
+    over gRPC and HTTP. The memory budget holds two of the three sets (512 bytes each)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = ServerProcess("--max_set_bytes=600", "--max_total_set_bytes=1200")
+        for i, name in enumerate(["a", "b", "c"]):
+            cli(cls.server, "create", f"--id={name}", "--layers=1", "--input_size=4", "--hidden_size=4",
+                f"--seed={i + 1}")
+        cls.grpc = grpcclient.InferenceServerClient(cls.server.target)
+        cls.http = httpclient.InferenceServerClient(cls.server.http)
+        cls.x = np.random.default_rng(3).standard_normal((2, 3, 4)).astype(np.float32)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.grpc.close()
+        cls.http.close()
+        assert cls.server.stop() == 0, cls.server.log()
+
+    def infer(self, model):
+        return self.grpc.infer(model, [tensor("INPUT", self.x)]).as_numpy("OUTPUT")
+
+    def test_statistics_count_requests_and_split_their_time(self):
+        before = self.grpc.get_inference_statistics("b").model_stats[0].inference_stats.success.count
+        for _ in range(3):
+            self.infer("b")
+        with self.assertRaises(InferenceServerException):
+            self.grpc.infer("b", [tensor("INPUT", np.zeros((2, 3, 5), np.float32))])
+        stats = self.grpc.get_inference_statistics("b").model_stats
+        self.assertEqual([(s.name, s.version) for s in stats], [("b", "1")])
+        inference = stats[0].inference_stats
+        self.assertEqual(inference.success.count, before + 3)
+        self.assertGreaterEqual(inference.fail.count, 1)
+        for phase in (inference.queue, inference.compute_input, inference.compute_infer, inference.compute_output):
+            self.assertEqual(phase.count, before + 3)
+        self.assertGreater(inference.compute_infer.ns, 0)
+        self.assertLessEqual(inference.queue.ns + inference.compute_infer.ns, inference.success.ns)
+        self.assertGreaterEqual(stats[0].inference_count, 3 * 3)  # rows: B = 3
+        self.assertIn(3, [b.batch_size for b in stats[0].batch_stats])
+        self.assertGreater(stats[0].last_inference, 0)
+        # HTTP says the same, per model and for all of them.
+        http = self.http.get_inference_statistics("b")["model_stats"][0]
+        self.assertEqual(http["inference_stats"]["success"]["count"], inference.success.count)
+        self.assertEqual(http["inference_stats"]["compute_infer"]["ns"], inference.compute_infer.ns)
+        self.assertEqual(self.http.get_inference_statistics("b", "1")["model_stats"][0]["name"], "b")
+        every = [m["name"] for m in self.http.get_inference_statistics()["model_stats"]]
+        self.assertEqual(every, ["a", "b", "c"])
+        self.assertEqual([m.name for m in self.grpc.get_inference_statistics().model_stats], ["a", "b", "c"])
+        with self.assertRaises(InferenceServerException) as caught:
+            self.grpc.get_inference_statistics("no-such-set")
+        self.assertEqual(caught.exception.status(), "StatusCode.NOT_FOUND")
+        with self.assertRaises(InferenceServerException) as caught:
+            self.http.get_inference_statistics("b", "2")
+        self.assertIn("has no version '2'", caught.exception.message())
+
+    def test_unload_keeps_the_file_and_load_brings_the_same_set_back(self):
+        expected = self.infer("a")
+        unloads = metric(scrape(self.server), "lstmserve_set_unloads_total", reason="request")
+        self.grpc.unload_model("a")
+        self.assertFalse(self.grpc.is_model_ready("a"))
+        self.assertFalse(self.http.is_model_ready("a"))
+        with self.assertRaises(InferenceServerException) as caught:
+            self.infer("a")
+        self.assertEqual(caught.exception.status(), "StatusCode.FAILED_PRECONDITION")
+        self.assertIn("is unloaded; load it first", caught.exception.message())
+        index = {m.name: (m.state, m.reason) for m in self.grpc.get_model_repository_index().models}
+        self.assertEqual(index["a"], ("UNAVAILABLE", "unloaded"))
+        http_index = {m["name"]: (m["state"], m["reason"]) for m in self.http.get_model_repository_index()}
+        self.assertEqual(http_index["a"], ("UNAVAILABLE", "unloaded"))
+        self.assertEqual(metric(scrape(self.server), "lstmserve_set_unloads_total", reason="request"), unloads + 1)
+        self.http.load_model("a")
+        self.assertTrue(self.grpc.is_model_ready("a"))
+        np.testing.assert_array_equal(self.infer("a"), expected)
+        # Over HTTP too, both ways; and what the calls refuse.
+        self.http.unload_model("a", unload_dependents=True)
+        self.assertFalse(self.http.is_model_ready("a"))
+        self.grpc.load_model("a")
+        np.testing.assert_array_equal(self.infer("a"), expected)
+        with self.assertRaises(InferenceServerException) as caught:
+            self.grpc.load_model("a", config='{"max_batch_size": 8}')
+        self.assertEqual(caught.exception.status(), "StatusCode.INVALID_ARGUMENT")
+        for call in (self.grpc.load_model, self.grpc.unload_model):
+            with self.assertRaises(InferenceServerException) as caught:
+                call("no-such-set")
+            self.assertEqual(caught.exception.status(), "StatusCode.NOT_FOUND")
+        with self.assertRaises(InferenceServerException) as caught:
+            self.http.unload_model("no-such-set")
+        self.assertIn("no-such-set", caught.exception.message())
+
+    def test_past_the_memory_budget_the_least_recently_used_set_unloads(self):
+        for name in ("a", "b"):
+            self.infer(name)
+        memory = metric(scrape(self.server), "lstmserve_set_unloads_total", reason="memory")
+        expected_c = self.infer("c")  # does not fit beside a and b: a, used first, goes
+        index = {m.name: m.state for m in self.grpc.get_model_repository_index().models}
+        self.assertEqual(index, {"a": "UNAVAILABLE", "b": "READY", "c": "READY"})
+        ready = [m["name"] for m in self.http.get_model_repository_index()]
+        self.assertEqual(sorted(ready), ["a", "b", "c"])
+        self.assertEqual(metric(scrape(self.server), "lstmserve_set_unloads_total", reason="memory"), memory + 1)
+        # a loads on its next use (b goes), with the same bits as before.
+        self.assertTrue(self.grpc.is_model_ready("a"))
+        self.infer("a")
+        np.testing.assert_array_equal(self.infer("c"), expected_c)
+        self.assertGreaterEqual(metric(scrape(self.server), "lstmserve_set_unloads_total", reason="memory"),
+                                memory + 2)
+
+
 class OpenInferenceAuthTest(unittest.TestCase):
     def test_tokens_guard_everything_but_the_probes(self):
         import tempfile

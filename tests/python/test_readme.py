@@ -80,6 +80,31 @@ class ReadmeTest(unittest.TestCase):
             run = subprocess.run([python, "-c", check], cwd=self.work, capture_output=True, text=True, timeout=120)
             self.assertEqual(run.returncode, 0, f"{python}: torch.load failed:\n{run.stderr}")
 
+    def test_the_http_blocks_of_the_open_inference_section_run_as_written(self):
+        """"Over HTTP with curl" (create, metadata, infer) and the statistics and repository
+        block after it, in order, with the test server's ports."""
+        blocks = readme_blocks("Over HTTP with curl")
+        self.assertIn("create --id=s", blocks[0])
+        self.assertIn("/v2/repository/index", blocks[1])
+        cli = os.environ["LSTMSERVE_CLI_BINARY"]
+        outputs = []
+        for block in blocks[:2]:
+            shell = (block.replace("build/client/lstmserve-cli --target=localhost:50051 ",
+                                   f"{cli} --target={self.server.target} ")
+                     .replace("localhost:8000", self.server.http)
+                     .replace("curl -s ", "curl -sS --fail-with-body "))
+            run = subprocess.run(["bash", "-euo", "pipefail", "-c", shell], cwd=ROOT, capture_output=True,
+                                 text=True, timeout=120)
+            self.assertEqual(run.returncode, 0, f"README's block failed:\n{shell}\n{run.stdout}\n{run.stderr}")
+            outputs.append(run.stdout)
+        self.assertIn('"name":"HN"', outputs[0])
+        # curl prints the bodies back to back: stats, index, (unload), index, (load).
+        out = outputs[1]
+        self.assertTrue(out.startswith('{"model_stats":[{"batch_stats":[{"batch_size":1'), out)
+        ready = out.index('{"name":"s","reason":"","state":"READY"')
+        self.assertGreater(out.index('{"name":"s","reason":"unloaded","state":"UNAVAILABLE"'), ready, out)
+
+
 
 if __name__ == "__main__":
     unittest.main(argv=[sys.argv[0]] + sys.argv[1:])

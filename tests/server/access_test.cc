@@ -59,7 +59,7 @@ TEST(AccessTest, TheTableDeclaresEveryMethodOfEveryService) {
     if (path.rfind("grpc.", 0) == 0) continue;  // gRPC's own services, not in these files
     EXPECT_TRUE(ours.count(path)) << path << " is declared but no service has it";
   }
-  EXPECT_EQ(ours.size(), 19u);
+  EXPECT_EQ(ours.size(), 23u);
 }
 
 TEST(AccessTest, ProbesAreOpenAndEverythingElseIsGuarded) {
@@ -132,6 +132,18 @@ TEST(AccessTest, EveryHttpRouteIsReachedByItsPathAndNothingElse) {
       {"GET", "/v2/models/m/config", "ModelConfig"},
       {"POST", "/v2/models/m/infer", "ModelInfer"},
       {"POST", "/v2/models/m/versions/1/infer", "ModelInfer"},
+      {"GET", "/v2/models/stats", "ModelStatistics"},
+      {"GET", "/v2/models/m/stats", "ModelStatistics"},
+      {"GET", "/v2/models/m/versions/1/stats", "ModelStatistics"},
+      {"POST", "/v2/repository/index", "RepositoryIndex"},
+      {"POST", "/v2/repository/models/m/load", "RepositoryModelLoad"},
+      {"POST", "/v2/repository/models/m/unload", "RepositoryModelUnload"},
+      {"GET", "/v2/repository/index", ""},
+      {"GET", "/v2/repository/models/m/load", ""},
+      {"POST", "/v2/repository/models//load", ""},
+      {"POST", "/v2/repository/models/m/drop", ""},
+      {"POST", "/v2/repository/models/m/x/load", ""},
+      {"POST", "/v2/models/m/stats", ""},
       {"POST", "/v2/health/live", ""},
       {"GET", "/v2/models/m/infer", ""},
       {"GET", "/v2/models/", ""},

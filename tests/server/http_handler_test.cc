@@ -214,6 +214,68 @@ TEST_F(HttpHandlerTest, TheDecoderRefusesDepthAndBreadthThatWouldCostMemory) {
   }
 }
 
+TEST_F(HttpHandlerTest, StatisticsAndTheRepositoryAnswerTritonsJson) {
+  for (const char* path : {"/v2/models/stats", "/v2/models/m/stats"}) {
+    EXPECT_FALSE(HttpHandler::Immediate(Request("GET", path))) << path << ": goes to a worker";
+  }
+  EXPECT_FALSE(HttpHandler::Immediate(Request("POST", "/v2/repository/models/m/load")));
+  ASSERT_EQ(Handle(Request("POST", "/v2/models/m/infer", {}, kInfer)).status, 200);
+
+  const HttpResponse stats = Handle(Request("GET", "/v2/models/m/versions/1/stats"));
+  ASSERT_EQ(stats.status, 200) << stats.body;
+  const json m = json::parse(stats.body)["model_stats"][0];
+  EXPECT_EQ(m["name"], "m");
+  EXPECT_EQ(m["version"], "1");
+  EXPECT_EQ(m["inference_count"], 1);
+  EXPECT_EQ(m["execution_count"], 1);
+  for (const char* phase : {"success", "queue", "compute_input", "compute_infer", "compute_output"}) {
+    EXPECT_EQ(m["inference_stats"][phase]["count"], 1) << phase;
+  }
+  EXPECT_EQ(m["inference_stats"]["fail"]["count"], 0);
+  EXPECT_GT(m["inference_stats"]["compute_infer"]["ns"].get<uint64_t>(), 0u);
+  EXPECT_EQ(m["batch_stats"][0]["batch_size"], 1);
+  EXPECT_EQ(json::parse(Handle(Request("GET", "/v2/models/stats")).body)["model_stats"].size(), 1u);
+  EXPECT_EQ(Handle(Request("GET", "/v2/models/nope/stats")).status, 404);
+
+  const auto index = [&](const std::string& body) {
+    const HttpResponse r = Handle(Request("POST", "/v2/repository/index", {}, body));
+    EXPECT_EQ(r.status, 200) << r.body;
+    return json::parse(r.body, nullptr, false);
+  };
+  EXPECT_EQ(index(""), json::parse(R"([{"name": "m", "version": "1", "state": "READY", "reason": ""}])"));
+  const HttpResponse unload =
+      Handle(Request("POST", "/v2/repository/models/m/unload", {}, R"({"parameters": {"unload_dependents": false}})"));
+  EXPECT_EQ(unload.status, 200) << unload.body;
+  EXPECT_EQ(index("{}")[0]["reason"], "unloaded");
+  EXPECT_EQ(index(R"({"ready": true})"), json::array());
+  EXPECT_EQ(Handle(Request("POST", "/v2/models/m/infer", {}, kInfer)).status, 400);
+  EXPECT_EQ(Handle(Request("POST", "/v2/repository/models/m/load", {}, "{}")).status, 200);
+  EXPECT_EQ(index("")[0]["state"], "READY");
+  EXPECT_EQ(Handle(Request("POST", "/v2/models/m/infer", {}, kInfer)).status, 200);
+
+  // Bodies the calls refuse, each with its reason.
+  const struct {
+    const char* path;
+    const char* body;
+    int status;
+    const char* fragment;
+  } refused[] = {
+      {"/v2/repository/index", "[1]", 400, "must be empty or a JSON object"},
+      {"/v2/repository/index", R"({"ready": 1})", 400, "\"ready\" must be a boolean"},
+      {"/v2/repository/index", R"({"repository": "x"})", 400, "takes only \"ready\""},
+      {"/v2/repository/models/m/load", R"({"parameters": {"config": "{}"}})", 400, "load takes no parameters"},
+      {"/v2/repository/models/m/load", R"({"parameters": 3})", 400, "holds only \"parameters\""},
+      {"/v2/repository/models/m/unload", R"({"parameters": {"force": true}})", 400, "only the parameter"},
+      {"/v2/repository/models/nope/load", "", 404, "'nope' not found"},
+      {"/v2/repository/models/nope/unload", "", 404, "'nope' not found"},
+  };
+  for (const auto& c : refused) {
+    const HttpResponse r = Handle(Request("POST", c.path, {}, c.body));
+    EXPECT_EQ(r.status, c.status) << c.path << " " << c.body << ": " << r.body;
+    EXPECT_NE(Error(r).find(c.fragment), std::string::npos) << r.body;
+  }
+}
+
 TEST_F(HttpHandlerTest, DataDecodesTheSameWhereverItsDatatypeIs) {
   // The datatype before the data (decoded straight into its bytes) or after it (kept as
   // numbers until then), flat or nested: the same answer.

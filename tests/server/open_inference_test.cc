@@ -249,5 +249,157 @@ TEST_F(OpenInferenceTest, SequenceStepIsForSequencesAndAStartsIsZero) {
   EXPECT_NE(start.status().message().find("a start's sequence_step is 0"), std::string::npos) << start.status();
 }
 
+TEST_F(OpenInferenceTest, StatisticsCountEachRequestAndSplitItsTime) {
+  oip::InferRequest good;
+  good.model = "m";
+  good.inputs.push_back(Input("INPUT", at::ones({3, 2, 3})));
+  ASSERT_TRUE(Infer(good).ok());
+  ASSERT_TRUE(Infer(good).ok());
+  oip::InferRequest bad = good;
+  bad.inputs[0].shape = {3, 2, 4};
+  EXPECT_TRUE(absl::IsInvalidArgument(Infer(bad).status()));
+  oip::InferRequest unknown = good;
+  unknown.model = "nope";
+  EXPECT_TRUE(absl::IsNotFound(Infer(unknown).status()));  // no model's failure
+
+  auto stats = oip_->Statistics("m", "");
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  ASSERT_EQ(stats->size(), 1u);
+  const ModelStats& m = stats->front();
+  EXPECT_EQ(m.name, "m");
+  EXPECT_EQ(m.success.count, 2u);
+  EXPECT_GT(m.success.ns, 0u);
+  EXPECT_EQ(m.fail.count, 1u);
+  EXPECT_EQ(m.execution_count, 2u);
+  EXPECT_EQ(m.inference_count, 4u);  // rows: B = 2, twice
+  for (const StatDuration* d : {&m.queue, &m.compute_input, &m.compute_infer, &m.compute_output}) {
+    EXPECT_EQ(d->count, 2u);
+  }
+  EXPECT_GT(m.compute_infer.ns, 0u);
+  // The phases lie within the requests' times.
+  EXPECT_LE(m.queue.ns + m.compute_input.ns + m.compute_infer.ns + m.compute_output.ns, m.success.ns);
+  ASSERT_EQ(m.batch_stats.size(), 1u);
+  EXPECT_EQ(m.batch_stats[0].batch_size, 2u);
+  EXPECT_EQ(m.batch_stats[0].compute_infer.count, 2u);
+  EXPECT_GT(m.last_inference_ms, 0u);
+
+  auto all = oip_->Statistics("", "");
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->size(), 1u);
+  EXPECT_EQ(all->front().success.count, 2u);
+  EXPECT_TRUE(absl::IsNotFound(oip_->Statistics("nope", "").status()));
+  EXPECT_TRUE(absl::IsNotFound(oip_->Statistics("m", "2").status()));
+}
+
+TEST_F(OpenInferenceTest, UnloadKeepsTheFileRefusesInferenceUntilLoadAndTheIndexSaysSo) {
+  oip::InferRequest request;
+  request.model = "m";
+  request.inputs.push_back(Input("INPUT", at::ones({1, 1, 3})));
+  auto before = Infer(request);
+  ASSERT_TRUE(before.ok()) << before.status();
+
+  auto index = oip_->RepositoryIndex("", false);
+  ASSERT_TRUE(index.ok()) << index.status();
+  ASSERT_EQ(index->size(), 1u);
+  EXPECT_EQ(index->front().name, "m");
+  EXPECT_EQ(index->front().state, "READY");
+
+  ASSERT_TRUE(oip_->Unload("", "m", {"unload_dependents"}).ok());
+  EXPECT_FALSE(oip_->Ready("m", ""));
+  auto refused = Infer(request);
+  EXPECT_TRUE(absl::IsFailedPrecondition(refused.status())) << refused.status();
+  EXPECT_NE(refused.status().message().find("is unloaded; load it first"), std::string::npos) << refused.status();
+  index = oip_->RepositoryIndex("", false);
+  ASSERT_TRUE(index.ok() && index->size() == 1u);
+  EXPECT_EQ(index->front().state, "UNAVAILABLE");
+  EXPECT_EQ(index->front().reason, "unloaded");
+  EXPECT_TRUE(oip_->RepositoryIndex("", /*ready_only=*/true)->empty());
+  EXPECT_EQ(registry_->total_bytes(), 0);
+
+  ASSERT_TRUE(oip_->Load("", "m", {}).ok());
+  EXPECT_TRUE(oip_->Ready("m", ""));
+  auto after = Infer(request);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_TRUE(at::equal(Output(*after, "OUTPUT"), Output(*before, "OUTPUT")));
+
+  // What each call refuses.
+  EXPECT_TRUE(absl::IsNotFound(oip_->Unload("", "nope", {}))) << oip_->Unload("", "nope", {});
+  EXPECT_TRUE(absl::IsNotFound(oip_->Load("", "nope", {})));
+  EXPECT_TRUE(absl::IsInvalidArgument(oip_->Load("", "m", {"config"})));
+  EXPECT_TRUE(absl::IsInvalidArgument(oip_->Unload("", "m", {"force"})));
+  EXPECT_TRUE(absl::IsNotFound(oip_->Load("other", "m", {})));
+  EXPECT_TRUE(absl::IsNotFound(oip_->RepositoryIndex("other", false).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(oip_->Load("", "../m", {})));
+}
+
+// A budget that holds two sets of m's size but not three: the least recently used goes,
+// and comes back from its file on its next use, with the same bits.
+class SetMemoryTest : public ::testing::Test, protected EngineWithOneSet {
+ protected:
+  static core::ParameterSetSpec Spec(uint64_t seed) {
+    core::ParameterSetSpec spec;
+    spec.lstm = core::LstmTemplate{2, 3, 4};
+    spec.seed = seed;
+    return spec;
+  }
+  void SetUp() override {
+    auto set = core::CreateParameterSet(Spec(5), core::CreateLimits());
+    ASSERT_TRUE(set.ok()) << set.status();
+    size_ = set->byte_size;
+    StartEngine(Spec(5).lstm.value(), BatchOptions(), nullptr, 3 * size_ - 1);
+  }
+  void TearDown() override { StopEngine(); }
+  void Add(const std::string& id, uint64_t seed) {
+    auto set = core::CreateParameterSet(Spec(seed), core::CreateLimits());
+    ASSERT_TRUE(set.ok()) << set.status();
+    core::StoredSet stored;
+    stored.id = id;
+    stored.set = *std::move(set);
+    auto added = registry_->Add(std::move(stored));
+    ASSERT_TRUE(added.ok()) << added.status();
+  }
+  std::vector<std::string> Held() const {
+    std::vector<std::string> out;
+    for (const auto& e : registry_->Index()) {
+      if (e.held) out.push_back(e.id);
+    }
+    return out;
+  }
+  int64_t size_ = 0;
+};
+
+TEST_F(SetMemoryTest, TheLeastRecentlyUsedSetGoesAndComesBackOnItsNextUse) {
+  Add("a", 6);
+  EXPECT_EQ(Held(), (std::vector<std::string>{"a", "m"}));
+  auto m_before = registry_->Get("m");  // m is now more recent than a
+  ASSERT_TRUE(m_before.ok());
+  Add("b", 7);
+  EXPECT_EQ(Held(), (std::vector<std::string>{"b", "m"}));
+  EXPECT_LE(registry_->total_bytes(), 3 * size_ - 1);
+  auto a = registry_->Get("a");  // read again from its file; m, used before b, goes
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(Held(), (std::vector<std::string>{"a", "b"}));
+  auto again = core::CreateParameterSet(Spec(6), core::CreateLimits());
+  ASSERT_TRUE(again.ok());
+  ASSERT_EQ((*a)->stored.set.tensors.size(), again->tensors.size());
+  for (size_t i = 0; i < again->tensors.size(); ++i) {
+    EXPECT_TRUE(at::equal((*a)->stored.set.tensors[i].value, again->tensors[i].value)) << again->tensors[i].name;
+  }
+  // A call holding an entry keeps it usable after it leaves memory.
+  EXPECT_TRUE((*m_before)->lstm.has_value());
+
+  // Only a set larger than the whole budget is refused.
+  core::ParameterSetSpec big = Spec(8);
+  big.lstm->hidden_size = 64;
+  auto huge = core::CreateParameterSet(big, core::CreateLimits());
+  ASSERT_TRUE(huge.ok());
+  core::StoredSet stored;
+  stored.id = "huge";
+  stored.set = *std::move(huge);
+  auto refused = registry_->Add(std::move(stored));
+  EXPECT_TRUE(absl::IsResourceExhausted(refused.status())) << refused.status();
+  EXPECT_NE(refused.status().message().find("--max_total_set_bytes"), std::string::npos) << refused.status();
+}
+
 }  // namespace
 }  // namespace lstmserve::server

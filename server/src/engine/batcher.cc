@@ -54,8 +54,8 @@ core::LstmState MergeStates(const std::vector<BatchJob>& batch) {
 
 }  // namespace
 
-Batcher::Batcher(const BatchOptions& options, Metrics* metrics, const Clock* clock)
-    : options_(options), metrics_(metrics), clock_(clock != nullptr ? *clock : Clock::Real()) {
+Batcher::Batcher(const BatchOptions& options, Metrics* metrics, const Clock* clock, ModelStatistics* statistics)
+    : options_(options), metrics_(metrics), clock_(clock != nullptr ? *clock : Clock::Real()), statistics_(statistics) {
   for (int i = 0; i < options_.num_batch_threads; ++i) workers_.emplace_back([this] { Work(); });
 }
 
@@ -236,30 +236,54 @@ absl::Duration Batcher::Run(std::vector<BatchJob> batch, core::DeviceRunner& run
   for (auto& [job, status] : dropped) job.done(std::move(status));
   if (live.empty()) return absl::ZeroDuration();
   const core::StackedLstm& lstm = *live.front().set->lstm;
-  const absl::Time began = clock_.Now();
+  // The model's statistics: each request's wait, and the batch's input, compute and output
+  // phases (model_statistics.h).
+  ExecutionTimes times;
+  times.rows = rows;
+  for (const auto& job : live) times.queue_waits.push_back(now - job.enqueued);
   const auto observe = [&](absl::Duration compute) {
     if (metrics_ == nullptr) return;
     metrics_->ObserveBatch(rows, compute);
     metrics_->ObserveKernel(lstm.KernelName(rows, live.front().inputs.size(0), options_.path));
   };
+  const auto record = [&](absl::Time output_began) {
+    if (statistics_ == nullptr) return;
+    times.finished = clock_.Now();
+    times.output = times.finished - output_began;
+    statistics_->RecordExecution(live.front().set->stored.id, times);
+  };
   if (live.size() == 1) {
+    const absl::Time began = clock_.Now();
     auto result = runner.Run(lstm, live.front().inputs, live.front().state, live.front().want_outputs, options_.path);
-    const absl::Duration compute = clock_.Now() - began;
+    const absl::Time computed = clock_.Now();
+    const absl::Duration compute = computed - began;
+    times.infer = compute;
     observe(compute);
+    record(computed);
     live.front().done(std::move(result));
     return compute;
   }
+  const absl::Time merging = clock_.Now();
+  absl::Time began = merging;
   auto result = core::GuardTorch("batch", [&]() -> absl::StatusOr<core::SequenceResult> {
     std::vector<at::Tensor> inputs;
     for (const auto& job : live) inputs.push_back(job.inputs);
-    return runner.Run(lstm, at::cat(inputs, 1), MergeStates(live), live.front().want_outputs, options_.path);
+    at::Tensor merged = at::cat(inputs, 1);
+    core::LstmState state = MergeStates(live);
+    began = clock_.Now();
+    return runner.Run(lstm, merged, std::move(state), live.front().want_outputs, options_.path);
   });
-  const absl::Duration compute = clock_.Now() - began;
+  const absl::Time computed = clock_.Now();
+  const absl::Duration compute = computed - began;
+  times.input = began - merging;
+  times.infer = compute;
   observe(compute);
+  std::vector<absl::StatusOr<core::SequenceResult>> answers;
+  answers.reserve(live.size());
   int64_t offset = 0;
   for (auto& job : live) {
     if (!result.ok()) {
-      job.done(result.status());
+      answers.emplace_back(result.status());
       continue;
     }
     const int64_t b = Rows(job);
@@ -268,8 +292,10 @@ absl::Duration Batcher::Run(std::vector<BatchJob> batch, core::DeviceRunner& run
     for (const auto& c : result->final_state.c) mine.final_state.c.push_back(c.narrow(0, offset, b));
     for (const auto& h : result->final_state.h) mine.final_state.h.push_back(h.narrow(0, offset, b));
     offset += b;
-    job.done(std::move(mine));
+    answers.emplace_back(std::move(mine));
   }
+  record(computed);
+  for (size_t i = 0; i < live.size(); ++i) live[i].done(std::move(answers[i]));
   return compute;
 }
 

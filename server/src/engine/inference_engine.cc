@@ -7,6 +7,11 @@
 namespace lstmserve::server {
 
 absl::StatusOr<std::shared_ptr<const SetEntry>> InferenceEngine::LstmSet(const std::string& id) const {
+  if (registry_->Unloaded(id)) {
+    return absl::FailedPreconditionError(absl::StrCat("parameter set '", id,
+                                                      "' is unloaded; load it first (POST /v2/repository/models/", id,
+                                                      "/load, or RepositoryModelLoad over gRPC)"));
+  }
   LSTMSERVE_ASSIGN_OR_RETURN(auto entry, registry_->Get(id));
   if (!entry->lstm) {
     return absl::FailedPreconditionError(
@@ -28,6 +33,21 @@ absl::StatusOr<BatchJob> InferenceEngine::MakeJob(const CallControl& call, std::
   job.deadline = call.deadline;
   job.cancelled = call.cancelled;
   return job;
+}
+
+void InferenceEngine::Submit(const CallControl& call, BatchJob job) const {
+  if (statistics_ != nullptr) {
+    job.done = [statistics = statistics_, id = job.set->stored.id, received = call.received,
+                done = std::move(job.done)](absl::StatusOr<core::SequenceResult> result) {
+      statistics->RecordRequest(id, result.ok(), absl::Now() - received);
+      done(std::move(result));
+    };
+  }
+  batcher_->Submit(std::move(job));
+}
+
+void InferenceEngine::CountFailure(const std::string& id, const CallControl& call) const {
+  if (statistics_ != nullptr) statistics_->RecordRequest(id, false, absl::Now() - call.received);
 }
 
 }  // namespace lstmserve::server

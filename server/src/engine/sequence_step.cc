@@ -226,7 +226,7 @@ void Attempt(const std::shared_ptr<StepRun>& run, int attempt, bool trust_copy,
       Commit(run, attempt, version, before, std::move(result));
     });
   };
-  run->engine->Submit(*std::move(job));
+  run->engine->batcher().Submit(*std::move(job));  // counted once, when the step is answered
 }
 
 // Writes the step's new record and answers (or, on another version, decides again).
@@ -294,6 +294,13 @@ absl::Status InferenceEngine::EndSequence(const std::string& key, const std::str
 
 void InferenceEngine::SubmitSequenceStep(const CallControl& call, SequenceStep step,
                                          std::function<void(absl::StatusOr<SequenceAnswer>)> done) const {
+  if (statistics_ != nullptr) {
+    done = [statistics = statistics_, id = step.set->stored.id, received = call.received,
+            done = std::move(done)](absl::StatusOr<SequenceAnswer> answer) {
+      statistics->RecordRequest(id, answer.ok(), absl::Now() - received);
+      done(std::move(answer));
+    };
+  }
   if (absl::Status claimed = sequences_->Claim(step.key, step.shown); !claimed.ok()) {
     done(claimed);
     return;

@@ -37,12 +37,11 @@ std::vector<std::string> SetRegistry::LoadAll() {
   for (size_t i = 0; i < report.sets.size(); ++i) Count(StoreOperation::kLoad, true);
   for (size_t i = 0; i < report.problems.size(); ++i) Count(StoreOperation::kLoad, false);
   absl::MutexLock lock(&mu_);
+  int64_t left = 0;
   for (auto& stored : report.sets) {
     const std::string id = stored.id;
-    const int64_t size = stored.set.byte_size;
-    if (bytes_ + size > max_total_bytes_) {
-      report.problems.push_back(
-          absl::StrCat(store_->PathOf(id), ": not loaded, ", size, " bytes would exceed --max_total_set_bytes"));
+    if (bytes_ + stored.set.byte_size > max_total_bytes_) {
+      ++left;  // loads on first use
       continue;
     }
     auto entry = MakeEntry(std::move(stored));
@@ -50,19 +49,47 @@ std::vector<std::string> SetRegistry::LoadAll() {
       report.problems.push_back(absl::StrCat(store_->PathOf(id), ": ", core::MessageForLog(entry.status())));
       continue;
     }
-    sets_[id] = *std::move(entry);
-    bytes_ += size;
+    Hold(id, *std::move(entry));
+  }
+  if (left > 0) {
+    report.problems.push_back(absl::StrCat(left, " set(s) past --max_total_set_bytes=", max_total_bytes_,
+                                           " stay in the store and load on first use"));
   }
   return report.problems;
+}
+
+void SetRegistry::Hold(const std::string& id, std::shared_ptr<const SetEntry> entry) {
+  const int64_t size = entry->stored.set.byte_size;
+  auto [it, inserted] = sets_.emplace(id, Held{std::move(entry), 0});
+  if (inserted) bytes_ += size;
+  it->second.last_use = ++use_clock_;
+}
+
+void SetRegistry::MakeRoom(int64_t size, const std::string& keep) {
+  while (bytes_ + size > max_total_bytes_) {
+    auto oldest = sets_.end();
+    for (auto it = sets_.begin(); it != sets_.end(); ++it) {
+      if (it->first != keep && (oldest == sets_.end() || it->second.last_use < oldest->second.last_use)) oldest = it;
+    }
+    if (oldest == sets_.end()) return;
+    bytes_ -= oldest->second.entry->stored.set.byte_size;
+    sets_.erase(oldest);
+    if (metrics_ != nullptr) metrics_->ObserveSetUnload(/*memory=*/true);
+  }
 }
 
 absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::Get(const std::string& id) {
   LSTMSERVE_RETURN_IF_ERROR(core::ValidateSetId(id));
   std::shared_ptr<const SetEntry> held;
+  bool unloaded = false;
   {
     absl::MutexLock lock(&mu_);
     auto it = sets_.find(id);
-    if (it != sets_.end()) held = it->second;
+    if (it != sets_.end()) {
+      held = it->second.entry;
+      it->second.last_use = ++use_clock_;
+    }
+    unloaded = unloaded_.count(id) > 0;
   }
   if (held) {
     // Another server sharing the folder may have deleted the set, or deleted it and made
@@ -79,7 +106,7 @@ absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::Get(const std::stri
   {
     absl::MutexLock lock(&mu_);
     auto it = sets_.find(id);  // loaded by another call meanwhile
-    if (it != sets_.end()) return it->second;
+    if (it != sets_.end()) return it->second.entry;
   }
   auto stored = store_->Load(id);
   if (!absl::IsNotFound(stored.status())) Count(StoreOperation::kRead, stored.ok());
@@ -90,29 +117,27 @@ absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::Get(const std::stri
     return stored.status();
   }
   const int64_t size = stored->set.byte_size;
-  {
-    absl::MutexLock lock(&mu_);
-    if (bytes_ + size > max_total_bytes_) return OverBudget(size);
-  }
+  if (size > max_total_bytes_) return TooLarge(id, size);
   LSTMSERVE_ASSIGN_OR_RETURN(auto entry, MakeEntry(*std::move(stored)));
+  if (unloaded) return entry;  // read for its metadata, not held
   absl::MutexLock lock(&mu_);
-  auto [it, inserted] = sets_.emplace(id, entry);
-  if (inserted) bytes_ += size;
-  return it->second;
+  MakeRoom(size, id);
+  Hold(id, entry);
+  return sets_.at(id).entry;
 }
 
 void SetRegistry::Forget(const std::string& id, const std::shared_ptr<const SetEntry>& entry) {
   absl::MutexLock lock(&mu_);
   auto it = sets_.find(id);
-  if (it == sets_.end() || it->second != entry) return;
+  if (it == sets_.end() || it->second.entry != entry) return;
   bytes_ -= entry->stored.set.byte_size;
   sets_.erase(it);
 }
 
-absl::Status SetRegistry::OverBudget(int64_t size) const {
-  return absl::ResourceExhaustedError(absl::StrCat("the server holds ", bytes_, " bytes of sets; ", size,
-                                                   " more would exceed --max_total_set_bytes=", max_total_bytes_,
-                                                   "; delete sets or raise the limit"));
+absl::Status SetRegistry::TooLarge(const std::string& id, int64_t size) const {
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "parameter set '", id, "' takes ", size,
+      " bytes, more than the server may hold (--max_total_set_bytes=", max_total_bytes_, "); raise the limit"));
 }
 
 absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::Add(core::StoredSet stored) {
@@ -125,8 +150,8 @@ absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::Add(core::StoredSet
     if (sets_.count(id) > 0 || store_->Contains(id)) {
       return absl::AlreadyExistsError(absl::StrCat("parameter set '", id, "' already exists"));
     }
-    if (bytes_ + size > max_total_bytes_) return OverBudget(size);
   }
+  if (size > max_total_bytes_) return TooLarge(id, size);
   const absl::Status saved = store_->Save(stored);
   Count(StoreOperation::kWrite, saved.ok());
   LSTMSERVE_RETURN_IF_ERROR(saved);
@@ -139,8 +164,9 @@ absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::Add(core::StoredSet
     return entry.status();
   }
   absl::MutexLock lock(&mu_);
-  sets_[id] = *entry;
-  bytes_ += size;
+  unloaded_.erase(id);
+  MakeRoom(size, id);
+  Hold(id, *entry);
   return *entry;
 }
 
@@ -151,11 +177,50 @@ absl::Status SetRegistry::Delete(const std::string& id) {
   if (!absl::IsNotFound(removed)) Count(StoreOperation::kDelete, removed.ok());
   if (!removed.ok() && !absl::IsNotFound(removed)) return removed;  // the file stays, so does the set
   absl::MutexLock lock(&mu_);
+  const bool was_unloaded = unloaded_.erase(id) > 0;
   auto it = sets_.find(id);
-  if (it == sets_.end()) return removed;  // NOT_FOUND when neither had it
-  bytes_ -= it->second->stored.set.byte_size;
+  if (it == sets_.end()) return was_unloaded ? absl::OkStatus() : removed;  // NOT_FOUND when neither had it
+  bytes_ -= it->second.entry->stored.set.byte_size;
   sets_.erase(it);
   return absl::OkStatus();
+}
+
+absl::Status SetRegistry::Load(const std::string& id) {
+  LSTMSERVE_RETURN_IF_ERROR(core::ValidateSetId(id));
+  {
+    absl::MutexLock lock(&mu_);
+    unloaded_.erase(id);
+  }
+  return Get(id).status();
+}
+
+absl::Status SetRegistry::Unload(const std::string& id) {
+  LSTMSERVE_RETURN_IF_ERROR(core::ValidateSetId(id));
+  absl::MutexLock store_lock(&store_mu_);
+  if (!store_->Contains(id)) return absl::NotFoundError(absl::StrCat("parameter set '", id, "' not found"));
+  absl::MutexLock lock(&mu_);
+  unloaded_.insert(id);
+  auto it = sets_.find(id);
+  if (it != sets_.end()) {
+    bytes_ -= it->second.entry->stored.set.byte_size;
+    sets_.erase(it);
+  }
+  if (metrics_ != nullptr) metrics_->ObserveSetUnload(/*memory=*/false);
+  return absl::OkStatus();
+}
+
+bool SetRegistry::Unloaded(const std::string& id) const {
+  absl::MutexLock lock(&mu_);
+  return unloaded_.count(id) > 0;
+}
+
+std::vector<SetRegistry::IndexEntry> SetRegistry::Index() const {
+  const std::vector<std::string> ids = store_->ListIds();
+  std::vector<IndexEntry> out;
+  out.reserve(ids.size());
+  absl::MutexLock lock(&mu_);
+  for (const std::string& id : ids) out.push_back({id, sets_.count(id) > 0, unloaded_.count(id) > 0});
+  return out;
 }
 
 std::vector<std::shared_ptr<const SetEntry>> SetRegistry::List(const std::string& after, int limit, bool* more) {

@@ -64,10 +64,13 @@ void StatesToProto(const core::LstmState& state, Response* response) {
 }
 
 // Queues a validated job whose answer `fill` writes into the response, or finishes the
-// call at once when building the job failed.
+// call at once when building the job failed (counted as a failure of set `known` when the
+// set was found).
 template <typename Fill>
-void SubmitUnary(ServiceContext* ctx, UnaryCallBase* call, RpcLog log, absl::StatusOr<BatchJob> job, Fill fill) {
+void SubmitUnary(ServiceContext* ctx, UnaryCallBase* call, RpcLog log, const CallControl& control,
+                 const std::string& known, absl::StatusOr<BatchJob> job, Fill fill) {
   if (!job.ok()) {
+    if (!known.empty()) ctx->engine->CountFailure(known, control);
     call->Reply(log.Done(job.status()));
     return;
   }
@@ -81,7 +84,7 @@ void SubmitUnary(ServiceContext* ctx, UnaryCallBase* call, RpcLog log, absl::Sta
   };
   call->phases = ctx->metrics;
   call->MarkValidated();
-  ctx->engine->Submit(*std::move(job));
+  ctx->engine->Submit(control, *std::move(job));
 }
 
 // A new sequence id for a Session that names none: "session-" and 128 random bits in hex.
@@ -268,14 +271,9 @@ class SessionReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   // A session on a stored sequence: resumes it when it is open (its state, its step count),
   // else its first step starts it.
   absl::Status OpenSequence(const v1::SessionStart& start) {
-    if (start.sequence_id().size() > oip::kMaxSequenceIdBytes) {
-      return absl::InvalidArgumentError(absl::StrCat("start.sequence_id is ", start.sequence_id().size(),
-                                                     " bytes long; a sequence id takes at most ",
-                                                     oip::kMaxSequenceIdBytes));
-    }
+    LSTMSERVE_ASSIGN_OR_RETURN(sequence_key_, oip::CheckedSequenceKey(start.sequence_id(), "start.sequence_id"));
     named_by_client_ = true;
     sequence_id_ = start.sequence_id();
-    sequence_key_ = oip::SequenceKey(start.sequence_id());
     sequence_shown_ = core::ClientText(start.sequence_id());
     absl::StatusOr<SequenceRecord> record = ctx_->engine->GetSequence(sequence_key_, sequence_shown_);
     if (absl::IsNotFound(record.status())) return absl::OkStatus();  // the first step starts it
@@ -391,8 +389,11 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Step(grpc::CallbackServerContext
   return ParseUnary<v1::StepRequest, v1::StepResponse>(ctx_, context, in, out, kService, "Step", [&](auto* call) {
     const v1::StepRequest* request = &call->request;
     RpcLog log(context, "Step", request->parameter_set_id());
+    const CallControl control = GrpcCall(context);
+    std::string known;  // the set, once found
     absl::StatusOr<BatchJob> job = [&]() -> absl::StatusOr<BatchJob> {
       LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->engine->LstmSet(request->parameter_set_id()));
+      known = entry->stored.id;
       if (!request->has_x()) return absl::InvalidArgumentError("x is not set");
       LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor x, Input(ctx_, *entry, request->x(), "x"));
       if (x.dim() != 2 || x.size(1) != entry->lstm->input_size()) {
@@ -401,11 +402,11 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Step(grpc::CallbackServerContext
                                                        "] (its input_size)"));
       }
       LSTMSERVE_ASSIGN_OR_RETURN(core::LstmState state, RequestState(ctx_, *entry, *request, ""));
-      return ctx_->engine->MakeJob(GrpcCall(context), std::move(entry), x.unsqueeze(0), std::move(state),
+      return ctx_->engine->MakeJob(control, std::move(entry), x.unsqueeze(0), std::move(state),
                                    /*want_outputs=*/false);
     }();
     v1::StepResponse* response = &call->response;
-    SubmitUnary(ctx_, call, std::move(log), std::move(job),
+    SubmitUnary(ctx_, call, std::move(log), control, known, std::move(job),
                 [response](const core::SequenceResult& result) { StatesToProto(result.final_state, response); });
   });
 }
@@ -415,19 +416,23 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::Run(grpc::CallbackServerContext*
   return ParseUnary<v1::RunRequest, v1::RunResponse>(ctx_, context, in, out, kService, "Run", [&](auto* call) {
     const v1::RunRequest* request = &call->request;
     RpcLog log(context, "Run", request->parameter_set_id());
+    const CallControl control = GrpcCall(context);
+    std::string known;  // the set, once found
     absl::StatusOr<BatchJob> job = [&]() -> absl::StatusOr<BatchJob> {
       LSTMSERVE_ASSIGN_OR_RETURN(auto entry, ctx_->engine->LstmSet(request->parameter_set_id()));
+      known = entry->stored.id;
       if (!request->has_inputs()) return absl::InvalidArgumentError("inputs is not set");
       LSTMSERVE_ASSIGN_OR_RETURN(at::Tensor inputs, Input(ctx_, *entry, request->inputs(), "inputs"));
       LSTMSERVE_ASSIGN_OR_RETURN(core::LstmState state, RequestState(ctx_, *entry, *request, ""));
-      return ctx_->engine->MakeJob(GrpcCall(context), std::move(entry), std::move(inputs), std::move(state),
+      return ctx_->engine->MakeJob(control, std::move(entry), std::move(inputs), std::move(state),
                                    !request->final_state_only());
     }();
     v1::RunResponse* response = &call->response;
-    SubmitUnary(ctx_, call, std::move(log), std::move(job), [response](const core::SequenceResult& result) {
-      if (result.outputs.defined()) TensorToProto(result.outputs, response->mutable_outputs());
-      StatesToProto(result.final_state, response);
-    });
+    SubmitUnary(ctx_, call, std::move(log), control, known, std::move(job),
+                [response](const core::SequenceResult& result) {
+                  if (result.outputs.defined()) TensorToProto(result.outputs, response->mutable_outputs());
+                  StatesToProto(result.final_state, response);
+                });
   });
 }
 
@@ -454,15 +459,11 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::GetSequence(grpc::CallbackServer
               key = oip::SequenceKey(request->uint64_id());
               shown = absl::StrCat(request->uint64_id());
               break;
-            case v1::GetSequenceRequest::kStringId:
-              if (request->string_id().size() > oip::kMaxSequenceIdBytes) {
-                return absl::InvalidArgumentError(absl::StrCat("string_id is ", request->string_id().size(),
-                                                               " bytes long; a sequence id takes at most ",
-                                                               oip::kMaxSequenceIdBytes));
-              }
-              key = oip::SequenceKey(request->string_id());
+            case v1::GetSequenceRequest::kStringId: {
+              LSTMSERVE_ASSIGN_OR_RETURN(key, oip::CheckedSequenceKey(request->string_id(), "string_id"));
               shown = core::ClientText(request->string_id());
               break;
+            }
             default: break;
           }
           if (key.empty()) return absl::InvalidArgumentError("give uint64_id (nonzero) or string_id (not empty)");

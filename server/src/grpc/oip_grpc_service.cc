@@ -1,5 +1,9 @@
 // The Open Inference Protocol over gRPC: converts inference.* messages to the protocol-neutral
 // values of open_inference.h and back; everything else is OpenInference's.
+#include <algorithm>
+#include <string>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 
 #include "lstmserve/core/status.h"
@@ -327,6 +331,107 @@ grpc::ServerUnaryReactor* OipGrpcService::ModelInfer(grpc::CallbackServerContext
                            if (result.ok()) ResponseToProto(*result, response);
                            call->Reply(log.Done(result.status()));
                          });
+      });
+}
+
+namespace {
+
+void DurationToProto(const StatDuration& d, inference::StatisticDuration* out) {
+  out->set_count(d.count);
+  out->set_ns(d.ns);
+}
+
+template <typename Map>
+std::vector<std::string> ParameterNames(const Map& parameters) {
+  std::vector<std::string> names;
+  for (const auto& [name, value] : parameters) names.push_back(name);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* OipGrpcService::ModelStatistics(grpc::CallbackServerContext* context,
+                                                          const grpc::ByteBuffer* in, grpc::ByteBuffer* out) {
+  return ParseUnary<inference::ModelStatisticsRequest, inference::ModelStatisticsResponse>(
+      ctx_, context, in, out, kService, "ModelStatistics", [&](auto* call) {
+        RpcLog log(context, "ModelStatistics", call->request.name());
+        FinishUnary(context, call, log, [&]() -> absl::Status {
+          LSTMSERVE_ASSIGN_OR_RETURN(std::vector<ModelStats> all,
+                                     ctx_->oip->Statistics(call->request.name(), call->request.version()));
+          for (const ModelStats& m : all) {
+            inference::ModelStatistics* o = call->response.add_model_stats();
+            o->set_name(m.name);
+            o->set_version("1");
+            o->set_last_inference(m.last_inference_ms);
+            o->set_inference_count(m.inference_count);
+            o->set_execution_count(m.execution_count);
+            inference::InferStatistics* s = o->mutable_inference_stats();
+            DurationToProto(m.success, s->mutable_success());
+            DurationToProto(m.fail, s->mutable_fail());
+            DurationToProto(m.queue, s->mutable_queue());
+            DurationToProto(m.compute_input, s->mutable_compute_input());
+            DurationToProto(m.compute_infer, s->mutable_compute_infer());
+            DurationToProto(m.compute_output, s->mutable_compute_output());
+            s->mutable_cache_hit();
+            s->mutable_cache_miss();
+            for (const BatchSizeStats& b : m.batch_stats) {
+              inference::InferBatchStatistics* ob = o->add_batch_stats();
+              ob->set_batch_size(b.batch_size);
+              DurationToProto(b.compute_input, ob->mutable_compute_input());
+              DurationToProto(b.compute_infer, ob->mutable_compute_infer());
+              DurationToProto(b.compute_output, ob->mutable_compute_output());
+            }
+          }
+          return absl::OkStatus();
+        });
+      });
+}
+
+grpc::ServerUnaryReactor* OipGrpcService::RepositoryIndex(grpc::CallbackServerContext* context,
+                                                          const grpc::ByteBuffer* in, grpc::ByteBuffer* out) {
+  return ParseUnary<inference::RepositoryIndexRequest, inference::RepositoryIndexResponse>(
+      ctx_, context, in, out, kService, "RepositoryIndex", [&](auto* call) {
+        RpcLog log(context, "RepositoryIndex", "");
+        FinishUnary(context, call, log, [&]() -> absl::Status {
+          LSTMSERVE_ASSIGN_OR_RETURN(
+              std::vector<oip::RepositoryModel> models,
+              ctx_->oip->RepositoryIndex(call->request.repository_name(), call->request.ready()));
+          for (const oip::RepositoryModel& m : models) {
+            auto* o = call->response.add_models();
+            o->set_name(m.name);
+            o->set_version(m.version);
+            o->set_state(m.state);
+            o->set_reason(m.reason);
+          }
+          return absl::OkStatus();
+        });
+      });
+}
+
+grpc::ServerUnaryReactor* OipGrpcService::RepositoryModelLoad(grpc::CallbackServerContext* context,
+                                                              const grpc::ByteBuffer* in, grpc::ByteBuffer* out) {
+  return ParseUnary<inference::RepositoryModelLoadRequest, inference::RepositoryModelLoadResponse>(
+      ctx_, context, in, out, kService, "RepositoryModelLoad", [&](auto* call) {
+        RpcLog log(context, "RepositoryModelLoad", call->request.model_name());
+        // Reads the set's file (up to --max_set_bytes): on the compute pool.
+        const auto* request = &call->request;
+        FinishUnaryOnPool(context, call, ctx_->compute, std::move(log), [this, request]() -> absl::Status {
+          return ctx_->oip->Load(request->repository_name(), request->model_name(),
+                                 ParameterNames(request->parameters()));
+        });
+      });
+}
+
+grpc::ServerUnaryReactor* OipGrpcService::RepositoryModelUnload(grpc::CallbackServerContext* context,
+                                                                const grpc::ByteBuffer* in, grpc::ByteBuffer* out) {
+  return ParseUnary<inference::RepositoryModelUnloadRequest, inference::RepositoryModelUnloadResponse>(
+      ctx_, context, in, out, kService, "RepositoryModelUnload", [&](auto* call) {
+        RpcLog log(context, "RepositoryModelUnload", call->request.model_name());
+        FinishUnary(context, call, log, [&]() -> absl::Status {
+          return ctx_->oip->Unload(call->request.repository_name(), call->request.model_name(),
+                                   ParameterNames(call->request.parameters()));
+        });
       });
 }
 

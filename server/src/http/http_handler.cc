@@ -85,8 +85,20 @@ HttpRoute FindHttpRouteOf(absl::string_view method, absl::string_view path) {
   if (method == "GET" && path == "/v2") return {"ServerMetadata", "", ""};
   if (method == "GET" && path == "/v2/health/live") return {"ServerLive", "", ""};
   if (method == "GET" && path == "/v2/health/ready") return {"ServerReady", "", ""};
+  // Triton's statistics of every model; a set named "stats" answers its metadata over gRPC.
+  if (method == "GET" && path == "/v2/models/stats") return {"ModelStatistics", "", ""};
+  if (method == "POST" && path == "/v2/repository/index") return {"RepositoryIndex", "", ""};
+  if (absl::ConsumePrefix(&path, "/v2/repository/models/")) {
+    // {name}/load | {name}/unload
+    std::vector<absl::string_view> parts = absl::StrSplit(path, '/');
+    if (method != "POST" || parts.size() != 2 || parts[0].empty()) return route;
+    if (parts[1] == "load") route.name = "RepositoryModelLoad";
+    if (parts[1] == "unload") route.name = "RepositoryModelUnload";
+    if (!route.name.empty()) route.model = PercentDecoded(parts[0]);
+    return route;
+  }
   if (!absl::ConsumePrefix(&path, "/v2/models/")) return route;
-  // {name}[/versions/{v}][/ready|/config|/infer]: the name and version hold no '/'.
+  // {name}[/versions/{v}][/ready|/config|/stats|/infer]: the name and version hold no '/'.
   std::vector<absl::string_view> parts = absl::StrSplit(path, '/');
   size_t next = 1;
   if (parts[0].empty()) return route;
@@ -97,6 +109,7 @@ HttpRoute FindHttpRouteOf(absl::string_view method, absl::string_view path) {
   } else if (parts.size() == next + 1) {
     if (method == "GET" && parts[next] == "ready") name = "ModelReady";
     if (method == "GET" && parts[next] == "config") name = "ModelConfig";
+    if (method == "GET" && parts[next] == "stats") name = "ModelStatistics";
     if (method == "POST" && parts[next] == "infer") name = "ModelInfer";
   }
   if (name.empty()) return route;
@@ -198,7 +211,10 @@ std::optional<HttpResponse> HttpHandler::Admit(const HttpRequest& head) const {
   return std::nullopt;
 }
 
-bool HttpHandler::Immediate(const HttpRequest& head) { return HttpRouteName(head.method, head.target) != "ModelInfer"; }
+bool HttpHandler::Immediate(const HttpRequest& head) {
+  const absl::string_view name = HttpRouteName(head.method, head.target);
+  return name != "ModelInfer" && name != "ModelStatistics" && !absl::StartsWith(name, "Repository");
+}
 
 void HttpHandler::Handle(HttpRequest request, std::function<void(HttpResponse)> done) const {
   const absl::Time start = absl::Now();
@@ -221,6 +237,28 @@ void HttpHandler::Handle(HttpRequest request, std::function<void(HttpResponse)> 
     absl::StatusOr<oip::ModelMetadata> m = oip.Metadata(route.model, route.version);
     if (!m.ok()) return finish(m.status());
     return finish(Json(200, route.name == "ModelMetadata" ? oip::MetadataJson(*m) : oip::ConfigJson(*m)));
+  }
+  if (route.name == "ModelStatistics") {
+    absl::StatusOr<std::vector<ModelStats>> stats = oip.Statistics(route.model, route.version);
+    if (!stats.ok()) return finish(stats.status());
+    return finish(Json(200, oip::StatisticsJson(*stats)));
+  }
+  if (route.name == "RepositoryIndex") {
+    absl::StatusOr<bool> ready_only = oip::ParseRepositoryIndex(request.body);
+    if (!ready_only.ok()) return finish(ready_only.status());
+    absl::StatusOr<std::vector<oip::RepositoryModel>> index = oip.RepositoryIndex("", *ready_only);
+    if (!index.ok()) return finish(index.status());
+    return finish(Json(200, oip::RepositoryIndexJson(*index)));
+  }
+  if (route.name == "RepositoryModelLoad" || route.name == "RepositoryModelUnload") {
+    absl::StatusOr<std::vector<std::string>> parameters = oip::ParseRepositoryParameters(request.body);
+    if (!parameters.ok()) return finish(parameters.status());
+    const absl::Status status = route.name == "RepositoryModelLoad" ? oip.Load("", route.model, *parameters)
+                                                                    : oip.Unload("", route.model, *parameters);
+    if (!status.ok()) return finish(status);
+    HttpResponse ok;
+    ok.status = 200;
+    return finish(std::move(ok));
   }
   if (route.name != "ModelInfer") {
     return finish(absl::NotFoundError(

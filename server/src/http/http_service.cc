@@ -323,7 +323,8 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     // A small request is decoded and queued here: a hop to a worker costs more than its
     // decoding (perf_analyzer, S at c64: see README). A large one goes to a worker, so that
     // its decoding never holds the connections of this I/O thread.
-    const bool small = request.body.size() <= kInlineDecodeBytes;
+    const bool small =
+        request.body.size() <= kInlineDecodeBytes && HttpRouteName(request.method, request.target) == "ModelInfer";
     auto run = [impl, self, request = std::move(request)]() mutable {
       // The answer may come on the batcher's thread, after Stop has stopped the I/O threads
       // (then it is dropped with the io_context). The callback keeps no reference to the

@@ -448,4 +448,83 @@ nlohmann::json ConfigJson(const ModelMetadata& m) {
       {"sequence_batching", {{"max_sequence_idle_microseconds", absl::ToInt64Microseconds(m.sequence_idle_timeout)}}}};
 }
 
+namespace {
+
+json DurationJson(const StatDuration& d) { return {{"count", d.count}, {"ns", d.ns}}; }
+
+// A repository call's body as a JSON object; an empty body is an empty object.
+absl::StatusOr<json> RepositoryBody(absl::string_view body, absl::string_view call) {
+  if (body.find_first_not_of(" \t\r\n") == absl::string_view::npos) return json::object();
+  json parsed = json::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
+  if (parsed.is_discarded() || !parsed.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat("the body of ", call, " must be empty or a JSON object"));
+  }
+  return parsed;
+}
+
+}  // namespace
+
+nlohmann::json StatisticsJson(const std::vector<ModelStats>& models) {
+  json list = json::array();
+  for (const ModelStats& m : models) {
+    json batches = json::array();
+    for (const BatchSizeStats& b : m.batch_stats) {
+      batches.push_back({{"batch_size", b.batch_size},
+                         {"compute_input", DurationJson(b.compute_input)},
+                         {"compute_infer", DurationJson(b.compute_infer)},
+                         {"compute_output", DurationJson(b.compute_output)}});
+    }
+    list.push_back({{"name", m.name},
+                    {"version", "1"},
+                    {"last_inference", m.last_inference_ms},
+                    {"inference_count", m.inference_count},
+                    {"execution_count", m.execution_count},
+                    {"inference_stats",
+                     {{"success", DurationJson(m.success)},
+                      {"fail", DurationJson(m.fail)},
+                      {"queue", DurationJson(m.queue)},
+                      {"compute_input", DurationJson(m.compute_input)},
+                      {"compute_infer", DurationJson(m.compute_infer)},
+                      {"compute_output", DurationJson(m.compute_output)},
+                      {"cache_hit", DurationJson({})},
+                      {"cache_miss", DurationJson({})}}},
+                    {"batch_stats", std::move(batches)}});
+  }
+  return {{"model_stats", std::move(list)}};
+}
+
+nlohmann::json RepositoryIndexJson(const std::vector<RepositoryModel>& models) {
+  json list = json::array();
+  for (const RepositoryModel& m : models) {
+    list.push_back({{"name", m.name}, {"version", m.version}, {"state", m.state}, {"reason", m.reason}});
+  }
+  return list;
+}
+
+absl::StatusOr<bool> ParseRepositoryIndex(absl::string_view body) {
+  LSTMSERVE_ASSIGN_OR_RETURN(json parsed, RepositoryBody(body, "the repository index"));
+  bool ready = false;
+  for (const auto& [key, value] : parsed.items()) {
+    if (key != "ready") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the repository index takes only \"ready\" (got \"", core::ClientText(key), "\")"));
+    }
+    if (!value.is_boolean()) return absl::InvalidArgumentError("\"ready\" must be a boolean");
+    ready = value.get<bool>();
+  }
+  return ready;
+}
+
+absl::StatusOr<std::vector<std::string>> ParseRepositoryParameters(absl::string_view body) {
+  LSTMSERVE_ASSIGN_OR_RETURN(json parsed, RepositoryBody(body, "a load or unload"));
+  std::vector<std::string> names;
+  for (const auto& [key, value] : parsed.items()) {
+    if (key != "parameters" || !value.is_object()) {
+      return absl::InvalidArgumentError("the body of a load or unload holds only \"parameters\", an object");
+    }
+    for (const auto& parameter : value.items()) names.push_back(parameter.key());
+  }
+  return names;
+}
+
 }  // namespace lstmserve::server::oip

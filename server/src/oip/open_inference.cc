@@ -64,8 +64,17 @@ struct Prepared {
 std::string SequenceKey(uint64_t id) { return id == 0 ? std::string() : absl::StrCat("u:", id); }
 std::string SequenceKey(const std::string& id) { return id.empty() ? std::string() : absl::StrCat("s:", id); }
 
+absl::StatusOr<std::string> CheckedSequenceKey(const std::string& id, absl::string_view field) {
+  if (id.size() > kMaxSequenceIdBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " is ", id.size(), " bytes long; a sequence id takes at most ", kMaxSequenceIdBytes));
+  }
+  return SequenceKey(id);
+}
+
 std::vector<std::string> Extensions() {
-  return {"model_configuration", "sequence", "sequence(string_id)", "binary_tensor_data"};
+  return {"model_configuration", "sequence",   "sequence(string_id)",
+          "binary_tensor_data",  "statistics", "model_repository"};
 }
 
 absl::StatusOr<std::shared_ptr<const SetEntry>> OpenInference::Model(const std::string& model,
@@ -103,9 +112,87 @@ bool OpenInference::Ready(const std::string& model, const std::string& version) 
   return ServerReady() && Model(model, version).ok();
 }
 
+absl::StatusOr<std::vector<ModelStats>> OpenInference::Statistics(const std::string& model,
+                                                                  const std::string& version) const {
+  std::vector<ModelStats> out;
+  const ModelStatistics* statistics = engine_->statistics();
+  const auto figures = [&](const std::string& id) {
+    ModelStats stats = statistics != nullptr ? statistics->Get(id) : ModelStats{};
+    stats.name = id;
+    return stats;
+  };
+  if (model.empty()) {
+    if (!version.empty()) return absl::InvalidArgumentError("a version needs a model name");
+    for (const auto& set : engine_->registry().Index()) out.push_back(figures(set.id));
+    return out;
+  }
+  if (!version.empty() && version != "1") {
+    return absl::NotFoundError(absl::StrCat("model '", core::ClientText(model), "' has no version '",
+                                            core::ClientText(version), "'; its only version is 1 (or leave it empty)"));
+  }
+  LSTMSERVE_RETURN_IF_ERROR(core::ValidateSetId(model));
+  bool found = false;
+  for (const auto& set : engine_->registry().Index()) found = found || set.id == model;
+  if (!found) return absl::NotFoundError(absl::StrCat("parameter set '", model, "' not found"));
+  out.push_back(figures(model));
+  return out;
+}
+
+namespace {
+
+absl::Status OneRepository(const std::string& repository) {
+  if (repository.empty()) return absl::OkStatus();
+  return absl::NotFoundError(absl::StrCat("no repository '", core::ClientText(repository),
+                                          "'; the server has one, its store: leave repository_name empty"));
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<RepositoryModel>> OpenInference::RepositoryIndex(const std::string& repository,
+                                                                            bool ready_only) const {
+  LSTMSERVE_RETURN_IF_ERROR(OneRepository(repository));
+  std::vector<RepositoryModel> out;
+  for (const auto& set : engine_->registry().Index()) {
+    if (ready_only && !set.held) continue;
+    RepositoryModel m{set.id, "1", set.held ? "READY" : "UNAVAILABLE", ""};
+    if (set.unloaded) {
+      m.reason = "unloaded";
+    } else if (!set.held) {
+      m.reason = "not in memory: loads on first use";
+    }
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+absl::Status OpenInference::Load(const std::string& repository, const std::string& model,
+                                 const std::vector<std::string>& parameters) const {
+  LSTMSERVE_RETURN_IF_ERROR(OneRepository(repository));
+  if (!parameters.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("load takes no parameters (got '", core::ClientText(parameters[0]),
+                                                   "'): a set's tensors and spec are its file in the store"));
+  }
+  if (model.empty()) return absl::InvalidArgumentError("the model name is empty; name a parameter set id");
+  return engine_->registry().Load(model);
+}
+
+absl::Status OpenInference::Unload(const std::string& repository, const std::string& model,
+                                   const std::vector<std::string>& parameters) const {
+  LSTMSERVE_RETURN_IF_ERROR(OneRepository(repository));
+  for (const std::string& name : parameters) {
+    if (name != "unload_dependents") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unload takes only the parameter unload_dependents (got '", core::ClientText(name), "')"));
+    }
+  }
+  if (model.empty()) return absl::InvalidArgumentError("the model name is empty; name a parameter set id");
+  return engine_->registry().Unload(model);
+}
+
 void OpenInference::Infer(InferRequest request, const CallControl& call,
                           std::function<void(absl::StatusOr<InferResponse>)> done) const {
   const bool sequence = !request.sequence_key.empty();
+  std::string known;  // the set, once found: a failure from then on is counted as the model's
   auto prepared = [&]() -> absl::StatusOr<Prepared> {
     Prepared p;
     if (request.sequence_key.size() > kMaxSequenceIdBytes + 2) {  // "s:" + the id
@@ -114,6 +201,7 @@ void OpenInference::Infer(InferRequest request, const CallControl& call,
                                                      kMaxSequenceIdBytes));
     }
     LSTMSERVE_ASSIGN_OR_RETURN(p.set, Model(request.model, request.version));
+    known = p.set->stored.id;
     const core::StackedLstm& lstm = *p.set->lstm;
     const core::DType dtype = p.set->stored.set.dtype;
     const std::string type = DataTypeName(dtype);
@@ -178,6 +266,7 @@ void OpenInference::Infer(InferRequest request, const CallControl& call,
     return p;
   }();
   if (!prepared.ok()) {
+    if (!known.empty()) engine_->CountFailure(known, call);
     done(prepared.status());
     return;
   }
@@ -233,13 +322,14 @@ void OpenInference::Infer(InferRequest request, const CallControl& call,
   absl::StatusOr<BatchJob> job =
       engine_->MakeJob(call, prepared->set, std::move(prepared->inputs), std::move(prepared->state), want_outputs);
   if (!job.ok()) {
+    engine_->CountFailure(known, call);
     respond(job.status(), std::nullopt);
     return;
   }
   job->done = [respond = std::move(respond)](absl::StatusOr<core::SequenceResult> result) mutable {
     respond(std::move(result), std::nullopt);
   };
-  engine_->Submit(*std::move(job));
+  engine_->Submit(call, *std::move(job));
 }
 
 }  // namespace lstmserve::server::oip

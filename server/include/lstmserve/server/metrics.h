@@ -101,6 +101,8 @@ class Metrics {
   // Set registry events.
   void ObserveStore(StoreOperation operation, bool ok);
   void SetStoreLoadTime(absl::Duration load);
+  // A set dropped from memory: to make room (memory) or by the repository's unload.
+  void ObserveSetUnload(bool memory);
 
   struct Impl;  // in metrics.cc; shared with the interceptors, which may outlive this
 

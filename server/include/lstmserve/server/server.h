@@ -70,6 +70,7 @@ class Server {
   std::unique_ptr<TokenAuthenticator> auth_;
   std::unique_ptr<ServiceContext> context_;
   std::unique_ptr<ComputePool> compute_;
+  std::unique_ptr<ModelStatistics> statistics_;  // before the batcher and the engine, which record in it
   std::unique_ptr<Batcher> batcher_;
   std::unique_ptr<SequenceStore> sequences_;
   std::unique_ptr<InferenceEngine> engine_;

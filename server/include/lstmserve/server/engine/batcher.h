@@ -39,6 +39,7 @@
 #include "lstmserve/core/device_runner.h"
 #include "lstmserve/core/stacked_lstm.h"
 #include "lstmserve/server/engine/clock.h"
+#include "lstmserve/server/engine/model_statistics.h"
 #include "lstmserve/server/engine/set_registry.h"
 #include "lstmserve/server/metrics.h"
 
@@ -90,9 +91,10 @@ struct BatchStats {
 class Batcher {
  public:
   // `metrics` (optional) is told of every batch and queue wait; `clock` (optional: the real
-  // one) gives the time of queue waits, deadlines and the waits to fill a batch. Both must
-  // outlive the batcher.
-  explicit Batcher(const BatchOptions& options, Metrics* metrics = nullptr, const Clock* clock = nullptr);
+  // one) gives the time of queue waits, deadlines and the waits to fill a batch;
+  // `statistics` (optional) gets each batch's per-model figures. All must outlive the batcher.
+  explicit Batcher(const BatchOptions& options, Metrics* metrics = nullptr, const Clock* clock = nullptr,
+                   ModelStatistics* statistics = nullptr);
   ~Batcher();  // runs what is queued, then joins
   Batcher(const Batcher&) = delete;
   Batcher& operator=(const Batcher&) = delete;
@@ -123,6 +125,7 @@ class Batcher {
   const BatchOptions options_;
   Metrics* const metrics_;
   const Clock& clock_;
+  ModelStatistics* const statistics_;
   mutable absl::Mutex mu_;
   std::deque<BatchJob> queue_ ABSL_GUARDED_BY(mu_);
   int busy_ ABSL_GUARDED_BY(mu_) = 0;                     // batches computing now (workers' and inline)

@@ -13,10 +13,12 @@
 #include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 
 #include "lstmserve/core/stacked_lstm.h"
 #include "lstmserve/server/engine/batcher.h"
+#include "lstmserve/server/engine/model_statistics.h"
 #include "lstmserve/server/engine/sequence_store.h"
 #include "lstmserve/server/engine/set_registry.h"
 
@@ -25,7 +27,8 @@ namespace lstmserve::server {
 // What a front end knows of a call: when its answer stops being wanted.
 struct CallControl {
   absl::Time deadline = absl::InfiniteFuture();
-  std::function<bool()> cancelled;  // optional; true once the caller has gone
+  std::function<bool()> cancelled;    // optional; true once the caller has gone
+  absl::Time received = absl::Now();  // when the call arrived (made with it): the model statistics' durations
 };
 
 // One request of a stored sequence (SequenceStore): its record is loaded, the request is
@@ -56,11 +59,19 @@ struct SequenceAnswer {
 // Thread-safe. Borrows everything it is given, which must outlive it.
 class InferenceEngine {
  public:
-  InferenceEngine(SetRegistry* registry, Batcher* batcher, SequenceStore* sequences, int64_t max_tensor_elements)
-      : registry_(registry), batcher_(batcher), sequences_(sequences), max_tensor_elements_(max_tensor_elements) {}
+  // `statistics` (optional) counts each request's success or failure per model (the batcher
+  // it shares with counts the rest).
+  InferenceEngine(SetRegistry* registry, Batcher* batcher, SequenceStore* sequences, int64_t max_tensor_elements,
+                  ModelStatistics* statistics = nullptr)
+      : registry_(registry),
+        batcher_(batcher),
+        sequences_(sequences),
+        max_tensor_elements_(max_tensor_elements),
+        statistics_(statistics) {}
 
-  // The set `id`, when it is a stacked LSTM; FAILED_PRECONDITION when it is not, and the
-  // registry's errors (NOT_FOUND, ...).
+  // The set `id`, when it is a stacked LSTM and not unloaded; FAILED_PRECONDITION when it
+  // is not an LSTM or was unloaded (SetRegistry::Unload), and the registry's errors
+  // (NOT_FOUND, ...).
   absl::StatusOr<std::shared_ptr<const SetEntry>> LstmSet(const std::string& id) const;
 
   // A batch job for `inputs` [T, B, I] and `state` (empty, or one [B, H] tensor per layer in
@@ -68,8 +79,12 @@ class InferenceEngine {
   // StackedLstm::CheckRunShapes) when they do not fit the set. The caller sets `done`.
   absl::StatusOr<BatchJob> MakeJob(const CallControl& call, std::shared_ptr<const SetEntry> set, at::Tensor inputs,
                                    core::LstmState state, bool want_outputs) const;
-  // Queues a job; its `done` is called once (perhaps before Submit returns).
-  void Submit(BatchJob job) const { batcher_->Submit(std::move(job)); }
+  // Queues a job; its `done` is called once (perhaps before Submit returns). The request's
+  // success or failure is counted in the model's statistics.
+  void Submit(const CallControl& call, BatchJob job) const;
+  // A request on set `id` that failed before it was queued (its inputs did not fit the set):
+  // counted in the model's statistics.
+  void CountFailure(const std::string& id, const CallControl& call) const;
 
   // Runs one request of a stored sequence; `done` is called once, perhaps before this
   // returns, after the sequence's new record is written. Lifecycle errors name what became
@@ -92,6 +107,9 @@ class InferenceEngine {
   absl::Status EndSequence(const std::string& key, const std::string& shown) const;
 
   SequenceStore& sequences() const { return *sequences_; }
+  Batcher& batcher() const { return *batcher_; }
+  SetRegistry& registry() const { return *registry_; }
+  ModelStatistics* statistics() const { return statistics_; }
   int64_t max_tensor_elements() const { return max_tensor_elements_; }
 
  private:
@@ -99,6 +117,7 @@ class InferenceEngine {
   Batcher* const batcher_;
   SequenceStore* const sequences_;
   const int64_t max_tensor_elements_;
+  ModelStatistics* const statistics_;
 };
 
 }  // namespace lstmserve::server

@@ -44,10 +44,13 @@ using IS = v1::InferenceService;
 using InferenceService = IS::WithRawCallbackMethod_Step<IS::WithRawCallbackMethod_Run<
     IS::WithRawCallbackMethod_Session<IS::WithRawCallbackMethod_GetSequence<IS::Service>>>>;
 using GIS = inference::GRPCInferenceService;
-using OipService = GIS::WithRawCallbackMethod_ServerLive<GIS::WithRawCallbackMethod_ServerReady<
-    GIS::WithRawCallbackMethod_ModelReady<GIS::WithRawCallbackMethod_ServerMetadata<
-        GIS::WithRawCallbackMethod_ModelMetadata<GIS::WithRawCallbackMethod_ModelInfer<
-            GIS::WithRawCallbackMethod_ModelStreamInfer<GIS::WithRawCallbackMethod_ModelConfig<GIS::Service>>>>>>>>;
+using OipService =
+    GIS::WithRawCallbackMethod_ServerLive<GIS::WithRawCallbackMethod_ServerReady<GIS::WithRawCallbackMethod_ModelReady<
+        GIS::WithRawCallbackMethod_ServerMetadata<GIS::WithRawCallbackMethod_ModelMetadata<
+            GIS::WithRawCallbackMethod_ModelInfer<GIS::WithRawCallbackMethod_ModelStreamInfer<
+                GIS::WithRawCallbackMethod_ModelConfig<GIS::WithRawCallbackMethod_ModelStatistics<
+                    GIS::WithRawCallbackMethod_RepositoryIndex<GIS::WithRawCallbackMethod_RepositoryModelLoad<
+                        GIS::WithRawCallbackMethod_RepositoryModelUnload<GIS::Service>>>>>>>>>>>>;
 }  // namespace raw
 
 class ParameterServiceImpl final : public raw::ParameterService {
@@ -111,6 +114,14 @@ class OipGrpcService final : public raw::OipService {
       grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* ModelConfig(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                                         grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ModelStatistics(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                            grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* RepositoryIndex(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                            grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* RepositoryModelLoad(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                                grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* RepositoryModelUnload(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                                  grpc::ByteBuffer* response) override;
 
  private:
   ServiceContext* ctx_;

@@ -83,8 +83,9 @@ class HttpHandler {
   // or method that is no route (404).
   std::optional<HttpResponse> Admit(const HttpRequest& head) const;
 
-  // Whether Handle answers at once without computing (probes, metadata), so the transport
-  // may run it on its I/O threads; inferences go to a worker.
+  // Whether Handle answers at once without computing or reading the store (probes,
+  // metadata), so the transport may run it on its I/O threads; inferences (a small one
+  // decoded on the I/O thread), statistics and the repository's calls go to a worker.
   static bool Immediate(const HttpRequest& head);
 
   // Answers a request that Admit let through. `done` is called once, maybe on another thread

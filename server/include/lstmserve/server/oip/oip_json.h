@@ -49,4 +49,17 @@ nlohmann::json MetadataJson(const ModelMetadata& m);
 // Triton's model configuration, as its HTTP API writes it (the fields lstmserve fills).
 nlohmann::json ConfigJson(const ModelMetadata& m);
 
+// Triton's statistics extension over HTTP: {"model_stats": [...]} with each model's
+// durations as {"count", "ns"} (GET /v2/models[/{name}[/versions/{v}]]/stats).
+nlohmann::json StatisticsJson(const std::vector<ModelStats>& models);
+// The model-repository extension over HTTP: the index as a list of {name, version, state,
+// reason} (POST /v2/repository/index).
+nlohmann::json RepositoryIndexJson(const std::vector<RepositoryModel>& models);
+
+// The body of POST /v2/repository/index: empty, or {"ready": bool}. INVALID_ARGUMENT else.
+absl::StatusOr<bool> ParseRepositoryIndex(absl::string_view body);
+// The body of POST /v2/repository/models/{name}/load and .../unload: empty, or
+// {"parameters": {...}}. The names of its parameters; INVALID_ARGUMENT for other JSON.
+absl::StatusOr<std::vector<std::string>> ParseRepositoryParameters(absl::string_view body);
+
 }  // namespace lstmserve::server::oip

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 #include "lstmserve/server/engine/inference_engine.h"
 
@@ -93,6 +94,8 @@ inline constexpr size_t kMaxSequenceIdBytes = 256;
 // "" is no sequence (the protocol's convention): the key is empty.
 std::string SequenceKey(uint64_t id);
 std::string SequenceKey(const std::string& id);
+// A string id the client gave in `field`, as a key: INVALID_ARGUMENT past kMaxSequenceIdBytes.
+absl::StatusOr<std::string> CheckedSequenceKey(const std::string& id, absl::string_view field);
 
 // The protocol's extensions lstmserve supports (ServerMetadata's `extensions`).
 std::vector<std::string> Extensions();
@@ -102,6 +105,16 @@ struct ServerMetadata {
   std::string name;
   std::string version;
   std::vector<std::string> extensions;
+};
+
+// A set as the model-repository extension lists it (POST /v2/repository/index,
+// RepositoryIndex): state "READY" when it is held in memory, "UNAVAILABLE" when it is only in
+// the store, with a reason ("unloaded", or "not in memory: loads on first use").
+struct RepositoryModel {
+  std::string name;
+  std::string version;
+  std::string state;
+  std::string reason;
 };
 
 // Thread-safe; borrows the engine.
@@ -127,6 +140,22 @@ class OpenInference {
   // a data type or shape that does not fit the model, a sequence not started, ...).
   void Infer(InferRequest request, const CallControl& call,
              std::function<void(absl::StatusOr<InferResponse>)> done) const;
+
+  // The statistics extension: one model's figures (NOT_FOUND for an unknown model or
+  // version), or, for an empty name, those of every set in the store.
+  absl::StatusOr<std::vector<ModelStats>> Statistics(const std::string& model, const std::string& version) const;
+
+  // The model-repository extension. `repository` must be "" (the server has one, its
+  // store). Index: every set in the store, only the ones held in memory when `ready_only`.
+  // Load holds a stored set in memory and serves it again after an unload; Unload drops it
+  // from memory and refuses inference on it until Load; its file stays. Parameters are
+  // named in `parameters`: Load takes none (INVALID_ARGUMENT: a set's file and config are
+  // the store's), Unload takes only unload_dependents (a set has none).
+  absl::StatusOr<std::vector<RepositoryModel>> RepositoryIndex(const std::string& repository, bool ready_only) const;
+  absl::Status Load(const std::string& repository, const std::string& model,
+                    const std::vector<std::string>& parameters) const;
+  absl::Status Unload(const std::string& repository, const std::string& model,
+                      const std::vector<std::string>& parameters) const;
 
  private:
   absl::StatusOr<std::shared_ptr<const SetEntry>> Model(const std::string& model, const std::string& version) const;
