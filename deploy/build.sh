@@ -4,7 +4,7 @@
 # is configured).
 #
 # The default LibTorch is PyPI's torch 2.11.0 (-DLSTMSERVE_LIBTORCH=pypi: CUDA, oneDNN; see
-# README, "LibTorch: two builds"); pass -DLSTMSERVE_LIBTORCH=debian for Debian's 1.13.
+# README, "LibTorch: the builds"); pass -DLSTMSERVE_LIBTORCH=debian for Debian's 1.13.
 #   deploy/build.sh                                            # build/, LibTorch 2.11
 #   deploy/build.sh build-debian -DLSTMSERVE_LIBTORCH=debian   # build-debian/, LibTorch 1.13
 set -euo pipefail

@@ -8,8 +8,12 @@
 # Usage: deploy/install-deps.sh [build|compile|runtime|image]
 #   build   (default) compile, plus the test and benchmark tools (Python, Prometheus, clang
 #           for the fuzzers, clang-format for the style check) and the PyPI environment (torch 2.11.0 + its CUDA libraries, buf)
-#   compile what building the server and CLI alone needs (the image's build stage)
-#   runtime only the shared libraries the server needs to run (for slim images)
+#   compile what building the server and CLI alone needs with the wheel's CPU LibTorch
+#           (-DLSTMSERVE_LIBTORCH=pypi-cpu; the image's build stage): Debian's compilers and
+#           libraries, and torch 2.11.0 with CUDA's runtime and CUPTI, without their
+#           dependencies, in LSTMSERVE_TORCH_CPU (default /opt/lstmserve-torch-cpu)
+#   runtime only the shared libraries the server needs to run (for slim images; LibTorch's
+#           CPU libraries come from the build stage)
 #   image   the tools deploy/image-test.sh uses: buildah, podman, debootstrap
 #
 # Environment: LSTMSERVE_TOOLS (default /opt/lstmserve-tools) is where the PyPI environment
@@ -21,18 +25,18 @@ set -euo pipefail
 profile="${1:-build}"
 
 runtime_pkgs=(
-  libtorch1.13 libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623
+  libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623
   libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1
-  libopenblas0-openmp libssl3 ca-certificates libhiredis0.14
+  libssl3 ca-certificates libhiredis0.14
 )
 compile_pkgs=(
-  build-essential cmake ninja-build pkg-config
-  libtorch-dev libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
-  libabsl-dev prometheus-cpp-dev libcivetweb-dev libopenblas0-openmp
+  build-essential cmake ninja-build pkg-config python3 python3-venv
+  libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
+  libabsl-dev prometheus-cpp-dev libcivetweb-dev
   nlohmann-json3-dev libssl-dev libboost1.74-dev libcpp-httplib-dev libhiredis-dev
 )
 build_pkgs=(
-  "${compile_pkgs[@]}" git
+  "${compile_pkgs[@]}" libtorch-dev libopenblas0-openmp git
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   python3 python3-venv python3-torch python3-numpy python3-grpcio python3-protobuf python3-yaml
   prometheus openssl libb64-0d redis-server curl
@@ -49,6 +53,10 @@ pypi_requirements=(torch==2.11.0 numpy==2.3.5 buf-bin==1.75.0 grpcio==1.76.0 pro
 # The CPU benchmark's other engines (tests/bench/compare), in a venv of their own over Debian's
 # Python (which brings PyTorch 1.13 to export the model to ONNX): onnxruntime needs protobuf
 # >= 4.25, and the environment above pins 4.21 for the Python client's stubs.
+# The compile profile's LibTorch: the same wheel, its CPU libraries used (pypi-cpu), and the
+# two CUDA libraries libtorch_cpu names as needed (never called on a CPU).
+torch_cpu_dir="${LSTMSERVE_TORCH_CPU:-/opt/lstmserve-torch-cpu}"
+torch_cpu_requirements=(--no-deps torch==2.11.0 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85)
 peers_dir="${LSTMSERVE_PEERS:-/opt/lstmserve-peers}"
 peers_requirements=(onnxruntime==1.32.0 openvino==2026.4.1)
 # Triton's client (grpc and http), the Open Inference Protocol's reference client, for the
@@ -99,6 +107,9 @@ venv() {
   fi
 }
 
+if [[ "$profile" == compile ]]; then
+  venv "$torch_cpu_dir" "PyPI, LibTorch's CPU libraries" -- "${torch_cpu_requirements[@]}"
+fi
 if [[ "$profile" == build ]]; then
   venv "$tools_dir" "PyPI" -- "${pypi_requirements[@]}"
   venv "$peers_dir" "PyPI, over Debian's Python" --system-site-packages -- "${peers_requirements[@]}"
