@@ -63,7 +63,8 @@ peers_requirements=(onnxruntime==1.32.0 openvino==2026.4.1)
 # tests (tests/python/test_open_inference.py): over Debian's Python too, whose torch 1.13 runs
 # the reference code; it brings grpcio and protobuf 6 of its own.
 oip_dir="${LSTMSERVE_OIP:-/opt/lstmserve-oip}"
-oip_requirements=("tritonclient[grpc,http]==2.73.0")
+# safetensors writes the model directories the KServe runtime's test serves (--model_dir).
+oip_requirements=("tritonclient[grpc,http]==2.73.0" safetensors==0.6.2)
 
 case "$profile" in
   build) pkgs=("${build_pkgs[@]}") ;;

@@ -23,6 +23,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 
 #include "lstmserve/core/status.h"
 
@@ -108,6 +110,19 @@ absl::Status SyncDir(const std::string& dir) {
   const int err = errno;
   ::close(fd);
   return rc == 0 ? absl::OkStatus() : ErrnoStatus("fsync", dir, err);
+}
+
+std::string HexSha256(absl::string_view bytes) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(), nullptr);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < length; ++i) {
+    out.push_back(kHex[digest[i] >> 4]);
+    out.push_back(kHex[digest[i] & 15]);
+  }
+  return out;
 }
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
@@ -366,6 +381,114 @@ absl::StatusOr<std::unique_ptr<ParameterStore>> ParameterStore::Open(const std::
   return std::unique_ptr<ParameterStore>(new ParameterStore(dir));
 }
 
+absl::StatusOr<std::unique_ptr<ParameterStore>> ParameterStore::OpenModelDir(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec) || ::access(dir.c_str(), R_OK | X_OK) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("model directory ", dir, " is not a readable folder"));
+  }
+  std::unique_ptr<ParameterStore> store(new ParameterStore(dir));
+  store->read_only_ = true;
+  const std::string sums_path = absl::StrCat(dir, "/SHA256SUMS");
+  if (fs::exists(sums_path, ec)) {
+    auto sums = ReadFile(sums_path);
+    if (!sums.ok()) return absl::FailedPreconditionError(absl::StrCat("cannot read ", sums_path));
+    int number = 0;
+    for (absl::string_view line : absl::StrSplit(*sums, '\n')) {
+      ++number;
+      line = absl::StripAsciiWhitespace(line);
+      if (line.empty()) continue;
+      // "<64 hex digits>  <name>", or " *<name>" for binary mode.
+      const size_t space = line.find(' ');
+      absl::string_view digest = line.substr(0, space);
+      absl::string_view name =
+          space == absl::string_view::npos ? "" : absl::StripLeadingAsciiWhitespace(line.substr(space));
+      absl::ConsumePrefix(&name, "*");
+      absl::ConsumePrefix(&name, "./");
+      if (digest.size() != 64 || digest.find_first_not_of("0123456789abcdefABCDEF") != absl::string_view::npos ||
+          name.empty()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(sums_path, " line ", number, " is not \"<sha256 hex>  <file>\" as sha256sum writes it"));
+      }
+      store->sha256sums_[std::string(name)] = absl::AsciiStrToLower(digest);
+    }
+  }
+  return store;
+}
+
+absl::Status ParameterStore::CheckModelFile(absl::string_view name, absl::string_view bytes) const {
+  if (sha256sums_.empty()) return absl::OkStatus();
+  auto it = sha256sums_.find(std::string(name));
+  if (it == sha256sums_.end()) {
+    return absl::DataLossError(absl::StrCat(name, " is not listed in the model directory's SHA256SUMS"));
+  }
+  const std::string actual = HexSha256(bytes);
+  if (actual != it->second) {
+    return absl::DataLossError(
+        absl::StrCat(name, ": SHA-256 ", actual, " does not match SHA256SUMS (", it->second, ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParameterStore::AdoptModelSet(absl::string_view id, StoredSet* stored) const {
+  if (stored->id.empty()) {
+    stored->id = std::string(id);
+    stored->origin = "model_dir";
+    stored->checksum = ComputeChecksum(stored->set);
+    stored->create_time_micros = stored->version.mtime_ns / 1000;
+  }
+  const std::string spec_name = absl::StrCat(id, ".json");
+  const std::string spec_path = absl::StrCat(dir_, "/", spec_name);
+  std::error_code ec;
+  if (!fs::exists(spec_path, ec)) return absl::OkStatus();
+  LSTMSERVE_ASSIGN_OR_RETURN(std::string text, ReadFile(spec_path));
+  LSTMSERVE_RETURN_IF_ERROR(CheckModelFile(spec_name, text));
+  const Json spec = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  const auto number = [&](const char* key) -> int64_t {
+    return spec.is_object() && spec.contains(key) && spec[key].is_number_integer() ? spec[key].get<int64_t>() : -1;
+  };
+  LstmTemplate lstm;
+  lstm.num_layers = number("num_layers");
+  lstm.input_size = number("input_size");
+  lstm.hidden_size = number("hidden_size");
+  if (spec.is_object() && spec.contains("bias")) {
+    if (!spec["bias"].is_boolean()) return absl::DataLossError(absl::StrCat(spec_name, ": \"bias\" must be a boolean"));
+    lstm.bias = spec["bias"].get<bool>();
+  }
+  if (lstm.num_layers < 1 || lstm.input_size < 1 || lstm.hidden_size < 1) {
+    return absl::DataLossError(
+        absl::StrCat(spec_name,
+                     " must be {\"num_layers\": L, \"input_size\": I, \"hidden_size\": H, \"bias\": true|false} "
+                     "with L, I, H >= 1"));
+  }
+  // The tensors the LSTM layout names, and nothing else: w_<l> [in_l + H, 4H] (in_0 = I, then
+  // H), with bias b_<l> [4H]; int8 storage adds w_<l>.scale.
+  size_t expected = 0;
+  for (int64_t l = 0; l < lstm.num_layers; ++l) {
+    const int64_t in = (l == 0 ? lstm.input_size : lstm.hidden_size) + lstm.hidden_size;
+    const at::Tensor* w = stored->set.Find(LstmWeightName(l));
+    if (w == nullptr || w->dim() != 2 || w->size(0) != in || w->size(1) != 4 * lstm.hidden_size) {
+      return absl::DataLossError(absl::StrCat(id, ".safetensors does not hold the LSTM ", spec_name, " gives: ",
+                                              LstmWeightName(l), " must be [", in, ", ", 4 * lstm.hidden_size, "]"));
+    }
+    ++expected;
+    if (lstm.bias) {
+      const at::Tensor* b = stored->set.Find(LstmBiasName(l));
+      if (b == nullptr || b->dim() != 1 || b->size(0) != 4 * lstm.hidden_size) {
+        return absl::DataLossError(absl::StrCat(id, ".safetensors does not hold the LSTM ", spec_name,
+                                                " gives: ", LstmBiasName(l), " must be [", 4 * lstm.hidden_size, "]"));
+      }
+      ++expected;
+    }
+    if (stored->set.weight_storage == WeightStorage::kInt8) ++expected;
+  }
+  if (stored->set.tensors.size() != expected) {
+    return absl::DataLossError(absl::StrCat(id, ".safetensors holds ", stored->set.tensors.size(),
+                                            " tensors; the LSTM ", spec_name, " gives has ", expected));
+  }
+  stored->set.lstm = lstm;
+  return absl::OkStatus();
+}
+
 std::string ParameterStore::PathOf(absl::string_view id) const { return absl::StrCat(dir_, "/", id, kSuffix); }
 
 absl::StatusOr<FileVersion> ParameterStore::Version(absl::string_view id) const {
@@ -401,7 +524,18 @@ bool ParameterStore::Contains(absl::string_view id) const {
   return ValidateSetId(id).ok() && ::stat(PathOf(id).c_str(), &st) == 0;
 }
 
+namespace {
+
+absl::Status ReadOnly(const std::string& dir) {
+  return absl::FailedPreconditionError(absl::StrCat("the server serves the model directory ", dir,
+                                                    " read only (--model_dir): sets cannot be created, imported or "
+                                                    "deleted"));
+}
+
+}  // namespace
+
 absl::Status ParameterStore::Save(const StoredSet& stored) {
+  if (read_only_) return ReadOnly(dir_);
   LSTMSERVE_RETURN_IF_ERROR(ValidateSetId(stored.id));
   LSTMSERVE_ASSIGN_OR_RETURN(std::string bytes, EncodeSafetensors(stored));
   static std::atomic<uint64_t> counter{0};
@@ -424,6 +558,7 @@ absl::Status ParameterStore::Save(const StoredSet& stored) {
 }
 
 absl::Status ParameterStore::Remove(absl::string_view id) {
+  if (read_only_) return ReadOnly(dir_);
   LSTMSERVE_RETURN_IF_ERROR(ValidateSetId(id));
   const std::string path = PathOf(id);
   if (::unlink(path.c_str()) != 0) {
@@ -444,13 +579,15 @@ absl::StatusOr<StoredSet> ParameterStore::Load(absl::string_view id) const {
       return absl::NotFoundError(absl::StrCat("parameter set '", id, "' not found"));
     return bytes.status();
   }
+  if (read_only_) LSTMSERVE_RETURN_IF_ERROR(CheckModelFile(absl::StrCat(id, kSuffix), *bytes));
   LSTMSERVE_ASSIGN_OR_RETURN(StoredSet stored, DecodeSafetensors(*bytes));
+  if (version.ok()) stored.version = *version;
+  if (read_only_) LSTMSERVE_RETURN_IF_ERROR(AdoptModelSet(id, &stored));
   if (stored.id != id) {
     return WithServerDetail(
         absl::DataLossError(absl::StrCat("the stored file of set '", id, "' holds set '", ClientText(stored.id), "'")),
         PathOf(id));
   }
-  if (version.ok()) stored.version = *version;
   return stored;
 }
 
@@ -469,6 +606,10 @@ ParameterStore::LoadReport ParameterStore::LoadAll() {
       continue;
     }
     const std::string path = PathOf(id);
+    if (read_only_) {  // a model directory is never written: the server refuses to start
+      report.problems.push_back(absl::StrCat(path, ": ", MessageForLog(stored.status())));
+      continue;
+    }
     const std::string aside = path + ".corrupt";
     fs::rename(path, aside, ec);
     report.problems.push_back(absl::StrCat(path, ": ", MessageForLog(stored.status()), "; moved aside to ",

@@ -42,6 +42,9 @@ ABSL_FLAG(int, http_max_connections, kDefaults.http_max_connections,
 ABSL_FLAG(absl::Duration, http_header_timeout, kDefaults.http_header_timeout,
           "an HTTP request's line and headers must arrive within this time of its first byte (else 408)");
 ABSL_FLAG(std::string, store_dir, kDefaults.store_dir, "folder of the parameter store (created if missing)");
+ABSL_FLAG(std::string, model_dir, kDefaults.model_dir,
+          "serve this folder's <id>.safetensors files (with <id>.json LSTM specs and SHA256SUMS) read only, instead "
+          "of --store_dir: a KServe runtime's /mnt/models; the server does not start when a file does not check out");
 ABSL_FLAG(std::string, device, kDefaults.device, "auto | cpu | cuda | cuda:N");
 ABSL_FLAG(int, threads, kDefaults.intra_op_threads, "intra-op threads for inference; 0 = all available cores");
 ABSL_FLAG(bool, enable_batching, kDefaults.enable_batching,
@@ -144,6 +147,7 @@ int main(int argc, char** argv) {
   options.http_header_timeout = absl::GetFlag(FLAGS_http_header_timeout);
   options.http_max_connections = absl::GetFlag(FLAGS_http_max_connections);
   options.store_dir = absl::GetFlag(FLAGS_store_dir);
+  options.model_dir = absl::GetFlag(FLAGS_model_dir);
   options.device = absl::GetFlag(FLAGS_device);
   options.intra_op_threads = absl::GetFlag(FLAGS_threads);
   options.enable_batching = absl::GetFlag(FLAGS_enable_batching);

@@ -9,6 +9,7 @@
 #include <grpcpp/impl/server_builder_option.h>
 #include <grpcpp/impl/server_builder_plugin.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
@@ -47,7 +48,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   const int threads = core::SetIntraOpThreads(options.intra_op_threads);
   const int batch_threads = options.num_batch_threads > 0 ? options.num_batch_threads : device.is_cuda() ? 2 : 1;
   LogInfo(absl::StrCat("lstmserve starting: device=", core::DeviceName(device), " threads=", threads,
-                       " batch_threads=", batch_threads, " store_dir=", options.store_dir, " transport=",
+                       " batch_threads=", batch_threads, (options.model_dir.empty() ? " store_dir=" : " model_dir="),
+                       options.model_dir.empty() ? options.store_dir : options.model_dir, " transport=",
                        options.tls_cert_file.empty()        ? "plaintext"
                        : options.tls_client_ca_file.empty() ? "tls"
                                                             : "mutual-tls",
@@ -85,9 +87,21 @@ absl::Status Server::LoadStore(const c10::Device& device) {
   metrics_ = std::make_unique<Metrics>(build);
 
   const absl::Time load_start = absl::Now();
-  LSTMSERVE_ASSIGN_OR_RETURN(auto store, core::ParameterStore::Open(options_.store_dir));
+  const bool model_dir = !options_.model_dir.empty();
+  LSTMSERVE_ASSIGN_OR_RETURN(auto store, model_dir ? core::ParameterStore::OpenModelDir(options_.model_dir)
+                                                   : core::ParameterStore::Open(options_.store_dir));
   registry_ = std::make_unique<SetRegistry>(std::move(store), device, options_.max_total_set_bytes, metrics_.get());
-  for (const auto& problem : registry_->LoadAll()) LogError(absl::StrCat("store: skipped ", problem));
+  const std::vector<std::string> problems = registry_->LoadAll();
+  for (const auto& problem : problems) LogError(absl::StrCat(model_dir ? "model_dir: " : "store: skipped ", problem));
+  if (model_dir) {
+    // What a KServe runtime serves is fixed: a file that does not check out is an error to
+    // see at once (the pod does not become ready), not a model quietly missing.
+    for (const auto& problem : problems) {
+      if (!absl::StrContains(problem, "load on first use")) {
+        return absl::DataLossError(absl::StrCat("--model_dir ", options_.model_dir, ": ", problem));
+      }
+    }
+  }
   const absl::Duration load_time = absl::Now() - load_start;
   metrics_->SetStoreLoadTime(load_time);
   LogInfo(absl::StrCat("store loaded: ", registry_->count(), " sets, ", registry_->total_bytes(), " bytes in ",

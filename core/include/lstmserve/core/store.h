@@ -71,6 +71,19 @@ class ParameterStore {
   // Opens (creating if needed) `dir`, and removes temporary files left by a crash.
   static absl::StatusOr<std::unique_ptr<ParameterStore>> Open(const std::string& dir);
 
+  // Opens `dir` as a model directory, read only (KServe's /mnt/models, filled by its
+  // storage initializer): nothing in it is ever written, renamed or removed; Save and Remove
+  // answer FAILED_PRECONDITION. Its sets are the files `<id>.safetensors` as any safetensors
+  // writer makes them (Python's safetensors.torch.save_file): without lstmserve's metadata
+  // a file is the set its name says (origin "model_dir", its checksum computed). Beside
+  // one, `<id>.json` may give the LSTM it holds, {"num_layers": L, "input_size": I,
+  // "hidden_size": H, "bias": true|false}, checked against its tensors w_<l>, b_<l>. With a
+  // file SHA256SUMS in `dir` (as `sha256sum` writes it), every set's file and spec must be
+  // listed there and match. DATA_LOSS names what does not. FAILED_PRECONDITION when `dir`
+  // is not a readable folder, or SHA256SUMS does not parse.
+  static absl::StatusOr<std::unique_ptr<ParameterStore>> OpenModelDir(const std::string& dir);
+  bool read_only() const { return read_only_; }
+
   // Writes a new set. ALREADY_EXISTS if the id has a file; RESOURCE_EXHAUSTED when the disk
   // is full (nothing is left behind); INTERNAL for other I/O errors.
   absl::Status Save(const StoredSet& stored);
@@ -98,7 +111,13 @@ class ParameterStore {
 
  private:
   explicit ParameterStore(std::string dir) : dir_(std::move(dir)) {}
+  // A model directory's file: its SHA256SUMS line checked, and a set without lstmserve's
+  // metadata named by the file and checked against its spec.
+  absl::Status CheckModelFile(absl::string_view name, absl::string_view bytes) const;
+  absl::Status AdoptModelSet(absl::string_view id, StoredSet* stored) const;
   std::string dir_;
+  bool read_only_ = false;
+  std::map<std::string, std::string> sha256sums_;  // file name -> hex digest (model directory)
 };
 
 }  // namespace lstmserve::core

@@ -28,6 +28,10 @@ struct ServerOptions {
   int http_max_connections = 10000;
   // Folder of the parameter store (created if missing).
   std::string store_dir = "./lstmserve-data";
+  // When set, the server serves this model directory read only instead of the store (a
+  // KServe runtime: /mnt/models), see core::ParameterStore::OpenModelDir; a file that does
+  // not check out stops the start.
+  std::string model_dir;
   // "auto", "cpu", "cuda" or "cuda:N": where sets live and inference runs.
   std::string device = "auto";
   // LibTorch intra-op threads; 0 = every available core.
