@@ -185,6 +185,61 @@ TEST(ParameterStoreTest, LoadAllSkipsAndMovesAsideCorruptFiles) {
   EXPECT_EQ(store->LoadAll().problems.size(), 0u) << "moved-aside files are not read again";
 }
 
+// A model directory (--model_dir): files without lstmserve's metadata, read only.
+TEST(ModelDirTest, ReadsForeignFilesChecksSpecsAndNeverWrites) {
+  TempDir dir;
+  StoredSet plain = MakeStored("ignored");  // an LSTM of 2 layers, I = 5, H = 3
+  plain.id.clear();
+  plain.checksum.clear();
+  plain.spec.clear();
+  {
+    const std::string bytes = *EncodeSafetensors(plain);  // lstmserve.id empty: as another writer
+    std::ofstream(dir.path() + "/lstm.safetensors", std::ios::binary) << bytes;
+    std::ofstream(dir.path() + "/bad.safetensors", std::ios::binary) << bytes.substr(0, bytes.size() - 3);
+  }
+  std::ofstream(dir.path() + "/lstm.json") << R"({"num_layers": 2, "input_size": 5, "hidden_size": 3, "bias": false})";
+  auto store = ParameterStore::OpenModelDir(dir.path());
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_TRUE((*store)->read_only());
+  auto loaded = (*store)->Load("lstm");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->id, "lstm");
+  EXPECT_EQ(loaded->origin, "model_dir");
+  EXPECT_EQ(loaded->checksum, ComputeChecksum(plain.set));
+  ASSERT_TRUE(loaded->set.lstm.has_value());
+  EXPECT_EQ(loaded->set.lstm->hidden_size, 3);
+  EXPECT_EQ((*store)->Save(MakeStored("new")).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*store)->Remove("lstm").code(), absl::StatusCode::kFailedPrecondition);
+  auto report = (*store)->LoadAll();
+  ASSERT_EQ(report.sets.size(), 1u);
+  ASSERT_EQ(report.problems.size(), 1u);
+  EXPECT_NE(report.problems[0].find("bad.safetensors"), std::string::npos) << report.problems[0];
+  EXPECT_TRUE(fs::exists(dir.path() + "/bad.safetensors")) << "a model directory's file is never moved aside";
+  EXPECT_FALSE(fs::exists(dir.path() + "/bad.safetensors.corrupt"));
+
+  // A spec that does not fit the tensors, and one that does not parse.
+  std::ofstream(dir.path() + "/lstm.json") << R"({"num_layers": 3, "input_size": 5, "hidden_size": 3})";
+  auto three = (*store)->Load("lstm");
+  EXPECT_EQ(three.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(three.status().message().find("w_2 must be [6, 12]"), std::string::npos) << three.status();
+  std::ofstream(dir.path() + "/lstm.json") << "[]";
+  EXPECT_EQ((*store)->Load("lstm").status().code(), absl::StatusCode::kDataLoss);
+
+  // SHA256SUMS: a listed file that matches loads; one that is not listed, or does not match,
+  // is DATA_LOSS; a malformed SHA256SUMS stops the opening.
+  fs::remove(dir.path() + "/lstm.json");
+  std::ofstream(dir.path() + "/SHA256SUMS") << std::string(64, '0') << "  lstm.safetensors\n";
+  auto checked = ParameterStore::OpenModelDir(dir.path());
+  ASSERT_TRUE(checked.ok()) << checked.status();
+  auto mismatch = (*checked)->Load("lstm");
+  EXPECT_EQ(mismatch.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(mismatch.status().message().find("does not match SHA256SUMS"), std::string::npos) << mismatch.status();
+  EXPECT_NE((*checked)->Load("bad").status().message().find("not listed"), std::string::npos);
+  std::ofstream(dir.path() + "/SHA256SUMS") << "xyz lstm.safetensors\n";
+  EXPECT_EQ(ParameterStore::OpenModelDir(dir.path()).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(ParameterStore::OpenModelDir(dir.path() + "/none").status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
 TEST(ParameterStoreTest, OpenRemovesStaleTemporaryFilesOnly) {
   TempDir dir;
   const std::string stale = dir.path() + "/.x.1.0.tmp";
