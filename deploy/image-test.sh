@@ -116,7 +116,7 @@ grep -q ": identical$" "$work/same_bits.txt" || { say "FAIL: the image's sets di
 curl -sf "http://$metrics/metrics" >"$work/metrics.txt"
 grep -q 'lstmserve_requests_total{code="OK",method="Run"' "$work/metrics.txt" \
   || { say "FAIL: /metrics does not count the Run"; exit 1; }
-grep -q 'lstmserve_parameter_sets 61' "$work/metrics.txt" || { say "FAIL: /metrics does not show the set"; exit 1; }
+grep -q 'lstmserve_parameter_sets 44' "$work/metrics.txt" || { say "FAIL: /metrics does not show the set"; exit 1; }
 grep -q '^lstmserve_build_info{.*device="cpu".*libtorch_version="2.11.0"' "$work/metrics.txt" \
   || { grep build_info "$work/metrics.txt"; say "FAIL: build info"; exit 1; }
 # The Open Inference Protocol's HTTP API: ready, and an inference of the set.

@@ -17,19 +17,27 @@ import torch
 DTYPES = {"F32": (torch.float32, "float32"), "F16": (torch.float16, "float16"), "BF16": (torch.bfloat16, "bfloat16")}
 
 
-def read(path):
+def raw(path):
+    """(metadata, [(name, safetensors dtype, shape, bytes)]) in data order; no torch needed."""
     with open(path, "rb") as f:
         blob = f.read()
     (n,) = struct.unpack("<Q", blob[:8])
     header = json.loads(blob[8:8 + n])
     data = blob[8 + n:]
     meta = header.pop("__metadata__", {})
-    tensors = []
+    entries = []
     for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
         begin, end = info["data_offsets"]
-        dtype, dtype_name = DTYPES[info["dtype"]]
-        t = torch.frombuffer(bytearray(data[begin:end]), dtype=dtype).reshape(info["shape"])
-        tensors.append((name, dtype_name, t))
+        entries.append((name, info["dtype"], info["shape"], data[begin:end]))
+    return meta, entries
+
+
+def read(path):
+    meta, entries = raw(path)
+    tensors = []
+    for name, dtype_code, shape, data in entries:
+        dtype, dtype_name = DTYPES[dtype_code]
+        tensors.append((name, dtype_name, torch.frombuffer(bytearray(data), dtype=dtype).reshape(shape)))
     return meta, tensors
 
 
