@@ -10,7 +10,8 @@
 #   3. every test again under AddressSanitizer and UndefinedBehaviorSanitizer (the `asan`
 #      CMake preset, build-asan/, Debian's LibTorch 1.13, so that build stays whole too), but
 #      the ones that test packaging or client libraries, not the server's code (pip installs,
-#      README's venv, the CMake package, formatting, manifests);
+#      README's venv, the CMake package, formatting, manifests), and the kernel tests' runs at
+#      lower instruction-set levels (isa_*: numerics, run in step 1);
 #   4. each libFuzzer harness for 40 s (tests/fuzz/run.sh, build-fuzz/);
 #   5. the GPU script's rehearsal (deploy/gpu-check.sh stage, then rehearse: everything the
 #      GPU machine will run, with the CPU in place of the GPU), unless --quick.
@@ -38,7 +39,7 @@ stage "the suite under ASan + UBSan (Debian's LibTorch 1.13)"
 cmake --preset asan >/dev/null
 cmake --build --preset asan
 ctest --preset asan --parallel "$(nproc)" \
-  -E '^(python\.(pip_install|readme|client|analyze|weight_storage)|install\.|style\.|deploy\.)'
+  -E '^(python\.(pip_install|readme|client|analyze|weight_storage)|install\.|style\.|deploy\.|isa_)'
 stage "fuzzers, 40 s each"
 tests/fuzz/run.sh 40
 stage "the GPU script's rehearsal"

@@ -4,16 +4,31 @@
 #include <cstring>
 #include <vector>
 
+#include "lstmserve/core/isa.h"
 #include "small_gemm.h"
 
 // Each exported kernel is compiled three times, for x86-64-v4 (AVX-512), x86-64-v3 (AVX2 +
-// FMA) and the baseline; the loader picks the best clone for the machine (GCC function
-// multi-versioning), so one binary serves every x86-64 CPU.
+// FMA) and the baseline, and each call runs the one for core::KernelIsa(): the CPU's level,
+// or lower under a cap (isa.h), so one binary serves every x86-64 CPU and every level's
+// kernels can run on one machine. LSTMSERVE_KERNEL(name, (params), (args), body) defines
+// nameV4, nameV3 and nameBase with the body, and name, which dispatches.
+// clang-format off
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define LSTMSERVE_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define LSTMSERVE_KERNEL(NAME, PARAMS, ARGS, ...)                                \
+  __attribute__((target("arch=x86-64-v4"))) void NAME##V4 PARAMS __VA_ARGS__     \
+  __attribute__((target("arch=x86-64-v3"))) void NAME##V3 PARAMS __VA_ARGS__     \
+  void NAME##Base PARAMS __VA_ARGS__                                             \
+  void NAME PARAMS {                                                             \
+    switch (KernelIsa()) {                                                       \
+      case IsaLevel::kAvx512: return NAME##V4 ARGS;                              \
+      case IsaLevel::kAvx2: return NAME##V3 ARGS;                                \
+      default: return NAME##Base ARGS;                                           \
+    }                                                                            \
+  }
 #else
-#define LSTMSERVE_MULTIVERSION
+#define LSTMSERVE_KERNEL(NAME, PARAMS, ARGS, ...) void NAME PARAMS __VA_ARGS__
 #endif
+// clang-format on
 
 namespace lstmserve::core::kernels {
 namespace {
@@ -45,31 +60,26 @@ inline float Tanh(float x) { return 2.0f / (1.0f + Exp(-2.0f * x)) - 1.0f; }
 
 }  // namespace
 
-LSTMSERVE_MULTIVERSION
-void SmallGemm(const float* a, int64_t lda, const float* w, int64_t ldw, int64_t k, int64_t n, float* out, int64_t ldo,
-               int64_t rows, bool accumulate) {
-  SmallGemmT<PortableLoad>(a, lda, w, ldw, k, n, out, ldo, rows, accumulate);
-}
+LSTMSERVE_KERNEL(SmallGemm,
+                 (const float* a, int64_t lda, const float* w, int64_t ldw, int64_t k, int64_t n, float* out,
+                  int64_t ldo, int64_t rows, bool accumulate),
+                 (a, lda, w, ldw, k, n, out, ldo, rows, accumulate),
+                 { SmallGemmT<PortableLoad>(a, lda, w, ldw, k, n, out, ldo, rows, accumulate); })
 
 namespace {
 
 #ifdef LSTMSERVE_REDUCED_AVX512
-// x86-64-v4, as target_clones tests it: what lstm_kernels_avx512.cc was compiled for.
-bool HasAvx512() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-                          __builtin_cpu_supports("avx512cd");
-  return has;
-}
+// x86-64-v4, what lstm_kernels_avx512.cc was compiled for, and not capped below it.
+bool HasAvx512() { return KernelIsa() == IsaLevel::kAvx512; }
 #endif
 
 }  // namespace
 
-LSTMSERVE_MULTIVERSION
-void SmallGemmBf16Portable(const float* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k, int64_t n,
-                           float* out, int64_t ldo, int64_t rows, bool accumulate) {
-  SmallGemmT<PortableLoad>(a, lda, w, ldw, k, n, out, ldo, rows, accumulate);
-}
+LSTMSERVE_KERNEL(SmallGemmBf16Portable,
+                 (const float* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k, int64_t n, float* out,
+                  int64_t ldo, int64_t rows, bool accumulate),
+                 (a, lda, w, ldw, k, n, out, ldo, rows, accumulate),
+                 { SmallGemmT<PortableLoad>(a, lda, w, ldw, k, n, out, ldo, rows, accumulate); })
 
 void SmallGemmBf16(const float* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k, int64_t n, float* out,
                    int64_t ldo, int64_t rows, bool accumulate) {
@@ -95,11 +105,11 @@ void ApplyScales(const float* sums, const float* scale, int64_t n, float* out, i
   }
 }
 
-LSTMSERVE_MULTIVERSION
-void Int8Sums(const float* a, int64_t lda, const int8_t* w, int64_t ldw, int64_t k, int64_t n, float* sums,
-              int64_t rows) {
-  SmallGemmT<PortableLoad>(a, lda, w, ldw, k, n, sums, n, rows, /*accumulate=*/true);
-}
+LSTMSERVE_KERNEL(Int8Sums,
+                 (const float* a, int64_t lda, const int8_t* w, int64_t ldw, int64_t k, int64_t n, float* sums,
+                  int64_t rows),
+                 (a, lda, w, ldw, k, n, sums, rows),
+                 { SmallGemmT<PortableLoad>(a, lda, w, ldw, k, n, sums, n, rows, /*accumulate=*/true); })
 
 using Int8SumsFn = void (*)(const float*, int64_t, const int8_t*, int64_t, int64_t, int64_t, float*, int64_t);
 
@@ -131,8 +141,8 @@ void SmallGemmInt8Portable(const float* a, int64_t lda, const int8_t* w, const f
 
 bool HasPackedInt8() {
 #ifdef LSTMSERVE_REDUCED_AVX512
-  static const bool has = HasAvx512() && __builtin_cpu_supports("avx512vnni");
-  return has;
+  static const bool cpu = __builtin_cpu_supports("avx512vnni");
+  return cpu && HasAvx512();
 #else
   return false;
 #endif
@@ -140,8 +150,8 @@ bool HasPackedInt8() {
 
 bool HasPackedBf16() {
 #ifdef LSTMSERVE_REDUCED_AVX512
-  static const bool has = HasAvx512() && __builtin_cpu_supports("avx512bf16");
-  return has;
+  static const bool cpu = __builtin_cpu_supports("avx512bf16");
+  return cpu && HasAvx512();
 #else
   return false;
 #endif
@@ -179,46 +189,45 @@ void PackBf16(const uint16_t* w, int64_t ldw, int64_t k, int64_t n, uint16_t* pa
   Pack(w, ldw, k, n, kBf16Group, packed);
 }
 
-LSTMSERVE_MULTIVERSION
-void LstmGates(const float* __restrict gates, const float* __restrict bias, float* __restrict c, bool c_is_zero,
-               float* __restrict h_out, int64_t rows, int64_t h) {
-  // One pass per row; __restrict and a single in/out c keep GCC from versioning the loop
-  // on 11 possibly aliasing streams (it then refuses to vectorise).
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* __restrict gi = gates + r * 4 * h;
-    const float* __restrict gf = gi + h;
-    const float* __restrict go = gi + 2 * h;
-    const float* __restrict gg = gi + 3 * h;
-    const float* __restrict bi = bias;
-    const float* __restrict bf = bias + h;
-    const float* __restrict bo = bias + 2 * h;
-    const float* __restrict bg = bias + 3 * h;
-    float* __restrict cr = c + r * h;
-    float* __restrict hr = h_out + r * h;
-    if (c_is_zero) {
-      for (int64_t j = 0; j < h; ++j) {
-        const float cn = Sigmoid(gi[j] + bi[j]) * Tanh(gg[j] + bg[j]);
-        cr[j] = cn;
-        hr[j] = Sigmoid(go[j] + bo[j]) * Tanh(cn);
-      }
-    } else {
-      for (int64_t j = 0; j < h; ++j) {
-        const float cn = Sigmoid(gi[j] + bi[j]) * Tanh(gg[j] + bg[j]) + Sigmoid(gf[j] + bf[j]) * cr[j];
-        cr[j] = cn;
-        hr[j] = Sigmoid(go[j] + bo[j]) * Tanh(cn);
-      }
-    }
-  }
-}
+LSTMSERVE_KERNEL(LstmGates,
+                 (const float* __restrict gates, const float* __restrict bias, float* __restrict c, bool c_is_zero,
+                  float* __restrict h_out, int64_t rows, int64_t h),
+                 (gates, bias, c, c_is_zero, h_out, rows, h), {
+                   // One pass per row; __restrict and a single in/out c keep GCC from versioning the loop
+                   // on 11 possibly aliasing streams (it then refuses to vectorise).
+                   for (int64_t r = 0; r < rows; ++r) {
+                     const float* __restrict gi = gates + r * 4 * h;
+                     const float* __restrict gf = gi + h;
+                     const float* __restrict go = gi + 2 * h;
+                     const float* __restrict gg = gi + 3 * h;
+                     const float* __restrict bi = bias;
+                     const float* __restrict bf = bias + h;
+                     const float* __restrict bo = bias + 2 * h;
+                     const float* __restrict bg = bias + 3 * h;
+                     float* __restrict cr = c + r * h;
+                     float* __restrict hr = h_out + r * h;
+                     if (c_is_zero) {
+                       for (int64_t j = 0; j < h; ++j) {
+                         const float cn = Sigmoid(gi[j] + bi[j]) * Tanh(gg[j] + bg[j]);
+                         cr[j] = cn;
+                         hr[j] = Sigmoid(go[j] + bo[j]) * Tanh(cn);
+                       }
+                     } else {
+                       for (int64_t j = 0; j < h; ++j) {
+                         const float cn = Sigmoid(gi[j] + bi[j]) * Tanh(gg[j] + bg[j]) + Sigmoid(gf[j] + bf[j]) * cr[j];
+                         cr[j] = cn;
+                         hr[j] = Sigmoid(go[j] + bo[j]) * Tanh(cn);
+                       }
+                     }
+                   }
+                 })
 
-LSTMSERVE_MULTIVERSION
-void SigmoidArray(const float* x, float* y, int64_t n) {
+LSTMSERVE_KERNEL(SigmoidArray, (const float* x, float* y, int64_t n), (x, y, n), {
   for (int64_t i = 0; i < n; ++i) y[i] = Sigmoid(x[i]);
-}
+})
 
-LSTMSERVE_MULTIVERSION
-void TanhArray(const float* x, float* y, int64_t n) {
+LSTMSERVE_KERNEL(TanhArray, (const float* x, float* y, int64_t n), (x, y, n), {
   for (int64_t i = 0; i < n; ++i) y[i] = Tanh(x[i]);
-}
+})
 
 }  // namespace lstmserve::core::kernels

@@ -15,6 +15,7 @@
 
 #include "lstm_kernels.h"
 #include "lstmserve/core/blas.h"
+#include "lstmserve/core/isa.h"
 #include "lstmserve/core/status.h"
 #include "lstmserve/core/threads.h"
 
@@ -274,10 +275,15 @@ absl::StatusOr<LstmPath> ParseLstmPath(absl::string_view name) {
 }
 
 std::string DescribeCpuKernels() {
-  // The clone target_clones picks (lstm_kernels.cc): x86-64-v4, x86-64-v3 or the baseline.
-  const CpuFeatures cpu = DetectCpuFeatures();
-  const char* clone = cpu.avx512 ? "x86-64-v4 (AVX-512)" : cpu.avx2_fma ? "x86-64-v3 (AVX2 + FMA)" : "baseline";
-  return absl::StrCat("small-batch kernels ", clone, "; packed int8 GEMM (AVX512-VNNI) ",
+  // The level each kernel call runs at (lstm_kernels.cc): x86-64-v4, x86-64-v3 or the
+  // baseline, the CPU's unless capped (isa.h).
+  const IsaLevel level = KernelIsa();
+  const char* clone = level == IsaLevel::kAvx512 ? "x86-64-v4 (AVX-512)"
+                      : level == IsaLevel::kAvx2 ? "x86-64-v3 (AVX2 + FMA)"
+                                                 : "baseline";
+  const std::string capped =
+      level == CpuIsaLevel() ? "" : absl::StrCat(", capped from ", IsaLevelName(CpuIsaLevel()), " (LSTMSERVE_ISA)");
+  return absl::StrCat("small-batch kernels ", clone, capped, "; packed int8 GEMM (AVX512-VNNI) ",
                       kernels::HasPackedInt8() ? "yes" : "no", "; packed bf16 GEMM (AVX512-BF16) ",
                       kernels::HasPackedBf16() ? "yes" : "no", "; oneDNN LSTM ", OneDnnLstmAvailable() ? "yes" : "no");
 }

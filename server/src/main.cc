@@ -18,6 +18,7 @@
 
 #include "lstmserve/core/blas.h"
 #include "lstmserve/core/command_line.h"
+#include "lstmserve/core/isa.h"
 #include "lstmserve/core/status.h"
 #include "lstmserve/server/log.h"
 #include "lstmserve/server/server.h"
@@ -105,6 +106,9 @@ ABSL_FLAG(std::string, blas_coretype, "auto",
           "OpenBLAS kernels (Debian build): auto (when OpenBLAS fell back to kernels narrower than the CPU's "
           "AVX2/AVX-512 and OPENBLAS_CORETYPE is unset, use Haswell or SkylakeX), keep, or a core name "
           "(Haswell, SkylakeX, Zen, Sandybridge, Cooperlake, ...)");
+ABSL_FLAG(std::string, isa, "native",
+          "the highest x86-64 level the CPU kernels may use: native (the CPU's), avx512, avx2 or baseline; caps "
+          "MKL, oneDNN and OpenBLAS too (LSTMSERVE_ISA; to run and measure a lower level's kernels)");
 ABSL_FLAG(bool, reflection, kDefaults.reflection, "serve gRPC server reflection");
 ABSL_FLAG(std::string, tls_cert_file, "", "TLS: the server's certificate chain (PEM); with --tls_key_file");
 ABSL_FLAG(std::string, tls_key_file, "", "TLS: the server's private key (PEM)");
@@ -194,6 +198,9 @@ int main(int argc, char** argv) {
     setenv("GOMP_SPINCOUNT", "3000", 1);
     restart = true;
   }
+  auto isa_restart = lstmserve::core::PrepareIsaEnvironment(absl::GetFlag(FLAGS_isa));
+  if (!isa_restart.ok()) lstmserve::core::UsageErrorExit(absl::StrCat("--isa: ", isa_restart.status().message()));
+  restart = restart || *isa_restart;
   auto blas = lstmserve::core::PrepareBlasEnvironment(absl::GetFlag(FLAGS_blas_coretype));
   if (!blas.ok()) lstmserve::core::UsageErrorExit(blas.status().message());
   if (restart || blas->restart) {

@@ -2,6 +2,7 @@
 // GEMM of the step's shape [B, I + H] x [I + H, 4H] (the roofline), in one binary.
 //
 //   lstmserve-core-bench [--threads=N] [--device=cpu|cuda[:N]] [--dtype=float32|float16|bfloat16]
+//                        [--isa=native|avx512|avx2|baseline]
 //                        [Google Benchmark flags, e.g. --benchmark_filter=M]
 //
 // Benchmarks, per workload W:
@@ -30,6 +31,7 @@
 
 #include "lstmserve/core/blas.h"
 #include "lstmserve/core/device.h"
+#include "lstmserve/core/isa.h"
 #include "lstmserve/core/parameter_set.h"
 #include "lstmserve/core/stacked_lstm.h"
 #include "lstmserve/core/threads.h"
@@ -137,10 +139,13 @@ void BenchGemm(benchmark::State& state, Workload w) {
 int main(int argc, char** argv) {
   int threads = 0;
   std::string blas_coretype = "auto";
+  std::string isa = "native";
   std::vector<char*> args;
   for (int i = 0; i < argc; ++i) {
     if (std::strncmp(argv[i], "--blas_coretype=", 16) == 0) {
       blas_coretype = argv[i] + 16;
+    } else if (std::strncmp(argv[i], "--isa=", 6) == 0) {
+      isa = argv[i] + 6;
     } else if (std::strncmp(argv[i], "--threads=", 10) == 0) {
       threads = std::atoi(argv[i] + 10);
     } else if (std::strncmp(argv[i], "--device=", 9) == 0) {
@@ -164,6 +169,8 @@ int main(int argc, char** argv) {
           "  --device=D   cpu (default), cuda or cuda:N (adds the L batch sweep L_B1..L_B1024)\n"
           "  --dtype=T    float32 (default); float16 or bfloat16 on CUDA\n"
           "  --blas_coretype=auto|keep|NAME  OpenBLAS's kernels, as the server's flag (default auto)\n"
+          "  --isa=L      native (default), avx512, avx2 or baseline: the highest x86-64 level the core's\n"
+          "               kernels, MKL, oneDNN and OpenBLAS may use, as the server's flag\n"
           "Google Benchmark's flags follow:\n");
       args.push_back(argv[i]);
     } else {
@@ -174,6 +181,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "lstmserve-core-bench: %s\n", ok.ToString().c_str());
     return 2;
   }
+  // A lower level's kernels, the libraries' too (they read the environment as they load).
+  auto isa_restart = core::PrepareIsaEnvironment(isa);
+  if (!isa_restart.ok()) {
+    std::fprintf(stderr, "lstmserve-core-bench: %s\n", std::string(isa_restart.status().message()).c_str());
+    return 2;
+  }
+  if (*isa_restart) execv("/proc/self/exe", argv);
+  benchmark::AddCustomContext("isa", core::IsaLevelName(core::KernelIsa()));
   // The server's choice of OpenBLAS kernels, so that its figures are the server's.
   auto blas = core::PrepareBlasEnvironment(blas_coretype);
   if (!blas.ok()) {

@@ -104,6 +104,7 @@ check sequence-usage 2 "${c[@]}" sequence;                          contains seq
 check help 0 "$cli" --help;                                         contains help "Commands:"
 check server-help 0 "$server_bin" --help;                           contains server-help "--store_dir"
 check server-bad-flag 2 "$server_bin" --listen=nonsense;            contains server-bad-flag "is not HOST:PORT"
+check server-bad-isa 2 "$server_bin" --isa=avx9;                    contains server-bad-isa "--isa: unknown instruction-set level"
 printf '# flags, as a Kubernetes ConfigMap holds them\n--threads=1\n\n--metrics_listen=bad\n' >"$work/flags"
 check server-flagfile 2 "$server_bin" --flagfile="$work/flags";     contains server-flagfile "--metrics_listen: 'bad' is not HOST:PORT"
 check server-no-flagfile 2 "$server_bin" --flagfile="$work/none";   contains server-no-flagfile "cannot read --flagfile"

@@ -1,0 +1,48 @@
+// The x86-64 level the core's own CPU kernels run at, and a cap on it, so that each level's
+// kernels are tested and measured on any machine (an AVX-512 CPU runs the AVX2 kernels when
+// capped at avx2).
+//
+// Levels: avx512 (x86-64-v4: AVX-512 F, BW, CD, DQ, VL; the packed int8 and bf16 GEMMs also
+// need AVX512-VNNI and AVX512-BF16), avx2 (x86-64-v3: AVX2 + FMA), baseline (x86-64). The
+// level run is the lower of the CPU's and the cap. The cap comes from SetIsaCap, or else
+// from LSTMSERVE_ISA in the environment, read at the first kernel call.
+//
+// The BLAS (MKL, OpenBLAS) and oneDNN pick their own kernels: IsaEnvironment gives the
+// variables that cap them at a level, which take effect only when set before those
+// libraries first run (OpenBLAS: before the process loads it), so a process sets them and
+// starts again (lstmserve's --isa does so, as for --blas_coretype).
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace lstmserve::core {
+
+enum class IsaLevel { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// "baseline", "avx2", "avx512"; "native" (no cap) is the CPU's level.
+absl::StatusOr<IsaLevel> ParseIsaLevel(absl::string_view name);
+const char* IsaLevelName(IsaLevel level);
+
+// The CPU's level.
+IsaLevel CpuIsaLevel();
+// The level the kernels run at: min(CPU, cap).
+IsaLevel KernelIsa();
+// Caps the kernels from now on (the CPU's level when higher than it).
+void SetIsaCap(IsaLevel cap);
+
+// The environment that caps MKL, oneDNN and OpenBLAS at `level` (MKL_ENABLE_INSTRUCTIONS,
+// DNNL_MAX_CPU_ISA, OPENBLAS_CORETYPE).
+std::vector<std::pair<std::string, std::string>> IsaEnvironment(IsaLevel level);
+
+// A process's --isa flag: parses `name`, caps the kernels, and puts the libraries' caps in
+// the environment (the variables not already set). Returns whether it changed the
+// environment, when the process should start again (execv) so that OpenBLAS, which reads it
+// as it loads, sees it; also exports LSTMSERVE_ISA, so the restarted process keeps the cap.
+absl::StatusOr<bool> PrepareIsaEnvironment(absl::string_view name);
+
+}  // namespace lstmserve::core

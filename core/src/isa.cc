@@ -1,0 +1,96 @@
+#include "lstmserve/core/isa.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+
+#include "absl/strings/str_cat.h"
+
+#include "lstmserve/core/blas.h"
+
+namespace lstmserve::core {
+namespace {
+
+constexpr int kUnset = -1;
+std::atomic<int> cap{kUnset};
+
+}  // namespace
+
+absl::StatusOr<IsaLevel> ParseIsaLevel(absl::string_view name) {
+  if (name == "native") return CpuIsaLevel();
+  for (IsaLevel level : {IsaLevel::kBaseline, IsaLevel::kAvx2, IsaLevel::kAvx512}) {
+    if (name == IsaLevelName(level)) return level;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown instruction-set level \"", name, "\"; choose native, avx512, avx2 or baseline"));
+}
+
+const char* IsaLevelName(IsaLevel level) {
+  switch (level) {
+    case IsaLevel::kAvx512: return "avx512";
+    case IsaLevel::kAvx2: return "avx2";
+    default: return "baseline";
+  }
+}
+
+IsaLevel CpuIsaLevel() {
+  static const IsaLevel level = [] {
+    const CpuFeatures cpu = DetectCpuFeatures();
+    // x86-64-v4 as GCC's target("arch=x86-64-v4") compiles for it: F, BW, CD, DQ, VL.
+    if (cpu.avx512 && __builtin_cpu_supports("avx512cd")) return IsaLevel::kAvx512;
+    return cpu.avx2_fma ? IsaLevel::kAvx2 : IsaLevel::kBaseline;
+  }();
+  return level;
+}
+
+IsaLevel KernelIsa() {
+  int c = cap.load(std::memory_order_relaxed);
+  if (c == kUnset) {
+    c = static_cast<int>(IsaLevel::kAvx512);
+    if (const char* env = std::getenv("LSTMSERVE_ISA"); env != nullptr && *env != '\0') {
+      auto parsed = ParseIsaLevel(env);
+      if (parsed.ok()) {
+        c = static_cast<int>(*parsed);
+      } else {
+        std::fprintf(stderr, "lstmserve: LSTMSERVE_ISA: %s; not capped\n",
+                     std::string(parsed.status().message()).c_str());
+      }
+    }
+    int expected = kUnset;
+    if (!cap.compare_exchange_strong(expected, c)) c = expected;
+  }
+  return static_cast<IsaLevel>(std::min(c, static_cast<int>(CpuIsaLevel())));
+}
+
+void SetIsaCap(IsaLevel level) { cap.store(static_cast<int>(level)); }
+
+std::vector<std::pair<std::string, std::string>> IsaEnvironment(IsaLevel level) {
+  switch (level) {
+    case IsaLevel::kAvx512: return {};  // the libraries' own choice: AVX-512 and what the CPU adds
+    case IsaLevel::kAvx2:
+      return {{"MKL_ENABLE_INSTRUCTIONS", "AVX2"}, {"DNNL_MAX_CPU_ISA", "AVX2"}, {"OPENBLAS_CORETYPE", "Haswell"}};
+    default:
+      return {{"MKL_ENABLE_INSTRUCTIONS", "SSE4_2"}, {"DNNL_MAX_CPU_ISA", "SSE41"}, {"OPENBLAS_CORETYPE", "Nehalem"}};
+  }
+}
+
+absl::StatusOr<bool> PrepareIsaEnvironment(absl::string_view name) {
+  auto level = ParseIsaLevel(name);
+  if (!level.ok()) return level.status();
+  SetIsaCap(*level);
+  bool changed = false;
+  if (*level < CpuIsaLevel()) {
+    auto env = IsaEnvironment(*level);
+    env.emplace_back("LSTMSERVE_ISA", IsaLevelName(*level));
+    for (const auto& [key, value] : env) {
+      if (std::getenv(key.c_str()) == nullptr) {
+        ::setenv(key.c_str(), value.c_str(), 1);
+        changed = true;
+      }
+    }
+  }
+  return changed;
+}
+
+}  // namespace lstmserve::core
