@@ -78,6 +78,7 @@ std::vector<std::pair<std::string, std::string>> IsaEnvironment(IsaLevel level) 
 absl::StatusOr<bool> PrepareIsaEnvironment(absl::string_view name) {
   auto level = ParseIsaLevel(name);
   if (!level.ok()) return level.status();
+  if (name == "native") return false;  // no cap from the flag: LSTMSERVE_ISA still applies
   SetIsaCap(*level);
   bool changed = false;
   if (*level < CpuIsaLevel()) {

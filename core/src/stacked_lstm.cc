@@ -509,7 +509,12 @@ LstmPath StackedLstm::ChoosePath(int64_t batch, int64_t steps, LstmPath requeste
   }
   int64_t largest = 0;
   for (const auto& w : weights_) largest = std::max<int64_t>(largest, w.numel());
-  const int64_t small_max = largest > kLargeLayerElements ? 1 : kSmallBatchMax;
+  // With AVX-512 the small-batch kernels win at every small batch. Below it (measured with
+  // --isa=avx2 on this project's AVX-512 EPYC, lstmserve-core-bench, medians of 3: S 21.4 us
+  // small-batch against 12.6 us BLAS, S32 926 against 156 us, L1 3.97 against 6.45 ms) they
+  // win only where a batch of one reads a large layer's weights, bound by memory.
+  const bool wide = KernelIsa() == IsaLevel::kAvx512;
+  const int64_t small_max = largest > kLargeLayerElements ? 1 : wide ? kSmallBatchMax : 0;
   if (batch <= small_max) return LstmPath::kSmallBatch;
   return OneDnnLstmAvailable() && batch >= kOneDnnMinBatch && steps >= kOneDnnMinSteps ? LstmPath::kOneDnn
                                                                                        : LstmPath::kBlas;

@@ -39,7 +39,8 @@ void SetIsaCap(IsaLevel cap);
 // DNNL_MAX_CPU_ISA, OPENBLAS_CORETYPE).
 std::vector<std::pair<std::string, std::string>> IsaEnvironment(IsaLevel level);
 
-// A process's --isa flag: parses `name`, caps the kernels, and puts the libraries' caps in
+// A process's --isa flag: parses `name` ("native": no cap from the flag, LSTMSERVE_ISA in the
+// environment still applies), caps the kernels, and puts the libraries' caps in
 // the environment (the variables not already set). Returns whether it changed the
 // environment, when the process should start again (execv) so that OpenBLAS, which reads it
 // as it loads, sees it; also exports LSTMSERVE_ISA, so the restarted process keeps the cap.
