@@ -15,6 +15,7 @@
 
 #include "lstmserve/core/blas.h"
 #include "lstmserve/core/device.h"
+#include "lstmserve/core/isa.h"
 #include "lstmserve/core/status.h"
 #include "lstmserve/core/threads.h"
 #include "lstmserve/server/log.h"
@@ -84,6 +85,7 @@ absl::Status Server::LoadStore(const c10::Device& device) {
   const core::BlasInfo blas = core::DescribeBlas();
   build.blas = blas.library;
   build.blas_core = blas.core;
+  build.isa = core::IsaLevelName(core::KernelIsa());
   metrics_ = std::make_unique<Metrics>(build);
 
   const absl::Time load_start = absl::Now();

@@ -231,6 +231,26 @@ class BlasChoiceTest(unittest.TestCase):
             self.assertEqual(self.build_info(server)["blas_core"], other)
             self.assertIn(f"--blas_coretype={other} (OpenBLAS had chosen {info['blas_core']})", server.log())
 
+    def test_an_isa_cap_is_applied_by_a_restart_and_shown(self):
+        """--isa=baseline: the baseline kernels, MKL's and OpenBLAS's capped too (a restart
+        puts their variables in the environment), in the log and in lstmserve_build_info."""
+        with ServerProcess("--isa=baseline") as server:
+            self.assertEqual(self.build_info(server)["isa"], "baseline")
+            self.assertIn("small-batch kernels baseline", server.log())
+            with open("/proc/cpuinfo") as f:
+                above_baseline = " avx2 " in f.read()
+            if above_baseline:  # else there is nothing to cap
+                with open(f"/proc/{server.process.pid}/environ", "rb") as f:
+                    env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
+                self.assertEqual(env.get(b"LSTMSERVE_ISA"), b"baseline")
+                if "MKL_ENABLE_INSTRUCTIONS" not in os.environ:
+                    self.assertEqual(env.get(b"MKL_ENABLE_INSTRUCTIONS"), b"SSE4_2")
+        with ServerProcess() as server:
+            self.assertIn(self.build_info(server)["isa"], ("avx512", "avx2", "baseline"))
+        result = subprocess.run([os.environ["LSTMSERVE_SERVER_BINARY"], "--isa=avx9"], capture_output=True, text=True,
+                                timeout=60)
+        self.assertEqual(result.returncode, 2, result.stderr)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

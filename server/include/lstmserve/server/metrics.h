@@ -58,6 +58,7 @@ struct BuildInfo {
   std::string device;
   std::string blas;       // the CPU BLAS LibTorch calls: "openblas", "mkl" or "unknown"
   std::string blas_core;  // OpenBLAS's kernels ("Haswell", "SkylakeX", ...); empty for others
+  std::string isa;        // the level the core's CPU kernels run at: "avx512", "avx2", "baseline"
 };
 
 enum class StoreOperation { kLoad, kRead, kWrite, kDelete };
