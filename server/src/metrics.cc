@@ -435,8 +435,9 @@ Metrics::Metrics(const BuildInfo& build) : impl_(std::make_shared<Impl>()) {
                                    .Add({});
   prometheus::BuildGauge()
       .Name("lstmserve_build_info")
-      .Help("Always 1; the labels say which lstmserve, LibTorch, serving device, CPU BLAS kernels and CPU kernel "
-            "instruction-set level (isa) this is.")
+      .Help(
+          "Always 1; the labels say which lstmserve, LibTorch, serving device, CPU BLAS kernels and CPU kernel "
+          "instruction-set level (isa) this is.")
       .Register(registry)
       .Add({{"version", build.version},
             {"libtorch_version", build.libtorch_version},
