@@ -50,13 +50,13 @@ tools_dir="${LSTMSERVE_TOOLS:-/opt/lstmserve-tools}"
 # grpcio and protobuf 4.21 (the runtime of Debian's protoc 3.21, whose stubs the Python client
 # uses) let the serving benchmark's Python peer run on PyTorch 2.11 too.
 pypi_requirements=(torch==2.11.0 numpy==2.3.5 buf-bin==1.75.0 grpcio==1.76.0 protobuf==4.21.12)
-# The CPU benchmark's other engines (tests/bench/compare), in a venv of their own over Debian's
-# Python (which brings PyTorch 1.13 to export the model to ONNX): onnxruntime needs protobuf
-# >= 4.25, and the environment above pins 4.21 for the Python client's stubs.
 # The compile profile's LibTorch: the same wheel, its CPU libraries used (pypi-cpu), and the
 # two CUDA libraries libtorch_cpu names as needed (never called on a CPU).
 torch_cpu_dir="${LSTMSERVE_TORCH_CPU:-/opt/lstmserve-torch-cpu}"
 torch_cpu_requirements=(--no-deps torch==2.11.0 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85)
+# The CPU benchmark's other engines (tests/bench/compare), in a venv of their own over Debian's
+# Python (which brings PyTorch 1.13 to export the model to ONNX): onnxruntime needs protobuf
+# >= 4.25, and the environment above pins 4.21 for the Python client's stubs.
 peers_dir="${LSTMSERVE_PEERS:-/opt/lstmserve-peers}"
 peers_requirements=(onnxruntime==1.32.0 openvino==2026.4.1)
 # Triton's client (grpc and http), the Open Inference Protocol's reference client, for the
