@@ -36,10 +36,16 @@ const char* IsaLevelName(IsaLevel level) {
 
 IsaLevel CpuIsaLevel() {
   static const IsaLevel level = [] {
+#if defined(__GNUC__) && !defined(__clang__)
+    // The levels exactly as GCC's target("arch=x86-64-vN") compiles for them (v3 also has
+    // BMI1/2, LZCNT, MOVBE, F16C; v4 AVX-512 F, BW, CD, DQ, VL).
+    if (__builtin_cpu_supports("x86-64-v4")) return IsaLevel::kAvx512;
+    return __builtin_cpu_supports("x86-64-v3") ? IsaLevel::kAvx2 : IsaLevel::kBaseline;
+#else
     const CpuFeatures cpu = DetectCpuFeatures();
-    // x86-64-v4 as GCC's target("arch=x86-64-v4") compiles for it: F, BW, CD, DQ, VL.
     if (cpu.avx512 && __builtin_cpu_supports("avx512cd")) return IsaLevel::kAvx512;
     return cpu.avx2_fma ? IsaLevel::kAvx2 : IsaLevel::kBaseline;
+#endif
   }();
   return level;
 }
