@@ -112,10 +112,8 @@ absl::Status SyncDir(const std::string& dir) {
   return rc == 0 ? absl::OkStatus() : ErrnoStatus("fsync", dir, err);
 }
 
-std::string HexSha256(absl::string_view bytes) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(), nullptr);
+// A digest as lower-case hex digits.
+std::string Hex(const unsigned char* digest, unsigned int length) {
   static constexpr char kHex[] = "0123456789abcdef";
   std::string out;
   for (unsigned int i = 0; i < length; ++i) {
@@ -123,6 +121,13 @@ std::string HexSha256(absl::string_view bytes) {
     out.push_back(kHex[digest[i] & 15]);
   }
   return out;
+}
+
+std::string HexSha256(absl::string_view bytes) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(), nullptr);
+  return Hex(digest, length);
 }
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
@@ -176,13 +181,7 @@ std::string ComputeChecksum(const ParameterSet& set) {
   unsigned int length = 0;
   EVP_DigestFinal_ex(ctx, digest, &length);
   EVP_MD_CTX_free(ctx);
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out = "sha256:";
-  for (unsigned int i = 0; i < length; ++i) {
-    out.push_back(kHex[digest[i] >> 4]);
-    out.push_back(kHex[digest[i] & 15]);
-  }
-  return out;
+  return "sha256:" + Hex(digest, length);
 }
 
 absl::StatusOr<std::string> EncodeSafetensors(const StoredSet& stored) {

@@ -561,8 +561,8 @@ class StatisticsAndRepositoryTest(unittest.TestCase):
         expected_c = self.infer("c")  # does not fit beside a and b: a, used first, goes
         index = {m.name: m.state for m in self.grpc.get_model_repository_index().models}
         self.assertEqual(index, {"a": "UNAVAILABLE", "b": "READY", "c": "READY"})
-        ready = [m["name"] for m in self.http.get_model_repository_index()]
-        self.assertEqual(sorted(ready), ["a", "b", "c"])
+        listed = [m["name"] for m in self.http.get_model_repository_index()]
+        self.assertEqual(sorted(listed), ["a", "b", "c"])
         self.assertEqual(metric(scrape(self.server), "lstmserve_set_unloads_total", reason="memory"), memory + 1)
         # a loads on its next use (b goes), with the same bits as before.
         self.assertTrue(self.grpc.is_model_ready("a"))

@@ -36,13 +36,7 @@ absl::StatusOr<BatchJob> InferenceEngine::MakeJob(const CallControl& call, std::
 }
 
 void InferenceEngine::Submit(const CallControl& call, BatchJob job) const {
-  if (statistics_ != nullptr) {
-    job.done = [statistics = statistics_, id = job.set->stored.id, received = call.received,
-                done = std::move(job.done)](absl::StatusOr<core::SequenceResult> result) {
-      statistics->RecordRequest(id, result.ok(), absl::Now() - received);
-      done(std::move(result));
-    };
-  }
+  job.done = Counted(job.set->stored.id, call, std::move(job.done));
   batcher_->Submit(std::move(job));
 }
 

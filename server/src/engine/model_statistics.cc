@@ -42,9 +42,4 @@ ModelStats ModelStatistics::Get(const std::string& model) const {
   return out;
 }
 
-void ModelStatistics::Forget(const std::string& model) {
-  absl::MutexLock lock(&mu_);
-  models_.erase(model);
-}
-
 }  // namespace lstmserve::server

@@ -294,13 +294,7 @@ absl::Status InferenceEngine::EndSequence(const std::string& key, const std::str
 
 void InferenceEngine::SubmitSequenceStep(const CallControl& call, SequenceStep step,
                                          std::function<void(absl::StatusOr<SequenceAnswer>)> done) const {
-  if (statistics_ != nullptr) {
-    done = [statistics = statistics_, id = step.set->stored.id, received = call.received,
-            done = std::move(done)](absl::StatusOr<SequenceAnswer> answer) {
-      statistics->RecordRequest(id, answer.ok(), absl::Now() - received);
-      done(std::move(answer));
-    };
-  }
+  done = Counted(step.set->stored.id, call, std::move(done));
   if (absl::Status claimed = sequences_->Claim(step.key, step.shown); !claimed.ok()) {
     done(claimed);
     return;

@@ -72,8 +72,7 @@ void SetRegistry::MakeRoom(int64_t size, const std::string& keep) {
       if (it->first != keep && (oldest == sets_.end() || it->second.last_use < oldest->second.last_use)) oldest = it;
     }
     if (oldest == sets_.end()) return;
-    bytes_ -= oldest->second.entry->stored.set.byte_size;
-    sets_.erase(oldest);
+    Drop(oldest);
     if (metrics_ != nullptr) metrics_->ObserveSetUnload(/*memory=*/true);
   }
 }
@@ -130,7 +129,11 @@ void SetRegistry::Forget(const std::string& id, const std::shared_ptr<const SetE
   absl::MutexLock lock(&mu_);
   auto it = sets_.find(id);
   if (it == sets_.end() || it->second.entry != entry) return;
-  bytes_ -= entry->stored.set.byte_size;
+  Drop(it);
+}
+
+void SetRegistry::Drop(std::map<std::string, Held>::iterator it) {
+  bytes_ -= it->second.entry->stored.set.byte_size;
   sets_.erase(it);
 }
 
@@ -177,11 +180,10 @@ absl::Status SetRegistry::Delete(const std::string& id) {
   if (!absl::IsNotFound(removed)) Count(StoreOperation::kDelete, removed.ok());
   if (!removed.ok() && !absl::IsNotFound(removed)) return removed;  // the file stays, so does the set
   absl::MutexLock lock(&mu_);
-  const bool was_unloaded = unloaded_.erase(id) > 0;
+  unloaded_.erase(id);
   auto it = sets_.find(id);
-  if (it == sets_.end()) return was_unloaded ? absl::OkStatus() : removed;  // NOT_FOUND when neither had it
-  bytes_ -= it->second.entry->stored.set.byte_size;
-  sets_.erase(it);
+  if (it == sets_.end()) return removed;  // NOT_FOUND when neither had it
+  Drop(it);
   return absl::OkStatus();
 }
 
@@ -197,17 +199,15 @@ absl::Status SetRegistry::Load(const std::string& id) {
 absl::Status SetRegistry::Unload(const std::string& id) {
   LSTMSERVE_RETURN_IF_ERROR(core::ValidateSetId(id));
   absl::MutexLock store_lock(&store_mu_);
-  if (!store_->Contains(id)) return absl::NotFoundError(absl::StrCat("parameter set '", id, "' not found"));
+  if (!Stored(id)) return absl::NotFoundError(absl::StrCat("parameter set '", id, "' not found"));
   absl::MutexLock lock(&mu_);
   unloaded_.insert(id);
-  auto it = sets_.find(id);
-  if (it != sets_.end()) {
-    bytes_ -= it->second.entry->stored.set.byte_size;
-    sets_.erase(it);
-  }
+  if (auto it = sets_.find(id); it != sets_.end()) Drop(it);
   if (metrics_ != nullptr) metrics_->ObserveSetUnload(/*memory=*/false);
   return absl::OkStatus();
 }
+
+bool SetRegistry::Stored(const std::string& id) const { return store_->Contains(id); }
 
 bool SetRegistry::Unloaded(const std::string& id) const {
   absl::MutexLock lock(&mu_);

@@ -131,9 +131,9 @@ absl::StatusOr<std::vector<ModelStats>> OpenInference::Statistics(const std::str
                                             core::ClientText(version), "'; its only version is 1 (or leave it empty)"));
   }
   LSTMSERVE_RETURN_IF_ERROR(core::ValidateSetId(model));
-  bool found = false;
-  for (const auto& set : engine_->registry().Index()) found = found || set.id == model;
-  if (!found) return absl::NotFoundError(absl::StrCat("parameter set '", model, "' not found"));
+  if (!engine_->registry().Stored(model)) {
+    return absl::NotFoundError(absl::StrCat("parameter set '", model, "' not found"));
+  }
   out.push_back(figures(model));
   return out;
 }

@@ -118,6 +118,17 @@ class InferenceEngine {
   SequenceStore* const sequences_;
   const int64_t max_tensor_elements_;
   ModelStatistics* const statistics_;
+
+  // `done`, which first counts the request on set `id` in the statistics (when there are).
+  template <typename Result>
+  std::function<void(Result)> Counted(const std::string& id, const CallControl& call,
+                                      std::function<void(Result)> done) const {
+    if (statistics_ == nullptr) return done;
+    return [statistics = statistics_, id, received = call.received, done = std::move(done)](Result result) {
+      statistics->RecordRequest(id, result.ok(), absl::Now() - received);
+      done(std::move(result));
+    };
+  }
 };
 
 }  // namespace lstmserve::server

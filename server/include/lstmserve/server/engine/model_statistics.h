@@ -63,10 +63,9 @@ class ModelStatistics {
  public:
   void RecordRequest(const std::string& model, bool ok, absl::Duration total);
   void RecordExecution(const std::string& model, const ExecutionTimes& times);
-  // The model's figures (zeros, with its name, when it has none).
+  // The model's figures (zeros, with its name, when it has none). They are kept from the
+  // server's start: a set deleted and created again under its id goes on counting.
   ModelStats Get(const std::string& model) const;
-  // A deleted set's figures go with it.
-  void Forget(const std::string& model);
 
  private:
   struct Entry {

@@ -76,6 +76,8 @@ class SetRegistry {
   absl::Status Load(const std::string& id);
   absl::Status Unload(const std::string& id);
   bool Unloaded(const std::string& id) const;
+  // Whether the store holds set `id` (one stat; nothing is read).
+  bool Stored(const std::string& id) const;
 
   // Every set in the store, in id order, and whether it is held in memory or unloaded.
   struct IndexEntry {
@@ -105,6 +107,8 @@ class SetRegistry {
   // Drops the least recently used sets (but `keep`) until `size` more bytes fit.
   void MakeRoom(int64_t size, const std::string& keep) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Hold(const std::string& id, std::shared_ptr<const SetEntry> entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops a held set from memory and from the byte count.
+  void Drop(std::map<std::string, Held>::iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Count(StoreOperation operation, bool ok) const {
     if (metrics_ != nullptr) metrics_->ObserveStore(operation, ok);
   }
