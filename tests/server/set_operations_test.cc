@@ -3,8 +3,11 @@
 #include "lstmserve/server/engine/set_operations.h"
 
 #include <cstring>
+#include <filesystem>
 #include <limits>
+#include <random>
 
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include "absl/strings/match.h"
@@ -55,6 +58,36 @@ TEST_F(SetOperationsTest, CreateStoresTheSetWithItsSpecRecordAndRefusesATakenId)
   ASSERT_TRUE(fresh.ok()) << fresh.status();
   EXPECT_TRUE(absl::StartsWith((*fresh)->stored.id, "ps-")) << (*fresh)->stored.id;
   EXPECT_EQ((*fresh)->stored.checksum, (*made)->stored.checksum);  // same spec and seed, same bits
+}
+
+// A bfloat16 set exists on CUDA only, so a CUDA server makes it there (the GPU check found
+// the server building it on the CPU and refusing it). Runs where a GPU is.
+TEST(SetOperationsCudaTest, ACudaServerCreatesABfloat16SetOnItsDevice) {
+  if (!core::CudaAvailable()) GTEST_SKIP() << "no CUDA device";
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("lstmserve-cuda-" + std::to_string(std::random_device()()));
+  auto store = core::ParameterStore::Open(dir.string());
+  ASSERT_TRUE(store.ok()) << store.status();
+  SetRegistry registry(*std::move(store), c10::Device(c10::kCUDA, 0), 0);
+  core::ParameterSetSpec spec;
+  spec.lstm = core::LstmTemplate{2, 16, 32, true};
+  spec.seed = 7;
+  spec.dtype = core::DType::kBFloat16;
+  auto made = CreateSet(registry, core::CreateLimits(), "half", spec, "");
+  ASSERT_TRUE(made.ok()) << made.status();
+  for (const auto& t : (*made)->stored.set.tensors) {
+    EXPECT_TRUE(t.value.is_cuda()) << t.name;
+    EXPECT_EQ(t.value.scalar_type(), at::kBFloat16) << t.name;
+  }
+  // The same bits as the CPU's float32 set rounded to bfloat16.
+  spec.dtype = core::DType::kFloat32;
+  auto full = core::CreateParameterSet(spec, core::CreateLimits());
+  ASSERT_TRUE(full.ok()) << full.status();
+  for (size_t i = 0; i < full->tensors.size(); ++i) {
+    EXPECT_TRUE(at::equal((*made)->stored.set.tensors[i].value.cpu(), full->tensors[i].value.to(at::kBFloat16)))
+        << full->tensors[i].name;
+  }
+  std::filesystem::remove_all(dir);
 }
 
 TEST_F(SetOperationsTest, ListPagesThroughEverySetAndRefusesAForeignToken) {

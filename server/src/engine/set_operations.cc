@@ -39,7 +39,11 @@ absl::StatusOr<std::shared_ptr<const SetEntry>> CreateSet(SetRegistry& registry,
                                                           const core::ParameterSetSpec& spec, std::string spec_record) {
   LSTMSERVE_ASSIGN_OR_RETURN(std::string id, SetIdOrNew(requested_id));
   LSTMSERVE_RETURN_IF_ERROR(core::CheckDTypeOnDevice(spec.dtype, registry.device()));
-  LSTMSERVE_ASSIGN_OR_RETURN(core::ParameterSet set, core::CreateParameterSet(spec, limits));
+  // A set is made where it will run: a bfloat16 or float16 set exists on CUDA only. Sets with
+  // reduced weight storage run on the CPU kernels wherever the server runs.
+  const c10::Device create_on =
+      spec.weight_storage == core::WeightStorage::kDType ? registry.device() : c10::Device(c10::kCPU);
+  LSTMSERVE_ASSIGN_OR_RETURN(core::ParameterSet set, core::CreateParameterSet(spec, limits, create_on));
   core::StoredSet stored;
   stored.id = std::move(id);
   stored.origin = "created";
