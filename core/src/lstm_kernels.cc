@@ -11,13 +11,15 @@
 // FMA) and the baseline, and each call runs the one for core::KernelIsa(): the CPU's level,
 // or lower under a cap (isa.h), so one binary serves every x86-64 CPU and every level's
 // kernels can run on one machine. LSTMSERVE_KERNEL(name, (params), (args), body) defines
-// nameV4, nameV3 and nameBase with the body, and name, which dispatches.
+// nameV4, nameV3 and nameBase with the body (as a template on kVec, the clone's vector width
+// in floats: 16, 8 or 4, for blocking by its registers), and name, which dispatches.
 // clang-format off
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define LSTMSERVE_KERNEL(NAME, PARAMS, ARGS, ...)                                \
-  __attribute__((target("arch=x86-64-v4"))) void NAME##V4 PARAMS __VA_ARGS__     \
-  __attribute__((target("arch=x86-64-v3"))) void NAME##V3 PARAMS __VA_ARGS__     \
-  void NAME##Base PARAMS __VA_ARGS__                                             \
+  template <int kVec> LSTMSERVE_INLINE void NAME##Body PARAMS __VA_ARGS__        \
+  __attribute__((target("arch=x86-64-v4"))) void NAME##V4 PARAMS { NAME##Body<16> ARGS; } \
+  __attribute__((target("arch=x86-64-v3"))) void NAME##V3 PARAMS { NAME##Body<8> ARGS; }  \
+  void NAME##Base PARAMS { NAME##Body<4> ARGS; }                                 \
   void NAME PARAMS {                                                             \
     switch (KernelIsa()) {                                                       \
       case IsaLevel::kAvx512: return NAME##V4 ARGS;                              \
@@ -26,7 +28,9 @@
     }                                                                            \
   }
 #else
-#define LSTMSERVE_KERNEL(NAME, PARAMS, ARGS, ...) void NAME PARAMS __VA_ARGS__
+#define LSTMSERVE_KERNEL(NAME, PARAMS, ARGS, ...) \
+  template <int kVec> LSTMSERVE_INLINE void NAME##Body PARAMS __VA_ARGS__ \
+  void NAME PARAMS { NAME##Body<16> ARGS; }
 #endif
 // clang-format on
 
@@ -64,7 +68,7 @@ LSTMSERVE_KERNEL(SmallGemm,
                  (const float* a, int64_t lda, const float* w, int64_t ldw, int64_t k, int64_t n, float* out,
                   int64_t ldo, int64_t rows, bool accumulate),
                  (a, lda, w, ldw, k, n, out, ldo, rows, accumulate),
-                 { SmallGemmT<PortableLoad>(a, lda, w, ldw, k, n, out, ldo, rows, accumulate); })
+                 { SmallGemmT<PortableLoad, kVec>(a, lda, w, ldw, k, n, out, ldo, rows, accumulate); })
 
 namespace {
 
@@ -79,7 +83,7 @@ LSTMSERVE_KERNEL(SmallGemmBf16Portable,
                  (const float* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k, int64_t n, float* out,
                   int64_t ldo, int64_t rows, bool accumulate),
                  (a, lda, w, ldw, k, n, out, ldo, rows, accumulate),
-                 { SmallGemmT<PortableLoad>(a, lda, w, ldw, k, n, out, ldo, rows, accumulate); })
+                 { SmallGemmT<PortableLoad, kVec>(a, lda, w, ldw, k, n, out, ldo, rows, accumulate); })
 
 void SmallGemmBf16(const float* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k, int64_t n, float* out,
                    int64_t ldo, int64_t rows, bool accumulate) {
@@ -109,7 +113,7 @@ LSTMSERVE_KERNEL(Int8Sums,
                  (const float* a, int64_t lda, const int8_t* w, int64_t ldw, int64_t k, int64_t n, float* sums,
                   int64_t rows),
                  (a, lda, w, ldw, k, n, sums, rows),
-                 { SmallGemmT<PortableLoad>(a, lda, w, ldw, k, n, sums, n, rows, /*accumulate=*/true); })
+                 { SmallGemmT<PortableLoad, kVec>(a, lda, w, ldw, k, n, sums, n, rows, /*accumulate=*/true); })
 
 using Int8SumsFn = void (*)(const float*, int64_t, const int8_t*, int64_t, int64_t, int64_t, float*, int64_t);
 

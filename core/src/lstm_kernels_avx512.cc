@@ -12,7 +12,9 @@ namespace lstmserve::core::kernels {
 namespace {
 
 struct Int8Avx512Load {
+  template <int N>
   LSTMSERVE_INLINE static V16 Get(const int8_t* p) {
+    static_assert(N == 16, "one ZMM register");
     const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
     V16 v;
     __builtin_memcpy(&v, &f, sizeof(v));
@@ -21,7 +23,9 @@ struct Int8Avx512Load {
 };
 
 struct Bf16Avx512Load {
+  template <int N>
   LSTMSERVE_INLINE static V16 Get(const uint16_t* p) {
+    static_assert(N == 16, "one ZMM register");
     const __m512i bits =
         _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);
     V16 v;

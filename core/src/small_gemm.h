@@ -44,70 +44,81 @@ inline void GemmBlock(const float* a, int64_t lda, const T* w, int64_t ldw, int6
   }
 }
 
-// 16 floats: one AVX-512 register, two AVX2 ones, four SSE ones (GCC vector extension, so
-// each clone of the kernels below gets its own instructions).
-typedef float V16 __attribute__((vector_size(64)));
+// N floats in one vector: 16 fill an AVX-512 register, 8 an AVX2 one, 4 an SSE one (GCC's
+// vector extension, so each clone of the kernels below gets its own instructions). Each
+// clone blocks its loops for its own register file: 16-float vectors split in two on AVX2
+// would need twice the 16 YMM registers an AVX-512 block holds, and spill.
+template <class T, int N>
+struct VecOf {
+  typedef T type __attribute__((vector_size(N * sizeof(T))));
+};
+template <int N>
+using VecF = typename VecOf<float, N>::type;
+typedef VecF<16> V16;
 // always_inline: each clone must get these in its own instruction set (an out-of-line call
-// would pass V16 through memory in the baseline ABI).
+// would pass vectors through memory in the baseline ABI).
 #define LSTMSERVE_INLINE inline __attribute__((always_inline))
-LSTMSERVE_INLINE V16 LoadV(const float* p) {
-  V16 v;
+template <int N = 16>
+LSTMSERVE_INLINE VecF<N> LoadV(const float* p) {
+  VecF<N> v;
   __builtin_memcpy(&v, p, sizeof(v));
   return v;
 }
-LSTMSERVE_INLINE void StoreV(float* p, V16 v) { __builtin_memcpy(p, &v, sizeof(v)); }
+template <int N>
+LSTMSERVE_INLINE void StoreV(float* p, VecF<N> v) {
+  __builtin_memcpy(p, &v, sizeof(v));
+}
 
-// 16 weights as float32 (see WeightValue): a plain load, a widening shift (bfloat16), or a
+// N weights as float32 (see WeightValue): a plain load, a widening shift (bfloat16), or a
 // sign extension and conversion (int8).
-typedef uint16_t U16x16 __attribute__((vector_size(32)));
-typedef uint32_t U32x16 __attribute__((vector_size(64)));
-typedef int8_t I8x16 __attribute__((vector_size(16)));
-typedef int16_t I16x16 __attribute__((vector_size(32)));
-typedef int32_t I32x16 __attribute__((vector_size(64)));
-LSTMSERVE_INLINE V16 LoadW(const float* p) { return LoadV(p); }
-LSTMSERVE_INLINE V16 LoadW(const uint16_t* p) {
-  U16x16 half;
+template <int N>
+LSTMSERVE_INLINE VecF<N> LoadW(const float* p) {
+  return LoadV<N>(p);
+}
+template <int N>
+LSTMSERVE_INLINE VecF<N> LoadW(const uint16_t* p) {
+  typename VecOf<uint16_t, N>::type half;
   __builtin_memcpy(&half, p, sizeof(half));
-  const U32x16 bits = __builtin_convertvector(half, U32x16) << 16;
-  V16 v;
+  const auto bits = __builtin_convertvector(half, typename VecOf<uint32_t, N>::type) << 16;
+  VecF<N> v;
   __builtin_memcpy(&v, &bits, sizeof(v));
   return v;
 }
-// The weight loads of the kernels below, as a policy (a load written for one instruction
-// set can be plugged in where the portable one is slow).
-struct PortableLoad {
-  template <class T>
-  LSTMSERVE_INLINE static V16 Get(const T* p);
-};
-LSTMSERVE_INLINE V16 LoadW(const int8_t* p) {
-  I8x16 q;
+template <int N>
+LSTMSERVE_INLINE VecF<N> LoadW(const int8_t* p) {
+  typename VecOf<int8_t, N>::type q;
   __builtin_memcpy(&q, p, sizeof(q));
-  // Widened one step at a time: GCC 12 scalarises int8 -> float and int8 -> int32 (16 byte
+  // Widened one step at a time: GCC 12 scalarises int8 -> float and int8 -> int32 (byte
   // extracts), but emits vpmovsxbw, vpmovsxwd and vcvtdq2ps for these steps.
-  return __builtin_convertvector(__builtin_convertvector(__builtin_convertvector(q, I16x16), I32x16), V16);
+  const auto wide = __builtin_convertvector(q, typename VecOf<int16_t, N>::type);
+  return __builtin_convertvector(__builtin_convertvector(wide, typename VecOf<int32_t, N>::type), VecF<N>);
 }
-template <class T>
-V16 PortableLoad::Get(const T* p) {
-  return LoadW(p);
-}
+// The weight loads of the kernels below, as a policy (a load written for one instruction
+// set can be plugged in where the portable one is slow): Get<N>(p) gives N weights.
+struct PortableLoad {
+  template <int N, class T>
+  LSTMSERVE_INLINE static VecF<N> Get(const T* p) {
+    return LoadW<N>(p);
+  }
+};
 
-// out[r, 0:16C] += a[r, :] @ w[:, 0:16C] for kR rows, with the kR x C accumulators held in
+// out[r, 0:N*C] += a[r, :] @ w[:, 0:N*C] for kR rows, with the kR x C accumulators held in
 // registers over the whole k loop (GemmBlock loads and stores its outputs once per k).
-// C independent FMA chains per row hide the FMA latency: 8 for one row, 4 for several.
-template <int kR, int kC, class Load, class T>
+// C independent FMA chains per row hide the FMA latency: 8 for one row, 2 to 4 for several.
+template <int N, int kR, int kC, class Load, class T>
 LSTMSERVE_INLINE void RegisterBlock(const float* a, int64_t lda, const T* w, int64_t ldw, int64_t k, float* out,
                                     int64_t ldo) {
-  V16 acc[kR][kC];
+  VecF<N> acc[kR][kC];
 #pragma GCC unroll 8
   for (int r = 0; r < kR; ++r) {
 #pragma GCC unroll 8
-    for (int c = 0; c < kC; ++c) acc[r][c] = LoadV(out + r * ldo + 16 * c);
+    for (int c = 0; c < kC; ++c) acc[r][c] = LoadV<N>(out + r * ldo + N * c);
   }
   for (int64_t kk = 0; kk < k; ++kk) {
     const T* wr = w + kk * ldw;
-    V16 wv[kC];
+    VecF<N> wv[kC];
 #pragma GCC unroll 8
-    for (int c = 0; c < kC; ++c) wv[c] = Load::Get(wr + 16 * c);
+    for (int c = 0; c < kC; ++c) wv[c] = Load::template Get<N>(wr + N * c);
 #pragma GCC unroll 8
     for (int r = 0; r < kR; ++r) {
       const float s = a[r * lda + kk];
@@ -118,29 +129,29 @@ LSTMSERVE_INLINE void RegisterBlock(const float* a, int64_t lda, const T* w, int
 #pragma GCC unroll 8
   for (int r = 0; r < kR; ++r) {
 #pragma GCC unroll 8
-    for (int c = 0; c < kC; ++c) StoreV(out + r * ldo + 16 * c, acc[r][c]);
+    for (int c = 0; c < kC; ++c) StoreV<N>(out + r * ldo + N * c, acc[r][c]);
   }
 }
 
 // out[0:n] += a[0:k] @ w[0:k, 0:n] for one row, streaming w from memory: 8 rows of w at a
-// time against each 16 outputs, so out is loaded and stored once per 8 rows (GemmBlock<1>
+// time against each N outputs, so out is loaded and stored once per 8 rows (GemmBlock<1>
 // does it once per row, which bounds it well below memory bandwidth) and the prefetchers
 // follow 8 sequential streams. L at B=1 (four [2048, 4096] weights), one thread: 10.5 -> 5.5 ms.
-template <class Load, class T>
+template <int N, class Load, class T>
 LSTMSERVE_INLINE void GemvRowBlocks(const float* a, const T* w, int64_t ldw, int64_t k, int64_t n, float* out) {
   constexpr int kRowsAtOnce = 8;
-  const int64_t vec_n = n - n % 16;
+  const int64_t vec_n = n - n % N;
   int64_t kk = 0;
   for (; kk + kRowsAtOnce <= k; kk += kRowsAtOnce) {
     const T* wr = w + kk * ldw;
     float s[kRowsAtOnce];
 #pragma GCC unroll 8
     for (int r = 0; r < kRowsAtOnce; ++r) s[r] = a[kk + r];
-    for (int64_t j = 0; j < vec_n; j += 16) {
-      V16 acc = LoadV(out + j);
+    for (int64_t j = 0; j < vec_n; j += N) {
+      VecF<N> acc = LoadV<N>(out + j);
 #pragma GCC unroll 8
-      for (int r = 0; r < kRowsAtOnce; ++r) acc += s[r] * Load::Get(wr + r * ldw + j);
-      StoreV(out + j, acc);
+      for (int r = 0; r < kRowsAtOnce; ++r) acc += s[r] * Load::template Get<N>(wr + r * ldw + j);
+      StoreV<N>(out + j, acc);
     }
     for (int64_t j = vec_n; j < n; ++j) {
       float acc = out[j];
@@ -159,7 +170,9 @@ LSTMSERVE_INLINE void GemvRowBlocks(const float* a, const T* w, int64_t ldw, int
 // revisit every row of w cost nothing; larger ones are streamed row by row instead.
 constexpr int64_t kRegisterBlockMaxFloats = int64_t{1} << 18;
 
-template <class Load, class T>
+// N is the clone's vector width in floats (16 AVX-512, 8 AVX2, 4 SSE); the blocks use at most
+// half (N = 16: 8 + 8 of 32 ZMM) or all (N < 16: 12 to 16 of 16) of the vector registers.
+template <class Load, int N = 16, class T>
 LSTMSERVE_INLINE void SmallGemmT(const float* a, int64_t lda, const T* w, int64_t ldw, int64_t k, int64_t n, float* out,
                                  int64_t ldo, int64_t rows, bool accumulate) {
   if (!accumulate) {
@@ -169,17 +182,21 @@ LSTMSERVE_INLINE void SmallGemmT(const float* a, int64_t lda, const T* w, int64_
   if (k * n <= kRegisterBlockMaxFloats) {
     // Register-blocked: S (I = H = 64, B = 1) one step 7.8 -> 6.3 us, 32 steps 124 -> 68 us
     // (tests/bench, 2 threads, this project's AMD EPYC, the AVX-512 clone).
+    constexpr int kRowC = 8;                  // one row: 8 chains
+    constexpr int kBlockC = N == 16 ? 4 : 2;  // 4 rows: 4 x 4 ZMM, or 4 x 2 YMM/XMM
     int64_t j = 0;
     if (rows == 1) {
-      for (; j + 128 <= n; j += 128) RegisterBlock<1, 8, Load>(a, lda, w + j, ldw, k, out + j, ldo);
+      for (; j + kRowC * N <= n; j += kRowC * N) RegisterBlock<N, 1, kRowC, Load>(a, lda, w + j, ldw, k, out + j, ldo);
     }
-    for (; j + 64 <= n; j += 64) {
+    for (; j + kBlockC * N <= n; j += kBlockC * N) {
       int64_t r = 0;
-      for (; r + 4 <= rows; r += 4) RegisterBlock<4, 4, Load>(a + r * lda, lda, w + j, ldw, k, out + r * ldo + j, ldo);
+      for (; r + 4 <= rows; r += 4) {
+        RegisterBlock<N, 4, kBlockC, Load>(a + r * lda, lda, w + j, ldw, k, out + r * ldo + j, ldo);
+      }
       switch (rows - r) {
-        case 3: RegisterBlock<3, 4, Load>(a + r * lda, lda, w + j, ldw, k, out + r * ldo + j, ldo); break;
-        case 2: RegisterBlock<2, 4, Load>(a + r * lda, lda, w + j, ldw, k, out + r * ldo + j, ldo); break;
-        case 1: RegisterBlock<1, 4, Load>(a + r * lda, lda, w + j, ldw, k, out + r * ldo + j, ldo); break;
+        case 3: RegisterBlock<N, 3, kBlockC, Load>(a + r * lda, lda, w + j, ldw, k, out + r * ldo + j, ldo); break;
+        case 2: RegisterBlock<N, 2, kBlockC, Load>(a + r * lda, lda, w + j, ldw, k, out + r * ldo + j, ldo); break;
+        case 1: RegisterBlock<N, 1, kBlockC, Load>(a + r * lda, lda, w + j, ldw, k, out + r * ldo + j, ldo); break;
         default: break;
       }
     }
@@ -189,7 +206,7 @@ LSTMSERVE_INLINE void SmallGemmT(const float* a, int64_t lda, const T* w, int64_
     n -= j;
   }
   if (rows == 1) {
-    GemvRowBlocks<Load>(a, w, ldw, k, n, out);
+    GemvRowBlocks<N, Load>(a, w, ldw, k, n, out);
     return;
   }
   // When a block's output rows do not fit in L1, column tiles keep them there (4 x 512

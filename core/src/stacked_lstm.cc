@@ -26,9 +26,6 @@ namespace {
 // (2 threads): at B=4 they match or beat BLAS for H=64..1024 (H=512: 231 vs 575 us), at
 // B=8 BLAS wins at every size (H=1024: 2.7 vs 4.4 ms).
 constexpr int64_t kSmallBatchMax = 4;
-// Past this many weight elements per layer (8 MiB), weights stream from memory and BLAS
-// wins from B=2 on (H=1024, B=4: 3.2 vs 5.1 ms); the small kernels then serve B=1 only.
-constexpr int64_t kLargeLayerElements = int64_t{1} << 21;
 // The input projection of a layer is computed for at most this many bytes of gates at a
 // time: the slice each step then reads is still in cache (M went from 161 to 211 GFLOP/s
 // against 32 MiB chunks), and memory stays bounded for long sequences.
@@ -507,14 +504,16 @@ LstmPath StackedLstm::ChoosePath(int64_t batch, int64_t steps, LstmPath requeste
     if (UsesPackedGemm()) return LstmPath::kBlas;
     return batch <= kSmallBatchMax ? LstmPath::kSmallBatch : LstmPath::kBlas;
   }
-  int64_t largest = 0;
-  for (const auto& w : weights_) largest = std::max<int64_t>(largest, w.numel());
-  // With AVX-512 the small-batch kernels win at every small batch. Below it (measured with
-  // --isa=avx2 on this project's AVX-512 EPYC, lstmserve-core-bench, medians of 3: S 21.4 us
-  // small-batch against 12.6 us BLAS, S32 926 against 156 us, L1 3.97 against 6.45 ms) they
-  // win only where a batch of one reads a large layer's weights, bound by memory.
-  const bool wide = KernelIsa() == IsaLevel::kAvx512;
-  const int64_t small_max = largest > kLargeLayerElements ? 1 : wide ? kSmallBatchMax : 0;
+  // The small-batch kernels block for each level's registers (small_gemm.h). Measured with
+  // lstmserve-core-bench --isa=L on this project's 2-core AVX-512 EPYC, medians of 3,
+  // small-batch against BLAS (MKL at the same cap):
+  //   avx2 and avx512: they win at every B <= 4, small layers and large (avx2: S 4.4 vs
+  //   9.2 us, S32 84 vs 214 us, S32_B4 236 vs 491 us, M_B4 9.4 vs 21.4 ms, L1 4.4 vs 8.1 ms,
+  //   L1_B4 15.4 vs 22.6 ms; avx512: S32_B4 201 vs 440 us, M_B4 5.8 vs 18.0 ms, L1_B4 11.6
+  //   vs 19.3 ms).
+  //   baseline (SSE2, no FMA): at B = 1 only (S 6.8 vs 11.9 us, S32 183 vs 266 us, L1 5.9
+  //   vs 7.7 ms; S32_B4 767 vs 594 us).
+  const int64_t small_max = KernelIsa() >= IsaLevel::kAvx2 ? kSmallBatchMax : 1;
   if (batch <= small_max) return LstmPath::kSmallBatch;
   return OneDnnLstmAvailable() && batch >= kOneDnnMinBatch && steps >= kOneDnnMinSteps ? LstmPath::kOneDnn
                                                                                        : LstmPath::kBlas;

@@ -51,6 +51,12 @@ constexpr Workload kWorkloads[] = {
 };
 // The batch sweep of L, on CUDA only (on 2 CPU cores B=1024 takes seconds per call).
 constexpr int64_t kSweepBatches[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+// On the CPU, the small batches where `auto` picks between the small-batch kernels and BLAS
+// (ChoosePath's thresholds per ISA level are read off these).
+constexpr Workload kCpuSmallBatches[] = {
+    {"S32_B2", 2, 64, 64, 2, 32},  {"S32_B4", 4, 64, 64, 2, 32},   {"M_B1", 1, 128, 256, 2, 100},
+    {"M_B4", 4, 128, 256, 2, 100}, {"L1_B2", 2, 1024, 1024, 4, 1}, {"L1_B4", 4, 1024, 1024, 4, 1},
+};
 
 // Where and in what dtype the benchmarks run (--device, --dtype).
 c10::Device g_device(c10::kCPU);
@@ -208,6 +214,7 @@ int main(int argc, char** argv) {
   std::vector<Workload> workloads(std::begin(kWorkloads), std::end(kWorkloads));
   std::vector<std::string> sweep_names;  // owns the names the sweep's workloads point to
   sweep_names.reserve(std::size(kSweepBatches));
+  if (g_device.is_cpu()) workloads.insert(workloads.end(), std::begin(kCpuSmallBatches), std::end(kCpuSmallBatches));
   if (g_device.is_cuda()) {
     for (int64_t b : kSweepBatches) {
       sweep_names.push_back("L_B" + std::to_string(b));

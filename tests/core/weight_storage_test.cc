@@ -35,9 +35,12 @@ TEST(WeightStorageTest, ParsesPathNames) {
   const auto bad = ParseLstmPath("fastest");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(bad.status().message().find("small_batch"), std::string::npos);
-  // A float32 set names its path: at B=1 the small-batch kernels with AVX-512, BLAS below it.
+  // A float32 set names its path: at B <= 4 the small-batch kernels with AVX2 or AVX-512, at
+  // B = 1 only on the baseline level (no FMA).
   StackedLstm lstm = *StackedLstm::FromParameterSet(*CreateParameterSet(TestLstmSpec(2, 7, 16, true, 3), {}));
-  EXPECT_EQ(lstm.KernelName(1, 1), std::string(KernelIsa() == IsaLevel::kAvx512 ? "small_batch" : "blas"));
+  EXPECT_EQ(lstm.KernelName(1, 1), std::string("small_batch"));
+  EXPECT_EQ(lstm.KernelName(4, 1), std::string(KernelIsa() >= IsaLevel::kAvx2 ? "small_batch" : "blas"));
+  EXPECT_EQ(lstm.KernelName(5, 1), std::string("blas"));
   EXPECT_EQ(lstm.KernelName(64, 100), std::string(OneDnnLstmAvailable() ? "onednn" : "blas"));
   EXPECT_EQ(lstm.KernelName(64, 1), std::string("blas"));
   // The startup log line says what this CPU runs.
