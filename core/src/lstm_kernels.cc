@@ -75,6 +75,8 @@ namespace {
 #ifdef LSTMSERVE_REDUCED_AVX512
 // x86-64-v4, what lstm_kernels_avx512.cc was compiled for, and not capped below it.
 bool HasAvx512() { return KernelIsa() == IsaLevel::kAvx512; }
+// x86-64-v3, what lstm_kernels_avx2.cc was compiled for, as the level the kernels run at.
+bool AtAvx2() { return KernelIsa() == IsaLevel::kAvx2; }
 #endif
 
 }  // namespace
@@ -89,6 +91,7 @@ void SmallGemmBf16(const float* a, int64_t lda, const uint16_t* w, int64_t ldw, 
                    int64_t ldo, int64_t rows, bool accumulate) {
 #ifdef LSTMSERVE_REDUCED_AVX512
   if (HasAvx512()) return SmallGemmBf16Avx512(a, lda, w, ldw, k, n, out, ldo, rows, accumulate);
+  if (AtAvx2()) return SmallGemmBf16Avx2(a, lda, w, ldw, k, n, out, ldo, rows, accumulate);
 #endif
   SmallGemmBf16Portable(a, lda, w, ldw, k, n, out, ldo, rows, accumulate);
 }
@@ -131,7 +134,7 @@ void ScaledInt8Gemm(Int8SumsFn sums_fn, const float* a, int64_t lda, const int8_
 void SmallGemmInt8(const float* a, int64_t lda, const int8_t* w, const float* scale, int64_t ldw, int64_t k, int64_t n,
                    float* out, int64_t ldo, int64_t rows, bool accumulate) {
 #ifdef LSTMSERVE_REDUCED_AVX512
-  const Int8SumsFn sums_fn = HasAvx512() ? &Int8SumsAvx512 : &Int8Sums;
+  const Int8SumsFn sums_fn = HasAvx512() ? &Int8SumsAvx512 : AtAvx2() ? &Int8SumsAvx2 : &Int8Sums;
 #else
   const Int8SumsFn sums_fn = &Int8Sums;
 #endif

@@ -36,6 +36,11 @@ void SmallGemmBf16Avx512(const float* a, int64_t lda, const uint16_t* w, int64_t
                          int64_t ldo, int64_t rows, bool accumulate);
 void Int8SumsAvx512(const float* a, int64_t lda, const int8_t* w, int64_t ldw, int64_t k, int64_t n, float* sums,
                     int64_t rows);
+// The same two for x86-64-v3 (AVX2 + FMA), in lstm_kernels_avx2.cc, called only at that level.
+void SmallGemmBf16Avx2(const float* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k, int64_t n, float* out,
+                       int64_t ldo, int64_t rows, bool accumulate);
+void Int8SumsAvx2(const float* a, int64_t lda, const int8_t* w, int64_t ldw, int64_t k, int64_t n, float* sums,
+                  int64_t rows);
 
 // ---- Packed GEMMs of reduced weights, for every batch size on CPUs that have them ----
 // int8 weights run on vpdpbusd (AVX512-VNNI) with the activations quantized per row, bf16

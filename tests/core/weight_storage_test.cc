@@ -228,8 +228,9 @@ TEST(WeightStorageTest, EveryPathAgreesOnReducedWeights) {
   }
 }
 
-// Each reduced kernel, the dispatched one (AVX-512 where the CPU has it) and the portable
-// build, against at::matmul on the widened weights, for every row remainder and column tail.
+// Each reduced kernel, the dispatched one (AVX-512 or AVX2 loads at those levels) and the
+// portable build, against at::matmul on the widened weights, for every row remainder and
+// column tail, and against each other bit for bit.
 TEST(WeightStorageTest, EveryKernelBuildMatchesMatmulOnWidenedWeights) {
   at::Generator gen = at::detail::createCPUGenerator(21);
   for (int64_t rows : {1, 2, 3, 4, 5}) {
@@ -244,21 +245,28 @@ TEST(WeightStorageTest, EveryKernelBuildMatchesMatmulOnWidenedWeights) {
       const at::Tensor want_bf16 = base + at::matmul(a, bf16.to(at::kFloat));
       const at::Tensor want_int8 = base + at::matmul(a, q.to(at::kFloat) * scale);
       const auto* bits = reinterpret_cast<const uint16_t*>(bf16.data_ptr());
+      at::Tensor got_bf16[2], got_int8[2];
       for (bool portable : {false, true}) {
         at::Tensor out = base.clone();
         (portable ? kernels::SmallGemmBf16Portable : kernels::SmallGemmBf16)(a.data_ptr<float>(), k, bits, n, k, n,
                                                                              out.data_ptr<float>(), n, rows, true);
         EXPECT_LT(MaxAbsDiff(out, want_bf16), 1e-4) << "bf16 rows " << rows << " n " << n << " portable " << portable;
+        got_bf16[portable] = out;
         out = base.clone();
         (portable ? kernels::SmallGemmInt8Portable : kernels::SmallGemmInt8)(
             a.data_ptr<float>(), k, q.data_ptr<int8_t>(), scale.data_ptr<float>(), n, k, n, out.data_ptr<float>(), n,
             rows, true);
         EXPECT_LT(MaxAbsDiff(out, want_int8), 1e-4) << "int8 rows " << rows << " n " << n << " portable " << portable;
+        got_int8[portable] = out;
         out = base.clone();
         kernels::SmallGemmInt8(a.data_ptr<float>(), k, q.data_ptr<int8_t>(), scale.data_ptr<float>(), n, k, n,
                                out.data_ptr<float>(), n, rows, false);
         EXPECT_LT(MaxAbsDiff(out, want_int8 - base), 1e-4) << "int8 (no accumulate) rows " << rows << " n " << n;
       }
+      // The level's own loads (AVX-512 or AVX2) only widen differently: the same sums in the
+      // same order, so the same bits as the portable build at that level.
+      EXPECT_TRUE(at::equal(got_bf16[0], got_bf16[1])) << "bf16 rows " << rows << " n " << n;
+      EXPECT_TRUE(at::equal(got_int8[0], got_int8[1])) << "int8 rows " << rows << " n " << n;
     }
   }
 }
