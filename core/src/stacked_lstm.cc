@@ -373,6 +373,7 @@ absl::StatusOr<StackedLstm> StackedLstm::Create(std::vector<at::Tensor> weights,
   for (auto& b : biases) lstm.biases_.push_back(b.contiguous());
   for (auto& sc : scales) lstm.scales_.push_back(sc.contiguous());
   lstm.packed_ = std::make_shared<PackedLayout>();
+  lstm.widened_ = std::make_shared<WidenedLayout>();
   if (biases.empty() && activation_type == at::kFloat && w0.device().is_cpu()) {
     // the fused kernel always adds one
     lstm.zero_bias_ = at::zeros({4 * hidden}, w0.options().dtype(at::kFloat));
@@ -419,6 +420,24 @@ bool StackedLstm::UsesPackedGemm() const {
              hidden_size_ <= kernels::kMaxPackedInt8K;
   }
   return false;
+}
+
+// A reduced set of at most this many weights (1 MiB as float32) keeps a widened copy where
+// no packed GEMM serves it. Measured at --isa=avx2 (lstmserve-core-bench, medians of 3):
+// widening in registers, S took 6.2 (bf16) and 6.5 us (int8) against float32's 4.7, S32
+// 109 and 130 against 102 us; from M's layers on (0.9M weights) the reduced sets win
+// (M_B4 bf16 6.4 and int8 7.9 against 8.7 ms; L1_B4 7.8 and 5.7 against 13.4 ms).
+constexpr int64_t kWidenedCopyMaxWeights = int64_t{1} << 18;
+
+const std::vector<at::Tensor>* StackedLstm::WidenedCopy() const {
+  if (storage_ == WeightStorage::kDType || !device().is_cpu() || UsesPackedGemm()) return nullptr;
+  int64_t total = 0;
+  for (const auto& w : weights_) total += w.numel();
+  if (total > kWidenedCopyMaxWeights) return nullptr;
+  std::call_once(widened_->once, [&] {
+    for (int64_t l = 0; l < num_layers(); ++l) widened_->w.push_back(FloatWeight(l).contiguous());
+  });
+  return &widened_->w;
 }
 
 const StackedLstm::PackedLayout& StackedLstm::Packed() const {
@@ -635,12 +654,14 @@ SequenceResult StackedLstm::RunFloatCpu(const at::Tensor& inputs, int64_t steps,
   const at::Tensor x = inputs.contiguous();
   const float* layer_input = x.data_ptr<float>();
   const PackedLayout* packed = !small && UsesPackedGemm() ? &Packed() : nullptr;
+  const std::vector<at::Tensor>* widened_copy = WidenedCopy();
   for (int64_t l = 0; l < layers; ++l) {
     const int64_t in = weights_[l].size(0) - hidden;
     // The small kernels read reduced weights as stored, and so do the packed GEMMs; BLAS gets
-    // them widened, per call.
-    const at::Tensor widened =
-        small || packed != nullptr || storage_ == WeightStorage::kDType ? at::Tensor() : FloatWeight(l);
+    // them widened, per call. A small reduced set's widened copy serves both (WidenedCopy).
+    const at::Tensor widened = packed == nullptr && widened_copy != nullptr                      ? (*widened_copy)[l]
+                               : small || packed != nullptr || storage_ == WeightStorage::kDType ? at::Tensor()
+                                                                                                 : FloatWeight(l);
     const WeightView w_x = widened.defined() ? WeightView{widened.data_ptr(), WeightStorage::kDType, nullptr}
                                              : WeightView{weights_[l].data_ptr(), storage_,
                                                           scales_.empty() ? nullptr : scales_[l].data_ptr<float>()};

@@ -158,6 +158,15 @@ class StackedLstm {
   // that has the instructions), and the layout, packed on first use.
   bool UsesPackedGemm() const;
   const PackedLayout& Packed() const;
+  // A small reduced set's weights widened to float32 once, on first use, where no packed
+  // GEMM serves it: its layers are compute-bound, and widening each weight in registers on
+  // every step costs more than the memory it saves (null for other sets; see the .cc).
+  struct WidenedLayout {
+    std::once_flag once;
+    std::vector<at::Tensor> w;
+  };
+  std::shared_ptr<WidenedLayout> widened_;
+  const std::vector<at::Tensor>* WidenedCopy() const;
   int64_t input_size_ = 0;
   int64_t hidden_size_ = 0;
 };
