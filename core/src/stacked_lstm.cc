@@ -525,7 +525,12 @@ LstmPath StackedLstm::ChoosePath(int64_t batch, int64_t steps, LstmPath requeste
     // this project's noisy 2-core EPYC): L1 int8 0.94-1.06 -> 0.47-0.82 ms against the small
     // kernels, which widen each weight to float32; S int8 3.8 -> 2.4-2.7 us, bf16 2.8-3.0 us.
     if (UsesPackedGemm()) return LstmPath::kBlas;
-    return batch <= kSmallBatchMax ? LstmPath::kSmallBatch : LstmPath::kBlas;
+    if (batch <= kSmallBatchMax) return LstmPath::kSmallBatch;
+    // Without them, long sequences of large batches take oneDNN's LSTM on weights widened
+    // per call, as float32 sets do: BLAS on widened weights was slower than float32 there
+    // (--isa=avx2, lstmserve-core-bench: L bf16 2.30 s and int8 2.57 s against 1.97 s).
+    return OneDnnLstmAvailable() && batch >= kOneDnnMinBatch && steps >= kOneDnnMinSteps ? LstmPath::kOneDnn
+                                                                                         : LstmPath::kBlas;
   }
   // The small-batch kernels block for each level's registers (small_gemm.h). Measured with
   // lstmserve-core-bench --isa=L on this project's 2-core AVX-512 EPYC, medians of 3,
@@ -609,9 +614,6 @@ absl::StatusOr<SequenceResult> StackedLstm::Run(const at::Tensor& inputs, const 
     }
   } else if (chosen != LstmPath::kGeneric && (scalar_type() != at::kFloat || !device().is_cpu())) {
     return absl::FailedPreconditionError("the small-batch, BLAS and oneDNN paths need float32 on the CPU");
-  } else if (chosen == LstmPath::kOneDnn && storage_ != WeightStorage::kDType) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("path onednn reads float32 weights; this set stores them in ", WeightStorageName(storage_)));
   } else if (chosen == LstmPath::kOneDnn && !OneDnnLstmAvailable()) {
     return absl::FailedPreconditionError(
         "path onednn needs LibTorch 2.x with oneDNN (this build has LibTorch " TORCH_VERSION ")");
@@ -729,21 +731,44 @@ SequenceResult StackedLstm::RunFloatCpu(const at::Tensor& inputs, int64_t steps,
 // columns i, f, o, g), b_ih + b_hh (ours: one bias), states stacked [L, B, H].
 SequenceResult StackedLstm::RunOneDnn(const at::Tensor& inputs, const LstmState& initial, bool want_outputs) const {
   const int64_t hidden = hidden_size_, layers = num_layers(), batch = inputs.size(1);
-  std::call_once(torch_layout_->once, [&] {
+  // at::lstm's parameters of layer l from its float32 weight w: w_ih, w_hh[, b_ih, b_hh].
+  const auto layer_params = [&](const at::Tensor& w, int64_t l, std::vector<at::Tensor>& params) {
     const auto reorder = [&](const at::Tensor& t, int64_t dim) {  // blocks i, f, o, g -> i, f, g, o
       const auto b = t.split(hidden, dim);
       return at::cat({b[0], b[1], b[3], b[2]}, dim);
     };
-    std::vector<at::Tensor> params;
-    for (int64_t l = 0; l < layers; ++l) {
-      const int64_t in = weights_[l].size(0) - hidden;
-      params.push_back(reorder(weights_[l].narrow(0, 0, in), 1).t().contiguous());
-      params.push_back(reorder(weights_[l].narrow(0, in, hidden), 1).t().contiguous());
-      if (has_bias()) {
-        params.push_back(reorder(biases_[l], 0).contiguous());
-        params.push_back(at::zeros({4 * hidden}, weights_[l].options()));
-      }
+    const int64_t in = w.size(0) - hidden;
+    params.push_back(reorder(w.narrow(0, 0, in), 1).t().contiguous());
+    params.push_back(reorder(w.narrow(0, in, hidden), 1).t().contiguous());
+    if (has_bias()) {
+      params.push_back(reorder(biases_[l], 0).contiguous());
+      params.push_back(at::zeros({4 * hidden}, w.options()));
     }
+  };
+  SequenceResult result;
+  if (storage_ != WeightStorage::kDType) {
+    // Reduced weights: one layer at a time, widened for this call only, so that no more
+    // than one layer's float32 copy exists at once.
+    at::Tensor layer_input = inputs.contiguous();
+    for (int64_t l = 0; l < layers; ++l) {
+      std::vector<at::Tensor> params;
+      layer_params(FloatWeight(l), l, params);
+      const at::Tensor h0 =
+          initial.h.empty() ? at::zeros({1, batch, hidden}, inputs.options()) : initial.h[l].unsqueeze(0);
+      const at::Tensor c0 =
+          initial.c.empty() ? at::zeros({1, batch, hidden}, inputs.options()) : initial.c[l].unsqueeze(0);
+      auto [outputs, h_n, c_n] = at::lstm(layer_input, {h0, c0}, params, has_bias(), 1, /*dropout=*/0.0,
+                                          /*train=*/false, /*bidirectional=*/false, /*batch_first=*/false);
+      result.final_state.h.push_back(h_n[0]);
+      result.final_state.c.push_back(c_n[0]);
+      layer_input = std::move(outputs);
+    }
+    if (want_outputs) result.outputs = std::move(layer_input);
+    return result;
+  }
+  std::call_once(torch_layout_->once, [&] {
+    std::vector<at::Tensor> params;
+    for (int64_t l = 0; l < layers; ++l) layer_params(weights_[l], l, params);
     torch_layout_->params = std::move(params);
   });
   const auto stacked = [&](const std::vector<at::Tensor>& per_layer) {
@@ -752,7 +777,6 @@ SequenceResult StackedLstm::RunOneDnn(const at::Tensor& inputs, const LstmState&
   auto [outputs, h_n, c_n] = at::lstm(inputs.contiguous(), {stacked(initial.h), stacked(initial.c)},
                                       torch_layout_->params, has_bias(), layers, /*dropout=*/0.0,
                                       /*train=*/false, /*bidirectional=*/false, /*batch_first=*/false);
-  SequenceResult result;
   if (want_outputs) result.outputs = std::move(outputs);
   result.final_state.c = c_n.unbind(0);
   result.final_state.h = h_n.unbind(0);
