@@ -1,9 +1,10 @@
 // The small-batch GEMM's loop nests, as templates over the weight's element type (float,
-// bfloat16 bits, int8) and over how 16 weights are loaded. Internal to the core, included by
-// lstm_kernels.cc (compiled once per instruction set through target_clones) and by
-// lstm_kernels_avx512.cc (compiled for x86-64-v4 only). Everything here has internal linkage
-// and uses no library template, so no function compiled for AVX-512 can be linked in place
-// of a portable one.
+// bfloat16 bits, int8), the vector width N and how N weights are loaded. Internal to the
+// core, included by lstm_kernels.cc (compiled once per instruction set through target
+// attributes, LSTMSERVE_KERNEL), lstm_kernels_avx512.cc (x86-64-v4 only) and
+// lstm_kernels_avx2.cc (x86-64-v3 only). Everything here has internal linkage and uses no
+// library template, so no function compiled for AVX-512 can be linked in place of a
+// portable one.
 #pragma once
 
 #include <cstdint>

@@ -427,10 +427,12 @@ bool StackedLstm::UsesPackedGemm() const {
 }
 
 // A reduced set of at most this many weights (1 MiB as float32) keeps a widened copy where
-// no packed GEMM serves it. Measured at --isa=avx2 (lstmserve-core-bench, medians of 3):
-// widening in registers, S took 6.2 (bf16) and 6.5 us (int8) against float32's 4.7, S32
-// 109 and 130 against 102 us; from M's layers on (0.9M weights) the reduced sets win
-// (M_B4 bf16 6.4 and int8 7.9 against 8.7 ms; L1_B4 7.8 and 5.7 against 13.4 ms).
+// no packed GEMM serves it. Measured at --isa=avx2 on this project's AVX-512 EPYC: widening
+// in registers, S took 6.2 (bf16) and 6.5 us (int8) against float32's 4.7, S32 109 and 130
+// against 102 us (tests/bench/compare --isa avx2); from M's layers on (0.9M weights) the
+// reduced sets win (lstmserve-core-bench --isa=avx2, medians of 3: M_B4 bf16 6.4 and int8
+// 7.9 against 8.7 ms; L1_B4 7.8 and 5.7 against 13.4 ms). The copy (at most 1 MiB) is not
+// counted in the set's bytes, as the packed layouts are not.
 constexpr int64_t kWidenedCopyMaxWeights = int64_t{1} << 18;
 
 const std::vector<at::Tensor>* StackedLstm::WidenedCopy() const {
