@@ -39,12 +39,12 @@ stage() {
     exit 1
   fi
   rm -rf "$stage_dir"
-  mkdir -p "$stage_dir"/{server,client,tests/bench,tests/core,lib/compat,reference}
+  mkdir -p "$stage_dir"/{server,client,tests/bench,tests/core,tests/server,lib/compat,reference}
   cp "$src/server/lstmserve" "$stage_dir/server/"
   cp "$src/client/lstmserve-cli" "$stage_dir/client/"
   cp "$src/tests/bench/lstmserve-core-bench" "$src/tests/bench/lstmserve-cpu-peak" "$stage_dir/tests/bench/"
   for t in conformance_test stacked_lstm_test parameter_set_test; do cp "$src/tests/core/$t" "$stage_dir/tests/core/"; done
-  cp "$src/tests/server/engine_test" "$stage_dir/tests/core/"
+  cp "$src/tests/server/engine_test" "$stage_dir/tests/server/"
   strip --strip-unneeded "$stage_dir"/server/* "$stage_dir"/client/* "$stage_dir"/tests/*/*
   cp ../shared/reference/common_ops.py "$stage_dir/reference/"
   # The libraries the binaries use that are neither LibTorch's (the GPU machine's wheel has
@@ -117,7 +117,7 @@ torch_lib=$("$PYTHON" -c 'import os, torch; print(os.path.dirname(torch.__file__
 nvidia_libs=$(find "$(dirname "$(dirname "$torch_lib")")/nvidia" -maxdepth 2 -name lib -type d 2>/dev/null | paste -sd:)
 export LD_LIBRARY_PATH="$B/lib:$torch_lib${nvidia_libs:+:$nvidia_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 binaries=("$B"/server/lstmserve "$B"/client/lstmserve-cli "$B"/tests/bench/lstmserve-core-bench "$B"/tests/bench/lstmserve-cpu-peak
-  "$B"/tests/core/*)
+  "$B"/tests/core/* "$B"/tests/server/*)
 if ! "$B/client/lstmserve-cli" --help >/dev/null 2>"$OUT/libs.txt"; then
   if grep -q GLIBCXX "$OUT/libs.txt"; then
     export LD_LIBRARY_PATH="$B/lib/compat:$LD_LIBRARY_PATH"
@@ -140,7 +140,7 @@ for t in conformance_test stacked_lstm_test parameter_set_test; do
   result "$t" $?
 done
 # The engine's set operations on a CUDA registry (the machine has no Redis for the rest).
-"$B/tests/core/engine_test" --gtest_filter='SetOperations*' --gtest_output="xml:$OUT/tests-engine_test.xml" \
+"$B/tests/server/engine_test" --gtest_filter='SetOperations*' --gtest_output="xml:$OUT/tests-engine_test.xml" \
   >>"$OUT/tests.txt" 2>&1
 result "engine_test SetOperations*" $?
 grep "\[ measured \]" "$OUT/tests.txt" | tee -a "$summary"
