@@ -431,8 +431,8 @@ bool StackedLstm::UsesPackedGemm() const {
 // in registers, S took 6.2 (bf16) and 6.5 us (int8) against float32's 4.7, S32 109 and 130
 // against 102 us (tests/bench/compare --isa avx2); from M's layers on (0.9M weights) the
 // reduced sets win (lstmserve-core-bench --isa=avx2, medians of 3: M_B4 bf16 6.4 and int8
-// 7.9 against 8.7 ms; L1_B4 7.8 and 5.7 against 13.4 ms). The copy (at most 1 MiB) is not
-// counted in the set's bytes, as the packed layouts are not.
+// 7.9 against 8.7 ms; L1_B4 7.8 and 5.7 against 13.4 ms). The copy (at most 1 MiB) counts
+// in DerivedBytes, as the other derived layouts do.
 constexpr int64_t kWidenedCopyMaxWeights = int64_t{1} << 18;
 
 const std::vector<at::Tensor>* StackedLstm::WidenedCopy() const {
@@ -442,8 +442,18 @@ const std::vector<at::Tensor>* StackedLstm::WidenedCopy() const {
   if (total > kWidenedCopyMaxWeights) return nullptr;
   std::call_once(widened_->once, [&] {
     for (int64_t l = 0; l < num_layers(); ++l) widened_->w.push_back(FloatWeight(l).contiguous());
+    CountDerived({&widened_->w});
   });
   return &widened_->w;
+}
+
+void StackedLstm::CountDerived(const std::vector<std::vector<at::Tensor>*>& parts) const {
+  int64_t bytes = 0;
+  for (const std::vector<at::Tensor>* part : parts) {
+    for (const at::Tensor& t : *part) bytes += static_cast<int64_t>(t.nbytes());
+  }
+  derived_->bytes.fetch_add(bytes, std::memory_order_relaxed);
+  if (derived_->listener) derived_->listener(bytes);
 }
 
 const StackedLstm::PackedLayout& StackedLstm::Packed() const {
@@ -470,6 +480,7 @@ const StackedLstm::PackedLayout& StackedLstm::Packed() const {
       pack(w, 0, in, packed_->x, packed_->x_sums);
       pack(w, in, hidden_size_, packed_->h, packed_->h_sums);
     }
+    CountDerived({&packed_->x, &packed_->h, &packed_->x_sums, &packed_->h_sums});
   });
   return *packed_;
 }
@@ -772,6 +783,7 @@ SequenceResult StackedLstm::RunOneDnn(const at::Tensor& inputs, const LstmState&
     std::vector<at::Tensor> params;
     for (int64_t l = 0; l < layers; ++l) layer_params(weights_[l], l, params);
     torch_layout_->params = std::move(params);
+    CountDerived({&torch_layout_->params});
   });
   const auto stacked = [&](const std::vector<at::Tensor>& per_layer) {
     return per_layer.empty() ? at::zeros({layers, batch, hidden}, inputs.options()) : at::stack(per_layer);

@@ -98,7 +98,8 @@ ABSL_FLAG(int64_t, max_message_bytes, kDefaults.max_message_bytes, "largest gRPC
 ABSL_FLAG(int64_t, max_tensor_elements, kDefaults.max_tensor_elements, "largest tensor in a request, in elements");
 ABSL_FLAG(int64_t, max_set_bytes, kDefaults.max_set_bytes, "largest parameter set, in bytes");
 ABSL_FLAG(int64_t, max_total_set_bytes, kDefaults.max_total_set_bytes,
-          "all parameter sets held in memory together, in bytes");
+          "all parameter sets held in memory together, in bytes: their tensors and the layouts the kernels "
+          "derive from them (past it the least recently used sets leave memory)");
 ABSL_FLAG(int64_t, max_tensors_per_set, kDefaults.max_tensors_per_set, "most tensors in one parameter set");
 ABSL_FLAG(absl::Duration, drain_timeout, kDefaults.drain_timeout,
           "on SIGTERM/SIGINT, how long calls in flight may take to finish (e.g. 10s)");

@@ -244,8 +244,14 @@ class ScrapeCollector final : public prometheus::Collectable {
     AddValue(out.back(), static_cast<double>(s.sessions_rejected), {{"reason", "max_sessions"}});
     AddValue(out.back(), static_cast<double>(s.sessions_idle_cancelled), {{"reason", "idle_timeout"}});
     gauge("lstmserve_parameter_sets", "Parameter sets held in memory.", static_cast<double>(s.parameter_sets));
-    gauge("lstmserve_parameter_set_bytes", "Bytes of parameter tensors held in memory (on the serving device).",
+    gauge("lstmserve_parameter_set_bytes",
+          "Bytes of the parameter sets held in memory: their tensors (on the serving device) and the layouts "
+          "derived from them (lstmserve_parameter_set_derived_bytes); --max_total_set_bytes bounds it.",
           static_cast<double>(s.parameter_set_bytes));
+    gauge("lstmserve_parameter_set_derived_bytes",
+          "Bytes of the layouts the kernels derived from the sets held, made on the first call that needs each: "
+          "oneDNN's reordered float32 weights, packed int8/bf16 weights, small reduced sets' float32 copies.",
+          static_cast<double>(s.parameter_set_derived_bytes));
     if (s.device_memory_allocated_bytes) {
       gauge("lstmserve_cuda_memory_allocated_bytes", "CUDA memory allocated by LibTorch's caching allocator.",
             static_cast<double>(*s.device_memory_allocated_bytes));

@@ -194,6 +194,7 @@ absl::Status Server::StartMetrics() {
     snapshot.sequence_store = sequences_->backend().Describe();
     snapshot.parameter_sets = registry_->count();
     snapshot.parameter_set_bytes = registry_->total_bytes();
+    snapshot.parameter_set_derived_bytes = registry_->derived_bytes();
     if (auto memory = core::DeviceMemoryStats(registry_->device())) {
       snapshot.device_memory_allocated_bytes = memory->allocated_bytes;
       snapshot.device_memory_reserved_bytes = memory->reserved_bytes;

@@ -249,6 +249,58 @@ TEST(WeightStorageTest, EveryPathAgreesOnReducedWeights) {
   }
 }
 
+// The layouts a set's paths derive from its weights on first use are counted, once, and
+// reported to the listener (the server's registry counts them against
+// --max_total_set_bytes): oneDNN's reordered float32 weights, the packed GEMMs' weights, a
+// small reduced set's float32 copy.
+TEST(WeightStorageTest, DerivedLayoutsAreCountedOnceAndReported) {
+  const int64_t input = 7, hidden = 16, layers = 2;
+  const int64_t weights = (input + hidden) * 4 * hidden + (hidden + hidden) * 4 * hidden;
+  const at::Tensor x = at::ones({20, 40, input});
+  for (WeightStorage storage : {WeightStorage::kDType, WeightStorage::kBFloat16, WeightStorage::kInt8}) {
+    StackedLstm lstm =
+        *StackedLstm::FromParameterSet(*CreateParameterSet(TestLstmSpec(layers, input, hidden, true, 3, storage), {}));
+    int64_t reported = 0, reports = 0;
+    lstm.SetDerivedBytesListener([&](int64_t bytes) {
+      reported += bytes;
+      ++reports;
+    });
+    EXPECT_EQ(lstm.DerivedBytes(), 0);
+    // The small-batch kernels and the generic path derive nothing from a float32 set.
+    ASSERT_TRUE(lstm.Run(x.narrow(1, 0, 1), {}, true, LstmPath::kGeneric).ok());
+    if (storage == WeightStorage::kDType) {
+      ASSERT_TRUE(lstm.Run(x.narrow(1, 0, 1), {}, true, LstmPath::kSmallBatch).ok());
+      EXPECT_EQ(lstm.DerivedBytes(), 0);
+    }
+    int64_t expected = 0;
+    if (storage == WeightStorage::kDType) {
+      if (!OneDnnLstmAvailable()) continue;
+      // w_ih and w_hh per layer as float32, the bias and at::lstm's zero second bias.
+      expected = weights * 4 + layers * 2 * 4 * hidden * 4;
+      ASSERT_TRUE(lstm.Run(x, {}, true, LstmPath::kOneDnn).ok());
+    } else {
+      ASSERT_TRUE(lstm.Run(x, {}, true, LstmPath::kBlas).ok());
+      if (Packed(storage)) {
+        // 1 or 2 bytes per weight, padded to the packing's groups (+ int32 column sums).
+        const int64_t stored = weights * (storage == WeightStorage::kInt8 ? 1 : 2);
+        EXPECT_GE(lstm.DerivedBytes(), stored) << WeightStorageName(storage);
+        EXPECT_LE(lstm.DerivedBytes(), 3 * stored) << WeightStorageName(storage);
+        expected = lstm.DerivedBytes();
+      } else {
+        expected = weights * 4;  // the widened copy
+      }
+    }
+    EXPECT_EQ(lstm.DerivedBytes(), expected) << WeightStorageName(storage);
+    EXPECT_EQ(reported, expected);
+    EXPECT_EQ(reports, 1);
+    // Made once: more calls, and copies of the object, share it.
+    StackedLstm copy = lstm;
+    ASSERT_TRUE(copy.Run(x, {}, true, storage == WeightStorage::kDType ? LstmPath::kOneDnn : LstmPath::kBlas).ok());
+    EXPECT_EQ(copy.DerivedBytes(), expected);
+    EXPECT_EQ(reports, 1);
+  }
+}
+
 // Each reduced kernel, the dispatched one (AVX-512 or AVX2 loads at those levels) and the
 // portable build, against at::matmul on the widened weights, for every row remainder and
 // column tail, and against each other bit for bit.

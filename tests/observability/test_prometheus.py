@@ -141,6 +141,7 @@ class PrometheusTest(unittest.TestCase):
                      "lstmserve_inference_phase_seconds",
                      "lstmserve_batch_queue_depth", "lstmserve_batch_rejections_total", "lstmserve_sessions_active",
                      "lstmserve_session_steps_total", "lstmserve_parameter_sets", "lstmserve_parameter_set_bytes",
+                     "lstmserve_parameter_set_derived_bytes",
                      "lstmserve_store_operations_total", "lstmserve_store_load_duration_seconds",
                      "lstmserve_build_info", "process_cpu_seconds_total", "process_resident_memory_bytes",
                      "process_open_fds", "process_threads"]:

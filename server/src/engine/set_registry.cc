@@ -15,7 +15,7 @@ SetRegistry::SetRegistry(std::unique_ptr<core::ParameterStore> store, c10::Devic
                          Metrics* metrics)
     : store_(std::move(store)), device_(device), max_total_bytes_(max_total_bytes), metrics_(metrics) {}
 
-absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::MakeEntry(core::StoredSet stored) const {
+absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::MakeEntry(core::StoredSet stored) {
   return core::GuardTorch("load parameter set", [&]() -> absl::StatusOr<std::shared_ptr<const SetEntry>> {
     // Sets with reduced weight storage stay on the CPU, whose kernels read them.
     for (auto& t : stored.set.tensors) {
@@ -25,7 +25,11 @@ absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::MakeEntry(core::Sto
     }
     auto entry = std::make_shared<SetEntry>();
     auto lstm = core::StackedLstm::FromParameterSet(stored.set);
-    if (lstm.ok()) entry->lstm = *std::move(lstm);
+    if (lstm.ok()) {
+      entry->lstm = *std::move(lstm);
+      entry->lstm->SetDerivedBytesListener(
+          [this, id = stored.id, raw = entry.get()](int64_t bytes) { AddDerivedBytes(id, raw, bytes); });
+    }
     entry->stored = std::move(stored);
     return std::shared_ptr<const SetEntry>(std::move(entry));
   });
@@ -75,6 +79,17 @@ void SetRegistry::MakeRoom(int64_t size, const std::string& keep) {
     Drop(oldest);
     if (metrics_ != nullptr) metrics_->ObserveSetUnload(/*memory=*/true);
   }
+}
+
+void SetRegistry::AddDerivedBytes(const std::string& id, const SetEntry* entry, int64_t bytes) {
+  absl::MutexLock lock(&mu_);
+  auto it = sets_.find(id);
+  // Not held (dropped, or read for its metadata): the layout goes with the calls using it.
+  if (it == sets_.end() || it->second.entry.get() != entry) return;
+  it->second.derived_bytes += bytes;
+  bytes_ += bytes;
+  derived_bytes_ += bytes;
+  MakeRoom(0, id);
 }
 
 absl::StatusOr<std::shared_ptr<const SetEntry>> SetRegistry::Get(const std::string& id) {
@@ -133,7 +148,8 @@ void SetRegistry::Forget(const std::string& id, const std::shared_ptr<const SetE
 }
 
 void SetRegistry::Drop(std::map<std::string, Held>::iterator it) {
-  bytes_ -= it->second.entry->stored.set.byte_size;
+  bytes_ -= it->second.entry->stored.set.byte_size + it->second.derived_bytes;
+  derived_bytes_ -= it->second.derived_bytes;
   sets_.erase(it);
 }
 
@@ -243,6 +259,11 @@ std::vector<std::shared_ptr<const SetEntry>> SetRegistry::List(const std::string
 int64_t SetRegistry::total_bytes() const {
   absl::MutexLock lock(&mu_);
   return bytes_;
+}
+
+int64_t SetRegistry::derived_bytes() const {
+  absl::MutexLock lock(&mu_);
+  return derived_bytes_;
 }
 
 int64_t SetRegistry::count() const {

@@ -6,7 +6,9 @@
 // with gate blocks in the order i, f, o, g (not torch.nn.LSTM's i, f, g, o).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -110,6 +112,18 @@ class StackedLstm {
   // Layer l's weight as float32 (the stored one, or its dequantized copy).
   at::Tensor FloatWeight(int64_t layer) const;
 
+  // Memory this set holds beyond its own tensors: the layouts some paths derive from the
+  // weights on their first call (kOneDnn's reordered float32 weights; kBlas's packed int8 or
+  // bf16 weights and their column sums; a small reduced set's float32 copy, WidenedCopy).
+  // DerivedBytes: the bytes made so far, shared by copies of this object.
+  int64_t DerivedBytes() const { return derived_->bytes.load(std::memory_order_relaxed); }
+  // `listener` is called with the bytes of each layout as it is made, on the thread of the
+  // call that makes it, before that call computes; calls that wait for the same layout wait
+  // for the listener too. Set it before the set is shared between threads.
+  void SetDerivedBytesListener(std::function<void(int64_t bytes)> listener) {
+    derived_->listener = std::move(listener);
+  }
+
   // FLOPs of one step at batch size `batch` (2 * B * (in_l + H) * 4H summed over layers).
   double StepFlops(int64_t batch) const;
 
@@ -167,6 +181,13 @@ class StackedLstm {
   };
   std::shared_ptr<WidenedLayout> widened_;
   const std::vector<at::Tensor>* WidenedCopy() const;
+  struct DerivedMemory {
+    std::atomic<int64_t> bytes{0};
+    std::function<void(int64_t)> listener;
+  };
+  std::shared_ptr<DerivedMemory> derived_ = std::make_shared<DerivedMemory>();
+  // Counts a layout just made (inside its call_once) and tells the listener.
+  void CountDerived(const std::vector<std::vector<at::Tensor>*>& parts) const;
   int64_t input_size_ = 0;
   int64_t hidden_size_ = 0;
 };

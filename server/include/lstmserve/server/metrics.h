@@ -45,7 +45,8 @@ struct MetricsSnapshot {
   double sequence_load_seconds = 0, sequence_commit_seconds = 0;
   std::string sequence_store;  // SequenceBackend::Describe()
   int64_t parameter_sets = 0;
-  int64_t parameter_set_bytes = 0;
+  int64_t parameter_set_bytes = 0;          // derived layouts included
+  int64_t parameter_set_derived_bytes = 0;  // SetRegistry::derived_bytes
   // Only on CUDA: the caching allocator's current figures.
   std::optional<int64_t> device_memory_allocated_bytes;
   std::optional<int64_t> device_memory_reserved_bytes;

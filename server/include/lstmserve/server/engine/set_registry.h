@@ -36,6 +36,14 @@ struct SetEntry {
 // does. Calls in flight keep what they use until they finish. Only a set larger than the
 // whole budget is refused (RESOURCE_EXHAUSTED).
 //
+// A set's bytes are its tensors' and, from the call that makes them on, the layouts its
+// StackedLstm derives from them (StackedLstm::DerivedBytes: oneDNN's reordered weights, the
+// packed GEMMs' weights, a small reduced set's float32 copy). A layout made past the budget
+// drops the least recently used other sets; a set whose tensors and layouts alone exceed
+// the budget is still served, and holds no other set beside it.
+//
+// The registry must outlive the calls that use its sets: their derived layouts report to it.
+//
 // The model-repository extension's unload drops a set from memory and marks it unloaded:
 // inference refuses it (InferenceEngine::LstmSet) until Load; reading its metadata still
 // works, from its file, without holding it.
@@ -92,16 +100,21 @@ class SetRegistry {
   // any follow.
   std::vector<std::shared_ptr<const SetEntry>> List(const std::string& after, int limit, bool* more);
 
+  // The bytes of the sets held, their derived layouts included; the layouts' share.
   int64_t total_bytes() const;
+  int64_t derived_bytes() const;
   int64_t count() const;
   const c10::Device& device() const { return device_; }
 
  private:
   struct Held {
     std::shared_ptr<const SetEntry> entry;
-    uint64_t last_use = 0;  // use_clock_ at its last Get
+    uint64_t last_use = 0;      // use_clock_ at its last Get
+    int64_t derived_bytes = 0;  // its layouts' bytes reported while held
   };
-  absl::StatusOr<std::shared_ptr<const SetEntry>> MakeEntry(core::StoredSet stored) const;
+  absl::StatusOr<std::shared_ptr<const SetEntry>> MakeEntry(core::StoredSet stored);
+  // A layout of `entry` (set `id`) was made: counted while that entry is held.
+  void AddDerivedBytes(const std::string& id, const SetEntry* entry, int64_t bytes);
   void Forget(const std::string& id, const std::shared_ptr<const SetEntry>& entry);
   absl::Status TooLarge(const std::string& id, int64_t size) const;
   // Drops the least recently used sets (but `keep`) until `size` more bytes fit.
@@ -121,7 +134,8 @@ class SetRegistry {
   mutable absl::Mutex mu_;
   std::map<std::string, Held> sets_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> unloaded_ ABSL_GUARDED_BY(mu_);
-  int64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;  // derived_bytes_ included
+  int64_t derived_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t use_clock_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
