@@ -688,8 +688,11 @@ SequenceResult StackedLstm::RunFloatCpu(const at::Tensor& inputs, int64_t steps,
   const bool gemms_on_one_thread = std::all_of(weights_.begin(), weights_.end(), [&](const at::Tensor& w) {
     return std::max(w.size(0) - hidden, hidden) * 4 * hidden < kSmallGemmParallelMin;
   });
-  const bool pipelined = small && steps >= kPipelineMinSteps && layers >= 2 && gemms_on_one_thread &&
-                         at::get_num_threads() >= 2 && !at::in_parallel_region();
+  const PackedLayout* packed = !small && UsesPackedGemm() ? &Packed() : nullptr;
+  // Pipelined: the small kernels, or the packed GEMMs on as few rows (a GEMM a task calls
+  // runs on that task's thread: ATen runs a parallel_for inside one in line).
+  const bool pipelined = (small || (packed != nullptr && batch <= kSmallBatchMax)) && steps >= kPipelineMinSteps &&
+                         layers >= 2 && gemms_on_one_thread && at::get_num_threads() >= 2 && !at::in_parallel_region();
   const int64_t xh_floats = one_pass ? batch * (std::max(input_size_, hidden) + hidden) : 0;
   // Gates: one buffer per task. Sequences: layer 0 writes its own when pipelined (layer 2 may
   // start while layer 0 still copies its final state); the others alternate between two.
@@ -711,7 +714,6 @@ SequenceResult StackedLstm::RunFloatCpu(const at::Tensor& inputs, int64_t steps,
     result.final_state.h[l] = EmptyFloat(batch, hidden);
   }
   const at::Tensor x = inputs.contiguous();
-  const PackedLayout* packed = !small && UsesPackedGemm() ? &Packed() : nullptr;
   const std::vector<at::Tensor>* widened_copy = WidenedCopy();
   std::vector<at::Tensor> h0(layers);
   for (int64_t l = 0; l < layers && !initial.h.empty(); ++l) h0[l] = initial.h[l].contiguous();

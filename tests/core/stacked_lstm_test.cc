@@ -113,9 +113,9 @@ TEST(StackedLstmPathTest, ALargeLayerAtBatchOneSplitAcrossThreadsMatchesGeneric)
 }
 
 // On two threads a small sequence runs its layers as a pipeline (layer 0 on one thread, the
-// others on the other as its outputs arrive, RunFloatCpu): every layer count, sequence
-// length (chunks of 4 steps, a partial last one), batch, storage, initial state or none,
-// outputs or none, gives the bits of one thread.
+// others on the other as its outputs arrive, RunFloatCpu), on the small kernels and on the
+// packed GEMMs: every layer count, sequence length (chunks of 4 steps, a partial last one),
+// batch, storage, initial state or none, outputs or none, gives the bits of one thread.
 TEST(StackedLstmPathTest, PipelinedLayersGiveTheBitsOfOneThread) {
   auto gen = Gen(13);
   for (WeightStorage storage : {WeightStorage::kDType, WeightStorage::kBFloat16, WeightStorage::kInt8}) {
@@ -132,18 +132,22 @@ TEST(StackedLstmPathTest, PipelinedLayersGiveTheBitsOfOneThread) {
                            << WeightStorageName(storage) << " layers " << layers << " steps " << steps << " batch "
                            << batch << " state " << with_state << " outputs " << want_outputs);
               const LstmState& state = with_state ? init : LstmState{};
-              SetIntraOpThreads(1);
-              auto alone = lstm.Run(x, state, want_outputs, LstmPath::kSmallBatch);
-              SetIntraOpThreads(2);
-              auto piped = lstm.Run(x, state, want_outputs, LstmPath::kSmallBatch);
-              ASSERT_TRUE(alone.ok() && piped.ok());
-              if (want_outputs) {
-                EXPECT_TRUE(at::equal(alone->outputs, piped->outputs));
-              }
-              EXPECT_EQ(piped->outputs.defined(), want_outputs);
-              for (int64_t l = 0; l < layers; ++l) {
-                EXPECT_TRUE(at::equal(alone->final_state.h[l], piped->final_state.h[l])) << "layer " << l;
-                EXPECT_TRUE(at::equal(alone->final_state.c[l], piped->final_state.c[l])) << "layer " << l;
+              // kBlas: a reduced set's packed GEMMs, where the CPU has them.
+              for (LstmPath path : {LstmPath::kSmallBatch, LstmPath::kBlas}) {
+                SCOPED_TRACE(LstmPathName(path));
+                SetIntraOpThreads(1);
+                auto alone = lstm.Run(x, state, want_outputs, path);
+                SetIntraOpThreads(2);
+                auto piped = lstm.Run(x, state, want_outputs, path);
+                ASSERT_TRUE(alone.ok() && piped.ok());
+                if (want_outputs) {
+                  EXPECT_TRUE(at::equal(alone->outputs, piped->outputs));
+                }
+                EXPECT_EQ(piped->outputs.defined(), want_outputs);
+                for (int64_t l = 0; l < layers; ++l) {
+                  EXPECT_TRUE(at::equal(alone->final_state.h[l], piped->final_state.h[l])) << "layer " << l;
+                  EXPECT_TRUE(at::equal(alone->final_state.c[l], piped->final_state.c[l])) << "layer " << l;
+                }
               }
             }
           }
