@@ -1,11 +1,7 @@
 #include "lstmserve/core/stacked_lstm.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
-#include <memory>
-#include <stdexcept>
-#include <thread>
 #include <utility>
 
 #include <ATen/ATen.h>
@@ -36,14 +32,6 @@ constexpr int64_t kSmallBatchMax = 4;
 constexpr int64_t kProjectionChunkBytes = int64_t{4} << 20;
 // Rows of gate math below which splitting across threads costs more than it saves.
 constexpr int64_t kGateUnitsPerTask = 4096;
-// The small kernels take one thread for a weight block of fewer multiply-adds per row than
-// this (waking a second costs more than it saves), and split larger ones (Gemm).
-constexpr int64_t kSmallGemmParallelMin = int64_t{1} << 18;
-// Small sequences of at least kPipelineMinSteps steps, whose GEMMs all run on one thread,
-// pipeline their layers over two threads (RunFloatCpu), the layers past the first taking
-// their inputs kPipelineChunk steps at a time.
-constexpr int64_t kPipelineMinSteps = 8;
-constexpr int64_t kPipelineChunk = 4;
 // oneDNN's RNN (LibTorch 2.x, at::lstm) repacks the weights on every call: 2.3 ms for M's
 // 2 layers, 60 ms for L's 4, so it loses on single steps (L, B=256, 1 step: 108 vs 51 ms for
 // the BLAS path) and wins on sequences of large batches (M: 61 vs 82 ms; L: 1.85 vs 2.34 s;
@@ -104,7 +92,7 @@ void SmallGemm(const float* a, int64_t lda, const WeightView& w, int64_t ldw, in
 void Gemm(bool small, const float* a, int64_t rows, int64_t k, const WeightView& w, int64_t n, float* out,
           bool accumulate) {
   if (small) {
-    constexpr int64_t kParallelMin = kSmallGemmParallelMin, kParallelMax = int64_t{1} << 21;
+    constexpr int64_t kParallelMin = int64_t{1} << 18, kParallelMax = int64_t{1} << 21;
     const int threads = at::get_num_threads();
     // A few rows over a weight past 8 MiB are bound by memory: each thread streams a
     // contiguous block of w's rows into partial sums (contiguous streams keep the
@@ -247,13 +235,6 @@ void CopyFloat(const at::Tensor& src, at::Tensor& dst) {
   } else {
     dst.copy_(src);
   }
-}
-
-// A spinning thread's hint to the core (x86's pause) that it waits.
-inline void CpuRelax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
 }
 
 // Working memory of one call. Small requests reuse a per-thread buffer, so a B=1 step
@@ -668,11 +649,13 @@ absl::StatusOr<SequenceResult> StackedLstm::Run(const at::Tensor& inputs, const 
 // updates c in place and writes h straight into the layer's output sequence (the next
 // layer's input). The time loop allocates nothing.
 //
-// Small sequences on two or more threads run as a pipeline of two tasks: one thread runs
-// layer 0 and the other layers 1.. as layer 0's outputs arrive, kPipelineChunk steps at a
-// time. Each layer computes exactly what it computes alone (the small kernels give a row
-// the same bits in any number of rows), so the bits do not depend on the thread count; the
-// first task never waits, so the two tasks end even when one thread runs both in turn.
+// Tried and taken out (issue 25): small sequences running layer 0 on one intra-op thread and
+// layers 1.. on the other, as layer 0's outputs arrived, with the bits of one thread. The
+// core alone gained (S32, lstmserve-core-bench --threads=2: 47-49 -> 35-43 us), the server
+// lost: lstmserve-cli bench --rpc=run --steps=32 --input_size=64 --hidden_size=64 against
+// --threads=2, 8093 -> 1984 requests/s at concurrency 8 (the second thread takes the core
+// that gRPC needs), and at concurrency 1 p50 0.189 -> 0.182 ms, within noise. Splitting each
+// step's hidden units across two threads, with a barrier per step, took S32 to 86 us.
 SequenceResult StackedLstm::RunFloatCpu(const at::Tensor& inputs, int64_t steps, int64_t batch,
                                         const LstmState& initial, bool want_outputs, bool small) const {
   const int64_t hidden = hidden_size_;
@@ -685,59 +668,21 @@ SequenceResult StackedLstm::RunFloatCpu(const at::Tensor& inputs, int64_t steps,
   // One small step: [x, h] @ w in one pass over w (one kernel call per layer instead of two,
   // the outputs loaded and stored once). S step: 4.85 -> 4.70 us.
   const bool one_pass = small && steps == 1 && !initial.h.empty();
-  const bool gemms_on_one_thread = std::all_of(weights_.begin(), weights_.end(), [&](const at::Tensor& w) {
-    return std::max(w.size(0) - hidden, hidden) * 4 * hidden < kSmallGemmParallelMin;
-  });
-  const PackedLayout* packed = !small && UsesPackedGemm() ? &Packed() : nullptr;
-  // Pipelined: the small kernels, or the packed GEMMs on as few rows (a GEMM a task calls
-  // runs on that task's thread: ATen runs a parallel_for inside one in line).
-  const bool pipelined = (small || (packed != nullptr && batch <= kSmallBatchMax)) && steps >= kPipelineMinSteps &&
-                         layers >= 2 && gemms_on_one_thread && at::get_num_threads() >= 2 && !at::in_parallel_region();
   const int64_t xh_floats = one_pass ? batch * (std::max(input_size_, hidden) + hidden) : 0;
-  // Gates: one buffer per task. Sequences: layer 0 writes its own when pipelined (layer 2 may
-  // start while layer 0 still copies its final state); the others alternate between two.
-  const int tasks = pipelined ? 2 : 1, sequence_buffers = pipelined ? 3 : 2;
   at::Tensor scratch_holder;
-  float* gate_buffers = Scratch(tasks * gate_floats + sequence_buffers * seq_floats + xh_floats, scratch_holder);
-  float* const sequences = gate_buffers + tasks * gate_floats;
-  float* const xh = sequences + sequence_buffers * seq_floats;
-  const auto sequence_of = [&](int64_t l) {
-    return sequences + (pipelined && l > 0 ? 1 + (l - 1) % 2 : l % 2) * seq_floats;
-  };
+  float* gates = Scratch(gate_floats + 2 * seq_floats + xh_floats, scratch_holder);
+  float* sequences[2] = {gates + gate_floats, gates + gate_floats + seq_floats};
+  float* xh = gates + gate_floats + 2 * seq_floats;
 
   SequenceResult result;
+  result.final_state.c.reserve(layers);
+  result.final_state.h.reserve(layers);
   if (want_outputs) result.outputs = at::empty({steps, batch, hidden}, at::kFloat);
-  result.final_state.c.resize(layers);
-  result.final_state.h.resize(layers);
-  for (int64_t l = 0; l < layers; ++l) {
-    result.final_state.c[l] = EmptyFloat(batch, hidden);
-    result.final_state.h[l] = EmptyFloat(batch, hidden);
-  }
   const at::Tensor x = inputs.contiguous();
+  const float* layer_input = x.data_ptr<float>();
+  const PackedLayout* packed = !small && UsesPackedGemm() ? &Packed() : nullptr;
   const std::vector<at::Tensor>* widened_copy = WidenedCopy();
-  std::vector<at::Tensor> h0(layers);
-  for (int64_t l = 0; l < layers && !initial.h.empty(); ++l) h0[l] = initial.h[l].contiguous();
-
-  // Steps of each layer's output written so far (pipelined; a cache line each, as the two
-  // threads write different layers'), and whether a task failed.
-  struct alignas(64) Progress {
-    std::atomic<int64_t> steps{0};
-  };
-  std::vector<Progress> done(pipelined ? layers : 0);
-  std::atomic<bool> failed{false};
-  const auto wait_for = [&](int64_t l, int64_t step_count) {
-    for (int spins = 0; done[l].steps.load(std::memory_order_acquire) < step_count; ++spins) {
-      if (failed.load(std::memory_order_relaxed)) throw std::runtime_error("the pipelined layer before failed");
-      if (spins < 1024) {
-        CpuRelax();
-      } else {
-        std::this_thread::yield();
-      }
-    }
-  };
-
-  const auto run_layer = [&](int64_t l, float* gates) {
-    const float* layer_input = l == 0 ? x.data_ptr<float>() : sequence_of(l - 1);
+  for (int64_t l = 0; l < layers; ++l) {
     const int64_t in = weights_[l].size(0) - hidden;
     // The small kernels read reduced weights as stored, and so do the packed GEMMs; BLAS gets
     // them widened, per call. A small reduced set's widened copy serves both (WidenedCopy).
@@ -763,12 +708,13 @@ SequenceResult StackedLstm::RunFloatCpu(const at::Tensor& inputs, int64_t steps,
       PackedGemm(storage_, int8_terms, rows_in, rows, k, x_part ? packed->x[l] : packed->h[l], sums, scale, 4 * hidden,
                  out, accumulate);
     };
-    float* output = (l == layers - 1 && want_outputs) ? result.outputs.data_ptr<float>() : sequence_of(l);
+    float* output = (l == layers - 1 && want_outputs) ? result.outputs.data_ptr<float>() : sequences[l % 2];
 
-    at::Tensor& c = result.final_state.c[l];
+    at::Tensor c = EmptyFloat(batch, hidden);
     bool c_is_zero = initial.c.empty();
     if (!c_is_zero) CopyFloat(initial.c[l], c);
-    const float* h_prev = h0[l].defined() ? h0[l].data_ptr<float>() : nullptr;
+    const at::Tensor h0 = initial.h.empty() ? at::Tensor() : initial.h[l].contiguous();
+    const float* h_prev = h0.defined() ? h0.data_ptr<float>() : nullptr;
     float* c_data = c.data_ptr<float>();
 
     if (one_pass) {
@@ -780,11 +726,8 @@ SequenceResult StackedLstm::RunFloatCpu(const at::Tensor& inputs, int64_t steps,
       Gates(gates, bias, c_data, c_is_zero, output, batch, hidden, parallel_gates);
       h_prev = output;
     }
-    // Pipelined, a layer past the first projects its inputs as they arrive.
-    const int64_t layer_chunk = pipelined && l > 0 ? std::min(kPipelineChunk, chunk_steps) : chunk_steps;
-    for (int64_t t0 = one_pass ? steps : 0; t0 < steps; t0 += layer_chunk) {
-      const int64_t n = std::min(layer_chunk, steps - t0);
-      if (pipelined && l > 0) wait_for(l - 1, t0 + n);
+    for (int64_t t0 = one_pass ? steps : 0; t0 < steps; t0 += chunk_steps) {
+      const int64_t n = std::min(chunk_steps, steps - t0);
       project(layer_input + t0 * batch * in, n * batch, /*x_part=*/true, gates, false);
       for (int64_t t = t0; t < t0 + n; ++t) {
         float* step_gates = gates + (t - t0) * batch * 4 * hidden;
@@ -793,31 +736,14 @@ SequenceResult StackedLstm::RunFloatCpu(const at::Tensor& inputs, int64_t steps,
         Gates(step_gates, bias, c_data, c_is_zero, h_out, batch, hidden, parallel_gates);
         c_is_zero = false;
         h_prev = h_out;
-        if (pipelined) done[l].steps.store(t + 1, std::memory_order_release);
       }
     }
-    std::copy(h_prev, h_prev + batch * hidden, result.final_state.h[l].data_ptr<float>());
-  };
-
-  if (!pipelined) {
-    for (int64_t l = 0; l < layers; ++l) run_layer(l, gate_buffers);
-    return result;
+    result.final_state.c.push_back(std::move(c));
+    at::Tensor h = EmptyFloat(batch, hidden);
+    std::copy(h_prev, h_prev + batch * hidden, h.data_ptr<float>());
+    result.final_state.h.push_back(std::move(h));
+    layer_input = output;
   }
-  at::parallel_for(0, 2, 1, [&](int64_t task0, int64_t task1) {
-    c10::InferenceMode inference;
-    try {
-      for (int64_t task = task0; task < task1; ++task) {
-        if (task == 0) {
-          run_layer(0, gate_buffers);
-        } else {
-          for (int64_t l = 1; l < layers; ++l) run_layer(l, gate_buffers + gate_floats);
-        }
-      }
-    } catch (...) {
-      failed.store(true, std::memory_order_relaxed);
-      throw;
-    }
-  });
   return result;
 }
 

@@ -112,52 +112,6 @@ TEST(StackedLstmPathTest, ALargeLayerAtBatchOneSplitAcrossThreadsMatchesGeneric)
   SetIntraOpThreads(0);
 }
 
-// On two threads a small sequence runs its layers as a pipeline (layer 0 on one thread, the
-// others on the other as its outputs arrive, RunFloatCpu), on the small kernels and on the
-// packed GEMMs: every layer count, sequence length (chunks of 4 steps, a partial last one),
-// batch, storage, initial state or none, outputs or none, gives the bits of one thread.
-TEST(StackedLstmPathTest, PipelinedLayersGiveTheBitsOfOneThread) {
-  auto gen = Gen(13);
-  for (WeightStorage storage : {WeightStorage::kDType, WeightStorage::kBFloat16, WeightStorage::kInt8}) {
-    for (int64_t layers : {2, 3, 4}) {
-      const StackedLstm lstm =
-          *StackedLstm::FromParameterSet(*CreateParameterSet(TestLstmSpec(layers, 24, 32, true, 5, storage), {}));
-      for (int64_t steps : {8, 13, 33}) {
-        for (int64_t batch : {1, 3}) {
-          const at::Tensor x = at::empty({steps, batch, 24}).normal_(0, 1, gen);
-          const LstmState init = RandomState(layers, batch, 32, gen);
-          for (bool with_state : {false, true}) {
-            for (bool want_outputs : {true, false}) {
-              SCOPED_TRACE(::testing::Message()
-                           << WeightStorageName(storage) << " layers " << layers << " steps " << steps << " batch "
-                           << batch << " state " << with_state << " outputs " << want_outputs);
-              const LstmState& state = with_state ? init : LstmState{};
-              // kBlas: a reduced set's packed GEMMs, where the CPU has them.
-              for (LstmPath path : {LstmPath::kSmallBatch, LstmPath::kBlas}) {
-                SCOPED_TRACE(LstmPathName(path));
-                SetIntraOpThreads(1);
-                auto alone = lstm.Run(x, state, want_outputs, path);
-                SetIntraOpThreads(2);
-                auto piped = lstm.Run(x, state, want_outputs, path);
-                ASSERT_TRUE(alone.ok() && piped.ok());
-                if (want_outputs) {
-                  EXPECT_TRUE(at::equal(alone->outputs, piped->outputs));
-                }
-                EXPECT_EQ(piped->outputs.defined(), want_outputs);
-                for (int64_t l = 0; l < layers; ++l) {
-                  EXPECT_TRUE(at::equal(alone->final_state.h[l], piped->final_state.h[l])) << "layer " << l;
-                  EXPECT_TRUE(at::equal(alone->final_state.c[l], piped->final_state.c[l])) << "layer " << l;
-                }
-              }
-            }
-          }
-        }
-      }
-    }
-  }
-  SetIntraOpThreads(0);
-}
-
 TEST(StackedLstmPathTest, RunWithoutOutputsStillReturnsFinalStates) {
   const StackedLstm lstm = MakeLstm(3, 5, 6, false);
   auto gen = Gen(2);
