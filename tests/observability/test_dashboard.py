@@ -95,7 +95,8 @@ class DashboardTest(unittest.TestCase):
         for wanted in ["job_method:lstmserve_requests:rate1m", "job_method:lstmserve_requests_errors:ratio_rate1m",
                        "job_method:lstmserve_request_duration_seconds:p99_1m", "job:lstmserve_batch_size_rows:mean_rate1m",
                        "job:lstmserve_batch_queue_wait_seconds:p99_1m", "job_reason:lstmserve_batch_rejections:rate1m",
-                       "lstmserve_sessions_active", "lstmserve_parameter_set_bytes", "process_resident_memory_bytes",
+                       "lstmserve_sessions_active", "lstmserve_parameter_set_bytes",
+                       "lstmserve_parameter_set_derived_bytes", "process_resident_memory_bytes",
                        "process_cpu_seconds_total"]:
             self.assertIn(wanted, seen)
 
