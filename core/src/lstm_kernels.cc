@@ -146,10 +146,18 @@ void SmallGemmInt8Portable(const float* a, int64_t lda, const int8_t* w, const f
   ScaledInt8Gemm(&Int8Sums, a, lda, w, scale, ldw, k, n, out, ldo, rows, accumulate);
 }
 
-bool HasPackedInt8() {
+bool HasPackedInt8Vnni() {
 #ifdef LSTMSERVE_REDUCED_AVX512
   static const bool cpu = __builtin_cpu_supports("avx512vnni");
   return cpu && HasAvx512();
+#else
+  return false;
+#endif
+}
+
+bool HasPackedInt8() {
+#ifdef LSTMSERVE_REDUCED_AVX512
+  return HasPackedInt8Vnni() || KernelIsa() >= IsaLevel::kAvx2;
 #else
   return false;
 #endif

@@ -47,7 +47,10 @@ void Int8SumsAvx2(const float* a, int64_t lda, const int8_t* w, int64_t ldw, int
 // weights on vdpbf16ps (AVX512-BF16) with the activations rounded to bf16: 4x and 2x the
 // multiply-adds per instruction of float32 FMAs. packed_gemm_avx512.cc; the CPU must have
 // x86-64-v4 and the extension (HasPackedInt8, HasPackedBf16; false off GCC x86-64).
+// HasPackedInt8 is also true on every x86-64-v3 CPU (AVX2 + FMA) without VNNI, where the
+// int8 GEMM is Int8GemmPackedAvx2 (same bits); HasPackedInt8Vnni says which one runs.
 bool HasPackedInt8();
+bool HasPackedInt8Vnni();
 bool HasPackedBf16();
 
 // The weight [k, n] is packed in panels of 16 columns; in each, groups of G consecutive k of
@@ -89,6 +92,16 @@ void RoundRowsBf16Avx512(const float* a, int64_t lda, int64_t rows, int64_t k, u
 void Int8GemmPackedAvx512(const uint8_t* q, int64_t ldq, const float* row_scale, int64_t rows, int terms,
                           const int8_t* packed, const int32_t* column_sums, const float* column_scale, int64_t k,
                           int64_t n, int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate);
+// The int8 GEMM for x86-64-v3, in packed_gemm_avx2.cc (same packed weights; column_sums not
+// needed): q holds the same rounding as QuantizeRowsInt8Avx512's, as int16 and without the
+// 128 offset (qh, then ql; ldq int16 per term row), and every output bit equals
+// Int8GemmPackedAvx512's. The integer sums come from vpmaddwd on int16, exact where
+// vpmaddubsw would saturate.
+void QuantizeRowsInt8Avx2(const float* a, int64_t lda, int64_t rows, int64_t k, int terms, int16_t* q, int64_t ldq,
+                          float* row_scale);
+void Int8GemmPackedAvx2(const int16_t* q, int64_t ldq, const float* row_scale, int64_t rows, int terms,
+                        const int8_t* packed, const float* column_scale, int64_t k, int64_t n, int64_t p0, int64_t p1,
+                        float* out, int64_t ldo, bool accumulate);
 void Bf16GemmPackedAvx512(const uint16_t* q, int64_t ldq, int64_t rows, const uint16_t* packed, int64_t k, int64_t n,
                           int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate);
 

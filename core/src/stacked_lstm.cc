@@ -151,17 +151,21 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
   TORCH_CHECK(false, "this build of lstmserve has no packed GEMMs");  // UsesPackedGemm() is false
 #else
   const bool int8 = storage == WeightStorage::kInt8;
+  // Without VNNI the int8 rounding is held as int16 (Int8GemmPackedAvx2).
+  const bool int8_avx2 = int8 && !kernels::HasPackedInt8Vnni();
   const int64_t ldq = kernels::RowStride(k, int8 ? kernels::kInt8Group : kernels::kBf16Group);
-  // Row r's rounding starts at q + r * ldq, 16-bit elements: room for int8's two terms of
-  // ldq bytes, or for ldq bf16; its scales at row_scale + 2 * r.
+  // Row r's rounding starts at q + r * row_elements, 16-bit elements: room for int8's two
+  // terms of ldq bytes (or of ldq int16 without VNNI), or for ldq bf16; its scales at
+  // row_scale + 2 * r.
+  const int64_t row_elements = int8_avx2 ? 2 * ldq : ldq;
   // Up to 2 MiB of rounded rows stay allocated per thread (as Scratch's floats); more (a long
   // sequence's input projection) lasts the call.
   constexpr int64_t kCachedElements = int64_t{1} << 20;
   thread_local std::vector<uint16_t> cached;
   std::vector<uint16_t> call_buffer;
-  std::vector<uint16_t>& rounded = rows * ldq <= kCachedElements ? cached : call_buffer;
+  std::vector<uint16_t>& rounded = rows * row_elements <= kCachedElements ? cached : call_buffer;
   thread_local std::vector<float> row_scales;
-  rounded.resize(static_cast<size_t>(rows * ldq));
+  rounded.resize(static_cast<size_t>(rows * row_elements));
   row_scales.resize(static_cast<size_t>(2 * rows));
   // The workers see this thread's buffers through pointers (a thread_local named in the
   // lambda would be each worker's own).
@@ -170,7 +174,10 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
   const int8_t* const w8 = int8 ? packed.data_ptr<int8_t>() : nullptr;
   const uint16_t* const w16 = int8 ? nullptr : reinterpret_cast<const uint16_t*>(packed.data_ptr());
   const auto round_rows = [&](int64_t r0, int64_t r1) {
-    if (int8) {
+    if (int8_avx2) {
+      kernels::QuantizeRowsInt8Avx2(a + r0 * k, k, r1 - r0, k, int8_terms,
+                                    reinterpret_cast<int16_t*>(q + r0 * row_elements), ldq, row_scale + 2 * r0);
+    } else if (int8) {
       kernels::QuantizeRowsInt8Avx512(a + r0 * k, k, r1 - r0, k, int8_terms, reinterpret_cast<uint8_t*>(q + r0 * ldq),
                                       ldq, row_scale + 2 * r0);
     } else {
@@ -178,7 +185,10 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
     }
   };
   const auto multiply = [&](int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
-    if (int8) {
+    if (int8_avx2) {
+      kernels::Int8GemmPackedAvx2(reinterpret_cast<const int16_t*>(q + r0 * row_elements), ldq, row_scale + 2 * r0,
+                                  r1 - r0, int8_terms, w8, scale, k, n, p0, p1, out + r0 * n, n, accumulate);
+    } else if (int8) {
       kernels::Int8GemmPackedAvx512(reinterpret_cast<const uint8_t*>(q + r0 * ldq), ldq, row_scale + 2 * r0, r1 - r0,
                                     int8_terms, w8, column_sums, scale, k, n, p0, p1, out + r0 * n, n, accumulate);
     } else {
@@ -284,9 +294,10 @@ std::string DescribeCpuKernels() {
                                                  : "baseline";
   const std::string capped =
       level == CpuIsaLevel() ? "" : absl::StrCat(", capped from ", IsaLevelName(CpuIsaLevel()), " (LSTMSERVE_ISA)");
-  return absl::StrCat("small-batch kernels ", clone, capped, "; packed int8 GEMM (AVX512-VNNI) ",
-                      kernels::HasPackedInt8() ? "yes" : "no", "; packed bf16 GEMM (AVX512-BF16) ",
-                      kernels::HasPackedBf16() ? "yes" : "no", "; oneDNN LSTM ", OneDnnLstmAvailable() ? "yes" : "no");
+  const char* int8 = kernels::HasPackedInt8Vnni() ? "AVX512-VNNI" : kernels::HasPackedInt8() ? "AVX2" : "no";
+  return absl::StrCat("small-batch kernels ", clone, capped, "; packed int8 GEMM ", int8,
+                      "; packed bf16 GEMM (AVX512-BF16) ", kernels::HasPackedBf16() ? "yes" : "no", "; oneDNN LSTM ",
+                      OneDnnLstmAvailable() ? "yes" : "no");
 }
 
 bool OneDnnLstmAvailable() {
@@ -539,9 +550,10 @@ LstmPath StackedLstm::ChoosePath(int64_t batch, int64_t steps, LstmPath requeste
     // kernels, which widen each weight to float32; S int8 3.8 -> 2.4-2.7 us, bf16 2.8-3.0 us.
     if (UsesPackedGemm()) return LstmPath::kBlas;
     if (batch <= kSmallBatchMax) return LstmPath::kSmallBatch;
-    // Without them, long sequences of large batches take oneDNN's LSTM on weights widened
-    // per call, as float32 sets do: BLAS on widened weights was slower than float32 there
-    // (--isa=avx2, lstmserve-core-bench: L bf16 2.30 s and int8 2.57 s against 1.97 s).
+    // Without them (bf16 without AVX512-BF16, int8 below x86-64-v3), long sequences of
+    // large batches take oneDNN's LSTM on weights widened per call, as float32 sets do: BLAS
+    // on widened weights was slower than float32 there (--isa=avx2, lstmserve-core-bench,
+    // before int8 had its AVX2 GEMM: L bf16 2.30 s and int8 2.57 s against 1.97 s).
     return OneDnnLstmAvailable() && batch >= kOneDnnMinBatch && steps >= kOneDnnMinSteps ? LstmPath::kOneDnn
                                                                                          : LstmPath::kBlas;
   }

@@ -5,6 +5,7 @@
 #include <limits>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -45,10 +46,8 @@ TEST(WeightStorageTest, ParsesPathNames) {
   EXPECT_EQ(lstm.KernelName(64, 1), std::string("blas"));
   // The startup log line says what this CPU runs.
   const std::string kernels_line = DescribeCpuKernels();
-  EXPECT_NE(
-      kernels_line.find(std::string("packed int8 GEMM (AVX512-VNNI) ") + (kernels::HasPackedInt8() ? "yes" : "no")),
-      std::string::npos)
-      << kernels_line;
+  const char* int8 = kernels::HasPackedInt8Vnni() ? "AVX512-VNNI" : kernels::HasPackedInt8() ? "AVX2" : "no";
+  EXPECT_NE(kernels_line.find(std::string("packed int8 GEMM ") + int8 + ";"), std::string::npos) << kernels_line;
   EXPECT_NE(
       kernels_line.find(std::string("packed bf16 GEMM (AVX512-BF16) ") + (kernels::HasPackedBf16() ? "yes" : "no")),
       std::string::npos)
@@ -205,8 +204,8 @@ TEST(WeightStorageTest, EveryPathAgreesOnReducedWeights) {
         EXPECT_TRUE(at::allclose(step->h.back(), blas->outputs[0], 0, 2e-6)) << WeightStorageName(storage);
         EXPECT_TRUE(at::allclose(step->h.back(), small->outputs[0], 0, blas_tolerance));
         // A row's bits do not depend on the rows beside it where the packed GEMMs run (each
-        // row rounded and summed on its own). Without them (no VNNI/BF16: AVX2 CPUs), kBlas
-        // widens the weights and BLAS may sum a row of a larger batch in another order, so
+        // row rounded and summed on its own). Without them (bf16 without AVX512-BF16, int8
+        // below x86-64-v3), kBlas widens the weights and BLAS may sum a row of a larger batch in another order, so
         // there the promise is float32's: within 1e-6, as for a float32 set (README).
         auto alone = lstm.Run(x.narrow(1, batch - 1, 1).contiguous(), {}, true, LstmPath::kBlas);
         ASSERT_TRUE(alone.ok());
@@ -350,10 +349,67 @@ TEST(WeightStorageTest, EveryKernelBuildMatchesMatmulOnWidenedWeights) {
 // rounds the activations to bf16. Every row remainder of the 6-row tile, every panel
 // remainder of the 4-panel tile, column tails and k tails; a row's bits never depend on
 // the other rows; zero rows give zeros and a NaN gives NaN.
+// The two builds of the packed int8 GEMM, each run directly where this CPU can (whatever the
+// cap): the VNNI one (unsigned bytes, qh + 128) and the AVX2 one (int16, qh).
+class PackedInt8Build {
+ public:
+  static std::vector<bool> Available() {  // true: VNNI
+    std::vector<bool> builds;
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    if (CpuIsaLevel() == IsaLevel::kAvx512 && __builtin_cpu_supports("avx512vnni")) builds.push_back(true);
+    if (CpuIsaLevel() >= IsaLevel::kAvx2) builds.push_back(false);
+#endif
+    return builds;
+  }
+  static const char* Name(bool vnni) { return vnni ? "vnni" : "avx2"; }
+
+  // Rounds a's rows in `terms` terms.
+  PackedInt8Build(bool vnni, const at::Tensor& a, int terms)
+      : vnni_(vnni), terms_(terms), k_(a.size(1)), ldq_(kernels::RowStride(k_, kernels::kInt8Group)) {
+    const int64_t rows = a.size(0);
+    row_scale_ = at::empty({rows, terms});
+    q_ = at::empty({rows, terms, ldq_}, vnni ? at::kByte : at::kShort);
+    if (vnni) {
+      kernels::QuantizeRowsInt8Avx512(a.data_ptr<float>(), k_, rows, k_, terms, q_.data_ptr<uint8_t>(), ldq_,
+                                      row_scale_.data_ptr<float>());
+    } else {
+      kernels::QuantizeRowsInt8Avx2(a.data_ptr<float>(), k_, rows, k_, terms, q_.data_ptr<int16_t>(), ldq_,
+                                    row_scale_.data_ptr<float>());
+    }
+  }
+  // The rounded values, signed, [rows, terms, k] as float; the padding past k must be zero.
+  at::Tensor Values() const {
+    const at::Tensor v = vnni_ ? q_.to(at::kFloat).sub(128) : q_.to(at::kFloat);
+    EXPECT_TRUE(v.narrow(2, k_, ldq_ - k_).eq(0).all().item<bool>()) << "padding";
+    return v.narrow(2, 0, k_);
+  }
+  const at::Tensor& row_scale() const { return row_scale_; }
+  // out[count, n] (=|+=) rows [r0, r0 + count) times the panels [p0, p1).
+  void Multiply(int64_t r0, int64_t count, const at::Tensor& packed, const at::Tensor& sums, const at::Tensor& scale,
+                int64_t n, int64_t p0, int64_t p1, float* out, bool accumulate) const {
+    if (vnni_) {
+      kernels::Int8GemmPackedAvx512(q_[r0].data_ptr<uint8_t>(), ldq_, row_scale_[r0].data_ptr<float>(), count, terms_,
+                                    packed.data_ptr<int8_t>(), sums.data_ptr<int32_t>(), scale.data_ptr<float>(), k_, n,
+                                    p0, p1, out, n, accumulate);
+    } else {
+      kernels::Int8GemmPackedAvx2(q_[r0].data_ptr<int16_t>(), ldq_, row_scale_[r0].data_ptr<float>(), count, terms_,
+                                  packed.data_ptr<int8_t>(), scale.data_ptr<float>(), k_, n, p0, p1, out, n,
+                                  accumulate);
+    }
+  }
+
+ private:
+  bool vnni_;
+  int terms_;
+  int64_t k_, ldq_;
+  at::Tensor q_, row_scale_;
+};
+
 TEST(WeightStorageTest, PackedGemmsMatchTheirDefinition) {
-  if (!kernels::HasPackedInt8() && !kernels::HasPackedBf16()) GTEST_SKIP() << "this CPU has neither VNNI nor BF16";
+  const std::vector<bool> int8_builds = PackedInt8Build::Available();
+  if (int8_builds.empty() && !kernels::HasPackedBf16()) GTEST_SKIP() << "this CPU has neither AVX2 nor BF16";
   at::Generator gen = at::detail::createCPUGenerator(33);
-  for (int64_t rows : {1, 5, 6, 7, 13}) {
+  for (int64_t rows : {1, 5, 6, 7, 13, 130}) {
     for (int64_t n : {16, 40, 200, 1040}) {
       for (int64_t k : {5, 70}) {
         at::Tensor a = at::empty({rows, k}).normal_(0, 1, gen);
@@ -363,76 +419,89 @@ TEST(WeightStorageTest, PackedGemmsMatchTheirDefinition) {
         const std::string where =
             "rows " + std::to_string(rows) + " n " + std::to_string(n) + " k " + std::to_string(k);
         const int64_t panels = kernels::Panels(n);
-        if (kernels::HasPackedInt8()) {
+        if (!int8_builds.empty()) {
           const at::Tensor scale = w.abs().amax(0) / 127;
-          const at::Tensor q = at::round(w / scale).to(at::kChar).contiguous();
+          at::Tensor q = at::round(w / scale).to(at::kChar).contiguous();
+          q[0][0] = -128;  // a weight the symmetric rounding never gives, but a stored set may hold
           at::Tensor packed = at::empty({kernels::PackedElements(k, n, kernels::kInt8Group)}, at::kChar);
           at::Tensor sums = at::empty({n}, at::kInt);
           kernels::PackInt8(q.data_ptr<int8_t>(), n, k, n, packed.data_ptr<int8_t>(), sums.data_ptr<int32_t>());
           EXPECT_TRUE(sums.equal(q.to(at::kInt).sum(0).to(at::kInt)));
-          const int64_t ldq = kernels::RowStride(k, kernels::kInt8Group);
           for (int terms : {1, 2}) {
             const std::string how = where + " terms " + std::to_string(terms);
-            at::Tensor qa = at::empty({rows, terms, ldq}, at::kByte);
-            at::Tensor row_scale = at::empty({rows, terms});
-            kernels::QuantizeRowsInt8Avx512(a.data_ptr<float>(), k, rows, k, terms, qa.data_ptr<uint8_t>(), ldq,
-                                            row_scale.data_ptr<float>());
-            const at::Tensor s = (a.abs().amax(1) / 127).unsqueeze(1), s_lo = s / 254;
-            EXPECT_TRUE(row_scale.select(1, 0).equal(s.squeeze(1))) << how;
-            const at::Tensor nonzero = s > 0;
-            const at::Tensor qh = at::where(nonzero, at::round(a / s), at::zeros({}));
-            EXPECT_TRUE(qa.select(1, 0).narrow(1, 0, k).to(at::kFloat).sub(128).equal(qh)) << how;
-            const at::Tensor wq = q.to(at::kFloat);
-            // Integer sums below 2^24 are exact in float32 in any order.
-            at::Tensor want = base + s * at::matmul(qh, wq) * scale;
-            if (terms == 2) {
-              EXPECT_TRUE(row_scale.select(1, 1).equal(s_lo.squeeze(1))) << how;
-              // The residual a - qh * s rounded once (fused), exact in double before the rounding.
-              const at::Tensor residual = (a.to(at::kDouble) - qh.to(at::kDouble) * s.to(at::kDouble)).to(at::kFloat);
-              const at::Tensor ql = at::where(nonzero, at::round(residual / s_lo).clamp(-127, 127), at::zeros({}));
-              EXPECT_TRUE(qa.select(1, 1).narrow(1, 0, k).to(at::kFloat).sub(128).equal(ql)) << how;
-              EXPECT_LE(MaxAbsDiff(at::where(nonzero, qh * s + ql * s_lo, at::zeros({})), a),
-                        (a.abs().max() / 127 / 254).item<double>() + 1e-30)
-                  << "the two terms are 254 times finer than one";
-              want = base + (s * at::matmul(qh, wq) + s_lo * at::matmul(ql, wq)) * scale;
-            }
-            for (bool accumulate : {true, false}) {
-              at::Tensor out = base.clone();
-              kernels::Int8GemmPackedAvx512(qa.data_ptr<uint8_t>(), ldq, row_scale.data_ptr<float>(), rows, terms,
-                                            packed.data_ptr<int8_t>(), sums.data_ptr<int32_t>(),
-                                            scale.data_ptr<float>(), k, n, 0, panels, out.data_ptr<float>(), n,
-                                            accumulate);
-              EXPECT_LT(MaxAbsDiff(out, accumulate ? want : want - base), 1e-5) << "int8 " << how;
-              if (accumulate) {
-                EXPECT_TRUE(out[0].equal(base[0])) << "a zero row adds nothing";
+            at::Tensor first_out[2];  // by accumulate, from the first build
+            for (bool vnni : int8_builds) {
+              const std::string build = how + " " + PackedInt8Build::Name(vnni);
+              const PackedInt8Build run(vnni, a, terms);
+              const at::Tensor& row_scale = run.row_scale();
+              const at::Tensor values = run.Values();
+              const at::Tensor s = (a.abs().amax(1) / 127).unsqueeze(1), s_lo = s / 254;
+              EXPECT_TRUE(row_scale.select(1, 0).equal(s.squeeze(1))) << build;
+              const at::Tensor nonzero = s > 0;
+              const at::Tensor qh = at::where(nonzero, at::round(a / s), at::zeros({}));
+              EXPECT_TRUE(values.select(1, 0).equal(qh)) << build;
+              const at::Tensor wq = q.to(at::kFloat);
+              // Integer sums below 2^24 are exact in float32 in any order.
+              at::Tensor want = base + s * at::matmul(qh, wq) * scale;
+              if (terms == 2) {
+                EXPECT_TRUE(row_scale.select(1, 1).equal(s_lo.squeeze(1))) << build;
+                // The residual a - qh * s rounded once (fused), exact in double before the rounding.
+                const at::Tensor residual = (a.to(at::kDouble) - qh.to(at::kDouble) * s.to(at::kDouble)).to(at::kFloat);
+                const at::Tensor ql = at::where(nonzero, at::round(residual / s_lo).clamp(-127, 127), at::zeros({}));
+                EXPECT_TRUE(values.select(1, 1).equal(ql)) << build;
+                EXPECT_LE(MaxAbsDiff(at::where(nonzero, qh * s + ql * s_lo, at::zeros({})), a),
+                          (a.abs().max() / 127 / 254).item<double>() + 1e-30)
+                    << "the two terms are 254 times finer than one";
+                want = base + (s * at::matmul(qh, wq) + s_lo * at::matmul(ql, wq)) * scale;
               }
-              // The last row alone, and the panels split in two: the same bits.
-              at::Tensor last = base.narrow(0, rows - 1, 1).clone();
-              const int64_t half = panels / 2;
-              for (auto [p0, p1] : {std::pair<int64_t, int64_t>{0, half}, {half, panels}}) {
-                kernels::Int8GemmPackedAvx512(
-                    qa[rows - 1].data_ptr<uint8_t>(), ldq, row_scale[rows - 1].data_ptr<float>(), 1, terms,
-                    packed.data_ptr<int8_t>(), sums.data_ptr<int32_t>(), scale.data_ptr<float>(), k, n, p0, p1,
-                    last.data_ptr<float>(), n, accumulate);
+              for (bool accumulate : {true, false}) {
+                at::Tensor out = base.clone();
+                run.Multiply(0, rows, packed, sums, scale, n, 0, panels, out.data_ptr<float>(), accumulate);
+                EXPECT_LT(MaxAbsDiff(out, accumulate ? want : want - base), 1e-5) << "int8 " << build;
+                if (accumulate) {
+                  EXPECT_TRUE(out[0].equal(base[0])) << "a zero row adds nothing";
+                }
+                // The last row alone, and the panels split in two: the same bits.
+                at::Tensor last = base.narrow(0, rows - 1, 1).clone();
+                const int64_t half = panels / 2;
+                for (auto [p0, p1] : {std::pair<int64_t, int64_t>{0, half}, {half, panels}}) {
+                  run.Multiply(rows - 1, 1, packed, sums, scale, n, p0, p1, last.data_ptr<float>(), accumulate);
+                }
+                EXPECT_TRUE(last.equal(out.narrow(0, rows - 1, 1))) << "int8 " << build;
+                // Every build gives the same bits (the integer sums are exact).
+                at::Tensor& first = first_out[accumulate ? 1 : 0];
+                if (!first.defined()) {
+                  first = out;
+                } else {
+                  EXPECT_TRUE(first.equal(out)) << "int8 " << build << " against the first build";
+                }
               }
-              EXPECT_TRUE(last.equal(out.narrow(0, rows - 1, 1))) << "int8 " << how;
             }
           }
-          // A NaN makes its row's outputs NaN (float32 arithmetic would), and only its row's.
+          // A NaN makes its row's outputs NaN (float32 arithmetic would), and only its row's;
+          // a row of subnormals rounds as in the VNNI build (a qh past 127 saturates to 127).
           at::Tensor bad = a.clone();
           bad[rows - 1][k / 2] = std::numeric_limits<float>::quiet_NaN();
+          if (rows > 2) {
+            bad[1].fill_(0);
+            bad[1][0] = 190 * std::numeric_limits<float>::denorm_min();
+            bad[1][k - 1] = -190 * std::numeric_limits<float>::denorm_min();
+          }
           for (int terms : {1, 2}) {
-            at::Tensor qa = at::empty({rows, terms, ldq}, at::kByte);
-            at::Tensor row_scale = at::empty({rows, terms});
-            kernels::QuantizeRowsInt8Avx512(bad.data_ptr<float>(), k, rows, k, terms, qa.data_ptr<uint8_t>(), ldq,
-                                            row_scale.data_ptr<float>());
-            at::Tensor out = base.clone();
-            kernels::Int8GemmPackedAvx512(qa.data_ptr<uint8_t>(), ldq, row_scale.data_ptr<float>(), rows, terms,
-                                          packed.data_ptr<int8_t>(), sums.data_ptr<int32_t>(), scale.data_ptr<float>(),
-                                          k, n, 0, panels, out.data_ptr<float>(), n, true);
-            EXPECT_TRUE(out[rows - 1].isnan().all().item<bool>()) << where;
-            if (rows > 1) {
-              EXPECT_FALSE(out.narrow(0, 0, rows - 1).isnan().any().item<bool>()) << where;
+            at::Tensor first;
+            for (bool vnni : int8_builds) {
+              const PackedInt8Build run(vnni, bad, terms);
+              at::Tensor out = base.clone();
+              run.Multiply(0, rows, packed, sums, scale, n, 0, panels, out.data_ptr<float>(), true);
+              EXPECT_TRUE(out[rows - 1].isnan().all().item<bool>()) << where;
+              if (rows > 1) {
+                EXPECT_FALSE(out.narrow(0, 0, rows - 1).isnan().any().item<bool>()) << where;
+              }
+              if (!first.defined()) {
+                first = out;
+              } else {
+                EXPECT_TRUE(first.narrow(0, 0, rows - 1).equal(out.narrow(0, 0, rows - 1))) << where;
+              }
             }
           }
         }
@@ -455,6 +524,35 @@ TEST(WeightStorageTest, PackedGemmsMatchTheirDefinition) {
           EXPECT_TRUE(out[0].equal(base[0])) << "a zero row adds nothing";
         }
       }
+    }
+  }
+}
+
+// An int8 set computes the same bits with AVX512-VNNI and with AVX2 (the cap switches the
+// packed GEMM between its builds; the layout is the same): an answer does not depend on
+// which x86-64 server computed it.
+TEST(WeightStorageTest, Int8SetsGiveTheSameBitsOnAvx2AsWithVnni) {
+  if (CpuIsaLevel() != IsaLevel::kAvx512 || !kernels::HasPackedInt8Vnni()) {
+    GTEST_SKIP() << "needs AVX512-VNNI to compare with";
+  }
+  const IsaLevel level = KernelIsa();
+  StackedLstm lstm =
+      *StackedLstm::FromParameterSet(*CreateParameterSet(TestLstmSpec(2, 40, 72, true, 6, WeightStorage::kInt8), {}));
+  at::Generator gen = at::detail::createCPUGenerator(12);
+  for (int64_t batch : {1, 7, 64}) {
+    const at::Tensor x = at::empty({9, batch, 40}).normal_(0, 2, gen);
+    SetIsaCap(IsaLevel::kAvx512);
+    auto vnni = lstm.Run(x, {}, true, LstmPath::kBlas);
+    SetIsaCap(IsaLevel::kAvx2);
+    ASSERT_FALSE(kernels::HasPackedInt8Vnni());
+    ASSERT_TRUE(kernels::HasPackedInt8());
+    auto avx2 = lstm.Run(x, {}, true, LstmPath::kBlas);
+    SetIsaCap(level);
+    ASSERT_TRUE(vnni.ok() && avx2.ok()) << vnni.status() << avx2.status();
+    EXPECT_TRUE(vnni->outputs.equal(avx2->outputs))
+        << "B=" << batch << " max diff " << MaxAbsDiff(vnni->outputs, avx2->outputs);
+    for (int64_t l = 0; l < 2; ++l) {
+      EXPECT_TRUE(vnni->final_state.c[l].equal(avx2->final_state.c[l])) << "B=" << batch;
     }
   }
 }

@@ -29,7 +29,7 @@ class SetRegistryTest : public ::testing::Test {
   }
 
   // An int8 set: every CPU derives a layout for it on the kBlas path (the packed int8 GEMM's
-  // weights with VNNI, a float32 copy without).
+  // weights on x86-64-v3 and above, a float32 copy below).
   static core::StoredSet Int8Set(const std::string& id) {
     core::ParameterSetSpec spec;
     spec.lstm = core::LstmTemplate{2, 8, 32, true};

@@ -1,0 +1,202 @@
+// The packed int8 GEMM for CPUs without AVX512-VNNI (x86-64-v3: AVX2 + FMA, as on AMD Zen 2
+// and 3, or an AVX-512 CPU without VNNI, or any CPU capped to avx2): the same packed weights
+// as the VNNI kernel (packed_gemm_avx512.cc), the activations rounded exactly as it rounds
+// them, and every output bit equal to its outputs.
+//
+// AVX2 has no instruction that multiplies unsigned by signed bytes into 32-bit sums without
+// saturating (vpmaddubsw saturates at 16 bits: 255 * -128 * 2 does not fit), so the integer
+// sums are formed by vpmaddwd on 16-bit values: the rounded activations are stored as int16
+// (qh itself, in [-128, 127], not qh + 128), the weights are sign-extended to int16 as they are
+// loaded, and each vpmaddwd adds 16 exact products into 8 int32 lanes, two per column (k
+// pairs 0-1 and 2-3 of a group of 4). The sums are exact, so they are the VNNI kernel's sums,
+// and the float32 epilogue is the same arithmetic in the same order: the same bits.
+//
+// A tile is 6 rows by 8 columns (half a 16-column panel): 6 x 2 accumulators, 2 weight
+// vectors (4 columns x 4 k each) and 1 broadcast of a row's 4 activations fill 15 of the
+// 16 YMM registers. A vpmaddwd + vpaddd pair does 16 multiply-adds, a float32 FMA 8; on this
+// project's Zen 5 EPYC a pair took 0.17 ns against the FMA's 0.13 (1.5x float32's rate), and
+// the weights are a quarter of float32's bytes. At --isa=avx2 there, int8 took 0.52 of
+// float32's time on L and 0.72 on M (README, "Reduced-precision weights").
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
+#include "lstm_kernels.h"
+
+namespace lstmserve::core::kernels {
+namespace {
+
+constexpr int kRowsPerTile = 6;
+// Rows whose activations stay in L2 while every panel of the call passes over them (120 rows
+// of k = 1024 are 240 KiB of int16).
+constexpr int64_t kRowsPerBlock = 120;
+
+// Lanes i < min(8, n - j) set.
+inline __m256i ColumnMask(int64_t j, int64_t n) {
+  const int left = static_cast<int>(std::min<int64_t>(8, n - j));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+inline int64_t Load64(const int16_t* p) {
+  int64_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// acc += p, in acc's register: GCC 12 otherwise adds into p's register and copies it back
+// (a vmovdqa per accumulator per group, or a spill).
+inline __attribute__((always_inline)) void AddTo(__m256i& acc, __m256i p) {
+  asm("vpaddd %1, %0, %0" : "+x"(acc) : "x"(p));
+}
+
+// acc[r] = the two int32 partial sums per column of row r (q + r * ldq, int16) dotted with the
+// 8 columns at w (groups of 64 bytes apart: 4 columns x 4 k, then the next 4 columns).
+template <int MR>
+inline __attribute__((always_inline)) void Accumulate(const int16_t* q, int64_t ldq, const int8_t* w, int64_t groups,
+                                                      __m256i (&acc)[MR][2]) {
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m256i b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + g * 64)));
+    const __m256i b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + g * 64 + 16)));
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m256i a = _mm256_set1_epi64x(Load64(q + r * ldq + 4 * g));
+      AddTo(acc[r][0], _mm256_madd_epi16(a, b0));
+      AddTo(acc[r][1], _mm256_madd_epi16(a, b1));
+    }
+  }
+}
+
+// The 8 columns' sums from their pairs: hadd gives columns 0 1 4 5 | 2 3 6 7.
+inline __m256 ColumnSums(const __m256i (&pairs)[2]) {
+  return _mm256_cvtepi32_ps(_mm256_permute4x64_epi64(_mm256_hadd_epi32(pairs[0], pairs[1]), 0xD8));
+}
+
+// MP rows of activations (each TERMS rows of q) by 8 columns from j0; each output gets
+// (s * Qh (+ s_lo * Ql)) * column_scale, as Int8Tile in packed_gemm_avx512.cc.
+template <int TERMS, int MP>
+void Int8Tile(const int16_t* q, int64_t ldq, const float* row_scale, const int8_t* w, int64_t groups,
+              const float* column_scale, int64_t j0, int64_t n, float* out, int64_t ldo, bool accumulate) {
+  __m256i acc[TERMS * MP][2];
+  Accumulate(q, ldq, w, groups, acc);
+  const __m256i m = ColumnMask(j0, n);
+  const __m256 cs = _mm256_maskload_ps(column_scale + j0, m);
+#pragma GCC unroll 8
+  for (int r = 0; r < MP; ++r) {
+    __m256 v = _mm256_mul_ps(ColumnSums(acc[TERMS * r]), _mm256_set1_ps(row_scale[TERMS * r]));
+    if (TERMS == 2) v = _mm256_fmadd_ps(ColumnSums(acc[TERMS * r + 1]), _mm256_set1_ps(row_scale[TERMS * r + 1]), v);
+    float* o = out + r * ldo + j0;
+    _mm256_maskstore_ps(o, m, accumulate ? _mm256_fmadd_ps(v, cs, _mm256_maskload_ps(o, m)) : _mm256_mul_ps(v, cs));
+  }
+}
+
+using TileFn = void (*)(const int16_t*, int64_t, const float*, const int8_t*, int64_t, const float*, int64_t, int64_t,
+                        float*, int64_t, bool);
+constexpr TileFn kTiles1[kRowsPerTile] = {&Int8Tile<1, 1>, &Int8Tile<1, 2>, &Int8Tile<1, 3>,
+                                          &Int8Tile<1, 4>, &Int8Tile<1, 5>, &Int8Tile<1, 6>};
+constexpr TileFn kTiles2[kRowsPerTile / 2] = {&Int8Tile<2, 1>, &Int8Tile<2, 2>, &Int8Tile<2, 3>};
+
+// Whether x[0, k) has no NaN and no infinity (x * 0 is 0 for every finite x, else NaN).
+bool RowIsFinite(const float* x, int64_t k) {
+  __m256 sum = _mm256_setzero_ps();
+  for (int64_t i = 0; i < k; i += 8) {
+    sum = _mm256_add_ps(sum, _mm256_mul_ps(_mm256_maskload_ps(x + i, ColumnMask(i, k)), _mm256_setzero_ps()));
+  }
+  float lanes[8];
+  _mm256_storeu_ps(lanes, sum);
+  float total = 0.0f;
+  for (float lane : lanes) total += lane;
+  return total == 0.0f;
+}
+
+float MaxAbs(const float* x, int64_t k) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 amax = _mm256_setzero_ps();
+  for (int64_t i = 0; i < k; i += 8) {
+    amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_maskload_ps(x + i, ColumnMask(i, k))));
+  }
+  float lanes[8];
+  _mm256_storeu_ps(lanes, amax);
+  return *std::max_element(lanes, lanes + 8);
+}
+
+// 8 int32 (in int16 range) to int16 at p, the first `count` of them.
+inline void StoreInt16(int16_t* p, __m256i v, int64_t count) {
+  const __m128i packed = _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packs_epi32(v, v), 0x08));
+  if (count >= 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
+    return;
+  }
+  int16_t lanes[8];
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(lanes), packed);
+  std::copy(lanes, lanes + count, p);
+}
+
+}  // namespace
+
+void QuantizeRowsInt8Avx2(const float* a, int64_t lda, int64_t rows, int64_t k, int terms, int16_t* q, int64_t ldq,
+                          float* row_scale) {
+  const __m256i offset = _mm256_set1_epi32(128), top = _mm256_set1_epi32(255);
+  const __m256i low = _mm256_set1_epi32(-127), high = _mm256_set1_epi32(127);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = a + r * lda;
+    const float s = MaxAbs(x, k) / 127.0f;
+    const float s_lo = s / 254.0f;
+    int16_t* hi = q + terms * r * ldq;
+    int16_t* lo = hi + ldq;  // two terms only
+    float* scales = row_scale + terms * r;
+    const bool finite = RowIsFinite(x, k);
+    if (!finite || s == 0.0f) {
+      std::fill(scales, scales + terms, finite ? 0.0f : std::numeric_limits<float>::quiet_NaN());
+      std::fill(hi, hi + terms * ldq, int16_t{0});
+      continue;
+    }
+    scales[0] = s;
+    if (terms == 2) scales[1] = s_lo;
+    const __m256 vs = _mm256_set1_ps(s), vs_lo = _mm256_set1_ps(s_lo);
+    for (int64_t i = 0; i < k; i += 8) {
+      const __m256 v = _mm256_maskload_ps(x + i, ColumnMask(i, k));
+      const __m256 qh = _mm256_round_ps(_mm256_div_ps(v, vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      // The VNNI kernel stores qh + 128 with unsigned saturation (a qh past 127, possible only
+      // for rows of subnormals, becomes 255); the same value, less 128.
+      const __m256i qh_int =
+          _mm256_sub_epi32(_mm256_min_epu32(_mm256_add_epi32(_mm256_cvtps_epi32(qh), offset), top), offset);
+      StoreInt16(hi + i, qh_int, k - i);
+      if (terms == 2) {
+        const __m256 residual = _mm256_fnmadd_ps(qh, vs, v);
+        const __m256i ql =
+            _mm256_min_epi32(high, _mm256_max_epi32(low, _mm256_cvtps_epi32(_mm256_div_ps(residual, vs_lo))));
+        StoreInt16(lo + i, ql, k - i);
+      }
+    }
+    std::fill(hi + k, hi + ldq, int16_t{0});
+    if (terms == 2) std::fill(lo + k, lo + ldq, int16_t{0});
+  }
+}
+
+void Int8GemmPackedAvx2(const int16_t* q, int64_t ldq, const float* row_scale, int64_t rows, int terms,
+                        const int8_t* packed, const float* column_scale, int64_t k, int64_t n, int64_t p0, int64_t p1,
+                        float* out, int64_t ldo, bool accumulate) {
+  const int64_t groups = (k + 3) / 4, panel_bytes = groups * 64;
+  const int64_t tile_rows = kRowsPerTile / terms;
+  for (int64_t b = 0; b < rows; b += kRowsPerBlock) {
+    const int64_t block_end = std::min(rows, b + kRowsPerBlock);
+    for (int64_t p = p0; p < p1; ++p) {
+      for (int64_t half = 0; half < 2; ++half) {
+        const int64_t j0 = p * kPanelColumns + 8 * half;
+        if (j0 >= n) break;
+        for (int64_t r = b; r < block_end; r += tile_rows) {
+          const int64_t mp = std::min<int64_t>(tile_rows, block_end - r);
+          const TileFn tile = terms == 1 ? kTiles1[mp - 1] : kTiles2[mp - 1];
+          tile(q + terms * r * ldq, ldq, row_scale + terms * r, packed + p * panel_bytes + 32 * half, groups,
+               column_scale, j0, n, out + r * ldo, ldo, accumulate);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace lstmserve::core::kernels
