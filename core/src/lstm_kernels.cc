@@ -163,10 +163,18 @@ bool HasPackedInt8() {
 #endif
 }
 
-bool HasPackedBf16() {
+bool HasPackedBf16Avx512() {
 #ifdef LSTMSERVE_REDUCED_AVX512
   static const bool cpu = __builtin_cpu_supports("avx512bf16");
   return cpu && HasAvx512();
+#else
+  return false;
+#endif
+}
+
+bool HasPackedBf16() {
+#ifdef LSTMSERVE_REDUCED_AVX512
+  return HasPackedBf16Avx512() || KernelIsa() >= IsaLevel::kAvx2;
 #else
   return false;
 #endif

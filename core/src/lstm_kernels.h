@@ -47,11 +47,13 @@ void Int8SumsAvx2(const float* a, int64_t lda, const int8_t* w, int64_t ldw, int
 // weights on vdpbf16ps (AVX512-BF16) with the activations rounded to bf16: 4x and 2x the
 // multiply-adds per instruction of float32 FMAs. packed_gemm_avx512.cc; the CPU must have
 // x86-64-v4 and the extension (HasPackedInt8, HasPackedBf16; false off GCC x86-64).
-// HasPackedInt8 is also true on every x86-64-v3 CPU (AVX2 + FMA) without VNNI, where the
-// int8 GEMM is Int8GemmPackedAvx2 (same bits); HasPackedInt8Vnni says which one runs.
+// Both are also true on every x86-64-v3 CPU (AVX2 + FMA) without the extension, where the
+// GEMMs are Int8GemmPackedAvx2 and Bf16GemmPackedAvx2 (same bits); HasPackedInt8Vnni and
+// HasPackedBf16Avx512 say which build runs.
 bool HasPackedInt8();
 bool HasPackedInt8Vnni();
 bool HasPackedBf16();
+bool HasPackedBf16Avx512();
 
 // The weight [k, n] is packed in panels of 16 columns; in each, groups of G consecutive k of
 // a column lie side by side (G = 4 for int8, 2 for bf16), zero padded to whole panels and
@@ -104,6 +106,13 @@ void Int8GemmPackedAvx2(const int16_t* q, int64_t ldq, const float* row_scale, i
                         float* out, int64_t ldo, bool accumulate);
 void Bf16GemmPackedAvx512(const uint16_t* q, int64_t ldq, int64_t rows, const uint16_t* packed, int64_t k, int64_t n,
                           int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate);
+// The bf16 GEMM for x86-64-v3, in packed_gemm_avx2.cc (same packed weights): q holds the
+// same rounding as RoundRowsBf16Avx512's (vcvtneps2bf16's: a denormal becomes a signed zero,
+// a NaN is quieted), as float32 values (ldq floats per row), and every output bit equals
+// Bf16GemmPackedAvx512's (vdpbf16ps's two FMAs per lane, odd k first, under DAZ and FTZ).
+void RoundRowsBf16Avx2(const float* a, int64_t lda, int64_t rows, int64_t k, float* q, int64_t ldq);
+void Bf16GemmPackedAvx2(const float* q, int64_t ldq, int64_t rows, const uint16_t* packed, int64_t k, int64_t n,
+                        int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate);
 
 // The LSTM cell's elementwise part for `rows` rows of hidden size h:
 //   gates [rows, 4h] holds the pre-activations in blocks i, f, o, g; bias [4h] (zeros when

@@ -1,9 +1,10 @@
-// The packed int8 GEMM for CPUs without AVX512-VNNI (x86-64-v3: AVX2 + FMA, as on AMD Zen 2
-// and 3, or an AVX-512 CPU without VNNI, or any CPU capped to avx2): the same packed weights
-// as the VNNI kernel (packed_gemm_avx512.cc), the activations rounded exactly as it rounds
-// them, and every output bit equal to its outputs.
+// The packed int8 and bf16 GEMMs for CPUs without AVX512-VNNI or AVX512-BF16 (x86-64-v3:
+// AVX2 + FMA, as on AMD Zen 2 and 3, or an AVX-512 CPU without them, or any CPU capped to
+// avx2): the same packed weights as the AVX-512 kernels (packed_gemm_avx512.cc), the
+// activations rounded exactly as they round them, and every output bit equal to theirs.
+// This file alone is compiled for x86-64-v3 (core/CMakeLists.txt).
 //
-// AVX2 has no instruction that multiplies unsigned by signed bytes into 32-bit sums without
+// int8 (Int8GemmPackedAvx2): AVX2 has no instruction that multiplies unsigned by signed bytes into 32-bit sums without
 // saturating (vpmaddubsw saturates at 16 bits: 255 * -128 * 2 does not fit), so the integer
 // sums are formed by vpmaddwd on 16-bit values: the rounded activations are stored as int16
 // (qh itself, in [-128, 127], not qh + 128), the weights are sign-extended to int16 as they are
@@ -16,7 +17,16 @@
 // 16 YMM registers. A vpmaddwd + vpaddd pair does 16 multiply-adds, a float32 FMA 8; on this
 // project's Zen 5 EPYC a pair took 0.17 ns against the FMA's 0.13 (1.5x float32's rate), and
 // the weights are a quarter of float32's bytes. At --isa=avx2 there, int8 took 0.52 of
-// float32's time on L and 0.72 on M (README, "Reduced-precision weights").
+// float32's time on L and 0.72 on M (README, "Reduced-precision weights"). The tile for
+// bf16 is 5 rows by one panel (10 accumulators), or for 1 and 2 rows 4 and 2 panels.
+//
+// bfloat16 weights (Bf16GemmPackedAvx2): vdpbf16ps (AVX512-BF16) computes, per 32-bit lane,
+// acc = fma(a_odd, w_odd, acc) and then fma(a_even, w_even, acc) with denormal inputs read
+// as zero and denormal results flushed (DAZ, FTZ), whatever MXCSR says. Here the same two
+// FMAs in that order run on the weights widened in registers (a shift and a mask per 8
+// columns x 2 k), with MXCSR's DAZ and FTZ set while the sums run: the BF16 kernel's bits
+// again (tested against vdpbf16ps, denormals included), at float32's FMA rate and half its
+// weight bytes.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -135,7 +145,149 @@ inline void StoreInt16(int16_t* p, __m256i v, int64_t count) {
   std::copy(lanes, lanes + count, p);
 }
 
+// ---- bfloat16 ----
+
+constexpr int kBf16RowsPerTile = 5;
+constexpr unsigned kFlushDenormals = 0x8040;  // MXCSR: FTZ (bit 15) and DAZ (bit 6)
+// Panels per tile by rows: every output lane is one chain of dependent FMAs (vdpbf16ps's
+// order), so a tile needs about 8 accumulators in flight to cover the FMA's latency; a
+// row alone takes 4 panels (S at B=1: 4.2 us with one panel, as float32's 3.2 with four).
+constexpr int kBf16PanelsPerTile[kBf16RowsPerTile] = {4, 2, 1, 1, 1};
+
+// acc += a * w, one rounding, in acc's register (as AddTo).
+inline __attribute__((always_inline)) void FmaTo(__m256& acc, __m256 a, __m256 w) {
+  asm("vfmadd231ps %2, %1, %0" : "+x"(acc) : "x"(a), "x"(w));
+}
+
+// sums[(r * NP + i) * 16 + j] = row r of q (floats holding bf16 values, ldq apart) dotted
+// with column j of panel i (panel_words apart), in vdpbf16ps's order and with its flushing.
+// Not inlined, and the sums go through memory, so that no float operation of the caller
+// runs under the changed MXCSR.
+template <int MR, int NP>
+__attribute__((noinline)) void Bf16Sums(const float* q, int64_t ldq, const uint32_t* panels, int64_t panel_words,
+                                        int64_t groups, float* sums) {
+  const unsigned csr = _mm_getcsr();
+  _mm_setcsr(csr | kFlushDenormals);
+  __m256 acc[MR][NP][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int i = 0; i < NP; ++i) acc[r][i][0] = acc[r][i][1] = _mm256_setzero_ps();
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (int64_t g = 0; g < groups; ++g) {
+#pragma GCC unroll 4
+    for (int i = 0; i < NP; ++i) {
+      const uint32_t* w = panels + i * panel_words + g * 16;
+      const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+      const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 8));
+      // Each 32-bit lane holds a column's k = 2g (low half) and 2g + 1 (high half).
+      const __m256 odd0 = _mm256_castsi256_ps(_mm256_and_si256(x0, high));
+      const __m256 odd1 = _mm256_castsi256_ps(_mm256_and_si256(x1, high));
+      const __m256 even0 = _mm256_castsi256_ps(_mm256_slli_epi32(x0, 16));
+      const __m256 even1 = _mm256_castsi256_ps(_mm256_slli_epi32(x1, 16));
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        const __m256 a = _mm256_broadcast_ss(q + r * ldq + 2 * g + 1);
+        FmaTo(acc[r][i][0], a, odd0);
+        FmaTo(acc[r][i][1], a, odd1);
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        const __m256 a = _mm256_broadcast_ss(q + r * ldq + 2 * g);
+        FmaTo(acc[r][i][0], a, even0);
+        FmaTo(acc[r][i][1], a, even1);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int i = 0; i < NP; ++i) {
+      _mm256_storeu_ps(sums + (r * NP + i) * 16, acc[r][i][0]);
+      _mm256_storeu_ps(sums + (r * NP + i) * 16 + 8, acc[r][i][1]);
+    }
+  }
+  _mm_setcsr(csr);
+}
+
+// MR rows by NP panels (columns from j0): out (=|+=) the sums, as Bf16Tile in
+// packed_gemm_avx512.cc.
+template <int MR, int NP>
+void Bf16Tile(const float* q, int64_t ldq, const uint32_t* panels, int64_t panel_words, int64_t groups, int64_t j0,
+              int64_t n, float* out, int64_t ldo, bool accumulate) {
+  float sums[MR * NP * 16];
+  Bf16Sums<MR, NP>(q, ldq, panels, panel_words, groups, sums);
+  for (int64_t c = 0; c < 2 * NP; ++c) {
+    const int64_t j = j0 + 8 * c;
+    if (j >= n) break;
+    const __m256i m = ColumnMask(j, n);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m256 v = _mm256_loadu_ps(sums + r * NP * 16 + 8 * c);
+      float* o = out + r * ldo + j;
+      _mm256_maskstore_ps(o, m, accumulate ? _mm256_add_ps(v, _mm256_maskload_ps(o, m)) : v);
+    }
+  }
+}
+
+using Bf16TileFn = void (*)(const float*, int64_t, const uint32_t*, int64_t, int64_t, int64_t, int64_t, float*, int64_t,
+                            bool);
+// By (rows - 1, panels - 1), panels up to kBf16PanelsPerTile[rows - 1].
+constexpr Bf16TileFn kBf16Tiles[kBf16RowsPerTile][4] = {
+    {&Bf16Tile<1, 1>, &Bf16Tile<1, 2>, &Bf16Tile<1, 3>, &Bf16Tile<1, 4>},
+    {&Bf16Tile<2, 1>, &Bf16Tile<2, 2>, nullptr, nullptr},
+    {&Bf16Tile<3, 1>, nullptr, nullptr, nullptr},
+    {&Bf16Tile<4, 1>, nullptr, nullptr, nullptr},
+    {&Bf16Tile<5, 1>, nullptr, nullptr, nullptr}};
+
 }  // namespace
+
+void RoundRowsBf16Avx2(const float* a, int64_t lda, int64_t rows, int64_t k, float* q, int64_t ldq) {
+  const __m256i exponent = _mm256_set1_epi32(0x7F800000), mantissa = _mm256_set1_epi32(0x007FFFFF);
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u)), quiet = _mm256_set1_epi32(0x00400000);
+  const __m256i half = _mm256_set1_epi32(0x7FFF), one = _mm256_set1_epi32(1), zero = _mm256_setzero_si256();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = a + r * lda;
+    float* dst = q + r * ldq;
+    for (int64_t i = 0; i < k; i += 8) {
+      const __m256i m = ColumnMask(i, k);
+      const __m256i v = _mm256_castps_si256(_mm256_maskload_ps(x + i, m));
+      // vcvtneps2bf16: round to nearest even; a NaN quieted; a denormal to a signed zero.
+      const __m256i e = _mm256_and_si256(v, exponent);
+      const __m256i nan =
+          _mm256_andnot_si256(_mm256_cmpeq_epi32(_mm256_and_si256(v, mantissa), zero), _mm256_cmpeq_epi32(e, exponent));
+      const __m256i denormal = _mm256_cmpeq_epi32(e, zero);
+      const __m256i rounded = _mm256_and_si256(
+          _mm256_add_epi32(v, _mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32(v, 16), one))), high);
+      __m256i b = _mm256_blendv_epi8(rounded, _mm256_and_si256(v, sign), denormal);
+      b = _mm256_blendv_epi8(b, _mm256_or_si256(_mm256_and_si256(v, high), quiet), nan);
+      _mm256_maskstore_ps(dst + i, m, _mm256_castsi256_ps(b));
+    }
+    std::fill(dst + k, dst + ldq, 0.0f);
+  }
+}
+
+void Bf16GemmPackedAvx2(const float* q, int64_t ldq, int64_t rows, const uint16_t* packed, int64_t k, int64_t n,
+                        int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate) {
+  const int64_t groups = (k + 1) / 2, panel_words = groups * 16;
+  const uint32_t* words = reinterpret_cast<const uint32_t*>(packed);
+  // Four panels at a time (their weights stay in L2) for every tile of rows of the block.
+  for (int64_t b = 0; b < rows; b += kRowsPerBlock) {
+    const int64_t block_end = std::min(rows, b + kRowsPerBlock);
+    for (int64_t pg = p0; pg < p1; pg += 4) {
+      const int64_t pg_end = std::min(p1, pg + 4);
+      for (int64_t r = b; r < block_end; r += kBf16RowsPerTile) {
+        const int64_t mr = std::min<int64_t>(kBf16RowsPerTile, block_end - r);
+        for (int64_t p = pg; p < pg_end; p += kBf16PanelsPerTile[mr - 1]) {
+          const int64_t np = std::min<int64_t>(kBf16PanelsPerTile[mr - 1], pg_end - p);
+          kBf16Tiles[mr - 1][np - 1](q + r * ldq, ldq, words + p * panel_words, panel_words, groups, p * kPanelColumns,
+                                     n, out + r * ldo, ldo, accumulate);
+        }
+      }
+    }
+  }
+}
 
 void QuantizeRowsInt8Avx2(const float* a, int64_t lda, int64_t rows, int64_t k, int terms, int16_t* q, int64_t ldq,
                           float* row_scale) {

@@ -151,13 +151,14 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
   TORCH_CHECK(false, "this build of lstmserve has no packed GEMMs");  // UsesPackedGemm() is false
 #else
   const bool int8 = storage == WeightStorage::kInt8;
-  // Without VNNI the int8 rounding is held as int16 (Int8GemmPackedAvx2).
+  // Without VNNI (BF16) the rounding is held as int16 (float32): the AVX2 builds.
   const bool int8_avx2 = int8 && !kernels::HasPackedInt8Vnni();
+  const bool bf16_avx2 = !int8 && !kernels::HasPackedBf16Avx512();
   const int64_t ldq = kernels::RowStride(k, int8 ? kernels::kInt8Group : kernels::kBf16Group);
   // Row r's rounding starts at q + r * row_elements, 16-bit elements: room for int8's two
-  // terms of ldq bytes (or of ldq int16 without VNNI), or for ldq bf16; its scales at
-  // row_scale + 2 * r.
-  const int64_t row_elements = int8_avx2 ? 2 * ldq : ldq;
+  // terms of ldq bytes (or of ldq int16 on AVX2), or for ldq bf16 (or ldq float32 on AVX2);
+  // its scales at row_scale + 2 * r.
+  const int64_t row_elements = int8_avx2 || bf16_avx2 ? 2 * ldq : ldq;
   // Up to 2 MiB of rounded rows stay allocated per thread (as Scratch's floats); more (a long
   // sequence's input projection) lasts the call.
   constexpr int64_t kCachedElements = int64_t{1} << 20;
@@ -180,6 +181,8 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
     } else if (int8) {
       kernels::QuantizeRowsInt8Avx512(a + r0 * k, k, r1 - r0, k, int8_terms, reinterpret_cast<uint8_t*>(q + r0 * ldq),
                                       ldq, row_scale + 2 * r0);
+    } else if (bf16_avx2) {
+      kernels::RoundRowsBf16Avx2(a + r0 * k, k, r1 - r0, k, reinterpret_cast<float*>(q + r0 * row_elements), ldq);
     } else {
       kernels::RoundRowsBf16Avx512(a + r0 * k, k, r1 - r0, k, q + r0 * ldq, ldq);
     }
@@ -191,6 +194,9 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
     } else if (int8) {
       kernels::Int8GemmPackedAvx512(reinterpret_cast<const uint8_t*>(q + r0 * ldq), ldq, row_scale + 2 * r0, r1 - r0,
                                     int8_terms, w8, column_sums, scale, k, n, p0, p1, out + r0 * n, n, accumulate);
+    } else if (bf16_avx2) {
+      kernels::Bf16GemmPackedAvx2(reinterpret_cast<const float*>(q + r0 * row_elements), ldq, r1 - r0, w16, k, n, p0,
+                                  p1, out + r0 * n, n, accumulate);
     } else {
       kernels::Bf16GemmPackedAvx512(q + r0 * ldq, ldq, r1 - r0, w16, k, n, p0, p1, out + r0 * n, n, accumulate);
     }
@@ -295,9 +301,9 @@ std::string DescribeCpuKernels() {
   const std::string capped =
       level == CpuIsaLevel() ? "" : absl::StrCat(", capped from ", IsaLevelName(CpuIsaLevel()), " (LSTMSERVE_ISA)");
   const char* int8 = kernels::HasPackedInt8Vnni() ? "AVX512-VNNI" : kernels::HasPackedInt8() ? "AVX2" : "no";
-  return absl::StrCat("small-batch kernels ", clone, capped, "; packed int8 GEMM ", int8,
-                      "; packed bf16 GEMM (AVX512-BF16) ", kernels::HasPackedBf16() ? "yes" : "no", "; oneDNN LSTM ",
-                      OneDnnLstmAvailable() ? "yes" : "no");
+  const char* bf16 = kernels::HasPackedBf16Avx512() ? "AVX512-BF16" : kernels::HasPackedBf16() ? "AVX2" : "no";
+  return absl::StrCat("small-batch kernels ", clone, capped, "; packed int8 GEMM ", int8, "; packed bf16 GEMM ", bf16,
+                      "; oneDNN LSTM ", OneDnnLstmAvailable() ? "yes" : "no");
 }
 
 bool OneDnnLstmAvailable() {
@@ -438,7 +444,8 @@ bool StackedLstm::UsesPackedGemm() const {
 }
 
 // A reduced set of at most this many weights (1 MiB as float32) keeps a widened copy where
-// no packed GEMM serves it. Measured at --isa=avx2 on this project's AVX-512 EPYC: widening
+// no packed GEMM serves it (since the AVX2 builds: below x86-64-v3, and int8 layers past
+// kMaxPackedInt8K). Measured at --isa=avx2, before those builds, on this project's AVX-512 EPYC: widening
 // in registers, S took 6.2 (bf16) and 6.5 us (int8) against float32's 4.7, S32 109 and 130
 // against 102 us (tests/bench/compare --isa avx2); from M's layers on (0.9M weights) the
 // reduced sets win (lstmserve-core-bench --isa=avx2, medians of 3: M_B4 bf16 6.4 and int8
@@ -550,10 +557,10 @@ LstmPath StackedLstm::ChoosePath(int64_t batch, int64_t steps, LstmPath requeste
     // kernels, which widen each weight to float32; S int8 3.8 -> 2.4-2.7 us, bf16 2.8-3.0 us.
     if (UsesPackedGemm()) return LstmPath::kBlas;
     if (batch <= kSmallBatchMax) return LstmPath::kSmallBatch;
-    // Without them (bf16 without AVX512-BF16, int8 below x86-64-v3), long sequences of
+    // Without them (below x86-64-v3), long sequences of
     // large batches take oneDNN's LSTM on weights widened per call, as float32 sets do: BLAS
     // on widened weights was slower than float32 there (--isa=avx2, lstmserve-core-bench,
-    // before int8 had its AVX2 GEMM: L bf16 2.30 s and int8 2.57 s against 1.97 s).
+    // before the AVX2 GEMMs: L bf16 2.30 s and int8 2.57 s against 1.97 s).
     return OneDnnLstmAvailable() && batch >= kOneDnnMinBatch && steps >= kOneDnnMinSteps ? LstmPath::kOneDnn
                                                                                          : LstmPath::kBlas;
   }

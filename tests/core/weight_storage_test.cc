@@ -48,10 +48,8 @@ TEST(WeightStorageTest, ParsesPathNames) {
   const std::string kernels_line = DescribeCpuKernels();
   const char* int8 = kernels::HasPackedInt8Vnni() ? "AVX512-VNNI" : kernels::HasPackedInt8() ? "AVX2" : "no";
   EXPECT_NE(kernels_line.find(std::string("packed int8 GEMM ") + int8 + ";"), std::string::npos) << kernels_line;
-  EXPECT_NE(
-      kernels_line.find(std::string("packed bf16 GEMM (AVX512-BF16) ") + (kernels::HasPackedBf16() ? "yes" : "no")),
-      std::string::npos)
-      << kernels_line;
+  const char* bf16 = kernels::HasPackedBf16Avx512() ? "AVX512-BF16" : kernels::HasPackedBf16() ? "AVX2" : "no";
+  EXPECT_NE(kernels_line.find(std::string("packed bf16 GEMM ") + bf16 + ";"), std::string::npos) << kernels_line;
 }
 
 TEST(WeightStorageTest, ParsesNames) {
@@ -204,8 +202,8 @@ TEST(WeightStorageTest, EveryPathAgreesOnReducedWeights) {
         EXPECT_TRUE(at::allclose(step->h.back(), blas->outputs[0], 0, 2e-6)) << WeightStorageName(storage);
         EXPECT_TRUE(at::allclose(step->h.back(), small->outputs[0], 0, blas_tolerance));
         // A row's bits do not depend on the rows beside it where the packed GEMMs run (each
-        // row rounded and summed on its own). Without them (bf16 without AVX512-BF16, int8
-        // below x86-64-v3), kBlas widens the weights and BLAS may sum a row of a larger batch in another order, so
+        // row rounded and summed on its own). Without them (below
+        // x86-64-v3), kBlas widens the weights and BLAS may sum a row of a larger batch in another order, so
         // there the promise is float32's: within 1e-6, as for a float32 set (README).
         auto alone = lstm.Run(x.narrow(1, batch - 1, 1).contiguous(), {}, true, LstmPath::kBlas);
         ASSERT_TRUE(alone.ok());
@@ -405,9 +403,19 @@ class PackedInt8Build {
   at::Tensor q_, row_scale_;
 };
 
+// The bf16 GEMM's builds this CPU can run (true: AVX512-BF16).
+std::vector<bool> PackedBf16Builds() {
+  std::vector<bool> builds;
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  if (CpuIsaLevel() == IsaLevel::kAvx512 && __builtin_cpu_supports("avx512bf16")) builds.push_back(true);
+  if (CpuIsaLevel() >= IsaLevel::kAvx2) builds.push_back(false);
+#endif
+  return builds;
+}
+
 TEST(WeightStorageTest, PackedGemmsMatchTheirDefinition) {
   const std::vector<bool> int8_builds = PackedInt8Build::Available();
-  if (int8_builds.empty() && !kernels::HasPackedBf16()) GTEST_SKIP() << "this CPU has neither AVX2 nor BF16";
+  if (int8_builds.empty()) GTEST_SKIP() << "this CPU has no AVX2 + FMA";
   at::Generator gen = at::detail::createCPUGenerator(33);
   for (int64_t rows : {1, 5, 6, 7, 13, 130}) {
     for (int64_t n : {16, 40, 200, 1040}) {
@@ -419,6 +427,7 @@ TEST(WeightStorageTest, PackedGemmsMatchTheirDefinition) {
         const std::string where =
             "rows " + std::to_string(rows) + " n " + std::to_string(n) + " k " + std::to_string(k);
         const int64_t panels = kernels::Panels(n);
+        at::Tensor bf16_first, bf16_tiny_first;  // the first bf16 build's outputs
         if (!int8_builds.empty()) {
           const at::Tensor scale = w.abs().amax(0) / 127;
           at::Tensor q = at::round(w / scale).to(at::kChar).contiguous();
@@ -505,54 +514,102 @@ TEST(WeightStorageTest, PackedGemmsMatchTheirDefinition) {
             }
           }
         }
-        if (kernels::HasPackedBf16()) {
+        for (bool native : PackedBf16Builds()) {
+          const std::string build = where + (native ? " avx512-bf16" : " avx2");
           const at::Tensor wb = w.to(at::kBFloat16).contiguous();
           at::Tensor packed = at::empty({kernels::PackedElements(k, n, kernels::kBf16Group)}, at::kBFloat16);
           kernels::PackBf16(reinterpret_cast<const uint16_t*>(wb.data_ptr()), n, k, n,
                             reinterpret_cast<uint16_t*>(packed.data_ptr()));
           const int64_t ldq = kernels::RowStride(k, kernels::kBf16Group);
+          // The rounded rows as float32 values (the AVX2 build's format).
+          at::Tensor rounded = at::empty({rows, ldq});
           at::Tensor qa = at::empty({rows, ldq}, at::kBFloat16);
-          kernels::RoundRowsBf16Avx512(a.data_ptr<float>(), k, rows, k, reinterpret_cast<uint16_t*>(qa.data_ptr()),
-                                       ldq);
-          EXPECT_TRUE(qa.narrow(1, 0, k).equal(a.to(at::kBFloat16))) << where;
+          if (native) {
+            kernels::RoundRowsBf16Avx512(a.data_ptr<float>(), k, rows, k, reinterpret_cast<uint16_t*>(qa.data_ptr()),
+                                         ldq);
+            rounded = qa.to(at::kFloat);
+          } else {
+            kernels::RoundRowsBf16Avx2(a.data_ptr<float>(), k, rows, k, rounded.data_ptr<float>(), ldq);
+          }
+          EXPECT_TRUE(rounded.narrow(1, 0, k).equal(a.to(at::kBFloat16).to(at::kFloat))) << build;
+          EXPECT_TRUE(rounded.narrow(1, k, ldq - k).eq(0).all().item<bool>()) << build;
           const at::Tensor want = base + at::matmul(a.to(at::kBFloat16).to(at::kFloat), wb.to(at::kFloat));
           at::Tensor out = base.clone();
-          kernels::Bf16GemmPackedAvx512(reinterpret_cast<const uint16_t*>(qa.data_ptr()), ldq, rows,
-                                        reinterpret_cast<const uint16_t*>(packed.data_ptr()), k, n, 0, panels,
-                                        out.data_ptr<float>(), n, true);
-          EXPECT_LT(MaxAbsDiff(out, want), 1e-5) << "bf16 " << where;
+          const auto* w16 = reinterpret_cast<const uint16_t*>(packed.data_ptr());
+          const auto multiply = [&](const at::Tensor& q, at::Tensor& into) {
+            if (native) {
+              kernels::Bf16GemmPackedAvx512(reinterpret_cast<const uint16_t*>(q.data_ptr()), ldq, rows, w16, k, n, 0,
+                                            panels, into.data_ptr<float>(), n, true);
+            } else {
+              kernels::Bf16GemmPackedAvx2(q.data_ptr<float>(), ldq, rows, w16, k, n, 0, panels, into.data_ptr<float>(),
+                                          n, true);
+            }
+          };
+          multiply(native ? qa : rounded, out);
+          EXPECT_LT(MaxAbsDiff(out, want), 1e-5) << "bf16 " << build;
           EXPECT_TRUE(out[0].equal(base[0])) << "a zero row adds nothing";
+          if (!bf16_first.defined()) {
+            bf16_first = out;
+          } else {
+            EXPECT_TRUE(bf16_first.equal(out)) << "bf16 " << build << " against the first build";
+          }
+          // Denormals and underflowing products: vdpbf16ps reads denormal inputs as zero and
+          // flushes denormal sums; the AVX2 build must give the same bits. (Rows of values
+          // near 1e-38 times weights near 0.1, so that products and sums underflow.)
+          at::Tensor tiny = a * 2e-37;
+          tiny[rows - 1][0] = 3e-39f;  // a denormal input
+          at::Tensor tiny_out = at::zeros({rows, n});
+          if (native) {
+            kernels::RoundRowsBf16Avx512(tiny.data_ptr<float>(), k, rows, k, reinterpret_cast<uint16_t*>(qa.data_ptr()),
+                                         ldq);
+            multiply(qa, tiny_out);
+          } else {
+            at::Tensor tiny_rounded = at::empty({rows, ldq});
+            kernels::RoundRowsBf16Avx2(tiny.data_ptr<float>(), k, rows, k, tiny_rounded.data_ptr<float>(), ldq);
+            EXPECT_EQ(tiny_rounded[rows - 1][0].item<float>(), 0.0f) << "a denormal rounds to zero, as vcvtneps2bf16";
+            multiply(tiny_rounded, tiny_out);
+          }
+          if (!bf16_tiny_first.defined()) {
+            bf16_tiny_first = tiny_out;
+          } else {
+            EXPECT_TRUE(bf16_tiny_first.equal(tiny_out)) << "bf16 underflow " << build << " against the first build";
+          }
         }
       }
     }
   }
 }
 
-// An int8 set computes the same bits with AVX512-VNNI and with AVX2 (the cap switches the
-// packed GEMM between its builds; the layout is the same): an answer does not depend on
-// which x86-64 server computed it.
-TEST(WeightStorageTest, Int8SetsGiveTheSameBitsOnAvx2AsWithVnni) {
-  if (CpuIsaLevel() != IsaLevel::kAvx512 || !kernels::HasPackedInt8Vnni()) {
-    GTEST_SKIP() << "needs AVX512-VNNI to compare with";
-  }
+// A reduced set computes the same bits with AVX512-VNNI/BF16 and with AVX2 (the cap switches
+// the packed GEMMs between their builds; the layout is the same): an answer does not depend
+// on which x86-64 server computed it.
+TEST(WeightStorageTest, ReducedSetsGiveTheSameBitsOnAvx2AsWithAvx512) {
+  if (CpuIsaLevel() != IsaLevel::kAvx512) GTEST_SKIP() << "needs AVX-512 to compare with";
   const IsaLevel level = KernelIsa();
-  StackedLstm lstm =
-      *StackedLstm::FromParameterSet(*CreateParameterSet(TestLstmSpec(2, 40, 72, true, 6, WeightStorage::kInt8), {}));
-  at::Generator gen = at::detail::createCPUGenerator(12);
-  for (int64_t batch : {1, 7, 64}) {
-    const at::Tensor x = at::empty({9, batch, 40}).normal_(0, 2, gen);
+  for (WeightStorage storage : {WeightStorage::kInt8, WeightStorage::kBFloat16}) {
     SetIsaCap(IsaLevel::kAvx512);
-    auto vnni = lstm.Run(x, {}, true, LstmPath::kBlas);
-    SetIsaCap(IsaLevel::kAvx2);
-    ASSERT_FALSE(kernels::HasPackedInt8Vnni());
-    ASSERT_TRUE(kernels::HasPackedInt8());
-    auto avx2 = lstm.Run(x, {}, true, LstmPath::kBlas);
+    const bool native = storage == WeightStorage::kInt8 ? kernels::HasPackedInt8Vnni() : kernels::HasPackedBf16Avx512();
     SetIsaCap(level);
-    ASSERT_TRUE(vnni.ok() && avx2.ok()) << vnni.status() << avx2.status();
-    EXPECT_TRUE(vnni->outputs.equal(avx2->outputs))
-        << "B=" << batch << " max diff " << MaxAbsDiff(vnni->outputs, avx2->outputs);
-    for (int64_t l = 0; l < 2; ++l) {
-      EXPECT_TRUE(vnni->final_state.c[l].equal(avx2->final_state.c[l])) << "B=" << batch;
+    if (!native) continue;
+    StackedLstm lstm =
+        *StackedLstm::FromParameterSet(*CreateParameterSet(TestLstmSpec(2, 40, 72, true, 6, storage), {}));
+    at::Generator gen = at::detail::createCPUGenerator(12);
+    for (int64_t batch : {1, 7, 64}) {
+      const at::Tensor x = at::empty({9, batch, 40}).normal_(0, 2, gen);
+      SetIsaCap(IsaLevel::kAvx512);
+      auto wide = lstm.Run(x, {}, true, LstmPath::kBlas);
+      SetIsaCap(IsaLevel::kAvx2);
+      EXPECT_TRUE(kernels::HasPackedInt8() && kernels::HasPackedBf16());
+      EXPECT_FALSE(kernels::HasPackedInt8Vnni() || kernels::HasPackedBf16Avx512());
+      auto avx2 = lstm.Run(x, {}, true, LstmPath::kBlas);
+      SetIsaCap(level);
+      ASSERT_TRUE(wide.ok() && avx2.ok()) << wide.status() << avx2.status();
+      const std::string what = std::string(WeightStorageName(storage)) + " B=" + std::to_string(batch);
+      EXPECT_TRUE(wide->outputs.equal(avx2->outputs))
+          << what << " max diff " << MaxAbsDiff(wide->outputs, avx2->outputs);
+      for (int64_t l = 0; l < 2; ++l) {
+        EXPECT_TRUE(wide->final_state.c[l].equal(avx2->final_state.c[l])) << what;
+      }
     }
   }
 }

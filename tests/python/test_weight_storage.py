@@ -42,14 +42,11 @@ def cpu_flags():
 
 
 # Reduced sets run the packed GEMMs (lstm_kernels.h, HasPackedInt8/HasPackedBf16), whose
-# activations are rounded first: bf16 where the CPU has AVX-512 and AVX512-BF16, int8 on
-# every x86-64-v3 CPU (AVX512-VNNI, or AVX2's vpmaddwd: the same bits). A cap
-# (LSTMSERVE_ISA) lowers what the CPU has.
-_AVX512 = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"}
+# activations are rounded first, on every x86-64-v3 CPU (AVX512-VNNI and AVX512-BF16, or
+# their AVX2 builds: the same bits). A cap (LSTMSERVE_ISA=baseline) takes them away.
 _X86_64_V3 = {"avx2", "fma", "bmi1", "bmi2", "f16c", "movbe"}
-_ISA = os.environ.get("LSTMSERVE_ISA", "native")
-WIDE = _AVX512 <= cpu_flags() and _ISA in ("native", "avx512")
-PACKED = {"bf16": WIDE and "avx512_bf16" in cpu_flags(), "int8": _X86_64_V3 <= cpu_flags() and _ISA != "baseline"}
+_PACKED = _X86_64_V3 <= cpu_flags() and os.environ.get("LSTMSERVE_ISA", "native") != "baseline"
+PACKED = {"bf16": _PACKED, "int8": _PACKED}
 
 
 def round_activations(t, storage, terms):
