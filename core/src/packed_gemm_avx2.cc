@@ -31,9 +31,9 @@
 
 #include <algorithm>
 #include <cstring>
-#include <limits>
 
 #include "lstm_kernels.h"
+#include "packed_rounding.h"
 
 namespace lstmserve::core::kernels {
 namespace {
@@ -295,20 +295,14 @@ void QuantizeRowsInt8Avx2(const float* a, int64_t lda, int64_t rows, int64_t k, 
   const __m256i low = _mm256_set1_epi32(-127), high = _mm256_set1_epi32(127);
   for (int64_t r = 0; r < rows; ++r) {
     const float* x = a + r * lda;
-    const float s = MaxAbs(x, k) / 127.0f;
-    const float s_lo = s / 254.0f;
     int16_t* hi = q + terms * r * ldq;
     int16_t* lo = hi + ldq;  // two terms only
     float* scales = row_scale + terms * r;
-    const bool finite = RowIsFinite(x, k);
-    if (!finite || s == 0.0f) {
-      std::fill(scales, scales + terms, finite ? 0.0f : std::numeric_limits<float>::quiet_NaN());
+    if (!Int8RowScales(MaxAbs(x, k), RowIsFinite(x, k), terms, scales)) {
       std::fill(hi, hi + terms * ldq, int16_t{0});
       continue;
     }
-    scales[0] = s;
-    if (terms == 2) scales[1] = s_lo;
-    const __m256 vs = _mm256_set1_ps(s), vs_lo = _mm256_set1_ps(s_lo);
+    const __m256 vs = _mm256_set1_ps(scales[0]), vs_lo = _mm256_set1_ps(scales[0] / 254.0f);
     for (int64_t i = 0; i < k; i += 8) {
       const __m256 v = _mm256_maskload_ps(x + i, ColumnMask(i, k));
       const __m256 qh = _mm256_round_ps(_mm256_div_ps(v, vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);

@@ -13,9 +13,9 @@
 
 #include <algorithm>
 #include <cstring>
-#include <limits>
 
 #include "lstm_kernels.h"
+#include "packed_rounding.h"
 
 namespace lstmserve::core::kernels {
 namespace {
@@ -161,21 +161,14 @@ void QuantizeRowsInt8Avx512(const float* a, int64_t lda, int64_t rows, int64_t k
     for (int64_t i = 0; i < k; i += 16) {
       amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_maskz_loadu_ps(ColumnMask(i, k), x + i)));
     }
-    const float s = _mm512_reduce_max_ps(amax) / 127.0f;
-    const float s_lo = s / 254.0f;
     uint8_t* hi = q + terms * r * ldq;
     uint8_t* lo = hi + ldq;  // two terms only
     float* scales = row_scale + terms * r;
-    const bool finite = RowIsFinite(x, k);
-    if (!finite || s == 0.0f) {
-      // All zeros give zeros; a NaN or infinity gives NaN outputs, as float32 arithmetic would.
-      std::fill(scales, scales + terms, finite ? 0.0f : std::numeric_limits<float>::quiet_NaN());
-      std::memset(hi, 128, static_cast<size_t>(terms * ldq));
+    if (!Int8RowScales(_mm512_reduce_max_ps(amax), RowIsFinite(x, k), terms, scales)) {
+      std::memset(hi, 128, static_cast<size_t>(terms * ldq));  // zeros
       continue;
     }
-    scales[0] = s;
-    if (terms == 2) scales[1] = s_lo;
-    const __m512 vs = _mm512_set1_ps(s), vs_lo = _mm512_set1_ps(s_lo);
+    const __m512 vs = _mm512_set1_ps(scales[0]), vs_lo = _mm512_set1_ps(scales[0] / 254.0f);
     for (int64_t i = 0; i < k; i += 16) {
       const __mmask16 m = ColumnMask(i, k);
       const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
