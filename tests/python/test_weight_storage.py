@@ -18,7 +18,7 @@ import torch
 from lstmserve.v1 import parameter_service_pb2 as parameter_pb2
 from lstmserve.v1 import tensor_pb2
 from lstmserve_client import checksum
-from lstmserve_testing import ServerTestCase
+from lstmserve_testing import ServerProcess, ServerTestCase
 
 sys.path.insert(0, os.environ["LSTMSERVE_REFERENCE_DIR"])
 import common_ops  # noqa: E402
@@ -172,6 +172,31 @@ class WeightStorageTest(ServerTestCase):
             for row in (0, 5):
                 alone, _, _ = self.client.run(id, x[:, row:row + 1].contiguous())
                 self.assertTrue(torch.equal(alone[:, 0], together[:, row]), f"{id} row {row}")
+
+    def test_an_avx2_server_gives_the_same_bits(self):
+        # Servers of one cluster on different CPUs (here: this one, and a second server capped
+        # at avx2 on the same store) answer a reduced set with the same bits: the packed
+        # GEMMs' AVX2 builds reproduce AVX512-VNNI's and AVX512-BF16's arithmetic.
+        if not PACKED["int8"]:
+            self.skipTest("no packed GEMMs below x86-64-v3")
+        gen = torch.Generator().manual_seed(9)
+        x = torch.randn(4, 5, INPUT, generator=gen)
+        with ServerProcess("--isa=avx2", store=self.server.store, log_name="avx2.log") as avx2:
+            from lstmserve_client import Client
+            other = Client(avx2.target)
+            try:
+                for id in ("bf16", "int8"):
+                    here, _, _ = self.client.run(id, x)
+                    there, _, _ = other.run(id, x)
+                    self.assertTrue(torch.equal(here, there), f"{id}: max diff {(here - there).abs().max().item()}")
+                    _, step_here = self.client.step(id, x[0])
+                    _, step_there = other.step(id, x[0])
+                    self.assertTrue(torch.equal(step_here[-1], step_there[-1]), id)
+            finally:
+                other.close()
+            self.assertIn("packed int8 GEMM AVX2; packed bf16 GEMM AVX2;", avx2.log())
+        if {"avx512_vnni", "avx512_bf16"} <= cpu_flags() and os.environ.get("LSTMSERVE_ISA", "native") == "native":
+            self.assertIn("packed int8 GEMM AVX512-VNNI; packed bf16 GEMM AVX512-BF16;", self.server.log())
 
     def test_error_against_float32_within_the_bounds(self):
         gen = torch.Generator().manual_seed(11)
