@@ -61,53 +61,89 @@ inline __attribute__((always_inline)) void AddTo(__m256i& acc, __m256i p) {
   asm("vpaddd %1, %0, %0" : "+x"(acc) : "x"(p));
 }
 
-// acc[r] = the two int32 partial sums per column of row r (q + r * ldq, int16) dotted with the
-// 8 columns at w (groups of 64 bytes apart: 4 columns x 4 k, then the next 4 columns).
-template <int MR>
-inline __attribute__((always_inline)) void Accumulate(const int16_t* q, int64_t ldq, const int8_t* w, int64_t groups,
-                                                      __m256i (&acc)[MR][2]) {
+// Halves (8 columns) per tile by (terms, rows): a tile keeps about 8 accumulators, and a row
+// alone takes 4 halves (32 columns), so that a step at B = 1 makes a few tile calls, not one
+// per 8 columns.
+constexpr int kInt8HalvesPerTile[2][kRowsPerTile] = {{4, 2, 1, 1, 1, 1}, {2, 1, 1, 0, 0, 0}};
+
+// acc[r][2i], acc[r][2i + 1] = the two int32 partial sums per column of row r (q + r * ldq,
+// int16) dotted with the 8 columns at w[i] (groups of 64 bytes apart: 4 columns x 4 k, then
+// the next 4 columns).
+template <int MR, int NH>
+inline __attribute__((always_inline)) void Accumulate(const int16_t* q, int64_t ldq, const int8_t* const (&w)[NH],
+                                                      int64_t groups, __m256i (&acc)[MR][2 * NH]) {
 #pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < 2 * NH; ++c) acc[r][c] = _mm256_setzero_si256();
   for (int64_t g = 0; g < groups; ++g) {
-    const __m256i b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + g * 64)));
-    const __m256i b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + g * 64 + 16)));
+#pragma GCC unroll 4
+    for (int i = 0; i < NH; ++i) {
+      const __m256i b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i] + g * 64)));
+      const __m256i b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[i] + g * 64 + 16)));
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      const __m256i a = _mm256_set1_epi64x(Load64(q + r * ldq + 4 * g));
-      AddTo(acc[r][0], _mm256_madd_epi16(a, b0));
-      AddTo(acc[r][1], _mm256_madd_epi16(a, b1));
+      for (int r = 0; r < MR; ++r) {
+        const __m256i a = _mm256_set1_epi64x(Load64(q + r * ldq + 4 * g));
+        AddTo(acc[r][2 * i], _mm256_madd_epi16(a, b0));
+        AddTo(acc[r][2 * i + 1], _mm256_madd_epi16(a, b1));
+      }
     }
   }
 }
 
 // The 8 columns' sums from their pairs: hadd gives columns 0 1 4 5 | 2 3 6 7.
-inline __m256 ColumnSums(const __m256i (&pairs)[2]) {
-  return _mm256_cvtepi32_ps(_mm256_permute4x64_epi64(_mm256_hadd_epi32(pairs[0], pairs[1]), 0xD8));
+inline __m256 ColumnSums(__m256i pairs0, __m256i pairs1) {
+  return _mm256_cvtepi32_ps(_mm256_permute4x64_epi64(_mm256_hadd_epi32(pairs0, pairs1), 0xD8));
 }
 
-// MP rows of activations (each TERMS rows of q) by 8 columns from j0; each output gets
-// (s * Qh (+ s_lo * Ql)) * column_scale, as Int8Tile in packed_gemm_avx512.cc.
-template <int TERMS, int MP>
-void Int8Tile(const int16_t* q, int64_t ldq, const float* row_scale, const int8_t* w, int64_t groups,
-              const float* column_scale, int64_t j0, int64_t n, float* out, int64_t ldo, bool accumulate) {
-  __m256i acc[TERMS * MP][2];
+// MP rows of activations (each TERMS rows of q) by NH halves of panels from half h0 (columns
+// from 8 h0); each output gets (s * Qh (+ s_lo * Ql)) * column_scale, as Int8Tile in
+// packed_gemm_avx512.cc.
+template <int TERMS, int MP, int NH>
+void Int8Tile(const int16_t* q, int64_t ldq, const float* row_scale, const int8_t* packed, int64_t panel_bytes,
+              int64_t h0, int64_t groups, const float* column_scale, int64_t n, float* out, int64_t ldo,
+              bool accumulate) {
+  const int8_t* w[NH];
+#pragma GCC unroll 4
+  for (int i = 0; i < NH; ++i) w[i] = packed + (h0 + i) / 2 * panel_bytes + (h0 + i) % 2 * 32;
+  __m256i acc[TERMS * MP][2 * NH];
   Accumulate(q, ldq, w, groups, acc);
-  const __m256i m = ColumnMask(j0, n);
-  const __m256 cs = _mm256_maskload_ps(column_scale + j0, m);
+#pragma GCC unroll 4
+  for (int i = 0; i < NH; ++i) {
+    const int64_t j0 = 8 * (h0 + i);
+    if (j0 >= n) break;
+    const __m256i m = ColumnMask(j0, n);
+    const __m256 cs = _mm256_maskload_ps(column_scale + j0, m);
 #pragma GCC unroll 8
-  for (int r = 0; r < MP; ++r) {
-    __m256 v = _mm256_mul_ps(ColumnSums(acc[TERMS * r]), _mm256_set1_ps(row_scale[TERMS * r]));
-    if (TERMS == 2) v = _mm256_fmadd_ps(ColumnSums(acc[TERMS * r + 1]), _mm256_set1_ps(row_scale[TERMS * r + 1]), v);
-    float* o = out + r * ldo + j0;
-    _mm256_maskstore_ps(o, m, accumulate ? _mm256_fmadd_ps(v, cs, _mm256_maskload_ps(o, m)) : _mm256_mul_ps(v, cs));
+    for (int r = 0; r < MP; ++r) {
+      __m256 v = _mm256_mul_ps(ColumnSums(acc[TERMS * r][2 * i], acc[TERMS * r][2 * i + 1]),
+                               _mm256_set1_ps(row_scale[TERMS * r]));
+      if (TERMS == 2) {
+        v = _mm256_fmadd_ps(ColumnSums(acc[TERMS * r + 1][2 * i], acc[TERMS * r + 1][2 * i + 1]),
+                            _mm256_set1_ps(row_scale[TERMS * r + 1]), v);
+      }
+      float* o = out + r * ldo + j0;
+      _mm256_maskstore_ps(o, m, accumulate ? _mm256_fmadd_ps(v, cs, _mm256_maskload_ps(o, m)) : _mm256_mul_ps(v, cs));
+    }
   }
 }
 
-using TileFn = void (*)(const int16_t*, int64_t, const float*, const int8_t*, int64_t, const float*, int64_t, int64_t,
-                        float*, int64_t, bool);
-constexpr TileFn kTiles1[kRowsPerTile] = {&Int8Tile<1, 1>, &Int8Tile<1, 2>, &Int8Tile<1, 3>,
-                                          &Int8Tile<1, 4>, &Int8Tile<1, 5>, &Int8Tile<1, 6>};
-constexpr TileFn kTiles2[kRowsPerTile / 2] = {&Int8Tile<2, 1>, &Int8Tile<2, 2>, &Int8Tile<2, 3>};
+using TileFn = void (*)(const int16_t*, int64_t, const float*, const int8_t*, int64_t, int64_t, int64_t, const float*,
+                        int64_t, float*, int64_t, bool);
+// By (terms - 1, rows - 1, halves - 1), halves up to kInt8HalvesPerTile.
+constexpr TileFn kInt8Tiles[2][kRowsPerTile][4] = {
+    {{&Int8Tile<1, 1, 1>, &Int8Tile<1, 1, 2>, &Int8Tile<1, 1, 3>, &Int8Tile<1, 1, 4>},
+     {&Int8Tile<1, 2, 1>, &Int8Tile<1, 2, 2>, nullptr, nullptr},
+     {&Int8Tile<1, 3, 1>, nullptr, nullptr, nullptr},
+     {&Int8Tile<1, 4, 1>, nullptr, nullptr, nullptr},
+     {&Int8Tile<1, 5, 1>, nullptr, nullptr, nullptr},
+     {&Int8Tile<1, 6, 1>, nullptr, nullptr, nullptr}},
+    {{&Int8Tile<2, 1, 1>, &Int8Tile<2, 1, 2>, nullptr, nullptr},
+     {&Int8Tile<2, 2, 1>, nullptr, nullptr, nullptr},
+     {&Int8Tile<2, 3, 1>, nullptr, nullptr, nullptr},
+     {nullptr, nullptr, nullptr, nullptr},
+     {nullptr, nullptr, nullptr, nullptr},
+     {nullptr, nullptr, nullptr, nullptr}}};
 
 // Whether x[0, k) has no NaN and no infinity (x * 0 is 0 for every finite x, else NaN).
 bool RowIsFinite(const float* x, int64_t k) {
@@ -328,17 +364,20 @@ void Int8GemmPackedAvx2(const int16_t* q, int64_t ldq, const float* row_scale, i
                         float* out, int64_t ldo, bool accumulate) {
   const int64_t groups = (k + 3) / 4, panel_bytes = groups * 64;
   const int64_t tile_rows = kRowsPerTile / terms;
+  // Halves [h0, h1) of the panels [p0, p1) that hold columns; four panels at a time (their
+  // weights stay in L2) for every tile of rows of the block.
+  const int64_t h0 = 2 * p0, h1 = std::min(2 * p1, (n + 7) / 8);
   for (int64_t b = 0; b < rows; b += kRowsPerBlock) {
     const int64_t block_end = std::min(rows, b + kRowsPerBlock);
-    for (int64_t p = p0; p < p1; ++p) {
-      for (int64_t half = 0; half < 2; ++half) {
-        const int64_t j0 = p * kPanelColumns + 8 * half;
-        if (j0 >= n) break;
-        for (int64_t r = b; r < block_end; r += tile_rows) {
-          const int64_t mp = std::min<int64_t>(tile_rows, block_end - r);
-          const TileFn tile = terms == 1 ? kTiles1[mp - 1] : kTiles2[mp - 1];
-          tile(q + terms * r * ldq, ldq, row_scale + terms * r, packed + p * panel_bytes + 32 * half, groups,
-               column_scale, j0, n, out + r * ldo, ldo, accumulate);
+    for (int64_t hg = h0; hg < h1; hg += 8) {
+      const int64_t hg_end = std::min(h1, hg + 8);
+      for (int64_t r = b; r < block_end; r += tile_rows) {
+        const int64_t mp = std::min<int64_t>(tile_rows, block_end - r);
+        const int nh_max = kInt8HalvesPerTile[terms - 1][mp - 1];
+        for (int64_t h = hg; h < hg_end; h += nh_max) {
+          const int64_t nh = std::min<int64_t>(nh_max, hg_end - h);
+          kInt8Tiles[terms - 1][mp - 1][nh - 1](q + terms * r * ldq, ldq, row_scale + terms * r, packed, panel_bytes, h,
+                                                groups, column_scale, n, out + r * ldo, ldo, accumulate);
         }
       }
     }
