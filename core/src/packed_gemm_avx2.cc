@@ -14,11 +14,12 @@
 //
 // A tile is 6 rows by 8 columns (half a 16-column panel): 6 x 2 accumulators, 2 weight
 // vectors (4 columns x 4 k each) and 1 broadcast of a row's 4 activations fill 15 of the
-// 16 YMM registers. A vpmaddwd + vpaddd pair does 16 multiply-adds, a float32 FMA 8; on this
-// project's Zen 5 EPYC a pair took 0.17 ns against the FMA's 0.13 (1.5x float32's rate), and
-// the weights are a quarter of float32's bytes. At --isa=avx2 there, int8 took 0.52 of
-// float32's time on L and 0.72 on M (README, "Reduced-precision weights"). The tile for
-// bf16 is 5 rows by one panel (10 accumulators), or for 1 and 2 rows 4 and 2 panels.
+// 16 YMM registers; 1 and 2 rows take 4 and 2 halves. A vpmaddwd + vpaddd pair does 16
+// multiply-adds, a float32 FMA 8; on this project's Zen 5 EPYC a pair took 0.17 ns against
+// the FMA's 0.13 (1.5x float32's rate), and the weights are a quarter of float32's bytes.
+// At --isa=avx2 there, int8 took 0.68-0.69 of float32's time on L and 0.72-0.73 on M
+// (README, "Reduced-precision weights"). The tile for bf16 is 5 rows by one panel (10
+// accumulators), or for 1 and 2 rows 4 and 2 panels.
 //
 // bfloat16 weights (Bf16GemmPackedAvx2): vdpbf16ps (AVX512-BF16) computes, per 32-bit lane,
 // acc = fma(a_odd, w_odd, acc) and then fma(a_even, w_even, acc) with denormal inputs read
