@@ -46,7 +46,7 @@ void Int8SumsAvx2(const float* a, int64_t lda, const int8_t* w, int64_t ldw, int
 // int8 weights run on vpdpbusd (AVX512-VNNI) with the activations quantized per row, bf16
 // weights on vdpbf16ps (AVX512-BF16) with the activations rounded to bf16: 4x and 2x the
 // multiply-adds per instruction of float32 FMAs. packed_gemm_avx512.cc; the CPU must have
-// x86-64-v4 and the extension (HasPackedInt8, HasPackedBf16; false off GCC x86-64).
+// x86-64-v4 and the extension (HasPackedInt8Vnni, HasPackedBf16Avx512; false off GCC x86-64).
 // Both are also true on every x86-64-v3 CPU (AVX2 + FMA) without the extension, where the
 // GEMMs are Int8GemmPackedAvx2 and Bf16GemmPackedAvx2 (same bits); HasPackedInt8Vnni and
 // HasPackedBf16Avx512 say which build runs.

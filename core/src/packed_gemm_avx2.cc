@@ -15,8 +15,9 @@
 // A tile is 6 rows by 8 columns (half a 16-column panel): 6 x 2 accumulators, 2 weight
 // vectors (4 columns x 4 k each) and 1 broadcast of a row's 4 activations fill 15 of the
 // 16 YMM registers; 1 and 2 rows take 4 and 2 halves. A vpmaddwd + vpaddd pair does 16
-// multiply-adds, a float32 FMA 8; on this project's Zen 5 EPYC a pair took 0.17 ns against
-// the FMA's 0.13 (1.5x float32's rate), and the weights are a quarter of float32's bytes.
+// multiply-adds, a float32 FMA 8; on this project's Zen 5 EPYC lstmserve-cpu-peak measured
+// the pairs at 345 GOP/s against the FMAs' 258 GFLOP/s (1.34x float32's rate), and the
+// weights are a quarter of float32's bytes.
 // At --isa=avx2 there, int8 took 0.68-0.69 of float32's time on L and 0.72-0.73 on M
 // (README, "Reduced-precision weights"). The tile for bf16 is 5 rows by one panel (10
 // accumulators), or for 1 and 2 rows 4 and 2 panels.

@@ -445,8 +445,8 @@ bool StackedLstm::UsesPackedGemm() const {
 
 // A reduced set of at most this many weights (1 MiB as float32) keeps a widened copy where
 // no packed GEMM serves it (since the AVX2 builds: below x86-64-v3, and int8 layers past
-// kMaxPackedInt8K). Measured at --isa=avx2, before those builds, on this project's AVX-512 EPYC: widening
-// in registers, S took 6.2 (bf16) and 6.5 us (int8) against float32's 4.7, S32 109 and 130
+// kMaxPackedInt8K). Measured at --isa=avx2, before those builds, on this project's AVX-512
+// EPYC: widening in registers, S took 6.2 (bf16) and 6.5 us (int8) against float32's 4.7, S32 109 and 130
 // against 102 us (tests/bench/compare --isa avx2); from M's layers on (0.9M weights) the
 // reduced sets win (lstmserve-core-bench --isa=avx2, medians of 3: M_B4 bf16 6.4 and int8
 // 7.9 against 8.7 ms; L1_B4 7.8 and 5.7 against 13.4 ms). The copy (at most 1 MiB) counts
@@ -557,10 +557,10 @@ LstmPath StackedLstm::ChoosePath(int64_t batch, int64_t steps, LstmPath requeste
     // kernels, which widen each weight to float32; S int8 3.8 -> 2.4-2.7 us, bf16 2.8-3.0 us.
     if (UsesPackedGemm()) return LstmPath::kBlas;
     if (batch <= kSmallBatchMax) return LstmPath::kSmallBatch;
-    // Without them (below x86-64-v3), long sequences of
-    // large batches take oneDNN's LSTM on weights widened per call, as float32 sets do: BLAS
-    // on widened weights was slower than float32 there (--isa=avx2, lstmserve-core-bench,
-    // before the AVX2 GEMMs: L bf16 2.30 s and int8 2.57 s against 1.97 s).
+    // Without them (below x86-64-v3), long sequences of large batches take oneDNN's LSTM on
+    // weights widened per call, as float32 sets do: BLAS on widened weights was slower than
+    // float32 there (--isa=avx2, lstmserve-core-bench, before the AVX2 GEMMs: L bf16 2.30 s
+    // and int8 2.57 s against 1.97 s).
     return OneDnnLstmAvailable() && batch >= kOneDnnMinBatch && steps >= kOneDnnMinSteps ? LstmPath::kOneDnn
                                                                                          : LstmPath::kBlas;
   }

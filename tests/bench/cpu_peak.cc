@@ -8,7 +8,10 @@
 // Compute: each thread runs 12 independent chains of one instruction (enough to hide its
 // latency) for a fixed count: 256-bit FMA (AVX2), 512-bit FMA (AVX-512F), 512-bit VDPBF16PS
 // (AVX512_BF16: 2 bf16 products per float32 lane) and VPDPBUSD (AVX512_VNNI: 4 int8 products
-// per int32 lane); an operation is a multiply or an add (a product-and-add is 2).
+// per int32 lane); an operation is a multiply or an add (a product-and-add is 2). Without
+// VNNI, the int8 GEMM's AVX2 build (core/src/packed_gemm_avx2.cc) runs VPMADDWD + VPADDD
+// pairs (16 int16 products into int32 lanes): 8 accumulators fed by 4 rows x 2 weight
+// vectors, the kernel's own shape.
 // Bandwidth: each thread sums its share of a 1 GiB buffer (read-only, as a step reads its
 // weights), best of 5 passes. Prints one line per figure.
 #include <immintrin.h>
@@ -81,15 +84,34 @@ __attribute__((target("avx512f,avx512vnni"))) float ChainsInt8() {
   return static_cast<float>(_mm512_reduce_add_epi32(s));
 }
 
-// `ops` per instruction per thread; `unit` names them.
-void Measure(const char* name, double ops, const char* unit, float (*chains)(), int threads) {
+__attribute__((target("avx2"))) float ChainsInt16() {
+  __m256i acc[8], x[4];
+  __m256i b0 = _mm256_set1_epi16(1), b1 = _mm256_set1_epi16(2);
+  for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_si256();
+  for (int i = 0; i < 4; ++i) x[i] = _mm256_set1_epi16(static_cast<int16_t>(i + 1));
+  for (long n = 0; n < kIterations; ++n) {
+    // The weights "change" every iteration, as in the kernel, so the products are not hoisted.
+    asm volatile("" : "+x"(b0), "+x"(b1));
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      acc[2 * r] = _mm256_add_epi32(acc[2 * r], _mm256_madd_epi16(x[r], b0));
+      acc[2 * r + 1] = _mm256_add_epi32(acc[2 * r + 1], _mm256_madd_epi16(x[r], b1));
+    }
+  }
+  __m256i s = acc[0];
+  for (int i = 1; i < 8; ++i) s = _mm256_add_epi32(s, acc[i]);
+  return static_cast<float>(_mm256_extract_epi32(s, 0));
+}
+
+// `ops` per instruction (or pair) per thread, `count` of them per iteration; `unit` names them.
+void Measure(const char* name, double ops, const char* unit, float (*chains)(), int threads, int count = 12) {
   std::vector<std::thread> pool;
   std::vector<float> sinks(threads);
   const auto start = std::chrono::steady_clock::now();
   for (int t = 0; t < threads; ++t) pool.emplace_back([&, t] { sinks[t] = chains(); });
   for (auto& t : pool) t.join();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const double total = ops * 12.0 * kIterations * threads;
+  const double total = ops * count * kIterations * threads;
   std::printf("%s: %.1f %s on %d thread(s) (%.3f s; %g)\n", name, total / seconds / 1e9, unit, threads, seconds,
               static_cast<double>(sinks[0]));
 }
@@ -160,7 +182,7 @@ int main(int argc, char** argv) {
       threads = std::atoi(argv[i] + 10);
     } else {
       std::printf(
-          "lstmserve-cpu-peak: float32 FMA, bf16 and int8 dot-product peaks and memory bandwidth of this "
+          "lstmserve-cpu-peak: float32 FMA, bf16, int8 and AVX2 int16 dot-product peaks and memory bandwidth of this "
           "machine.\n  --threads=N  threads (default: %d, the cores available)\n",
           lstmserve::core::AvailableCores());
       return std::strcmp(argv[i], "--help") == 0 ? 0 : 2;
@@ -170,6 +192,10 @@ int main(int argc, char** argv) {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
     Measure("256-bit (AVX2+FMA)", 2.0 * 8, "GFLOP/s float32 FMA peak", Chains256, threads);
+  }
+  if (__builtin_cpu_supports("avx2")) {
+    Measure("256-bit int16 dot (AVX2 VPMADDWD+VPADDD)", 2.0 * 16, "GOP/s int16 dot-product peak", ChainsInt16, threads,
+            8);
   }
   if (__builtin_cpu_supports("avx512f"))
     Measure("512-bit (AVX-512F)", 2.0 * 16, "GFLOP/s float32 FMA peak", Chains512, threads);

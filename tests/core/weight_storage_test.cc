@@ -202,9 +202,9 @@ TEST(WeightStorageTest, EveryPathAgreesOnReducedWeights) {
         EXPECT_TRUE(at::allclose(step->h.back(), blas->outputs[0], 0, 2e-6)) << WeightStorageName(storage);
         EXPECT_TRUE(at::allclose(step->h.back(), small->outputs[0], 0, blas_tolerance));
         // A row's bits do not depend on the rows beside it where the packed GEMMs run (each
-        // row rounded and summed on its own). Without them (below
-        // x86-64-v3), kBlas widens the weights and BLAS may sum a row of a larger batch in another order, so
-        // there the promise is float32's: within 1e-6, as for a float32 set (README).
+        // row rounded and summed on its own). Without them (below x86-64-v3), kBlas widens
+        // the weights and BLAS may sum a row of a larger batch in another order, so there
+        // the promise is float32's: within 1e-6, as for a float32 set (README).
         auto alone = lstm.Run(x.narrow(1, batch - 1, 1).contiguous(), {}, true, LstmPath::kBlas);
         ASSERT_TRUE(alone.ok());
         if (Packed(storage)) {
@@ -341,12 +341,6 @@ TEST(WeightStorageTest, EveryKernelBuildMatchesMatmulOnWidenedWeights) {
   }
 }
 
-// The packed GEMMs against their definition in torch (lstm_kernels.h): int8 quantizes each
-// row of activations exactly as torch.round(a / (max|a| / 127)) (and the residual, with two
-// terms) and sums exactly; bf16
-// rounds the activations to bf16. Every row remainder of the 6-row tile, every panel
-// remainder of the 4-panel tile, column tails and k tails; a row's bits never depend on
-// the other rows; zero rows give zeros and a NaN gives NaN.
 // The two builds of the packed int8 GEMM, each run directly where this CPU can (whatever the
 // cap): the VNNI one (unsigned bytes, qh + 128) and the AVX2 one (int16, qh).
 class PackedInt8Build {
@@ -413,6 +407,12 @@ std::vector<bool> PackedBf16Builds() {
   return builds;
 }
 
+// The packed GEMMs against their definition in torch (lstm_kernels.h), every build this CPU
+// can run (AVX-512 and AVX2), which must agree bit for bit: int8 quantizes each row of
+// activations exactly as torch.round(a / (max|a| / 127)) (and the residual, with two terms)
+// and sums exactly; bf16 rounds the activations to bf16. Every row remainder of the tiles,
+// every panel remainder, column tails and k tails (and a block of 120 rows); a row's bits
+// never depend on the other rows; zero rows give zeros and a NaN gives NaN.
 TEST(WeightStorageTest, PackedGemmsMatchTheirDefinition) {
   const std::vector<bool> int8_builds = PackedInt8Build::Available();
   if (int8_builds.empty()) GTEST_SKIP() << "this CPU has no AVX2 + FMA";
