@@ -278,6 +278,26 @@ constexpr Bf16TileFn kBf16Tiles[kBf16RowsPerTile][4] = {
     {&Bf16Tile<4, 1>, nullptr, nullptr, nullptr},
     {&Bf16Tile<5, 1>, nullptr, nullptr, nullptr}};
 
+// The tiles of a call: rows [0, rows) in blocks of kRowsPerBlock and tiles of at most
+// tile_rows, by column units [u0, u1) (panels or halves) in groups of `group` units, whose
+// weights stay in L2 while every tile of rows of the block passes over them. Calls
+// tile(r, mr, u, nu) with nu up to units_per_tile(mr).
+template <typename UnitsPerTile, typename Tile>
+void ForEachTile(int64_t rows, int64_t tile_rows, int64_t u0, int64_t u1, int64_t group, UnitsPerTile units_per_tile,
+                 Tile tile) {
+  for (int64_t b = 0; b < rows; b += kRowsPerBlock) {
+    const int64_t block_end = std::min(rows, b + kRowsPerBlock);
+    for (int64_t ug = u0; ug < u1; ug += group) {
+      const int64_t ug_end = std::min(u1, ug + group);
+      for (int64_t r = b; r < block_end; r += tile_rows) {
+        const int64_t mr = std::min(tile_rows, block_end - r);
+        const int64_t nu_max = units_per_tile(mr);
+        for (int64_t u = ug; u < ug_end; u += nu_max) tile(r, mr, u, std::min(nu_max, ug_end - u));
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void RoundRowsBf16Avx2(const float* a, int64_t lda, int64_t rows, int64_t k, float* q, int64_t ldq) {
@@ -310,21 +330,12 @@ void Bf16GemmPackedAvx2(const float* q, int64_t ldq, int64_t rows, const uint16_
                         int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate) {
   const int64_t groups = (k + 1) / 2, panel_words = groups * 16;
   const uint32_t* words = reinterpret_cast<const uint32_t*>(packed);
-  // Four panels at a time (their weights stay in L2) for every tile of rows of the block.
-  for (int64_t b = 0; b < rows; b += kRowsPerBlock) {
-    const int64_t block_end = std::min(rows, b + kRowsPerBlock);
-    for (int64_t pg = p0; pg < p1; pg += 4) {
-      const int64_t pg_end = std::min(p1, pg + 4);
-      for (int64_t r = b; r < block_end; r += kBf16RowsPerTile) {
-        const int64_t mr = std::min<int64_t>(kBf16RowsPerTile, block_end - r);
-        for (int64_t p = pg; p < pg_end; p += kBf16PanelsPerTile[mr - 1]) {
-          const int64_t np = std::min<int64_t>(kBf16PanelsPerTile[mr - 1], pg_end - p);
-          kBf16Tiles[mr - 1][np - 1](q + r * ldq, ldq, words + p * panel_words, panel_words, groups, p * kPanelColumns,
-                                     n, out + r * ldo, ldo, accumulate);
-        }
-      }
-    }
-  }
+  ForEachTile(
+      rows, kBf16RowsPerTile, p0, p1, 4, [](int64_t mr) { return int64_t{kBf16PanelsPerTile[mr - 1]}; },
+      [&](int64_t r, int64_t mr, int64_t p, int64_t np) {
+        kBf16Tiles[mr - 1][np - 1](q + r * ldq, ldq, words + p * panel_words, panel_words, groups, p * kPanelColumns, n,
+                                   out + r * ldo, ldo, accumulate);
+      });
 }
 
 void QuantizeRowsInt8Avx2(const float* a, int64_t lda, int64_t rows, int64_t k, int terms, int16_t* q, int64_t ldq,
@@ -365,25 +376,14 @@ void Int8GemmPackedAvx2(const int16_t* q, int64_t ldq, const float* row_scale, i
                         const int8_t* packed, const float* column_scale, int64_t k, int64_t n, int64_t p0, int64_t p1,
                         float* out, int64_t ldo, bool accumulate) {
   const int64_t groups = (k + 3) / 4, panel_bytes = groups * 64;
-  const int64_t tile_rows = kRowsPerTile / terms;
-  // Halves [h0, h1) of the panels [p0, p1) that hold columns; four panels at a time (their
-  // weights stay in L2) for every tile of rows of the block.
-  const int64_t h0 = 2 * p0, h1 = std::min(2 * p1, (n + 7) / 8);
-  for (int64_t b = 0; b < rows; b += kRowsPerBlock) {
-    const int64_t block_end = std::min(rows, b + kRowsPerBlock);
-    for (int64_t hg = h0; hg < h1; hg += 8) {
-      const int64_t hg_end = std::min(h1, hg + 8);
-      for (int64_t r = b; r < block_end; r += tile_rows) {
-        const int64_t mp = std::min<int64_t>(tile_rows, block_end - r);
-        const int nh_max = kInt8HalvesPerTile[terms - 1][mp - 1];
-        for (int64_t h = hg; h < hg_end; h += nh_max) {
-          const int64_t nh = std::min<int64_t>(nh_max, hg_end - h);
-          kInt8Tiles[terms - 1][mp - 1][nh - 1](q + terms * r * ldq, ldq, row_scale + terms * r, packed, panel_bytes, h,
-                                                groups, column_scale, n, out + r * ldo, ldo, accumulate);
-        }
-      }
-    }
-  }
+  // By halves of panels (8 columns), those of [p0, p1) that hold columns; 8 halves at a time.
+  ForEachTile(
+      rows, kRowsPerTile / terms, 2 * p0, std::min(2 * p1, (n + 7) / 8), 8,
+      [terms](int64_t mp) { return int64_t{kInt8HalvesPerTile[terms - 1][mp - 1]}; },
+      [&](int64_t r, int64_t mp, int64_t h, int64_t nh) {
+        kInt8Tiles[terms - 1][mp - 1][nh - 1](q + terms * r * ldq, ldq, row_scale + terms * r, packed, panel_bytes, h,
+                                              groups, column_scale, n, out + r * ldo, ldo, accumulate);
+      });
 }
 
 }  // namespace lstmserve::core::kernels
