@@ -180,6 +180,22 @@ bool HasPackedBf16() {
 #endif
 }
 
+bool HasPackedF32() {
+#ifdef LSTMSERVE_REDUCED_AVX512
+  return KernelIsa() >= IsaLevel::kAvx2;
+#else
+  return false;
+#endif
+}
+
+bool HasPackedF32Avx512() {
+#ifdef LSTMSERVE_REDUCED_AVX512
+  return HasAvx512();
+#else
+  return false;
+#endif
+}
+
 namespace {
 
 template <typename T>
@@ -211,6 +227,8 @@ void PackInt8(const int8_t* w, int64_t ldw, int64_t k, int64_t n, int8_t* packed
 void PackBf16(const uint16_t* w, int64_t ldw, int64_t k, int64_t n, uint16_t* packed) {
   Pack(w, ldw, k, n, kBf16Group, packed);
 }
+
+void PackF32(const float* w, int64_t ldw, int64_t k, int64_t n, float* packed) { Pack(w, ldw, k, n, 1, packed); }
 
 LSTMSERVE_KERNEL(LstmGates,
                  (const float* __restrict gates, const float* __restrict bias, float* __restrict c, bool c_is_zero,

@@ -54,6 +54,10 @@ bool HasPackedInt8();
 bool HasPackedInt8Vnni();
 bool HasPackedBf16();
 bool HasPackedBf16Avx512();
+// The packed float32 GEMM (F32GemmPackedAvx512, F32GemmPackedAvx2): on every x86-64-v3 CPU
+// (GCC x86-64); HasPackedF32Avx512 says whether the AVX-512 build runs.
+bool HasPackedF32();
+bool HasPackedF32Avx512();
 
 // The weight [k, n] is packed in panels of 16 columns; in each, groups of G consecutive k of
 // a column lie side by side (G = 4 for int8, 2 for bf16), zero padded to whole panels and
@@ -73,6 +77,8 @@ inline int64_t PackedElements(int64_t k, int64_t n, int64_t group) {
 // column_sums[n] = sum over k of w[:, j] (the kernel's correction for its unsigned activations).
 void PackInt8(const int8_t* w, int64_t ldw, int64_t k, int64_t n, int8_t* packed, int32_t* column_sums);
 void PackBf16(const uint16_t* w, int64_t ldw, int64_t k, int64_t n, uint16_t* packed);
+// Group 1: panel p holds w[i, 16 p .. 16 p + 15] for i = 0 .. k - 1, one 64-byte line per i.
+void PackF32(const float* w, int64_t ldw, int64_t k, int64_t n, float* packed);
 
 // Each row r of a [rows, k] in `terms` int8 terms (1 or 2): s = max |a[r, :]| / 127 and
 // qh = round(a / s) (ties to even, as torch.round(a / s)); with two terms also s_lo = s / 254
@@ -113,6 +119,16 @@ void Bf16GemmPackedAvx512(const uint16_t* q, int64_t ldq, int64_t rows, const ui
 void RoundRowsBf16Avx2(const float* a, int64_t lda, int64_t rows, int64_t k, float* q, int64_t ldq);
 void Bf16GemmPackedAvx2(const float* q, int64_t ldq, int64_t rows, const uint16_t* packed, int64_t k, int64_t n,
                         int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate);
+
+// Float32 weights packed by PackF32, for the panels [p0, p1) and every row r < rows:
+//   out[r, j] (=|+=) fma(a[r, k-1], w[k-1, j], ... fma(a[r, 1], w[1, j], a[r, 0] * w[0, j]))
+// one FMA chain per output in k's order from 0, added to out (accumulate) only at the end.
+// Both builds (lstm_kernels_avx512.cc, packed_gemm_avx2.cc) compute exactly that, so a row's
+// bits depend neither on the other rows, nor on the split, nor on the build.
+void F32GemmPackedAvx512(const float* a, int64_t lda, int64_t rows, const float* packed, int64_t k, int64_t n,
+                         int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate);
+void F32GemmPackedAvx2(const float* a, int64_t lda, int64_t rows, const float* packed, int64_t k, int64_t n, int64_t p0,
+                       int64_t p1, float* out, int64_t ldo, bool accumulate);
 
 // The LSTM cell's elementwise part for `rows` rows of hidden size h:
 //   gates [rows, 4h] holds the pre-activations in blocks i, f, o, g; bias [4h] (zeros when

@@ -3,7 +3,12 @@
 // The portable int8 load widens in three vector steps (7 shuffles per 16 weights, which
 // bound L at B=1 to ~1.75 ms); here one vpmovsxbd from memory and one vcvtdq2ps do it
 // (0.97 ms). bfloat16 gets one vpmovzxwd from memory and a shift.
+//
+// Also the packed float32 GEMM's AVX-512 build (F32GemmPackedAvx512): it needs AVX-512F
+// only, so it lives here rather than with the VNNI and BF16 kernels.
 #include <immintrin.h>
+
+#include <algorithm>
 
 #include "lstm_kernels.h"
 #include "small_gemm.h"
@@ -34,7 +39,69 @@ struct Bf16Avx512Load {
   }
 };
 
+// The packed float32 GEMM: a tile of MR rows by NB panels keeps MR x NB accumulators over
+// all of k (6 x 4 = 24 of the 32 ZMM registers, 4 for a step's weights, the rows' values
+// broadcast from memory into the FMAs); panels of 4 stay in L2 while every tile of rows
+// passes over them.
+constexpr int kF32RowsPerTile = 6;
+constexpr int kF32PanelsPerTile = 4;
+
+template <int MR, int NB>
+void F32Tile(const float* a, int64_t lda, const float* panels, int64_t panel_floats, int64_t k, int64_t j0, int64_t n,
+             float* out, int64_t ldo, bool accumulate) {
+  __m512 acc[MR][NB];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int i = 0; i < NB; ++i) acc[r][i] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < k; ++g) {
+    __m512 w[NB];
+#pragma GCC unroll 4
+    for (int i = 0; i < NB; ++i) w[i] = _mm512_loadu_ps(panels + i * panel_floats + 16 * g);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512 x = _mm512_set1_ps(a[r * lda + g]);
+#pragma GCC unroll 4
+      for (int i = 0; i < NB; ++i) acc[r][i] = _mm512_fmadd_ps(x, w[i], acc[r][i]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < NB; ++i) {
+    const int64_t j = j0 + 16 * i;
+    if (j >= n) break;
+    const int64_t left = n - j;
+    const __mmask16 m = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      float* o = out + r * ldo + j;
+      _mm512_mask_storeu_ps(o, m, accumulate ? _mm512_add_ps(_mm512_maskz_loadu_ps(m, o), acc[r][i]) : acc[r][i]);
+    }
+  }
+}
+
+using F32TileFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t,
+                           bool);
+#define LSTMSERVE_F32_ROW(r) \
+  { &F32Tile<r, 1>, &F32Tile<r, 2>, &F32Tile<r, 3>, &F32Tile<r, 4> }
+constexpr F32TileFn kF32Tiles[kF32RowsPerTile][kF32PanelsPerTile] = {LSTMSERVE_F32_ROW(1), LSTMSERVE_F32_ROW(2),
+                                                                     LSTMSERVE_F32_ROW(3), LSTMSERVE_F32_ROW(4),
+                                                                     LSTMSERVE_F32_ROW(5), LSTMSERVE_F32_ROW(6)};
+#undef LSTMSERVE_F32_ROW
+
 }  // namespace
+
+void F32GemmPackedAvx512(const float* a, int64_t lda, int64_t rows, const float* packed, int64_t k, int64_t n,
+                         int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate) {
+  const int64_t panel_floats = k * kPanelColumns;
+  for (int64_t p = p0; p < p1; p += kF32PanelsPerTile) {
+    const int64_t nb = std::min<int64_t>(kF32PanelsPerTile, p1 - p);
+    for (int64_t r = 0; r < rows; r += kF32RowsPerTile) {
+      const int64_t mr = std::min<int64_t>(kF32RowsPerTile, rows - r);
+      kF32Tiles[mr - 1][nb - 1](a + r * lda, lda, packed + p * panel_floats, panel_floats, k, p * kPanelColumns, n,
+                                out + r * ldo, ldo, accumulate);
+    }
+  }
+}
 
 void SmallGemmBf16Avx512(const float* a, int64_t lda, const uint16_t* w, int64_t ldw, int64_t k, int64_t n, float* out,
                          int64_t ldo, int64_t rows, bool accumulate) {

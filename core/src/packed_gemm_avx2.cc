@@ -248,13 +248,10 @@ __attribute__((noinline)) void Bf16Sums(const float* q, int64_t ldq, const uint3
   _mm_setcsr(csr);
 }
 
-// MR rows by NP panels (columns from j0): out (=|+=) the sums, as Bf16Tile in
-// packed_gemm_avx512.cc.
+// out (=|+=) the sums of MR rows by NP panels (columns from j0), as Bf16Tile's epilogue in
+// packed_gemm_avx512.cc, under the caller's MXCSR.
 template <int MR, int NP>
-void Bf16Tile(const float* q, int64_t ldq, const uint32_t* panels, int64_t panel_words, int64_t groups, int64_t j0,
-              int64_t n, float* out, int64_t ldo, bool accumulate) {
-  float sums[MR * NP * 16];
-  Bf16Sums<MR, NP>(q, ldq, panels, panel_words, groups, sums);
+void AddSums(const float* sums, int64_t j0, int64_t n, float* out, int64_t ldo, bool accumulate) {
   for (int64_t c = 0; c < 2 * NP; ++c) {
     const int64_t j = j0 + 8 * c;
     if (j >= n) break;
@@ -268,6 +265,16 @@ void Bf16Tile(const float* q, int64_t ldq, const uint32_t* panels, int64_t panel
   }
 }
 
+// MR rows by NP panels (columns from j0): out (=|+=) the sums, as Bf16Tile in
+// packed_gemm_avx512.cc.
+template <int MR, int NP>
+void Bf16Tile(const float* q, int64_t ldq, const uint32_t* panels, int64_t panel_words, int64_t groups, int64_t j0,
+              int64_t n, float* out, int64_t ldo, bool accumulate) {
+  float sums[MR * NP * 16];
+  Bf16Sums<MR, NP>(q, ldq, panels, panel_words, groups, sums);
+  AddSums<MR, NP>(sums, j0, n, out, ldo, accumulate);
+}
+
 using Bf16TileFn = void (*)(const float*, int64_t, const uint32_t*, int64_t, int64_t, int64_t, int64_t, float*, int64_t,
                             bool);
 // By (rows - 1, panels - 1), panels up to kBf16PanelsPerTile[rows - 1].
@@ -277,6 +284,60 @@ constexpr Bf16TileFn kBf16Tiles[kBf16RowsPerTile][4] = {
     {&Bf16Tile<3, 1>, nullptr, nullptr, nullptr},
     {&Bf16Tile<4, 1>, nullptr, nullptr, nullptr},
     {&Bf16Tile<5, 1>, nullptr, nullptr, nullptr}};
+
+// ---- float32 ----
+
+// MR rows by NP panels (columns from j0): out (=|+=) a @ w, each output one FMA chain in k's
+// order, as F32Tile in lstm_kernels_avx512.cc (the same bits). 6 rows by one panel keep 12
+// accumulators, 2 weight vectors and a broadcast in the 16 YMM registers.
+constexpr int kF32RowsPerTile = 6;
+constexpr int kF32PanelsPerTile[kF32RowsPerTile] = {4, 2, 1, 1, 1, 1};
+
+template <int MR, int NP>
+void F32Tile(const float* a, int64_t lda, const float* panels, int64_t panel_floats, int64_t k, int64_t j0, int64_t n,
+             float* out, int64_t ldo, bool accumulate) {
+  __m256 acc[MR][NP][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int i = 0; i < NP; ++i) acc[r][i][0] = acc[r][i][1] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < k; ++g) {
+#pragma GCC unroll 4
+    for (int i = 0; i < NP; ++i) {
+      const float* w = panels + i * panel_floats + 16 * g;
+      const __m256 w0 = _mm256_loadu_ps(w), w1 = _mm256_loadu_ps(w + 8);
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        const __m256 x = _mm256_broadcast_ss(a + r * lda + g);
+        FmaTo(acc[r][i][0], x, w0);
+        FmaTo(acc[r][i][1], x, w1);
+      }
+    }
+  }
+  // Constant indices only (unrolled), or the accumulators would live in memory.
+#pragma GCC unroll 8
+  for (int c = 0; c < 2 * NP; ++c) {
+    const int64_t j = j0 + 8 * c;
+    if (j >= n) break;
+    const __m256i m = ColumnMask(j, n);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m256 v = acc[r][c / 2][c % 2];
+      float* o = out + r * ldo + j;
+      _mm256_maskstore_ps(o, m, accumulate ? _mm256_add_ps(_mm256_maskload_ps(o, m), v) : v);
+    }
+  }
+}
+
+using F32TileFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t,
+                           bool);
+// By (rows - 1, panels - 1), panels up to kF32PanelsPerTile[rows - 1].
+constexpr F32TileFn kF32Tiles[kF32RowsPerTile][4] = {{&F32Tile<1, 1>, &F32Tile<1, 2>, &F32Tile<1, 3>, &F32Tile<1, 4>},
+                                                     {&F32Tile<2, 1>, &F32Tile<2, 2>, nullptr, nullptr},
+                                                     {&F32Tile<3, 1>, nullptr, nullptr, nullptr},
+                                                     {&F32Tile<4, 1>, nullptr, nullptr, nullptr},
+                                                     {&F32Tile<5, 1>, nullptr, nullptr, nullptr},
+                                                     {&F32Tile<6, 1>, nullptr, nullptr, nullptr}};
 
 // The tiles of a call: rows [0, rows) in blocks of kRowsPerBlock and tiles of at most
 // tile_rows, by column units [u0, u1) (panels or halves) in groups of `group` units, whose
@@ -335,6 +396,17 @@ void Bf16GemmPackedAvx2(const float* q, int64_t ldq, int64_t rows, const uint16_
       [&](int64_t r, int64_t mr, int64_t p, int64_t np) {
         kBf16Tiles[mr - 1][np - 1](q + r * ldq, ldq, words + p * panel_words, panel_words, groups, p * kPanelColumns, n,
                                    out + r * ldo, ldo, accumulate);
+      });
+}
+
+void F32GemmPackedAvx2(const float* a, int64_t lda, int64_t rows, const float* packed, int64_t k, int64_t n, int64_t p0,
+                       int64_t p1, float* out, int64_t ldo, bool accumulate) {
+  const int64_t panel_floats = k * kPanelColumns;
+  ForEachTile(
+      rows, kF32RowsPerTile, p0, p1, 4, [](int64_t mr) { return int64_t{kF32PanelsPerTile[mr - 1]}; },
+      [&](int64_t r, int64_t mr, int64_t p, int64_t np) {
+        kF32Tiles[mr - 1][np - 1](a + r * lda, lda, packed + p * panel_floats, panel_floats, k, p * kPanelColumns, n,
+                                  out + r * ldo, ldo, accumulate);
       });
 }
 

@@ -22,9 +22,10 @@
 namespace lstmserve::core {
 namespace {
 
-// Batches up to this size take the small-batch kernels on CPU. Measured per 2-layer step
-// (2 threads): at B=4 they match or beat BLAS for H=64..1024 (H=512: 231 vs 575 us), at
-// B=8 BLAS wins at every size (H=1024: 2.7 vs 4.4 ms).
+// Where no packed GEMM serves a set (below x86-64-v3), batches up to this size take the
+// small-batch kernels on CPU. Measured per 2-layer step (2 threads): at B=4 they match or
+// beat BLAS for H=64..1024 (H=512: 231 vs 575 us), at B=8 BLAS wins at every size (H=1024:
+// 2.7 vs 4.4 ms).
 constexpr int64_t kSmallBatchMax = 4;
 // The input projection of a layer is computed for at most this many bytes of gates at a
 // time: the slice each step then reads is still in cache (M went from 161 to 211 GFLOP/s
@@ -139,17 +140,22 @@ void Gemm(bool small, const float* a, int64_t rows, int64_t k, const WeightView&
   }
 }
 
-// out[rows, n] (=|+=) a[rows, k] @ w, w a reduced weight packed for the dot-product kernels
-// (column_sums and scale: int8's, else null). Many rows are split across the intra-op
-// threads by rows, each thread rounding its own rows and then multiplying them by all of w
-// (the rounding is then parallel too, and no thread waits between the two); a few rows by
-// column panels, so that each thread streams its part of w.
+// out[rows, n] (=|+=) a[rows, k] @ w, w a weight packed for the core's GEMMs: float32, or
+// reduced for the dot-product kernels (column_sums and scale: int8's, else null). Reduced:
+// many rows are split across the intra-op threads by rows, each thread rounding its own rows
+// and then multiplying them by all of w (the rounding is then parallel too, and no thread
+// waits between the two); a few rows by column panels, so that each thread streams its part
+// of w. Float32 (nothing to round) by column panels whenever there are enough: the threads
+// then get equal shares, where 6-row tasks split M's 64 rows 36 / 28 (lstmserve-core-bench,
+// minimums of 5: M 25.7-26.0 against 26.9 ms, L_B32 112 against 116 ms; L, minimums of 3:
+// 750-763 against 770-790 ms).
 void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t rows, int64_t k,
                 const at::Tensor& packed, const int32_t* column_sums, const float* scale, int64_t n, float* out,
                 bool accumulate) {
 #ifndef LSTMSERVE_REDUCED_AVX512
   TORCH_CHECK(false, "this build of lstmserve has no packed GEMMs");  // UsesPackedGemm() is false
 #else
+  const bool f32 = storage == WeightStorage::kDType;
   const bool int8 = storage == WeightStorage::kInt8;
   // Without VNNI (BF16) the rounding is held as int16 (float32): the AVX2 builds.
   const bool int8_avx2 = int8 && !kernels::HasPackedInt8Vnni();
@@ -166,15 +172,17 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
   std::vector<uint16_t> call_buffer;
   std::vector<uint16_t>& rounded = rows * row_elements <= kCachedElements ? cached : call_buffer;
   thread_local std::vector<float> row_scales;
-  rounded.resize(static_cast<size_t>(rows * row_elements));
+  rounded.resize(static_cast<size_t>(f32 ? 0 : rows * row_elements));
   row_scales.resize(static_cast<size_t>(2 * rows));
   // The workers see this thread's buffers through pointers (a thread_local named in the
   // lambda would be each worker's own).
   uint16_t* const q = rounded.data();
   float* const row_scale = row_scales.data();
   const int8_t* const w8 = int8 ? packed.data_ptr<int8_t>() : nullptr;
-  const uint16_t* const w16 = int8 ? nullptr : reinterpret_cast<const uint16_t*>(packed.data_ptr());
+  const uint16_t* const w16 = int8 || f32 ? nullptr : reinterpret_cast<const uint16_t*>(packed.data_ptr());
+  const float* const w32 = f32 ? packed.data_ptr<float>() : nullptr;
   const auto round_rows = [&](int64_t r0, int64_t r1) {
+    if (f32) return;  // the float32 GEMM reads a as it is
     if (int8_avx2) {
       kernels::QuantizeRowsInt8Avx2(a + r0 * k, k, r1 - r0, k, int8_terms,
                                     reinterpret_cast<int16_t*>(q + r0 * row_elements), ldq, row_scale + 2 * r0);
@@ -188,7 +196,10 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
     }
   };
   const auto multiply = [&](int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
-    if (int8_avx2) {
+    if (f32) {
+      (kernels::HasPackedF32Avx512() ? kernels::F32GemmPackedAvx512 : kernels::F32GemmPackedAvx2)(
+          a + r0 * k, k, r1 - r0, w32, k, n, p0, p1, out + r0 * n, n, accumulate);
+    } else if (int8_avx2) {
       kernels::Int8GemmPackedAvx2(reinterpret_cast<const int16_t*>(q + r0 * row_elements), ldq, row_scale + 2 * r0,
                                   r1 - r0, int8_terms, w8, scale, k, n, p0, p1, out + r0 * n, n, accumulate);
     } else if (int8) {
@@ -210,7 +221,7 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
     multiply(0, rows, 0, panels);
     return;
   }
-  if (rows >= 4 * kRowsPerTask * at::get_num_threads()) {
+  if (f32 ? panels < kPanelsPerTask * at::get_num_threads() : rows >= 4 * kRowsPerTask * at::get_num_threads()) {
     at::parallel_for(0, (rows + kRowsPerTask - 1) / kRowsPerTask, 1, [&](int64_t t0, int64_t t1) {
       const int64_t r0 = t0 * kRowsPerTask, r1 = std::min(rows, t1 * kRowsPerTask);
       round_rows(r0, r1);
@@ -302,8 +313,9 @@ std::string DescribeCpuKernels() {
       level == CpuIsaLevel() ? "" : absl::StrCat(", capped from ", IsaLevelName(CpuIsaLevel()), " (LSTMSERVE_ISA)");
   const char* int8 = kernels::HasPackedInt8Vnni() ? "AVX512-VNNI" : kernels::HasPackedInt8() ? "AVX2" : "no";
   const char* bf16 = kernels::HasPackedBf16Avx512() ? "AVX512-BF16" : kernels::HasPackedBf16() ? "AVX2" : "no";
-  return absl::StrCat("small-batch kernels ", clone, capped, "; packed int8 GEMM ", int8, "; packed bf16 GEMM ", bf16,
-                      "; oneDNN LSTM ", OneDnnLstmAvailable() ? "yes" : "no");
+  const char* f32 = kernels::HasPackedF32Avx512() ? "AVX-512" : kernels::HasPackedF32() ? "AVX2" : "no";
+  return absl::StrCat("small-batch kernels ", clone, capped, "; packed f32 GEMM ", f32, "; packed int8 GEMM ", int8,
+                      "; packed bf16 GEMM ", bf16, "; oneDNN LSTM ", OneDnnLstmAvailable() ? "yes" : "no");
 }
 
 bool OneDnnLstmAvailable() {
@@ -434,7 +446,7 @@ at::Tensor StackedLstm::FloatWeight(int64_t layer) const {
 
 bool StackedLstm::UsesPackedGemm() const {
   switch (storage_) {
-    case WeightStorage::kDType: return false;
+    case WeightStorage::kDType: return scalar_type_ == at::kFloat && device().is_cpu() && kernels::HasPackedF32();
     case WeightStorage::kBFloat16: return kernels::HasPackedBf16();
     case WeightStorage::kInt8:
       return kernels::HasPackedInt8() && input_size_ <= kernels::kMaxPackedInt8K &&
@@ -478,11 +490,13 @@ const StackedLstm::PackedLayout& StackedLstm::Packed() const {
   std::call_once(packed_->once, [&] {
     const int64_t n = 4 * hidden_size_;
     const bool int8 = storage_ == WeightStorage::kInt8;
-    const int64_t group = int8 ? kernels::kInt8Group : kernels::kBf16Group;
+    const int64_t group = int8 ? kernels::kInt8Group : storage_ == WeightStorage::kBFloat16 ? kernels::kBf16Group : 1;
     const auto pack = [&](const at::Tensor& w, int64_t row0, int64_t k, std::vector<at::Tensor>& into,
                           std::vector<at::Tensor>& sums_into) {
       at::Tensor packed = at::empty({kernels::PackedElements(k, n, group)}, w.options());
-      if (int8) {
+      if (storage_ == WeightStorage::kDType) {
+        kernels::PackF32(w.data_ptr<float>() + row0 * n, n, k, n, packed.data_ptr<float>());
+      } else if (int8) {
         at::Tensor sums = at::empty({n}, w.options().dtype(at::kInt));
         kernels::PackInt8(w.data_ptr<int8_t>() + row0 * n, n, k, n, packed.data_ptr<int8_t>(),
                           sums.data_ptr<int32_t>());
@@ -505,9 +519,12 @@ const StackedLstm::PackedLayout& StackedLstm::Packed() const {
 
 const char* StackedLstm::KernelName(int64_t batch, int64_t steps, LstmPath path) const {
   const LstmPath chosen = ChoosePath(batch, steps, path);
-  if (chosen == LstmPath::kBlas && storage_ != WeightStorage::kDType) {
-    if (!UsesPackedGemm()) return "blas_widened";
-    return storage_ == WeightStorage::kInt8 ? "packed_int8" : "packed_bf16";
+  if (chosen == LstmPath::kBlas) {
+    switch (storage_) {
+      case WeightStorage::kDType: return UsesPackedGemm() ? "packed_f32" : "blas";
+      case WeightStorage::kInt8: return UsesPackedGemm() ? "packed_int8" : "blas_widened";
+      case WeightStorage::kBFloat16: return UsesPackedGemm() ? "packed_bf16" : "blas_widened";
+    }
   }
   return LstmPathName(chosen);
 }
@@ -550,12 +567,21 @@ LstmPath StackedLstm::ChoosePath(int64_t batch, int64_t steps, LstmPath requeste
     return batch <= kCudaFusedAutoMaxBatch ? LstmPath::kCudaFused : LstmPath::kCudaGemm;
   }
   if (scalar_type() != at::kFloat || !device().is_cpu()) return LstmPath::kGeneric;
+  // The packed GEMMs (float32, bf16 and int8, on every x86-64-v3 CPU) take every batch size,
+  // so that a row's bits never depend on the rows batched with it, nor on the level
+  // (avx512 or avx2). They are also the fastest at every batch size there. Float32, with
+  // lstmserve-core-bench --isa=L (one untimed call first), minimums of 3 on this project's
+  // 2-core AVX-512 EPYC, packed against the small-batch kernels:
+  //   avx512: S 2.85 vs 2.94 us, S32 46-51 vs 47 us, S32_B4 100-105 vs 95 us, M_B1 1.24 vs
+  //   1.69 ms, M_B4 2.24 vs 3.13 ms, L1 1.21 vs 1.46 ms, L1_B4 1.63 vs 8.8 ms;
+  //   avx2: S 3.2 vs 3.2 us, S32 48 vs 61 us, S32_B4 144 vs 177 us, M_B4 3.5 vs 6.8 ms, L1
+  //   1.5-2.3 vs 1.9-2.6 ms, L1_B4 3.1 vs 10.6 ms;
+  // and against oneDNN's LSTM on sequences of large batches (its weights are reordered on
+  // every call), avx512: M 25.7 vs 26-29 ms, L 0.75 vs 1.05-1.27 s, M_B16 6.9 vs 7.2-9.0 ms.
+  // Reduced sets at B=1: L1 int8 0.94-1.06 -> 0.47-0.82 ms against the small kernels, which
+  // widen each weight to float32; S int8 3.8 -> 2.4-2.7 us, bf16 2.8-3.0 us.
+  if (UsesPackedGemm()) return LstmPath::kBlas;
   if (storage_ != WeightStorage::kDType) {
-    // The packed GEMMs take every batch size, so that a row's bits never depend on the rows
-    // batched with it. They are faster at B=1 too (lstmserve-core-bench, several runs on
-    // this project's noisy 2-core EPYC): L1 int8 0.94-1.06 -> 0.47-0.82 ms against the small
-    // kernels, which widen each weight to float32; S int8 3.8 -> 2.4-2.7 us, bf16 2.8-3.0 us.
-    if (UsesPackedGemm()) return LstmPath::kBlas;
     if (batch <= kSmallBatchMax) return LstmPath::kSmallBatch;
     // Without them (below x86-64-v3), long sequences of large batches take oneDNN's LSTM on
     // weights widened per call, as float32 sets do: BLAS on widened weights was slower than
@@ -564,15 +590,12 @@ LstmPath StackedLstm::ChoosePath(int64_t batch, int64_t steps, LstmPath requeste
     return OneDnnLstmAvailable() && batch >= kOneDnnMinBatch && steps >= kOneDnnMinSteps ? LstmPath::kOneDnn
                                                                                          : LstmPath::kBlas;
   }
-  // The small-batch kernels block for each level's registers (small_gemm.h). Measured with
-  // lstmserve-core-bench --isa=L on this project's 2-core AVX-512 EPYC, medians of 3,
-  // small-batch against BLAS (MKL at the same cap):
-  //   avx2 and avx512: they win at every B <= 4, small layers and large (avx2: S 4.4 vs
-  //   9.2 us, S32 84 vs 214 us, S32_B4 236 vs 491 us, M_B4 9.4 vs 21.4 ms, L1 4.4 vs 8.1 ms,
-  //   L1_B4 15.4 vs 22.6 ms; avx512: S32_B4 201 vs 440 us, M_B4 5.8 vs 18.0 ms, L1_B4 11.6
-  //   vs 19.3 ms).
-  //   baseline (SSE2, no FMA): at B = 1 only (S 6.8 vs 11.9 us, S32 183 vs 266 us, L1 5.9
-  //   vs 7.7 ms; S32_B4 767 vs 594 us).
+  // Below x86-64-v3 (or off GCC x86-64), float32: the small-batch kernels at B = 1, where
+  // they beat BLAS on the baseline level (SSE2, no FMA; lstmserve-core-bench --isa=baseline,
+  // medians of 3: S 6.8 vs 11.9 us, S32 183 vs 266 us, L1 5.9 vs 7.7 ms; S32_B4 767 vs
+  // 594 us). They block for each level's registers (small_gemm.h); before the packed
+  // float32 GEMM they took every B <= 4 at avx2 and avx512 (S32_B4 236 vs 491 us against MKL
+  // at avx2).
   const int64_t small_max = KernelIsa() >= IsaLevel::kAvx2 ? kSmallBatchMax : 1;
   if (batch <= small_max) return LstmPath::kSmallBatch;
   return OneDnnLstmAvailable() && batch >= kOneDnnMinBatch && steps >= kOneDnnMinSteps ? LstmPath::kOneDnn

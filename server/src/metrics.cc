@@ -392,11 +392,11 @@ Metrics::Metrics(const BuildInfo& build) : impl_(std::make_shared<Impl>()) {
                       .Name("lstmserve_batch_kernel_total")
                       .Help(
                           "Batches computed, by the core kernel that ran them: the path (small_batch, blas, onednn, "
-                          "generic, cuda_fused, cuda_gemm), or for int8/bf16 weights on the BLAS path packed_int8, "
-                          "packed_bf16 or blas_widened.")
+                          "generic, cuda_fused, cuda_gemm), or on the BLAS path the core's packed GEMMs (packed_f32, "
+                          "packed_int8, packed_bf16) or int8/bf16 weights widened for BLAS (blas_widened).")
                       .Register(registry);
-  for (const char* name : {"small_batch", "blas", "onednn", "generic", "cuda_fused", "cuda_gemm", "packed_int8",
-                           "packed_bf16", "blas_widened"}) {
+  for (const char* name : {"small_batch", "blas", "onednn", "generic", "cuda_fused", "cuda_gemm", "packed_f32",
+                           "packed_int8", "packed_bf16", "blas_widened"}) {
     impl_->kernels.emplace_back(name, &kernels.Add({{"kernel", name}}));
   }
   impl_->queue_wait = &prometheus::BuildHistogram()

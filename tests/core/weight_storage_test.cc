@@ -1,6 +1,8 @@
 // Reduced weight storage (bfloat16, int8 with per-column scales): the rounding rules, the
 // layout checks, the kernels that read the weights as stored, and the error against the
-// float32 set after 1, 100 and 1,000 steps, bounded.
+// float32 set after 1, 100 and 1,000 steps, bounded. Also the packed float32 GEMM, which
+// shares the packed GEMMs' layout and drivers, and its bits per row and per level.
+#include <cmath>
 #include <cstdio>
 #include <limits>
 #include <string>
@@ -36,20 +38,28 @@ TEST(WeightStorageTest, ParsesPathNames) {
   const auto bad = ParseLstmPath("fastest");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(bad.status().message().find("small_batch"), std::string::npos);
-  // A float32 set names its path: at B <= 4 the small-batch kernels with AVX2 or AVX-512, at
-  // B = 1 only on the baseline level (no FMA).
+  // A float32 set names its path: the packed float32 GEMM at every batch with AVX2 or
+  // AVX-512; below, the small-batch kernels at B = 1 (no FMA), then BLAS or oneDNN.
   StackedLstm lstm = *StackedLstm::FromParameterSet(*CreateParameterSet(TestLstmSpec(2, 7, 16, true, 3), {}));
-  EXPECT_EQ(lstm.KernelName(1, 1), std::string("small_batch"));
-  EXPECT_EQ(lstm.KernelName(4, 1), std::string(KernelIsa() >= IsaLevel::kAvx2 ? "small_batch" : "blas"));
-  EXPECT_EQ(lstm.KernelName(5, 1), std::string("blas"));
-  EXPECT_EQ(lstm.KernelName(64, 100), std::string(OneDnnLstmAvailable() ? "onednn" : "blas"));
-  EXPECT_EQ(lstm.KernelName(64, 1), std::string("blas"));
+  if (kernels::HasPackedF32()) {
+    for (int64_t batch : {1, 4, 5, 64}) EXPECT_EQ(lstm.KernelName(batch, 1), std::string("packed_f32")) << batch;
+    EXPECT_EQ(lstm.KernelName(64, 100), std::string("packed_f32"));
+    EXPECT_EQ(lstm.KernelName(1, 1, LstmPath::kSmallBatch), std::string("small_batch"));
+    EXPECT_EQ(lstm.KernelName(64, 100, LstmPath::kOneDnn), std::string("onednn"));
+  } else {
+    EXPECT_EQ(lstm.KernelName(1, 1), std::string("small_batch"));
+    EXPECT_EQ(lstm.KernelName(4, 1), std::string("blas"));
+    EXPECT_EQ(lstm.KernelName(64, 100), std::string(OneDnnLstmAvailable() ? "onednn" : "blas"));
+    EXPECT_EQ(lstm.KernelName(64, 1), std::string("blas"));
+  }
   // The startup log line says what this CPU runs.
   const std::string kernels_line = DescribeCpuKernels();
   const char* int8 = kernels::HasPackedInt8Vnni() ? "AVX512-VNNI" : kernels::HasPackedInt8() ? "AVX2" : "no";
   EXPECT_NE(kernels_line.find(std::string("packed int8 GEMM ") + int8 + ";"), std::string::npos) << kernels_line;
   const char* bf16 = kernels::HasPackedBf16Avx512() ? "AVX512-BF16" : kernels::HasPackedBf16() ? "AVX2" : "no";
   EXPECT_NE(kernels_line.find(std::string("packed bf16 GEMM ") + bf16 + ";"), std::string::npos) << kernels_line;
+  const char* f32 = kernels::HasPackedF32Avx512() ? "AVX-512" : kernels::HasPackedF32() ? "AVX2" : "no";
+  EXPECT_NE(kernels_line.find(std::string("packed f32 GEMM ") + f32 + ";"), std::string::npos) << kernels_line;
 }
 
 TEST(WeightStorageTest, ParsesNames) {
@@ -270,11 +280,17 @@ TEST(WeightStorageTest, DerivedLayoutsAreCountedOnceAndReported) {
       EXPECT_EQ(lstm.DerivedBytes(), 0);
     }
     int64_t expected = 0;
-    if (storage == WeightStorage::kDType) {
+    LstmPath path = LstmPath::kBlas;
+    if (storage == WeightStorage::kDType && kernels::HasPackedF32()) {
+      // The packed float32 weights: 4 bytes per weight (4H = 64 columns: whole panels).
+      expected = weights * 4;
+      ASSERT_TRUE(lstm.Run(x, {}, true, LstmPath::kBlas).ok());
+    } else if (storage == WeightStorage::kDType) {
       if (!OneDnnLstmAvailable()) continue;
       // w_ih and w_hh per layer as float32, the bias and at::lstm's zero second bias.
       expected = weights * 4 + layers * 2 * 4 * hidden * 4;
-      ASSERT_TRUE(lstm.Run(x, {}, true, LstmPath::kOneDnn).ok());
+      path = LstmPath::kOneDnn;
+      ASSERT_TRUE(lstm.Run(x, {}, true, path).ok());
     } else {
       ASSERT_TRUE(lstm.Run(x, {}, true, LstmPath::kBlas).ok());
       if (Packed(storage)) {
@@ -292,7 +308,7 @@ TEST(WeightStorageTest, DerivedLayoutsAreCountedOnceAndReported) {
     EXPECT_EQ(reports, 1);
     // Made once: more calls, and copies of the object, share it.
     StackedLstm copy = lstm;
-    ASSERT_TRUE(copy.Run(x, {}, true, storage == WeightStorage::kDType ? LstmPath::kOneDnn : LstmPath::kBlas).ok());
+    ASSERT_TRUE(copy.Run(x, {}, true, path).ok());
     EXPECT_EQ(copy.DerivedBytes(), expected);
     EXPECT_EQ(reports, 1);
   }
@@ -580,15 +596,109 @@ TEST(WeightStorageTest, PackedGemmsMatchTheirDefinition) {
   }
 }
 
-// A reduced set computes the same bits with AVX512-VNNI/BF16 and with AVX2 (the cap switches
-// the packed GEMMs between their builds; the layout is the same): an answer does not depend
-// on which x86-64 server computed it.
-TEST(WeightStorageTest, ReducedSetsGiveTheSameBitsOnAvx2AsWithAvx512) {
+// The packed float32 GEMM, every build this CPU can run, against its definition: one FMA
+// chain per output in k's order from 0 (std::fma, one rounding each), added to out at the
+// end when accumulating. Bit for bit, for every row remainder of the tiles, panel
+// remainders and column tails, k from 1, a sub-range of panels, and 130 rows (the AVX2
+// build's block of 120).
+TEST(WeightStorageTest, PackedF32GemmIsOneFmaChainPerOutput) {
+  std::vector<bool> builds;  // true: AVX-512
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  if (CpuIsaLevel() == IsaLevel::kAvx512) builds.push_back(true);
+  if (CpuIsaLevel() >= IsaLevel::kAvx2) builds.push_back(false);
+#endif
+  if (builds.empty()) GTEST_SKIP() << "this CPU has no AVX2 + FMA";
+  at::Generator gen = at::detail::createCPUGenerator(41);
+  for (int64_t rows : {1, 2, 3, 5, 6, 7, 13, 130}) {
+    for (int64_t n : {16, 40, 200, 1040}) {
+      for (int64_t k : {1, 5, 70}) {
+        const at::Tensor a = at::empty({rows, k}).normal_(0, 1, gen);
+        const at::Tensor w = at::empty({k, n}).normal_(0, 0.3, gen);
+        const at::Tensor base = at::empty({rows, n}).normal_(0, 1, gen);
+        at::Tensor packed = at::empty({kernels::PackedElements(k, n, 1)});
+        kernels::PackF32(w.data_ptr<float>(), n, k, n, packed.data_ptr<float>());
+        at::Tensor chain = at::empty({rows, n});
+        const float* pa = a.data_ptr<float>();
+        const float* pw = w.data_ptr<float>();
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t j = 0; j < n; ++j) {
+            float acc = 0.0f;
+            for (int64_t i = 0; i < k; ++i) acc = std::fma(pa[r * k + i], pw[i * n + j], acc);
+            chain.data_ptr<float>()[r * n + j] = acc;
+          }
+        }
+        const at::Tensor summed = base + chain;
+        // Panels [1, 3) only: the columns 16..47, the rest of out untouched.
+        const int64_t panels = kernels::Panels(n), p0 = std::min<int64_t>(1, panels - 1);
+        const int64_t p1 = std::min<int64_t>(3, panels), j0 = 16 * p0, j1 = std::min(n, 16 * p1);
+        for (bool avx512 : builds) {
+          const auto gemm = avx512 ? kernels::F32GemmPackedAvx512 : kernels::F32GemmPackedAvx2;
+          const std::string what = std::string(avx512 ? "AVX-512" : "AVX2") + " rows=" + std::to_string(rows) +
+                                   " n=" + std::to_string(n) + " k=" + std::to_string(k);
+          at::Tensor out = at::full({rows, n}, std::numeric_limits<float>::quiet_NaN());
+          gemm(pa, k, rows, packed.data_ptr<float>(), k, n, 0, panels, out.data_ptr<float>(), n, false);
+          EXPECT_TRUE(out.equal(chain)) << what << " max diff " << MaxAbsDiff(out, chain);
+          out = base.clone();
+          gemm(pa, k, rows, packed.data_ptr<float>(), k, n, 0, panels, out.data_ptr<float>(), n, true);
+          EXPECT_TRUE(out.equal(summed)) << what << " accumulating";
+          out = base.clone();
+          gemm(pa, k, rows, packed.data_ptr<float>(), k, n, p0, p1, out.data_ptr<float>(), n, false);
+          EXPECT_TRUE(out.narrow(1, j0, j1 - j0).equal(chain.narrow(1, j0, j1 - j0))) << what << " panels";
+          EXPECT_TRUE(out.narrow(1, 0, j0).equal(base.narrow(1, 0, j0))) << what << " left of the panels";
+          EXPECT_TRUE(out.narrow(1, j1, n - j1).equal(base.narrow(1, j1, n - j1))) << what << " right of the panels";
+        }
+      }
+    }
+  }
+}
+
+// A float32 set on the packed GEMM (auto, at every batch size from x86-64-v3 on) gives a row
+// the bits it gets alone, whatever rows it is batched with: each output is one FMA chain
+// over its own row, and the threads split columns, never a sum. Within 1e-5 of the generic
+// path (LibTorch's ops), which sums in its own order.
+TEST(WeightStorageTest, Float32SetsGiveARowTheSameBitsInAnyBatch) {
+  if (!kernels::HasPackedF32()) GTEST_SKIP() << "no packed float32 GEMM below x86-64-v3";
+  for (int64_t hidden : {3, 40, 200}) {
+    StackedLstm lstm = *StackedLstm::FromParameterSet(*CreateParameterSet(TestLstmSpec(2, 7, hidden, true, 2), {}));
+    at::Generator gen = at::detail::createCPUGenerator(hidden);
+    const at::Tensor x = at::empty({6, 70, 7}).normal_(0, 1, gen);
+    LstmState state;
+    for (int64_t l = 0; l < 2; ++l) {
+      state.h.push_back(at::empty({70, hidden}).uniform_(-1, 1, gen));
+      state.c.push_back(at::empty({70, hidden}).normal_(0, 1, gen));
+    }
+    auto together = lstm.Run(x, state, true);
+    auto generic = lstm.Run(x, state, true, LstmPath::kGeneric);
+    ASSERT_TRUE(together.ok() && generic.ok()) << together.status() << generic.status();
+    EXPECT_LT(MaxAbsDiff(together->outputs, generic->outputs), 1e-5) << "H=" << hidden;
+    for (int64_t batch : {1, 3, 5, 8}) {
+      const int64_t row0 = 70 - batch;  // the last rows of the big batch
+      LstmState part;
+      for (int64_t l = 0; l < 2; ++l) {
+        part.h.push_back(state.h[l].narrow(0, row0, batch).contiguous());
+        part.c.push_back(state.c[l].narrow(0, row0, batch).contiguous());
+      }
+      auto alone = lstm.Run(x.narrow(1, row0, batch).contiguous(), part, true);
+      ASSERT_TRUE(alone.ok()) << alone.status();
+      EXPECT_TRUE(alone->outputs.equal(together->outputs.narrow(1, row0, batch))) << "H=" << hidden << " B=" << batch;
+      auto step = lstm.Step(x[0].narrow(0, row0, batch).contiguous(), part);
+      ASSERT_TRUE(step.ok()) << step.status();
+      EXPECT_TRUE(step->h.back().equal(together->outputs[0].narrow(0, row0, batch))) << "step, B=" << batch;
+    }
+  }
+}
+
+// A set computes the same bits with AVX-512 (AVX512-VNNI/BF16 for reduced sets) and with
+// AVX2 (the cap switches the packed GEMMs between their builds; the layout is the same): an
+// answer does not depend on which x86-64 server computed it.
+TEST(WeightStorageTest, SetsGiveTheSameBitsOnAvx2AsWithAvx512) {
   if (CpuIsaLevel() != IsaLevel::kAvx512) GTEST_SKIP() << "needs AVX-512 to compare with";
   const IsaLevel level = KernelIsa();
-  for (WeightStorage storage : {WeightStorage::kInt8, WeightStorage::kBFloat16}) {
+  for (WeightStorage storage : {WeightStorage::kDType, WeightStorage::kInt8, WeightStorage::kBFloat16}) {
     SetIsaCap(IsaLevel::kAvx512);
-    const bool native = storage == WeightStorage::kInt8 ? kernels::HasPackedInt8Vnni() : kernels::HasPackedBf16Avx512();
+    const bool native = storage == WeightStorage::kInt8       ? kernels::HasPackedInt8Vnni()
+                        : storage == WeightStorage::kBFloat16 ? kernels::HasPackedBf16Avx512()
+                                                              : kernels::HasPackedF32Avx512();
     SetIsaCap(level);
     if (!native) continue;
     StackedLstm lstm =
@@ -599,8 +709,8 @@ TEST(WeightStorageTest, ReducedSetsGiveTheSameBitsOnAvx2AsWithAvx512) {
       SetIsaCap(IsaLevel::kAvx512);
       auto wide = lstm.Run(x, {}, true, LstmPath::kBlas);
       SetIsaCap(IsaLevel::kAvx2);
-      EXPECT_TRUE(kernels::HasPackedInt8() && kernels::HasPackedBf16());
-      EXPECT_FALSE(kernels::HasPackedInt8Vnni() || kernels::HasPackedBf16Avx512());
+      EXPECT_TRUE(kernels::HasPackedInt8() && kernels::HasPackedBf16() && kernels::HasPackedF32());
+      EXPECT_FALSE(kernels::HasPackedInt8Vnni() || kernels::HasPackedBf16Avx512() || kernels::HasPackedF32Avx512());
       auto avx2 = lstm.Run(x, {}, true, LstmPath::kBlas);
       SetIsaCap(level);
       ASSERT_TRUE(wide.ok() && avx2.ok()) << wide.status() << avx2.status();

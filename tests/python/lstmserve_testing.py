@@ -7,6 +7,25 @@ import tempfile
 import unittest
 
 
+def cpu_flags():
+    """The flags of /proc/cpuinfo (empty off Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+# Whether the server runs the core's packed GEMMs (lstm_kernels.h, HasPackedF32 and the
+# others): on every x86-64-v3 CPU, unless a cap (LSTMSERVE_ISA=baseline) takes them away.
+# A float32 set then packs its weights once more on its first call, counted in its bytes.
+PACKED_GEMMS = ({"avx2", "fma", "bmi1", "bmi2", "f16c", "movbe"} <= cpu_flags()
+                and os.environ.get("LSTMSERVE_ISA", "native") != "baseline")
+
+
 class ServerProcess:
     """lstmserve on 127.0.0.1:0 with metrics and the HTTP API on 127.0.0.1:0; `target`,
     `metrics` and `http` are the HOST:PORT it printed. Use as a context manager, or call stop()."""

@@ -19,7 +19,7 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from lstmserve_testing import ServerProcess
+from lstmserve_testing import PACKED_GEMMS, ServerProcess
 
 sys.path.insert(0, os.environ["LSTMSERVE_REFERENCE_DIR"])
 import common_ops  # noqa: E402
@@ -466,11 +466,13 @@ class OpenInferenceHttpTest(unittest.TestCase):
 
 class StatisticsAndRepositoryTest(unittest.TestCase):
     """Triton's statistics and model-repository extensions, through tritonclient's own calls
-    over gRPC and HTTP. The memory budget holds two of the three sets (512 bytes each)."""
+    over gRPC and HTTP. The memory budget holds two of the three sets (512 bytes each, and
+    512 more once a call has packed their weights where the packed GEMMs run)."""
 
     @classmethod
     def setUpClass(cls):
-        cls.server = ServerProcess("--max_set_bytes=600", "--max_total_set_bytes=1200")
+        cls.server = ServerProcess(*(("--max_set_bytes=1200", "--max_total_set_bytes=2400") if PACKED_GEMMS else
+                                     ("--max_set_bytes=600", "--max_total_set_bytes=1200")))
         for i, name in enumerate(["a", "b", "c"]):
             cli(cls.server, "create", f"--id={name}", "--layers=1", "--input_size=4", "--hidden_size=4",
                 f"--seed={i + 1}")

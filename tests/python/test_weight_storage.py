@@ -18,7 +18,7 @@ import torch
 from lstmserve.v1 import parameter_service_pb2 as parameter_pb2
 from lstmserve.v1 import tensor_pb2
 from lstmserve_client import checksum
-from lstmserve_testing import ServerProcess, ServerTestCase
+from lstmserve_testing import PACKED_GEMMS, ServerProcess, ServerTestCase, cpu_flags
 
 sys.path.insert(0, os.environ["LSTMSERVE_REFERENCE_DIR"])
 import common_ops  # noqa: E402
@@ -33,20 +33,11 @@ def int8_reference(w):
     return q.clamp(-127, 127).to(torch.int8), scale
 
 
-def cpu_flags():
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    return set()
-
-
-# Reduced sets run the packed GEMMs (lstm_kernels.h, HasPackedInt8/HasPackedBf16), whose
-# activations are rounded first, on every x86-64-v3 CPU (AVX512-VNNI and AVX512-BF16, or
-# their AVX2 builds: the same bits). A cap (LSTMSERVE_ISA=baseline) takes them away.
-_X86_64_V3 = {"avx2", "fma", "bmi1", "bmi2", "f16c", "movbe"}
-_PACKED = _X86_64_V3 <= cpu_flags() and os.environ.get("LSTMSERVE_ISA", "native") != "baseline"
-PACKED = {"bf16": _PACKED, "int8": _PACKED}
+# Sets run the packed GEMMs (lstm_kernels.h, HasPackedF32/HasPackedInt8/HasPackedBf16) on
+# every x86-64-v3 CPU (AVX-512, AVX512-VNNI and AVX512-BF16, or their AVX2 builds: the same
+# bits); reduced sets' activations are rounded first. A cap (LSTMSERVE_ISA=baseline) takes
+# them away.
+PACKED = {"f32": PACKED_GEMMS, "bf16": PACKED_GEMMS, "int8": PACKED_GEMMS}
 
 
 def round_activations(t, storage, terms):
@@ -157,15 +148,17 @@ class WeightStorageTest(ServerTestCase):
         after = kernel_batches(self.server)
         int8_kernel = "packed_int8" if PACKED["int8"] else "blas_widened"
         self.assertEqual(after[int8_kernel] - before.get(int8_kernel, 0), 1, after)
-        # B = 1 takes the small-batch kernels at every level (StackedLstm::ChoosePath).
-        self.assertEqual(after["small_batch"] - before.get("small_batch", 0), 1, after)
+        # B = 1 takes the packed float32 GEMM from x86-64-v3 on, else the small-batch kernels
+        # (StackedLstm::ChoosePath).
+        f32_kernel = "packed_f32" if PACKED["f32"] else "small_batch"
+        self.assertEqual(after[f32_kernel] - before.get(f32_kernel, 0), 1, after)
 
     def test_a_rows_bits_do_not_depend_on_its_batch(self):
         # The packed GEMMs round and sum each row on its own, in exact integer or fixed-order
         # float32 sums: a request merged with others gets the bits it gets alone.
         gen = torch.Generator().manual_seed(5)
         x = torch.randn(3, 8, INPUT, generator=gen)
-        for id in ("bf16", "int8"):
+        for id in ("f32", "bf16", "int8"):
             if not PACKED[id]:
                 continue
             together, _, _ = self.client.run(id, x)
@@ -175,8 +168,9 @@ class WeightStorageTest(ServerTestCase):
 
     def test_an_avx2_server_gives_the_same_bits(self):
         # Servers of one cluster on different CPUs (here: this one, and a second server capped
-        # at avx2 on the same store) answer a reduced set with the same bits: the packed
-        # GEMMs' AVX2 builds reproduce AVX512-VNNI's and AVX512-BF16's arithmetic.
+        # at avx2 on the same store) answer a set with the same bits: the packed GEMMs' AVX2
+        # builds reproduce the AVX-512 builds' arithmetic (float32's FMA chains, AVX512-VNNI's
+        # and AVX512-BF16's).
         if not PACKED["int8"]:
             self.skipTest("no packed GEMMs below x86-64-v3")
         gen = torch.Generator().manual_seed(9)
@@ -185,7 +179,7 @@ class WeightStorageTest(ServerTestCase):
             from lstmserve_client import Client
             other = Client(avx2.target)
             try:
-                for id in ("bf16", "int8"):
+                for id in ("f32", "bf16", "int8"):
                     here, _, _ = self.client.run(id, x)
                     there, _, _ = other.run(id, x)
                     self.assertTrue(torch.equal(here, there), f"{id}: max diff {(here - there).abs().max().item()}")
@@ -194,9 +188,10 @@ class WeightStorageTest(ServerTestCase):
                     self.assertTrue(torch.equal(step_here[-1], step_there[-1]), id)
             finally:
                 other.close()
-            self.assertIn("packed int8 GEMM AVX2; packed bf16 GEMM AVX2;", avx2.log())
+            self.assertIn("packed f32 GEMM AVX2; packed int8 GEMM AVX2; packed bf16 GEMM AVX2;", avx2.log())
         if {"avx512_vnni", "avx512_bf16"} <= cpu_flags() and os.environ.get("LSTMSERVE_ISA", "native") == "native":
-            self.assertIn("packed int8 GEMM AVX512-VNNI; packed bf16 GEMM AVX512-BF16;", self.server.log())
+            self.assertIn("packed f32 GEMM AVX-512; packed int8 GEMM AVX512-VNNI; packed bf16 GEMM AVX512-BF16;",
+                          self.server.log())
 
     def test_error_against_float32_within_the_bounds(self):
         gen = torch.Generator().manual_seed(11)

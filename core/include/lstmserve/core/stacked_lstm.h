@@ -40,19 +40,20 @@ struct SequenceResult {
 // benchmarks, which check that every path gives the reference's numbers.
 enum class LstmPath {
   kAuto,
-  kSmallBatch,  // float32 CPU: own vectorised kernels, no LibTorch op per step (auto: B <= 4,
-                // B = 1 when a layer's weight has more than 2^21 elements; bfloat16 and int8
-                // weights, which these kernels read as stored, at B <= 4 where the CPU lacks
-                // the packed GEMMs of kBlas)
-  kBlas,        // float32 CPU: one GEMM per layer for all inputs, one GEMM per step. Reduced
-                // weights take the core's packed GEMMs where the CPU has AVX512-VNNI (int8,
-                // activations quantized per row) or AVX512-BF16 (bf16, activations rounded
-                // to bf16), and auto then takes this path at every batch size; elsewhere
-                // they are widened to float32 once per call for BLAS
+  kSmallBatch,  // float32 CPU: own vectorised kernels, no LibTorch op per step; bfloat16 and
+                // int8 weights are read as stored (auto: only where the CPU lacks the packed
+                // GEMMs of kBlas, below x86-64-v3: B = 1 for float32 sets, B <= 4 for reduced)
+  kBlas,        // float32 CPU: one GEMM per layer for all inputs, one GEMM per step. On every
+                // x86-64-v3 CPU (AVX2 + FMA) these are the core's packed GEMMs, and auto
+                // takes this path at every batch size: float32 weights packed once per set
+                // (one FMA chain per output, in k's order: the same bits on AVX2 and AVX-512,
+                // at any batch size), int8 with vpdpbusd or vpmaddwd (activations quantized
+                // per row), bf16 with vdpbf16ps or two FMAs (activations rounded to bf16).
+                // Elsewhere: BLAS, on reduced weights widened to float32 once per call
   kGeneric,     // any device and dtype: LibTorch ops
   kOneDnn,      // float32 CPU, LibTorch 2.x: at::lstm on weights reordered to its layout, which
                 // runs oneDNN's fused RNN primitive (AVX-512 where the CPU has it; auto: B >= 32
-                // and T >= 16)
+                // and T >= 16, below x86-64-v3 only)
   kCudaFused,   // CUDA, B <= 8: one fused kernel per layer and step (GEMV + cell), reads w once
   kCudaGemm,    // CUDA: cuBLAS GEMMs (all inputs at once, then one per step) + a fused cell kernel
 };
@@ -62,8 +63,8 @@ const char* LstmPathName(LstmPath path);
 // The path of a name LstmPathName gives; INVALID_ARGUMENT naming the choices otherwise.
 absl::StatusOr<LstmPath> ParseLstmPath(absl::string_view name);
 // What this CPU and build give the CPU paths, in one line for the server's startup log: the
-// small-batch kernels' clone, the packed int8 (AVX512-VNNI) and bf16 (AVX512-BF16) GEMMs,
-// and oneDNN's LSTM.
+// small-batch kernels' clone, the build of the packed float32, int8 and bf16 GEMMs (AVX-512,
+// AVX512-VNNI, AVX512-BF16, AVX2 or no), and oneDNN's LSTM.
 std::string DescribeCpuKernels();
 // True when this build has the CUDA paths (its LibTorch has CUDA).
 bool BuiltWithCuda();
@@ -113,8 +114,9 @@ class StackedLstm {
   at::Tensor FloatWeight(int64_t layer) const;
 
   // Memory this set holds beyond its own tensors: the layouts some paths derive from the
-  // weights on their first call (kOneDnn's reordered float32 weights; kBlas's packed int8 or
-  // bf16 weights and their column sums; a small reduced set's float32 copy, WidenedCopy).
+  // weights on their first call (kOneDnn's reordered float32 weights; kBlas's packed float32,
+  // int8 or bf16 weights and int8's column sums; a small reduced set's float32 copy,
+  // WidenedCopy).
   // DerivedBytes: the bytes made so far, shared by copies of this object.
   int64_t DerivedBytes() const { return derived_->bytes.load(std::memory_order_relaxed); }
   // `listener` is called with the bytes of each layout as it is made, on the thread of the
@@ -128,8 +130,9 @@ class StackedLstm {
   double StepFlops(int64_t batch) const;
 
   // The kernel a call of `batch` rows and `steps` steps runs on `path` (kAuto: the path auto
-  // picks), for metrics and logs: the path's name, except that reduced weights on the BLAS
-  // path name how they are multiplied: "packed_int8", "packed_bf16" or "blas_widened".
+  // picks), for metrics and logs: the path's name, except that the BLAS path names how it
+  // multiplies: "packed_f32", "packed_int8", "packed_bf16", "blas_widened" (reduced weights
+  // on BLAS) or "blas" (float32 weights on BLAS).
   const char* KernelName(int64_t batch, int64_t steps, LstmPath path = LstmPath::kAuto) const;
 
  private:
@@ -159,17 +162,17 @@ class StackedLstm {
     std::vector<at::Tensor> params;
   };
   std::shared_ptr<TorchLayout> torch_layout_;
-  // Reduced weights packed for the kBlas path's dot-product GEMMs (kernels::PackInt8 and
-  // PackBf16), made on the first call that takes them: the stored weights once more (1 or 2
-  // bytes per weight), split into each layer's input rows and hidden rows.
+  // Weights packed for the kBlas path's GEMMs (kernels::PackF32, PackInt8 and PackBf16),
+  // made on the first call that takes them: the stored weights once more (4, 1 or 2 bytes
+  // per weight), split into each layer's input rows and hidden rows.
   struct PackedLayout {
     std::once_flag once;
     std::vector<at::Tensor> x, h;            // per layer: w_l[0:in] and w_l[in:in + H], packed
     std::vector<at::Tensor> x_sums, h_sums;  // int8: their int32 column sums
   };
   std::shared_ptr<PackedLayout> packed_;
-  // Whether kBlas runs this set's weights on the packed GEMMs (reduced storage, and a CPU
-  // that has the instructions), and the layout, packed on first use.
+  // Whether kBlas runs this set's weights on the packed GEMMs (float32 CPU sets and reduced
+  // storage, on a CPU at x86-64-v3 or above), and the layout, packed on first use.
   bool UsesPackedGemm() const;
   const PackedLayout& Packed() const;
   // A small reduced set's weights widened to float32 once, on first use, where no packed
