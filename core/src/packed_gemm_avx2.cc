@@ -51,6 +51,20 @@ inline __m256i ColumnMask(int64_t j, int64_t n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+// o[i] = v[i] for the lanes of m, all 8 when `full`: a plain store then, and vmaskmovps only
+// for a tail (its store is microcoded on AMD: with it on every output, the bf16 epilogue took
+// 10% of M's time at --isa=avx2).
+inline void StoreLanes(float* o, __m256i m, bool full, __m256 v) {
+  if (full) {
+    _mm256_storeu_ps(o, v);
+  } else {
+    _mm256_maskstore_ps(o, m, v);
+  }
+}
+inline __m256 LoadLanes(const float* o, __m256i m, bool full) {
+  return full ? _mm256_loadu_ps(o) : _mm256_maskload_ps(o, m);
+}
+
 inline int64_t Load64(const int16_t* p) {
   int64_t v;
   std::memcpy(&v, p, sizeof(v));
@@ -115,6 +129,7 @@ void Int8Tile(const int16_t* q, int64_t ldq, const float* row_scale, const int8_
     const int64_t j0 = 8 * (h0 + i);
     if (j0 >= n) break;
     const __m256i m = ColumnMask(j0, n);
+    const bool full = j0 + 8 <= n;
     const __m256 cs = _mm256_maskload_ps(column_scale + j0, m);
 #pragma GCC unroll 8
     for (int r = 0; r < MP; ++r) {
@@ -125,7 +140,7 @@ void Int8Tile(const int16_t* q, int64_t ldq, const float* row_scale, const int8_
                             _mm256_set1_ps(row_scale[TERMS * r + 1]), v);
       }
       float* o = out + r * ldo + j0;
-      _mm256_maskstore_ps(o, m, accumulate ? _mm256_fmadd_ps(v, cs, _mm256_maskload_ps(o, m)) : _mm256_mul_ps(v, cs));
+      StoreLanes(o, m, full, accumulate ? _mm256_fmadd_ps(v, cs, LoadLanes(o, m, full)) : _mm256_mul_ps(v, cs));
     }
   }
 }
@@ -197,6 +212,16 @@ inline __attribute__((always_inline)) void FmaTo(__m256& acc, __m256 a, __m256 w
   asm("vfmadd231ps %2, %1, %0" : "+x"(acc) : "x"(a), "x"(w));
 }
 
+// acc0 += a * w0 and acc1 += a * w1, a = *x broadcast, in one asm block with the broadcast in
+// ymm15: left to itself, GCC 12 kept 12 accumulators, 2 weight vectors and a broadcast in the
+// 16 registers only by copying accumulators (2 to 4 vmovaps per 12 FMAs).
+inline __attribute__((always_inline)) void RowFma(__m256& acc0, __m256& acc1, const float* x, __m256 w0, __m256 w1) {
+  asm("vbroadcastss %2, %%ymm15\n\tvfmadd231ps %3, %%ymm15, %0\n\tvfmadd231ps %4, %%ymm15, %1"
+      : "+x"(acc0), "+x"(acc1)
+      : "m"(*x), "x"(w0), "x"(w1)
+      : "xmm15");
+}
+
 // sums[(r * NP + i) * 16 + j] = row r of q (floats holding bf16 values, ldq apart) dotted
 // with column j of panel i (panel_words apart), in vdpbf16ps's order and with its flushing.
 // Not inlined, and the sums go through memory, so that no float operation of the caller
@@ -256,11 +281,12 @@ void AddSums(const float* sums, int64_t j0, int64_t n, float* out, int64_t ldo, 
     const int64_t j = j0 + 8 * c;
     if (j >= n) break;
     const __m256i m = ColumnMask(j, n);
+    const bool full = j + 8 <= n;
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const __m256 v = _mm256_loadu_ps(sums + r * NP * 16 + 8 * c);
       float* o = out + r * ldo + j;
-      _mm256_maskstore_ps(o, m, accumulate ? _mm256_add_ps(v, _mm256_maskload_ps(o, m)) : v);
+      StoreLanes(o, m, full, accumulate ? _mm256_add_ps(v, LoadLanes(o, m, full)) : v);
     }
   }
 }
@@ -307,11 +333,7 @@ void F32Tile(const float* a, int64_t lda, const float* panels, int64_t panel_flo
       const float* w = panels + i * panel_floats + 16 * g;
       const __m256 w0 = _mm256_loadu_ps(w), w1 = _mm256_loadu_ps(w + 8);
 #pragma GCC unroll 8
-      for (int r = 0; r < MR; ++r) {
-        const __m256 x = _mm256_broadcast_ss(a + r * lda + g);
-        FmaTo(acc[r][i][0], x, w0);
-        FmaTo(acc[r][i][1], x, w1);
-      }
+      for (int r = 0; r < MR; ++r) RowFma(acc[r][i][0], acc[r][i][1], a + r * lda + g, w0, w1);
     }
   }
   // Constant indices only (unrolled), or the accumulators would live in memory.
@@ -320,11 +342,12 @@ void F32Tile(const float* a, int64_t lda, const float* panels, int64_t panel_flo
     const int64_t j = j0 + 8 * c;
     if (j >= n) break;
     const __m256i m = ColumnMask(j, n);
+    const bool full = j + 8 <= n;
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const __m256 v = acc[r][c / 2][c % 2];
       float* o = out + r * ldo + j;
-      _mm256_maskstore_ps(o, m, accumulate ? _mm256_add_ps(_mm256_maskload_ps(o, m), v) : v);
+      StoreLanes(o, m, full, accumulate ? _mm256_add_ps(LoadLanes(o, m, full), v) : v);
     }
   }
 }
@@ -381,7 +404,7 @@ void RoundRowsBf16Avx2(const float* a, int64_t lda, int64_t rows, int64_t k, flo
           _mm256_add_epi32(v, _mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32(v, 16), one))), high);
       __m256i b = _mm256_blendv_epi8(rounded, _mm256_and_si256(v, sign), denormal);
       b = _mm256_blendv_epi8(b, _mm256_or_si256(_mm256_and_si256(v, high), quiet), nan);
-      _mm256_maskstore_ps(dst + i, m, _mm256_castsi256_ps(b));
+      StoreLanes(dst + i, m, i + 8 <= k, _mm256_castsi256_ps(b));
     }
     std::fill(dst + k, dst + ldq, 0.0f);
   }
