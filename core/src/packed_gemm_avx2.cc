@@ -222,6 +222,19 @@ inline __attribute__((always_inline)) void RowFma(__m256& acc0, __m256& acc1, co
       : "xmm15");
 }
 
+// sums[(r * NP + i) * 16 + j] = acc[r][i][j / 8] lane j % 8: a tile's 16-column sums per row.
+template <int MR, int NP>
+inline __attribute__((always_inline)) void StoreSums(const __m256 (&acc)[MR][NP][2], float* sums) {
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int i = 0; i < NP; ++i) {
+      _mm256_storeu_ps(sums + (r * NP + i) * 16, acc[r][i][0]);
+      _mm256_storeu_ps(sums + (r * NP + i) * 16 + 8, acc[r][i][1]);
+    }
+  }
+}
+
 // sums[(r * NP + i) * 16 + j] = row r of q (floats holding bf16 values, ldq apart) dotted
 // with column j of panel i (panel_words apart), in vdpbf16ps's order and with its flushing.
 // Not inlined, and the sums go through memory, so that no float operation of the caller
@@ -262,14 +275,7 @@ __attribute__((noinline)) void Bf16Sums(const float* q, int64_t ldq, const uint3
       }
     }
   }
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 4
-    for (int i = 0; i < NP; ++i) {
-      _mm256_storeu_ps(sums + (r * NP + i) * 16, acc[r][i][0]);
-      _mm256_storeu_ps(sums + (r * NP + i) * 16 + 8, acc[r][i][1]);
-    }
-  }
+  StoreSums(acc, sums);
   _mm_setcsr(csr);
 }
 
@@ -336,20 +342,9 @@ void F32Tile(const float* a, int64_t lda, const float* panels, int64_t panel_flo
       for (int r = 0; r < MR; ++r) RowFma(acc[r][i][0], acc[r][i][1], a + r * lda + g, w0, w1);
     }
   }
-  // Constant indices only (unrolled), or the accumulators would live in memory.
-#pragma GCC unroll 8
-  for (int c = 0; c < 2 * NP; ++c) {
-    const int64_t j = j0 + 8 * c;
-    if (j >= n) break;
-    const __m256i m = ColumnMask(j, n);
-    const bool full = j + 8 <= n;
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      const __m256 v = acc[r][c / 2][c % 2];
-      float* o = out + r * ldo + j;
-      StoreLanes(o, m, full, accumulate ? _mm256_add_ps(LoadLanes(o, m, full), v) : v);
-    }
-  }
+  float sums[MR * NP * 16];
+  StoreSums(acc, sums);
+  AddSums<MR, NP>(sums, j0, n, out, ldo, accumulate);
 }
 
 using F32TileFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t,
