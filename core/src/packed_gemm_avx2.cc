@@ -2,7 +2,9 @@
 // AVX2 + FMA, as on AMD Zen 2 and 3, or an AVX-512 CPU without them, or any CPU capped to
 // avx2): the same packed weights as the AVX-512 kernels (packed_gemm_avx512.cc), the
 // activations rounded exactly as they round them, and every output bit equal to theirs.
-// This file alone is compiled for x86-64-v3 (core/CMakeLists.txt).
+// This file alone is compiled for x86-64-v3 (core/CMakeLists.txt). It also holds the packed
+// float32 GEMM's AVX2 build (F32GemmPackedAvx2, at the end of the file), whose outputs are
+// the AVX-512 build's bits (lstm_kernels_avx512.cc): one FMA chain per output in k's order.
 //
 // int8 (Int8GemmPackedAvx2): AVX2 has no instruction that multiplies unsigned by signed bytes into 32-bit sums without
 // saturating (vpmaddubsw saturates at 16 bits: 255 * -128 * 2 does not fit), so the integer

@@ -172,8 +172,9 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
   std::vector<uint16_t> call_buffer;
   std::vector<uint16_t>& rounded = rows * row_elements <= kCachedElements ? cached : call_buffer;
   thread_local std::vector<float> row_scales;
+  // Float32 reads a as it is: nothing to round, no scales.
   rounded.resize(static_cast<size_t>(f32 ? 0 : rows * row_elements));
-  row_scales.resize(static_cast<size_t>(2 * rows));
+  row_scales.resize(static_cast<size_t>(f32 ? 0 : 2 * rows));
   // The workers see this thread's buffers through pointers (a thread_local named in the
   // lambda would be each worker's own).
   uint16_t* const q = rounded.data();
@@ -182,7 +183,7 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
   const uint16_t* const w16 = int8 || f32 ? nullptr : reinterpret_cast<const uint16_t*>(packed.data_ptr());
   const float* const w32 = f32 ? packed.data_ptr<float>() : nullptr;
   const auto round_rows = [&](int64_t r0, int64_t r1) {
-    if (f32) return;  // the float32 GEMM reads a as it is
+    if (f32) return;
     if (int8_avx2) {
       kernels::QuantizeRowsInt8Avx2(a + r0 * k, k, r1 - r0, k, int8_terms,
                                     reinterpret_cast<int16_t*>(q + r0 * row_elements), ldq, row_scale + 2 * r0);
@@ -569,13 +570,14 @@ LstmPath StackedLstm::ChoosePath(int64_t batch, int64_t steps, LstmPath requeste
   if (scalar_type() != at::kFloat || !device().is_cpu()) return LstmPath::kGeneric;
   // The packed GEMMs (float32, bf16 and int8, on every x86-64-v3 CPU) take every batch size,
   // so that a row's bits never depend on the rows batched with it, nor on the level
-  // (avx512 or avx2). They are also the fastest at every batch size there. Float32, with
-  // lstmserve-core-bench --isa=L (one untimed call first), minimums of 3 on this project's
-  // 2-core AVX-512 EPYC, packed against the small-batch kernels:
-  //   avx512: S 2.85 vs 2.94 us, S32 46-51 vs 47 us, S32_B4 100-105 vs 95 us, M_B1 1.24 vs
-  //   1.69 ms, M_B4 2.24 vs 3.13 ms, L1 1.21 vs 1.46 ms, L1_B4 1.63 vs 8.8 ms;
-  //   avx2: S 3.2 vs 3.2 us, S32 48 vs 61 us, S32_B4 144 vs 177 us, M_B4 3.5 vs 6.8 ms, L1
-  //   1.5-2.3 vs 1.9-2.6 ms, L1_B4 3.1 vs 10.6 ms;
+  // (avx512 or avx2). They are also the fastest there at every batch size, or tie. Float32,
+  // lstmserve-core-bench --isa=L (one untimed call first), medians of 3 on this project's
+  // 2-core AVX-512 EPYC, packed against the small-batch kernels (README, "Instruction-set
+  // levels"):
+  //   avx512: S 2.83 vs 2.93 us, S32 39.8 vs 46.6 us, S32_B4 70.9 vs 89.1 us (one earlier
+  //   round: 100-105 vs 95), M_B4 1.84 vs 2.63 ms, L1 2.30 vs 2.44 ms, L1_B4 2.42 vs 10.4 ms;
+  //   avx2: S 3.11 vs 3.17 us, S32 48.2 vs 60.6 us, S32_B4 148 vs 180 us, M_B4 3.57 vs 7.26
+  //   ms, L1 2.36 vs 2.62 ms, L1_B4 3.29 vs 11.0 ms;
   // and against oneDNN's LSTM on sequences of large batches (its weights are reordered on
   // every call), avx512: M 25.7 vs 26-29 ms, L 0.75 vs 1.05-1.27 s, M_B16 6.9 vs 7.2-9.0 ms.
   // Reduced sets at B=1: L1 int8 0.94-1.06 -> 0.47-0.82 ms against the small kernels, which
