@@ -9,6 +9,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
+#include <utility>
 
 #include "lstm_kernels.h"
 #include "small_gemm.h"
@@ -42,9 +44,19 @@ struct Bf16Avx512Load {
 // The packed float32 GEMM: a tile of MR rows by NB panels keeps MR x NB accumulators over
 // all of k (6 x 4 = 24 of the 32 ZMM registers, 4 for a step's weights, the rows' values
 // broadcast from memory into the FMAs); panels of 4 stay in L2 while every tile of rows
-// passes over them.
+// passes over them. A call of fewer than 6 rows takes more panels per tile (one row: 8), so
+// that 8 or more FMA chains are in flight, as many as two FMA pipes of 4-cycle latency
+// need. One row by 4 panels: [1, 64] x [64, 256] in 0.42 us, 1 x [256, 1024] in 7.7 us;
+// by 8: 0.40 and 7.6 us, 2 rows 0.66 against 0.71 us (16 panels were slower: 0.47 us, 13.6
+// us with 16 weight streams).
 constexpr int kF32RowsPerTile = 6;
-constexpr int kF32PanelsPerTile = 4;
+constexpr int kF32MaxPanelsPerTile = 8;
+// By rows - 1: the most panels a tile of that many rows takes.
+constexpr int kF32PanelsPerTile[kF32RowsPerTile] = {8, 8, 6, 4, 4, 4};
+// One row takes 8 panels only while the call's weights are at most this many bytes (in L2):
+// streamed from L3, 8 streams were slower than 4 (M_B1, each thread's 512 KiB of a step:
+// 1.06 against 0.93 ms; S32, 64 KiB: 33 against 38 us).
+constexpr int64_t kF32WidePanelsMaxBytes = int64_t{256} << 10;
 
 template <int MR, int NB>
 void F32Tile(const float* a, int64_t lda, const float* panels, int64_t panel_floats, int64_t k, int64_t j0, int64_t n,
@@ -52,20 +64,20 @@ void F32Tile(const float* a, int64_t lda, const float* panels, int64_t panel_flo
   __m512 acc[MR][NB];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
+#pragma GCC unroll 16
     for (int i = 0; i < NB; ++i) acc[r][i] = _mm512_setzero_ps();
   for (int64_t g = 0; g < k; ++g) {
     __m512 w[NB];
-#pragma GCC unroll 4
+#pragma GCC unroll 16
     for (int i = 0; i < NB; ++i) w[i] = _mm512_loadu_ps(panels + i * panel_floats + 16 * g);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const __m512 x = _mm512_set1_ps(a[r * lda + g]);
-#pragma GCC unroll 4
+#pragma GCC unroll 16
       for (int i = 0; i < NB; ++i) acc[r][i] = _mm512_fmadd_ps(x, w[i], acc[r][i]);
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 16
   for (int i = 0; i < NB; ++i) {
     const int64_t j = j0 + 16 * i;
     if (j >= n) break;
@@ -81,20 +93,28 @@ void F32Tile(const float* a, int64_t lda, const float* panels, int64_t panel_flo
 
 using F32TileFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t,
                            bool);
-#define LSTMSERVE_F32_ROW(r) \
-  { &F32Tile<r, 1>, &F32Tile<r, 2>, &F32Tile<r, 3>, &F32Tile<r, 4> }
-constexpr F32TileFn kF32Tiles[kF32RowsPerTile][kF32PanelsPerTile] = {LSTMSERVE_F32_ROW(1), LSTMSERVE_F32_ROW(2),
-                                                                     LSTMSERVE_F32_ROW(3), LSTMSERVE_F32_ROW(4),
-                                                                     LSTMSERVE_F32_ROW(5), LSTMSERVE_F32_ROW(6)};
-#undef LSTMSERVE_F32_ROW
+// By (rows - 1, panels - 1); null past kF32PanelsPerTile[rows - 1].
+template <int MR, int... I>
+constexpr std::array<F32TileFn, kF32MaxPanelsPerTile> F32TileRow(std::integer_sequence<int, I...>) {
+  return {(I < kF32PanelsPerTile[MR - 1] ? &F32Tile<MR, (I < kF32PanelsPerTile[MR - 1] ? I + 1 : 1)> : nullptr)...};
+}
+template <int... R>
+constexpr std::array<std::array<F32TileFn, kF32MaxPanelsPerTile>, kF32RowsPerTile> F32TileTable(
+    std::integer_sequence<int, R...>) {
+  return {F32TileRow<R + 1>(std::make_integer_sequence<int, kF32MaxPanelsPerTile>())...};
+}
+constexpr auto kF32Tiles = F32TileTable(std::make_integer_sequence<int, kF32RowsPerTile>());
 
 }  // namespace
 
 void F32GemmPackedAvx512(const float* a, int64_t lda, int64_t rows, const float* packed, int64_t k, int64_t n,
                          int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate) {
+  if (rows <= 0) return;
   const int64_t panel_floats = k * kPanelColumns;
-  for (int64_t p = p0; p < p1; p += kF32PanelsPerTile) {
-    const int64_t nb = std::min<int64_t>(kF32PanelsPerTile, p1 - p);
+  int64_t step = kF32PanelsPerTile[std::min<int64_t>(rows, kF32RowsPerTile) - 1];
+  if (rows == 1 && (p1 - p0) * panel_floats * int64_t{sizeof(float)} > kF32WidePanelsMaxBytes) step = 4;
+  for (int64_t p = p0; p < p1; p += step) {
+    const int64_t nb = std::min<int64_t>(step, p1 - p);
     for (int64_t r = 0; r < rows; r += kF32RowsPerTile) {
       const int64_t mr = std::min<int64_t>(kF32RowsPerTile, rows - r);
       kF32Tiles[mr - 1][nb - 1](a + r * lda, lda, packed + p * panel_floats, panel_floats, k, p * kPanelColumns, n,
