@@ -21,8 +21,8 @@
 // the pairs at 345 GOP/s against the FMAs' 258 GFLOP/s (1.34x float32's rate), and the
 // weights are a quarter of float32's bytes.
 // At --isa=avx2 there, int8 took 0.68-0.69 of float32's time on L and 0.72-0.73 on M
-// (README, "Reduced-precision weights"). The tile for bf16 is 5 rows by one panel (10
-// accumulators), or for 1 and 2 rows 4 and 2 panels.
+// (README, "Reduced-precision weights"). The tile for bf16 is float32's: 6 rows by one panel
+// (12 accumulators), or for 1 and 2 rows 4 and 2 panels.
 //
 // bfloat16 weights (Bf16GemmPackedAvx2): vdpbf16ps (AVX512-BF16) computes, per 32-bit lane,
 // acc = fma(a_odd, w_odd, acc) and then fma(a_even, w_even, acc) with denormal inputs read
@@ -30,7 +30,9 @@
 // FMAs in that order run on the weights widened in registers (a shift and a mask per 8
 // columns x 2 k), with MXCSR's DAZ and FTZ set while the sums run: the BF16 kernel's bits
 // again (tested against vdpbf16ps, denormals included), at float32's FMA rate and half its
-// weight bytes.
+// weight bytes. The weights are widened one k at a time (a shift pair for the odd k, one
+// shift for the even), so that the 12 accumulators of float32's 6-row tile fit: with both
+// k widened at once only 5 rows did, and M at --isa=avx2 took 1.17x float32's time.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -202,17 +204,12 @@ inline void StoreInt16(int16_t* p, __m256i v, int64_t count) {
 
 // ---- bfloat16 ----
 
-constexpr int kBf16RowsPerTile = 5;
+constexpr int kBf16RowsPerTile = 6;
 constexpr unsigned kFlushDenormals = 0x8040;  // MXCSR: FTZ (bit 15) and DAZ (bit 6)
 // Panels per tile by rows: every output lane is one chain of dependent FMAs (vdpbf16ps's
 // order), so a tile needs about 8 accumulators in flight to cover the FMA's latency; a
 // row alone takes 4 panels (S at B=1: 4.2 us with one panel, as float32's 3.2 with four).
-constexpr int kBf16PanelsPerTile[kBf16RowsPerTile] = {4, 2, 1, 1, 1};
-
-// acc += a * w, one rounding, in acc's register (as AddTo).
-inline __attribute__((always_inline)) void FmaTo(__m256& acc, __m256 a, __m256 w) {
-  asm("vfmadd231ps %2, %1, %0" : "+x"(acc) : "x"(a), "x"(w));
-}
+constexpr int kBf16PanelsPerTile[kBf16RowsPerTile] = {4, 2, 1, 1, 1, 1};
 
 // acc0 += a * w0 and acc1 += a * w1, a = *x broadcast, in one asm block with the broadcast in
 // ymm15: left to itself, GCC 12 kept 12 accumulators, 2 weight vectors and a broadcast in the
@@ -251,30 +248,22 @@ __attribute__((noinline)) void Bf16Sums(const float* q, int64_t ldq, const uint3
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int i = 0; i < NP; ++i) acc[r][i][0] = acc[r][i][1] = _mm256_setzero_ps();
-  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
   for (int64_t g = 0; g < groups; ++g) {
 #pragma GCC unroll 4
     for (int i = 0; i < NP; ++i) {
-      const uint32_t* w = panels + i * panel_words + g * 16;
-      const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
-      const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 8));
-      // Each 32-bit lane holds a column's k = 2g (low half) and 2g + 1 (high half).
-      const __m256 odd0 = _mm256_castsi256_ps(_mm256_and_si256(x0, high));
-      const __m256 odd1 = _mm256_castsi256_ps(_mm256_and_si256(x1, high));
-      const __m256 even0 = _mm256_castsi256_ps(_mm256_slli_epi32(x0, 16));
-      const __m256 even1 = _mm256_castsi256_ps(_mm256_slli_epi32(x1, 16));
+      // Each 32-bit lane holds a column's k = 2g (low half) and 2g + 1 (high half): the odd
+      // k's weights are the lanes with their low half cleared, the even k's the lanes shifted
+      // up, widened from memory one k at a time so that 6 rows' 12 accumulators, 2 weight
+      // vectors and a broadcast fit the 16 registers.
+      const __m256i* w = reinterpret_cast<const __m256i*>(panels + i * panel_words + g * 16);
+      const __m256 odd0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_srli_epi32(_mm256_loadu_si256(w), 16), 16));
+      const __m256 odd1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_srli_epi32(_mm256_loadu_si256(w + 1), 16), 16));
 #pragma GCC unroll 8
-      for (int r = 0; r < MR; ++r) {
-        const __m256 a = _mm256_broadcast_ss(q + r * ldq + 2 * g + 1);
-        FmaTo(acc[r][i][0], a, odd0);
-        FmaTo(acc[r][i][1], a, odd1);
-      }
+      for (int r = 0; r < MR; ++r) RowFma(acc[r][i][0], acc[r][i][1], q + r * ldq + 2 * g + 1, odd0, odd1);
+      const __m256 even0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_loadu_si256(w), 16));
+      const __m256 even1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_loadu_si256(w + 1), 16));
 #pragma GCC unroll 8
-      for (int r = 0; r < MR; ++r) {
-        const __m256 a = _mm256_broadcast_ss(q + r * ldq + 2 * g);
-        FmaTo(acc[r][i][0], a, even0);
-        FmaTo(acc[r][i][1], a, even1);
-      }
+      for (int r = 0; r < MR; ++r) RowFma(acc[r][i][0], acc[r][i][1], q + r * ldq + 2 * g, even0, even1);
     }
   }
   StoreSums(acc, sums);
@@ -317,7 +306,8 @@ constexpr Bf16TileFn kBf16Tiles[kBf16RowsPerTile][4] = {
     {&Bf16Tile<2, 1>, &Bf16Tile<2, 2>, nullptr, nullptr},
     {&Bf16Tile<3, 1>, nullptr, nullptr, nullptr},
     {&Bf16Tile<4, 1>, nullptr, nullptr, nullptr},
-    {&Bf16Tile<5, 1>, nullptr, nullptr, nullptr}};
+    {&Bf16Tile<5, 1>, nullptr, nullptr, nullptr},
+    {&Bf16Tile<6, 1>, nullptr, nullptr, nullptr}};
 
 // ---- float32 ----
 

@@ -142,12 +142,14 @@ void Gemm(bool small, const float* a, int64_t rows, int64_t k, const WeightView&
 
 // out[rows, n] (=|+=) a[rows, k] @ w, w a weight packed for the core's GEMMs: float32, or
 // reduced for the dot-product kernels (column_sums and scale: int8's, else null). Reduced:
-// many rows are split across the intra-op threads by rows, each thread rounding its own rows
-// and then multiplying them by all of w (the rounding is then parallel too, and no thread
-// waits between the two); a few rows by column panels, so that each thread streams its part
-// of w. Float32 (nothing to round) by column panels whenever there are enough: the threads
-// then get equal shares, where 6-row tasks split M's 64 rows 36 / 28 (lstmserve-core-bench,
-// minimums of 5: M 25.7-26.0 against 26.9 ms, L_B32 112 against 116 ms; L, minimums of 3:
+// many rows (32 tasks of 6 per thread) are split across the intra-op threads by rows, each
+// thread rounding its own rows and then multiplying them by all of w (the rounding is then
+// parallel too, and no thread waits between the two); fewer rows by column panels, so that
+// each thread streams its part of w. Until 2026-12-05 the row split began at 8 tasks, and
+// M's 64 rows split 36 / 28: column panels took bf16 M from 57.1-63.7 to 54.7-56.3 ms at
+// --isa=avx2, int8 M from 11.6 to 9.2 ms natively (lstmserve-core-bench). Float32 (nothing to round) by column panels
+// whenever there are enough: the threads then get equal shares, where 6-row tasks split M's 64 rows 36 / 28
+// (lstmserve-core-bench, minimums of 5: M 25.7-26.0 against 26.9 ms, L_B32 112 against 116 ms; L, minimums of 3:
 // 750-763 against 770-790 ms).
 void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t rows, int64_t k,
                 const at::Tensor& packed, const int32_t* column_sums, const float* scale, int64_t n, float* out,
@@ -215,6 +217,8 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
   };
   const int64_t panels = kernels::Panels(n);
   constexpr int64_t kRowsPerTask = 6, kPanelsPerTask = 4;
+  // Per thread, enough 6-row tasks that one more on a thread costs it no more than ~3%.
+  constexpr int64_t kRowsPerTaskSplit = 32 * kRowsPerTask;
   // Below this many multiply-adds a thread's wake-up costs more than it saves (S at B=1).
   constexpr int64_t kParallelMin = int64_t{1} << 18;
   if (rows * k * n < kParallelMin || at::get_num_threads() == 1) {
@@ -222,7 +226,11 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
     multiply(0, rows, 0, panels);
     return;
   }
-  if (f32 ? panels < kPanelsPerTask * at::get_num_threads() : rows >= 4 * kRowsPerTask * at::get_num_threads()) {
+  // Reduced sets split many rows by rows (each thread rounds its own), once the tasks of 6
+  // rows split evenly enough.
+  const int64_t threads = at::get_num_threads();
+  const bool by_rows = panels < kPanelsPerTask * threads || (!f32 && rows >= kRowsPerTaskSplit * threads);
+  if (by_rows) {
     at::parallel_for(0, (rows + kRowsPerTask - 1) / kRowsPerTask, 1, [&](int64_t t0, int64_t t1) {
       const int64_t r0 = t0 * kRowsPerTask, r1 = std::min(rows, t1 * kRowsPerTask);
       round_rows(r0, r1);
