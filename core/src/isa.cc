@@ -15,20 +15,31 @@ namespace {
 constexpr int kUnset = -1;
 std::atomic<int> cap{kUnset};
 
+// AVX-VNNI (VEX vpdpbusd on YMM), which no x86-64 level includes.
+bool CpuHasAvxVnni() {
+#if defined(__GNUC__) && !defined(__clang__)
+  static const bool has = __builtin_cpu_supports("avxvnni");
+  return has;
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 absl::StatusOr<IsaLevel> ParseIsaLevel(absl::string_view name) {
   if (name == "native") return CpuIsaLevel();
-  for (IsaLevel level : {IsaLevel::kBaseline, IsaLevel::kAvx2, IsaLevel::kAvx512}) {
+  for (IsaLevel level : {IsaLevel::kBaseline, IsaLevel::kAvx2, IsaLevel::kAvx2Vnni, IsaLevel::kAvx512}) {
     if (name == IsaLevelName(level)) return level;
   }
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown instruction-set level \"", name, "\"; choose native, avx512, avx2 or baseline"));
+      absl::StrCat("unknown instruction-set level \"", name, "\"; choose native, avx512, avx2_vnni, avx2 or baseline"));
 }
 
 const char* IsaLevelName(IsaLevel level) {
   switch (level) {
     case IsaLevel::kAvx512: return "avx512";
+    case IsaLevel::kAvx2Vnni: return "avx2_vnni";
     case IsaLevel::kAvx2: return "avx2";
     default: return "baseline";
   }
@@ -40,7 +51,8 @@ IsaLevel CpuIsaLevel() {
     // The levels exactly as GCC's target("arch=x86-64-vN") compiles for them (v3 also has
     // BMI1/2, LZCNT, MOVBE, F16C; v4 AVX-512 F, BW, CD, DQ, VL).
     if (__builtin_cpu_supports("x86-64-v4")) return IsaLevel::kAvx512;
-    return __builtin_cpu_supports("x86-64-v3") ? IsaLevel::kAvx2 : IsaLevel::kBaseline;
+    if (!__builtin_cpu_supports("x86-64-v3")) return IsaLevel::kBaseline;
+    return CpuHasAvxVnni() ? IsaLevel::kAvx2Vnni : IsaLevel::kAvx2;
 #else
     const CpuFeatures cpu = DetectCpuFeatures();
     if (cpu.avx512 && __builtin_cpu_supports("avx512cd")) return IsaLevel::kAvx512;
@@ -66,7 +78,8 @@ IsaLevel KernelIsa() {
     int expected = kUnset;
     if (!cap.compare_exchange_strong(expected, c)) c = expected;
   }
-  return static_cast<IsaLevel>(std::min(c, static_cast<int>(CpuIsaLevel())));
+  const auto level = static_cast<IsaLevel>(std::min(c, static_cast<int>(CpuIsaLevel())));
+  return level == IsaLevel::kAvx2Vnni && !CpuHasAvxVnni() ? IsaLevel::kAvx2 : level;
 }
 
 void SetIsaCap(IsaLevel level) { cap.store(static_cast<int>(level)); }
@@ -74,6 +87,7 @@ void SetIsaCap(IsaLevel level) { cap.store(static_cast<int>(level)); }
 std::vector<std::pair<std::string, std::string>> IsaEnvironment(IsaLevel level) {
   switch (level) {
     case IsaLevel::kAvx512: return {};  // the libraries' own choice: AVX-512 and what the CPU adds
+    case IsaLevel::kAvx2Vnni:           // the libraries as at avx2: AVX-VNNI is the core's int8 GEMM's
     case IsaLevel::kAvx2:
       return {{"MKL_ENABLE_INSTRUCTIONS", "AVX2"}, {"DNNL_MAX_CPU_ISA", "AVX2"}, {"OPENBLAS_CORETYPE", "Haswell"}};
     default:

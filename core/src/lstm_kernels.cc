@@ -23,6 +23,7 @@
   void NAME PARAMS {                                                             \
     switch (KernelIsa()) {                                                       \
       case IsaLevel::kAvx512: return NAME##V4 ARGS;                              \
+      case IsaLevel::kAvx2Vnni:                                                  \
       case IsaLevel::kAvx2: return NAME##V3 ARGS;                                \
       default: return NAME##Base ARGS;                                           \
     }                                                                            \
@@ -75,8 +76,9 @@ namespace {
 #ifdef LSTMSERVE_REDUCED_AVX512
 // x86-64-v4, what lstm_kernels_avx512.cc was compiled for, and not capped below it.
 bool HasAvx512() { return KernelIsa() == IsaLevel::kAvx512; }
-// x86-64-v3, what lstm_kernels_avx2.cc was compiled for, as the level the kernels run at.
-bool AtAvx2() { return KernelIsa() == IsaLevel::kAvx2; }
+// x86-64-v3, what lstm_kernels_avx2.cc was compiled for, as the level the kernels run at
+// (avx2_vnni adds AVX-VNNI to it, for the packed int8 GEMM only).
+bool AtAvx2() { return KernelIsa() == IsaLevel::kAvx2 || KernelIsa() == IsaLevel::kAvx2Vnni; }
 #endif
 
 }  // namespace
@@ -150,6 +152,14 @@ bool HasPackedInt8Vnni() {
 #ifdef LSTMSERVE_REDUCED_AVX512
   static const bool cpu = __builtin_cpu_supports("avx512vnni");
   return cpu && HasAvx512();
+#else
+  return false;
+#endif
+}
+
+bool HasPackedInt8AvxVnni() {
+#ifdef LSTMSERVE_REDUCED_AVX512
+  return KernelIsa() == IsaLevel::kAvx2Vnni;  // the CPU has AVX-VNNI (KernelIsa)
 #else
   return false;
 #endif

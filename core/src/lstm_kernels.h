@@ -52,6 +52,8 @@ void Int8SumsAvx2(const float* a, int64_t lda, const int8_t* w, int64_t ldw, int
 // HasPackedBf16Avx512 say which build runs.
 bool HasPackedInt8();
 bool HasPackedInt8Vnni();
+// The YMM build with AVX-VNNI (Int8GemmPackedAvxVnni), at the avx2_vnni level.
+bool HasPackedInt8AvxVnni();
 bool HasPackedBf16();
 bool HasPackedBf16Avx512();
 // The packed float32 GEMM (F32GemmPackedAvx512, F32GemmPackedAvx2): on every x86-64-v3 CPU
@@ -110,6 +112,15 @@ void QuantizeRowsInt8Avx2(const float* a, int64_t lda, int64_t rows, int64_t k, 
 void Int8GemmPackedAvx2(const int16_t* q, int64_t ldq, const float* row_scale, int64_t rows, int terms,
                         const int8_t* packed, const float* column_scale, int64_t k, int64_t n, int64_t p0, int64_t p1,
                         float* out, int64_t ldo, bool accumulate);
+// The int8 GEMM for x86-64-v3 CPUs with AVX-VNNI (vpdpbusd on YMM: Intel Alder Lake and
+// later client cores, Sierra Forest, AMD Zen 5), also in packed_gemm_avx2.cc: the arguments
+// and every output bit of Int8GemmPackedAvx512, q rounded by the overload of
+// QuantizeRowsInt8Avx2 that writes bytes (QuantizeRowsInt8Avx512's bytes).
+void QuantizeRowsInt8Avx2(const float* a, int64_t lda, int64_t rows, int64_t k, int terms, uint8_t* q, int64_t ldq,
+                          float* row_scale);
+void Int8GemmPackedAvxVnni(const uint8_t* q, int64_t ldq, const float* row_scale, int64_t rows, int terms,
+                           const int8_t* packed, const int32_t* column_sums, const float* column_scale, int64_t k,
+                           int64_t n, int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate);
 void Bf16GemmPackedAvx512(const uint16_t* q, int64_t ldq, int64_t rows, const uint16_t* packed, int64_t k, int64_t n,
                           int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate);
 // The bf16 GEMM for x86-64-v3, in packed_gemm_avx2.cc (same packed weights): q holds the

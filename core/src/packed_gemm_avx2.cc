@@ -36,7 +36,9 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
+#include <utility>
 
 #include "lstm_kernels.h"
 #include "packed_rounding.h"
@@ -420,17 +422,39 @@ void F32GemmPackedAvx2(const float* a, int64_t lda, int64_t rows, const float* p
       });
 }
 
-void QuantizeRowsInt8Avx2(const float* a, int64_t lda, int64_t rows, int64_t k, int terms, int16_t* q, int64_t ldq,
-                          float* row_scale) {
+namespace {
+
+// Each row's int8 rounding, as QuantizeRowsInt8Avx512's: for the AVX2 GEMM as int16 without
+// the offset (Int16Rows), for the AVX-VNNI GEMM as its bytes, offset by 128 (OffsetBytes).
+struct Int16Rows {
+  using Element = int16_t;
+  static constexpr Element kZero = 0;
+  static void Store(int16_t* p, __m256i v, int64_t count) { StoreInt16(p, v, count); }
+};
+struct OffsetBytes {
+  using Element = uint8_t;
+  static constexpr Element kZero = 128;
+  // v + 128, all 8 lanes in [0, 255], as bytes at p, the first `count` of them.
+  static void Store(uint8_t* p, __m256i v, int64_t count) {
+    v = _mm256_add_epi32(v, _mm256_set1_epi32(128));
+    const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    const int64_t bytes = _mm_cvtsi128_si64(_mm_packus_epi16(words, words));
+    std::memcpy(p, &bytes, static_cast<size_t>(std::min<int64_t>(8, count)));
+  }
+};
+
+template <typename Rows>
+void QuantizeRows(const float* a, int64_t lda, int64_t rows, int64_t k, int terms, typename Rows::Element* q,
+                  int64_t ldq, float* row_scale) {
   const __m256i offset = _mm256_set1_epi32(128), top = _mm256_set1_epi32(255);
   const __m256i low = _mm256_set1_epi32(-127), high = _mm256_set1_epi32(127);
   for (int64_t r = 0; r < rows; ++r) {
     const float* x = a + r * lda;
-    int16_t* hi = q + terms * r * ldq;
-    int16_t* lo = hi + ldq;  // two terms only
+    typename Rows::Element* hi = q + terms * r * ldq;
+    typename Rows::Element* lo = hi + ldq;  // two terms only
     float* scales = row_scale + terms * r;
     if (!Int8RowScales(MaxAbs(x, k), RowIsFinite(x, k), terms, scales)) {
-      std::fill(hi, hi + terms * ldq, int16_t{0});
+      std::fill(hi, hi + terms * ldq, Rows::kZero);
       continue;
     }
     const __m256 vs = _mm256_set1_ps(scales[0]), vs_lo = _mm256_set1_ps(scales[0] / 254.0f);
@@ -441,17 +465,29 @@ void QuantizeRowsInt8Avx2(const float* a, int64_t lda, int64_t rows, int64_t k, 
       // for rows of subnormals, becomes 255); the same value, less 128.
       const __m256i qh_int =
           _mm256_sub_epi32(_mm256_min_epu32(_mm256_add_epi32(_mm256_cvtps_epi32(qh), offset), top), offset);
-      StoreInt16(hi + i, qh_int, k - i);
+      Rows::Store(hi + i, qh_int, k - i);
       if (terms == 2) {
         const __m256 residual = _mm256_fnmadd_ps(qh, vs, v);
         const __m256i ql =
             _mm256_min_epi32(high, _mm256_max_epi32(low, _mm256_cvtps_epi32(_mm256_div_ps(residual, vs_lo))));
-        StoreInt16(lo + i, ql, k - i);
+        Rows::Store(lo + i, ql, k - i);
       }
     }
-    std::fill(hi + k, hi + ldq, int16_t{0});
-    if (terms == 2) std::fill(lo + k, lo + ldq, int16_t{0});
+    std::fill(hi + k, hi + ldq, Rows::kZero);
+    if (terms == 2) std::fill(lo + k, lo + ldq, Rows::kZero);
   }
+}
+
+}  // namespace
+
+void QuantizeRowsInt8Avx2(const float* a, int64_t lda, int64_t rows, int64_t k, int terms, int16_t* q, int64_t ldq,
+                          float* row_scale) {
+  QuantizeRows<Int16Rows>(a, lda, rows, k, terms, q, ldq, row_scale);
+}
+
+void QuantizeRowsInt8Avx2(const float* a, int64_t lda, int64_t rows, int64_t k, int terms, uint8_t* q, int64_t ldq,
+                          float* row_scale) {
+  QuantizeRows<OffsetBytes>(a, lda, rows, k, terms, q, ldq, row_scale);
 }
 
 void Int8GemmPackedAvx2(const int16_t* q, int64_t ldq, const float* row_scale, int64_t rows, int terms,
@@ -465,6 +501,99 @@ void Int8GemmPackedAvx2(const int16_t* q, int64_t ldq, const float* row_scale, i
       [&](int64_t r, int64_t mp, int64_t h, int64_t nh) {
         kInt8Tiles[terms - 1][mp - 1][nh - 1](q + terms * r * ldq, ldq, row_scale + terms * r, packed, panel_bytes, h,
                                               groups, column_scale, n, out + r * ldo, ldo, accumulate);
+      });
+}
+
+// ---- int8 with AVX-VNNI ----
+
+namespace {
+
+// Halves (8 columns) per tile by (terms, rows): one vpdpbusd accumulator per row and half, 8
+// or more per tile; 6 rows by 2 halves keep 12 accumulators, 2 weight vectors and a broadcast.
+constexpr int kVnniHalvesPerTile[2][kRowsPerTile] = {{8, 4, 2, 2, 2, 2}, {4, 2, 2, 0, 0, 0}};
+
+// MP rows of activations (each TERMS rows of q: bytes x / s + 128, as the AVX-512 kernel's)
+// by NH halves of panels from half h0: the integer sums by vpdpbusd on YMM (AVX-VNNI), then
+// Int8Tile's epilogue in packed_gemm_avx512.cc, lane for lane.
+template <int TERMS, int MP, int NH>
+__attribute__((target("avxvnni"))) void Int8VnniTile(const uint8_t* q, int64_t ldq, const float* row_scale,
+                                                     const int8_t* packed, int64_t panel_bytes, int64_t h0,
+                                                     int64_t groups, const int32_t* column_sums,
+                                                     const float* column_scale, int64_t n, float* out, int64_t ldo,
+                                                     bool accumulate) {
+  const int8_t* w[NH];
+#pragma GCC unroll 8
+  for (int i = 0; i < NH; ++i) w[i] = packed + (h0 + i) / 2 * panel_bytes + (h0 + i) % 2 * 32;
+  __m256i acc[TERMS * MP][NH];
+#pragma GCC unroll 8
+  for (int r = 0; r < TERMS * MP; ++r)
+#pragma GCC unroll 8
+    for (int i = 0; i < NH; ++i) acc[r][i] = _mm256_setzero_si256();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256i b[NH];
+#pragma GCC unroll 8
+    for (int i = 0; i < NH; ++i) b[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[i] + g * 64));
+#pragma GCC unroll 8
+    for (int r = 0; r < TERMS * MP; ++r) {
+      int32_t group;
+      std::memcpy(&group, q + r * ldq + 4 * g, sizeof(group));
+      const __m256i a = _mm256_set1_epi32(group);
+#pragma GCC unroll 8
+      for (int i = 0; i < NH; ++i) acc[r][i] = _mm256_dpbusd_avx_epi32(acc[r][i], a, b[i]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < NH; ++i) {
+    const int64_t j0 = 8 * (h0 + i);
+    if (j0 >= n) break;
+    const __m256i m = ColumnMask(j0, n);
+    const bool full = j0 + 8 <= n;
+    // q holds x / s + 128: subtract 128 * (the column's sum of weights).
+    const __m256i correction = _mm256_slli_epi32(_mm256_maskload_epi32(column_sums + j0, m), 7);
+    const __m256 cs = _mm256_maskload_ps(column_scale + j0, m);
+#pragma GCC unroll 8
+    for (int r = 0; r < MP; ++r) {
+      __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc[TERMS * r][i], correction)),
+                               _mm256_set1_ps(row_scale[TERMS * r]));
+      if (TERMS == 2) {
+        const __m256 lo = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[TERMS * r + 1][i], correction));
+        v = _mm256_fmadd_ps(lo, _mm256_set1_ps(row_scale[TERMS * r + 1]), v);
+      }
+      float* o = out + r * ldo + j0;
+      StoreLanes(o, m, full, accumulate ? _mm256_fmadd_ps(v, cs, LoadLanes(o, m, full)) : _mm256_mul_ps(v, cs));
+    }
+  }
+}
+
+using VnniTileFn = void (*)(const uint8_t*, int64_t, const float*, const int8_t*, int64_t, int64_t, int64_t,
+                            const int32_t*, const float*, int64_t, float*, int64_t, bool);
+// By (terms - 1, rows - 1, halves - 1), halves up to kVnniHalvesPerTile; null past it.
+template <int TERMS, int MP, int... I>
+constexpr std::array<VnniTileFn, 8> VnniTileRow(std::integer_sequence<int, I...>) {
+  constexpr int kMax = MP <= kRowsPerTile / TERMS ? kVnniHalvesPerTile[TERMS - 1][MP - 1] : 0;
+  return {(I < kMax ? &Int8VnniTile<TERMS, MP, (I < kMax ? I + 1 : 1)> : nullptr)...};
+}
+template <int TERMS, int... R>
+constexpr std::array<std::array<VnniTileFn, 8>, kRowsPerTile> VnniTileTable(std::integer_sequence<int, R...>) {
+  return {VnniTileRow<TERMS, R + 1>(std::make_integer_sequence<int, 8>())...};
+}
+constexpr std::array<std::array<std::array<VnniTileFn, 8>, kRowsPerTile>, 2> kVnniTiles = {
+    VnniTileTable<1>(std::make_integer_sequence<int, kRowsPerTile>()),
+    VnniTileTable<2>(std::make_integer_sequence<int, kRowsPerTile>())};
+
+}  // namespace
+
+void Int8GemmPackedAvxVnni(const uint8_t* q, int64_t ldq, const float* row_scale, int64_t rows, int terms,
+                           const int8_t* packed, const int32_t* column_sums, const float* column_scale, int64_t k,
+                           int64_t n, int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate) {
+  const int64_t groups = (k + 3) / 4, panel_bytes = groups * 64;
+  // By halves of panels (8 columns), those of [p0, p1) that hold columns; 8 halves at a time.
+  ForEachTile(
+      rows, kRowsPerTile / terms, 2 * p0, std::min(2 * p1, (n + 7) / 8), 8,
+      [terms](int64_t mp) { return int64_t{kVnniHalvesPerTile[terms - 1][mp - 1]}; },
+      [&](int64_t r, int64_t mp, int64_t h, int64_t nh) {
+        kVnniTiles[terms - 1][mp - 1][nh - 1](q + terms * r * ldq, ldq, row_scale + terms * r, packed, panel_bytes, h,
+                                              groups, column_sums, column_scale, n, out + r * ldo, ldo, accumulate);
       });
 }
 

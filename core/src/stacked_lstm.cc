@@ -160,7 +160,9 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
   const bool f32 = storage == WeightStorage::kDType;
   const bool int8 = storage == WeightStorage::kInt8;
   // Without VNNI (BF16) the rounding is held as int16 (float32): the AVX2 builds.
-  const bool int8_avx2 = int8 && !kernels::HasPackedInt8Vnni();
+  const bool int8_avx2 = int8 && !kernels::HasPackedInt8Vnni() && !kernels::HasPackedInt8AvxVnni();
+  // AVX-VNNI (avx2_vnni): the AVX-512 kernel's bytes and sums, on YMM.
+  const bool int8_ymm_vnni = int8 && !kernels::HasPackedInt8Vnni() && kernels::HasPackedInt8AvxVnni();
   const bool bf16_avx2 = !int8 && !kernels::HasPackedBf16Avx512();
   const int64_t ldq = kernels::RowStride(k, int8 ? kernels::kInt8Group : kernels::kBf16Group);
   // Row r's rounding starts at q + r * row_elements, 16-bit elements: room for int8's two
@@ -189,6 +191,9 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
     if (int8_avx2) {
       kernels::QuantizeRowsInt8Avx2(a + r0 * k, k, r1 - r0, k, int8_terms,
                                     reinterpret_cast<int16_t*>(q + r0 * row_elements), ldq, row_scale + 2 * r0);
+    } else if (int8_ymm_vnni) {
+      kernels::QuantizeRowsInt8Avx2(a + r0 * k, k, r1 - r0, k, int8_terms, reinterpret_cast<uint8_t*>(q + r0 * ldq),
+                                    ldq, row_scale + 2 * r0);
     } else if (int8) {
       kernels::QuantizeRowsInt8Avx512(a + r0 * k, k, r1 - r0, k, int8_terms, reinterpret_cast<uint8_t*>(q + r0 * ldq),
                                       ldq, row_scale + 2 * r0);
@@ -205,6 +210,9 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
     } else if (int8_avx2) {
       kernels::Int8GemmPackedAvx2(reinterpret_cast<const int16_t*>(q + r0 * row_elements), ldq, row_scale + 2 * r0,
                                   r1 - r0, int8_terms, w8, scale, k, n, p0, p1, out + r0 * n, n, accumulate);
+    } else if (int8_ymm_vnni) {
+      kernels::Int8GemmPackedAvxVnni(reinterpret_cast<const uint8_t*>(q + r0 * ldq), ldq, row_scale + 2 * r0, r1 - r0,
+                                     int8_terms, w8, column_sums, scale, k, n, p0, p1, out + r0 * n, n, accumulate);
     } else if (int8) {
       kernels::Int8GemmPackedAvx512(reinterpret_cast<const uint8_t*>(q + r0 * ldq), ldq, row_scale + 2 * r0, r1 - r0,
                                     int8_terms, w8, column_sums, scale, k, n, p0, p1, out + r0 * n, n, accumulate);
@@ -312,15 +320,19 @@ absl::StatusOr<LstmPath> ParseLstmPath(absl::string_view name) {
 }
 
 std::string DescribeCpuKernels() {
-  // The level each kernel call runs at (lstm_kernels.cc): x86-64-v4, x86-64-v3 or the
-  // baseline, the CPU's unless capped (isa.h).
+  // The level each kernel call runs at (lstm_kernels.cc): x86-64-v4, x86-64-v3 (with AVX-VNNI
+  // for the int8 GEMM at avx2_vnni) or the baseline, the CPU's unless capped (isa.h).
   const IsaLevel level = KernelIsa();
-  const char* clone = level == IsaLevel::kAvx512 ? "x86-64-v4 (AVX-512)"
-                      : level == IsaLevel::kAvx2 ? "x86-64-v3 (AVX2 + FMA)"
-                                                 : "baseline";
+  const char* clone = level == IsaLevel::kAvx512     ? "x86-64-v4 (AVX-512)"
+                      : level == IsaLevel::kAvx2Vnni ? "x86-64-v3 (AVX2 + FMA) and AVX-VNNI"
+                      : level == IsaLevel::kAvx2     ? "x86-64-v3 (AVX2 + FMA)"
+                                                     : "baseline";
   const std::string capped =
       level == CpuIsaLevel() ? "" : absl::StrCat(", capped from ", IsaLevelName(CpuIsaLevel()), " (LSTMSERVE_ISA)");
-  const char* int8 = kernels::HasPackedInt8Vnni() ? "AVX512-VNNI" : kernels::HasPackedInt8() ? "AVX2" : "no";
+  const char* int8 = kernels::HasPackedInt8Vnni()      ? "AVX512-VNNI"
+                     : kernels::HasPackedInt8AvxVnni() ? "AVX-VNNI"
+                     : kernels::HasPackedInt8()        ? "AVX2"
+                                                       : "no";
   const char* bf16 = kernels::HasPackedBf16Avx512() ? "AVX512-BF16" : kernels::HasPackedBf16() ? "AVX2" : "no";
   const char* f32 = kernels::HasPackedF32Avx512() ? "AVX-512" : kernels::HasPackedF32() ? "AVX2" : "no";
   return absl::StrCat("small-batch kernels ", clone, capped, "; packed f32 GEMM ", f32, "; packed int8 GEMM ", int8,

@@ -108,8 +108,8 @@ ABSL_FLAG(std::string, blas_coretype, "auto",
           "AVX2/AVX-512 and OPENBLAS_CORETYPE is unset, use Haswell or SkylakeX), keep, or a core name "
           "(Haswell, SkylakeX, Zen, Sandybridge, Cooperlake, ...)");
 ABSL_FLAG(std::string, isa, "native",
-          "the highest x86-64 level the CPU kernels may use: native (the CPU's, or LSTMSERVE_ISA's), avx512, avx2 or "
-          "baseline; caps "
+          "the highest x86-64 level the CPU kernels may use: native (the CPU's, or LSTMSERVE_ISA's), avx512, "
+          "avx2_vnni (avx2 with AVX-VNNI for int8, where the CPU has it), avx2 or baseline; caps "
           "MKL, oneDNN and OpenBLAS too (LSTMSERVE_ISA; to run and measure a lower level's kernels)");
 ABSL_FLAG(bool, reflection, kDefaults.reflection, "serve gRPC server reflection");
 ABSL_FLAG(std::string, tls_cert_file, "", "TLS: the server's certificate chain (PEM); with --tls_key_file");

@@ -2,7 +2,7 @@
 // GEMM of the step's shape [B, I + H] x [I + H, 4H] (the roofline), in one binary.
 //
 //   lstmserve-core-bench [--threads=N] [--device=cpu|cuda[:N]] [--dtype=float32|float16|bfloat16]
-//                        [--isa=native|avx512|avx2|baseline]
+//                        [--isa=native|avx512|avx2_vnni|avx2|baseline]
 //                        [Google Benchmark flags, e.g. --benchmark_filter=M]
 //
 // Benchmarks, per workload W:
@@ -189,7 +189,7 @@ int main(int argc, char** argv) {
           "  --device=D   cpu (default), cuda or cuda:N (adds the L batch sweep L_B1..L_B1024)\n"
           "  --dtype=T    float32 (default); float16 or bfloat16 on CUDA\n"
           "  --blas_coretype=auto|keep|NAME  OpenBLAS's kernels, as the server's flag (default auto)\n"
-          "  --isa=L      native (default), avx512, avx2 or baseline: the highest x86-64 level the core's\n"
+          "  --isa=L      native (default), avx512, avx2_vnni, avx2 or baseline: the highest x86-64 level the core's\n"
           "               kernels, MKL, oneDNN and OpenBLAS may use, as the server's flag\n"
           "Google Benchmark's flags follow:\n");
       args.push_back(argv[i]);

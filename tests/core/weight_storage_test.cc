@@ -54,7 +54,10 @@ TEST(WeightStorageTest, ParsesPathNames) {
   }
   // The startup log line says what this CPU runs.
   const std::string kernels_line = DescribeCpuKernels();
-  const char* int8 = kernels::HasPackedInt8Vnni() ? "AVX512-VNNI" : kernels::HasPackedInt8() ? "AVX2" : "no";
+  const char* int8 = kernels::HasPackedInt8Vnni()      ? "AVX512-VNNI"
+                     : kernels::HasPackedInt8AvxVnni() ? "AVX-VNNI"
+                     : kernels::HasPackedInt8()        ? "AVX2"
+                                                       : "no";
   EXPECT_NE(kernels_line.find(std::string("packed int8 GEMM ") + int8 + ";"), std::string::npos) << kernels_line;
   const char* bf16 = kernels::HasPackedBf16Avx512() ? "AVX512-BF16" : kernels::HasPackedBf16() ? "AVX2" : "no";
   EXPECT_NE(kernels_line.find(std::string("packed bf16 GEMM ") + bf16 + ";"), std::string::npos) << kernels_line;
@@ -357,29 +360,38 @@ TEST(WeightStorageTest, EveryKernelBuildMatchesMatmulOnWidenedWeights) {
   }
 }
 
-// The two builds of the packed int8 GEMM, each run directly where this CPU can (whatever the
-// cap): the VNNI one (unsigned bytes, qh + 128) and the AVX2 one (int16, qh).
+// The builds of the packed int8 GEMM, each run directly where this CPU can (whatever the
+// cap): AVX512-VNNI and AVX-VNNI (unsigned bytes, qh + 128) and AVX2 (int16, qh).
+enum class Int8Build { kAvx512Vnni, kAvxVnni, kAvx2 };
 class PackedInt8Build {
  public:
-  static std::vector<bool> Available() {  // true: VNNI
-    std::vector<bool> builds;
+  static std::vector<Int8Build> Available() {
+    std::vector<Int8Build> builds;
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-    if (CpuIsaLevel() == IsaLevel::kAvx512 && __builtin_cpu_supports("avx512vnni")) builds.push_back(true);
-    if (CpuIsaLevel() >= IsaLevel::kAvx2) builds.push_back(false);
+    if (CpuIsaLevel() == IsaLevel::kAvx512 && __builtin_cpu_supports("avx512vnni")) {
+      builds.push_back(Int8Build::kAvx512Vnni);
+    }
+    if (CpuIsaLevel() >= IsaLevel::kAvx2 && __builtin_cpu_supports("avxvnni")) builds.push_back(Int8Build::kAvxVnni);
+    if (CpuIsaLevel() >= IsaLevel::kAvx2) builds.push_back(Int8Build::kAvx2);
 #endif
     return builds;
   }
-  static const char* Name(bool vnni) { return vnni ? "vnni" : "avx2"; }
+  static const char* Name(Int8Build build) {
+    return build == Int8Build::kAvx512Vnni ? "vnni" : build == Int8Build::kAvxVnni ? "avx_vnni" : "avx2";
+  }
 
   // Rounds a's rows in `terms` terms.
-  PackedInt8Build(bool vnni, const at::Tensor& a, int terms)
-      : vnni_(vnni), terms_(terms), k_(a.size(1)), ldq_(kernels::RowStride(k_, kernels::kInt8Group)) {
+  PackedInt8Build(Int8Build build, const at::Tensor& a, int terms)
+      : build_(build), terms_(terms), k_(a.size(1)), ldq_(kernels::RowStride(k_, kernels::kInt8Group)) {
     const int64_t rows = a.size(0);
     row_scale_ = at::empty({rows, terms});
-    q_ = at::empty({rows, terms, ldq_}, vnni ? at::kByte : at::kShort);
-    if (vnni) {
+    q_ = at::empty({rows, terms, ldq_}, bytes() ? at::kByte : at::kShort);
+    if (build == Int8Build::kAvx512Vnni) {
       kernels::QuantizeRowsInt8Avx512(a.data_ptr<float>(), k_, rows, k_, terms, q_.data_ptr<uint8_t>(), ldq_,
                                       row_scale_.data_ptr<float>());
+    } else if (build == Int8Build::kAvxVnni) {
+      kernels::QuantizeRowsInt8Avx2(a.data_ptr<float>(), k_, rows, k_, terms, q_.data_ptr<uint8_t>(), ldq_,
+                                    row_scale_.data_ptr<float>());
     } else {
       kernels::QuantizeRowsInt8Avx2(a.data_ptr<float>(), k_, rows, k_, terms, q_.data_ptr<int16_t>(), ldq_,
                                     row_scale_.data_ptr<float>());
@@ -387,7 +399,7 @@ class PackedInt8Build {
   }
   // The rounded values, signed, [rows, terms, k] as float; the padding past k must be zero.
   at::Tensor Values() const {
-    const at::Tensor v = vnni_ ? q_.to(at::kFloat).sub(128) : q_.to(at::kFloat);
+    const at::Tensor v = bytes() ? q_.to(at::kFloat).sub(128) : q_.to(at::kFloat);
     EXPECT_TRUE(v.narrow(2, k_, ldq_ - k_).eq(0).all().item<bool>()) << "padding";
     return v.narrow(2, 0, k_);
   }
@@ -395,10 +407,14 @@ class PackedInt8Build {
   // out[count, n] (=|+=) rows [r0, r0 + count) times the panels [p0, p1).
   void Multiply(int64_t r0, int64_t count, const at::Tensor& packed, const at::Tensor& sums, const at::Tensor& scale,
                 int64_t n, int64_t p0, int64_t p1, float* out, bool accumulate) const {
-    if (vnni_) {
+    if (build_ == Int8Build::kAvx512Vnni) {
       kernels::Int8GemmPackedAvx512(q_[r0].data_ptr<uint8_t>(), ldq_, row_scale_[r0].data_ptr<float>(), count, terms_,
                                     packed.data_ptr<int8_t>(), sums.data_ptr<int32_t>(), scale.data_ptr<float>(), k_, n,
                                     p0, p1, out, n, accumulate);
+    } else if (build_ == Int8Build::kAvxVnni) {
+      kernels::Int8GemmPackedAvxVnni(q_[r0].data_ptr<uint8_t>(), ldq_, row_scale_[r0].data_ptr<float>(), count, terms_,
+                                     packed.data_ptr<int8_t>(), sums.data_ptr<int32_t>(), scale.data_ptr<float>(), k_,
+                                     n, p0, p1, out, n, accumulate);
     } else {
       kernels::Int8GemmPackedAvx2(q_[r0].data_ptr<int16_t>(), ldq_, row_scale_[r0].data_ptr<float>(), count, terms_,
                                   packed.data_ptr<int8_t>(), scale.data_ptr<float>(), k_, n, p0, p1, out, n,
@@ -407,7 +423,8 @@ class PackedInt8Build {
   }
 
  private:
-  bool vnni_;
+  bool bytes() const { return build_ != Int8Build::kAvx2; }
+  Int8Build build_;
   int terms_;
   int64_t k_, ldq_;
   at::Tensor q_, row_scale_;
@@ -430,7 +447,7 @@ std::vector<bool> PackedBf16Builds() {
 // every panel remainder, column tails and k tails (and a block of 120 rows); a row's bits
 // never depend on the other rows; zero rows give zeros and a NaN gives NaN.
 TEST(WeightStorageTest, PackedGemmsMatchTheirDefinition) {
-  const std::vector<bool> int8_builds = PackedInt8Build::Available();
+  const std::vector<Int8Build> int8_builds = PackedInt8Build::Available();
   if (int8_builds.empty()) GTEST_SKIP() << "this CPU has no AVX2 + FMA";
   at::Generator gen = at::detail::createCPUGenerator(33);
   for (int64_t rows : {1, 5, 6, 7, 13, 130}) {
@@ -455,9 +472,9 @@ TEST(WeightStorageTest, PackedGemmsMatchTheirDefinition) {
           for (int terms : {1, 2}) {
             const std::string how = where + " terms " + std::to_string(terms);
             at::Tensor first_out[2];  // by accumulate, from the first build
-            for (bool vnni : int8_builds) {
-              const std::string build = how + " " + PackedInt8Build::Name(vnni);
-              const PackedInt8Build run(vnni, a, terms);
+            for (Int8Build b : int8_builds) {
+              const std::string build = how + " " + PackedInt8Build::Name(b);
+              const PackedInt8Build run(b, a, terms);
               const at::Tensor& row_scale = run.row_scale();
               const at::Tensor values = run.Values();
               const at::Tensor s = (a.abs().amax(1) / 127).unsqueeze(1), s_lo = s / 254;
@@ -514,8 +531,8 @@ TEST(WeightStorageTest, PackedGemmsMatchTheirDefinition) {
           }
           for (int terms : {1, 2}) {
             at::Tensor first;
-            for (bool vnni : int8_builds) {
-              const PackedInt8Build run(vnni, bad, terms);
+            for (Int8Build b : int8_builds) {
+              const PackedInt8Build run(b, bad, terms);
               at::Tensor out = base.clone();
               run.Multiply(0, rows, packed, sums, scale, n, 0, panels, out.data_ptr<float>(), true);
               EXPECT_TRUE(out[rows - 1].isnan().all().item<bool>()) << where;
@@ -689,8 +706,9 @@ TEST(WeightStorageTest, Float32SetsGiveARowTheSameBitsInAnyBatch) {
 }
 
 // A set computes the same bits with AVX-512 (AVX512-VNNI/BF16 for reduced sets) and with
-// AVX2 (the cap switches the packed GEMMs between their builds; the layout is the same): an
-// answer does not depend on which x86-64 server computed it.
+// AVX2, and with AVX2 and AVX-VNNI where the CPU has it (the cap switches the packed GEMMs
+// between their builds; the layout is the same): an answer does not depend on which x86-64
+// server computed it.
 TEST(WeightStorageTest, SetsGiveTheSameBitsOnAvx2AsWithAvx512) {
   if (CpuIsaLevel() != IsaLevel::kAvx512) GTEST_SKIP() << "needs AVX-512 to compare with";
   const IsaLevel level = KernelIsa();
@@ -708,17 +726,24 @@ TEST(WeightStorageTest, SetsGiveTheSameBitsOnAvx2AsWithAvx512) {
       const at::Tensor x = at::empty({9, batch, 40}).normal_(0, 2, gen);
       SetIsaCap(IsaLevel::kAvx512);
       auto wide = lstm.Run(x, {}, true, LstmPath::kBlas);
-      SetIsaCap(IsaLevel::kAvx2);
-      EXPECT_TRUE(kernels::HasPackedInt8() && kernels::HasPackedBf16() && kernels::HasPackedF32());
-      EXPECT_FALSE(kernels::HasPackedInt8Vnni() || kernels::HasPackedBf16Avx512() || kernels::HasPackedF32Avx512());
-      auto avx2 = lstm.Run(x, {}, true, LstmPath::kBlas);
-      SetIsaCap(level);
-      ASSERT_TRUE(wide.ok() && avx2.ok()) << wide.status() << avx2.status();
-      const std::string what = std::string(WeightStorageName(storage)) + " B=" + std::to_string(batch);
-      EXPECT_TRUE(wide->outputs.equal(avx2->outputs))
-          << what << " max diff " << MaxAbsDiff(wide->outputs, avx2->outputs);
-      for (int64_t l = 0; l < 2; ++l) {
-        EXPECT_TRUE(wide->final_state.c[l].equal(avx2->final_state.c[l])) << what;
+      std::vector<IsaLevel> caps = {IsaLevel::kAvx2};
+      if (__builtin_cpu_supports("avxvnni")) caps.push_back(IsaLevel::kAvx2Vnni);
+      for (IsaLevel cap : caps) {
+        SetIsaCap(cap);
+        EXPECT_EQ(KernelIsa(), cap);
+        EXPECT_TRUE(kernels::HasPackedInt8() && kernels::HasPackedBf16() && kernels::HasPackedF32());
+        EXPECT_FALSE(kernels::HasPackedInt8Vnni() || kernels::HasPackedBf16Avx512() || kernels::HasPackedF32Avx512());
+        EXPECT_EQ(kernels::HasPackedInt8AvxVnni(), cap == IsaLevel::kAvx2Vnni);
+        auto avx2 = lstm.Run(x, {}, true, LstmPath::kBlas);
+        SetIsaCap(level);
+        ASSERT_TRUE(wide.ok() && avx2.ok()) << wide.status() << avx2.status();
+        const std::string what =
+            std::string(WeightStorageName(storage)) + " B=" + std::to_string(batch) + " at " + IsaLevelName(cap);
+        EXPECT_TRUE(wide->outputs.equal(avx2->outputs))
+            << what << " max diff " << MaxAbsDiff(wide->outputs, avx2->outputs);
+        for (int64_t l = 0; l < 2; ++l) {
+          EXPECT_TRUE(wide->final_state.c[l].equal(avx2->final_state.c[l])) << what;
+        }
       }
     }
   }

@@ -218,7 +218,7 @@ class PrometheusTest(unittest.TestCase):
         self.assertEqual(info[0]["metric"]["device"], "cpu")
         self.assertRegex(info[0]["metric"]["libtorch_version"], r"^\d+\.\d+")
         self.assertIn(info[0]["metric"]["blas"], ("openblas", "mkl"))
-        self.assertIn(info[0]["metric"]["isa"], ("avx512", "avx2", "baseline"))
+        self.assertIn(info[0]["metric"]["isa"], ("avx512", "avx2_vnni", "avx2", "baseline"))
         self.assertGreater(self.query_value('process_resident_memory_bytes{job="lstmserve"}'), 10 << 20)
 
     def test_cardinality_does_not_grow_with_sets_or_clients(self):

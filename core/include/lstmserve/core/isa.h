@@ -22,15 +22,16 @@
 
 namespace lstmserve::core {
 
-enum class IsaLevel { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+enum class IsaLevel { kBaseline = 0, kAvx2 = 1, kAvx2Vnni = 2, kAvx512 = 3 };
 
-// "baseline", "avx2", "avx512"; "native" (no cap) is the CPU's level.
+// "baseline", "avx2", "avx2_vnni", "avx512"; "native" (no cap) is the CPU's level.
 absl::StatusOr<IsaLevel> ParseIsaLevel(absl::string_view name);
 const char* IsaLevelName(IsaLevel level);
 
 // The CPU's level.
 IsaLevel CpuIsaLevel();
-// The level the kernels run at: min(CPU, cap).
+// The level the kernels run at: min(CPU, cap); avx2 where that is avx2_vnni on a CPU without
+// AVX-VNNI (an AVX-512 CPU such as Zen 4 or Skylake, capped at avx2_vnni).
 IsaLevel KernelIsa();
 // Caps the kernels from now on (the CPU's level when higher than it).
 void SetIsaCap(IsaLevel cap);
