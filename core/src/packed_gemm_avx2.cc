@@ -371,6 +371,17 @@ void ForEachTile(int64_t rows, int64_t tile_rows, int64_t u0, int64_t u1, int64_
   }
 }
 
+// The int8 GEMMs' tiles: rows in tiles of kRowsPerTile / terms, by the halves of panels (8
+// columns) of [p0, p1) that hold columns, 8 halves at a time; tile(r, mp, h, nh) with nh up
+// to halves[terms - 1][mp - 1].
+template <typename Tile>
+void ForEachInt8Tile(int64_t rows, int terms, int64_t p0, int64_t p1, int64_t n, const int (&halves)[2][kRowsPerTile],
+                     Tile tile) {
+  ForEachTile(
+      rows, kRowsPerTile / terms, 2 * p0, std::min(2 * p1, (n + 7) / 8), 8,
+      [&](int64_t mp) { return int64_t{halves[terms - 1][mp - 1]}; }, tile);
+}
+
 }  // namespace
 
 void RoundRowsBf16Avx2(const float* a, int64_t lda, int64_t rows, int64_t k, float* q, int64_t ldq) {
@@ -494,14 +505,10 @@ void Int8GemmPackedAvx2(const int16_t* q, int64_t ldq, const float* row_scale, i
                         const int8_t* packed, const float* column_scale, int64_t k, int64_t n, int64_t p0, int64_t p1,
                         float* out, int64_t ldo, bool accumulate) {
   const int64_t groups = (k + 3) / 4, panel_bytes = groups * 64;
-  // By halves of panels (8 columns), those of [p0, p1) that hold columns; 8 halves at a time.
-  ForEachTile(
-      rows, kRowsPerTile / terms, 2 * p0, std::min(2 * p1, (n + 7) / 8), 8,
-      [terms](int64_t mp) { return int64_t{kInt8HalvesPerTile[terms - 1][mp - 1]}; },
-      [&](int64_t r, int64_t mp, int64_t h, int64_t nh) {
-        kInt8Tiles[terms - 1][mp - 1][nh - 1](q + terms * r * ldq, ldq, row_scale + terms * r, packed, panel_bytes, h,
-                                              groups, column_scale, n, out + r * ldo, ldo, accumulate);
-      });
+  ForEachInt8Tile(rows, terms, p0, p1, n, kInt8HalvesPerTile, [&](int64_t r, int64_t mp, int64_t h, int64_t nh) {
+    kInt8Tiles[terms - 1][mp - 1][nh - 1](q + terms * r * ldq, ldq, row_scale + terms * r, packed, panel_bytes, h,
+                                          groups, column_scale, n, out + r * ldo, ldo, accumulate);
+  });
 }
 
 // ---- int8 with AVX-VNNI ----
@@ -587,14 +594,10 @@ void Int8GemmPackedAvxVnni(const uint8_t* q, int64_t ldq, const float* row_scale
                            const int8_t* packed, const int32_t* column_sums, const float* column_scale, int64_t k,
                            int64_t n, int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate) {
   const int64_t groups = (k + 3) / 4, panel_bytes = groups * 64;
-  // By halves of panels (8 columns), those of [p0, p1) that hold columns; 8 halves at a time.
-  ForEachTile(
-      rows, kRowsPerTile / terms, 2 * p0, std::min(2 * p1, (n + 7) / 8), 8,
-      [terms](int64_t mp) { return int64_t{kVnniHalvesPerTile[terms - 1][mp - 1]}; },
-      [&](int64_t r, int64_t mp, int64_t h, int64_t nh) {
-        kVnniTiles[terms - 1][mp - 1][nh - 1](q + terms * r * ldq, ldq, row_scale + terms * r, packed, panel_bytes, h,
-                                              groups, column_sums, column_scale, n, out + r * ldo, ldo, accumulate);
-      });
+  ForEachInt8Tile(rows, terms, p0, p1, n, kVnniHalvesPerTile, [&](int64_t r, int64_t mp, int64_t h, int64_t nh) {
+    kVnniTiles[terms - 1][mp - 1][nh - 1](q + terms * r * ldq, ldq, row_scale + terms * r, packed, panel_bytes, h,
+                                          groups, column_sums, column_scale, n, out + r * ldo, ldo, accumulate);
+  });
 }
 
 }  // namespace lstmserve::core::kernels
