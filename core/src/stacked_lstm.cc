@@ -590,12 +590,13 @@ LstmPath StackedLstm::ChoosePath(int64_t batch, int64_t steps, LstmPath requeste
   if (scalar_type() != at::kFloat || !device().is_cpu()) return LstmPath::kGeneric;
   // The packed GEMMs (float32, bf16 and int8, on every x86-64-v3 CPU) take every batch size,
   // so that a row's bits never depend on the rows batched with it, nor on the level
-  // (avx512 or avx2). They are also the fastest there at every batch size, or tie. Float32,
+  // (avx512, avx2_vnni or avx2). They are also the fastest there at every batch size, or tie. Float32,
   // lstmserve-core-bench --isa=L (one untimed call first), medians of 3 on this project's
   // 2-core AVX-512 EPYC, packed against the small-batch kernels (README, "Instruction-set
   // levels"):
-  //   avx512: S 2.83 vs 2.93 us, S32 39.8 vs 46.6 us, S32_B4 70.9 vs 89.1 us (one earlier
-  //   round: 100-105 vs 95), M_B4 1.84 vs 2.63 ms, L1 2.30 vs 2.44 ms, L1_B4 2.42 vs 10.4 ms;
+  //   avx512: S 2.76 vs 2.96 us, S32 35.8 vs 47.6 us, S32_B4 75.7 vs 96.6 us (one earlier
+  //   round: 100-105 vs 95), M_B4 1.84 vs 3.19 ms, L1 2.28 vs 2.25 ms (memory-bound: one
+  //   earlier round 2.30 vs 2.44), L1_B4 2.39 vs 10.3 ms;
   //   avx2: S 3.11 vs 3.17 us, S32 48.2 vs 60.6 us, S32_B4 148 vs 180 us, M_B4 3.57 vs 7.26
   //   ms, L1 2.36 vs 2.62 ms, L1_B4 3.29 vs 11.0 ms;
   // and against oneDNN's LSTM on sequences of large batches (its weights are reordered on
