@@ -147,10 +147,11 @@ void Gemm(bool small, const float* a, int64_t rows, int64_t k, const WeightView&
 // parallel too, and no thread waits between the two); fewer rows by column panels, so that
 // each thread streams its part of w. Until 2026-12-05 the row split began at 8 tasks, and
 // M's 64 rows split 36 / 28: column panels took bf16 M from 57.1-63.7 to 54.7-56.3 ms at
-// --isa=avx2, int8 M from 11.6 to 9.2 ms natively (lstmserve-core-bench). Float32 (nothing to round) by column panels
-// whenever there are enough: the threads then get equal shares, where 6-row tasks split M's 64 rows 36 / 28
-// (lstmserve-core-bench, minimums of 5: M 25.7-26.0 against 26.9 ms, L_B32 112 against 116 ms; L, minimums of 3:
-// 750-763 against 770-790 ms).
+// --isa=avx2, int8 M from 11.6 to 9.2 ms natively (lstmserve-core-bench). Float32 (nothing
+// to round) by column panels whenever there are enough: the threads then get equal shares,
+// where 6-row tasks split M's 64 rows 36 / 28 (lstmserve-core-bench, minimums of 5: M
+// 25.7-26.0 against 26.9 ms, L_B32 112 against 116 ms; L, minimums of 3: 750-763 against
+// 770-790 ms).
 void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t rows, int64_t k,
                 const at::Tensor& packed, const int32_t* column_sums, const float* scale, int64_t n, float* out,
                 bool accumulate) {
@@ -590,10 +591,10 @@ LstmPath StackedLstm::ChoosePath(int64_t batch, int64_t steps, LstmPath requeste
   if (scalar_type() != at::kFloat || !device().is_cpu()) return LstmPath::kGeneric;
   // The packed GEMMs (float32, bf16 and int8, on every x86-64-v3 CPU) take every batch size,
   // so that a row's bits never depend on the rows batched with it, nor on the level
-  // (avx512, avx2_vnni or avx2). They are also the fastest there at every batch size, or tie. Float32,
-  // lstmserve-core-bench --isa=L (one untimed call first), medians of 3 on this project's
-  // 2-core AVX-512 EPYC, packed against the small-batch kernels (README, "Instruction-set
-  // levels"):
+  // (avx512, avx2_vnni or avx2). They are also the fastest there at every batch size, or
+  // tie. Float32, lstmserve-core-bench --isa=L (one untimed call first), medians of 3 on
+  // this project's 2-core AVX-512 EPYC, packed against the small-batch kernels (README,
+  // "Instruction-set levels"):
   //   avx512: S 2.76 vs 2.96 us, S32 35.8 vs 47.6 us, S32_B4 75.7 vs 96.6 us (one earlier
   //   round: 100-105 vs 95), M_B4 1.84 vs 3.19 ms, L1 2.28 vs 2.25 ms (memory-bound: one
   //   earlier round 2.30 vs 2.44), L1_B4 2.39 vs 10.3 ms;

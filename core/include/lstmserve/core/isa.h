@@ -3,8 +3,10 @@
 // capped at avx2).
 //
 // Levels: avx512 (x86-64-v4: AVX-512 F, BW, CD, DQ, VL; the packed int8 and bf16 GEMMs also
-// need AVX512-VNNI and AVX512-BF16), avx2 (x86-64-v3: AVX2 + FMA), baseline (x86-64). The
-// level run is the lower of the CPU's and the cap. The cap comes from SetIsaCap, or else
+// need AVX512-VNNI and AVX512-BF16), avx2_vnni (x86-64-v3 and AVX-VNNI, which no x86-64
+// level includes: the avx2 kernels, but the packed int8 GEMM on YMM vpdpbusd), avx2
+// (x86-64-v3: AVX2 + FMA), baseline (x86-64). The level run is the lower of the CPU's and
+// the cap. The cap comes from SetIsaCap, or else
 // from LSTMSERVE_ISA in the environment, read at the first kernel call.
 //
 // The BLAS (MKL, OpenBLAS) and oneDNN pick their own kernels: IsaEnvironment gives the
