@@ -118,6 +118,33 @@ inline __m256 ColumnSums(__m256i pairs0, __m256i pairs1) {
   return _mm256_cvtepi32_ps(_mm256_permute4x64_epi64(_mm256_hadd_epi32(pairs0, pairs1), 0xD8));
 }
 
+// out (=|+=) (s * Qh (+ s_lo * Ql)) * column_scale for MP rows by NH halves of panels from
+// half h0 (columns from 8 h0), Qh and Ql the exact integer sums as floats, sum(TERMS * r +
+// term, i, m) for half i (m: its columns' mask): Int8Tile's epilogue in
+// packed_gemm_avx512.cc, lane for lane, for both int8 GEMMs on YMM. (The sums are formed as
+// they are stored: formed all first, they kept GCC 12 from holding the accumulators in
+// registers over k, and AVX-VNNI's int8 M took 30 ms against 20.)
+template <int TERMS, int MP, int NH, typename Sum>
+inline __attribute__((always_inline)) void Int8Epilogue(Sum sum, const float* row_scale, const float* column_scale,
+                                                        int64_t h0, int64_t n, float* out, int64_t ldo,
+                                                        bool accumulate) {
+#pragma GCC unroll 8
+  for (int i = 0; i < NH; ++i) {
+    const int64_t j0 = 8 * (h0 + i);
+    if (j0 >= n) break;
+    const __m256i m = ColumnMask(j0, n);
+    const bool full = j0 + 8 <= n;
+    const __m256 cs = _mm256_maskload_ps(column_scale + j0, m);
+#pragma GCC unroll 8
+    for (int r = 0; r < MP; ++r) {
+      __m256 v = _mm256_mul_ps(sum(TERMS * r, i, m), _mm256_set1_ps(row_scale[TERMS * r]));
+      if (TERMS == 2) v = _mm256_fmadd_ps(sum(TERMS * r + 1, i, m), _mm256_set1_ps(row_scale[TERMS * r + 1]), v);
+      float* o = out + r * ldo + j0;
+      StoreLanes(o, m, full, accumulate ? _mm256_fmadd_ps(v, cs, LoadLanes(o, m, full)) : _mm256_mul_ps(v, cs));
+    }
+  }
+}
+
 // MP rows of activations (each TERMS rows of q) by NH halves of panels from half h0 (columns
 // from 8 h0); each output gets (s * Qh (+ s_lo * Ql)) * column_scale, as Int8Tile in
 // packed_gemm_avx512.cc.
@@ -130,25 +157,8 @@ void Int8Tile(const int16_t* q, int64_t ldq, const float* row_scale, const int8_
   for (int i = 0; i < NH; ++i) w[i] = packed + (h0 + i) / 2 * panel_bytes + (h0 + i) % 2 * 32;
   __m256i acc[TERMS * MP][2 * NH];
   Accumulate(q, ldq, w, groups, acc);
-#pragma GCC unroll 4
-  for (int i = 0; i < NH; ++i) {
-    const int64_t j0 = 8 * (h0 + i);
-    if (j0 >= n) break;
-    const __m256i m = ColumnMask(j0, n);
-    const bool full = j0 + 8 <= n;
-    const __m256 cs = _mm256_maskload_ps(column_scale + j0, m);
-#pragma GCC unroll 8
-    for (int r = 0; r < MP; ++r) {
-      __m256 v = _mm256_mul_ps(ColumnSums(acc[TERMS * r][2 * i], acc[TERMS * r][2 * i + 1]),
-                               _mm256_set1_ps(row_scale[TERMS * r]));
-      if (TERMS == 2) {
-        v = _mm256_fmadd_ps(ColumnSums(acc[TERMS * r + 1][2 * i], acc[TERMS * r + 1][2 * i + 1]),
-                            _mm256_set1_ps(row_scale[TERMS * r + 1]), v);
-      }
-      float* o = out + r * ldo + j0;
-      StoreLanes(o, m, full, accumulate ? _mm256_fmadd_ps(v, cs, LoadLanes(o, m, full)) : _mm256_mul_ps(v, cs));
-    }
-  }
+  Int8Epilogue<TERMS, MP, NH>([&](int row, int i, __m256i) { return ColumnSums(acc[row][2 * i], acc[row][2 * i + 1]); },
+                              row_scale, column_scale, h0, n, out, ldo, accumulate);
 }
 
 using TileFn = void (*)(const int16_t*, int64_t, const float*, const int8_t*, int64_t, int64_t, int64_t, const float*,
@@ -549,27 +559,13 @@ __attribute__((target("avxvnni"))) void Int8VnniTile(const uint8_t* q, int64_t l
       for (int i = 0; i < NH; ++i) acc[r][i] = _mm256_dpbusd_avx_epi32(acc[r][i], a, b[i]);
     }
   }
-#pragma GCC unroll 8
-  for (int i = 0; i < NH; ++i) {
-    const int64_t j0 = 8 * (h0 + i);
-    if (j0 >= n) break;
-    const __m256i m = ColumnMask(j0, n);
-    const bool full = j0 + 8 <= n;
-    // q holds x / s + 128: subtract 128 * (the column's sum of weights).
-    const __m256i correction = _mm256_slli_epi32(_mm256_maskload_epi32(column_sums + j0, m), 7);
-    const __m256 cs = _mm256_maskload_ps(column_scale + j0, m);
-#pragma GCC unroll 8
-    for (int r = 0; r < MP; ++r) {
-      __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc[TERMS * r][i], correction)),
-                               _mm256_set1_ps(row_scale[TERMS * r]));
-      if (TERMS == 2) {
-        const __m256 lo = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[TERMS * r + 1][i], correction));
-        v = _mm256_fmadd_ps(lo, _mm256_set1_ps(row_scale[TERMS * r + 1]), v);
-      }
-      float* o = out + r * ldo + j0;
-      StoreLanes(o, m, full, accumulate ? _mm256_fmadd_ps(v, cs, LoadLanes(o, m, full)) : _mm256_mul_ps(v, cs));
-    }
-  }
+  // q holds x / s + 128: subtract 128 * (the column's sum of weights).
+  Int8Epilogue<TERMS, MP, NH>(
+      [&](int row, int i, __m256i m) {
+        const __m256i correction = _mm256_slli_epi32(_mm256_maskload_epi32(column_sums + 8 * (h0 + i), m), 7);
+        return _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[row][i], correction));
+      },
+      row_scale, column_scale, h0, n, out, ldo, accumulate);
 }
 
 using VnniTileFn = void (*)(const uint8_t*, int64_t, const float*, const int8_t*, int64_t, int64_t, int64_t,

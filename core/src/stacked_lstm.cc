@@ -161,9 +161,10 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
   const bool f32 = storage == WeightStorage::kDType;
   const bool int8 = storage == WeightStorage::kInt8;
   // Without VNNI (BF16) the rounding is held as int16 (float32): the AVX2 builds.
-  const bool int8_avx2 = int8 && !kernels::HasPackedInt8Vnni() && !kernels::HasPackedInt8AvxVnni();
-  // AVX-VNNI (avx2_vnni): the AVX-512 kernel's bytes and sums, on YMM.
-  const bool int8_ymm_vnni = int8 && !kernels::HasPackedInt8Vnni() && kernels::HasPackedInt8AvxVnni();
+  // AVX-VNNI (avx2_vnni, never with AVX512-VNNI's avx512): the AVX-512 kernel's bytes and
+  // sums, on YMM.
+  const bool int8_ymm_vnni = int8 && kernels::HasPackedInt8AvxVnni();
+  const bool int8_avx2 = int8 && !kernels::HasPackedInt8Vnni() && !int8_ymm_vnni;
   const bool bf16_avx2 = !int8 && !kernels::HasPackedBf16Avx512();
   const int64_t ldq = kernels::RowStride(k, int8 ? kernels::kInt8Group : kernels::kBf16Group);
   // Row r's rounding starts at q + r * row_elements, 16-bit elements: room for int8's two
