@@ -56,6 +56,10 @@ bool HasPackedInt8Vnni();
 bool HasPackedInt8AvxVnni();
 bool HasPackedBf16();
 bool HasPackedBf16Avx512();
+// The AVX-512F build of the bf16 GEMM that widens the weights in registers
+// (Bf16GemmPackedWidened): on AVX-512 CPUs without AVX512-BF16, and on Intel cores, whose
+// vdpbf16ps runs at half the FMA's rate (HasPackedBf16Avx512 is then false).
+bool HasPackedBf16Widened();
 // The packed float32 GEMM (F32GemmPackedAvx512, F32GemmPackedAvx2): on every x86-64-v3 CPU
 // (GCC x86-64); HasPackedF32Avx512 says whether the AVX-512 build runs.
 bool HasPackedF32();
@@ -130,6 +134,9 @@ void Bf16GemmPackedAvx512(const uint16_t* q, int64_t ldq, int64_t rows, const ui
 void RoundRowsBf16Avx2(const float* a, int64_t lda, int64_t rows, int64_t k, float* q, int64_t ldq);
 void Bf16GemmPackedAvx2(const float* q, int64_t ldq, int64_t rows, const uint16_t* packed, int64_t k, int64_t n,
                         int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate);
+// The same on ZMM registers with AVX-512F only (lstm_kernels_avx512.cc), the same q and bits.
+void Bf16GemmPackedWidened(const float* q, int64_t ldq, int64_t rows, const uint16_t* packed, int64_t k, int64_t n,
+                           int64_t p0, int64_t p1, float* out, int64_t ldo, bool accumulate);
 
 // Float32 weights packed by PackF32, for the panels [p0, p1) and every row r < rows:
 //   out[r, j] (=|+=) fma(a[r, k-1], w[k-1, j], ... fma(a[r, 1], w[1, j], a[r, 0] * w[0, j]))

@@ -165,12 +165,16 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
   // sums, on YMM.
   const bool int8_ymm_vnni = int8 && kernels::HasPackedInt8AvxVnni();
   const bool int8_avx2 = int8 && !kernels::HasPackedInt8Vnni() && !int8_ymm_vnni;
-  const bool bf16_avx2 = !int8 && !kernels::HasPackedBf16Avx512();
+  const bool bf16 = storage == WeightStorage::kBFloat16;
+  const bool bf16_widened = bf16 && kernels::HasPackedBf16Widened();
+  const bool bf16_avx2 = bf16 && !kernels::HasPackedBf16Avx512() && !bf16_widened;
+  // Both float32-shaped bf16 builds take the rounding as float32 values.
+  const bool bf16_floats = bf16_avx2 || bf16_widened;
   const int64_t ldq = kernels::RowStride(k, int8 ? kernels::kInt8Group : kernels::kBf16Group);
   // Row r's rounding starts at q + r * row_elements, 16-bit elements: room for int8's two
   // terms of ldq bytes (or of ldq int16 on AVX2), or for ldq bf16 (or ldq float32 on AVX2);
   // its scales at row_scale + 2 * r.
-  const int64_t row_elements = int8_avx2 || bf16_avx2 ? 2 * ldq : ldq;
+  const int64_t row_elements = int8_avx2 || bf16_floats ? 2 * ldq : ldq;
   // Up to 2 MiB of rounded rows stay allocated per thread (as Scratch's floats); more (a long
   // sequence's input projection) lasts the call.
   constexpr int64_t kCachedElements = int64_t{1} << 20;
@@ -199,7 +203,7 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
     } else if (int8) {
       kernels::QuantizeRowsInt8Avx512(a + r0 * k, k, r1 - r0, k, int8_terms, reinterpret_cast<uint8_t*>(q + r0 * ldq),
                                       ldq, row_scale + 2 * r0);
-    } else if (bf16_avx2) {
+    } else if (bf16_floats) {
       kernels::RoundRowsBf16Avx2(a + r0 * k, k, r1 - r0, k, reinterpret_cast<float*>(q + r0 * row_elements), ldq);
     } else {
       kernels::RoundRowsBf16Avx512(a + r0 * k, k, r1 - r0, k, q + r0 * ldq, ldq);
@@ -218,9 +222,10 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
     } else if (int8) {
       kernels::Int8GemmPackedAvx512(reinterpret_cast<const uint8_t*>(q + r0 * ldq), ldq, row_scale + 2 * r0, r1 - r0,
                                     int8_terms, w8, column_sums, scale, k, n, p0, p1, out + r0 * n, n, accumulate);
-    } else if (bf16_avx2) {
-      kernels::Bf16GemmPackedAvx2(reinterpret_cast<const float*>(q + r0 * row_elements), ldq, r1 - r0, w16, k, n, p0,
-                                  p1, out + r0 * n, n, accumulate);
+    } else if (bf16_floats) {
+      (bf16_widened ? kernels::Bf16GemmPackedWidened : kernels::Bf16GemmPackedAvx2)(
+          reinterpret_cast<const float*>(q + r0 * row_elements), ldq, r1 - r0, w16, k, n, p0, p1, out + r0 * n, n,
+          accumulate);
     } else {
       kernels::Bf16GemmPackedAvx512(q + r0 * ldq, ldq, r1 - r0, w16, k, n, p0, p1, out + r0 * n, n, accumulate);
     }
@@ -335,7 +340,10 @@ std::string DescribeCpuKernels() {
                      : kernels::HasPackedInt8AvxVnni() ? "AVX-VNNI"
                      : kernels::HasPackedInt8()        ? "AVX2"
                                                        : "no";
-  const char* bf16 = kernels::HasPackedBf16Avx512() ? "AVX512-BF16" : kernels::HasPackedBf16() ? "AVX2" : "no";
+  const char* bf16 = kernels::HasPackedBf16Avx512()    ? "AVX512-BF16"
+                     : kernels::HasPackedBf16Widened() ? "AVX-512 widened"
+                     : kernels::HasPackedBf16()        ? "AVX2"
+                                                       : "no";
   const char* f32 = kernels::HasPackedF32Avx512() ? "AVX-512" : kernels::HasPackedF32() ? "AVX2" : "no";
   return absl::StrCat("small-batch kernels ", clone, capped, "; packed f32 GEMM ", f32, "; packed int8 GEMM ", int8,
                       "; packed bf16 GEMM ", bf16, "; oneDNN LSTM ", OneDnnLstmAvailable() ? "yes" : "no");

@@ -59,7 +59,10 @@ TEST(WeightStorageTest, ParsesPathNames) {
                      : kernels::HasPackedInt8()        ? "AVX2"
                                                        : "no";
   EXPECT_NE(kernels_line.find(std::string("packed int8 GEMM ") + int8 + ";"), std::string::npos) << kernels_line;
-  const char* bf16 = kernels::HasPackedBf16Avx512() ? "AVX512-BF16" : kernels::HasPackedBf16() ? "AVX2" : "no";
+  const char* bf16 = kernels::HasPackedBf16Avx512()    ? "AVX512-BF16"
+                     : kernels::HasPackedBf16Widened() ? "AVX-512 widened"
+                     : kernels::HasPackedBf16()        ? "AVX2"
+                                                       : "no";
   EXPECT_NE(kernels_line.find(std::string("packed bf16 GEMM ") + bf16 + ";"), std::string::npos) << kernels_line;
   const char* f32 = kernels::HasPackedF32Avx512() ? "AVX-512" : kernels::HasPackedF32() ? "AVX2" : "no";
   EXPECT_NE(kernels_line.find(std::string("packed f32 GEMM ") + f32 + ";"), std::string::npos) << kernels_line;
@@ -430,12 +433,19 @@ class PackedInt8Build {
   at::Tensor q_, row_scale_;
 };
 
-// The bf16 GEMM's builds this CPU can run (true: AVX512-BF16).
-std::vector<bool> PackedBf16Builds() {
-  std::vector<bool> builds;
+// The bf16 GEMM's builds: vdpbf16ps (AVX512-BF16), the weights widened on ZMM (AVX-512F) and
+// on YMM (AVX2).
+enum class Bf16Build { kAvx512Bf16, kWidened, kAvx2 };
+
+// The builds this CPU can run, whichever of them PackedGemm would choose.
+std::vector<Bf16Build> PackedBf16Builds() {
+  std::vector<Bf16Build> builds;
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  if (CpuIsaLevel() == IsaLevel::kAvx512 && __builtin_cpu_supports("avx512bf16")) builds.push_back(true);
-  if (CpuIsaLevel() >= IsaLevel::kAvx2) builds.push_back(false);
+  if (CpuIsaLevel() == IsaLevel::kAvx512 && __builtin_cpu_supports("avx512bf16")) {
+    builds.push_back(Bf16Build::kAvx512Bf16);
+  }
+  if (CpuIsaLevel() == IsaLevel::kAvx512) builds.push_back(Bf16Build::kWidened);
+  if (CpuIsaLevel() >= IsaLevel::kAvx2) builds.push_back(Bf16Build::kAvx2);
 #endif
   return builds;
 }
@@ -547,8 +557,12 @@ TEST(WeightStorageTest, PackedGemmsMatchTheirDefinition) {
             }
           }
         }
-        for (bool native : PackedBf16Builds()) {
-          const std::string build = where + (native ? " avx512-bf16" : " avx2");
+        for (Bf16Build bf16_build : PackedBf16Builds()) {
+          // native: vdpbf16ps, on rows rounded to bf16; else float32-shaped, on rows as floats.
+          const bool native = bf16_build == Bf16Build::kAvx512Bf16;
+          const std::string build = where + (native                              ? " avx512-bf16"
+                                             : bf16_build == Bf16Build::kWidened ? " avx512-widened"
+                                                                                 : " avx2");
           const at::Tensor wb = w.to(at::kBFloat16).contiguous();
           at::Tensor packed = at::empty({kernels::PackedElements(k, n, kernels::kBf16Group)}, at::kBFloat16);
           kernels::PackBf16(reinterpret_cast<const uint16_t*>(wb.data_ptr()), n, k, n,
@@ -574,8 +588,8 @@ TEST(WeightStorageTest, PackedGemmsMatchTheirDefinition) {
               kernels::Bf16GemmPackedAvx512(reinterpret_cast<const uint16_t*>(q.data_ptr()), ldq, rows, w16, k, n, 0,
                                             panels, into.data_ptr<float>(), n, true);
             } else {
-              kernels::Bf16GemmPackedAvx2(q.data_ptr<float>(), ldq, rows, w16, k, n, 0, panels, into.data_ptr<float>(),
-                                          n, true);
+              (bf16_build == Bf16Build::kWidened ? kernels::Bf16GemmPackedWidened : kernels::Bf16GemmPackedAvx2)(
+                  q.data_ptr<float>(), ldq, rows, w16, k, n, 0, panels, into.data_ptr<float>(), n, true);
             }
           };
           multiply(native ? qa : rounded, out);
@@ -714,9 +728,10 @@ TEST(WeightStorageTest, SetsGiveTheSameBitsOnAvx2AsWithAvx512) {
   const IsaLevel level = KernelIsa();
   for (WeightStorage storage : {WeightStorage::kDType, WeightStorage::kInt8, WeightStorage::kBFloat16}) {
     SetIsaCap(IsaLevel::kAvx512);
-    const bool native = storage == WeightStorage::kInt8       ? kernels::HasPackedInt8Vnni()
-                        : storage == WeightStorage::kBFloat16 ? kernels::HasPackedBf16Avx512()
-                                                              : kernels::HasPackedF32Avx512();
+    const bool native = storage == WeightStorage::kInt8 ? kernels::HasPackedInt8Vnni()
+                        : storage == WeightStorage::kBFloat16
+                            ? kernels::HasPackedBf16Avx512() || kernels::HasPackedBf16Widened()
+                            : kernels::HasPackedF32Avx512();
     SetIsaCap(level);
     if (!native) continue;
     StackedLstm lstm =
@@ -732,7 +747,8 @@ TEST(WeightStorageTest, SetsGiveTheSameBitsOnAvx2AsWithAvx512) {
         SetIsaCap(cap);
         EXPECT_EQ(KernelIsa(), cap);
         EXPECT_TRUE(kernels::HasPackedInt8() && kernels::HasPackedBf16() && kernels::HasPackedF32());
-        EXPECT_FALSE(kernels::HasPackedInt8Vnni() || kernels::HasPackedBf16Avx512() || kernels::HasPackedF32Avx512());
+        EXPECT_FALSE(kernels::HasPackedInt8Vnni() || kernels::HasPackedBf16Avx512() ||
+                     kernels::HasPackedBf16Widened() || kernels::HasPackedF32Avx512());
         EXPECT_EQ(kernels::HasPackedInt8AvxVnni(), cap == IsaLevel::kAvx2Vnni);
         auto avx2 = lstm.Run(x, {}, true, LstmPath::kBlas);
         SetIsaCap(level);

@@ -7,16 +7,26 @@ import tempfile
 import unittest
 
 
-def cpu_flags():
-    """The flags of /proc/cpuinfo (empty off Linux)."""
+def cpu_info_field(name):
+    """The first value of a field of /proc/cpuinfo ("" off Linux)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.split(":", 1)[0].strip() == name:
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return ""
+
+
+def cpu_flags():
+    """The flags of /proc/cpuinfo (empty off Linux)."""
+    return set(cpu_info_field("flags").split())
+
+
+def cpu_vendor():
+    """/proc/cpuinfo's vendor_id: GenuineIntel, AuthenticAMD ("" off Linux)."""
+    return cpu_info_field("vendor_id")
 
 
 # Whether the server runs the core's packed GEMMs (lstm_kernels.h, HasPackedF32 and the
