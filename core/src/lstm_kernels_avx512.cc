@@ -15,6 +15,7 @@
 
 #include "lstm_kernels.h"
 #include "small_gemm.h"
+#include "tile_store_avx512.h"
 
 namespace lstmserve::core::kernels {
 namespace {
@@ -59,12 +60,6 @@ constexpr std::array<int, kF32RowsPerTile> kF32PanelsPerTile = {8, 8, 6, 4, 4, 4
 // 1.06 against 0.93 ms; S32, 64 KiB: 33 against 38 us).
 constexpr int64_t kF32WidePanelsMaxBytes = int64_t{256} << 10;
 
-// Lanes i < min(16, n - j) set.
-inline __mmask16 ColumnMask(int64_t j, int64_t n) {
-  const int64_t left = n - j;
-  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
-}
-
 template <int MR, int NB>
 void F32Tile(const float* a, int64_t lda, const float* panels, int64_t panel_floats, int64_t k, int64_t j0, int64_t n,
              float* out, int64_t ldo, bool accumulate) {
@@ -84,17 +79,7 @@ void F32Tile(const float* a, int64_t lda, const float* panels, int64_t panel_flo
       for (int i = 0; i < NB; ++i) acc[r][i] = _mm512_fmadd_ps(x, w[i], acc[r][i]);
     }
   }
-#pragma GCC unroll 16
-  for (int i = 0; i < NB; ++i) {
-    const int64_t j = j0 + 16 * i;
-    if (j >= n) break;
-    const __mmask16 m = ColumnMask(j, n);
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      float* o = out + r * ldo + j;
-      _mm512_mask_storeu_ps(o, m, accumulate ? _mm512_add_ps(_mm512_maskz_loadu_ps(m, o), acc[r][i]) : acc[r][i]);
-    }
-  }
+  StoreTile(acc, j0, n, out, ldo, accumulate);
 }
 
 // ---- bfloat16 weights widened to float32 in registers (AVX-512F) ----
@@ -158,18 +143,12 @@ void Bf16WidenedTile(const float* q, int64_t ldq, const uint32_t* panels, int64_
                      int64_t j0, int64_t n, float* out, int64_t ldo, bool accumulate) {
   float sums[MR * NB * 16];
   Bf16WidenedSums<MR, NB>(q, ldq, panels, panel_words, groups, sums);
-#pragma GCC unroll 16
-  for (int i = 0; i < NB; ++i) {
-    const int64_t j = j0 + 16 * i;
-    if (j >= n) break;
-    const __mmask16 m = ColumnMask(j, n);
+  __m512 acc[MR][NB];
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      float* o = out + r * ldo + j;
-      const __m512 v = _mm512_loadu_ps(sums + (r * NB + i) * 16);
-      _mm512_mask_storeu_ps(o, m, accumulate ? _mm512_add_ps(_mm512_maskz_loadu_ps(m, o), v) : v);
-    }
-  }
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 16
+    for (int i = 0; i < NB; ++i) acc[r][i] = _mm512_loadu_ps(sums + (r * NB + i) * 16);
+  StoreTile(acc, j0, n, out, ldo, accumulate);
 }
 
 using F32TileFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t,

@@ -16,17 +16,13 @@
 
 #include "lstm_kernels.h"
 #include "packed_rounding.h"
+#include "tile_store_avx512.h"
 
 namespace lstmserve::core::kernels {
 namespace {
 
 constexpr int kRowsPerTile = 6;    // MR: 6 x 4 accumulators + 4 weight vectors + 1 broadcast
 constexpr int kPanelsPerTile = 4;  // NB: 64 columns
-
-inline __mmask16 ColumnMask(int64_t j, int64_t n) {
-  const int64_t left = n - j;
-  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
-}
 
 inline int32_t LoadGroup(const void* p) {
   int32_t v;
@@ -107,17 +103,7 @@ void Bf16Tile(const uint16_t* q, int64_t ldq, const uint16_t* panels, int64_t pa
   __m512 acc[MR][NB];
   Accumulate<Bf16Dot>(reinterpret_cast<const uint8_t*>(q), 2 * ldq, reinterpret_cast<const uint8_t*>(panels),
                       2 * panel_elements, groups, acc);
-#pragma GCC unroll 4
-  for (int i = 0; i < NB; ++i) {
-    const int64_t j = j0 + 16 * i;
-    if (j >= n) break;
-    const __mmask16 m = ColumnMask(j, n);
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      float* o = out + r * ldo + j;
-      _mm512_mask_storeu_ps(o, m, accumulate ? _mm512_add_ps(acc[r][i], _mm512_maskz_loadu_ps(m, o)) : acc[r][i]);
-    }
-  }
+  StoreTile(acc, j0, n, out, ldo, accumulate);
 }
 
 // Tables of the tiles by (rows - 1, panels - 1), for the edges.
