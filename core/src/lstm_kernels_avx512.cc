@@ -60,24 +60,36 @@ constexpr std::array<int, kF32RowsPerTile> kF32PanelsPerTile = {8, 8, 6, 4, 4, 4
 // 1.06 against 0.93 ms; S32, 64 KiB: 33 against 38 us).
 constexpr int64_t kF32WidePanelsMaxBytes = int64_t{256} << 10;
 
+// The tiles' shared steps: acc = 0; and acc[r][i] += x[r * ldx] * w[i] for every row r (one
+// FMA each, the row's value broadcast).
 template <int MR, int NB>
-void F32Tile(const float* a, int64_t lda, const float* panels, int64_t panel_floats, int64_t k, int64_t j0, int64_t n,
-             float* out, int64_t ldo, bool accumulate) {
-  __m512 acc[MR][NB];
+inline __attribute__((always_inline)) void ZeroTile(__m512 (&acc)[MR][NB]) {
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 16
     for (int i = 0; i < NB; ++i) acc[r][i] = _mm512_setzero_ps();
+}
+template <int MR, int NB>
+inline __attribute__((always_inline)) void RowsFma(__m512 (&acc)[MR][NB], const __m512 (&w)[NB], const float* x,
+                                                   int64_t ldx) {
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    const __m512 v = _mm512_set1_ps(x[r * ldx]);
+#pragma GCC unroll 16
+    for (int i = 0; i < NB; ++i) acc[r][i] = _mm512_fmadd_ps(v, w[i], acc[r][i]);
+  }
+}
+
+template <int MR, int NB>
+void F32Tile(const float* a, int64_t lda, const float* panels, int64_t panel_floats, int64_t k, int64_t j0, int64_t n,
+             float* out, int64_t ldo, bool accumulate) {
+  __m512 acc[MR][NB];
+  ZeroTile(acc);
   for (int64_t g = 0; g < k; ++g) {
     __m512 w[NB];
 #pragma GCC unroll 16
     for (int i = 0; i < NB; ++i) w[i] = _mm512_loadu_ps(panels + i * panel_floats + 16 * g);
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      const __m512 x = _mm512_set1_ps(a[r * lda + g]);
-#pragma GCC unroll 16
-      for (int i = 0; i < NB; ++i) acc[r][i] = _mm512_fmadd_ps(x, w[i], acc[r][i]);
-    }
+    RowsFma(acc, w, a + g, lda);
   }
   StoreTile(acc, j0, n, out, ldo, accumulate);
 }
@@ -104,10 +116,7 @@ __attribute__((noinline)) void Bf16WidenedSums(const float* q, int64_t ldq, cons
   _mm_setcsr(csr | kFlushDenormals);
   const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   __m512 acc[MR][NB];
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 16
-    for (int i = 0; i < NB; ++i) acc[r][i] = _mm512_setzero_ps();
+  ZeroTile(acc);
   for (int64_t g = 0; g < groups; ++g) {
     __m512i bits[NB];
     __m512 w[NB];
@@ -116,20 +125,10 @@ __attribute__((noinline)) void Bf16WidenedSums(const float* q, int64_t ldq, cons
       bits[i] = _mm512_loadu_si512(panels + i * panel_words + 16 * g);
       w[i] = _mm512_castsi512_ps(_mm512_and_si512(bits[i], high));
     }
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      const __m512 x = _mm512_set1_ps(q[r * ldq + 2 * g + 1]);
-#pragma GCC unroll 16
-      for (int i = 0; i < NB; ++i) acc[r][i] = _mm512_fmadd_ps(x, w[i], acc[r][i]);
-    }
+    RowsFma(acc, w, q + 2 * g + 1, ldq);
 #pragma GCC unroll 16
     for (int i = 0; i < NB; ++i) w[i] = _mm512_castsi512_ps(_mm512_slli_epi32(bits[i], 16));
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      const __m512 x = _mm512_set1_ps(q[r * ldq + 2 * g]);
-#pragma GCC unroll 16
-      for (int i = 0; i < NB; ++i) acc[r][i] = _mm512_fmadd_ps(x, w[i], acc[r][i]);
-    }
+    RowsFma(acc, w, q + 2 * g, ldq);
   }
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
