@@ -172,7 +172,8 @@ void PackedGemm(WeightStorage storage, int int8_terms, const float* a, int64_t r
   const bool bf16_floats = bf16_avx2 || bf16_widened;
   const int64_t ldq = kernels::RowStride(k, int8 ? kernels::kInt8Group : kernels::kBf16Group);
   // Row r's rounding starts at q + r * row_elements, 16-bit elements: room for int8's two
-  // terms of ldq bytes (or of ldq int16 on AVX2), or for ldq bf16 (or ldq float32 on AVX2);
+  // terms of ldq bytes (or of ldq int16 on AVX2), or for ldq bf16 (or ldq float32 for the
+  // float32-shaped builds, AVX2's and the widened ZMM one);
   // its scales at row_scale + 2 * r.
   const int64_t row_elements = int8_avx2 || bf16_floats ? 2 * ldq : ldq;
   // Up to 2 MiB of rounded rows stay allocated per thread (as Scratch's floats); more (a long
