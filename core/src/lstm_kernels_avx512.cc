@@ -55,10 +55,10 @@ constexpr int kF32RowsPerTile = 6;
 constexpr int kF32MaxPanelsPerTile = 8;
 // By rows - 1: the most panels a tile of that many rows takes.
 constexpr std::array<int, kF32RowsPerTile> kF32PanelsPerTile = {8, 8, 6, 4, 4, 4};
-// One row takes 8 panels only while the call's weights are at most this many bytes (in L2):
-// streamed from L3, 8 streams were slower than 4 (M_B1, each thread's 512 KiB of a step:
-// 1.06 against 0.93 ms; S32, 64 KiB: 33 against 38 us).
-constexpr int64_t kF32WidePanelsMaxBytes = int64_t{256} << 10;
+// One row takes more than 4 panels only while the call's weights are at most this many bytes
+// (in L2), in float32 or bf16: streamed from L3, 8 float32 streams were slower than 4 (M_B1,
+// each thread's 512 KiB of a step: 1.06 against 0.93 ms; S32, 64 KiB: 33 against 38 us).
+constexpr int64_t kWidePanelsMaxBytes = int64_t{256} << 10;
 
 // The tiles' shared steps: acc = 0; and acc[r][i] += x[r * ldx] * w[i] for every row r (one
 // FMA each, the row's value broadcast).
@@ -165,8 +165,9 @@ struct F32Shape {
   static constexpr Fn kTile = &F32Tile<MR, NB>;
 };
 // The widened bf16 tile: 8 rows by 3 panels (24 accumulators, 3 weight vectors, a broadcast).
-// [64, 256] x [256, 1024] on one Emerald Rapids thread: 215-221 us, float32's 212-230 us;
-// 6 x 4 took 3% more, 12 x 2 up to 25% more.
+// The first version of this kernel (the same loop, 2026-12-05, not rerun on Intel since) took
+// [64, 256] x [256, 1024] on one Emerald Rapids thread in 215-221 us, float32's tile in
+// 212-230 and vdpbf16ps's in 367-385; 6 x 4 took 3% more, 12 x 2 up to 25% more.
 struct Bf16WidenedShape {
   using Fn = Bf16WidenedTileFn;
   static constexpr int kRows = 8;
@@ -192,12 +193,12 @@ constexpr auto kTiles = TileTable<Shape>(std::make_integer_sequence<int, Shape::
 
 // The tiles of rows [0, rows) by panels [p0, p1): tile(r, mr, p, np), np up to the shape's
 // most for the call's rows; one row takes its widest tile only while the call's weights
-// (panel_bytes per panel) fit kF32WidePanelsMaxBytes.
+// (panel_bytes per panel) fit kWidePanelsMaxBytes.
 template <typename Shape, typename Tile>
 void ForEachTile(int64_t rows, int64_t p0, int64_t p1, int64_t panel_bytes, Tile tile) {
   if (rows <= 0) return;
   int64_t step = Shape::kPanels[std::min<int64_t>(rows, Shape::kRows) - 1];
-  if (rows == 1 && (p1 - p0) * panel_bytes > kF32WidePanelsMaxBytes) step = 4;
+  if (rows == 1 && (p1 - p0) * panel_bytes > kWidePanelsMaxBytes) step = 4;
   for (int64_t p = p0; p < p1; p += step) {
     const int64_t np = std::min<int64_t>(step, p1 - p);
     for (int64_t r = 0; r < rows; r += Shape::kRows) tile(r, std::min<int64_t>(Shape::kRows, rows - r), p, np);
