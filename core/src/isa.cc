@@ -14,6 +14,7 @@ namespace {
 
 constexpr int kUnset = -1;
 std::atomic<int> cap{kUnset};
+std::atomic<Bf16Kernel> bf16_kernel{Bf16Kernel::kAuto};
 
 // AVX-VNNI (VEX vpdpbusd on YMM), which no x86-64 level includes.
 bool CpuHasAvxVnni() {
@@ -83,6 +84,17 @@ IsaLevel KernelIsa() {
 }
 
 void SetIsaCap(IsaLevel level) { cap.store(static_cast<int>(level)); }
+
+absl::StatusOr<Bf16Kernel> ParseBf16Kernel(absl::string_view name) {
+  if (name == "auto") return Bf16Kernel::kAuto;
+  if (name == "dot") return Bf16Kernel::kDot;
+  if (name == "widened") return Bf16Kernel::kWidened;
+  return absl::InvalidArgumentError(absl::StrCat("unknown bf16 kernel \"", name, "\"; choose auto, dot or widened"));
+}
+
+void SetBf16Kernel(Bf16Kernel kernel) { bf16_kernel.store(kernel, std::memory_order_relaxed); }
+
+Bf16Kernel Bf16KernelChoice() { return bf16_kernel.load(std::memory_order_relaxed); }
 
 std::vector<std::pair<std::string, std::string>> IsaEnvironment(IsaLevel level) {
   switch (level) {

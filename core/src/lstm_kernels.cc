@@ -177,8 +177,10 @@ bool HasPackedBf16Avx512() {
 #ifdef LSTMSERVE_REDUCED_AVX512
   // Intel's vdpbf16ps zmm issues once per ~2 cycles and holds both FMA pipes (Emerald Rapids:
   // 43 multiply-adds per ns against the FMA's 88): Intel cores take the widened build.
-  static const bool cpu = __builtin_cpu_supports("avx512bf16") && !__builtin_cpu_is("intel");
-  return cpu && HasAvx512();
+  static const bool cpu = __builtin_cpu_supports("avx512bf16");
+  static const bool intel = __builtin_cpu_is("intel");
+  const Bf16Kernel choice = Bf16KernelChoice();
+  return cpu && HasAvx512() && (choice == Bf16Kernel::kDot || (choice == Bf16Kernel::kAuto && !intel));
 #else
   return false;
 #endif

@@ -58,7 +58,8 @@ bool HasPackedBf16();
 bool HasPackedBf16Avx512();
 // The AVX-512F build of the bf16 GEMM that widens the weights in registers
 // (Bf16GemmPackedWidened): on AVX-512 CPUs without AVX512-BF16, and on Intel cores, whose
-// vdpbf16ps runs at half the FMA's rate (HasPackedBf16Avx512 is then false).
+// vdpbf16ps runs at half the FMA's rate (HasPackedBf16Avx512 is then false); or as
+// SetBf16Kernel (isa.h) chooses.
 bool HasPackedBf16Widened();
 // The packed float32 GEMM (F32GemmPackedAvx512, F32GemmPackedAvx2): on every x86-64-v3 CPU
 // (GCC x86-64); HasPackedF32Avx512 says whether the AVX-512 build runs.

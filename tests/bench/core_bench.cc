@@ -2,7 +2,7 @@
 // GEMM of the step's shape [B, I + H] x [I + H, 4H] (the roofline), in one binary.
 //
 //   lstmserve-core-bench [--threads=N] [--device=cpu|cuda[:N]] [--dtype=float32|float16|bfloat16]
-//                        [--isa=native|avx512|avx2_vnni|avx2|baseline]
+//                        [--isa=native|avx512|avx2_vnni|avx2|baseline] [--bf16_kernel=auto|dot|widened]
 //                        [Google Benchmark flags, e.g. --benchmark_filter=M]
 //
 // Benchmarks, per workload W:
@@ -166,6 +166,13 @@ int main(int argc, char** argv) {
       blas_coretype = argv[i] + 16;
     } else if (std::strncmp(argv[i], "--isa=", 6) == 0) {
       isa = argv[i] + 6;
+    } else if (std::strncmp(argv[i], "--bf16_kernel=", 14) == 0) {
+      auto kernel = core::ParseBf16Kernel(argv[i] + 14);
+      if (!kernel.ok()) {
+        std::fprintf(stderr, "lstmserve-core-bench: %s\n", std::string(kernel.status().message()).c_str());
+        return 2;
+      }
+      core::SetBf16Kernel(*kernel);
     } else if (std::strncmp(argv[i], "--threads=", 10) == 0) {
       threads = std::atoi(argv[i] + 10);
     } else if (std::strncmp(argv[i], "--device=", 9) == 0) {
@@ -191,6 +198,8 @@ int main(int argc, char** argv) {
           "  --blas_coretype=auto|keep|NAME  OpenBLAS's kernels, as the server's flag (default auto)\n"
           "  --isa=L      native (default), avx512, avx2_vnni, avx2 or baseline: the highest x86-64 level the core's\n"
           "               kernels, MKL, oneDNN and OpenBLAS may use, as the server's flag\n"
+          "  --bf16_kernel=K  auto (default), dot or widened: the AVX-512 build of the packed bf16 GEMM, vdpbf16ps\n"
+          "               or the weights widened to float32 FMAs (Intel's choice), the same bits\n"
           "Google Benchmark's flags follow:\n");
       args.push_back(argv[i]);
     } else {

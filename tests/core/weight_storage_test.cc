@@ -765,6 +765,42 @@ TEST(WeightStorageTest, SetsGiveTheSameBitsOnAvx2AsWithAvx512) {
   }
 }
 
+// Both AVX-512 builds of the packed bf16 GEMM (vdpbf16ps where the CPU has it, and the weights
+// widened to float32 FMAs, Intel's choice) give a whole set the AVX2 build's bits, whichever
+// of them the CPU would choose, and the startup line names the one that runs.
+TEST(WeightStorageTest, EveryAvx512Bf16BuildGivesASetTheAvx2Bits) {
+  if (CpuIsaLevel() != IsaLevel::kAvx512) GTEST_SKIP() << "needs AVX-512";
+  const IsaLevel level = KernelIsa();
+  StackedLstm lstm = *StackedLstm::FromParameterSet(
+      *CreateParameterSet(TestLstmSpec(2, 40, 72, true, 6, WeightStorage::kBFloat16), {}));
+  at::Generator gen = at::detail::createCPUGenerator(13);
+  const at::Tensor x = at::empty({9, 64, 40}).normal_(0, 2, gen);
+  SetIsaCap(IsaLevel::kAvx2);
+  auto avx2 = lstm.Run(x, {}, true, LstmPath::kBlas);
+  SetIsaCap(IsaLevel::kAvx512);
+  std::vector<Bf16Kernel> kernels = {Bf16Kernel::kWidened};
+  if (__builtin_cpu_supports("avx512bf16")) kernels.push_back(Bf16Kernel::kDot);
+  for (Bf16Kernel kernel : kernels) {
+    SetBf16Kernel(kernel);
+    const bool widened = kernel == Bf16Kernel::kWidened;
+    EXPECT_EQ(kernels::HasPackedBf16Widened(), widened);
+    EXPECT_EQ(kernels::HasPackedBf16Avx512(), !widened);
+    const std::string line = DescribeCpuKernels();
+    EXPECT_NE(line.find(widened ? "packed bf16 GEMM AVX-512 widened;" : "packed bf16 GEMM AVX512-BF16;"),
+              std::string::npos)
+        << line;
+    for (int64_t rows : {1, 7, 64}) {
+      auto run = lstm.Run(x.narrow(1, 0, rows), {}, true, LstmPath::kBlas);
+      ASSERT_TRUE(run.ok() && avx2.ok()) << run.status() << avx2.status();
+      EXPECT_TRUE(run->outputs.equal(avx2->outputs.narrow(1, 0, rows)))
+          << (widened ? "widened" : "vdpbf16ps") << " B=" << rows << " max diff "
+          << MaxAbsDiff(run->outputs, avx2->outputs.narrow(1, 0, rows));
+    }
+  }
+  SetBf16Kernel(Bf16Kernel::kAuto);
+  SetIsaCap(level);
+}
+
 // A long sequence on a small hidden size: its input projection rounds more rows at once than
 // a thread keeps cached (2 MiB), in a buffer of the call. Its first steps are the bits of a
 // short run (rows are rounded and summed on their own).

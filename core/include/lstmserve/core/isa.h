@@ -38,6 +38,17 @@ IsaLevel KernelIsa();
 // Caps the kernels from now on (the CPU's level when higher than it).
 void SetIsaCap(IsaLevel cap);
 
+// Which AVX-512 build of the packed bf16 GEMM runs (lstm_kernels.h; the same bits either
+// way): kAuto chooses by the CPU, vdpbf16ps where it has AVX512-BF16 except on Intel's cores
+// (whose vdpbf16ps runs at half the FMA's rate), else the weights widened to float32 FMAs;
+// kDot takes vdpbf16ps wherever the CPU has it, kWidened the widened build. So that both are
+// tested and measured on any AVX-512 machine (lstmserve-core-bench --bf16_kernel).
+enum class Bf16Kernel { kAuto, kDot, kWidened };
+// "auto", "dot", "widened".
+absl::StatusOr<Bf16Kernel> ParseBf16Kernel(absl::string_view name);
+void SetBf16Kernel(Bf16Kernel kernel);
+Bf16Kernel Bf16KernelChoice();
+
 // The environment that caps MKL, oneDNN and OpenBLAS at `level` (MKL_ENABLE_INSTRUCTIONS,
 // DNNL_MAX_CPU_ISA, OPENBLAS_CORETYPE).
 std::vector<std::pair<std::string, std::string>> IsaEnvironment(IsaLevel level);
