@@ -44,17 +44,20 @@ struct Bf16Avx512Load {
 };
 
 // The packed float32 GEMM: a tile of MR rows by NB panels keeps MR x NB accumulators over
-// all of k (6 x 4 = 24 of the 32 ZMM registers, 4 for a step's weights, the rows' values
-// broadcast from memory into the FMAs); panels of 4 stay in L2 while every tile of rows
-// passes over them. A call of fewer than 6 rows takes more panels per tile (one row: 8), so
-// that 8 or more FMA chains are in flight, as many as two FMA pipes of 4-cycle latency
-// need. One row by 4 panels: [1, 64] x [64, 256] in 0.42 us, 1 x [256, 1024] in 7.7 us;
-// by 8: 0.40 and 7.6 us, 2 rows 0.66 against 0.71 us (16 panels were slower: 0.47 us, 13.6
-// us with 16 weight streams).
-constexpr int kF32RowsPerTile = 6;
+// all of k (8 x 3 = 24 of the 32 ZMM registers, 3 for a step's weights, the rows' values
+// broadcast from memory into the FMAs); a tile's panels stay in L2 while every tile of rows
+// passes over them. 8 x 3 against 6 x 4 (until 2026-12-06), one Emerald Rapids thread, the
+// two alternated in one process: [64, 256] x [256, 480] at 220 GFLOP/s against [256, 512]
+// at 193-195 (6 x 4 with its 4-row remainder), [240, 1024] x [1024, 2048] at 197-200
+// against 181-186 (12 x 2 and 4 x 6 were slower); on Zen 4 they tied. A call of fewer
+// rows takes more panels per tile (one row: 8), so that 8 or more FMA chains are in
+// flight, as many as two FMA pipes of 4-cycle latency need. One row by 4 panels: [1, 64] x
+// [64, 256] in 0.42 us, 1 x [256, 1024] in 7.7 us; by 8: 0.40 and 7.6 us, 2 rows 0.66
+// against 0.71 us (16 panels were slower: 0.47 us, 13.6 us with 16 weight streams).
+constexpr int kF32RowsPerTile = 8;
 constexpr int kF32MaxPanelsPerTile = 8;
 // By rows - 1: the most panels a tile of that many rows takes.
-constexpr std::array<int, kF32RowsPerTile> kF32PanelsPerTile = {8, 8, 6, 4, 4, 4};
+constexpr std::array<int, kF32RowsPerTile> kF32PanelsPerTile = {8, 8, 6, 4, 4, 4, 3, 3};
 // One row takes more than 4 panels only while the call's weights are at most this many bytes
 // (in L2), in float32 or bf16: streamed from L3, 8 float32 streams were slower than 4 (M_B1,
 // each thread's 512 KiB of a step: 1.06 against 0.93 ms; S32, 64 KiB: 33 against 38 us).
@@ -164,15 +167,15 @@ struct F32Shape {
   template <int MR, int NB>
   static constexpr Fn kTile = &F32Tile<MR, NB>;
 };
-// The widened bf16 tile: 8 rows by 3 panels (24 accumulators, 3 weight vectors, a broadcast).
-// The first version of this kernel (the same loop, 2026-12-05, not rerun on Intel since) took
+// The widened bf16 tile: float32's shape, 8 rows by 3 panels (24 accumulators, 3 weight
+// vectors, a broadcast). The first version of this kernel (the same loop, 2026-12-05, not rerun on Intel since) took
 // [64, 256] x [256, 1024] on one Emerald Rapids thread in 215-221 us, float32's tile in
 // 212-230 and vdpbf16ps's in 367-385; 6 x 4 took 3% more, 12 x 2 up to 25% more.
 struct Bf16WidenedShape {
   using Fn = Bf16WidenedTileFn;
-  static constexpr int kRows = 8;
-  static constexpr int kMaxPanels = 8;
-  static constexpr std::array<int, kRows> kPanels = {8, 8, 6, 4, 4, 4, 3, 3};
+  static constexpr int kRows = kF32RowsPerTile;
+  static constexpr int kMaxPanels = kF32MaxPanelsPerTile;
+  static constexpr std::array<int, kRows> kPanels = kF32PanelsPerTile;
   template <int MR, int NB>
   static constexpr Fn kTile = &Bf16WidenedTile<MR, NB>;
 };
