@@ -46,10 +46,11 @@ struct Bf16Avx512Load {
 // The packed float32 GEMM: a tile of MR rows by NB panels keeps MR x NB accumulators over
 // all of k (8 x 3 = 24 of the 32 ZMM registers, 3 for a step's weights, the rows' values
 // broadcast from memory into the FMAs); a tile's panels stay in L2 while every tile of rows
-// passes over them. 8 x 3 against 6 x 4 (until 2026-12-06), one Emerald Rapids thread, the
-// two alternated in one process: [64, 256] x [256, 480] at 220 GFLOP/s against [256, 512]
-// at 193-195 (6 x 4 with its 4-row remainder), [240, 1024] x [1024, 2048] at 197-200
-// against 181-186 (12 x 2 and 4 x 6 were slower); on Zen 4 they tied. A call of fewer
+// passes over them. 8 x 3 against 6 x 4 (until 2026-12-06), this GEMM built both ways and
+// alternated, one Emerald Rapids thread: [64, 256] x [256, 512] (a thread's share of M's
+// step) at 213-220 against 191-194 GFLOP/s, [256, 1024] x [1024, 2048] (of L's) at 200-203
+// against 185-186, a 1024-row input projection [1024, 128] x [128, 512] at 193-194 against
+// 196-197; 12 x 2 and 4 x 6 were slower; on Zen 4 the two tied. A call of fewer
 // rows takes more panels per tile (one row: 8), so that 8 or more FMA chains are in
 // flight, as many as two FMA pipes of 4-cycle latency need. One row by 4 panels: [1, 64] x
 // [64, 256] in 0.42 us, 1 x [256, 1024] in 7.7 us; by 8: 0.40 and 7.6 us, 2 rows 0.66
@@ -168,9 +169,9 @@ struct F32Shape {
   static constexpr Fn kTile = &F32Tile<MR, NB>;
 };
 // The widened bf16 tile: float32's shape, 8 rows by 3 panels (24 accumulators, 3 weight
-// vectors, a broadcast). The first version of this kernel (the same loop, 2026-12-05, not rerun on Intel since) took
-// [64, 256] x [256, 1024] on one Emerald Rapids thread in 215-221 us, float32's tile in
-// 212-230 and vdpbf16ps's in 367-385; 6 x 4 took 3% more, 12 x 2 up to 25% more.
+// vectors, a broadcast). Its first version (the same loop, 2026-12-05) took [64, 256] x
+// [256, 1024] on one Emerald Rapids thread in 215-221 us, float32's 6 x 4 tile in 212-230
+// and vdpbf16ps's in 367-385; 6 x 4 took 3% more, 12 x 2 up to 25% more.
 struct Bf16WidenedShape {
   using Fn = Bf16WidenedTileFn;
   static constexpr int kRows = kF32RowsPerTile;
